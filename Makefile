@@ -1,0 +1,93 @@
+# petrel — GNU make build. `make` builds build/petrel and build/petrelctl;
+# `make run` / `make test` install missing Debian packages first.
+# SPDX-License-Identifier: Apache-2.0
+
+BUILD    ?= build
+CC       ?= cc
+PKGS      = libuv rocksdb lua5.4 libcares openssl jansson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
+            -Isrc $(PKG_CFLAGS) -MMD -MP -pthread
+LDLIBS   += $(PKG_LIBS) -lcrypt -lm -pthread
+
+LIB_SRC  := $(filter-out src/core/main.c,$(wildcard src/*/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+PYTEST   ?= /usr/bin/python3 -m pytest
+
+.PHONY: all deps deps-test run test unit system fuzz asan bench clean check-config
+
+all: $(BUILD)/petrel $(BUILD)/petrelctl
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libpetrel.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/petrel: $(BUILD)/src/core/main.o $(BUILD)/libpetrel.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/petrelctl: $(BUILD)/tools/petrelctl.o $(BUILD)/libpetrel.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libpetrel.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS) -lcmocka
+
+deps:
+	@scripts/deps.sh build
+
+deps-test:
+	@scripts/deps.sh test
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@mkdir -p var
+	exec $(BUILD)/petrel -c petrel.lua
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+system: all
+	PETREL_BIN=$(abspath $(BUILD)/petrel) PETRELCTL_BIN=$(abspath $(BUILD)/petrelctl) \
+	  $(PYTEST) -q tests/system $(PYTEST_ARGS)
+
+# Each fuzz target runs for FUZZ_SECONDS under libFuzzer with ASan+UBSan.
+FUZZ_SECONDS ?= 15
+fuzz:
+	@mkdir -p $(BUILD)/fuzz
+	@set -e; for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
+	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
+	  clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=undefined $$f $(LIB_SRC) -o $(BUILD)/fuzz/$$n $(PKG_LIBS) -lcrypt -lm -pthread; \
+	  $(BUILD)/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 2>&1 | tail -2; done
+
+test: deps-test
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory system
+	@$(MAKE) --no-print-directory fuzz
+
+# ASan+UBSan build in build-asan/, then unit and system tests against it.
+asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan CC=gcc \
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  LDFLAGS="-fsanitize=address,undefined" all unit
+	PETREL_BIN=$(abspath build-asan/petrel) PETRELCTL_BIN=$(abspath build-asan/petrelctl) \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 $(PYTEST) -q tests/system $(PYTEST_ARGS)
+
+bench:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all
+	/usr/bin/python3 bench/bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

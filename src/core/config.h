@@ -1,0 +1,132 @@
+/* Configuration: loads the Lua config file (DESIGN §4) into an immutable snapshot.
+ * Strict: an unknown option, a wrong type or a bad value is an error naming
+ * FILE:LINE and the option. The snapshot is never modified after load.
+ * SPDX-License-Identifier: Apache-2.0 */
+#ifndef PETREL_CORE_CONFIG_H
+#define PETREL_CORE_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "util/cidr.h"
+
+struct lua_State;
+
+#define CFG_MAX_LISTENERS 16
+
+struct cfg_tls_files {               /* listener tls = { ... }; NULL when absent */
+    char *cert_file, *key_file;
+    bool implicit;
+    char *min_tls_version;           /* NULL = configure_tls value */
+};
+
+struct cfg_listener {
+    char *listen;                    /* as written, e.g. "127.0.0.1:2525" */
+    char host[256];                  /* parsed address ("::" for [::]) */
+    uint16_t port;
+    char *name;                      /* default: listen string */
+    char *hostname;                  /* default: gethostname() */
+    struct cidr *relay_hosts; int n_relay_hosts;   /* default 127.0.0.0/8, ::1/128 */
+    char **auth_mechanisms; int n_auth_mechanisms; /* uppercased */
+    bool auth_require_tls;           /* default true */
+    struct cfg_tls_files *tls;       /* NULL = no TLS */
+    uint64_t max_message_size;       /* default 25MB */
+    int max_recipients;              /* 1000 */
+    int max_connections;             /* 10000 */
+    int max_connections_per_ip;      /* 100 */
+    double greeting_timeout;         /* 30s */
+    double command_timeout;          /* 5m */
+    double data_timeout;             /* 10m */
+    bool proxy_protocol;             /* false */
+    bool hide_received;              /* false */
+    char *tenant;                    /* NULL */
+    int line;                        /* config line of the call, for messages */
+};
+
+struct cfg_http_listener {
+    char *listen; char host[256]; uint16_t port;
+    struct cidr *trusted_hosts; int n_trusted_hosts; /* default 127.0.0.1, ::1 */
+    char **api_keys; int n_api_keys;
+    struct cfg_tls_files *tls;
+};
+
+struct cfg_auth_client { char *username, *password, *password_file; };
+
+enum cfg_route_kind { ROUTE_DEFAULT = 0, ROUTE_RELAY, ROUTE_DISCARD, ROUTE_ERROR };
+
+/* One configure_transport entry, or the configure_delivery defaults (kind
+ * ROUTE_DEFAULT with relayhost NULL = MX delivery). */
+struct cfg_route {
+    char *key;                       /* "example.com", ".example.com", "*" */
+    enum cfg_route_kind kind;
+    char *relayhost;                 /* as written: "[smtp.example.com]:587" */
+    char relay_host[256];            /* parsed host */
+    uint16_t relay_port;             /* parsed; default 25 */
+    bool relay_no_mx;                /* brackets: no MX lookup */
+    char *tls;                       /* "may" | "encrypt" | "verify"; NULL = inherit */
+    char *ca_file;
+    struct cfg_auth_client *auth;
+    int error_code;                  /* ROUTE_ERROR: e.g. 550 */
+    char *error_text;                /* ROUTE_ERROR: the whole reply, e.g. "550 5.1.1 local delivery disabled" */
+};
+
+struct cfg_queue {
+    char *spool_dir;                 /* "./var/spool" */
+    double retry_interval;           /* 5m */
+    double max_retry_interval;       /* 1h */
+    double max_retry_age;            /* 72h */
+    double dead_letter_after;        /* 7d */
+    uint64_t max_queue_depth;        /* 1000000 */
+};
+
+struct cfg_delivery {
+    int threads;                     /* 0 = cores (resolved at load: never 0 after load) */
+    struct cfg_route dflt;           /* relayhost/tls/ca_file/auth defaults */
+    uint16_t smtp_port;              /* 25 */
+    int max_connections_per_domain;  /* 10 */
+    int max_message_rate;            /* 0 = unlimited (per minute per domain) */
+    int max_deliveries_per_connection; /* 100 */
+    double connect_timeout;          /* 30s */
+    char *helo_name;                 /* default: host name */
+};
+
+struct cfg_dkim_key {
+    char *domain, *selector, *key_file, *algorithm;
+    char **headers; int n_headers;
+};
+
+struct cfg_header_check { char *pattern; char *action; };
+
+struct config {
+    char *path;                      /* config file as given */
+    struct cfg_listener listeners[CFG_MAX_LISTENERS]; int n_listeners;
+    struct cfg_http_listener http[CFG_MAX_LISTENERS]; int n_http;
+    struct cfg_queue queue;
+    struct cfg_delivery delivery;
+    struct cfg_route *routes; int n_routes;       /* configure_transport */
+    char **dns_resolvers; int n_dns_resolvers;    /* "127.0.0.1:5353"; NULL = resolv.conf */
+    struct { char *min_tls_version, *ciphers; bool prefer_server_ciphers; } tls;
+    struct cfg_dkim_key *dkim; int n_dkim;
+    char *auth_users_file;
+    char *process_user;
+    struct cfg_header_check *header_checks; int n_header_checks;
+    struct { char *path, *level; } logging;       /* "./var/log/petrel.jsonl", "info" */
+    int n_hooks;                     /* petrel.on registrations seen (for information) */
+};
+
+/* Loads and validates path. On error returns NULL and writes "FILE:LINE: message"
+ * (naming the option) into err. The returned snapshot is owned by the caller. */
+struct config *config_load(const char *path, char *err, size_t errlen);
+void config_free(struct config *cfg);
+
+/* Finds the transport route for a lowercased domain: exact key, then ".parent"
+ * keys from the most specific, then "*". NULL when none matches (use delivery
+ * defaults). Borrowed from cfg. */
+const struct cfg_route *config_route_for(const struct config *cfg, const char *domain);
+
+/* Creates a Lua state for a worker thread with the petrel/kumo API installed and
+ * the config file run in "worker" mode: configure_* calls are accepted (already
+ * validated) and petrel.on handlers are kept for the policy hooks. NULL on error. */
+struct lua_State *config_lua_worker(const struct config *cfg, char *err, size_t errlen);
+
+#endif

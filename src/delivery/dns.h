@@ -1,0 +1,56 @@
+/* Asynchronous DNS for delivery: MX lookup with RFC 5321 §5.1 semantics (MX
+ * sorted by preference, equal preferences shuffled, A/AAAA fallback when there is
+ * no MX, RFC 7505 null MX) and host address lookup, on c-ares driven by a libuv
+ * loop. Resolvers come from configure_dns (tests point them at a fake server).
+ * Answers are cached by TTL. Callbacks run on the loop's thread.
+ * SPDX-License-Identifier: Apache-2.0 */
+#ifndef PETREL_DELIVERY_DNS_H
+#define PETREL_DELIVERY_DNS_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#define DNS_MAX_HOSTS 16
+#define DNS_MAX_ADDRS 8
+
+enum dns_status {
+    DNS_OK = 0,
+    DNS_NULLMX,      /* RFC 7505: the domain accepts no mail -> bounce */
+    DNS_NOTFOUND,    /* NXDOMAIN or no MX and no address -> bounce (5.1.2) */
+    DNS_TEMPFAIL,    /* timeout, SERVFAIL, malformed answer -> defer */
+};
+
+struct dns_host {
+    char name[256];            /* MX target (or the domain itself for A/AAAA fallback) */
+    uint16_t pref;
+    int naddr;
+    struct sockaddr_storage addrs[DNS_MAX_ADDRS]; /* port left 0 */
+};
+
+struct dns_result {
+    enum dns_status status;
+    int nhosts;
+    struct dns_host hosts[DNS_MAX_HOSTS]; /* delivery order */
+    char error[160];           /* human text for logs when status != DNS_OK */
+};
+
+struct dns;
+/* resolvers: "ip" or "ip:port" / "[v6]:port"; n == 0 = system resolv.conf. */
+struct dns *dns_new(uv_loop_t *loop, const char *const *resolvers, int n,
+                    char *err, size_t errlen);
+/* Cancels pending queries (their callbacks run with DNS_TEMPFAIL) and frees. */
+void dns_free(struct dns *d);
+
+typedef void (*dns_cb)(void *arg, const struct dns_result *res); /* res borrowed */
+/* MX lookup for a mail domain: hosts in delivery order, each with its addresses. */
+void dns_resolve_mx(struct dns *d, const char *domain, dns_cb cb, void *arg);
+/* Address lookup for one host (relayhost): one host entry. An IP literal resolves
+ * immediately (callback still asynchronous). */
+void dns_resolve_host(struct dns *d, const char *host, dns_cb cb, void *arg);
+
+/* Pure helper (unit-tested): orders hosts[0..n) by pref, shuffling equal prefs
+ * with rnd (a random source returning uniform uint32). */
+void dns_order_mx(struct dns_host *hosts, int n, uint32_t (*rnd)(void *), void *rnd_arg);
+
+#endif

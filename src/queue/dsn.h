@@ -1,0 +1,39 @@
+/* Delivery status notifications (RFC 3464): builds the bounce message sent from
+ * the null sender to the original envelope sender. Pure: no I/O.
+ * SPDX-License-Identifier: Apache-2.0 */
+#ifndef PETREL_QUEUE_DSN_H
+#define PETREL_QUEUE_DSN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "util/buf.h"
+
+struct dsn_rcpt {
+    const char *addr;          /* final recipient */
+    const char *status;        /* "5.1.1", "4.4.7" */
+    const char *diagnostic;    /* remote reply text incl. code, e.g. "550 5.1.1 no such user"; may be NULL */
+    const char *remote_mta;    /* MX / relay host name, may be NULL */
+};
+
+struct dsn_info {
+    const char *reporting_mta; /* our host name */
+    const char *id;            /* message id (goes into X-Petrel-Id / Message-ID) */
+    const char *sender;        /* original envelope sender = the DSN's To: */
+    double arrival;            /* when we received the original */
+    bool expired;              /* true: "could not be delivered in time" wording */
+    const struct dsn_rcpt *rcpts;
+    size_t nrcpt;
+    const char *orig;          /* original content; only its header block is included */
+    size_t orig_len;
+};
+
+/* Appends a complete RFC 5322 message (headers + multipart/report body with
+ * report-type=delivery-status: a human-readable part, a message/delivery-status
+ * part with Reporting-MTA, Arrival-Date and per recipient Final-Recipient,
+ * Action: failed, Status, Remote-MTA and Diagnostic-Code: smtp; ..., and a
+ * text/rfc822-headers part with the original headers), CRLF line endings, no
+ * line over 998 octets. PT_OK or PT_NOMEM. */
+int dsn_build(const struct dsn_info *info, struct buf *out);
+
+#endif

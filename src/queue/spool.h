@@ -1,0 +1,59 @@
+/* Durable spool behind a narrow interface (RocksDB backend in spool_rocksdb.c).
+ * Content is stored once per message id; entries (one per destination domain)
+ * reference it. spool_commit_durable() group-commits: one WAL fsync per batch of
+ * concurrent commits, from the spool thread. Nothing is acknowledged before its
+ * fsync completes.
+ * SPDX-License-Identifier: Apache-2.0 */
+#ifndef PETREL_QUEUE_SPOOL_H
+#define PETREL_QUEUE_SPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/buf.h"
+
+struct spool;
+struct spool_batch;
+
+/* Opens (creating if missing, with parents) the spool in dir and starts the spool
+ * thread. NULL on error with a message in err. */
+struct spool *spool_open(const char *dir, char *err, size_t errlen);
+/* Stops the spool thread after completing queued commits, closes the database. */
+void spool_close(struct spool *s);
+
+struct spool_batch *spool_batch_new(void);
+void spool_batch_free(struct spool_batch *b);     /* NULL ok */
+int spool_batch_put_content(struct spool_batch *b, const char *id, const void *data, size_t len);
+int spool_batch_put_entry(struct spool_batch *b, const char *id, const char *domain,
+                          const void *rec, size_t len);
+int spool_batch_del_entry(struct spool_batch *b, const char *id, const char *domain);
+int spool_batch_del_content(struct spool_batch *b, const char *id);
+
+/* Called on the spool thread once the batch is durable (status PT_OK) or failed
+ * (PT_ERROR). Must not block; post to your own loop (util/mbox.h). */
+typedef void (*spool_done_cb)(void *arg, int status);
+/* Queues b (taken) for a durable, group-committed write; cb runs when done.
+ * Returns PT_OK, or PT_ERROR if the spool is closing (b is freed, cb not called). */
+int spool_commit_durable(struct spool *s, struct spool_batch *b, spool_done_cb cb, void *arg);
+/* Writes b (taken) now, without fsync (deletions and retry-state updates, whose
+ * loss only means an earlier retry or a duplicate delivery). Thread-safe. */
+int spool_commit_nosync(struct spool *s, struct spool_batch *b);
+
+/* Reads a message's content into out (appended). PT_NOTFOUND if missing. Thread-safe. */
+int spool_get_content(struct spool *s, const char *id, struct buf *out);
+/* true if any entry of id remains (used to decide when content can go). */
+int spool_has_entries(struct spool *s, const char *id);
+
+/* Calls cb for every stored entry (recovery at start). cb returns 0 to go on. */
+typedef int (*spool_scan_cb)(void *arg, const char *id, const char *domain,
+                             const void *rec, size_t len);
+int spool_scan_entries(struct spool *s, spool_scan_cb cb, void *arg);
+
+struct spool_stats {
+    uint64_t durable_commits;   /* batches handed to spool_commit_durable */
+    uint64_t fsyncs;            /* synced writes performed */
+    uint64_t bytes;             /* approximate live size on disk */
+};
+void spool_stats(struct spool *s, struct spool_stats *out);
+
+#endif

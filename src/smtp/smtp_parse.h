@@ -1,0 +1,75 @@
+/* Pure, resumable SMTP command parsing (server side): splitting the input stream
+ * into command lines and parsing one line into a verb and its arguments. No I/O,
+ * no allocation; everything is bounded (RFC 5321 §4.5.3.1).
+ * SPDX-License-Identifier: Apache-2.0 */
+#ifndef PETREL_SMTP_PARSE_H
+#define PETREL_SMTP_PARSE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SMTP_LINE_MAX 512      /* command line incl. CRLF (RFC 5321 4.5.3.1.4) */
+#define SMTP_AUTH_LINE_MAX 12288 /* AUTH continuation lines may be longer */
+#define SMTP_PATH_MAX 256      /* reverse/forward path (4.5.3.1.3) */
+#define SMTP_DOMAIN_MAX 255
+
+enum smtp_verb {
+    SMTP_VERB_UNKNOWN = 0,
+    SMTP_VERB_HELO, SMTP_VERB_EHLO, SMTP_VERB_MAIL, SMTP_VERB_RCPT, SMTP_VERB_DATA,
+    SMTP_VERB_RSET, SMTP_VERB_NOOP, SMTP_VERB_QUIT, SMTP_VERB_VRFY, SMTP_VERB_EXPN,
+    SMTP_VERB_HELP, SMTP_VERB_STARTTLS, SMTP_VERB_AUTH, SMTP_VERB_BDAT,
+    SMTP_VERB__COUNT
+};
+const char *smtp_verb_name(enum smtp_verb v);
+
+/* Line splitter state. Lines end at LF (CRLF or bare LF both accepted in the
+ * command phase; the CR is stripped). A line longer than max is reported once as
+ * PT_TOOLONG and its remaining bytes are discarded up to the next LF. */
+struct smtp_lines {
+    size_t max;        /* max line length including CRLF */
+    bool discarding;   /* inside an over-long line */
+};
+void smtp_lines_init(struct smtp_lines *s, size_t max);
+/* Looks for the next line in in[0..len).
+ *  PT_OK:      *line_len = length without CR/LF, *consumed = bytes to drop incl. terminator;
+ *              the line is in[0..*line_len) (may contain NULs: the parser rejects them).
+ *  PT_AGAIN:   no complete line yet; *consumed = bytes that may be dropped (non-zero
+ *              only while discarding); keep the rest and call again with more input.
+ *  PT_TOOLONG: a line exceeded max; *consumed = bytes to drop. Reply 500 5.5.2 and go on. */
+int smtp_lines_next(struct smtp_lines *s, const char *in, size_t len, size_t *line_len,
+                    size_t *consumed);
+
+struct smtp_cmd {
+    enum smtp_verb verb;
+    const char *arg;      /* borrowed from the line: text after the verb and one space */
+    size_t arg_len;
+    /* MAIL FROM / RCPT TO only: */
+    char path[SMTP_PATH_MAX + 1]; /* address without <>, "" for the null reverse path */
+    uint64_t size;        /* SIZE=n, 0 if absent */
+    bool body_8bit;       /* BODY=8BITMIME */
+    bool smtputf8;        /* SMTPUTF8 */
+    /* HELO/EHLO: domain in path[] */
+    const char *error;    /* on PT_INVALID: the full reply to send, e.g. "501 5.5.4 ..." */
+};
+
+/* Parses one command line (without CRLF). Verbs are case-insensitive.
+ *  MAIL: "FROM:<path> [params]" (a space after the colon is tolerated); params SIZE,
+ *        BODY=7BIT|8BITMIME, SMTPUTF8 (others -> 555 5.5.4). Null path "<>" allowed.
+ *  RCPT: "TO:<path> [params]" ; "<postmaster>" allowed without domain; null path not.
+ *  Paths: local@domain with a dot-atom or quoted-string local part, domain a
+ *  hostname or [address literal]; source routes "@a,@b:" are stripped; non-ASCII
+ *  allowed only if the caller later checks SMTPUTF8 (cmd->smtputf8 tells).
+ *  Returns PT_OK, or PT_INVALID with cmd->error set to the reply to send. A line with
+ *  NUL or other control bytes is PT_INVALID ("500 5.5.2 ..."). An unknown verb is
+ *  PT_OK with verb SMTP_VERB_UNKNOWN. */
+int smtp_cmd_parse(const char *line, size_t len, struct smtp_cmd *cmd);
+
+/* Address helpers. domain_of returns a pointer into addr after the last '@'
+ * (or NULL). smtp_domain_lower copies a lowercased domain into out (size >= 256). */
+const char *smtp_addr_domain(const char *addr);
+void smtp_domain_lower(const char *domain, char *out, size_t outlen);
+/* true if s is a syntactically valid hostname (LDH labels) or address literal. */
+bool smtp_domain_valid(const char *s, size_t len);
+
+#endif
