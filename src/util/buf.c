@@ -1,5 +1,6 @@
 /* Growable byte buffer; see buf.h. Growth is geometric and bounded by b->max.
  * SPDX-License-Identifier: Apache-2.0 */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
