@@ -8,7 +8,7 @@ PKGS      = libuv rocksdb lua5.4 libcares openssl jansson
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
+CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation \
             -Isrc $(PKG_CFLAGS) -MMD -MP -pthread
 LDLIBS   += $(PKG_LIBS) -lcrypt -lm -pthread
 

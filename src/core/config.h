@@ -129,4 +129,20 @@ const struct cfg_route *config_route_for(const struct config *cfg, const char *d
  * validated) and petrel.on handlers are kept for the policy hooks. NULL on error. */
 struct lua_State *config_lua_worker(const struct config *cfg, char *err, size_t errlen);
 
+/* Hook registry of a worker state (layout owned by policy/lua_api.h):
+ *   registry["petrel.handlers"][event] = { fn1, fn2, ... }
+ *     a sequence per event (smtp_server_greeting, smtp_message_received,
+ *     http_message_received, smtp_delivery_result, http_request), always present,
+ *     in petrel.on() order: run them all, first to last;
+ *   registry["petrel.actions"][name] = fn   (set by the hooks engine)
+ *     implementations of add_header, remove_header, set_queue_priority, sign_dkim,
+ *     route_to, limit_sending, adjust_domain_rate, log_info, log_warn, log_error.
+ *     petrel.NAME / kumo.NAME and the globals adjust_domain_rate and log_* forward
+ *     to them (so handlers that saved a reference at load still work); without
+ *     one, an action raises "NAME can only be called inside a hook" and log_*
+ *     print "FILE:LINE: LEVEL: msg" to stderr.
+ * Returns the number of handlers for event, or PT_NOTFOUND for an unknown event.
+ * The state is the caller's (lua_close when done). */
+int config_lua_handlers(struct lua_State *L, const char *event);
+
 #endif

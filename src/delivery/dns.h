@@ -53,4 +53,23 @@ void dns_resolve_host(struct dns *d, const char *host, dns_cb cb, void *arg);
  * with rnd (a random source returning uniform uint32). */
 void dns_order_mx(struct dns_host *hosts, int n, uint32_t (*rnd)(void *), void *rnd_arg);
 
+/* Pure answer parsers (unit-tested, fuzzed); every answer c-ares hands to dns.c goes
+ * through them. abuf[0..alen) is a DNS response as c-ares passes it to a query
+ * callback: borrowed, never read beyond alen. They return PT_OK when the answer is
+ * well-formed, the verdict in out->status (out->error says why when not DNS_OK), or
+ * PT_INVALID when it is malformed (out->status = DNS_TEMPFAIL). *ttl (may be NULL)
+ * gets the smallest TTL of the answer records used, 0 when there are none. */
+/* MX: DNS_OK with hosts (name, pref; naddr 0) sorted by preference (stable), at most
+ * DNS_MAX_HOSTS of the lowest preferences; DNS_OK with nhosts == 0 when the domain has
+ * no MX (NODATA: the caller falls back to A/AAAA); DNS_NULLMX; DNS_NOTFOUND for
+ * NXDOMAIN or when no MX names a usable host (an IP literal or a malformed name);
+ * DNS_TEMPFAIL for SERVFAIL, REFUSED and other server failures. */
+int dns_parse_mx_answer(const unsigned char *abuf, int alen, struct dns_result *out,
+                        uint32_t *ttl);
+/* A (family AF_INET) or AAAA (AF_INET6): DNS_OK with the addresses in hosts[0]
+ * (nhosts == 1, name left empty, at most DNS_MAX_ADDRS); DNS_NOTFOUND for NXDOMAIN
+ * or no address of that family; DNS_TEMPFAIL for a server failure. */
+int dns_parse_addr_answer(const unsigned char *abuf, int alen, int family,
+                          struct dns_result *out, uint32_t *ttl);
+
 #endif

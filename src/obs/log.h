@@ -5,6 +5,7 @@
 #ifndef PETREL_OBS_LOG_H
 #define PETREL_OBS_LOG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* Record types, as written in "type". */
@@ -41,6 +42,13 @@ struct buf;
 int log_format(const struct log_record *r, struct buf *out);
 /* Flushes queued records and stops the writer thread. */
 void log_close(void);
+/* Asks the writer to reopen the path (after logrotate moved the file; e.g. on SIGHUP). */
+void log_reopen(void);
+/* Queue cap in bytes for the next log_open (0 = default 4 MiB). Over it, records are
+ * dropped, counted and warned about on stderr; callers never wait. */
+void log_set_queue_max(size_t bytes);
+/* Records dropped since log_open (queue full, record too long, write errors). */
+uint64_t log_dropped(void);
 
 enum log_level { LOG_L_DEBUG = 0, LOG_L_INFO, LOG_L_WARN, LOG_L_ERROR };
 void log_set_level(enum log_level l);

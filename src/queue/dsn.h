@@ -33,7 +33,9 @@ struct dsn_info {
  * part with Reporting-MTA, Arrival-Date and per recipient Final-Recipient,
  * Action: failed, Status, Remote-MTA and Diagnostic-Code: smtp; ..., and a
  * text/rfc822-headers part with the original headers), CRLF line endings, no
- * line over 998 octets. PT_OK or PT_NOMEM. */
+ * line over 998 octets (long values are folded; control bytes in values become
+ * spaces). Appends nothing on failure: PT_NOMEM (or PT_TOOLONG from a capped
+ * out), PT_INVALID when sender is empty (never a DSN to <>) or nrcpt is 0. */
 int dsn_build(const struct dsn_info *info, struct buf *out);
 
 #endif

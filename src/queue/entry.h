@@ -26,8 +26,10 @@ struct entry {
     char id[ENTRY_ID_LEN + 1];
     char *domain;              /* destination domain (queue name), lowercased */
     char *sender;              /* "" for the null sender */
-    char *route;               /* route override set by policy, NULL = by domain */
-    char *last_response;       /* last deferral reply, NULL if none (malloc'ed separately) */
+    char *route;               /* route override set by policy, NULL = by domain
+                                  (malloc'ed separately: set with entry_set_route) */
+    char *last_response;       /* last deferral reply, NULL if none (malloc'ed separately:
+                                  set with entry_set_last_response) */
     struct entry_rcpt *rcpts;
     uint32_t nrcpt;
     uint32_t attempts;
@@ -41,20 +43,31 @@ struct entry {
     uint32_t heap_idx;
 };
 
-/* Builds an entry; strings are copied into one allocation. rcpts[] addresses are
- * copied; states start PENDING. Returns NULL on allocation failure. */
+/* Builds an entry; the struct, the rcpts array and the strings are one allocation
+ * (sizeof(struct entry) + strings + 16 bytes per recipient on LP64). rcpts[]
+ * addresses are copied; states start PENDING. id NULL = a fresh entry_new_id()
+ * (a longer id is cut to ENTRY_ID_LEN);
+ * the domain copy is lowercased; sender NULL = "". Defaults: ndomains 1, PROTO_SMTP,
+ * PRIO_NORMAL, everything else 0/NULL. Returns NULL on allocation failure. */
 struct entry *entry_new(const char *id, const char *domain, const char *sender,
                         const char *const *rcpts, uint32_t nrcpt);
 void entry_free(struct entry *e);                 /* NULL ok */
-void entry_set_last_response(struct entry *e, const char *text); /* copies */
+void entry_set_last_response(struct entry *e, const char *text); /* copies; NULL clears */
+/* Sets (copies) or clears (NULL) the route override. PT_OK or PT_NOMEM (then NULL). */
+int entry_set_route(struct entry *e, const char *route);
 uint32_t entry_pending(const struct entry *e);    /* recipients still PENDING */
 
 /* Fresh message id: 16 lowercase hex digits, unique per process and over time
- * (milliseconds since epoch + per-process counter + random bits). Thread-safe. */
+ * (44 bits of milliseconds since the epoch + a 20-bit counter that starts at a
+ * random value in each process). Ids of one process increase strictly. Thread-safe,
+ * lock-free. */
 void entry_new_id(char out[ENTRY_ID_LEN + 1]);
 
-/* Serialization. encode appends to out. decode allocates a new entry; it never
- * trusts lengths (fuzzed): PT_INVALID on any inconsistency. */
+/* Serialization (versioned, little-endian; format in entry.c). encode appends to
+ * out; it refuses (PT_INVALID / PT_TOOLONG, out unchanged) an entry decode would
+ * refuse: strings over 64 KiB, more than 100000 recipients, unknown enum values,
+ * non-finite times. decode allocates a new entry; it never trusts lengths
+ * (fuzzed): PT_INVALID on any inconsistency or trailing bytes, PT_NOMEM. */
 int entry_encode(const struct entry *e, struct buf *out);
 int entry_decode(const void *data, size_t len, struct entry **out);
 

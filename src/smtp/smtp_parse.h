@@ -25,7 +25,10 @@ const char *smtp_verb_name(enum smtp_verb v);
 
 /* Line splitter state. Lines end at LF (CRLF or bare LF both accepted in the
  * command phase; the CR is stripped). A line longer than max is reported once as
- * PT_TOOLONG and its remaining bytes are discarded up to the next LF. */
+ * PT_TOOLONG, when its LF arrives; until then its bytes are dropped (PT_AGAIN with
+ * *consumed = len), so the caller never holds more than max bytes of one line and
+ * replies exactly once per over-long line, in pipeline order. max 0 = SMTP_LINE_MAX;
+ * max may be changed between calls (e.g. SMTP_AUTH_LINE_MAX during AUTH). */
 struct smtp_lines {
     size_t max;        /* max line length including CRLF */
     bool discarding;   /* inside an over-long line */
@@ -49,6 +52,9 @@ struct smtp_cmd {
     uint64_t size;        /* SIZE=n, 0 if absent */
     bool body_8bit;       /* BODY=8BITMIME */
     bool smtputf8;        /* SMTPUTF8 */
+    bool path_utf8;       /* path has octets >= 0x80 (well-formed UTF-8): legal only in a
+                             SMTPUTF8 transaction. MAIL without SMTPUTF8 is refused here
+                             (553 5.6.7); for RCPT the caller checks its transaction. */
     /* HELO/EHLO: domain in path[] */
     const char *error;    /* on PT_INVALID: the full reply to send, e.g. "501 5.5.4 ..." */
 };
@@ -60,9 +66,12 @@ struct smtp_cmd {
  *  Paths: local@domain with a dot-atom or quoted-string local part, domain a
  *  hostname or [address literal]; source routes "@a,@b:" are stripped; non-ASCII
  *  allowed only if the caller later checks SMTPUTF8 (cmd->smtputf8 tells).
- *  Returns PT_OK, or PT_INVALID with cmd->error set to the reply to send. A line with
- *  NUL or other control bytes is PT_INVALID ("500 5.5.2 ..."). An unknown verb is
- *  PT_OK with verb SMTP_VERB_UNKNOWN. */
+ *  HELO/EHLO: the first word (any printable text up to 255 octets) into path.
+ *  Trailing spaces are ignored. Returns PT_OK, or PT_INVALID with cmd->error set to
+ *  the reply to send (a static string). A line with NUL or other control bytes
+ *  (< 0x20, incl. TAB, or 0x7f) is PT_INVALID ("500 5.5.2 ..."). An unknown verb is
+ *  PT_OK with verb SMTP_VERB_UNKNOWN. A path (with its <>) over SMTP_PATH_MAX is 501.
+ *  MAIL also accepts AUTH=... (RFC 4954 5), ignoring its value. */
 int smtp_cmd_parse(const char *line, size_t len, struct smtp_cmd *cmd);
 
 /* Address helpers. domain_of returns a pointer into addr after the last '@'

@@ -13,7 +13,9 @@
 
 struct smtp_reply {
     int code;                  /* 200..599 */
-    char enhanced[16];         /* "5.1.1" if every line... the first line carries one, else "" */
+    char enhanced[16];         /* "5.1.1" when the first line's text starts with an RFC 3463
+                                  code of the reply's class, else ""; it is stripped from
+                                  every line of text that starts with it */
     int nlines;
     size_t len;
     char text[SMTP_REPLY_MAX]; /* lines' text after "NNN-"/"NNN " (and after the
@@ -33,7 +35,10 @@ void smtp_reply_init(struct smtp_reply_parser *p);
  *              pipelined replies that follow).
  *  PT_AGAIN:   need more (*consumed = len).
  *  PT_INVALID: not an SMTP reply (bad code, mixed codes across lines, control bytes);
- *  PT_TOOLONG: a line over 1000 octets or reply over SMTP_REPLY_MAX / SMTP_REPLY_LINES.
+ *  PT_TOOLONG: a line over 1000 octets with its CRLF (998 without), or a reply
+ *              over SMTP_REPLY_MAX / SMTP_REPLY_LINES.
+ *  Bare LF line endings are accepted; CR elsewhere and control bytes other than
+ *  TAB are PT_INVALID. On an error *consumed is the offset just past the bad byte.
  *  After an error the parser must be re-initialized (the caller drops the connection). */
 int smtp_reply_feed(struct smtp_reply_parser *p, const char *in, size_t len,
                     size_t *consumed, struct smtp_reply *out);
@@ -48,7 +53,9 @@ struct smtp_caps {
     uint64_t size;             /* SIZE limit, 0 = none given */
     char auth[128];            /* mechanisms, space-separated, uppercased */
 };
-/* Reads the capabilities from a 250 EHLO reply (lines after the first). */
+/* Reads the capabilities from a 250 EHLO reply (lines after the first; keywords
+ * case-insensitive, unknown ones ignored). *caps is cleared first, so any other
+ * code yields no capabilities. AUTH and the old "AUTH=" form both fill auth. */
 void smtp_caps_parse(const struct smtp_reply *r, struct smtp_caps *caps);
 
 #endif

@@ -1,0 +1,399 @@
+/* Queue entries: one allocation per entry (struct, recipient array, strings), a
+ * time-ordered unique id, and the versioned spool encoding. Decode never trusts
+ * the input: every length is checked against what remains, before any copy.
+ * SPDX-License-Identifier: Apache-2.0 */
+#include <inttypes.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "queue/entry.h"
+#include "util/result.h"
+
+/* Encoding v1, all integers little-endian, strings as u32 length + bytes (no NUL;
+ * length 0xffffffff = NULL for the nullable ones):
+ *   u8 version=1 | str id | str domain | str sender | nstr route | nstr last_response
+ *   | u8 protocol | u8 priority | u8 flags | u16 ndomains | u32 attempts | u64 size
+ *   | f64 received_at | f64 next_attempt | u32 nrcpt | nrcpt x (u8 state, str addr)
+ * Nothing may follow the last recipient. */
+#define ENTRY_VERSION 1
+#define ENTRY_MAX_RCPT 100000u       /* more than any message we accept */
+#define ENTRY_MAX_STR 65536u         /* per string, bytes */
+#define ENTRY_NULL_STR 0xffffffffu
+#define ENTRY_RCPT_MIN_ENC 5u        /* state + empty string */
+
+/* Id: 44 bits of milliseconds since the epoch (good until year 2527), then a
+ * 20-bit counter. */
+#define ID_SEQ_BITS 20
+#define ID_SEQ_MASK ((UINT64_C(1) << ID_SEQ_BITS) - 1)
+#define ID_MS_MASK ((UINT64_C(1) << (64 - ID_SEQ_BITS)) - 1)
+
+/* Memory layout: [struct entry][nrcpt x struct entry_rcpt][strings]. struct entry
+ * is padded to its alignment, which covers entry_rcpt's. */
+_Static_assert(_Alignof(struct entry) >= _Alignof(struct entry_rcpt),
+               "recipient array must be aligned right after the entry");
+
+static struct entry *entry_alloc(uint32_t nrcpt, size_t strbytes, char **strs)
+{
+    size_t head = sizeof(struct entry) + (size_t)nrcpt * sizeof(struct entry_rcpt);
+    if (strbytes > SIZE_MAX - head)
+        return NULL;
+    struct entry *e = malloc(head + strbytes);
+    if (!e)
+        return NULL;
+    memset(e, 0, head);
+    e->rcpts = nrcpt ? (struct entry_rcpt *)(e + 1) : NULL;
+    e->nrcpt = nrcpt;
+    e->ndomains = 1;
+    e->protocol = PROTO_SMTP;
+    e->priority = PRIO_NORMAL;
+    *strs = (char *)e + head;
+    return e;
+}
+
+static char *put_str(char **cursor, const char *s, size_t n)
+{
+    char *d = *cursor;
+    memcpy(d, s, n);
+    d[n] = 0;
+    *cursor = d + n + 1;
+    return d;
+}
+
+struct entry *entry_new(const char *id, const char *domain, const char *sender,
+                        const char *const *rcpts, uint32_t nrcpt)
+{
+    if (nrcpt && !rcpts)
+        return NULL;
+    if (!domain)
+        domain = "";
+    if (!sender)
+        sender = "";
+    size_t dlen = strlen(domain), slen = strlen(sender);
+    size_t total = dlen + 1 + slen + 1;
+    for (uint32_t i = 0; i < nrcpt; i++)
+        total += (rcpts[i] ? strlen(rcpts[i]) : 0) + 1;
+    char *s;
+    struct entry *e = entry_alloc(nrcpt, total, &s);
+    if (!e)
+        return NULL;
+    if (id)
+        snprintf(e->id, sizeof e->id, "%s", id);
+    else
+        entry_new_id(e->id);
+    e->domain = put_str(&s, domain, dlen);
+    for (char *c = e->domain; *c; c++)
+        if (*c >= 'A' && *c <= 'Z')
+            *c = (char)(*c - 'A' + 'a');
+    e->sender = put_str(&s, sender, slen);
+    for (uint32_t i = 0; i < nrcpt; i++) {
+        const char *a = rcpts[i] ? rcpts[i] : "";
+        e->rcpts[i].addr = put_str(&s, a, strlen(a));
+        e->rcpts[i].state = RCPT_PENDING;
+    }
+    return e;
+}
+
+void entry_free(struct entry *e)
+{
+    if (!e)
+        return;
+    free(e->last_response);
+    free(e->route);
+    free(e);
+}
+
+/* Replaces *slot with a bounded copy of text (NULL clears). On allocation failure
+ * the old value is dropped: a missing diagnostic is better than a stale one. */
+static int set_owned(char **slot, const char *text)
+{
+    free(*slot);
+    *slot = NULL;
+    if (!text)
+        return PT_OK;
+    size_t n = strnlen(text, ENTRY_MAX_STR);
+    char *c = malloc(n + 1);
+    if (!c)
+        return PT_NOMEM;
+    memcpy(c, text, n);
+    c[n] = 0;
+    *slot = c;
+    return PT_OK;
+}
+
+void entry_set_last_response(struct entry *e, const char *text)
+{
+    set_owned(&e->last_response, text);
+}
+
+int entry_set_route(struct entry *e, const char *route)
+{
+    return set_owned(&e->route, route);
+}
+
+uint32_t entry_pending(const struct entry *e)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < e->nrcpt; i++)
+        n += e->rcpts[i].state == RCPT_PENDING;
+    return n;
+}
+
+/* ---- ids ---- */
+
+/* Last id handed out, as a number: strictly increasing within the process, so
+ * threads never collide however fast they ask. A new process starts its counter
+ * at a random point, so a restart within the same millisecond (or after a clock
+ * step back) collides only by a 1 in 2^20 chance per id. */
+static _Atomic uint64_t entry_id_last;
+
+static uint64_t id_random_seq(void)
+{
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        r = (uint64_t)ts.tv_nsec * UINT64_C(0x9e3779b97f4a7c15) ^ (uint64_t)getpid();
+    }
+    return r & ID_SEQ_MASK;
+}
+
+void entry_new_id(char out[ENTRY_ID_LEN + 1])
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = ((uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000) & ID_MS_MASK;
+    uint64_t now = ms << ID_SEQ_BITS;
+    uint64_t old = atomic_load(&entry_id_last), next;
+    do {
+        if (old == 0) {
+            next = now | id_random_seq();
+        } else {
+            /* Count on; when the clock has moved past the last id's millisecond
+             * take the new time but keep counting the low bits. */
+            next = old + 1;
+            if ((next >> ID_SEQ_BITS) < ms)
+                next = now | (next & ID_SEQ_MASK);
+        }
+    } while (!atomic_compare_exchange_weak(&entry_id_last, &old, next));
+    snprintf(out, ENTRY_ID_LEN + 1, "%016" PRIx64, next);
+}
+
+/* ---- encoding ---- */
+
+static int enc_le(struct buf *b, uint64_t v, int nbytes)
+{
+    unsigned char t[8];
+    for (int i = 0; i < nbytes; i++)
+        t[i] = (unsigned char)(v >> (8 * i));
+    return buf_append(b, t, (size_t)nbytes);
+}
+
+static uint64_t f64_bits(double d)
+{
+    uint64_t u;
+    memcpy(&u, &d, sizeof u);
+    return u;
+}
+
+static int enc_str(struct buf *b, const char *s)
+{
+    if (!s)
+        return enc_le(b, ENTRY_NULL_STR, 4);
+    size_t n = strlen(s);
+    if (n > ENTRY_MAX_STR)
+        return PT_TOOLONG;
+    int rc = enc_le(b, n, 4);
+    return rc ? rc : buf_append(b, s, n);
+}
+
+/* Refuses what decode would refuse, so whatever we write we can read back. */
+static int enc_check(const struct entry *e)
+{
+    size_t idlen = strnlen(e->id, sizeof e->id);
+    if (idlen == 0 || idlen > ENTRY_ID_LEN || !e->domain || !e->sender)
+        return PT_INVALID;
+    if (e->nrcpt > ENTRY_MAX_RCPT || (e->nrcpt && !e->rcpts))
+        return PT_INVALID;
+    if (e->protocol > PROTO_HTTP || e->priority > PRIO_BULK)
+        return PT_INVALID;
+    if (!isfinite(e->received_at) || !isfinite(e->next_attempt))
+        return PT_INVALID;
+    for (uint32_t i = 0; i < e->nrcpt; i++)
+        if (e->rcpts[i].state > RCPT_BOUNCED || !e->rcpts[i].addr)
+            return PT_INVALID;
+    return PT_OK;
+}
+
+int entry_encode(const struct entry *e, struct buf *out)
+{
+    int rc = enc_check(e);
+    if (rc)
+        return rc;
+    size_t start = out->len;
+    unsigned char v = ENTRY_VERSION;
+    if ((rc = buf_append(out, &v, 1)) || (rc = enc_str(out, e->id)) ||
+        (rc = enc_str(out, e->domain)) || (rc = enc_str(out, e->sender)) ||
+        (rc = enc_str(out, e->route)) || (rc = enc_str(out, e->last_response)) ||
+        (rc = enc_le(out, e->protocol, 1)) || (rc = enc_le(out, e->priority, 1)) ||
+        (rc = enc_le(out, e->flags, 1)) || (rc = enc_le(out, e->ndomains, 2)) ||
+        (rc = enc_le(out, e->attempts, 4)) || (rc = enc_le(out, e->size, 8)) ||
+        (rc = enc_le(out, f64_bits(e->received_at), 8)) ||
+        (rc = enc_le(out, f64_bits(e->next_attempt), 8)) ||
+        (rc = enc_le(out, e->nrcpt, 4)))
+        goto fail;
+    for (uint32_t i = 0; i < e->nrcpt; i++)
+        if ((rc = enc_le(out, e->rcpts[i].state, 1)) || (rc = enc_str(out, e->rcpts[i].addr)))
+            goto fail;
+    return PT_OK;
+fail:
+    out->len = start;
+    if (out->data)
+        out->data[start] = 0;
+    return rc;
+}
+
+/* ---- decoding ---- */
+
+struct reader {
+    const unsigned char *p, *end;
+    bool bad;                  /* sticky: every later read returns zeros */
+};
+
+struct slice {
+    const char *p;             /* NULL for a NULL string */
+    size_t len;
+};
+
+static bool rd_need(struct reader *r, size_t n)
+{
+    if (r->bad || (size_t)(r->end - r->p) < n)
+        r->bad = true;
+    return !r->bad;
+}
+
+static uint64_t rd_le(struct reader *r, int nbytes)
+{
+    if (!rd_need(r, (size_t)nbytes))
+        return 0;
+    uint64_t v = 0;
+    for (int i = 0; i < nbytes; i++)
+        v |= (uint64_t)r->p[i] << (8 * i);
+    r->p += nbytes;
+    return v;
+}
+
+static double rd_f64(struct reader *r)
+{
+    uint64_t u = rd_le(r, 8);
+    double d;
+    memcpy(&d, &u, sizeof d);
+    if (!isfinite(d))
+        r->bad = true;
+    return d;
+}
+
+static struct slice rd_str(struct reader *r, bool nullable)
+{
+    struct slice s = { NULL, 0 };
+    uint64_t n = rd_le(r, 4);
+    if (r->bad)
+        return s;
+    if (n == ENTRY_NULL_STR) {
+        r->bad |= !nullable;
+        return s;
+    }
+    if (n > ENTRY_MAX_STR || !rd_need(r, (size_t)n) || memchr(r->p, 0, (size_t)n)) {
+        r->bad = true;
+        return s;
+    }
+    s.p = (const char *)r->p;
+    s.len = (size_t)n;
+    r->p += n;
+    return s;
+}
+
+static char *slice_dup(struct slice s)
+{
+    char *c = malloc(s.len + 1);
+    if (c) {
+        memcpy(c, s.p, s.len);
+        c[s.len] = 0;
+    }
+    return c;
+}
+
+int entry_decode(const void *data, size_t len, struct entry **out)
+{
+    *out = NULL;
+    if (!data)
+        return PT_INVALID;
+    struct reader r = { data, (const unsigned char *)data + len, false };
+    if (rd_le(&r, 1) != ENTRY_VERSION)
+        return PT_INVALID;
+    struct slice id = rd_str(&r, false), domain = rd_str(&r, false);
+    struct slice sender = rd_str(&r, false), route = rd_str(&r, true);
+    struct slice resp = rd_str(&r, true);
+    uint8_t protocol = (uint8_t)rd_le(&r, 1), priority = (uint8_t)rd_le(&r, 1);
+    uint8_t flags = (uint8_t)rd_le(&r, 1);
+    uint16_t ndomains = (uint16_t)rd_le(&r, 2);
+    uint32_t attempts = (uint32_t)rd_le(&r, 4);
+    uint64_t size = rd_le(&r, 8);
+    double received_at = rd_f64(&r), next_attempt = rd_f64(&r);
+    uint64_t nrcpt = rd_le(&r, 4);
+    if (r.bad || id.len == 0 || id.len > ENTRY_ID_LEN || protocol > PROTO_HTTP ||
+        priority > PRIO_BULK || nrcpt > ENTRY_MAX_RCPT ||
+        nrcpt * ENTRY_RCPT_MIN_ENC > (uint64_t)(r.end - r.p))
+        return PT_INVALID;
+
+    /* Pass 1 over the recipients: validate and size; nothing allocated yet. */
+    const unsigned char *rcpt_start = r.p;
+    size_t strbytes = domain.len + 1 + sender.len + 1;
+    for (uint64_t i = 0; i < nrcpt; i++) {
+        if (rd_le(&r, 1) > RCPT_BOUNCED)
+            return PT_INVALID;
+        struct slice a = rd_str(&r, false);
+        if (r.bad)
+            return PT_INVALID;
+        strbytes += a.len + 1;
+    }
+    if (r.p != r.end)
+        return PT_INVALID;
+
+    char *s;
+    struct entry *e = entry_alloc((uint32_t)nrcpt, strbytes, &s);
+    if (!e)
+        return PT_NOMEM;
+    memcpy(e->id, id.p, id.len);
+    e->id[id.len] = 0;
+    e->domain = put_str(&s, domain.p, domain.len);
+    e->sender = put_str(&s, sender.p, sender.len);
+    e->protocol = protocol;
+    e->priority = priority;
+    e->flags = flags;
+    e->ndomains = ndomains;
+    e->attempts = attempts;
+    e->size = size;
+    e->received_at = received_at;
+    e->next_attempt = next_attempt;
+    /* Pass 2: input already validated. */
+    struct reader r2 = { rcpt_start, r.end, false };
+    for (uint32_t i = 0; i < e->nrcpt; i++) {
+        e->rcpts[i].state = (uint8_t)rd_le(&r2, 1);
+        struct slice a = rd_str(&r2, false);
+        e->rcpts[i].addr = put_str(&s, a.p, a.len);
+    }
+    if ((route.p && !(e->route = slice_dup(route))) ||
+        (resp.p && !(e->last_response = slice_dup(resp)))) {
+        entry_free(e);
+        return PT_NOMEM;
+    }
+    *out = e;
+    return PT_OK;
+}

@@ -1,0 +1,121 @@
+/* Message ingestion; see ingest.h. Recipients are grouped by lowercased domain in
+ * first-seen order; each group becomes one entry sharing the message's content.
+ * SPDX-License-Identifier: Apache-2.0 */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/runtime.h"
+#include "queue/ingest.h"
+#include "queue/sched.h"
+#include "queue/spool.h"
+#include "smtp/smtp_parse.h"
+#include "util/result.h"
+
+struct ingest_job {
+    struct runtime *rt;
+    ingest_cb cb;
+    void *arg;
+    size_t nentries;
+    struct entry *entries[];
+};
+
+static void ingest_on_durable(void *arg, int status)
+{
+    struct ingest_job *job = arg;
+    for (size_t i = 0; i < job->nentries; i++) {
+        if (status == PT_OK)
+            sched_enqueue(job->rt->sched, job->entries[i]);
+        else
+            entry_free(job->entries[i]);
+    }
+    job->cb(job->arg, status);
+    free(job);
+}
+
+int ingest_submit(struct runtime *rt, const struct ingest_msg *m, ingest_cb cb, void *arg)
+{
+    if (m->nrcpt == 0)
+        return PT_INVALID;
+    /* Group recipients by domain: dom[i] = lowercased domain of rcpt i,
+     * group[i] = index of the first recipient with that domain. */
+    size_t n = m->nrcpt;
+    char (*dom)[SMTP_DOMAIN_MAX + 1] = malloc(n * sizeof *dom);
+    size_t *group = malloc(n * sizeof *group);
+    const char **members = malloc(n * sizeof *members);
+    struct ingest_job *job = calloc(1, sizeof *job + n * sizeof(struct entry *));
+    struct spool_batch *b = spool_batch_new();
+    struct buf rec;
+    buf_init(&rec, 0);
+    int rc = PT_NOMEM;
+    if (!dom || !group || !members || !job || !b)
+        goto fail;
+    size_t ngroups = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *d = smtp_addr_domain(m->rcpts[i]);
+        smtp_domain_lower(d ? d : "", dom[i], sizeof dom[i]);
+        group[i] = i;
+        for (size_t j = 0; j < i; j++) {
+            if (group[j] == j && strcmp(dom[j], dom[i]) == 0) {
+                group[i] = j;
+                break;
+            }
+        }
+        if (group[i] == i)
+            ngroups++;
+    }
+    rc = spool_batch_put_content(b, m->id, m->content, m->content_len);
+    if (rc)
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        if (group[i] != i)
+            continue;
+        size_t k = 0;
+        for (size_t j = i; j < n; j++)
+            if (group[j] == i)
+                members[k++] = m->rcpts[j];
+        struct entry *e = entry_new(m->id, dom[i], m->sender, members, (uint32_t)k);
+        if (!e) {
+            rc = PT_NOMEM;
+            goto fail;
+        }
+        job->entries[job->nentries++] = e;
+        e->ndomains = (uint16_t)(ngroups > 65535 ? 65535 : ngroups);
+        e->protocol = m->protocol;
+        e->priority = m->priority;
+        e->flags = m->flags;
+        e->received_at = m->received_at;
+        e->next_attempt = m->received_at;
+        e->size = m->content_len;
+        buf_reset(&rec);
+        if ((rc = entry_encode(e, &rec)) != PT_OK)
+            goto fail;
+        if ((rc = spool_batch_put_entry(b, m->id, dom[i], rec.data, rec.len)) != PT_OK)
+            goto fail;
+    }
+    free(dom);
+    free(group);
+    free(members);
+    buf_free(&rec);
+    job->rt = rt;
+    job->cb = cb;
+    job->arg = arg;
+    rc = spool_commit_durable(rt->spool, b, ingest_on_durable, job);
+    if (rc != PT_OK) {
+        for (size_t i = 0; i < job->nentries; i++)
+            entry_free(job->entries[i]);
+        free(job);
+    }
+    return rc;
+fail:
+    if (job)
+        for (size_t i = 0; i < job->nentries; i++)
+            entry_free(job->entries[i]);
+    free(job);
+    free(dom);
+    free(group);
+    free(members);
+    spool_batch_free(b);
+    buf_free(&rec);
+    return rc;
+}

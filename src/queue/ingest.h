@@ -1,0 +1,35 @@
+/* Message ingestion: splits an accepted message into one queue entry per
+ * destination domain, writes content + entries durably (group commit) and, once
+ * durable, hands the entries to the scheduler. Shared by the SMTP server, the
+ * HTTP API and the bounce generator. Never acknowledges before the fsync.
+ * SPDX-License-Identifier: Apache-2.0 */
+#ifndef PETREL_QUEUE_INGEST_H
+#define PETREL_QUEUE_INGEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "queue/entry.h"
+#include "util/buf.h"
+
+struct runtime;
+
+struct ingest_msg {
+    char id[ENTRY_ID_LEN + 1];     /* filled by the caller (entry_new_id) */
+    const char *sender;            /* "" = null sender; borrowed for the call */
+    const char *const *rcpts;      /* borrowed for the call */
+    size_t nrcpt;
+    const char *content;           /* borrowed for the call (copied into the spool batch) */
+    size_t content_len;
+    uint8_t protocol, priority, flags;
+    double received_at;
+};
+
+/* Called once on the spool thread: PT_OK = durable and queued; else nothing was
+ * queued. Must not block. */
+typedef void (*ingest_cb)(void *arg, int status);
+
+/* Returns PT_OK when submitted (cb will run), or an error (cb will not run). */
+int ingest_submit(struct runtime *rt, const struct ingest_msg *m, ingest_cb cb, void *arg);
+
+#endif

@@ -1,0 +1,766 @@
+/* Scheduler: delivery threads, each owning the per-destination queues whose key
+ * hashes to it (domain, or relayhost for smarthost routes), a retry min-heap with
+ * one timer, connection limits per destination and the SMTP clients. In RAM only
+ * compact entries; content is read from the spool when a delivery starts.
+ * SPDX-License-Identifier: Apache-2.0 */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/runtime.h"
+#include "delivery/dns.h"
+#include "obs/log.h"
+#include "queue/dsn.h"
+#include "queue/entry.h"
+#include "queue/ingest.h"
+#include "queue/sched.h"
+#include "queue/spool.h"
+#include "smtp/smtp_client.h"
+#include "util/mbox.h"
+#include "util/result.h"
+#include "util/timeutil.h"
+
+#define Q_BUCKETS 4096
+#define SCHED_PRIOS 3
+#define PRIO_FAIRNESS 8   /* every 8th pick goes to a lower class that waits */
+
+enum { TMSG_ENTRY = 1, TMSG_STOP = 2 };
+
+struct dqueue {
+    struct dqueue *hnext;
+    char *key;
+    const struct cfg_route *route;  /* relay route (borrowed from cfg) or NULL = MX */
+    struct entry *ready[SCHED_PRIOS], *ready_tail[SCHED_PRIOS];
+    uint32_t nready;
+    uint32_t nentries;              /* all entries of this queue owned by the thread */
+    int nconn;                      /* connections, including those resolving DNS */
+    uint32_t picks;
+};
+
+struct dthread {
+    struct sched *s;
+    int index;
+    uv_loop_t loop;
+    uv_thread_t tid;
+    struct mbox mbox;
+    struct dns *dns;
+    uv_timer_t timer;
+    struct dqueue *buckets[Q_BUCKETS];
+    struct entry **heap;
+    uint32_t nheap, heap_cap;
+    struct dconn *conns;            /* live connections (for shutdown) */
+    bool stopping;
+};
+
+/* One outbound connection slot: resolving, then an SMTP client. */
+struct dconn {
+    struct dconn *prev, *next;
+    struct dthread *t;
+    struct dqueue *q;
+    struct smtp_client *client;
+};
+
+struct sched {
+    struct runtime *rt;
+    int n;
+    struct dthread *t;
+    bool started;
+    _Atomic uint64_t depth;
+};
+
+static const struct smtp_client_ops client_ops;
+
+double sched_backoff(double retry_interval, double max_retry_interval, uint32_t attempts)
+{
+    if (attempts == 0)
+        attempts = 1;
+    double d = retry_interval * ldexp(1.0, (int)(attempts > 60 ? 60 : attempts - 1));
+    return d > max_retry_interval ? max_retry_interval : d;
+}
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* Destination key and route of an entry. */
+static const char *entry_key(const struct config *cfg, const struct entry *e,
+                             const struct cfg_route **route)
+{
+    const struct cfg_route *r = config_route_for(cfg, e->domain);
+    if (!r && cfg->delivery.dflt.kind == ROUTE_RELAY)
+        r = &cfg->delivery.dflt;
+    *route = r;
+    if (r && r->kind == ROUTE_RELAY)
+        return r->relayhost;
+    return e->domain;
+}
+
+/* ---- retry heap -------------------------------------------------------- */
+
+static void heap_swap(struct dthread *t, uint32_t a, uint32_t b)
+{
+    struct entry *x = t->heap[a];
+    t->heap[a] = t->heap[b];
+    t->heap[b] = x;
+    t->heap[a]->heap_idx = a;
+    t->heap[b]->heap_idx = b;
+}
+
+static void heap_push(struct dthread *t, struct entry *e)
+{
+    if (t->nheap == t->heap_cap) {
+        uint32_t cap = t->heap_cap ? t->heap_cap * 2 : 1024;
+        struct entry **p = realloc(t->heap, cap * sizeof *p);
+        if (!p)
+            abort(); /* cannot keep an accepted message: broken invariant */
+        t->heap = p;
+        t->heap_cap = cap;
+    }
+    uint32_t i = t->nheap++;
+    t->heap[i] = e;
+    e->heap_idx = i;
+    while (i > 0) {
+        uint32_t p = (i - 1) / 2;
+        if (t->heap[p]->next_attempt <= t->heap[i]->next_attempt)
+            break;
+        heap_swap(t, i, p);
+        i = p;
+    }
+}
+
+static struct entry *heap_pop(struct dthread *t)
+{
+    if (t->nheap == 0)
+        return NULL;
+    struct entry *top = t->heap[0];
+    t->nheap--;
+    if (t->nheap) {
+        t->heap[0] = t->heap[t->nheap];
+        t->heap[0]->heap_idx = 0;
+        uint32_t i = 0;
+        for (;;) {
+            uint32_t l = 2 * i + 1, r = l + 1, m = i;
+            if (l < t->nheap && t->heap[l]->next_attempt < t->heap[m]->next_attempt)
+                m = l;
+            if (r < t->nheap && t->heap[r]->next_attempt < t->heap[m]->next_attempt)
+                m = r;
+            if (m == i)
+                break;
+            heap_swap(t, i, m);
+            i = m;
+        }
+    }
+    return top;
+}
+
+static void on_timer(uv_timer_t *timer);
+
+static void timer_arm(struct dthread *t)
+{
+    if (t->stopping || !t->s->started)
+        return;
+    if (t->nheap == 0) {
+        uv_timer_stop(&t->timer);
+        return;
+    }
+    double wait = t->heap[0]->next_attempt - time_now();
+    uint64_t ms = wait <= 0 ? 0 : (uint64_t)(wait * 1000.0) + 1;
+    uv_timer_start(&t->timer, on_timer, ms, 0);
+}
+
+/* ---- queues ------------------------------------------------------------ */
+
+static struct dqueue *queue_get(struct dthread *t, const char *key, const struct cfg_route *r)
+{
+    uint64_t h = hash_str(key) % Q_BUCKETS;
+    for (struct dqueue *q = t->buckets[h]; q; q = q->hnext)
+        if (strcmp(q->key, key) == 0)
+            return q;
+    struct dqueue *q = calloc(1, sizeof *q);
+    if (!q || !(q->key = strdup(key)))
+        abort();
+    q->route = r && r->kind == ROUTE_RELAY ? r : NULL;
+    q->hnext = t->buckets[h];
+    t->buckets[h] = q;
+    return q;
+}
+
+static void queue_maybe_free(struct dthread *t, struct dqueue *q)
+{
+    if (q->nentries || q->nconn || t->stopping)
+        return;
+    struct dqueue **pp = &t->buckets[hash_str(q->key) % Q_BUCKETS];
+    while (*pp && *pp != q)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = q->hnext;
+    free(q->key);
+    free(q);
+}
+
+static void ready_push(struct dqueue *q, struct entry *e)
+{
+    int p = e->priority < SCHED_PRIOS ? e->priority : PRIO_NORMAL;
+    e->next = NULL;
+    if (q->ready_tail[p])
+        q->ready_tail[p]->next = e;
+    else
+        q->ready[p] = e;
+    q->ready_tail[p] = e;
+    q->nready++;
+}
+
+static struct entry *ready_pop(struct dqueue *q)
+{
+    if (q->nready == 0)
+        return NULL;
+    int first = 0;
+    /* fairness: now and then serve a lower class first, so bulk never starves */
+    if (++q->picks % PRIO_FAIRNESS == 0)
+        first = (int)((q->picks / PRIO_FAIRNESS) % SCHED_PRIOS);
+    for (int k = 0; k < SCHED_PRIOS; k++) {
+        int p = (first + k) % SCHED_PRIOS;
+        struct entry *e = q->ready[p];
+        if (!e)
+            continue;
+        q->ready[p] = e->next;
+        if (!q->ready[p])
+            q->ready_tail[p] = NULL;
+        e->next = NULL;
+        q->nready--;
+        return e;
+    }
+    return NULL;
+}
+
+static struct dqueue *entry_queue(struct dthread *t, struct entry *e)
+{
+    const struct cfg_route *r;
+    const char *key = entry_key(t->s->rt->cfg, e, &r);
+    return queue_get(t, key, r);
+}
+
+/* ---- results ----------------------------------------------------------- */
+
+static const char *proto_name(const struct entry *e)
+{
+    return e->protocol == PROTO_HTTP ? "http" : "smtp";
+}
+
+static void log_result(const struct entry *e, const char *type, const char *rcpt, int code,
+                       const char *response, const char *site, const char *peer)
+{
+    double now = time_now();
+    struct log_record r = {
+        .type = type, .id = e->id, .timestamp = now, .sender = e->sender, .recipient = rcpt,
+        .queue = e->domain, .site = site, .peer_address = peer, .code = code,
+        .response = response, .size = (int64_t)e->size, .delay = now - e->received_at,
+        .attempts = (int)e->attempts, .protocol = proto_name(e),
+    };
+    log_event(&r);
+}
+
+static void bounce_done(void *arg, int status)
+{
+    (void)arg;
+    if (status != PT_OK)
+        log_error("could not queue a delivery status notification");
+}
+
+/* Queues a DSN to the sender for the given recipients (never for <> or a DSN). */
+static void send_dsn(struct dthread *t, const struct entry *e, const struct dsn_rcpt *rc,
+                     size_t n, bool expired)
+{
+    struct runtime *rt = t->s->rt;
+    if (n == 0 || e->sender[0] == 0 || (e->flags & ENTRY_F_DSN))
+        return;
+    struct buf orig, out;
+    buf_init(&orig, 0);
+    buf_init(&out, 0);
+    spool_get_content(rt->spool, e->id, &orig);
+    struct dsn_info info = {
+        .reporting_mta = rt->cfg->delivery.helo_name ? rt->cfg->delivery.helo_name : rt->hostname,
+        .id = e->id, .sender = e->sender, .arrival = e->received_at, .expired = expired,
+        .rcpts = rc, .nrcpt = n, .orig = orig.data, .orig_len = orig.len,
+    };
+    if (dsn_build(&info, &out) == PT_OK) {
+        struct ingest_msg m = {
+            .sender = "", .rcpts = (const char *const *)&e->sender, .nrcpt = 1,
+            .content = out.data, .content_len = out.len, .protocol = e->protocol,
+            .priority = PRIO_HIGH, .flags = ENTRY_F_DSN, .received_at = time_now(),
+        };
+        entry_new_id(m.id);
+        if (ingest_submit(rt, &m, bounce_done, NULL) != PT_OK)
+            log_error("%s: could not queue the bounce to <%s>", e->id, e->sender);
+    }
+    buf_free(&orig);
+    buf_free(&out);
+}
+
+static void entry_remove(struct dthread *t, struct dqueue *q, struct entry *e)
+{
+    struct spool *sp = t->s->rt->spool;
+    struct spool_batch *b = spool_batch_new();
+    if (b) {
+        spool_batch_del_entry(b, e->id, e->domain);
+        if (e->ndomains <= 1)
+            spool_batch_del_content(b, e->id);
+        spool_commit_nosync(sp, b);
+        if (e->ndomains > 1 && !spool_has_entries(sp, e->id)) {
+            b = spool_batch_new();
+            if (b) {
+                spool_batch_del_content(b, e->id);
+                spool_commit_nosync(sp, b);
+            }
+        }
+    }
+    q->nentries--;
+    atomic_fetch_sub(&t->s->depth, 1);
+    entry_free(e);
+    queue_maybe_free(t, q);
+}
+
+static void entry_persist(struct dthread *t, const struct entry *e)
+{
+    struct buf rec;
+    buf_init(&rec, 0);
+    struct spool_batch *b = spool_batch_new();
+    if (b && entry_encode(e, &rec) == PT_OK &&
+        spool_batch_put_entry(b, e->id, e->domain, rec.data, rec.len) == PT_OK) {
+        spool_commit_nosync(t->s->rt->spool, b);
+        b = NULL;
+    }
+    spool_batch_free(b);
+    buf_free(&rec);
+}
+
+/* Applies one attempt's per-recipient results; then the entry is finished,
+ * expired, or scheduled for retry. */
+static void apply_results(struct dthread *t, struct dqueue *q, struct entry *e,
+                          const struct client_result *res, uint32_t nres, const char *site,
+                          const char *peer)
+{
+    const struct config *cfg = t->s->rt->cfg;
+    e->attempts++;
+    struct dsn_rcpt *bounced = calloc(nres ? nres : 1, sizeof *bounced);
+    size_t nb = 0;
+    const char *last_defer = NULL;
+    uint32_t k = 0;
+    char host[300] = "";
+    if (site) {
+        snprintf(host, sizeof host, "%s", site);
+        char *colon = strrchr(host, ':');
+        if (colon)
+            *colon = 0;
+    }
+    for (uint32_t i = 0; i < e->nrcpt && k < nres; i++) {
+        struct entry_rcpt *r = &e->rcpts[i];
+        if (r->state != RCPT_PENDING)
+            continue;
+        const struct client_result *cr = &res[k++];
+        if (cr->code / 100 == 2) {
+            r->state = RCPT_DELIVERED;
+            log_result(e, LOG_DELIVERY, r->addr, cr->code, cr->text, site, peer);
+        } else if (cr->code / 100 == 5) {
+            r->state = RCPT_BOUNCED;
+            log_result(e, LOG_BOUNCE, r->addr, cr->code, cr->text, site, peer);
+            if (bounced)
+                bounced[nb++] = (struct dsn_rcpt){ r->addr, cr->enhanced, cr->text, site ? host : NULL };
+        } else {
+            log_result(e, LOG_TRANSIENT, r->addr, cr->code ? cr->code : -1, cr->text, site, peer);
+            last_defer = cr->text;
+        }
+    }
+    if (nb)
+        send_dsn(t, e, bounced, nb, false);
+    free(bounced);
+    if (entry_pending(e) == 0) {
+        entry_remove(t, q, e);
+        return;
+    }
+    if (last_defer)
+        entry_set_last_response(e, last_defer);
+    double now = time_now();
+    double deadline = e->received_at + cfg->queue.max_retry_age;
+    if (now >= deadline) {
+        uint32_t np = entry_pending(e);
+        struct dsn_rcpt *exp = calloc(np, sizeof *exp);
+        size_t ne = 0;
+        const char *diag = e->last_response ? e->last_response : "delivery time expired";
+        for (uint32_t i = 0; i < e->nrcpt; i++) {
+            struct entry_rcpt *r = &e->rcpts[i];
+            if (r->state != RCPT_PENDING)
+                continue;
+            r->state = RCPT_BOUNCED;
+            log_result(e, LOG_EXPIRATION, r->addr, -1, diag, site, peer);
+            if (exp)
+                exp[ne++] = (struct dsn_rcpt){ r->addr, "4.4.7", diag, site ? host : NULL };
+        }
+        send_dsn(t, e, exp, ne, true);
+        free(exp);
+        entry_remove(t, q, e);
+        return;
+    }
+    double next = now + sched_backoff(cfg->queue.retry_interval, cfg->queue.max_retry_interval,
+                                      e->attempts);
+    e->next_attempt = next < deadline ? next : deadline;
+    entry_persist(t, e);
+    heap_push(t, e);
+    timer_arm(t);
+}
+
+/* Gives every pending recipient the same synthetic result (DNS failures etc.). */
+static void apply_uniform(struct dthread *t, struct dqueue *q, struct entry *e, int code,
+                          const char *enh, const char *text)
+{
+    uint32_t n = entry_pending(e);
+    struct client_result *res = calloc(n ? n : 1, sizeof *res);
+    if (!res)
+        abort();
+    for (uint32_t i = 0; i < n; i++) {
+        res[i].code = code;
+        snprintf(res[i].enhanced, sizeof res[i].enhanced, "%s", enh);
+        res[i].text = (char *)text;
+    }
+    apply_results(t, q, e, res, n, NULL, NULL);
+    free(res);
+}
+
+/* ---- connections ------------------------------------------------------- */
+
+static void dispatch(struct dthread *t, struct dqueue *q);
+
+static void dconn_free(struct dconn *dc)
+{
+    struct dthread *t = dc->t;
+    if (dc->prev)
+        dc->prev->next = dc->next;
+    else
+        t->conns = dc->next;
+    if (dc->next)
+        dc->next->prev = dc->prev;
+    dc->q->nconn--;
+    struct dqueue *q = dc->q;
+    free(dc);
+    if (!t->stopping)
+        dispatch(t, q);
+    queue_maybe_free(t, q);
+}
+
+/* Pops the next ready entry of q with its content; entries whose content is gone
+ * are dropped (logged). */
+static struct entry *next_with_content(struct dthread *t, struct dqueue *q, struct buf *content)
+{
+    struct entry *e;
+    while ((e = ready_pop(q)) != NULL) {
+        buf_init(content, 0);
+        if (spool_get_content(t->s->rt->spool, e->id, content) == PT_OK)
+            return e;
+        buf_free(content);
+        log_error("%s: content missing from the spool; dropping the entry for %s", e->id, e->domain);
+        entry_remove(t, q, e);
+    }
+    return NULL;
+}
+
+static void on_dns(void *arg, const struct dns_result *res)
+{
+    struct dconn *dc = arg;
+    struct dthread *t = dc->t;
+    struct dqueue *q = dc->q;
+    const struct config *cfg = t->s->rt->cfg;
+    if (t->stopping) {
+        dconn_free(dc);
+        return;
+    }
+    if (res->status != DNS_OK) {
+        struct entry *e;
+        char text[300];
+        while ((e = ready_pop(q)) != NULL) {
+            switch (res->status) {
+            case DNS_NULLMX:
+                snprintf(text, sizeof text, "556 5.1.10 domain %s does not accept mail (null MX)", e->domain);
+                apply_uniform(t, q, e, 556, "5.1.10", text);
+                break;
+            case DNS_NOTFOUND:
+                snprintf(text, sizeof text, "550 5.1.2 Host or domain name not found: %s", res->error);
+                apply_uniform(t, q, e, 550, "5.1.2", text);
+                break;
+            default:
+                snprintf(text, sizeof text, "451 4.4.3 DNS lookup failed: %s", res->error);
+                apply_uniform(t, q, e, 451, "4.4.3", text);
+                break;
+            }
+        }
+        dconn_free(dc);
+        return;
+    }
+    struct buf content;
+    struct entry *e = next_with_content(t, q, &content);
+    if (!e) {
+        dconn_free(dc);
+        return;
+    }
+    const struct cfg_route *r = q->route;
+    struct smtp_client_params p = {
+        .hosts = res,
+        .port = r ? r->relay_port : cfg->delivery.smtp_port,
+        .helo = cfg->delivery.helo_name ? cfg->delivery.helo_name : t->s->rt->hostname,
+        .connect_timeout = cfg->delivery.connect_timeout,
+        .command_timeout = cfg->delivery.connect_timeout * 5 > 600 ? 600 : cfg->delivery.connect_timeout * 5,
+    };
+    dc->client = smtp_client_start(&t->loop, &p, &client_ops, dc, e, &content);
+    if (!dc->client) {
+        buf_free(&content);
+        apply_uniform(t, q, e, 451, "4.3.0", "451 4.3.0 out of memory starting a delivery");
+        dconn_free(dc);
+    }
+}
+
+static void start_conn(struct dthread *t, struct dqueue *q)
+{
+    struct dconn *dc = calloc(1, sizeof *dc);
+    if (!dc)
+        return;
+    dc->t = t;
+    dc->q = q;
+    dc->next = t->conns;
+    if (t->conns)
+        t->conns->prev = dc;
+    t->conns = dc;
+    q->nconn++;
+    const struct cfg_route *r = q->route;
+    if (r && r->relay_no_mx)
+        dns_resolve_host(t->dns, r->relay_host, on_dns, dc);
+    else
+        dns_resolve_mx(t->dns, r ? r->relay_host : q->key, on_dns, dc);
+}
+
+static void dispatch(struct dthread *t, struct dqueue *q)
+{
+    int max = t->s->rt->cfg->delivery.max_connections_per_domain;
+    /* one connection at a time per this many ready entries: don't open 10
+     * connections for 2 messages */
+    while (!t->stopping && q->nready > 0 && q->nconn < max &&
+           (q->nconn == 0 || q->nready > (uint32_t)q->nconn))
+        start_conn(t, q);
+}
+
+static void client_on_done(void *owner, struct smtp_client *c, struct entry *e,
+                           const struct client_result *res, uint32_t nres, bool usable,
+                           const char *site, const char *peer)
+{
+    struct dconn *dc = owner;
+    struct dthread *t = dc->t;
+    const struct config *cfg = t->s->rt->cfg;
+    apply_results(t, dc->q, e, res, nres, site, peer);
+    if (!usable)
+        return;
+    if (!t->stopping &&
+        smtp_client_deliveries(c) < (uint32_t)cfg->delivery.max_deliveries_per_connection) {
+        struct buf content;
+        struct entry *next = next_with_content(t, dc->q, &content);
+        if (next) {
+            smtp_client_deliver(c, next, &content);
+            return;
+        }
+    }
+    smtp_client_quit(c);
+}
+
+static void client_on_closed(void *owner, struct smtp_client *c)
+{
+    dconn_free(owner);
+}
+
+static const struct smtp_client_ops client_ops = {
+    .on_done = client_on_done, .on_closed = client_on_closed,
+};
+
+/* ---- entry intake ------------------------------------------------------ */
+
+static void thread_insert(struct dthread *t, struct entry *e, bool run)
+{
+    struct dqueue *q = entry_queue(t, e);
+    q->nentries++;
+    const struct cfg_route *r = config_route_for(t->s->rt->cfg, e->domain);
+    if (r && r->kind == ROUTE_DISCARD) {
+        e->attempts++;
+        for (uint32_t i = 0; i < e->nrcpt; i++) {
+            if (e->rcpts[i].state != RCPT_PENDING)
+                continue;
+            e->rcpts[i].state = RCPT_DELIVERED;
+            log_result(e, LOG_DELIVERY, e->rcpts[i].addr, 250, "250 2.0.0 discarded by transport route", NULL, NULL);
+        }
+        entry_remove(t, q, e);
+        return;
+    }
+    if (e->next_attempt <= time_now()) {
+        ready_push(q, e);
+        if (run)
+            dispatch(t, q);
+    } else {
+        heap_push(t, e);
+        if (run)
+            timer_arm(t);
+    }
+}
+
+static void on_timer(uv_timer_t *timer)
+{
+    struct dthread *t = timer->data;
+    double now = time_now();
+    while (t->nheap && t->heap[0]->next_attempt <= now) {
+        struct entry *e = heap_pop(t);
+        struct dqueue *q = entry_queue(t, e);
+        ready_push(q, e);
+        dispatch(t, q);
+    }
+    timer_arm(t);
+}
+
+static void on_msg(void *owner, struct mbox_msg *msg)
+{
+    struct dthread *t = owner;
+    if (msg->kind == TMSG_ENTRY) {
+        if (t->stopping)
+            entry_free(msg->ptr); /* durable already: picked up again at restart */
+        else
+            thread_insert(t, msg->ptr, true);
+    } else if (msg->kind == TMSG_STOP && !t->stopping) {
+        t->stopping = true;
+        uv_timer_stop(&t->timer);
+        uv_close((uv_handle_t *)&t->timer, NULL);
+        for (struct dconn *dc = t->conns; dc; dc = dc->next)
+            if (dc->client)
+                smtp_client_abort(dc->client);
+        dns_free(t->dns);
+        t->dns = NULL;
+        mbox_close(&t->mbox);
+    }
+    free(msg);
+}
+
+static void thread_main(void *arg)
+{
+    struct dthread *t = arg;
+    /* entries recovered before the start */
+    for (int h = 0; h < Q_BUCKETS; h++)
+        for (struct dqueue *q = t->buckets[h]; q; q = q->hnext)
+            dispatch(t, q);
+    timer_arm(t);
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+}
+
+/* ---- API --------------------------------------------------------------- */
+
+struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
+{
+    struct sched *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->rt = rt;
+    s->n = rt->cfg->delivery.threads > 0 ? rt->cfg->delivery.threads : 1;
+    s->t = calloc((size_t)s->n, sizeof *s->t);
+    if (!s->t) {
+        free(s);
+        return NULL;
+    }
+    const struct config *cfg = rt->cfg;
+    for (int i = 0; i < s->n; i++) {
+        struct dthread *t = &s->t[i];
+        t->s = s;
+        t->index = i;
+        if (uv_loop_init(&t->loop) || mbox_init(&t->mbox, &t->loop, on_msg, t) ||
+            uv_timer_init(&t->loop, &t->timer)) {
+            snprintf(err, errlen, "cannot initialize delivery thread %d", i);
+            return NULL;
+        }
+        t->timer.data = t;
+        t->dns = dns_new(&t->loop, (const char *const *)cfg->dns_resolvers, cfg->n_dns_resolvers,
+                         err, errlen);
+        if (!t->dns)
+            return NULL;
+    }
+    return s;
+}
+
+void sched_enqueue(struct sched *s, struct entry *e)
+{
+    const struct cfg_route *r;
+    const char *key = entry_key(s->rt->cfg, e, &r);
+    struct dthread *t = &s->t[hash_str(key) % (uint64_t)s->n];
+    atomic_fetch_add(&s->depth, 1);
+    if (!s->started) {
+        thread_insert(t, e, false);
+        return;
+    }
+    if (mbox_send(&t->mbox, TMSG_ENTRY, e, 0, 0) != PT_OK) {
+        atomic_fetch_sub(&s->depth, 1);
+        entry_free(e); /* durable: delivered after a restart */
+    }
+}
+
+int sched_start(struct sched *s)
+{
+    s->started = true;
+    for (int i = 0; i < s->n; i++)
+        if (uv_thread_create(&s->t[i].tid, thread_main, &s->t[i]))
+            return PT_ERROR;
+    return PT_OK;
+}
+
+void sched_stop(struct sched *s)
+{
+    if (!s->started)
+        return;
+    for (int i = 0; i < s->n; i++)
+        mbox_send(&s->t[i].mbox, TMSG_STOP, NULL, 0, 0);
+    for (int i = 0; i < s->n; i++)
+        uv_thread_join(&s->t[i].tid);
+    s->started = false;
+}
+
+void sched_free(struct sched *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < s->n; i++) {
+        struct dthread *t = &s->t[i];
+        for (uint32_t k = 0; k < t->nheap; k++)
+            entry_free(t->heap[k]);
+        free(t->heap);
+        for (int h = 0; h < Q_BUCKETS; h++) {
+            struct dqueue *q = t->buckets[h];
+            while (q) {
+                struct dqueue *next = q->hnext;
+                for (int p = 0; p < SCHED_PRIOS; p++) {
+                    struct entry *e = q->ready[p];
+                    while (e) {
+                        struct entry *n = e->next;
+                        entry_free(e);
+                        e = n;
+                    }
+                }
+                free(q->key);
+                free(q);
+                q = next;
+            }
+        }
+        if (t->dns)
+            dns_free(t->dns);
+        uv_loop_close(&t->loop);
+    }
+    free(s->t);
+    free(s);
+}
+
+uint64_t sched_depth(const struct sched *s)
+{
+    return atomic_load(&((struct sched *)s)->depth);
+}

@@ -1,0 +1,266 @@
+/* Byte-stream connection over libuv TCP; see conn.h. Output is coalesced into one
+ * uv_write per flush; input accumulates in c->in up to in_max, then reading stops.
+ * SPDX-License-Identifier: Apache-2.0 */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "smtp/conn.h"
+#include "util/result.h"
+
+#define CONN_READ_CHUNK 65536
+
+static void conn_on_handle_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    if (--c->pending_handles == 0) {
+        buf_free(&c->in);
+        buf_free(&c->out);
+        buf_free(&c->wbuf);
+        if (c->ops->on_closed)
+            c->ops->on_closed(c);
+    }
+}
+
+int conn_init(struct conn *c, uv_loop_t *loop, const struct conn_ops *ops, void *owner)
+{
+    memset(c, 0, sizeof *c);
+    c->ops = ops;
+    c->owner = owner;
+    c->in_max = 1 << 20;
+    buf_init(&c->in, 0);
+    buf_init(&c->out, 0);
+    buf_init(&c->wbuf, 0);
+    if (uv_tcp_init(loop, &c->tcp))
+        return PT_ERROR;
+    c->tcp.data = c;
+    c->pending_handles++;
+    if (uv_timer_init(loop, &c->timer)) {
+        c->closing = true;
+        uv_close((uv_handle_t *)&c->tcp, conn_on_handle_closed);
+        return PT_ERROR;
+    }
+    c->timer.data = c;
+    c->pending_handles++;
+    return PT_OK;
+}
+
+static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    struct conn *c = h->data;
+    if (buf_reserve(&c->in, CONN_READ_CHUNK) != PT_OK) {
+        b->base = NULL;
+        b->len = 0;
+        return;
+    }
+    b->base = c->in.data + c->in.len;
+    b->len = c->in.cap - c->in.len - 1;
+}
+
+static void conn_update_reading(struct conn *c);
+
+static void conn_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    struct conn *c = s->data;
+    if (c->closing)
+        return;
+    if (n > 0) {
+        c->in.len += (size_t)n;
+        c->in.data[c->in.len] = 0;
+        if (!c->paused)
+            c->ops->on_data(c);
+        if (!c->closing)
+            conn_update_reading(c);
+        return;
+    }
+    if (n == 0)
+        return;
+    c->ops->on_eof(c, n == UV_EOF ? 0 : (int)n);
+}
+
+static void conn_update_reading(struct conn *c)
+{
+    bool want = !c->closing && !c->paused && c->in.len < c->in_max;
+    if (want && !c->reading) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_on_read) == 0)
+            c->reading = true;
+    } else if (!want && c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+}
+
+int conn_accept(struct conn *c, uv_stream_t *server)
+{
+    return uv_accept(server, (uv_stream_t *)&c->tcp) ? PT_ERROR : PT_OK;
+}
+
+static void conn_on_connect(uv_connect_t *req, int status)
+{
+    struct conn *c = req->data;
+    if (c->closing)
+        return;
+    c->ops->on_connect(c, status);
+}
+
+int conn_connect(struct conn *c, const struct sockaddr *sa)
+{
+    c->creq.data = c;
+    return uv_tcp_connect(&c->creq, &c->tcp, sa, conn_on_connect) ? PT_ERROR : PT_OK;
+}
+
+int conn_start(struct conn *c)
+{
+    uv_tcp_nodelay(&c->tcp, 1);
+    conn_update_reading(c);
+    return c->reading ? PT_OK : PT_ERROR;
+}
+
+void conn_pause(struct conn *c, bool paused)
+{
+    if (c->closing)
+        return;
+    bool was = c->paused;
+    c->paused = paused;
+    conn_update_reading(c);
+    if (was && !paused && c->in.len)
+        c->ops->on_data(c);
+}
+
+int conn_send(struct conn *c, const void *p, size_t n)
+{
+    if (c->closing)
+        return PT_ERROR;
+    return buf_append(&c->out, p, n);
+}
+
+int conn_sendf(struct conn *c, const char *fmt, ...)
+{
+    if (c->closing)
+        return PT_ERROR;
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = buf_vappendf(&c->out, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+static void conn_really_close(struct conn *c);
+
+static void conn_on_write(uv_write_t *req, int status)
+{
+    struct conn *c = req->data;
+    c->writing = false;
+    buf_reset(&c->wbuf);
+    if (status < 0) {
+        if (!c->closing)
+            c->ops->on_eof(c, status);
+        else if (c->close_after_write)
+            conn_really_close(c);
+        return;
+    }
+    if (c->out.len) {
+        conn_flush(c);
+        return;
+    }
+    if (c->close_after_write)
+        conn_really_close(c);
+}
+
+void conn_flush(struct conn *c)
+{
+    if (c->writing || c->out.len == 0 || uv_is_closing((uv_handle_t *)&c->tcp))
+        return;
+    /* Try the cheap synchronous path first; queue the remainder. */
+    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n > 0)
+        buf_consume(&c->out, (size_t)n);
+    if (c->out.len == 0) {
+        if (c->close_after_write)
+            conn_really_close(c);
+        return;
+    }
+    struct buf tmp = c->wbuf;
+    c->wbuf = c->out;
+    c->out = tmp;
+    buf_reset(&c->out);
+    b = uv_buf_init(c->wbuf.data, (unsigned)c->wbuf.len);
+    c->wreq.data = c;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, conn_on_write)) {
+        buf_reset(&c->wbuf);
+        if (c->close_after_write)
+            conn_really_close(c);
+        return;
+    }
+    c->writing = true;
+}
+
+bool conn_write_pending(const struct conn *c)
+{
+    return c->writing || c->out.len;
+}
+
+static void conn_on_timer(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    if (!c->closing)
+        c->ops->on_timeout(c);
+}
+
+void conn_set_timeout(struct conn *c, double secs)
+{
+    if (uv_is_closing((uv_handle_t *)&c->timer))
+        return;
+    uv_timer_stop(&c->timer);
+    if (secs > 0)
+        uv_timer_start(&c->timer, conn_on_timer, (uint64_t)(secs * 1000.0 + 0.5), 0);
+}
+
+static void conn_really_close(struct conn *c)
+{
+    if (uv_is_closing((uv_handle_t *)&c->tcp))
+        return;
+    uv_close((uv_handle_t *)&c->timer, conn_on_handle_closed);
+    uv_close((uv_handle_t *)&c->tcp, conn_on_handle_closed);
+}
+
+static void conn_on_close_timer(uv_timer_t *t)
+{
+    conn_really_close(t->data);
+}
+
+void conn_close(struct conn *c, bool graceful)
+{
+    if (c->closing) {
+        if (!graceful)
+            conn_really_close(c);
+        return;
+    }
+    c->closing = true;
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+    uv_timer_stop(&c->timer);
+    if (graceful && conn_write_pending(c)) {
+        c->close_after_write = true;
+        /* bound the time a stuck peer can hold us */
+        uv_timer_start(&c->timer, conn_on_close_timer, 5000, 0);
+        conn_flush(c);
+        return;
+    }
+    conn_really_close(c);
+}
+
+int conn_peer(const struct conn *c, struct sockaddr_storage *ss)
+{
+    int len = sizeof *ss;
+    return uv_tcp_getpeername(&c->tcp, (struct sockaddr *)ss, &len) ? PT_ERROR : PT_OK;
+}
+
+int conn_local(const struct conn *c, struct sockaddr_storage *ss)
+{
+    int len = sizeof *ss;
+    return uv_tcp_getsockname(&c->tcp, (struct sockaddr *)ss, &len) ? PT_ERROR : PT_OK;
+}

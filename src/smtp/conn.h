@@ -1,0 +1,57 @@
+/* A byte-stream connection on a libuv loop: buffered input for the protocol code,
+ * coalesced output (one write per loop turn), deadline timer, deferred close. The
+ * SMTP server and client sessions talk only to this interface, so TLS can slot in
+ * underneath without touching protocol code. Never frees itself inside a callback
+ * before the owner's close callback has run.
+ * SPDX-License-Identifier: Apache-2.0 */
+#ifndef PETREL_SMTP_CONN_H
+#define PETREL_SMTP_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "util/buf.h"
+
+struct conn;
+struct conn_ops {
+    void (*on_data)(struct conn *c);           /* new bytes appended to c->in */
+    void (*on_eof)(struct conn *c, int err);   /* peer closed (err 0) or I/O error (uv code) */
+    void (*on_timeout)(struct conn *c);        /* deadline passed */
+    void (*on_closed)(struct conn *c);         /* handles closed: the owner may free now */
+    void (*on_connect)(struct conn *c, int status); /* client side: connect result */
+};
+
+struct conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_connect_t creq;
+    uv_write_t wreq;
+    struct buf in;             /* unread input; the owner consumes with buf_consume */
+    struct buf out;            /* queued output, flushed by conn_flush */
+    struct buf wbuf;           /* output currently being written */
+    const struct conn_ops *ops;
+    void *owner;
+    size_t in_max;             /* stop reading when in.len reaches this (back-pressure) */
+    bool reading, writing, closing, close_after_write, paused;
+    int pending_handles;
+};
+
+/* Initializes c on loop (tcp + timer handles). The caller owns c's memory and
+ * must keep it until ops->on_closed. */
+int conn_init(struct conn *c, uv_loop_t *loop, const struct conn_ops *ops, void *owner);
+int conn_accept(struct conn *c, uv_stream_t *server);
+int conn_connect(struct conn *c, const struct sockaddr *sa);
+int conn_start(struct conn *c);               /* start reading */
+void conn_pause(struct conn *c, bool paused);  /* stop/resume handing input to on_data */
+int conn_send(struct conn *c, const void *p, size_t n);  /* queue; see conn_flush */
+int conn_sendf(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void conn_flush(struct conn *c);               /* start writing queued output */
+bool conn_write_pending(const struct conn *c);
+void conn_set_timeout(struct conn *c, double secs); /* 0 = none; replaces the current deadline */
+/* Flushes pending output (if graceful) and closes; on_closed runs later. Idempotent. */
+void conn_close(struct conn *c, bool graceful);
+int conn_peer(const struct conn *c, struct sockaddr_storage *ss);
+int conn_local(const struct conn *c, struct sockaddr_storage *ss);
+
+#endif

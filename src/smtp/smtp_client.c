@@ -1,0 +1,577 @@
+/* SMTP client session; see smtp_client.h. States: connecting -> greeting ->
+ * ehlo (-> helo) -> ready <-> transaction -> quit. Replies are matched to the
+ * commands sent through an expectation queue, so the same code drives pipelined
+ * and lock-step servers.
+ * SPDX-License-Identifier: Apache-2.0 */
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "obs/log.h"
+#include "queue/entry.h"
+#include "smtp/conn.h"
+#include "smtp/smtp_client.h"
+#include "smtp/smtp_data.h"
+#include "smtp/smtp_reply.h"
+#include "util/cidr.h"
+#include "util/result.h"
+
+#define CLIENT_STATES(X) \
+    X(C_CONNECTING) X(C_GREETING) X(C_EHLO) X(C_HELO) X(C_READY) X(C_TXN) X(C_QUIT) X(C_DEAD)
+#define AS_ENUM(s) s,
+#define AS_NAME(s) #s,
+enum client_state { CLIENT_STATES(AS_ENUM) C__COUNT };
+static const char *const cstate_names[] = { CLIENT_STATES(AS_NAME) };
+
+enum expect { X_RSET, X_MAIL, X_RCPT, X_DATA, X_BODY };
+
+struct smtp_client {
+    struct conn conn;
+    uv_loop_t *loop;
+    const struct smtp_client_ops *ops;
+    void *owner;
+    enum client_state state;
+    struct dns_result hosts;
+    int host_i, addr_i;
+    uint16_t port;
+    char helo[256];
+    double connect_timeout, command_timeout;
+    struct smtp_reply_parser rp;
+    struct smtp_reply reply;
+    struct smtp_caps caps;
+    char site[300];
+    char peer[64];
+    char last_error[512];
+    int last_code;
+    bool connected_once, need_rset, aborting;
+    uint32_t deliveries;
+    /* current transaction */
+    struct entry *e;
+    struct buf content;
+    uint32_t *idx;              /* indexes of the pending recipients */
+    struct client_result *res;
+    uint32_t nres, nsent_rcpt, accepted;
+    enum expect *exp;           /* expectation ring (simple array + head) */
+    uint32_t nexp, exp_head, exp_cap;
+    bool mail_failed;
+    struct client_result mail_res;
+};
+
+static void enter_state(struct smtp_client *c, enum client_state st)
+{
+    if (c->state != st)
+        log_debug("smtp-out %s: %s -> %s", c->site[0] ? c->site : "-", cstate_names[c->state],
+                  cstate_names[st]);
+    c->state = st;
+}
+
+static void set_result(struct client_result *r, int code, const char *enh, const char *text)
+{
+    free(r->text);
+    r->code = code;
+    if (enh && *enh)
+        snprintf(r->enhanced, sizeof r->enhanced, "%s", enh);
+    else if (code >= 200)
+        snprintf(r->enhanced, sizeof r->enhanced, "%d.0.0", code / 100);
+    else
+        snprintf(r->enhanced, sizeof r->enhanced, "4.4.1");
+    r->text = strdup(text ? text : "");
+}
+
+/* "550 5.1.1 text" from the parsed reply (first line only, newlines flattened). */
+static void reply_text(const struct smtp_reply *rp, char *out, size_t n)
+{
+    if (rp->enhanced[0])
+        snprintf(out, n, "%d %s %s", rp->code, rp->enhanced, rp->text);
+    else
+        snprintf(out, n, "%d %s", rp->code, rp->text);
+    for (char *p = out; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+}
+
+static void txn_clear(struct smtp_client *c)
+{
+    for (uint32_t i = 0; i < c->nres; i++)
+        free(c->res[i].text);
+    free(c->res);
+    free(c->idx);
+    free(c->mail_res.text);
+    c->mail_res.text = NULL;
+    c->res = NULL;
+    c->idx = NULL;
+    c->nres = c->nsent_rcpt = c->accepted = 0;
+    c->nexp = c->exp_head = 0;
+    c->mail_failed = false;
+    c->e = NULL;
+    buf_free(&c->content);
+}
+
+/* Hands the finished transaction to the scheduler. */
+static void txn_done(struct smtp_client *c, bool usable)
+{
+    struct entry *e = c->e;
+    if (!e)
+        return;
+    c->deliveries++;
+    c->ops->on_done(c->owner, c, e, c->res, c->nres, usable, c->site[0] ? c->site : NULL,
+                    c->peer[0] ? c->peer : NULL);
+    txn_clear(c);
+}
+
+/* Transaction over, connection reusable: READY first, since on_done may hand us
+ * the next entry or ask for QUIT. */
+static void txn_finish(struct smtp_client *c)
+{
+    enter_state(c, C_READY);
+    txn_done(c, true);
+}
+
+/* Every still-unanswered recipient of the current transaction gets this result. */
+static void txn_fail_all(struct smtp_client *c, int code, const char *enh, const char *text)
+{
+    for (uint32_t i = 0; i < c->nres; i++)
+        if (c->res[i].code == 0 || c->res[i].code / 100 == 2)
+            set_result(&c->res[i], code, enh, text);
+}
+
+static void client_die(struct smtp_client *c, int code, const char *enh, const char *text)
+{
+    if (c->state == C_DEAD)
+        return;
+    if (c->e) {
+        /* recipients accepted at RCPT but without a final DATA reply are not delivered */
+        txn_fail_all(c, code, enh, text);
+        txn_done(c, false);
+    }
+    enter_state(c, C_DEAD);
+    conn_close(&c->conn, false);
+}
+
+static void expect(struct smtp_client *c, enum expect x)
+{
+    if (c->nexp == c->exp_cap) {
+        uint32_t cap = c->exp_cap ? c->exp_cap * 2 : 16;
+        enum expect *p = realloc(c->exp, cap * sizeof *p);
+        if (!p)
+            return;
+        c->exp = p;
+        c->exp_cap = cap;
+    }
+    c->exp[c->nexp++] = x;
+}
+
+static void try_next_host(struct smtp_client *c);
+
+static void send_rcpt(struct smtp_client *c, uint32_t i)
+{
+    conn_sendf(&c->conn, "RCPT TO:<%s>\r\n", c->e->rcpts[c->idx[i]].addr);
+    expect(c, X_RCPT);
+}
+
+/* Sends the commands of the transaction: all at once with PIPELINING. */
+static void txn_begin(struct smtp_client *c)
+{
+    struct entry *e = c->e;
+    enter_state(c, C_TXN);
+    c->nexp = c->exp_head = 0;
+    if (c->need_rset) {
+        conn_send(&c->conn, "RSET\r\n", 6);
+        expect(c, X_RSET);
+        c->need_rset = false;
+        if (!(c->caps.flags & SMTP_CAP_PIPELINING)) {
+            conn_flush(&c->conn);
+            return;
+        }
+    }
+    const char *body = (c->caps.flags & SMTP_CAP_8BITMIME) ? " BODY=8BITMIME" : "";
+    bool utf8 = false;
+    for (const char *p = e->sender; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            utf8 = true;
+    conn_sendf(&c->conn, "MAIL FROM:<%s>", e->sender);
+    if (c->caps.flags & SMTP_CAP_SIZE)
+        conn_sendf(&c->conn, " SIZE=%llu", (unsigned long long)c->content.len);
+    conn_sendf(&c->conn, "%s%s\r\n", body, utf8 && (c->caps.flags & SMTP_CAP_SMTPUTF8) ? " SMTPUTF8" : "");
+    expect(c, X_MAIL);
+    if (c->caps.flags & SMTP_CAP_PIPELINING) {
+        for (uint32_t i = 0; i < c->nres; i++)
+            send_rcpt(c, i);
+        c->nsent_rcpt = c->nres;
+        conn_send(&c->conn, "DATA\r\n", 6);
+        expect(c, X_DATA);
+    }
+    conn_flush(&c->conn);
+}
+
+static void send_body(struct smtp_client *c)
+{
+    struct buf stuffed;
+    buf_init(&stuffed, 0);
+    if (smtp_dot_stuff(c->content.data, c->content.len, &stuffed) != PT_OK) {
+        buf_free(&stuffed);
+        client_die(c, 451, "4.3.0", "451 4.3.0 out of memory preparing the message");
+        return;
+    }
+    /* hand the stuffed copy to the connection without another copy */
+    if (c->conn.out.len == 0) {
+        buf_free(&c->conn.out);
+        c->conn.out = stuffed;
+    } else {
+        conn_send(&c->conn, stuffed.data, stuffed.len);
+        buf_free(&stuffed);
+    }
+    expect(c, X_BODY);
+    conn_flush(&c->conn);
+}
+
+static void txn_on_reply(struct smtp_client *c, const struct smtp_reply *rp)
+{
+    if (c->exp_head >= c->nexp) {
+        client_die(c, 451, "4.4.2", "451 4.4.2 unexpected reply from the next hop");
+        return;
+    }
+    enum expect x = c->exp[c->exp_head++];
+    char text[600];
+    reply_text(rp, text, sizeof text);
+    bool pipelining = c->caps.flags & SMTP_CAP_PIPELINING;
+    switch (x) {
+    case X_RSET:
+        if (!pipelining)
+            txn_begin(c);
+        return;
+    case X_MAIL:
+        if (rp->code / 100 != 2) {
+            c->mail_failed = true;
+            for (uint32_t i = 0; i < c->nres; i++)
+                set_result(&c->res[i], rp->code, rp->enhanced, text);
+            if (!pipelining) {
+                c->need_rset = true;
+                txn_finish(c);
+            }
+            return;
+        }
+        if (!pipelining) {
+            send_rcpt(c, c->nsent_rcpt++);
+            conn_flush(&c->conn);
+        }
+        return;
+    case X_RCPT: {
+        uint32_t i = 0;
+        /* the n-th RCPT reply belongs to the n-th recipient sent */
+        for (uint32_t k = 0; k < c->exp_head - 1; k++)
+            if (c->exp[k] == X_RCPT)
+                i++;
+        if (!c->mail_failed && i < c->nres) {
+            set_result(&c->res[i], rp->code, rp->enhanced, text);
+            if (rp->code / 100 == 2)
+                c->accepted++;
+        }
+        if (!pipelining) {
+            if (c->nsent_rcpt < c->nres) {
+                send_rcpt(c, c->nsent_rcpt++);
+            } else if (c->accepted > 0) {
+                conn_send(&c->conn, "DATA\r\n", 6);
+                expect(c, X_DATA);
+            } else {
+                c->need_rset = true;
+                txn_finish(c);
+                return;
+            }
+            conn_flush(&c->conn);
+        }
+        return;
+    }
+    case X_DATA:
+        if (rp->code == 354) {
+            if (c->accepted == 0 || c->mail_failed) {
+                conn_send(&c->conn, ".\r\n", 3); /* broken server: end the empty message */
+                expect(c, X_RSET);
+                c->need_rset = true;
+                return;
+            }
+            send_body(c);
+            return;
+        }
+        if (c->accepted > 0 && !c->mail_failed)
+            for (uint32_t i = 0; i < c->nres; i++)
+                if (c->res[i].code / 100 == 2)
+                    set_result(&c->res[i], rp->code, rp->enhanced, text);
+        c->need_rset = true;
+        txn_finish(c);
+        return;
+    case X_BODY:
+        for (uint32_t i = 0; i < c->nres; i++)
+            if (c->res[i].code / 100 == 2)
+                set_result(&c->res[i], rp->code, rp->enhanced, text);
+        txn_finish(c);
+        return;
+    }
+}
+
+static void on_reply(struct smtp_client *c, const struct smtp_reply *rp)
+{
+    char text[600];
+    switch (c->state) {
+    case C_GREETING:
+        if (rp->code != 220) {
+            reply_text(rp, text, sizeof text);
+            snprintf(c->last_error, sizeof c->last_error, "%s said: %s", c->site, text);
+            c->last_code = rp->code;
+            conn_send(&c->conn, "QUIT\r\n", 6);
+            conn_flush(&c->conn);
+            conn_close(&c->conn, true);
+            return; /* on_closed tries the next host */
+        }
+        c->connected_once = true;
+        enter_state(c, C_EHLO);
+        conn_sendf(&c->conn, "EHLO %s\r\n", c->helo);
+        conn_flush(&c->conn);
+        conn_set_timeout(&c->conn, c->command_timeout);
+        return;
+    case C_EHLO:
+        if (rp->code / 100 != 2) {
+            enter_state(c, C_HELO);
+            conn_sendf(&c->conn, "HELO %s\r\n", c->helo);
+            conn_flush(&c->conn);
+            return;
+        }
+        smtp_caps_parse(rp, &c->caps);
+        txn_begin(c);
+        return;
+    case C_HELO:
+        if (rp->code / 100 != 2) {
+            reply_text(rp, text, sizeof text);
+            client_die(c, rp->code, rp->enhanced, text);
+            return;
+        }
+        memset(&c->caps, 0, sizeof c->caps);
+        txn_begin(c);
+        return;
+    case C_TXN:
+        txn_on_reply(c, rp);
+        return;
+    case C_QUIT:
+        conn_close(&c->conn, true);
+        return;
+    default:
+        return;
+    }
+}
+
+static void on_data(struct conn *conn)
+{
+    struct smtp_client *c = conn->owner;
+    size_t off = 0;
+    while (off < conn->in.len && c->state != C_DEAD && !conn->closing) {
+        size_t used = 0;
+        int rc = smtp_reply_feed(&c->rp, conn->in.data + off, conn->in.len - off, &used, &c->reply);
+        off += used;
+        if (rc == PT_AGAIN)
+            break;
+        if (rc != PT_OK) {
+            log_warn("smtp-out %s: malformed reply; dropping the connection", c->site);
+            client_die(c, 451, "4.5.0", "451 4.5.0 malformed SMTP reply from the next hop");
+            break;
+        }
+        if (c->reply.code / 100 == 4 || c->reply.code / 100 == 5)
+            log_debug("smtp-out %s: %d %s", c->site, c->reply.code, c->reply.text);
+        on_reply(c, &c->reply);
+        if (c->state == C_TXN || c->state == C_EHLO || c->state == C_HELO)
+            conn_set_timeout(conn, c->command_timeout);
+    }
+    buf_consume(&conn->in, off);
+    if (c->state == C_READY && !c->e)
+        conn_set_timeout(conn, c->command_timeout);
+}
+
+static void on_eof(struct conn *conn, int err)
+{
+    struct smtp_client *c = conn->owner;
+    char text[600];
+    if (c->state == C_GREETING || c->state == C_CONNECTING) {
+        snprintf(c->last_error, sizeof c->last_error, "lost connection with %s while receiving the initial greeting", c->site);
+        conn_close(conn, false);
+        return;
+    }
+    snprintf(text, sizeof text, "451 4.4.2 lost connection with %s%s%s", c->site,
+             err ? ": " : "", err ? uv_strerror(err) : "");
+    client_die(c, 451, "4.4.2", text);
+}
+
+static void on_timeout(struct conn *conn)
+{
+    struct smtp_client *c = conn->owner;
+    char text[600];
+    if (c->state == C_CONNECTING || c->state == C_GREETING) {
+        snprintf(c->last_error, sizeof c->last_error, "%s to %s timed out",
+                 c->state == C_CONNECTING ? "connect" : "greeting from", c->site);
+        conn_close(conn, false);
+        return;
+    }
+    if (c->state == C_READY || c->state == C_QUIT) {
+        enter_state(c, C_DEAD);
+        conn_close(conn, false);
+        return;
+    }
+    snprintf(text, sizeof text, "451 4.4.2 timeout waiting for a reply from %s", c->site);
+    client_die(c, 451, "4.4.2", text);
+}
+
+static void on_connect(struct conn *conn, int status)
+{
+    struct smtp_client *c = conn->owner;
+    if (status < 0) {
+        snprintf(c->last_error, sizeof c->last_error, "connect to %s[%s]: %s", c->site, c->peer,
+                 uv_strerror(status));
+        conn_close(conn, false);
+        return;
+    }
+    enter_state(c, C_GREETING);
+    conn_set_timeout(conn, c->connect_timeout);
+    conn_start(conn);
+}
+
+static const struct conn_ops client_conn_ops;
+
+static void on_closed(struct conn *conn)
+{
+    struct smtp_client *c = conn->owner;
+    bool retry_host = (c->state == C_CONNECTING || c->state == C_GREETING) && !c->aborting;
+    if (retry_host) {
+        c->state = C_CONNECTING;
+        try_next_host(c);
+        return;
+    }
+    if (c->e) {
+        txn_fail_all(c, 451, "4.4.2", "451 4.4.2 connection closed");
+        txn_done(c, false);
+    }
+    c->ops->on_closed(c->owner, c);
+    txn_clear(c);
+    free(c->exp);
+    free(c);
+}
+
+/* Connects to the next address of the current host, or the next host. When none
+ * is left, the transaction fails with the last error (a deferral). */
+static void try_next_host(struct smtp_client *c)
+{
+    while (c->host_i < c->hosts.nhosts) {
+        struct dns_host *h = &c->hosts.hosts[c->host_i];
+        if (c->addr_i >= h->naddr) {
+            c->host_i++;
+            c->addr_i = 0;
+            continue;
+        }
+        struct sockaddr_storage ss = h->addrs[c->addr_i++];
+        if (ss.ss_family == AF_INET)
+            ((struct sockaddr_in *)&ss)->sin_port = htons(c->port);
+        else
+            ((struct sockaddr_in6 *)&ss)->sin6_port = htons(c->port);
+        snprintf(c->site, sizeof c->site, "%s:%u", h->name, c->port);
+        cidr_addr_str((struct sockaddr *)&ss, c->peer, sizeof c->peer);
+        buf_free(&c->conn.in);
+        if (conn_init(&c->conn, c->loop, &client_conn_ops, c) != PT_OK)
+            break;
+        smtp_reply_init(&c->rp);
+        enter_state(c, C_CONNECTING);
+        conn_set_timeout(&c->conn, c->connect_timeout);
+        if (conn_connect(&c->conn, (struct sockaddr *)&ss) == PT_OK)
+            return;
+        snprintf(c->last_error, sizeof c->last_error, "connect to %s[%s]: failed", c->site, c->peer);
+        conn_close(&c->conn, false);
+        return;
+    }
+    /* nothing worked */
+    char text[700];
+    int code = c->last_code >= 400 && c->last_code < 600 ? 451 : 451;
+    snprintf(text, sizeof text, "451 4.4.1 %s", c->last_error[0] ? c->last_error : "no reachable host");
+    if (c->e) {
+        txn_fail_all(c, code, "4.4.1", text);
+        txn_done(c, false);
+    }
+    enter_state(c, C_DEAD);
+    c->ops->on_closed(c->owner, c);
+    txn_clear(c);
+    free(c->exp);
+    free(c);
+}
+
+static const struct conn_ops client_conn_ops = {
+    .on_data = on_data, .on_eof = on_eof, .on_timeout = on_timeout,
+    .on_closed = on_closed, .on_connect = on_connect,
+};
+
+static int txn_setup(struct smtp_client *c, struct entry *e, struct buf *content)
+{
+    c->e = e;
+    c->content = *content;
+    buf_init(content, 0);
+    uint32_t n = entry_pending(e);
+    c->idx = calloc(n ? n : 1, sizeof *c->idx);
+    c->res = calloc(n ? n : 1, sizeof *c->res);
+    if (!c->idx || !c->res)
+        return PT_NOMEM;
+    for (uint32_t i = 0; i < e->nrcpt; i++)
+        if (e->rcpts[i].state == RCPT_PENDING)
+            c->idx[c->nres++] = i;
+    return PT_OK;
+}
+
+struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_params *p,
+                                      const struct smtp_client_ops *ops, void *owner,
+                                      struct entry *e, struct buf *content)
+{
+    struct smtp_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->ops = ops;
+    c->owner = owner;
+    c->hosts = *p->hosts;
+    c->port = p->port;
+    snprintf(c->helo, sizeof c->helo, "%s", p->helo);
+    c->connect_timeout = p->connect_timeout;
+    c->command_timeout = p->command_timeout;
+    c->loop = loop;
+    buf_init(&c->content, 0);
+    if (txn_setup(c, e, content) != PT_OK) {
+        txn_clear(c);
+        free(c);
+        return NULL;
+    }
+    snprintf(c->last_error, sizeof c->last_error, "no address for the next hop");
+    try_next_host(c);
+    return c;
+}
+
+void smtp_client_deliver(struct smtp_client *c, struct entry *e, struct buf *content)
+{
+    if (txn_setup(c, e, content) != PT_OK) {
+        txn_fail_all(c, 451, "4.3.0", "451 4.3.0 out of memory");
+        txn_done(c, true);
+        return;
+    }
+    txn_begin(c);
+}
+
+void smtp_client_quit(struct smtp_client *c)
+{
+    if (c->state == C_DEAD || c->conn.closing)
+        return;
+    enter_state(c, C_QUIT);
+    conn_send(&c->conn, "QUIT\r\n", 6);
+    conn_flush(&c->conn);
+    conn_set_timeout(&c->conn, 5);
+}
+
+void smtp_client_abort(struct smtp_client *c)
+{
+    c->aborting = true;
+    client_die(c, 451, "4.3.2", "451 4.3.2 delivery aborted: shutting down");
+}
+
+uint32_t smtp_client_deliveries(const struct smtp_client *c)
+{
+    return c->deliveries;
+}

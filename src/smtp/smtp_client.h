@@ -1,0 +1,59 @@
+/* SMTP client session (outbound): tries the next hop's hosts in order, EHLO
+ * (HELO fallback), then one transaction per entry — MAIL, RCPT for every pending
+ * recipient, DATA — pipelined when offered, reusing the connection for the next
+ * entry the scheduler hands over. Reports per-recipient results; never decides
+ * retry or bounce policy itself.
+ * SPDX-License-Identifier: Apache-2.0 */
+#ifndef PETREL_SMTP_CLIENT_H
+#define PETREL_SMTP_CLIENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "delivery/dns.h"
+#include "util/buf.h"
+
+struct entry;
+struct smtp_client;
+
+struct client_result {
+    int code;                 /* SMTP code; 0 = no reply (network error) */
+    char enhanced[16];        /* "5.1.1"; derived from code when the server gave none */
+    char *text;               /* reply text incl. code, e.g. "550 5.1.1 no such user" */
+};
+
+struct smtp_client_params {
+    const struct dns_result *hosts; /* copied */
+    uint16_t port;
+    const char *helo;               /* copied */
+    double connect_timeout;         /* connect + greeting */
+    double command_timeout;         /* each later reply */
+};
+
+struct smtp_client_ops {
+    /* One entry's transaction is over. res[i] belongs to the i-th PENDING recipient
+     * of e at the time of smtp_client_deliver (same order); res and its strings are
+     * borrowed for the call. usable = false: the connection is gone and on_closed
+     * follows; don't hand it another entry. site/peer: "host:port" and IP tried
+     * last (NULL if nothing was reached). */
+    void (*on_done)(void *owner, struct smtp_client *c, struct entry *e,
+                    const struct client_result *res, uint32_t nres, bool usable,
+                    const char *site, const char *peer);
+    /* The connection is closed; c is freed after this returns. */
+    void (*on_closed)(void *owner, struct smtp_client *c);
+};
+
+/* Starts a connection and the first transaction for e with its content (taken). */
+struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_params *p,
+                                      const struct smtp_client_ops *ops, void *owner,
+                                      struct entry *e, struct buf *content);
+/* Next transaction on an idle (after on_done with usable) connection. */
+void smtp_client_deliver(struct smtp_client *c, struct entry *e, struct buf *content);
+/* Politely ends an idle connection (QUIT). on_closed follows. */
+void smtp_client_quit(struct smtp_client *c);
+/* Aborts: an entry in flight gets on_done with a network error, then on_closed. */
+void smtp_client_abort(struct smtp_client *c);
+uint32_t smtp_client_deliveries(const struct smtp_client *c);
+
+#endif

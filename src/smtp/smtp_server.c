@@ -1,0 +1,599 @@
+/* SMTP server session: state machine (enum + enter_state + command table), reply
+ * batching for PIPELINING, DATA through the pure smtp_data reader, relay control
+ * and limits from the listener. A session waiting for the spool is paused and
+ * kept alive until its commit returns (ownership: the commit holds a reference).
+ * SPDX-License-Identifier: Apache-2.0 */
+#include <arpa/inet.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/runtime.h"
+#include "core/worker.h"
+#include "obs/log.h"
+#include "queue/entry.h"
+#include "queue/ingest.h"
+#include "queue/sched.h"
+#include "smtp/conn.h"
+#include "smtp/smtp_data.h"
+#include "smtp/smtp_parse.h"
+#include "smtp/smtp_server.h"
+#include "util/result.h"
+#include "util/timeutil.h"
+
+#define SMTP_MAX_ERRORS 20   /* bad commands before we hang up (nginx max_errors) */
+#define SMTP_RCPT_INIT 8
+
+#define SESSION_STATES(X) \
+    X(S_GREETING) X(S_READY) X(S_MAIL) X(S_RCPT) X(S_DATA) X(S_QUEUEING) X(S_CLOSING)
+#define AS_ENUM(s) s,
+#define AS_NAME(s) #s,
+enum session_state { SESSION_STATES(AS_ENUM) S__COUNT };
+static const char *const state_names[] = { SESSION_STATES(AS_NAME) };
+
+struct smtp_session {
+    struct conn conn;
+    struct worker *w;
+    const struct cfg_listener *l;
+    int li;
+    struct smtp_session *prev, *next;
+    enum session_state state;
+    int refs;                       /* 1 for the connection + 1 per pending commit */
+    int errors;
+    bool esmtp, closed, counted, got_command;
+    char client_ip[64];
+    char helo[SMTP_PATH_MAX + 1];
+    struct smtp_lines lines;        /* command line splitter (persists across reads) */
+    /* transaction */
+    char id[ENTRY_ID_LEN + 1];
+    char sender[SMTP_PATH_MAX + 1];
+    bool smtputf8;
+    char **rcpts;
+    size_t nrcpt, rcpt_cap;
+    struct smtp_data data;
+    struct buf content;
+    double received_at;
+};
+
+static void session_unref(struct smtp_session *s);
+static void session_reply_flush(struct smtp_session *s);
+
+static void enter_state(struct smtp_session *s, enum session_state st)
+{
+    if (s->state != st)
+        log_debug("smtp %s: %s -> %s", s->client_ip, state_names[s->state], state_names[st]);
+    s->state = st;
+}
+
+static void reply(struct smtp_session *s, const char *text)
+{
+    conn_send(&s->conn, text, strlen(text));
+    conn_send(&s->conn, "\r\n", 2);
+}
+
+static void replyf(struct smtp_session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void replyf(struct smtp_session *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vappendf(&s->conn.out, fmt, ap);
+    va_end(ap);
+    conn_send(&s->conn, "\r\n", 2);
+}
+
+static void log_simple(struct smtp_session *s, const char *type, const char *rcpt, int code,
+                       const char *response, int64_t size)
+{
+    char q[SMTP_DOMAIN_MAX + 1] = "";
+    const char *d = rcpt ? smtp_addr_domain(rcpt) : NULL;
+    if (d)
+        smtp_domain_lower(d, q, sizeof q);
+    struct log_record r = {
+        .type = type, .id = s->id[0] ? s->id : NULL, .sender = s->sender,
+        .recipient = rcpt, .queue = d ? q : NULL, .peer_address = s->client_ip,
+        .code = code, .response = response, .size = size,
+        .delay = strcmp(type, LOG_RECEPTION) == 0 ? 0 : -1,
+        .attempts = strcmp(type, LOG_RECEPTION) == 0 ? 0 : -1, .protocol = "smtp",
+    };
+    log_event(&r);
+}
+
+static void txn_reset(struct smtp_session *s)
+{
+    for (size_t i = 0; i < s->nrcpt; i++)
+        free(s->rcpts[i]);
+    s->nrcpt = 0;
+    s->sender[0] = 0;
+    s->id[0] = 0;
+    s->smtputf8 = false;
+    buf_reset(&s->content);
+    if (s->content.cap > (1u << 20)) /* don't pin a huge buffer on an idle session */
+        buf_free(&s->content);
+}
+
+static void session_close(struct smtp_session *s, bool graceful)
+{
+    if (s->closed)
+        return;
+    s->closed = true;
+    enter_state(s, S_CLOSING);
+    conn_close(&s->conn, graceful);
+}
+
+static void hangup(struct smtp_session *s, const char *text)
+{
+    reply(s, text);
+    session_close(s, true);
+}
+
+static bool has_8bit(const char *p)
+{
+    for (; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            return true;
+    return false;
+}
+
+/* ---- command handlers -------------------------------------------------- */
+
+static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    txn_reset(s);
+    snprintf(s->helo, sizeof s->helo, "%s", c->path);
+    s->esmtp = c->verb == SMTP_VERB_EHLO;
+    enter_state(s, S_READY);
+    if (!s->esmtp) {
+        replyf(s, "250 %s", s->l->hostname);
+        return;
+    }
+    replyf(s, "250-%s", s->l->hostname);
+    replyf(s, "250-SIZE %llu", (unsigned long long)s->l->max_message_size);
+    reply(s, "250-PIPELINING");
+    reply(s, "250-8BITMIME");
+    reply(s, "250-ENHANCEDSTATUSCODES");
+    reply(s, "250 SMTPUTF8");
+}
+
+static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    struct runtime *rt = s->w->rt;
+    if (c->size && c->size > s->l->max_message_size) {
+        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+        return;
+    }
+    if (has_8bit(c->path) && !c->smtputf8) {
+        reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
+        return;
+    }
+    if (sched_depth(rt->sched) >= rt->cfg->queue.max_queue_depth) {
+        reply(s, "452 4.3.1 Insufficient system storage: queue is full, try again later");
+        return;
+    }
+    snprintf(s->sender, sizeof s->sender, "%s", c->path);
+    s->smtputf8 = c->smtputf8;
+    enter_state(s, S_MAIL);
+    reply(s, "250 2.1.0 Ok");
+}
+
+static bool relay_allowed(struct smtp_session *s)
+{
+    struct sockaddr_storage ss;
+    if (conn_peer(&s->conn, &ss) != PT_OK)
+        return false;
+    return cidr_match_any(s->l->relay_hosts, s->l->n_relay_hosts, (struct sockaddr *)&ss);
+}
+
+static void cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    const struct config *cfg = s->w->rt->cfg;
+    if (s->nrcpt >= (size_t)s->l->max_recipients) {
+        reply(s, "452 4.5.3 Too many recipients");
+        return;
+    }
+    if (has_8bit(c->path) && !s->smtputf8) {
+        reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
+        return;
+    }
+    const char *dom = smtp_addr_domain(c->path);
+    if (!dom || !*dom) {
+        reply(s, "550 5.1.1 Recipient address must include a domain: this relay has no local mailboxes");
+        log_simple(s, LOG_REJECTION, c->path, 550, "Recipient address must include a domain", -1);
+        return;
+    }
+    if (!relay_allowed(s)) {
+        reply(s, "554 5.7.1 Relay access denied");
+        log_simple(s, LOG_REJECTION, c->path, 554, "Relay access denied", -1);
+        return;
+    }
+    char ldom[SMTP_DOMAIN_MAX + 1];
+    smtp_domain_lower(dom, ldom, sizeof ldom);
+    const struct cfg_route *r = config_route_for(cfg, ldom);
+    if (r && r->kind == ROUTE_ERROR) {
+        reply(s, r->error_text);
+        log_simple(s, LOG_REJECTION, c->path, r->error_code, r->error_text, -1);
+        return;
+    }
+    if (s->nrcpt == s->rcpt_cap) {
+        size_t cap = s->rcpt_cap ? s->rcpt_cap * 2 : SMTP_RCPT_INIT;
+        char **p = realloc(s->rcpts, cap * sizeof *p);
+        if (!p) {
+            reply(s, "452 4.3.0 Out of memory, try again later");
+            return;
+        }
+        s->rcpts = p;
+        s->rcpt_cap = cap;
+    }
+    char *a = strdup(c->path);
+    if (!a) {
+        reply(s, "452 4.3.0 Out of memory, try again later");
+        return;
+    }
+    s->rcpts[s->nrcpt++] = a;
+    enter_state(s, S_RCPT);
+    reply(s, "250 2.1.5 Ok");
+}
+
+static void add_received(struct smtp_session *s)
+{
+    char date[48];
+    time_rfc5322(s->received_at, date, sizeof date);
+    struct buf *b = &s->content;
+    if (s->l->hide_received)
+        buf_appendf(b, "Received: from %s\r\n", s->helo[0] ? s->helo : "unknown");
+    else
+        buf_appendf(b, "Received: from %s ([%s])\r\n", s->helo[0] ? s->helo : "unknown",
+                    s->client_ip);
+    buf_appendf(b, "\tby %s (petrel) with %s id %s%s%s%s;\r\n\t%s\r\n", s->l->hostname,
+                s->smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP", s->id,
+                s->nrcpt == 1 ? "\r\n\tfor <" : "", s->nrcpt == 1 ? s->rcpts[0] : "",
+                s->nrcpt == 1 ? ">" : "", date);
+}
+
+static void cmd_data(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    if (s->nrcpt == 0) {
+        reply(s, "554 5.5.1 No valid recipients");
+        return;
+    }
+    entry_new_id(s->id);
+    s->received_at = time_now();
+    buf_reset(&s->content);
+    add_received(s);
+    smtp_data_init(&s->data, s->l->max_message_size);
+    enter_state(s, S_DATA);
+    conn_set_timeout(&s->conn, s->l->data_timeout);
+    reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void cmd_rset(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    txn_reset(s);
+    if (s->state != S_GREETING)
+        enter_state(s, S_READY);
+    reply(s, "250 2.0.0 Ok");
+}
+
+static void cmd_noop(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    reply(s, "250 2.0.0 Ok");
+}
+
+static void cmd_quit(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    replyf(s, "221 2.0.0 %s closing connection", s->l->hostname);
+    session_close(s, true);
+}
+
+static void cmd_vrfy(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    reply(s, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+static void cmd_help(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    reply(s, "214 2.0.0 See https://www.rfc-editor.org/rfc/rfc5321");
+}
+
+static void cmd_not_impl(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    reply(s, "502 5.5.1 Command not implemented");
+}
+
+static void cmd_unknown(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    s->errors++;
+    reply(s, "500 5.5.2 Command not recognized");
+}
+
+#define ST(x) (1u << (x))
+#define ANY_STATE (ST(S_GREETING) | ST(S_READY) | ST(S_MAIL) | ST(S_RCPT))
+
+static const struct {
+    unsigned states;
+    void (*handler)(struct smtp_session *, const struct smtp_cmd *);
+    const char *wrong_state;
+} commands[SMTP_VERB__COUNT] = {
+    [SMTP_VERB_UNKNOWN] = { ANY_STATE, cmd_unknown, NULL },
+    [SMTP_VERB_HELO] = { ANY_STATE, cmd_helo, NULL },
+    [SMTP_VERB_EHLO] = { ANY_STATE, cmd_helo, NULL },
+    [SMTP_VERB_MAIL] = { ST(S_READY), cmd_mail, NULL },
+    [SMTP_VERB_RCPT] = { ST(S_MAIL) | ST(S_RCPT), cmd_rcpt, "503 5.5.1 Error: need MAIL command" },
+    [SMTP_VERB_DATA] = { ST(S_MAIL) | ST(S_RCPT), cmd_data, "503 5.5.1 Error: need RCPT command" },
+    [SMTP_VERB_RSET] = { ANY_STATE, cmd_rset, NULL },
+    [SMTP_VERB_NOOP] = { ANY_STATE, cmd_noop, NULL },
+    [SMTP_VERB_QUIT] = { ANY_STATE, cmd_quit, NULL },
+    [SMTP_VERB_VRFY] = { ANY_STATE, cmd_vrfy, NULL },
+    [SMTP_VERB_EXPN] = { ANY_STATE, cmd_not_impl, NULL },
+    [SMTP_VERB_HELP] = { ANY_STATE, cmd_help, NULL },
+    [SMTP_VERB_STARTTLS] = { ANY_STATE, cmd_not_impl, NULL },
+    [SMTP_VERB_AUTH] = { ANY_STATE, cmd_not_impl, NULL },
+    [SMTP_VERB_BDAT] = { ANY_STATE, cmd_not_impl, NULL },
+};
+
+static void dispatch(struct smtp_session *s, const char *line, size_t len)
+{
+    struct smtp_cmd c;
+    int rc = smtp_cmd_parse(line, len, &c);
+    if (rc != PT_OK) {
+        s->errors++;
+        reply(s, c.error ? c.error : "500 5.5.2 Syntax error");
+        return;
+    }
+    if (!(commands[c.verb].states & ST(s->state))) {
+        s->errors++;
+        if (commands[c.verb].wrong_state)
+            reply(s, commands[c.verb].wrong_state);
+        else if (s->state == S_GREETING)
+            reply(s, "503 5.5.1 Error: send HELO/EHLO first");
+        else if (c.verb == SMTP_VERB_MAIL)
+            reply(s, "503 5.5.1 Error: nested MAIL command");
+        else
+            reply(s, "503 5.5.1 Bad sequence of commands");
+        return;
+    }
+    commands[c.verb].handler(s, &c);
+}
+
+/* ---- DATA completion --------------------------------------------------- */
+
+static void on_ingested(void *arg, int status)
+{
+    struct smtp_session *s = arg;
+    /* spool thread: hand the result to the session's own loop */
+    mbox_send(&s->w->mbox, WMSG_SPOOLED, s, 0, status);
+}
+
+static void end_of_data(struct smtp_session *s)
+{
+    const char *why = NULL;
+    int code = 0;
+    if (s->data.too_big) {
+        why = "552 5.3.4 Message size exceeds fixed maximum message size";
+        code = 552;
+    } else if (s->data.line_too_long) {
+        why = "554 5.6.0 Message contains a line longer than 998 octets (RFC 5322 2.1.1)";
+        code = 554;
+    }
+    if (why) {
+        reply(s, why);
+        for (size_t i = 0; i < s->nrcpt; i++)
+            log_simple(s, LOG_REJECTION, s->rcpts[i], code, why + 4, (int64_t)s->data.size);
+        txn_reset(s);
+        enter_state(s, S_READY);
+        return;
+    }
+    struct ingest_msg m = {
+        .sender = s->sender, .rcpts = (const char *const *)s->rcpts, .nrcpt = s->nrcpt,
+        .content = s->content.data, .content_len = s->content.len,
+        .protocol = PROTO_SMTP, .priority = PRIO_NORMAL, .received_at = s->received_at,
+    };
+    memcpy(m.id, s->id, sizeof m.id);
+    s->refs++;
+    if (ingest_submit(s->w->rt, &m, on_ingested, s) != PT_OK) {
+        s->refs--;
+        reply(s, "451 4.3.0 Temporary failure writing the queue, try again later");
+        txn_reset(s);
+        enter_state(s, S_READY);
+        return;
+    }
+    enter_state(s, S_QUEUEING);
+    conn_pause(&s->conn, true);
+    conn_set_timeout(&s->conn, 0);
+}
+
+void smtp_server_on_spooled(struct worker *w, struct mbox_msg *msg)
+{
+    struct smtp_session *s = msg->ptr;
+    int status = msg->status;
+    if (!s->closed) {
+        if (status == PT_OK) {
+            char resp[64];
+            snprintf(resp, sizeof resp, "250 2.0.0 Ok: queued as %s", s->id);
+            reply(s, resp);
+            for (size_t i = 0; i < s->nrcpt; i++)
+                log_simple(s, LOG_RECEPTION, s->rcpts[i], 250, resp, (int64_t)s->content.len);
+        } else {
+            reply(s, "451 4.3.0 Temporary failure writing the queue, try again later");
+        }
+        txn_reset(s);
+        enter_state(s, S_READY);
+        conn_set_timeout(&s->conn, s->l->command_timeout);
+        if (w->stopping) {
+            hangup(s, "421 4.3.2 Service shutting down");
+        } else {
+            session_reply_flush(s);
+            conn_pause(&s->conn, false); /* processes pipelined input, if any */
+        }
+        session_reply_flush(s);
+    }
+    session_unref(s);
+}
+
+/* ---- input ------------------------------------------------------------- */
+
+static void session_reply_flush(struct smtp_session *s)
+{
+    conn_flush(&s->conn);
+}
+
+static void on_data(struct conn *c)
+{
+    struct smtp_session *s = c->owner;
+    size_t off = 0;
+    while (!s->closed && off < c->in.len) {
+        const char *p = c->in.data + off;
+        size_t avail = c->in.len - off, used = 0, line_len = 0;
+        if (s->state == S_DATA) {
+            int rc = smtp_data_feed(&s->data, p, avail, &used, &s->content);
+            off += used;
+            if (rc == PT_AGAIN)
+                break;
+            if (rc != PT_OK) {
+                hangup(s, "451 4.3.0 Out of memory, try again later");
+                break;
+            }
+            end_of_data(s);
+            if (s->state == S_QUEUEING)
+                break;
+            conn_set_timeout(c, s->l->command_timeout);
+            continue;
+        }
+        if (s->state == S_QUEUEING || s->state == S_CLOSING)
+            break;
+        int rc = smtp_lines_next(&s->lines, p, avail, &line_len, &used);
+        if (rc == PT_AGAIN) {
+            off += used;
+            break;
+        }
+        off += used;
+        if (rc == PT_TOOLONG) {
+            s->errors++;
+            reply(s, "500 5.5.2 Line too long");
+        } else {
+            s->got_command = true;
+            dispatch(s, p, line_len);
+            if (s->state != S_DATA && !s->closed)
+                conn_set_timeout(c, s->l->command_timeout);
+        }
+        if (s->errors >= SMTP_MAX_ERRORS && !s->closed)
+            hangup(s, "421 4.7.0 Too many errors, closing connection");
+    }
+    buf_consume(&c->in, off);
+    session_reply_flush(s);
+}
+
+static void on_eof(struct conn *c, int err)
+{
+    struct smtp_session *s = c->owner;
+    if (s->state == S_DATA)
+        log_warn("smtp %s: connection lost during DATA; message discarded", s->client_ip);
+    session_close(s, false);
+}
+
+static void on_timeout(struct conn *c)
+{
+    struct smtp_session *s = c->owner;
+    if (s->state == S_QUEUEING)
+        return;
+    log_info("smtp %s: timeout in state %s", s->client_ip, state_names[s->state]);
+    replyf(s, "421 4.4.2 %s Error: timeout exceeded", s->l->hostname);
+    session_close(s, true);
+}
+
+static void on_closed(struct conn *c)
+{
+    struct smtp_session *s = c->owner;
+    struct worker *w = s->w;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        w->sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    w->nsessions--;
+    if (s->counted)
+        frontdoor_leave(w->fd, s->li, s->client_ip);
+    s->counted = false;
+    session_unref(s);
+}
+
+static void session_unref(struct smtp_session *s)
+{
+    if (--s->refs > 0)
+        return;
+    txn_reset(s);
+    free(s->rcpts);
+    buf_free(&s->content);
+    free(s);
+}
+
+static const struct conn_ops session_ops = {
+    .on_data = on_data, .on_eof = on_eof, .on_timeout = on_timeout, .on_closed = on_closed,
+};
+
+void smtp_server_accept(struct worker *w, int li, uv_stream_t *server)
+{
+    struct smtp_session *s = calloc(1, sizeof *s);
+    if (!s)
+        return;
+    if (conn_init(&s->conn, &w->loop, &session_ops, s) != PT_OK) {
+        free(s);
+        return;
+    }
+    s->w = w;
+    s->li = li;
+    s->l = &w->rt->cfg->listeners[li];
+    s->refs = 1;
+    buf_init(&s->content, 0);
+    smtp_lines_init(&s->lines, SMTP_LINE_MAX);
+    s->conn.in_max = 256 * 1024;
+    s->next = w->sessions;
+    if (w->sessions)
+        w->sessions->prev = s;
+    w->sessions = s;
+    w->nsessions++;
+    if (conn_accept(&s->conn, server) != PT_OK) {
+        session_close(s, false);
+        return;
+    }
+    struct sockaddr_storage ss;
+    if (conn_peer(&s->conn, &ss) == PT_OK)
+        cidr_addr_str((struct sockaddr *)&ss, s->client_ip, sizeof s->client_ip);
+    else
+        snprintf(s->client_ip, sizeof s->client_ip, "unknown");
+    const char *which = NULL;
+    if (frontdoor_enter(w->fd, li, s->client_ip, s->l->max_connections,
+                        s->l->max_connections_per_ip, &which) != 0) {
+        log_warn("smtp %s: refused: %s reached", s->client_ip, which);
+        replyf(s, "421 4.7.0 %s Too many connections (%s), try again later", s->l->hostname, which);
+        session_close(s, true);
+        conn_flush(&s->conn);
+        return;
+    }
+    s->counted = true;
+    if (w->stopping) {
+        hangup(s, "421 4.3.2 Service shutting down");
+        return;
+    }
+    enter_state(s, S_GREETING);
+    replyf(s, "220 %s ESMTP petrel", s->l->hostname);
+    conn_set_timeout(&s->conn, s->l->greeting_timeout);
+    conn_start(&s->conn);
+    conn_flush(&s->conn);
+}
+
+void smtp_server_stop_all(struct worker *w, bool force)
+{
+    for (struct smtp_session *s = w->sessions; s; s = s->next) {
+        if (s->state == S_QUEUEING || (s->state == S_DATA && !force))
+            continue; /* finishes its transaction; closed on the reply */
+        if (s->closed) {
+            if (force)
+                conn_close(&s->conn, false);
+            continue;
+        }
+        reply(s, "421 4.3.2 Service shutting down");
+        conn_flush(&s->conn);
+        session_close(s, !force);
+    }
+}

@@ -1,0 +1,147 @@
+/* Fuzz target for the entry encoding: entry_decode on arbitrary bytes must never
+ * over-read or crash, and what it accepts must re-encode to the same bytes; an
+ * entry built from the input must survive encode -> decode unchanged.
+ * SPDX-License-Identifier: Apache-2.0 */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "queue/entry.h"
+#include "util/buf.h"
+#include "util/result.h"
+
+#define FZ_CHECK(c) do { if (!(c)) abort(); } while (0)
+#define FZ_MAX_PIECES 64
+
+static int fz_streq(const char *a, const char *b)
+{
+    if (!a || !b)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+static void fz_same(const struct entry *a, const struct entry *b)
+{
+    FZ_CHECK(strcmp(a->id, b->id) == 0);
+    FZ_CHECK(fz_streq(a->domain, b->domain) && fz_streq(a->sender, b->sender));
+    FZ_CHECK(fz_streq(a->route, b->route));
+    FZ_CHECK(fz_streq(a->last_response, b->last_response));
+    FZ_CHECK(a->nrcpt == b->nrcpt);
+    for (uint32_t i = 0; i < a->nrcpt; i++)
+        FZ_CHECK(a->rcpts[i].state == b->rcpts[i].state &&
+                 fz_streq(a->rcpts[i].addr, b->rcpts[i].addr));
+    FZ_CHECK(a->attempts == b->attempts && a->ndomains == b->ndomains);
+    FZ_CHECK(a->protocol == b->protocol && a->priority == b->priority && a->flags == b->flags);
+    FZ_CHECK(memcmp(&a->received_at, &b->received_at, sizeof(double)) == 0);
+    FZ_CHECK(memcmp(&a->next_attempt, &b->next_attempt, sizeof(double)) == 0);
+    FZ_CHECK(a->size == b->size);
+}
+
+/* decode(data) accepted => encode gives data back, byte for byte. */
+static void fz_decode_arbitrary(const uint8_t *data, size_t size)
+{
+    struct entry *e = (struct entry *)1;
+    int rc = entry_decode(data, size, &e);
+    if (rc != PT_OK) {
+        FZ_CHECK(rc == PT_INVALID && e == NULL);
+        return;
+    }
+    FZ_CHECK(e && strlen(e->id) >= 1 && strlen(e->id) <= ENTRY_ID_LEN);
+    FZ_CHECK(entry_pending(e) <= e->nrcpt);
+    struct buf b;
+    buf_init(&b, 0);
+    FZ_CHECK(entry_encode(e, &b) == PT_OK);
+    FZ_CHECK(b.len == size && memcmp(b.data, data, size) == 0);
+    buf_free(&b);
+    entry_free(e);
+}
+
+static uint64_t fz_take(const uint8_t **p, const uint8_t *end, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n && *p < end; i++, (*p)++)
+        v |= (uint64_t)**p << (8 * i);
+    return v;
+}
+
+/* Builds an entry from the input (fixed fields first, then NUL-separated
+ * strings) and checks decode(encode(x)) == x. */
+static void fz_round_trip(const uint8_t *data, size_t size)
+{
+    const uint8_t *p = data, *end = data + size;
+    uint8_t shape = (uint8_t)fz_take(&p, end, 1);
+    uint32_t attempts = (uint32_t)fz_take(&p, end, 4);
+    uint16_t ndomains = (uint16_t)fz_take(&p, end, 2);
+    uint8_t flags = (uint8_t)fz_take(&p, end, 1);
+    uint64_t size_f = fz_take(&p, end, 8);
+    uint64_t t1 = fz_take(&p, end, 8), t2 = fz_take(&p, end, 8);
+    uint8_t states = (uint8_t)fz_take(&p, end, 1);
+
+    /* the rest: NUL-separated pieces, copied so each is terminated */
+    size_t rest = (size_t)(end - p);
+    char *text = malloc(rest + 1);
+    if (!text)
+        return;
+    memcpy(text, p, rest);
+    text[rest] = 0;
+    const char *pieces[FZ_MAX_PIECES];
+    int np = 0;
+    for (char *s = text; np < FZ_MAX_PIECES;) {
+        pieces[np++] = s;
+        size_t l = strlen(s);
+        if (s + l >= text + rest)
+            break;
+        s += l + 1;
+    }
+    const char *domain = np > 0 ? pieces[0] : "";
+    const char *sender = np > 1 ? pieces[1] : "";
+    int first_rcpt = 2 + ((shape & 1) != 0) + ((shape & 2) != 0);
+    uint32_t nrcpt = np > first_rcpt ? (uint32_t)(np - first_rcpt) : 0;
+    char id[ENTRY_ID_LEN + 1];
+    entry_new_id(id);
+    struct entry *e = entry_new(id, domain, sender, nrcpt ? pieces + first_rcpt : NULL, nrcpt);
+    if (!e) {
+        free(text);
+        return;
+    }
+    if ((shape & 1) && np > 2)
+        entry_set_route(e, pieces[2]);
+    if ((shape & 2) && np > 3)
+        entry_set_last_response(e, pieces[3]);
+    e->attempts = attempts;
+    e->ndomains = ndomains;
+    e->flags = flags;
+    e->size = size_f;
+    e->protocol = (shape >> 2) & 1;
+    e->priority = (uint8_t)(((shape >> 3) & 3) % 3);
+    memcpy(&e->received_at, &t1, sizeof t1);
+    memcpy(&e->next_attempt, &t2, sizeof t2);
+    for (uint32_t i = 0; i < nrcpt; i++)
+        e->rcpts[i].state = (uint8_t)(((states >> (i % 8)) & 1) ? RCPT_BOUNCED : RCPT_PENDING);
+
+    struct buf b;
+    buf_init(&b, 0);
+    int rc = entry_encode(e, &b);
+    if (!isfinite(e->received_at) || !isfinite(e->next_attempt)) {
+        FZ_CHECK(rc == PT_INVALID && b.len == 0);
+    } else if (rest > 65536 && rc == PT_TOOLONG) {
+        FZ_CHECK(b.len == 0);              /* a piece over the string cap */
+    } else {
+        FZ_CHECK(rc == PT_OK);
+        struct entry *d = NULL;
+        FZ_CHECK(entry_decode(b.data, b.len, &d) == PT_OK);
+        fz_same(e, d);
+        entry_free(d);
+    }
+    buf_free(&b);
+    entry_free(e);
+    free(text);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    fz_decode_arbitrary(data, size);
+    fz_round_trip(data, size);
+    return 0;
+}

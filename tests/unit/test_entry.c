@@ -1,0 +1,406 @@
+/* Unit tests for queue entries: construction and layout, encode/decode round trip,
+ * rejection of truncated and corrupted encodings, id format and uniqueness.
+ * SPDX-License-Identifier: Apache-2.0 */
+#include <math.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "queue/entry.h"
+#include "util/buf.h"
+#include "util/result.h"
+
+static const char *const rcpts3[] = { "a@Example.com", "b@example.com", "" };
+
+static struct entry *sample(void)
+{
+    struct entry *e = entry_new("0123456789abcdef", "Example.COM", "s@x.org", rcpts3, 3);
+    assert_non_null(e);
+    e->rcpts[0].state = RCPT_DELIVERED;
+    e->rcpts[1].state = RCPT_BOUNCED;
+    e->attempts = 7;
+    e->ndomains = 65535;
+    e->protocol = PROTO_HTTP;
+    e->priority = PRIO_BULK;
+    e->flags = ENTRY_F_DSN | 0x80;
+    e->received_at = 1763941082.125;
+    e->next_attempt = -0.0;
+    e->size = UINT64_MAX;
+    assert_int_equal(entry_set_route(e, "relay:[10.0.0.1]:2525"), PT_OK);
+    entry_set_last_response(e, "451 4.7.1 try later\nsecond line");
+    return e;
+}
+
+static void assert_entry_equal(const struct entry *a, const struct entry *b)
+{
+    assert_string_equal(a->id, b->id);
+    assert_string_equal(a->domain, b->domain);
+    assert_string_equal(a->sender, b->sender);
+    if (a->route || b->route)
+        assert_string_equal(a->route, b->route);
+    if (a->last_response || b->last_response)
+        assert_string_equal(a->last_response, b->last_response);
+    assert_int_equal(a->nrcpt, b->nrcpt);
+    for (uint32_t i = 0; i < a->nrcpt; i++) {
+        assert_string_equal(a->rcpts[i].addr, b->rcpts[i].addr);
+        assert_int_equal(a->rcpts[i].state, b->rcpts[i].state);
+    }
+    assert_int_equal(a->attempts, b->attempts);
+    assert_int_equal(a->ndomains, b->ndomains);
+    assert_int_equal(a->protocol, b->protocol);
+    assert_int_equal(a->priority, b->priority);
+    assert_int_equal(a->flags, b->flags);
+    assert_memory_equal(&a->received_at, &b->received_at, sizeof(double));
+    assert_memory_equal(&a->next_attempt, &b->next_attempt, sizeof(double));
+    assert_true(a->size == b->size);
+}
+
+/* Decodes from an exact-size heap copy, so ASan sees any over-read. */
+static int decode_exact(const void *p, size_t n, struct entry **out)
+{
+    void *copy = malloc(n ? n : 1);
+    assert_non_null(copy);
+    memcpy(copy, p, n);
+    int rc = entry_decode(copy, n, out);
+    free(copy);
+    return rc;
+}
+
+static void test_new_layout(void **state)
+{
+    struct entry *e = entry_new("abc", "MiXed.Example", NULL, rcpts3, 3);
+    assert_non_null(e);
+    assert_string_equal(e->id, "abc");
+    assert_string_equal(e->domain, "mixed.example");
+    assert_string_equal(e->sender, "");
+    assert_null(e->route);
+    assert_null(e->last_response);
+    assert_int_equal(e->nrcpt, 3);
+    assert_string_equal(e->rcpts[0].addr, "a@Example.com");  /* addresses untouched */
+    assert_string_equal(e->rcpts[2].addr, "");
+    assert_int_equal(entry_pending(e), 3);
+    assert_int_equal(e->ndomains, 1);
+    assert_int_equal(e->priority, PRIO_NORMAL);
+    assert_int_equal(e->protocol, PROTO_SMTP);
+
+    /* one block: struct, then the recipient array, then the strings */
+    const char *base = (const char *)e;
+    assert_ptr_equal(e->rcpts, (void *)(e + 1));
+    const char *strs = (const char *)(e->rcpts + 3);
+    assert_ptr_equal(e->domain, strs);
+    assert_true(e->sender > strs && e->rcpts[2].addr > e->sender);
+    assert_true(e->rcpts[2].addr < base + sizeof *e + 3 * sizeof(struct entry_rcpt) + 64);
+    assert_true(sizeof(struct entry_rcpt) <= 16);
+    assert_true(sizeof(struct entry) <= 128);
+
+    e->rcpts[1].state = RCPT_DELIVERED;
+    assert_int_equal(entry_pending(e), 2);
+    entry_set_last_response(e, "first");
+    entry_set_last_response(e, "second");
+    assert_string_equal(e->last_response, "second");
+    entry_set_last_response(e, NULL);
+    assert_null(e->last_response);
+    assert_int_equal(entry_set_route(e, "x"), PT_OK);
+    assert_string_equal(e->route, "x");
+    assert_int_equal(entry_set_route(e, NULL), PT_OK);
+    assert_null(e->route);
+    entry_free(e);
+    entry_free(NULL);
+
+    /* id NULL = fresh id; zero recipients allowed; too long ids are cut */
+    e = entry_new(NULL, "d", "s", NULL, 0);
+    assert_non_null(e);
+    assert_int_equal(strlen(e->id), ENTRY_ID_LEN);
+    assert_null(e->rcpts);
+    entry_free(e);
+    e = entry_new("0123456789abcdefXYZ", "d", "s", NULL, 0);
+    assert_string_equal(e->id, "0123456789abcdef");
+    entry_free(e);
+}
+
+static void test_round_trip(void **state)
+{
+    struct entry *e = sample();
+    struct buf b;
+    buf_init(&b, 0);
+    buf_appends(&b, "prefix");
+    assert_int_equal(entry_encode(e, &b), PT_OK);
+    assert_memory_equal(b.data, "prefix", 6);
+    assert_int_equal((unsigned char)b.data[6], 1);     /* version */
+
+    struct entry *d;
+    assert_int_equal(decode_exact(b.data + 6, b.len - 6, &d), PT_OK);
+    assert_entry_equal(e, d);
+    assert_int_equal(entry_pending(d), 1);
+
+    /* re-encoding is byte-identical */
+    struct buf b2;
+    buf_init(&b2, 0);
+    assert_int_equal(entry_encode(d, &b2), PT_OK);
+    assert_int_equal(b2.len, b.len - 6);
+    assert_memory_equal(b2.data, b.data + 6, b2.len);
+    entry_free(d);
+
+    /* NULL route / response, null sender, no recipients */
+    struct entry *m = entry_new("ffffffffffffffff", "x.y", "", NULL, 0);
+    buf_reset(&b2);
+    assert_int_equal(entry_encode(m, &b2), PT_OK);
+    assert_int_equal(decode_exact(b2.data, b2.len, &d), PT_OK);
+    assert_entry_equal(m, d);
+    assert_null(d->route);
+    assert_null(d->last_response);
+    assert_null(d->rcpts);
+    entry_free(d);
+    /* empty (not NULL) strings survive as empty */
+    entry_set_last_response(m, "");
+    assert_int_equal(entry_set_route(m, ""), PT_OK);
+    buf_reset(&b2);
+    assert_int_equal(entry_encode(m, &b2), PT_OK);
+    assert_int_equal(decode_exact(b2.data, b2.len, &d), PT_OK);
+    assert_string_equal(d->route, "");
+    assert_string_equal(d->last_response, "");
+    entry_free(d);
+    entry_free(m);
+
+    entry_free(e);
+    buf_free(&b);
+    buf_free(&b2);
+}
+
+static void test_many_rcpts(void **state)
+{
+    enum { N = 5000 };
+    static char addrs[N][32];
+    static const char *ptrs[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(addrs[i], sizeof addrs[i], "user%d@example.net", i);
+        ptrs[i] = addrs[i];
+    }
+    struct entry *e = entry_new(NULL, "example.net", "s@a", ptrs, N);
+    for (int i = 0; i < N; i += 3)
+        e->rcpts[i].state = RCPT_BOUNCED;
+    struct buf b;
+    buf_init(&b, 0);
+    assert_int_equal(entry_encode(e, &b), PT_OK);
+    struct entry *d;
+    assert_int_equal(decode_exact(b.data, b.len, &d), PT_OK);
+    assert_entry_equal(e, d);
+    entry_free(d);
+    entry_free(e);
+    buf_free(&b);
+}
+
+static void test_truncated(void **state)
+{
+    struct entry *e = sample(), *d = (struct entry *)1;
+    struct buf b;
+    buf_init(&b, 0);
+    assert_int_equal(entry_encode(e, &b), PT_OK);
+    for (size_t n = 0; n < b.len; n++) {
+        assert_int_equal(decode_exact(b.data, n, &d), PT_INVALID);
+        assert_null(d);
+    }
+    /* trailing garbage */
+    buf_append(&b, "", 1);
+    assert_int_equal(decode_exact(b.data, b.len, &d), PT_INVALID);
+    assert_int_equal(entry_decode(NULL, 0, &d), PT_INVALID);
+    entry_free(e);
+    buf_free(&b);
+}
+
+/* Every single-byte change either fails cleanly or decodes into something that
+ * re-encodes to exactly the changed bytes. */
+static void test_corrupted(void **state)
+{
+    struct entry *e = sample();
+    struct buf b, re;
+    buf_init(&b, 0);
+    buf_init(&re, 0);
+    assert_int_equal(entry_encode(e, &b), PT_OK);
+    static const unsigned char vals[] = { 0x00, 0x01, 0x02, 0x03, 0x7f, 0x80, 0xfe, 0xff };
+    int ok = 0, bad = 0;
+    for (size_t i = 0; i < b.len; i++) {
+        for (size_t k = 0; k < sizeof vals; k++) {
+            char saved = b.data[i];
+            b.data[i] = (char)vals[k];
+            struct entry *d;
+            int rc = decode_exact(b.data, b.len, &d);
+            if (rc == PT_OK) {
+                ok++;
+                buf_reset(&re);
+                assert_int_equal(entry_encode(d, &re), PT_OK);
+                assert_int_equal(re.len, b.len);
+                assert_memory_equal(re.data, b.data, b.len);
+                entry_free(d);
+            } else {
+                bad++;
+                assert_int_equal(rc, PT_INVALID);
+            }
+            b.data[i] = saved;
+        }
+    }
+    assert_true(ok > 0 && bad > 0);
+    entry_free(e);
+    buf_free(&b);
+    buf_free(&re);
+}
+
+static void put_le(unsigned char *p, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void test_specific_rejections(void **state)
+{
+    struct entry *e = entry_new("0123456789abcdef", "d", "s", (const char *const[]){ "r" }, 1);
+    struct buf b;
+    buf_init(&b, 0);
+    assert_int_equal(entry_encode(e, &b), PT_OK);
+    /* layout for this entry: 1 + (4+16) + (4+1) + (4+1) + 4 + 4 = 39, then
+     * protocol@39 priority@40 flags@41 ndomains@42 attempts@44 size@48
+     * received@56 next@64 nrcpt@72 state@76 addrlen@77 addr@81 */
+    assert_int_equal(b.len, 82);
+    unsigned char *p = (unsigned char *)b.data, orig[82];
+    memcpy(orig, p, sizeof orig);
+    struct entry *d;
+#define REJECT(mutation)                                                   \
+    do {                                                                   \
+        memcpy(p, orig, sizeof orig);                                      \
+        mutation;                                                          \
+        assert_int_equal(decode_exact(p, sizeof orig, &d), PT_INVALID);    \
+    } while (0)
+    REJECT(p[0] = 2);                               /* unknown version */
+    REJECT(p[0] = 0);
+    REJECT(put_le(p + 1, 0, 4));                    /* empty id */
+    REJECT(put_le(p + 1, 17, 4));                   /* id too long */
+    REJECT(put_le(p + 1, 0xffffffff, 4));           /* NULL id */
+    REJECT(put_le(p + 21, 0xffffffff, 4));          /* NULL domain */
+    REJECT(put_le(p + 21, 0x7fffffff, 4));          /* length beyond input */
+    REJECT(p[5] = 0);                               /* NUL inside the id */
+    REJECT(p[39] = 2);                              /* protocol */
+    REJECT(p[40] = 3);                              /* priority */
+    REJECT(put_le(p + 56, 0x7ff8000000000000ull, 8)); /* NaN */
+    REJECT(put_le(p + 64, 0x7ff0000000000000ull, 8)); /* +inf */
+    REJECT(put_le(p + 72, 2, 4));                   /* more rcpts than bytes */
+    REJECT(put_le(p + 72, 0, 4));                   /* fewer: trailing bytes */
+    REJECT(put_le(p + 72, 0xffffffff, 4));
+    REJECT(p[76] = 3);                              /* rcpt state */
+    REJECT(put_le(p + 77, 0xffffffff, 4));          /* NULL address */
+    REJECT(put_le(p + 77, 2, 4));
+    memcpy(p, orig, sizeof orig);
+    assert_int_equal(decode_exact(p, sizeof orig, &d), PT_OK);
+    entry_free(d);
+
+    /* a huge recipient count is refused before any allocation */
+    unsigned char big[82 + 8];
+    memcpy(big, orig, 76);
+    put_le(big + 72, 100001, 4);
+    assert_int_equal(decode_exact(big, 76, &d), PT_INVALID);
+
+    /* encode refuses what decode would refuse; out is left untouched */
+    buf_reset(&b);
+    e->rcpts[0].state = 9;
+    assert_int_equal(entry_encode(e, &b), PT_INVALID);
+    e->rcpts[0].state = RCPT_PENDING;
+    e->next_attempt = NAN;
+    assert_int_equal(entry_encode(e, &b), PT_INVALID);
+    e->next_attempt = 0;
+    char *huge = malloc(70000);
+    memset(huge, 'x', 69999);
+    huge[69999] = 0;
+    entry_set_last_response(e, huge);               /* capped on the way in */
+    assert_int_equal(entry_encode(e, &b), PT_OK);
+    assert_int_equal(decode_exact(b.data, b.len, &d), PT_OK);
+    assert_int_equal(strlen(d->last_response), 65536);
+    entry_free(d);
+    assert_int_equal(entry_set_route(e, huge), PT_OK);
+    buf_reset(&b);
+    assert_int_equal(entry_encode(e, &b), PT_OK);
+    free(huge);
+    entry_free(e);
+    buf_free(&b);
+}
+
+static int is_lower_hex(const char *s)
+{
+    for (; *s; s++)
+        if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f')))
+            return 0;
+    return 1;
+}
+
+static void test_id_format(void **state)
+{
+    char a[ENTRY_ID_LEN + 1], b[ENTRY_ID_LEN + 1];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    entry_new_id(a);
+    assert_int_equal(strlen(a), ENTRY_ID_LEN);
+    assert_true(is_lower_hex(a));
+    /* the top 44 bits are the time in ms (allow the counter to run ahead a little) */
+    uint64_t v = strtoull(a, NULL, 16);
+    assert_true((v >> 20) + 5 >= ms && (v >> 20) <= ms + 5000);
+    for (int i = 0; i < 1000; i++) {
+        entry_new_id(b);
+        assert_true(strcmp(b, a) > 0);              /* strictly increasing */
+        memcpy(a, b, sizeof a);
+    }
+}
+
+enum { ID_THREADS = 4, ID_PER_THREAD = 100000 };
+static uint64_t ids[ID_THREADS * ID_PER_THREAD];
+
+static void *id_worker(void *arg)
+{
+    uint64_t *out = arg;
+    char s[ENTRY_ID_LEN + 1];
+    for (int i = 0; i < ID_PER_THREAD; i++) {
+        entry_new_id(s);
+        out[i] = strtoull(s, NULL, 16);
+    }
+    return NULL;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_id_unique_threads(void **state)
+{
+    pthread_t t[ID_THREADS];
+    for (int i = 0; i < ID_THREADS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, id_worker, ids + i * ID_PER_THREAD), 0);
+    for (int i = 0; i < ID_THREADS; i++)
+        pthread_join(t[i], NULL);
+    size_t n = ID_THREADS * ID_PER_THREAD;
+    qsort(ids, n, sizeof ids[0], cmp_u64);
+    for (size_t i = 1; i < n; i++)
+        assert_true(ids[i] != ids[i - 1]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_new_layout),
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_many_rcpts),
+        cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_corrupted),
+        cmocka_unit_test(test_specific_rejections),
+        cmocka_unit_test(test_id_format),
+        cmocka_unit_test(test_id_unique_threads),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
