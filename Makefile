@@ -8,9 +8,9 @@ PKGS      = libuv rocksdb lua5.4 libcares openssl jansson
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation \
+ALL_CFLAGS = $(CFLAGS) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation \
             -Isrc $(PKG_CFLAGS) -MMD -MP -pthread
-LDLIBS   += $(PKG_LIBS) -lcrypt -lm -pthread
+ALL_LIBS  = $(PKG_LIBS) -lcrypt -lm -pthread $(LDLIBS)
 
 LIB_SRC  := $(filter-out src/core/main.c,$(wildcard src/*/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -19,26 +19,27 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 PYTEST   ?= /usr/bin/python3 -m pytest
 
+.SECONDARY:
 .PHONY: all deps deps-test run test unit system fuzz asan bench clean check-config
 
 all: $(BUILD)/petrel $(BUILD)/petrelctl
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(BUILD)/libpetrel.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/petrel: $(BUILD)/src/core/main.o $(BUILD)/libpetrel.a
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDFLAGS) $(ALL_LIBS)
 
 $(BUILD)/petrelctl: $(BUILD)/tools/petrelctl.o $(BUILD)/libpetrel.a
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDFLAGS) $(ALL_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libpetrel.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS) -lcmocka
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDFLAGS) $(ALL_LIBS) -lcmocka
 
 deps:
 	@scripts/deps.sh build

@@ -4,17 +4,21 @@
  * RCPT commands), throws the data away and counts, at each end of DATA:
  * messages (transactions with >= 1 accepted recipient) and accepted recipients.
  * One thread, epoll, non-blocking sockets, pipelining-safe (replies in order).
+ * With -t CERT,KEY it offers STARTTLS (OpenSSL, non-blocking).
  *
  * Control on stdin, one command per line, answers on stdout:
- *   stats  -> "stats msgs=M rcpts=R rej=J conns=C first=NS last=NS"
- *             (first/last: CLOCK_REALTIME ns of the first/last counted message, 0 if none)
+ *   stats  -> "stats msgs=M rcpts=R rej=J conns=C tls=T dkim=D first=NS last=NS"
+ *             (rej: 450s given; tls: TLS handshakes completed; dkim: messages that had
+ *             a DKIM-Signature header; first/last: CLOCK_REALTIME ns of the first/last
+ *             counted message, 0 if none)
  *   reset  -> zeroes the counters, answers "ok"
- *   quit   -> exits
+ *   quit   -> exits (so does EOF on stdin)
  * With -l FILE, every message carrying an "X-Bench-Id: ID" header appends "ID NS\n"
  * (NS = CLOCK_REALTIME ns at end of DATA) to FILE; the file is flushed on "stats".
  *
- * usage: sink [-p PORT] [-l FILE] [-f PERCENT_4XX] [-s SEED]
+ * usage: sink [-p PORT] [-l FILE] [-f PERCENT_4XX] [-s SEED] [-t CERT,KEY] [-K]
  *   -p 0 (default) picks a free port; the sink prints "port N" on stdout when listening.
+ *   -K after "221", waits for the client to close (default: closes, as servers do)
  * SPDX-License-Identifier: Apache-2.0
  */
 #define _GNU_SOURCE
@@ -23,6 +27,8 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -46,17 +52,24 @@ struct conn {
     int in_hdr;              /* still in the header section of the message */
     int midline;             /* DATA: the next line's start was already dropped */
     int rcpt_ok;             /* accepted recipients of the current transaction */
+    int dkim;                /* current message has a DKIM-Signature header */
+    SSL *ssl;
+    int handshaking;
+    int starttls;            /* STARTTLS accepted: start TLS once "220" is out */
     size_t ilen, olen, ooff;
     char id[128];            /* X-Bench-Id of the current message */
     char ibuf[IBUF];
     char obuf[OBUF];
 };
 
-static unsigned long long n_msgs, n_rcpts, n_rej, n_conns;
+static unsigned long long n_msgs, n_rcpts, n_rej, n_conns, n_tls, n_dkim;
 static long long t_first, t_last;
 static int pct_4xx;
+static int close_on_quit = 1;
 static uint64_t rng = 88172645463325252ULL;
 static FILE *idlog;
+static SSL_CTX *sctx;
+static int ep;
 
 static long long now_ns(void) {
     struct timespec ts;
@@ -76,14 +89,46 @@ static void out(struct conn *c, const char *s) {
     c->olen += n;
 }
 
+static void want(struct conn *c, unsigned ev) {
+    struct epoll_event e = { .events = ev, .data.ptr = c };
+    epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &e);
+}
+
+/* read/write through TLS when on: >0 bytes, 0 EOF, -1 error, -2 would block */
+static ssize_t io_read(struct conn *c, char *b, size_t n) {
+    if (!c->ssl) {
+        ssize_t r = read(c->fd, b, n);
+        if (r < 0) return (errno == EAGAIN || errno == EINTR) ? -2 : -1;
+        return r;
+    }
+    int r = SSL_read(c->ssl, b, (int)n);
+    if (r > 0) return r;
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) return -2;
+    if (e == SSL_ERROR_WANT_WRITE) { want(c, EPOLLIN | EPOLLOUT); return -2; }
+    if (e == SSL_ERROR_ZERO_RETURN) return 0;
+    return -1;
+}
+
+static ssize_t io_write(struct conn *c, const char *b, size_t n) {
+    if (!c->ssl) {
+        ssize_t w = write(c->fd, b, n);
+        if (w < 0) return (errno == EAGAIN || errno == EINTR) ? -2 : -1;
+        return w;
+    }
+    int w = SSL_write(c->ssl, b, (int)n);
+    if (w > 0) return w;
+    int e = SSL_get_error(c->ssl, w);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return -2;
+    return -1;
+}
+
+/* 0 all written, 1 pending (EPOLLOUT armed), -1 error */
 static int flush_out(struct conn *c) {
     while (c->ooff < c->olen) {
-        ssize_t w = write(c->fd, c->obuf + c->ooff, c->olen - c->ooff);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN) return 1;
-            return -1;
-        }
+        ssize_t w = io_write(c, c->obuf + c->ooff, c->olen - c->ooff);
+        if (w == -2) { want(c, EPOLLIN | EPOLLOUT); return 1; }
+        if (w < 0) return -1;
         c->ooff += (size_t)w;
     }
     c->ooff = c->olen = 0;
@@ -98,8 +143,9 @@ static int verb(const char *line, const char *v) {
 
 static void command(struct conn *c, char *line) {
     if (verb(line, "EHLO")) {
-        out(c, "250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 209715200\r\n"
-               "250 ENHANCEDSTATUSCODES\r\n");
+        out(c, "250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 209715200\r\n");
+        if (sctx && !c->ssl) out(c, "250-STARTTLS\r\n");
+        out(c, "250 ENHANCEDSTATUSCODES\r\n");
     } else if (verb(line, "HELO")) {
         out(c, "250 sink\r\n");
     } else if (verb(line, "MAIL")) {
@@ -120,6 +166,7 @@ static void command(struct conn *c, char *line) {
             c->state = ST_DATA;
             c->in_hdr = 1;
             c->midline = 0;
+            c->dkim = 0;
             c->id[0] = 0;
             out(c, "354 go ahead\r\n");
         }
@@ -128,6 +175,9 @@ static void command(struct conn *c, char *line) {
         out(c, "250 2.0.0 ok\r\n");
     } else if (verb(line, "NOOP")) {
         out(c, "250 2.0.0 ok\r\n");
+    } else if (verb(line, "STARTTLS") && sctx && !c->ssl) {
+        out(c, "220 2.0.0 ready to start TLS\r\n");
+        c->starttls = 1;
     } else if (verb(line, "QUIT")) {
         out(c, "221 2.0.0 bye\r\n");
         c->quit = 1;
@@ -140,6 +190,7 @@ static void end_of_data(struct conn *c) {
     long long t = now_ns();
     n_msgs++;
     n_rcpts += (unsigned long long)c->rcpt_ok;
+    if (c->dkim) n_dkim++;
     if (!t_first) t_first = t;
     t_last = t;
     if (idlog && c->id[0]) fprintf(idlog, "%s %lld\n", c->id, t);
@@ -148,10 +199,10 @@ static void end_of_data(struct conn *c) {
     out(c, "250 2.0.0 ok queued\r\n");
 }
 
-/* Consumes what it can of c->ibuf; returns 0, or -1 to close. */
-static int process(struct conn *c) {
+/* Consumes what it can of c->ibuf. */
+static void process(struct conn *c) {
     size_t off = 0;
-    while (off < c->ilen && !c->quit) {
+    while (off < c->ilen && !c->quit && !c->starttls) {
         char *p = c->ibuf + off;
         size_t avail = c->ilen - off;
         char *nl = memchr(p, '\n', avail);
@@ -169,73 +220,95 @@ static int process(struct conn *c) {
             command(c, p);
         } else if (c->midline) {
             c->midline = 0;
-        } else {
-            if ((llen == 3 && p[0] == '.' && p[1] == '\r') || (llen == 2 && p[0] == '.')) {
-                end_of_data(c);
-            } else if (c->in_hdr) {
-                if (llen <= 2 && (p[0] == '\r' || p[0] == '\n')) {
-                    c->in_hdr = 0;
-                } else if (llen > 11 && strncasecmp(p, "X-Bench-Id:", 11) == 0) {
-                    char *s = p + 11;
-                    while (*s == ' ' || *s == '\t') s++;
-                    size_t n = 0;
-                    while (s + n < nl && s[n] != '\r' && s[n] != '\n' && n < sizeof c->id - 1) n++;
-                    memcpy(c->id, s, n);
-                    c->id[n] = 0;
-                }
+        } else if ((llen == 3 && p[0] == '.' && p[1] == '\r') || (llen == 2 && p[0] == '.')) {
+            end_of_data(c);
+        } else if (c->in_hdr) {
+            if (llen <= 2 && (p[0] == '\r' || p[0] == '\n')) {
+                c->in_hdr = 0;
+            } else if (llen > 15 && strncasecmp(p, "DKIM-Signature:", 15) == 0) {
+                c->dkim = 1;
+            } else if (llen > 11 && strncasecmp(p, "X-Bench-Id:", 11) == 0) {
+                char *s = p + 11;
+                while (*s == ' ' || *s == '\t') s++;
+                size_t n = 0;
+                while (s + n < nl && s[n] != '\r' && s[n] != '\n' && n < sizeof c->id - 1) n++;
+                memcpy(c->id, s, n);
+                c->id[n] = 0;
             }
         }
         off += llen;
     }
+    if (c->starttls) off = c->ilen; /* RFC 3207: discard anything pipelined after it */
     if (off > 0) {
         memmove(c->ibuf, c->ibuf + off, c->ilen - off);
         c->ilen -= off;
     }
-    return 0;
 }
 
-static void close_conn(int ep, struct conn *c) {
+static void close_conn(struct conn *c) {
     epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->ssl) SSL_free(c->ssl);
     close(c->fd);
     free(c);
 }
 
-static void on_readable(int ep, struct conn *c) {
+/* returns 0 done/ok, 1 waiting, -1 failed */
+static int handshake(struct conn *c) {
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        c->handshaking = 0;
+        n_tls++;
+        want(c, EPOLLIN);
+        return 0;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) { want(c, EPOLLIN); return 1; }
+    if (e == SSL_ERROR_WANT_WRITE) { want(c, EPOLLIN | EPOLLOUT); return 1; }
+    return -1;
+}
+
+static void on_event(struct conn *c, unsigned events) {
+    if (c->handshaking) {
+        int h = handshake(c);
+        if (h < 0) { close_conn(c); return; }
+        if (h > 0) return;
+    }
+    if ((events & EPOLLOUT) && c->olen) {
+        int f = flush_out(c);
+        if (f < 0) { close_conn(c); return; }
+        if (f > 0) return;
+        want(c, EPOLLIN);
+        if (c->quit && close_on_quit) { close_conn(c); return; }
+    }
     for (;;) {
-        if (c->ilen == IBUF) { /* cannot happen: process() always makes room */
-            close_conn(ep, c);
-            return;
-        }
-        ssize_t r = read(c->fd, c->ibuf + c->ilen, IBUF - c->ilen);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN) break;
-            close_conn(ep, c);
-            return;
-        }
-        if (r == 0) {
-            close_conn(ep, c);
-            return;
-        }
+        if (c->ilen == IBUF) { close_conn(c); return; } /* process() always makes room */
+        ssize_t r = io_read(c, c->ibuf + c->ilen, IBUF - c->ilen);
+        if (r == -2) break;
+        if (r <= 0) { close_conn(c); return; }
         c->ilen += (size_t)r;
+        if (c->quit) { c->ilen = 0; continue; } /* after QUIT: discard until EOF */
         process(c);
-        if (c->quit) break;
-        if ((size_t)r < IBUF / 2) break; /* probably drained; epoll is level-triggered */
+        if (c->starttls) break;
+        if (!c->ssl && (size_t)r < IBUF / 2) break; /* drained (epoll is level-triggered) */
     }
     int f = flush_out(c);
-    if (f < 0 || (f == 0 && c->quit)) {
-        close_conn(ep, c);
-        return;
-    }
-    if (f == 1) {
-        struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT, .data.ptr = c };
-        epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+    if (f < 0 || (f == 0 && c->quit && close_on_quit)) { close_conn(c); return; }
+    if (f == 0 && c->starttls) {
+        c->starttls = 0;
+        c->ssl = SSL_new(sctx);
+        SSL_set_fd(c->ssl, c->fd);
+        SSL_set_accept_state(c->ssl);
+        c->handshaking = 1;
+        c->state = ST_CMD;
+        c->rcpt_ok = 0;
+        if (handshake(c) < 0) close_conn(c);
     }
 }
 
-static void control(int ep, int *running) {
+static void control(int *running) {
     static char buf[4096];
     static size_t len;
+    if (len >= sizeof buf - 1) len = 0; /* an over-long line: drop it */
     ssize_t r = read(0, buf + len, sizeof buf - 1 - len);
     if (r <= 0) { *running = 0; return; }
     len += (size_t)r;
@@ -244,10 +317,11 @@ static void control(int ep, int *running) {
         *nl = 0;
         if (strncmp(buf, "stats", 5) == 0) {
             if (idlog) fflush(idlog);
-            printf("stats msgs=%llu rcpts=%llu rej=%llu conns=%llu first=%lld last=%lld\n",
-                   n_msgs, n_rcpts, n_rej, n_conns, t_first, t_last);
+            printf("stats msgs=%llu rcpts=%llu rej=%llu conns=%llu tls=%llu dkim=%llu "
+                   "first=%lld last=%lld\n",
+                   n_msgs, n_rcpts, n_rej, n_conns, n_tls, n_dkim, t_first, t_last);
         } else if (strncmp(buf, "reset", 5) == 0) {
-            n_msgs = n_rcpts = n_rej = n_conns = 0;
+            n_msgs = n_rcpts = n_rej = n_conns = n_tls = n_dkim = 0;
             t_first = t_last = 0;
             printf("ok\n");
         } else if (strncmp(buf, "quit", 4) == 0) {
@@ -260,25 +334,40 @@ static void control(int ep, int *running) {
         memmove(buf, buf + used, len - used);
         len -= used;
     }
-    (void)ep;
 }
 
 int main(int argc, char **argv) {
     int port = 0, opt;
     const char *logpath = NULL;
-    while ((opt = getopt(argc, argv, "p:l:f:s:")) != -1) {
+    char *tls = NULL;
+    while ((opt = getopt(argc, argv, "p:l:f:s:t:K")) != -1) {
         switch (opt) {
         case 'p': port = atoi(optarg); break;
         case 'l': logpath = optarg; break;
         case 'f': pct_4xx = atoi(optarg); break;
         case 's': rng = strtoull(optarg, NULL, 10) | 1; break;
+        case 't': tls = optarg; break;
+        case 'K': close_on_quit = 0; break;
         default:
-            fprintf(stderr, "usage: sink [-p PORT] [-l FILE] [-f PERCENT_4XX] [-s SEED]\n");
+            fprintf(stderr, "usage: sink [-p PORT] [-l FILE] [-f PERCENT_4XX] [-s SEED] "
+                            "[-t CERT,KEY] [-K]\n");
             return 2;
         }
     }
     signal(SIGPIPE, SIG_IGN);
     if (logpath && !(idlog = fopen(logpath, "w"))) { perror(logpath); return 1; }
+    if (tls) {
+        char *key = strchr(tls, ',');
+        if (!key) { fprintf(stderr, "sink: -t CERT,KEY\n"); return 2; }
+        *key++ = 0;
+        sctx = SSL_CTX_new(TLS_server_method());
+        if (!sctx || SSL_CTX_use_certificate_chain_file(sctx, tls) != 1 ||
+            SSL_CTX_use_PrivateKey_file(sctx, key, SSL_FILETYPE_PEM) != 1) {
+            ERR_print_errors_fp(stderr);
+            return 1;
+        }
+        SSL_CTX_set_mode(sctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    }
 
     int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
@@ -294,7 +383,7 @@ int main(int argc, char **argv) {
     printf("port %d\n", ntohs(sa.sin_port));
     fflush(stdout);
 
-    int ep = epoll_create1(EPOLL_CLOEXEC);
+    ep = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
     epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
     static int stdin_tag;
@@ -321,24 +410,15 @@ int main(int argc, char **argv) {
                     if (!c) { close(fd); continue; }
                     c->fd = fd;
                     n_conns++;
-                    out(c, "220 sink ESMTP\r\n");
-                    if (flush_out(c) < 0) { close(fd); free(c); continue; }
                     struct epoll_event cev = { .events = EPOLLIN, .data.ptr = c };
                     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev);
+                    out(c, "220 sink ESMTP\r\n");
+                    if (flush_out(c) < 0) close_conn(c);
                 }
             } else if (ptr == &stdin_tag) {
-                control(ep, &running);
+                control(&running);
             } else {
-                struct conn *c = ptr;
-                if (evs[i].events & EPOLLOUT) {
-                    int f = flush_out(c);
-                    if (f < 0 || (f == 0 && c->quit)) { close_conn(ep, c); continue; }
-                    if (f == 0) {
-                        struct epoll_event cev = { .events = EPOLLIN, .data.ptr = c };
-                        epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &cev);
-                    }
-                }
-                if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(ep, c);
+                on_event(ptr, evs[i].events);
             }
         }
     }

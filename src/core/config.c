@@ -29,6 +29,10 @@
 #define DEF_RELAY_HOSTS        { "127.0.0.0/8", "::1/128" }
 #define DEF_TRUSTED_HOSTS      { "127.0.0.1", "::1" }
 #define DEF_AUTH_REQUIRE_TLS   true
+#define DEF_AUTH_MAX_FAILURES  5          /* AUTH failures per client address ... */
+#define DEF_AUTH_FAILURE_WINDOW (10 * 60.0) /* ... within this window ... */
+#define DEF_AUTH_BAN_TIME      (10 * 60.0) /* ... ban it (421) for this long */
+#define MAX_AUTH_FAILURES      100        /* = AUTHBAN_MAX_FAILURES */
 #define DEF_MAX_MESSAGE_SIZE   (25ull * 1024 * 1024)
 #define DEF_MAX_RECIPIENTS     1000
 #define DEF_MAX_CONNECTIONS    10000
@@ -218,6 +222,9 @@ static const struct opt dkim_opts[] = {
 
 static const struct opt auth_opts[] = {
     { O("users_file", OPT_STR, CFG(auth_users_file)), .required = true },
+    { O("max_failures", OPT_INT, CFG(auth_max_failures)), .lo = 1, .hi = MAX_AUTH_FAILURES },
+    { O("failure_window", OPT_DURATION, CFG(auth_failure_window)) },
+    { O("ban_time", OPT_DURATION, CFG(auth_ban_time)) },
     { .name = NULL },
 };
 
@@ -1065,6 +1072,10 @@ static int config_defaults(struct config *cfg)
     cfg->delivery.max_message_rate = DEF_MAX_MESSAGE_RATE;
     cfg->delivery.max_deliveries_per_connection = DEF_MAX_DELIVERIES_PER_CONN;
     cfg->delivery.connect_timeout = DEF_CONNECT_TIMEOUT;
+
+    cfg->auth_max_failures = DEF_AUTH_MAX_FAILURES;
+    cfg->auth_failure_window = DEF_AUTH_FAILURE_WINDOW;
+    cfg->auth_ban_time = DEF_AUTH_BAN_TIME;
 
     cfg->tls.min_tls_version = strdup(DEF_MIN_TLS_VERSION);
     cfg->tls.prefer_server_ciphers = DEF_PREFER_SERVER_CIPHERS;

@@ -108,6 +108,9 @@ struct config {
     struct { char *min_tls_version, *ciphers; bool prefer_server_ciphers; } tls;
     struct cfg_dkim_key *dkim; int n_dkim;
     char *auth_users_file;
+    int auth_max_failures;           /* 5: AUTH failures from one address ... */
+    double auth_failure_window;      /* 10m: ... within this window ... */
+    double auth_ban_time;            /* 10m: ... get it refused (421) this long */
     char *process_user;
     struct cfg_header_check *header_checks; int n_header_checks;
     struct { char *path, *level; } logging;       /* "./var/log/petrel.jsonl", "info" */

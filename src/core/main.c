@@ -166,6 +166,11 @@ int main(int argc, char **argv)
         worker_join(&workers[i]);
     sched_stop(rt.sched);
     sched_free(rt.sched);
+    struct spool_stats st;
+    spool_stats(rt.spool, &st);
+    log_info("spool: %llu durable commits, %llu fsyncs (%.1f commits per fsync)",
+             (unsigned long long)st.durable_commits, (unsigned long long)st.fsyncs,
+             st.fsyncs ? (double)st.durable_commits / (double)st.fsyncs : 0.0);
     spool_close(rt.spool);
     log_info("stopped");
     log_close();

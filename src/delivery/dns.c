@@ -90,14 +90,14 @@ struct ent {
 
 /* ---- requests ----------------------------------------------------------------- */
 
-enum req_phase { REQ_MX, REQ_ADDRS, REQ_DONE };
-
+/* One dns_resolve_* call: waits for its MX entry (waiter w[DNS_MAX_HOSTS]), then for
+ * one address entry per host (w[i]), then sits in the done queue until its callback
+ * has run. Owned by struct dns from the call until the callback returns. */
 struct dns_req {
     struct dns_req *next;      /* done queue */
     struct dns *d;
     dns_cb cb;
     void *arg;
-    enum req_phase phase;
     bool fallback;             /* MX request answered by A/AAAA of the domain */
     bool host_only;            /* dns_resolve_host */
     int outstanding;           /* address lookups not yet answered (+1 while starting) */
@@ -710,7 +710,6 @@ static struct ent *ent_new(struct dns *d, enum ent_kind kind, const char *name, 
 static void req_complete(struct dns_req *r)
 {
     struct dns *d = r->d;
-    r->phase = REQ_DONE;
     r->next = NULL;
     if (d->done_tail)
         d->done_tail->next = r;
@@ -816,7 +815,6 @@ static void req_on_mx(struct dns_req *r, const struct ent *e)
         }
         dns_order_mx(res->hosts, res->nhosts, dns_rng, r->d);
     }
-    r->phase = REQ_ADDRS;
     r->outstanding = 1; /* held while starting, so an early answer cannot finish us */
     for (int i = 0; i < res->nhosts; i++) {
         res->hosts[i].naddr = 0;
@@ -1286,7 +1284,11 @@ static struct dns_req *req_new(struct dns *d, const char *name, dns_cb cb, void 
     r->cb = cb;
     r->arg = arg;
     r->res.status = DNS_TEMPFAIL;
-    text_copy(r->name, sizeof r->name, name ? name : "");
+    /* Until validated, the name is only used in error text: printable ASCII only. */
+    size_t i = 0;
+    for (; name && name[i] && i < sizeof r->name - 1; i++)
+        r->name[i] = name[i] > 0x20 && name[i] < 0x7f ? name[i] : '?';
+    r->name[i] = '\0';
     return r;
 }
 
@@ -1301,7 +1303,6 @@ void dns_resolve_mx(struct dns *d, const char *domain, dns_cb cb, void *arg)
         return;
     }
     memcpy(r->name, name, sizeof name);
-    r->phase = REQ_MX;
     req_attach(r, ENT_MX, name, -1);
     arm_timer(d);
 }
@@ -1331,7 +1332,6 @@ void dns_resolve_host(struct dns *d, const char *host, dns_cb cb, void *arg)
     memcpy(r->name, name, sizeof name);
     r->fallback = true;
     r->host_only = true;
-    r->phase = REQ_ADDRS;
     res->nhosts = 1;
     memcpy(res->hosts[0].name, name, sizeof name);
     r->outstanding = 2; /* the lookup, and the hold while starting it */

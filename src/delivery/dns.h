@@ -39,7 +39,11 @@ struct dns;
 /* resolvers: "ip" or "ip:port" / "[v6]:port"; n == 0 = system resolv.conf. */
 struct dns *dns_new(uv_loop_t *loop, const char *const *resolvers, int n,
                     char *err, size_t errlen);
-/* Cancels pending queries (their callbacks run with DNS_TEMPFAIL) and frees. */
+/* Cancels pending queries (their callbacks run with DNS_TEMPFAIL) and frees.
+ * Every callback still owed runs before dns_free returns (answers already complete
+ * are delivered as they are); calling dns_free from inside a dns callback is fine.
+ * The loop handles close asynchronously: run the loop afterwards to release them.
+ * NULL is a no-op. */
 void dns_free(struct dns *d);
 
 typedef void (*dns_cb)(void *arg, const struct dns_result *res); /* res borrowed */

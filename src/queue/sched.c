@@ -35,6 +35,7 @@ struct dqueue {
     uint32_t nready;
     uint32_t nentries;              /* all entries of this queue owned by the thread */
     int nconn;                      /* connections, including those resolving DNS */
+    uint32_t nresolving;            /* connections that will pop a ready entry soon */
     uint32_t picks;
 };
 
@@ -474,6 +475,7 @@ static void on_dns(void *arg, const struct dns_result *res)
     struct dthread *t = dc->t;
     struct dqueue *q = dc->q;
     const struct config *cfg = t->s->rt->cfg;
+    q->nresolving--;
     if (t->stopping) {
         dconn_free(dc);
         return;
@@ -534,6 +536,7 @@ static void start_conn(struct dthread *t, struct dqueue *q)
         t->conns->prev = dc;
     t->conns = dc;
     q->nconn++;
+    q->nresolving++;
     const struct cfg_route *r = q->route;
     if (r && r->relay_no_mx)
         dns_resolve_host(t->dns, r->relay_host, on_dns, dc);
@@ -544,10 +547,9 @@ static void start_conn(struct dthread *t, struct dqueue *q)
 static void dispatch(struct dthread *t, struct dqueue *q)
 {
     int max = t->s->rt->cfg->delivery.max_connections_per_domain;
-    /* one connection at a time per this many ready entries: don't open 10
-     * connections for 2 messages */
-    while (!t->stopping && q->nready > 0 && q->nconn < max &&
-           (q->nconn == 0 || q->nready > (uint32_t)q->nconn))
+    /* a new connection only for ready entries that no resolving connection will
+     * take: don't open 10 connections for 2 messages */
+    while (!t->stopping && q->nready > q->nresolving && q->nconn < max)
         start_conn(t, q);
 }
 
@@ -726,6 +728,13 @@ void sched_stop(struct sched *s)
     s->started = false;
 }
 
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
 void sched_free(struct sched *s)
 {
     if (!s)
@@ -754,6 +763,8 @@ void sched_free(struct sched *s)
         }
         if (t->dns)
             dns_free(t->dns);
+        uv_walk(&t->loop, close_walk, NULL);
+        uv_run(&t->loop, UV_RUN_DEFAULT);
         uv_loop_close(&t->loop);
     }
     free(s->t);

@@ -107,16 +107,24 @@ static void txn_clear(struct smtp_client *c)
     buf_free(&c->content);
 }
 
-/* Hands the finished transaction to the scheduler. */
+/* Hands the finished transaction to the scheduler. The transaction is detached
+ * from the client first: on_done may start the next one on this client. */
 static void txn_done(struct smtp_client *c, bool usable)
 {
     struct entry *e = c->e;
     if (!e)
         return;
-    c->deliveries++;
-    c->ops->on_done(c->owner, c, e, c->res, c->nres, usable, c->site[0] ? c->site : NULL,
-                    c->peer[0] ? c->peer : NULL);
+    struct client_result *res = c->res;
+    uint32_t nres = c->nres;
+    c->res = NULL;
+    c->nres = 0;
     txn_clear(c);
+    c->deliveries++;
+    c->ops->on_done(c->owner, c, e, res, nres, usable, c->site[0] ? c->site : NULL,
+                    c->peer[0] ? c->peer : NULL);
+    for (uint32_t i = 0; i < nres; i++)
+        free(res[i].text);
+    free(res);
 }
 
 /* Transaction over, connection reusable: READY first, since on_done may hand us

@@ -1,7 +1,6 @@
 /* The DATA phase byte parser (end marker, dot-unstuffing, CRLF normalization,
- * limits) and dot-stuffing for output. Hot path: lines are found with memchr and
- * unchanged bytes are appended in runs spanning many lines; never byte by byte.
- * Only the exact bytes <CRLF>.<CRLF> end the data (no SMTP smuggling).
+ * limits) and dot-stuffing. Only the exact bytes <CRLF>.<CRLF> end the data; never
+ * works byte by byte (hot path): memchr per line, unchanged bytes appended in runs.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <stdlib.h>
 #include <string.h>
@@ -88,10 +87,11 @@ int smtp_data_feed(struct smtp_data *d, const char *in, size_t len, size_t *cons
     int rc = PT_OK;
     bool done = false;
 
-    if (st == SD_DONE) {
-        *consumed = 0;
+    *consumed = 0;
+    if (st == SD_DONE)
         return PT_OK;
-    }
+    if (len == 0)
+        return PT_AGAIN;
     /* [run, p) is content still to be appended verbatim. */
     while (p < end && rc == PT_OK && !done) {
         switch (st) {
@@ -216,7 +216,7 @@ static void sd_put(struct buf *out, const char *p, size_t n, int *rc)
 
 int smtp_dot_stuff(const char *content, size_t len, struct buf *out)
 {
-    const char *p = content, *end = content + len, *run = content;
+    const char *p = len ? content : "", *end = p + len, *run = p;
     int rc = buf_reserve(out, len + 3);
 
     while (p < end && rc == PT_OK) {

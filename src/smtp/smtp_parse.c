@@ -67,6 +67,8 @@ int smtp_lines_next(struct smtp_lines *s, const char *in, size_t len, size_t *li
 
     *line_len = 0;
     *consumed = 0;
+    if (len == 0)
+        return PT_AGAIN;
     if (s->discarding) {
         lf = memchr(in, '\n', len);
         if (!lf) {
@@ -471,8 +473,12 @@ static const char *smtp_helo_parse(const char *p, const char *end, bool ehlo,
 
 int smtp_cmd_parse(const char *line, size_t len, struct smtp_cmd *cmd)
 {
-    const char *end = line + len, *p, *err = NULL;
+    const char *end, *p, *err = NULL;
     size_t vlen;
+
+    if (len == 0)
+        line = "";
+    end = line + len;
 
     cmd->verb = SMTP_VERB_UNKNOWN;
     cmd->arg = end;

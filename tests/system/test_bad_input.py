@@ -466,6 +466,20 @@ def test_data_timeout(world):
     world.assert_serving(p)
 
 
+def can_connect(p):
+    """True if a new connection gets the 220 greeting."""
+    try:
+        c = RawSMTP(p.host, p.port, timeout=3)
+    except OSError:
+        return False
+    try:
+        return c.reply()[0] == 220
+    except (ConnectionError, OSError):
+        return False
+    finally:
+        c.close()
+
+
 def test_max_connections_per_ip(world):
     p, _, _ = world.basic(listener={"max_connections_per_ip": 3})
     conns = [p.raw() for _ in range(3)]
@@ -474,22 +488,15 @@ def test_max_connections_per_ip(world):
         try:
             code, text = extra.reply()
             assert code == 421, f"4th connection from one IP: {code} {text}"
+            assert extra.wait_closed(5), "petrel should close after the 421"
         finally:
             extra.close()
         conns.pop().close()
-
-        def can_connect():
-            c = RawSMTP(p.host, p.port, timeout=5)
-            try:
-                return c.reply()[0] == 220
-            except (ConnectionError, OSError):
-                return False
-            finally:
-                c.close()
-        wait_for(can_connect, 5, "a free slot after closing a connection")
+        wait_for(lambda: can_connect(p), 5, "a free slot after closing a connection")
     finally:
         for c in conns:
             c.close()
+    wait_for(lambda: can_connect(p), 5, "free slots after closing every connection")
     world.assert_serving(p)
 
 
@@ -512,7 +519,7 @@ def test_max_connections(world):
     finally:
         for c in conns:
             c.close()
-    time.sleep(0.3)
+    wait_for(lambda: can_connect(p), 5, "free slots after closing every connection")
     world.assert_serving(p)
 
 

@@ -908,6 +908,39 @@ static void test_bundled_config(void **state)
 
 /* ---- routes, alias, worker -------------------------------------------------- */
 
+/* configure_auth: users_file plus the AUTH failure ban (issue 3). */
+static void test_auth_options(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("");
+    assert_null(c->auth_users_file);
+    assert_int_equal(c->auth_max_failures, 5);
+    assert_true(c->auth_failure_window == 600);
+    assert_true(c->auth_ban_time == 600);
+    config_free(c);
+
+    c = load_ok("petrel.configure_auth { users_file = \"u.txt\", max_failures = 3,\n"
+                "  failure_window = \"2m\", ban_time = 3600 }\n");
+    assert_string_equal(c->auth_users_file, "u.txt");
+    assert_int_equal(c->auth_max_failures, 3);
+    assert_true(c->auth_failure_window == 120);
+    assert_true(c->auth_ban_time == 3600);
+    config_free(c);
+
+    load_err("petrel.configure_auth { users_file = \"u\", max_failures = 0 }\n", 1,
+             "configure_auth: option 'max_failures' must be between 1 and 100");
+    load_err("petrel.configure_auth { users_file = \"u\", max_failures = 2.5 }\n", 1,
+             "configure_auth: option 'max_failures' must be an integer");
+    load_err("\npetrel.configure_auth { users_file = \"u\", ban_time = 0 }\n", 2,
+             "configure_auth: option 'ban_time' must be a positive duration");
+    load_err_prefix("petrel.configure_auth { users_file = \"u\", failure_window = \"10q\" }\n",
+                    1, "configure_auth: option 'failure_window': invalid duration '10q'");
+    load_err("petrel.configure_auth { max_failures = 3 }\n", 1,
+             "configure_auth: option 'users_file' is required");
+    load_err("petrel.configure_auth { users_file = \"u\", max_failure = 3 }\n", 1,
+             "configure_auth: unknown option 'max_failure'");
+}
+
 static void test_route_lookup(void **state)
 {
     struct config *c = load_ok(
@@ -1084,6 +1117,7 @@ int main(void)
         cmocka_unit_test(test_seed_004),
         cmocka_unit_test(test_bundled_config),
         cmocka_unit_test(test_route_lookup),
+        cmocka_unit_test(test_auth_options),
         cmocka_unit_test(test_kumo_alias),
         cmocka_unit_test(test_worker_handlers),
         cmocka_unit_test(test_worker_accepts_config),

@@ -157,6 +157,11 @@ static void test_lines_empty_and_nul(void **state)
     size_t ll = 1, used = 1;
     assert_int_equal(smtp_lines_next(&st.s, "", 0, &ll, &used), PT_AGAIN);
     assert_int_equal(used, 0);
+    assert_int_equal(smtp_lines_next(&st.s, NULL, 0, &ll, &used), PT_AGAIN);
+    struct smtp_cmd cmd;
+    assert_int_equal(smtp_cmd_parse(NULL, 0, &cmd), PT_OK);
+    assert_int_equal(cmd.verb, SMTP_VERB_UNKNOWN);
+    assert_int_equal(cmd.arg_len, 0);
 }
 
 /* ---- command parser ---- */
