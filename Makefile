@@ -59,15 +59,23 @@ system: all
 	PETREL_BIN=$(abspath $(BUILD)/petrel) PETRELCTL_BIN=$(abspath $(BUILD)/petrelctl) \
 	  $(PYTEST) -q tests/system $(PYTEST_ARGS)
 
-# Each fuzz target runs for FUZZ_SECONDS under libFuzzer with ASan+UBSan.
+# Each fuzz target runs for FUZZ_SECONDS under libFuzzer with ASan+UBSan. The
+# library is compiled once with coverage instrumentation, then linked per target.
 FUZZ_SECONDS ?= 15
-fuzz:
-	@mkdir -p $(BUILD)/fuzz
-	@set -e; for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
-	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
-	  clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined \
-	    -fno-sanitize-recover=undefined $$f $(LIB_SRC) -o $(BUILD)/fuzz/$$n $(PKG_LIBS) -lcrypt -lm -pthread; \
-	  $(BUILD)/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 2>&1 | tail -2; done
+FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) -fno-sanitize-recover=undefined
+FUZZ_OBJ := $(LIB_SRC:%.c=build/fuzz/%.o)
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+
+build/fuzz/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c $< -o $@
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined $^ -o $@ $(PKG_LIBS) -lcrypt -lm -pthread
+
+fuzz: $(FUZZ_BIN)
+	@set -e; for f in $(FUZZ_BIN); do echo "== $$f ($(FUZZ_SECONDS)s)"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 2>&1 | tail -1; done
 
 test: deps-test
 	@$(MAKE) --no-print-directory all
@@ -89,6 +97,6 @@ bench:
 	/usr/bin/python3 bench/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build/fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

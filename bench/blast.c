@@ -37,7 +37,7 @@
 enum { S_CONNECT, S_GREET, S_EHLO, S_STARTTLS, S_HANDSHAKE, S_ENV, S_BODY, S_QUIT, S_WAIT };
 
 struct conn {
-    int fd, state, pipelining, tls_done;
+    int fd, state, pipelining, tls_done, claimed;
     SSL *ssl;
     long msg;                 /* current message number, -1 none */
     int step;                 /* S_ENV: command (0 MAIL, 1..R RCPT, R+1 DATA) the next
@@ -52,6 +52,7 @@ struct conn {
 
 static int port, nconn = 1, nrcpt = 1, ndom = 1, keep, wait_ms, nopipe, use_tls;
 static long nmsg = 1, next_msg, done_ok, done_fail, rcpt_ok_total, rcpt_fail_total, active;
+static long unclaimed_conns;   /* open connections that have not started a message yet */
 static size_t body_len = 2048;
 static char *payload;
 static const char *prefix = "m";
@@ -148,10 +149,12 @@ static void close_conn(struct conn *c) {
     epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
     if (c->ssl) SSL_free(c->ssl);
     close(c->fd);
+    int claimed = c->claimed;
     free(c->obuf);
     free(c);
     active--;
-    if (next_msg < nmsg) open_conn();
+    if (!claimed) unclaimed_conns--;
+    if (next_msg + unclaimed_conns < nmsg) open_conn();
 }
 
 static void envelope_cmd(struct conn *c, int step) {
@@ -168,6 +171,10 @@ static void envelope_cmd(struct conn *c, int step) {
 }
 
 static void start_msg(struct conn *c) {
+    if (!c->claimed) {
+        c->claimed = 1;
+        unclaimed_conns--;
+    }
     if (next_msg >= nmsg) {
         puts_(c, "QUIT\r\n");
         c->state = S_QUIT;
@@ -344,6 +351,7 @@ static void open_conn(void) {
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     c->state = S_CONNECT;
     active++;
+    unclaimed_conns++;
     struct epoll_event e = { .events = EPOLLOUT, .data.ptr = c };
     epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &e);
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) {

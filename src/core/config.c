@@ -18,6 +18,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "core/authban.h"
 #include "core/config.h"
 #include "policy/lua_api.h"
 #include "util/cidr.h"
@@ -32,7 +33,6 @@
 #define DEF_AUTH_MAX_FAILURES  5          /* AUTH failures per client address ... */
 #define DEF_AUTH_FAILURE_WINDOW (10 * 60.0) /* ... within this window ... */
 #define DEF_AUTH_BAN_TIME      (10 * 60.0) /* ... ban it (421) for this long */
-#define MAX_AUTH_FAILURES      100        /* = AUTHBAN_MAX_FAILURES */
 #define DEF_MAX_MESSAGE_SIZE   (25ull * 1024 * 1024)
 #define DEF_MAX_RECIPIENTS     1000
 #define DEF_MAX_CONNECTIONS    10000
@@ -222,7 +222,8 @@ static const struct opt dkim_opts[] = {
 
 static const struct opt auth_opts[] = {
     { O("users_file", OPT_STR, CFG(auth_users_file)), .required = true },
-    { O("max_failures", OPT_INT, CFG(auth_max_failures)), .lo = 1, .hi = MAX_AUTH_FAILURES },
+    { O("max_failures", OPT_INT, CFG(auth_max_failures)), .lo = 1,
+      .hi = AUTHBAN_MAX_FAILURES },
     { O("failure_window", OPT_DURATION, CFG(auth_failure_window)) },
     { O("ban_time", OPT_DURATION, CFG(auth_ban_time)) },
     { .name = NULL },

@@ -94,6 +94,17 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* Say so when the config asks for something this build does not do yet,
+     * rather than silently ignoring it. */
+    if (cfg->n_http)
+        fprintf(stderr, "petrel: warning: start_http_listener: the HTTP API is not built yet; not listening on %s\n",
+                cfg->http[0].listen);
+    if (cfg->n_dkim)
+        fprintf(stderr, "petrel: warning: configure_dkim_signing: DKIM signing is not built yet; mail goes out unsigned\n");
+    if (cfg->n_header_checks)
+        fprintf(stderr, "petrel: warning: configure_header_checks: not applied by this build\n");
+    if (cfg->n_hooks)
+        fprintf(stderr, "petrel: warning: petrel.on: hooks are registered but not run by this build yet\n");
     enum log_level lvl;
     if (log_level_parse(cfg->logging.level, &lvl) == PT_OK)
         log_set_level(lvl);

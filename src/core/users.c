@@ -279,10 +279,12 @@ static int users_hexval(char c)
 /* "$y$...", "$6$..." or "$5$...": the crypt alphabet, a salt and a hash part. */
 static bool users_crypt_ok(const char *h, size_t n)
 {
+    if (n < 4 || n >= USERS_HASH_MAX)            /* h is not NUL-terminated */
+        return false;
     int i = 0;
-    while (users_crypt_prefixes[i] && strncmp(h, users_crypt_prefixes[i], 3) != 0)
+    while (users_crypt_prefixes[i] && memcmp(h, users_crypt_prefixes[i], 3) != 0)
         i++;
-    if (!users_crypt_prefixes[i] || n >= USERS_HASH_MAX)
+    if (!users_crypt_prefixes[i])
         return false;
     int dollars = 0;
     for (size_t k = 0; k < n; k++) {

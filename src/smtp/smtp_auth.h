@@ -24,8 +24,8 @@
 struct sasl {
     const struct users *users;               /* borrowed; must outlive the sasl */
     char hostname[256];
-    int mech;                                /* enum in smtp_auth.c */
-    int state;                               /* enum in smtp_auth.c */
+    int mech;                                /* index in the mechanism table, -1 = none */
+    int state;                               /* enum sasl_state in smtp_auth.c */
     char user[USERS_NAME_MAX + 1];           /* LOGIN: name so far; after PT_OK: the user */
     char challenge[SASL_CHALLENGE_MAX];      /* CRAM-MD5, as sent (before base64) */
     size_t challenge_len;

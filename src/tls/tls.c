@@ -27,22 +27,22 @@ struct tls_ctx {
  * Session states. Reads are allowed while the peer may still send (HANDSHAKE, OPEN,
  * SHUTDOWN); writes while we have not closed (OPEN, PEER_CLOSED; HANDSHAKE queues).
  */
-#define TLS_STATES(X)                   \
-    X(HANDSHAKE, "handshake")           \
-    X(OPEN, "open")                     \
-    X(PEER_CLOSED, "peer-closed")       \
-    X(SHUTDOWN, "shutdown") /* we sent close_notify, the peer has not */ \
-    X(CLOSED, "closed")                 \
+#define TLS_STATES(X)                                                    \
+    X(HANDSHAKE, "handshake")                                            \
+    X(OPEN, "open")                                                      \
+    X(PEER_CLOSED, "peer-closed") /* close_notify received */            \
+    X(SHUTDOWN, "shutdown")       /* close_notify sent, none received */ \
+    X(CLOSED, "closed")                                                  \
     X(FAILED, "failed")
 
 enum tls_state {
-#define X(id, name) TLS_##id,
+#define X(id, name) TLS_STATE_##id,
     TLS_STATES(X)
 #undef X
 };
 
 static const char *const tls_state_names[] = {
-#define X(id, name) [TLS_##id] = name,
+#define X(id, name) [TLS_STATE_##id] = name,
     TLS_STATES(X)
 #undef X
 };
@@ -50,7 +50,6 @@ static const char *const tls_state_names[] = {
 struct tls_session {
     SSL *ssl;
     enum tls_state state;
-    bool server;
     bool verify;       /* client: chain and host name are checked */
     bool nomem;        /* the BIO could not grow out: the failure is PT_NOMEM */
     size_t in_off;     /* bytes of in already handed to OpenSSL */
@@ -188,7 +187,10 @@ static int fail(struct tls_session *s, int ssl_err, const char *prefix)
         err_from_queue(s->err, sizeof s->err, prefix);
     }
     ERR_clear_error();
-    enter_state(s, TLS_FAILED);
+    buf_free(&s->in); /* a dead session keeps only the alert waiting in out */
+    s->in_off = 0;
+    buf_free(&s->pending);
+    enter_state(s, TLS_STATE_FAILED);
     return s->nomem ? PT_NOMEM : PT_ERROR;
 }
 
@@ -442,7 +444,7 @@ static int handshake_finished(struct tls_session *s)
 {
     snprintf(s->desc, sizeof s->desc, "%s:%s", SSL_get_version(s->ssl),
              SSL_CIPHER_get_name(SSL_get_current_cipher(s->ssl)));
-    enter_state(s, TLS_OPEN);
+    enter_state(s, TLS_STATE_OPEN);
     int rc = write_all(s, s->pending.data, s->pending.len);
     buf_free(&s->pending);
     return rc;
@@ -468,11 +470,10 @@ struct tls_session *tls_session_new(struct tls_ctx *ctx, bool server, const char
     struct tls_session *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
-    s->server = server;
     buf_init(&s->in, TLS_IN_MAX);
     buf_init(&s->out, 0);
     buf_init(&s->pending, TLS_PENDING_MAX);
-    enter_state(s, TLS_HANDSHAKE);
+    enter_state(s, TLS_STATE_HANDSHAKE);
 
     BIO *bio = NULL;
     if (!(s->ssl = SSL_new(ctx->ssl_ctx)) || !(bio = BIO_new(bio_method)))
@@ -521,10 +522,10 @@ void tls_session_free(struct tls_session *s)
 int tls_feed(struct tls_session *s, const void *cipher, size_t len)
 {
     switch (s->state) {
-    case TLS_FAILED:
+    case TLS_STATE_FAILED:
         return PT_ERROR;
-    case TLS_PEER_CLOSED:
-    case TLS_CLOSED:
+    case TLS_STATE_PEER_CLOSED:
+    case TLS_STATE_CLOSED:
         return PT_OK; /* nothing may follow close_notify; ignore it */
     default:
         break;
@@ -544,15 +545,15 @@ int tls_read(struct tls_session *s, struct buf *plain_out)
     int rc = PT_OK;
 
     switch (s->state) {
-    case TLS_FAILED:
+    case TLS_STATE_FAILED:
         return PT_ERROR;
-    case TLS_PEER_CLOSED:
-    case TLS_CLOSED:
+    case TLS_STATE_PEER_CLOSED:
+    case TLS_STATE_CLOSED:
         return PT_NOTFOUND;
-    case TLS_HANDSHAKE:
+    case TLS_STATE_HANDSHAKE:
         if ((rc = drive_handshake(s)) != PT_OK)
             return rc;
-        if (s->state == TLS_HANDSHAKE) {
+        if (s->state == TLS_STATE_HANDSHAKE) {
             trim_in(s);
             return PT_OK;
         }
@@ -583,7 +584,8 @@ int tls_read(struct tls_session *s, struct buf *plain_out)
             break;
         }
         if (e == SSL_ERROR_ZERO_RETURN) {
-            enter_state(s, s->state == TLS_SHUTDOWN ? TLS_CLOSED : TLS_PEER_CLOSED);
+            enter_state(s, s->state == TLS_STATE_SHUTDOWN ? TLS_STATE_CLOSED : TLS_STATE_PEER_CLOSED);
+            s->in_off = s->in.len; /* nothing may follow close_notify: drop it */
             rc = PT_NOTFOUND;
             break;
         }
@@ -596,10 +598,10 @@ int tls_read(struct tls_session *s, struct buf *plain_out)
 int tls_write(struct tls_session *s, const void *plain, size_t len)
 {
     switch (s->state) {
-    case TLS_HANDSHAKE:
+    case TLS_STATE_HANDSHAKE:
         return buf_append(&s->pending, plain, len);
-    case TLS_OPEN:
-    case TLS_PEER_CLOSED:
+    case TLS_STATE_OPEN:
+    case TLS_STATE_PEER_CLOSED:
         return write_all(s, plain, len);
     default:
         return PT_ERROR;
@@ -631,11 +633,11 @@ int tls_take_output(struct tls_session *s, struct buf *cipher_out)
 int tls_shutdown(struct tls_session *s)
 {
     switch (s->state) {
-    case TLS_HANDSHAKE:
-        enter_state(s, TLS_CLOSED);
+    case TLS_STATE_HANDSHAKE:
+        enter_state(s, TLS_STATE_CLOSED);
         return PT_OK;
-    case TLS_OPEN:
-    case TLS_PEER_CLOSED:
+    case TLS_STATE_OPEN:
+    case TLS_STATE_PEER_CLOSED:
         break;
     default: /* already closing, closed or failed: nothing (more) to send */
         return PT_OK;
@@ -644,7 +646,7 @@ int tls_shutdown(struct tls_session *s)
     int r = SSL_shutdown(s->ssl); /* 0: sent ours, 1: both directions closed */
     if (r < 0)
         return fail(s, SSL_get_error(s->ssl, r), "TLS shutdown failed");
-    enter_state(s, s->state == TLS_PEER_CLOSED ? TLS_CLOSED : TLS_SHUTDOWN);
+    enter_state(s, s->state == TLS_STATE_PEER_CLOSED ? TLS_STATE_CLOSED : TLS_STATE_SHUTDOWN);
     return PT_OK;
 }
 
@@ -655,13 +657,13 @@ bool tls_handshake_done(const struct tls_session *s)
 
 bool tls_peer_closed(const struct tls_session *s)
 {
-    return s->state == TLS_PEER_CLOSED || (s->state == TLS_CLOSED && SSL_get_shutdown(s->ssl)
+    return s->state == TLS_STATE_PEER_CLOSED || (s->state == TLS_STATE_CLOSED && SSL_get_shutdown(s->ssl)
                                            & SSL_RECEIVED_SHUTDOWN);
 }
 
 bool tls_failed(const struct tls_session *s)
 {
-    return s->state == TLS_FAILED;
+    return s->state == TLS_STATE_FAILED;
 }
 
 const char *tls_describe(const struct tls_session *s)

@@ -56,8 +56,9 @@ struct tls_ctx *tls_client_ctx_new(const char *min_version, const char *ciphers,
  * interoperability work-arounds. Call before creating sessions. PT_OK or PT_INVALID. */
 int tls_client_ctx_set_max_version(struct tls_ctx *ctx, const char *max_version);
 
-/* Frees ctx (NULL ok). Sessions hold a reference: freeing ctx while sessions live is
- * allowed, the context goes away with the last session. */
+/* Frees ctx (NULL ok). Each session holds its own reference to the OpenSSL context,
+ * so freeing ctx while sessions live (a config reload) is safe: the context goes away
+ * with the last of them. */
 void tls_ctx_free(struct tls_ctx *ctx);
 
 struct tls_session;
@@ -68,7 +69,8 @@ struct tls_session;
  * requires a certificate chain trusted by the context and naming verify_host (a DNS
  * name, or an IP literal matched against IP SANs); NULL = no verification at all
  * (outbound policies "may" and "encrypt"). A client session has its ClientHello ready
- * for tls_take_output on return. NULL on allocation failure or a mismatched ctx. */
+ * for tls_take_output on return (a failure to start shows at the first tls_read).
+ * NULL on allocation failure, an unusable host name or a mismatched ctx. */
 struct tls_session *tls_session_new(struct tls_ctx *ctx, bool server, const char *sni,
                                     const char *verify_host);
 void tls_session_free(struct tls_session *s); /* NULL ok; sends nothing */

@@ -10,9 +10,11 @@ import time
 from harness import make_message, msgid_of, wait_for
 
 
-def inject(p, n_threads, per_thread, rcpts_for, acked, lock, stop=None):
+def inject(p, n_threads, per_thread, rcpts_for, acked, lock, kill_after=None):
     """Starts n_threads clients, each sending per_thread messages on its own
-    connection; (Message-ID, recipients) of each message that got 250 go to `acked`. Returns the threads."""
+    connection; (Message-ID, recipients) of each message that got 250 go to `acked`.
+    With kill_after=N, the client that gets the N-th 250 kills petrel (-9) at once,
+    while the other clients are still sending. Returns the threads."""
 
     def client(t):
         try:
@@ -21,8 +23,6 @@ def inject(p, n_threads, per_thread, rcpts_for, acked, lock, stop=None):
             return
         try:
             for i in range(per_thread):
-                if stop is not None and stop.is_set():
-                    return
                 rcpts = rcpts_for(t, i)
                 data = make_message("alice@sender.test", rcpts, subject=f"durable {t}/{i}")
                 try:
@@ -37,6 +37,8 @@ def inject(p, n_threads, per_thread, rcpts_for, acked, lock, stop=None):
                 if code == 250:
                     with lock:
                         acked.append((msgid_of(data), rcpts))
+                        if kill_after is not None and len(acked) == kill_after:
+                            p.kill()
         finally:
             try:
                 s.close()
@@ -55,12 +57,10 @@ def test_kill9_with_sink_down_loses_no_acknowledged_message(world):
     acked, lock = [], threading.Lock()
     threads = inject(p, 5, 10, lambda t, i: (
         [f"u{t}-{i}@dest.test", f"u{t}-{i}@dest2.test"] if i % 3 == 0 else [f"u{t}-{i}@dest.test"]),
-        acked, lock)
-    wait_for(lambda: len(acked) >= 25 or not any(th.is_alive() for th in threads), 60,
-             "25 acknowledged messages")
-    p.kill()
+        acked, lock, kill_after=25)
     for th in threads:
-        th.join(15)
+        th.join(60)
+    p.kill()
     with lock:
         got = list(acked)
     assert len(got) >= 25, f"only {len(got)} messages acknowledged before the kill"
@@ -78,13 +78,13 @@ def test_kill9_during_delivery_loses_nothing(world):
     dest = world.mx_domain("dest.test", "127.0.0.2", delay=0.05)
     p = world.petrel()
     acked, lock = [], threading.Lock()
-    threads = inject(p, 3, 10, lambda t, i: [f"k{t}-{i}@dest.test"], acked, lock)
-    wait_for(lambda: len(acked) >= 15 or not any(th.is_alive() for th in threads), 60,
-             "15 acknowledged messages")
-    p.kill()
+    threads = inject(p, 3, 10, lambda t, i: [f"k{t}-{i}@dest.test"], acked, lock,
+                     kill_after=15)
     for th in threads:
-        th.join(15)
+        th.join(60)
+    p.kill()
     got = list(acked)
+    assert len(got) >= 15
     p.restart()
     for mid, _ in got:
         dest.wait_message(mid, timeout=30)

@@ -275,6 +275,31 @@ static void test_several_records_one_feed(void **state)
     pair_close(&p);
 }
 
+/* Output lands after what the caller already queued, and a bounded output buffer
+ * that cannot take it all leaves the ciphertext waiting. */
+static void test_take_output_appends(void **state)
+{
+    struct pair p;
+    pair_open(&p, server_ctx(mx_pem, mx_key, NULL, NULL, true), client_ctx(NULL, NULL), NULL);
+    pump(&p, 0);
+    struct buf out, tiny;
+    buf_init(&out, 0);
+    buf_init(&tiny, 10);
+    assert_int_equal(buf_appends(&out, "queued"), PT_OK);
+    assert_int_equal(tls_write(p.cli.s, "NOOP\r\n", 6), PT_OK);
+    assert_int_equal(tls_take_output(p.cli.s, &tiny), PT_TOOLONG);
+    assert_int_equal(tiny.len, 0);
+    assert_int_equal(tls_take_output(p.cli.s, &out), PT_OK);
+    assert_memory_equal(out.data, "queued", 6);
+    assert_int_equal(out.data[6], 0x17); /* application data record */
+    assert_int_equal(tls_feed(p.srv.s, out.data + 6, out.len - 6), PT_OK);
+    assert_int_equal(tls_read(p.srv.s, &p.srv.plain), PT_OK);
+    assert_string_equal(p.srv.plain.data, "NOOP\r\n");
+    buf_free(&out);
+    buf_free(&tiny);
+    pair_close(&p);
+}
+
 /* ------------------------------------------------------------ bulk data */
 
 static void bulk(const char *max, size_t chunk, bool before_handshake)
@@ -651,6 +676,7 @@ int main(void)
         cmocka_unit_test(test_handshake_byte_at_a_time),
         cmocka_unit_test(test_app_data_right_after_handshake),
         cmocka_unit_test(test_several_records_one_feed),
+        cmocka_unit_test(test_take_output_appends),
         cmocka_unit_test(test_one_megabyte_both_ways),
         cmocka_unit_test(test_read_respects_plain_max),
         cmocka_unit_test(test_verify_ok_against_ca),

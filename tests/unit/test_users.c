@@ -281,7 +281,19 @@ static void test_parse_errors(void **state)
     snprintf(buf, sizeof buf, "%s:%s\n", name, CRAM_PASSWORD);
     parse_err(buf, "users.txt:1: user name longer than 255 bytes");
 
-    char err[256];
+    char err[512];
+    /* the text need not be NUL-terminated: a short hash at the very end (found
+     * by fuzz_auth) must not be read past */
+    static const char *const tails[] = { "a:$y", "a:$", "a:", "a:$6$x" };
+    for (size_t i = 0; i < sizeof tails / sizeof tails[0]; i++) {
+        size_t n = strlen(tails[i]);
+        char *exact = malloc(n);
+        assert_non_null(exact);
+        memcpy(exact, tails[i], n);
+        assert_null(users_parse("users.txt", exact, n, err, sizeof err));
+        assert_non_null(strstr(err, "users.txt:1: user 'a': unsupported password hash"));
+        free(exact);
+    }
     static const char nul[] = "a:" CRAM_PASSWORD "\nb\0:x\n";
     assert_null(users_parse("users.txt", nul, sizeof nul - 1, err, sizeof err));
     assert_string_equal(err, "users.txt:2: NUL byte in line");
