@@ -2,11 +2,16 @@
  * scheduler, binds the listeners, starts worker and delivery threads, and stops
  * gracefully on SIGTERM/SIGINT. Never reports ready before every listener is bound.
  * SPDX-License-Identifier: Apache-2.0 */
+#include <ftw.h>
+#include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -40,6 +45,54 @@ static int recover_one(void *arg, const char *id, const char *domain, const void
     sched_enqueue(rc->sched, e);
     rc->n++;
     return 0;
+}
+
+static uid_t chown_uid;
+static gid_t chown_gid;
+
+static int chown_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    if (lchown(path, chown_uid, chown_gid) != 0)
+        log_warn("cannot chown %s: %m", path);
+    return 0;
+}
+
+/* configure_process { user }: the spool and log become the user's, then we drop
+ * root for good (listeners, keys and users file are already open or loaded). */
+static int drop_privileges(const struct config *cfg, char *err, size_t errlen)
+{
+    const char *user = cfg->process_user;
+    if (!user)
+        return PT_OK;
+    struct passwd *pw = getpwnam(user);
+    if (!pw) {
+        snprintf(err, errlen, "configure_process: unknown user '%s'", user);
+        return PT_ERROR;
+    }
+    if (geteuid() != 0) {
+        if (geteuid() == pw->pw_uid)
+            return PT_OK;
+        snprintf(err, errlen, "configure_process: must start as root to become '%s'", user);
+        return PT_ERROR;
+    }
+    chown_uid = pw->pw_uid;
+    chown_gid = pw->pw_gid;
+    nftw(cfg->queue.spool_dir, chown_one, 16, FTW_PHYS);
+    if (cfg->logging.path)
+        chown_one(cfg->logging.path, NULL, 0, NULL);
+    if (initgroups(user, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
+        snprintf(err, errlen, "configure_process: cannot become '%s': %s", user, strerror(errno));
+        return PT_ERROR;
+    }
+    if (setuid(0) == 0) {
+        snprintf(err, errlen, "configure_process: privileges were not dropped");
+        return PT_ERROR;
+    }
+    log_info("running as user %s (uid %u)", user, (unsigned)pw->pw_uid);
+    return PT_OK;
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -115,6 +168,10 @@ int main(int argc, char **argv)
     struct runtime rt = { .cfg = cfg };
     if (gethostname(rt.hostname, sizeof rt.hostname - 1) != 0)
         snprintf(rt.hostname, sizeof rt.hostname, "localhost");
+    if (runtime_tls_init(&rt, err, sizeof err) != PT_OK) {
+        fprintf(stderr, "petrel: %s\n", err);
+        return 1;
+    }
     rt.spool = spool_open(cfg->queue.spool_dir, err, sizeof err);
     if (!rt.spool) {
         fprintf(stderr, "petrel: spool %s: %s\n", cfg->queue.spool_dir, err);
@@ -144,6 +201,10 @@ int main(int argc, char **argv)
         workers[i].fd = fd;
     }
     if (workers_bind(workers, nworkers, cfg, err, sizeof err) != PT_OK) {
+        fprintf(stderr, "petrel: %s\n", err);
+        return 1;
+    }
+    if (drop_privileges(cfg, err, sizeof err) != PT_OK) {
         fprintf(stderr, "petrel: %s\n", err);
         return 1;
     }
@@ -190,6 +251,7 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_NOWAIT);
     frontdoor_free(fd);
     free(workers);
+    runtime_tls_free(&rt);
     config_free(cfg);
     return 0;
 }

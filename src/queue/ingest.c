@@ -1,11 +1,13 @@
 /* Message ingestion; see ingest.h. Recipients are grouped by lowercased domain in
  * first-seen order; each group becomes one entry sharing the message's content.
  * SPDX-License-Identifier: Apache-2.0 */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "core/runtime.h"
+#include "obs/log.h"
 #include "queue/ingest.h"
 #include "queue/sched.h"
 #include "queue/spool.h"
@@ -16,13 +18,36 @@ struct ingest_job {
     struct runtime *rt;
     ingest_cb cb;
     void *arg;
+    char *peer, *tls;
+    bool log_reception;
     size_t nentries;
     struct entry *entries[];
 };
 
+static void log_receptions(const struct ingest_job *job)
+{
+    char resp[64];
+    snprintf(resp, sizeof resp, "250 2.0.0 Ok: queued as %s", job->entries[0]->id);
+    for (size_t i = 0; i < job->nentries; i++) {
+        const struct entry *e = job->entries[i];
+        for (uint32_t k = 0; k < e->nrcpt; k++) {
+            struct log_record r = {
+                .type = LOG_RECEPTION, .id = e->id, .timestamp = e->received_at,
+                .sender = e->sender, .recipient = e->rcpts[k].addr, .queue = e->domain,
+                .peer_address = job->peer, .code = 250, .response = resp,
+                .size = (int64_t)e->size, .delay = 0, .attempts = 0, .tls = job->tls,
+                .protocol = e->protocol == PROTO_HTTP ? "http" : "smtp",
+            };
+            log_event(&r);
+        }
+    }
+}
+
 static void ingest_on_durable(void *arg, int status)
 {
     struct ingest_job *job = arg;
+    if (status == PT_OK && job->log_reception && job->nentries)
+        log_receptions(job);
     for (size_t i = 0; i < job->nentries; i++) {
         if (status == PT_OK)
             sched_enqueue(job->rt->sched, job->entries[i]);
@@ -30,6 +55,8 @@ static void ingest_on_durable(void *arg, int status)
             entry_free(job->entries[i]);
     }
     job->cb(job->arg, status);
+    free(job->peer);
+    free(job->tls);
     free(job);
 }
 
@@ -100,10 +127,15 @@ int ingest_submit(struct runtime *rt, const struct ingest_msg *m, ingest_cb cb, 
     job->rt = rt;
     job->cb = cb;
     job->arg = arg;
+    job->log_reception = m->log_reception;
+    job->peer = m->peer_address ? strdup(m->peer_address) : NULL;
+    job->tls = m->tls ? strdup(m->tls) : NULL;
     rc = spool_commit_durable(rt->spool, b, ingest_on_durable, job);
     if (rc != PT_OK) {
         for (size_t i = 0; i < job->nentries; i++)
             entry_free(job->entries[i]);
+        free(job->peer);
+        free(job->tls);
         free(job);
     }
     return rc;

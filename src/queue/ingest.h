@@ -6,6 +6,7 @@
 #ifndef PETREL_QUEUE_INGEST_H
 #define PETREL_QUEUE_INGEST_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,6 +24,10 @@ struct ingest_msg {
     size_t content_len;
     uint8_t protocol, priority, flags;
     double received_at;
+    /* for the Reception records (written once durable, before delivery starts): */
+    const char *peer_address;      /* client IP, NULL if none */
+    const char *tls;               /* "TLSv1.3:CIPHER" or NULL */
+    bool log_reception;            /* false for bounces we generate */
 };
 
 /* Called once on the spool thread: PT_OK = durable and queued; else nothing was

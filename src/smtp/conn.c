@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "smtp/conn.h"
+#include "tls/tls.h"
 #include "util/result.h"
 
 #define CONN_READ_CHUNK 65536
@@ -17,6 +18,10 @@ static void conn_on_handle_closed(uv_handle_t *h)
         buf_free(&c->in);
         buf_free(&c->out);
         buf_free(&c->wbuf);
+        buf_free(&c->raw);
+        buf_free(&c->wire);
+        tls_session_free(c->tls);
+        c->tls = NULL;
         if (c->ops->on_closed)
             c->ops->on_closed(c);
     }
@@ -31,6 +36,8 @@ int conn_init(struct conn *c, uv_loop_t *loop, const struct conn_ops *ops, void 
     buf_init(&c->in, 0);
     buf_init(&c->out, 0);
     buf_init(&c->wbuf, 0);
+    buf_init(&c->raw, 0);
+    buf_init(&c->wire, 0);
     if (uv_tcp_init(loop, &c->tcp))
         return PT_ERROR;
     c->tcp.data = c;
@@ -48,13 +55,42 @@ int conn_init(struct conn *c, uv_loop_t *loop, const struct conn_ops *ops, void 
 static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
 {
     struct conn *c = h->data;
-    if (buf_reserve(&c->in, CONN_READ_CHUNK) != PT_OK) {
+    struct buf *dst = c->tls ? &c->raw : &c->in;
+    if (buf_reserve(dst, CONN_READ_CHUNK) != PT_OK) {
         b->base = NULL;
         b->len = 0;
         return;
     }
-    b->base = c->in.data + c->in.len;
-    b->len = c->in.cap - c->in.len - 1;
+    b->base = dst->data + dst->len;
+    b->len = dst->cap - dst->len - 1;
+}
+
+/* Decrypts what was just read into c->in. Returns 0 to go on, 1 when the
+ * connection ended (on_eof already called). */
+static int conn_tls_input(struct conn *c)
+{
+    int rc = tls_feed(c->tls, c->raw.data, c->raw.len);
+    buf_reset(&c->raw);
+    if (rc == PT_OK)
+        rc = tls_read(c->tls, &c->in);
+    conn_flush(c); /* handshake records, alerts */
+    if (!c->tls_done && tls_handshake_done(c->tls) && rc == PT_OK) {
+        c->tls_done = true;
+        if (c->ops->on_tls)
+            c->ops->on_tls(c);
+        if (c->closing)
+            return 1;
+    }
+    if (rc == PT_NOTFOUND) {
+        c->ops->on_eof(c, 0);
+        return 1;
+    }
+    if (rc != PT_OK) {
+        c->tls_failed = true;
+        c->ops->on_eof(c, UV_EPROTO);
+        return 1;
+    }
+    return 0;
 }
 
 static void conn_update_reading(struct conn *c);
@@ -65,8 +101,19 @@ static void conn_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     if (c->closing)
         return;
     if (n > 0) {
-        c->in.len += (size_t)n;
-        c->in.data[c->in.len] = 0;
+        if (c->tls) {
+            c->raw.len += (size_t)n;
+            size_t before = c->in.len;
+            if (conn_tls_input(c))
+                return;
+            if (c->in.len == before) {
+                conn_update_reading(c);
+                return;
+            }
+        } else {
+            c->in.len += (size_t)n;
+            c->in.data[c->in.len] = 0;
+        }
         if (!c->paused)
             c->ops->on_data(c);
         if (!c->closing)
@@ -159,7 +206,7 @@ static void conn_on_write(uv_write_t *req, int status)
             conn_really_close(c);
         return;
     }
-    if (c->out.len) {
+    if (c->out.len || c->wire.len) {
         conn_flush(c);
         return;
     }
@@ -169,22 +216,31 @@ static void conn_on_write(uv_write_t *req, int status)
 
 void conn_flush(struct conn *c)
 {
-    if (c->writing || c->out.len == 0 || uv_is_closing((uv_handle_t *)&c->tcp))
+    if (c->tls) {
+        if (c->out.len) {
+            if (tls_write(c->tls, c->out.data, c->out.len) != PT_OK)
+                c->tls_failed = true;
+            buf_reset(&c->out);
+        }
+        tls_take_output(c->tls, &c->wire);
+    }
+    struct buf *w = c->tls ? &c->wire : &c->out;
+    if (c->writing || w->len == 0 || uv_is_closing((uv_handle_t *)&c->tcp))
         return;
     /* Try the cheap synchronous path first; queue the remainder. */
-    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
     int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
     if (n > 0)
-        buf_consume(&c->out, (size_t)n);
-    if (c->out.len == 0) {
+        buf_consume(w, (size_t)n);
+    if (w->len == 0) {
         if (c->close_after_write)
             conn_really_close(c);
         return;
     }
     struct buf tmp = c->wbuf;
-    c->wbuf = c->out;
-    c->out = tmp;
-    buf_reset(&c->out);
+    c->wbuf = *w;
+    *w = tmp;
+    buf_reset(w);
     b = uv_buf_init(c->wbuf.data, (unsigned)c->wbuf.len);
     c->wreq.data = c;
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, conn_on_write)) {
@@ -198,7 +254,37 @@ void conn_flush(struct conn *c)
 
 bool conn_write_pending(const struct conn *c)
 {
-    return c->writing || c->out.len;
+    return c->writing || c->out.len || c->wire.len;
+}
+
+int conn_start_tls(struct conn *c, struct tls_ctx *ctx, bool server, const char *sni,
+                   const char *verify_host)
+{
+    if (c->tls || c->closing)
+        return PT_ERROR;
+    struct tls_session *t = tls_session_new(ctx, server, sni, verify_host);
+    if (!t)
+        return PT_NOMEM;
+    /* what is queued in clear (the "220 Ready" reply) goes out first, in clear */
+    if (c->out.len) {
+        buf_append(&c->wire, c->out.data, c->out.len);
+        buf_reset(&c->out);
+    }
+    buf_reset(&c->in);
+    c->tls = t;
+    c->tls_done = false;
+    conn_flush(c); /* client: the ClientHello */
+    return PT_OK;
+}
+
+const char *conn_tls_describe(const struct conn *c)
+{
+    return c->tls && c->tls_done ? tls_describe(c->tls) : NULL;
+}
+
+const char *conn_tls_error(const struct conn *c)
+{
+    return c->tls ? tls_error(c->tls) : "";
 }
 
 static void conn_on_timer(uv_timer_t *t)

@@ -20,7 +20,11 @@ struct conn_ops {
     void (*on_timeout)(struct conn *c);        /* deadline passed */
     void (*on_closed)(struct conn *c);         /* handles closed: the owner may free now */
     void (*on_connect)(struct conn *c, int status); /* client side: connect result */
+    void (*on_tls)(struct conn *c);            /* optional: TLS handshake completed */
 };
+
+struct tls_ctx;
+struct tls_session;
 
 struct conn {
     uv_tcp_t tcp;
@@ -30,6 +34,11 @@ struct conn {
     struct buf in;             /* unread input; the owner consumes with buf_consume */
     struct buf out;            /* queued output, flushed by conn_flush */
     struct buf wbuf;           /* output currently being written */
+    struct tls_session *tls;   /* NULL = plain; else in/out are plaintext */
+    struct buf raw;            /* TLS: ciphertext just read */
+    struct buf wire;           /* TLS: ciphertext (and pre-TLS plaintext) waiting to be written */
+    bool tls_done;             /* handshake completed */
+    bool tls_failed;           /* handshake or record error: see conn_tls_error */
     const struct conn_ops *ops;
     void *owner;
     size_t in_max;             /* stop reading when in.len reaches this (back-pressure) */
@@ -51,6 +60,14 @@ bool conn_write_pending(const struct conn *c);
 void conn_set_timeout(struct conn *c, double secs); /* 0 = none; replaces the current deadline */
 /* Flushes pending output (if graceful) and closes; on_closed runs later. Idempotent. */
 void conn_close(struct conn *c, bool graceful);
+/* Starts TLS on this connection from now on: output already queued goes out in
+ * clear first; input not yet consumed is discarded (nothing pipelined before the
+ * handshake may be taken as if it came over TLS). Server or client side; on the
+ * client, verify_host != NULL checks the chain and that name. */
+int conn_start_tls(struct conn *c, struct tls_ctx *ctx, bool server, const char *sni,
+                   const char *verify_host);
+const char *conn_tls_describe(const struct conn *c); /* "TLSv1.3:CIPHER" or NULL */
+const char *conn_tls_error(const struct conn *c);    /* "" if none */
 int conn_peer(const struct conn *c, struct sockaddr_storage *ss);
 int conn_local(const struct conn *c, struct sockaddr_storage *ss);
 

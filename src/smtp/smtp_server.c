@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/authban.h"
 #include "core/runtime.h"
 #include "core/worker.h"
 #include "obs/log.h"
@@ -15,9 +16,11 @@
 #include "queue/ingest.h"
 #include "queue/sched.h"
 #include "smtp/conn.h"
+#include "smtp/smtp_auth.h"
 #include "smtp/smtp_data.h"
 #include "smtp/smtp_parse.h"
 #include "smtp/smtp_server.h"
+#include "tls/tls.h"
 #include "util/result.h"
 #include "util/timeutil.h"
 
@@ -25,7 +28,7 @@
 #define SMTP_RCPT_INIT 8
 
 #define SESSION_STATES(X) \
-    X(S_GREETING) X(S_READY) X(S_MAIL) X(S_RCPT) X(S_DATA) X(S_QUEUEING) X(S_CLOSING)
+    X(S_GREETING) X(S_READY) X(S_MAIL) X(S_RCPT) X(S_DATA) X(S_QUEUEING) X(S_AUTH) X(S_CLOSING)
 #define AS_ENUM(s) s,
 #define AS_NAME(s) #s,
 enum session_state { SESSION_STATES(AS_ENUM) S__COUNT };
@@ -44,6 +47,9 @@ struct smtp_session {
     char client_ip[64];
     char helo[SMTP_PATH_MAX + 1];
     struct smtp_lines lines;        /* command line splitter (persists across reads) */
+    bool authed;
+    char auth_user[256];
+    struct sasl sasl;
     /* transaction */
     char id[ENTRY_ID_LEN + 1];
     char sender[SMTP_PATH_MAX + 1];
@@ -94,6 +100,7 @@ static void log_simple(struct smtp_session *s, const char *type, const char *rcp
         .code = code, .response = response, .size = size,
         .delay = strcmp(type, LOG_RECEPTION) == 0 ? 0 : -1,
         .attempts = strcmp(type, LOG_RECEPTION) == 0 ? 0 : -1, .protocol = "smtp",
+        .tls = conn_tls_describe(&s->conn),
     };
     log_event(&r);
 }
@@ -136,6 +143,12 @@ static bool has_8bit(const char *p)
 
 /* ---- command handlers -------------------------------------------------- */
 
+static bool auth_offered(const struct smtp_session *s)
+{
+    return s->l->n_auth_mechanisms > 0 && s->w->rt->users &&
+           (s->conn.tls || !s->l->auth_require_tls);
+}
+
 static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *c)
 {
     txn_reset(s);
@@ -149,6 +162,14 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *c)
     replyf(s, "250-%s", s->l->hostname);
     replyf(s, "250-SIZE %llu", (unsigned long long)s->l->max_message_size);
     reply(s, "250-PIPELINING");
+    if (s->w->rt->listener_tls[s->li] && !s->conn.tls)
+        reply(s, "250-STARTTLS");
+    if (auth_offered(s)) {
+        conn_send(&s->conn, "250-AUTH", 8);
+        for (int i = 0; i < s->l->n_auth_mechanisms; i++)
+            conn_sendf(&s->conn, " %s", s->l->auth_mechanisms[i]);
+        conn_send(&s->conn, "\r\n", 2);
+    }
     reply(s, "250-8BITMIME");
     reply(s, "250-ENHANCEDSTATUSCODES");
     reply(s, "250 SMTPUTF8");
@@ -177,6 +198,8 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
 
 static bool relay_allowed(struct smtp_session *s)
 {
+    if (s->authed)
+        return true;
     struct sockaddr_storage ss;
     if (conn_peer(&s->conn, &ss) != PT_OK)
         return false;
@@ -294,6 +317,134 @@ static void cmd_help(struct smtp_session *s, const struct smtp_cmd *c)
     reply(s, "214 2.0.0 See https://www.rfc-editor.org/rfc/rfc5321");
 }
 
+static void cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    struct tls_ctx *ctx = s->w->rt->listener_tls[s->li];
+    if (!ctx) {
+        reply(s, "502 5.5.1 STARTTLS not available");
+        return;
+    }
+    if (s->conn.tls) {
+        reply(s, "503 5.5.1 TLS already active");
+        return;
+    }
+    if (c->arg_len) {
+        reply(s, "501 5.5.4 Syntax: STARTTLS");
+        return;
+    }
+    reply(s, "220 2.0.0 Ready to start TLS");
+    /* RFC 3207 4.2: forget everything learnt in clear. conn_start_tls drops any
+     * input pipelined behind STARTTLS (CVE-2011-0411). */
+    txn_reset(s);
+    s->helo[0] = 0;
+    s->esmtp = false;
+    s->authed = false;
+    enter_state(s, S_GREETING);
+    if (conn_start_tls(&s->conn, ctx, true, NULL, NULL) != PT_OK)
+        hangup(s, "454 4.7.0 TLS not available due to temporary reason");
+}
+
+static void auth_failed(struct smtp_session *s)
+{
+    struct runtime *rt = s->w->rt;
+    if (authban_failure(rt->ban, s->client_ip, time_now())) {
+        char text[160];
+        snprintf(text, sizeof text, "too many AUTH failures: %s banned for %.0f s", s->client_ip,
+                 rt->cfg->auth_ban_time);
+        log_warn("smtp %s: %s", s->client_ip, text);
+        log_simple(s, LOG_REJECTION, NULL, 421, text, -1);
+        hangup(s, "421 4.7.0 Too many authentication failures; try again later");
+    }
+}
+
+static void auth_result(struct smtp_session *s, int rc, const char *out)
+{
+    switch (rc) {
+    case PT_AGAIN:
+        replyf(s, "334 %s", out);
+        enter_state(s, S_AUTH);
+        s->lines.max = SMTP_AUTH_LINE_MAX;
+        return;
+    case PT_OK:
+        s->authed = true;
+        snprintf(s->auth_user, sizeof s->auth_user, "%s", sasl_user(&s->sasl));
+        log_info("smtp %s: authenticated as %s", s->client_ip, s->auth_user);
+        reply(s, "235 2.7.0 Authentication successful");
+        break;
+    case PT_ERROR:
+        reply(s, "535 5.7.8 Authentication credentials invalid");
+        auth_failed(s);
+        break;
+    case PT_NOTFOUND:
+        reply(s, "504 5.5.4 Unrecognized authentication type");
+        break;
+    case PT_NOMEM:
+        reply(s, "454 4.7.0 Temporary authentication failure");
+        break;
+    default:
+        reply(s, sasl_was_cancelled(&s->sasl) ? "501 5.0.0 Authentication cancelled"
+                                               : "501 5.5.2 Malformed authentication data");
+        break;
+    }
+    s->lines.max = SMTP_LINE_MAX;
+    sasl_reset(&s->sasl);
+    if (s->state == S_AUTH)
+        enter_state(s, S_READY);
+}
+
+static void cmd_auth(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    const struct runtime *rt = s->w->rt;
+    if (s->l->n_auth_mechanisms == 0 || !rt->users) {
+        reply(s, "502 5.5.1 AUTH not available");
+        return;
+    }
+    if (s->authed) {
+        reply(s, "503 5.5.1 Already authenticated");
+        return;
+    }
+    if (!s->conn.tls && s->l->auth_require_tls) {
+        reply(s, "538 5.7.11 Encryption required for requested authentication mechanism");
+        return;
+    }
+    char mech[32], initial[SASL_LINE_MAX + 1];
+    size_t i = 0, n = c->arg_len;
+    while (i < n && c->arg[i] != ' ' && i < sizeof mech - 1) {
+        mech[i] = c->arg[i];
+        i++;
+    }
+    mech[i] = 0;
+    if (i == 0 || (i < n && c->arg[i] != ' ')) {
+        reply(s, "501 5.5.4 Syntax: AUTH mechanism [initial-response]");
+        return;
+    }
+    while (i < n && c->arg[i] == ' ')
+        i++;
+    bool has_initial = i < n;
+    if (n - i > SASL_LINE_MAX) {
+        reply(s, "501 5.5.2 Malformed authentication data");
+        return;
+    }
+    memcpy(initial, c->arg + i, n - i);
+    initial[n - i] = 0;
+    char allowed[256] = "";
+    for (int k = 0; k < s->l->n_auth_mechanisms; k++) {
+        strncat(allowed, s->l->auth_mechanisms[k], sizeof allowed - strlen(allowed) - 2);
+        strcat(allowed, " ");
+    }
+    char out[SASL_OUT_MAX];
+    sasl_init(&s->sasl, rt->users, s->l->hostname);
+    int rc = sasl_start(&s->sasl, mech, has_initial ? initial : NULL, allowed, out, sizeof out);
+    auth_result(s, rc, out);
+}
+
+static void auth_line(struct smtp_session *s, const char *line, size_t len)
+{
+    char out[SASL_OUT_MAX];
+    int rc = sasl_step(&s->sasl, line, len, out, sizeof out);
+    auth_result(s, rc, out);
+}
+
 static void cmd_not_impl(struct smtp_session *s, const struct smtp_cmd *c)
 {
     reply(s, "502 5.5.1 Command not implemented");
@@ -325,8 +476,8 @@ static const struct {
     [SMTP_VERB_VRFY] = { ANY_STATE, cmd_vrfy, NULL },
     [SMTP_VERB_EXPN] = { ANY_STATE, cmd_not_impl, NULL },
     [SMTP_VERB_HELP] = { ANY_STATE, cmd_help, NULL },
-    [SMTP_VERB_STARTTLS] = { ANY_STATE, cmd_not_impl, NULL },
-    [SMTP_VERB_AUTH] = { ANY_STATE, cmd_not_impl, NULL },
+    [SMTP_VERB_STARTTLS] = { ST(S_READY), cmd_starttls, NULL },
+    [SMTP_VERB_AUTH] = { ST(S_READY), cmd_auth, NULL },
     [SMTP_VERB_BDAT] = { ANY_STATE, cmd_not_impl, NULL },
 };
 
@@ -386,6 +537,7 @@ static void end_of_data(struct smtp_session *s)
         .sender = s->sender, .rcpts = (const char *const *)s->rcpts, .nrcpt = s->nrcpt,
         .content = s->content.data, .content_len = s->content.len,
         .protocol = PROTO_SMTP, .priority = PRIO_NORMAL, .received_at = s->received_at,
+        .peer_address = s->client_ip, .tls = conn_tls_describe(&s->conn), .log_reception = true,
     };
     memcpy(m.id, s->id, sizeof m.id);
     s->refs++;
@@ -409,9 +561,7 @@ void smtp_server_on_spooled(struct worker *w, struct mbox_msg *msg)
         if (status == PT_OK) {
             char resp[64];
             snprintf(resp, sizeof resp, "250 2.0.0 Ok: queued as %s", s->id);
-            reply(s, resp);
-            for (size_t i = 0; i < s->nrcpt; i++)
-                log_simple(s, LOG_RECEPTION, s->rcpts[i], 250, resp, (int64_t)s->content.len);
+            reply(s, resp); /* Reception records were written by ingest */
         } else {
             reply(s, "451 4.3.0 Temporary failure writing the queue, try again later");
         }
@@ -466,9 +616,13 @@ static void on_data(struct conn *c)
             break;
         }
         off += used;
-        if (rc == PT_TOOLONG) {
+        if (rc == PT_TOOLONG && s->state == S_AUTH) {
+            auth_result(s, PT_INVALID, "");
+        } else if (rc == PT_TOOLONG) {
             s->errors++;
             reply(s, "500 5.5.2 Line too long");
+        } else if (s->state == S_AUTH) {
+            auth_line(s, p, line_len);
         } else {
             s->got_command = true;
             dispatch(s, p, line_len);
@@ -522,6 +676,7 @@ static void session_unref(struct smtp_session *s)
     if (--s->refs > 0)
         return;
     txn_reset(s);
+    sasl_reset(&s->sasl);
     free(s->rcpts);
     buf_free(&s->content);
     free(s);
@@ -571,6 +726,18 @@ void smtp_server_accept(struct worker *w, int li, uv_stream_t *server)
         return;
     }
     s->counted = true;
+    if (authban_is_banned(w->rt->ban, s->client_ip, time_now())) {
+        log_info("smtp %s: refused: banned after AUTH failures", s->client_ip);
+        replyf(s, "421 4.7.0 %s Too many authentication failures; try again later", s->l->hostname);
+        session_close(s, true);
+        conn_flush(&s->conn);
+        return;
+    }
+    if (s->l->tls && s->l->tls->implicit &&
+        conn_start_tls(&s->conn, w->rt->listener_tls[li], true, NULL, NULL) != PT_OK) {
+        session_close(s, false);
+        return;
+    }
     if (w->stopping) {
         hangup(s, "421 4.3.2 Service shutting down");
         return;
