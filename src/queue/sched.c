@@ -4,6 +4,7 @@
  * compact entries; content is read from the spool when a delivery starts.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <math.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,12 +12,14 @@
 #include "core/runtime.h"
 #include "delivery/dns.h"
 #include "obs/log.h"
+#include "obs/metrics.h"
 #include "queue/dsn.h"
 #include "queue/entry.h"
 #include "queue/ingest.h"
 #include "queue/sched.h"
 #include "queue/spool.h"
 #include "smtp/smtp_client.h"
+#include "tls/tls.h"
 #include "util/mbox.h"
 #include "util/result.h"
 #include "util/timeutil.h"
@@ -254,14 +257,15 @@ static const char *proto_name(const struct entry *e)
 }
 
 static void log_result(const struct entry *e, const char *type, const char *rcpt, int code,
-                       const char *response, const char *site, const char *peer)
+                       const char *response, const char *site, const char *peer,
+                       const char *tls)
 {
     double now = time_now();
     struct log_record r = {
         .type = type, .id = e->id, .timestamp = now, .sender = e->sender, .recipient = rcpt,
         .queue = e->domain, .site = site, .peer_address = peer, .code = code,
         .response = response, .size = (int64_t)e->size, .delay = now - e->received_at,
-        .attempts = (int)e->attempts, .protocol = proto_name(e),
+        .attempts = (int)e->attempts, .tls = tls, .protocol = proto_name(e),
     };
     log_event(&r);
 }
@@ -344,7 +348,7 @@ static void entry_persist(struct dthread *t, const struct entry *e)
  * expired, or scheduled for retry. */
 static void apply_results(struct dthread *t, struct dqueue *q, struct entry *e,
                           const struct client_result *res, uint32_t nres, const char *site,
-                          const char *peer)
+                          const char *peer, const char *tls)
 {
     const struct config *cfg = t->s->rt->cfg;
     e->attempts++;
@@ -366,14 +370,14 @@ static void apply_results(struct dthread *t, struct dqueue *q, struct entry *e,
         const struct client_result *cr = &res[k++];
         if (cr->code / 100 == 2) {
             r->state = RCPT_DELIVERED;
-            log_result(e, LOG_DELIVERY, r->addr, cr->code, cr->text, site, peer);
+            log_result(e, LOG_DELIVERY, r->addr, cr->code, cr->text, site, peer, tls);
         } else if (cr->code / 100 == 5) {
             r->state = RCPT_BOUNCED;
-            log_result(e, LOG_BOUNCE, r->addr, cr->code, cr->text, site, peer);
+            log_result(e, LOG_BOUNCE, r->addr, cr->code, cr->text, site, peer, tls);
             if (bounced)
                 bounced[nb++] = (struct dsn_rcpt){ r->addr, cr->enhanced, cr->text, site ? host : NULL };
         } else {
-            log_result(e, LOG_TRANSIENT, r->addr, cr->code ? cr->code : -1, cr->text, site, peer);
+            log_result(e, LOG_TRANSIENT, r->addr, cr->code ? cr->code : -1, cr->text, site, peer, tls);
             last_defer = cr->text;
         }
     }
@@ -398,7 +402,7 @@ static void apply_results(struct dthread *t, struct dqueue *q, struct entry *e,
             if (r->state != RCPT_PENDING)
                 continue;
             r->state = RCPT_BOUNCED;
-            log_result(e, LOG_EXPIRATION, r->addr, -1, diag, site, peer);
+            log_result(e, LOG_EXPIRATION, r->addr, -1, diag, site, peer, tls);
             if (exp)
                 exp[ne++] = (struct dsn_rcpt){ r->addr, "4.4.7", diag, site ? host : NULL };
         }
@@ -428,7 +432,7 @@ static void apply_uniform(struct dthread *t, struct dqueue *q, struct entry *e, 
         snprintf(res[i].enhanced, sizeof res[i].enhanced, "%s", enh);
         res[i].text = (char *)text;
     }
-    apply_results(t, q, e, res, n, NULL, NULL);
+    apply_results(t, q, e, res, n, NULL, NULL, NULL);
     free(res);
 }
 
@@ -467,6 +471,20 @@ static struct entry *next_with_content(struct dthread *t, struct dqueue *q, stru
         entry_remove(t, q, e);
     }
     return NULL;
+}
+
+/* First line of a password_file (the file may change while we run). */
+static void read_secret(const char *path, char *out, size_t n)
+{
+    out[0] = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        log_error("cannot read password_file %s: %m", path);
+        return;
+    }
+    if (fgets(out, (int)n, f))
+        out[strcspn(out, "\r\n")] = 0;
+    fclose(f);
 }
 
 static void on_dns(void *arg, const struct dns_result *res)
@@ -509,14 +527,29 @@ static void on_dns(void *arg, const struct dns_result *res)
         return;
     }
     const struct cfg_route *r = q->route;
+    const struct cfg_route *d = &cfg->delivery.dflt;
+    const char *level = r && r->tls ? r->tls : d->tls ? d->tls : "may";
+    const char *ca = r && r->ca_file ? r->ca_file : d->ca_file;
+    const struct cfg_auth_client *auth = r ? r->auth : NULL; /* credentials go to relays only */
+    char pass[512] = "";
+    if (auth && auth->password)
+        snprintf(pass, sizeof pass, "%s", auth->password);
+    else if (auth && auth->password_file)
+        read_secret(auth->password_file, pass, sizeof pass);
     struct smtp_client_params p = {
         .hosts = res,
+        .tls = strcmp(level, "verify") == 0 ? CTLS_VERIFY
+             : strcmp(level, "encrypt") == 0 ? CTLS_ENCRYPT : CTLS_MAY,
+        .tls_ctx = runtime_client_tls(t->s->rt, ca),
+        .auth_user = auth ? auth->username : NULL,
+        .auth_pass = auth ? pass : NULL,
         .port = r ? r->relay_port : cfg->delivery.smtp_port,
         .helo = cfg->delivery.helo_name ? cfg->delivery.helo_name : t->s->rt->hostname,
         .connect_timeout = cfg->delivery.connect_timeout,
         .command_timeout = cfg->delivery.connect_timeout * 5 > 600 ? 600 : cfg->delivery.connect_timeout * 5,
     };
     dc->client = smtp_client_start(&t->loop, &p, &client_ops, dc, e, &content);
+    explicit_bzero(pass, sizeof pass);
     if (!dc->client) {
         buf_free(&content);
         apply_uniform(t, q, e, 451, "4.3.0", "451 4.3.0 out of memory starting a delivery");
@@ -555,12 +588,12 @@ static void dispatch(struct dthread *t, struct dqueue *q)
 
 static void client_on_done(void *owner, struct smtp_client *c, struct entry *e,
                            const struct client_result *res, uint32_t nres, bool usable,
-                           const char *site, const char *peer)
+                           const char *site, const char *peer, const char *tls)
 {
     struct dconn *dc = owner;
     struct dthread *t = dc->t;
     const struct config *cfg = t->s->rt->cfg;
-    apply_results(t, dc->q, e, res, nres, site, peer);
+    apply_results(t, dc->q, e, res, nres, site, peer, tls);
     if (!usable)
         return;
     if (!t->stopping &&
@@ -580,8 +613,15 @@ static void client_on_closed(void *owner, struct smtp_client *c)
     dconn_free(owner);
 }
 
+static void client_on_tls_failure(void *owner, const char *site, const char *why)
+{
+    log_warn("smtp-out %s: TLS policy failure: %s", site, why);
+    metrics_inc(M_TLS_FAILURES, METRICS_OUTBOUND, NULL, 1);
+}
+
 static const struct smtp_client_ops client_ops = {
     .on_done = client_on_done, .on_closed = client_on_closed,
+    .on_tls_failure = client_on_tls_failure,
 };
 
 /* ---- entry intake ------------------------------------------------------ */
@@ -597,7 +637,7 @@ static void thread_insert(struct dthread *t, struct entry *e, bool run)
             if (e->rcpts[i].state != RCPT_PENDING)
                 continue;
             e->rcpts[i].state = RCPT_DELIVERED;
-            log_result(e, LOG_DELIVERY, e->rcpts[i].addr, 250, "250 2.0.0 discarded by transport route", NULL, NULL);
+            log_result(e, LOG_DELIVERY, e->rcpts[i].addr, 250, "250 2.0.0 discarded by transport route", NULL, NULL, NULL);
         }
         entry_remove(t, q, e);
         return;

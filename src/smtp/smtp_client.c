@@ -4,20 +4,25 @@
  * and lock-step servers.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "obs/log.h"
 #include "queue/entry.h"
 #include "smtp/conn.h"
+#include "smtp/smtp_auth.h"
 #include "smtp/smtp_client.h"
 #include "smtp/smtp_data.h"
 #include "smtp/smtp_reply.h"
 #include "util/cidr.h"
+#include "tls/tls.h"
 #include "util/result.h"
 
 #define CLIENT_STATES(X) \
-    X(C_CONNECTING) X(C_GREETING) X(C_EHLO) X(C_HELO) X(C_READY) X(C_TXN) X(C_QUIT) X(C_DEAD)
+    X(C_CONNECTING) X(C_GREETING) X(C_EHLO) X(C_HELO) X(C_STARTTLS) X(C_TLS) \
+    X(C_AUTH) X(C_AUTH_USER) X(C_AUTH_PASS) X(C_READY) X(C_TXN) X(C_QUIT) X(C_DEAD)
 #define AS_ENUM(s) s,
 #define AS_NAME(s) #s,
 enum client_state { CLIENT_STATES(AS_ENUM) C__COUNT };
@@ -43,7 +48,12 @@ struct smtp_client {
     char peer[64];
     char last_error[512];
     int last_code;
-    bool connected_once, need_rset, aborting;
+    bool connected_once, need_rset, aborting, txn_started;
+    enum client_tls_policy tls_policy;
+    struct tls_ctx *tls_ctx;
+    char *auth_user, *auth_pass;
+    int plain_host, plain_addr;     /* address to retry without STARTTLS (policy may) */
+    int cur_host, cur_addr;
     uint32_t deliveries;
     /* current transaction */
     struct entry *e;
@@ -121,7 +131,7 @@ static void txn_done(struct smtp_client *c, bool usable)
     txn_clear(c);
     c->deliveries++;
     c->ops->on_done(c->owner, c, e, res, nres, usable, c->site[0] ? c->site : NULL,
-                    c->peer[0] ? c->peer : NULL);
+                    c->peer[0] ? c->peer : NULL, conn_tls_describe(&c->conn));
     for (uint32_t i = 0; i < nres; i++)
         free(res[i].text);
     free(res);
@@ -171,6 +181,17 @@ static void expect(struct smtp_client *c, enum expect x)
 
 static void try_next_host(struct smtp_client *c);
 
+static void client_free(struct smtp_client *c)
+{
+    txn_clear(c);
+    free(c->exp);
+    if (c->auth_pass)
+        explicit_bzero(c->auth_pass, strlen(c->auth_pass));
+    free(c->auth_user);
+    free(c->auth_pass);
+    free(c);
+}
+
 static void send_rcpt(struct smtp_client *c, uint32_t i)
 {
     conn_sendf(&c->conn, "RCPT TO:<%s>\r\n", c->e->rcpts[c->idx[i]].addr);
@@ -181,6 +202,7 @@ static void send_rcpt(struct smtp_client *c, uint32_t i)
 static void txn_begin(struct smtp_client *c)
 {
     struct entry *e = c->e;
+    c->txn_started = true;
     enter_state(c, C_TXN);
     c->nexp = c->exp_head = 0;
     if (c->need_rset) {
@@ -317,6 +339,101 @@ static void txn_on_reply(struct smtp_client *c, const struct smtp_reply *rp)
     }
 }
 
+/* This host can't be used (TLS policy, AUTH): note why and move to the next one. */
+static void host_fail(struct smtp_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void host_fail(struct smtp_client *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->last_error, sizeof c->last_error, fmt, ap);
+    va_end(ap);
+    log_info("smtp-out %s: %s", c->site, c->last_error);
+    if (!c->conn.tls || c->conn.tls_done)
+        conn_send(&c->conn, "QUIT\r\n", 6);
+    conn_close(&c->conn, true);
+}
+
+static void tls_failure(struct smtp_client *c, const char *why)
+{
+    if (c->ops->on_tls_failure)
+        c->ops->on_tls_failure(c->owner, c->site, why);
+}
+
+static void send_ehlo(struct smtp_client *c)
+{
+    enter_state(c, C_EHLO);
+    conn_sendf(&c->conn, "EHLO %s\r\n", c->helo);
+    conn_flush(&c->conn);
+    conn_set_timeout(&c->conn, c->command_timeout);
+}
+
+static bool has_mech(const struct smtp_caps *caps, const char *mech)
+{
+    size_t n = strlen(mech);
+    for (const char *p = caps->auth; (p = strstr(p, mech)) != NULL; p += n)
+        if ((p == caps->auth || p[-1] == ' ') && (p[n] == 0 || p[n] == ' '))
+            return true;
+    return false;
+}
+
+/* After a successful EHLO: STARTTLS per policy, then AUTH, then the transaction. */
+static void after_ehlo(struct smtp_client *c)
+{
+    bool plain_retry = c->cur_host == c->plain_host && c->cur_addr == c->plain_addr;
+    if (!c->conn.tls && c->tls_policy != CTLS_NONE && !plain_retry) {
+        if (c->caps.flags & SMTP_CAP_STARTTLS) {
+            enter_state(c, C_STARTTLS);
+            conn_send(&c->conn, "STARTTLS\r\n", 10);
+            conn_flush(&c->conn);
+            return;
+        }
+        if (c->tls_policy >= CTLS_ENCRYPT) {
+            tls_failure(c, "STARTTLS not offered");
+            host_fail(c, "TLS is required, but %s did not offer STARTTLS", c->site);
+            return;
+        }
+    }
+    if (c->auth_user) {
+        if (!c->conn.tls) {
+            host_fail(c, "refusing to send AUTH credentials to %s without TLS", c->site);
+            return;
+        }
+        char raw[1024], b64[1400];
+        if (has_mech(&c->caps, "PLAIN")) {
+            int n = snprintf(raw, sizeof raw, "%c%s%c%s", 0, c->auth_user, 0, c->auth_pass);
+            if (n < 0 || (size_t)n >= sizeof raw || sasl_base64_encode(raw, (size_t)n, b64, sizeof b64) != PT_OK) {
+                host_fail(c, "AUTH credentials too long");
+                return;
+            }
+            explicit_bzero(raw, sizeof raw);
+            enter_state(c, C_AUTH);
+            conn_sendf(&c->conn, "AUTH PLAIN %s\r\n", b64);
+            explicit_bzero(b64, sizeof b64);
+        } else if (has_mech(&c->caps, "LOGIN")) {
+            enter_state(c, C_AUTH_USER);
+            conn_send(&c->conn, "AUTH LOGIN\r\n", 12);
+        } else {
+            host_fail(c, "%s offers no AUTH mechanism we support (PLAIN, LOGIN)", c->site);
+            return;
+        }
+        conn_flush(&c->conn);
+        return;
+    }
+    txn_begin(c);
+}
+
+static void auth_send_b64(struct smtp_client *c, const char *s)
+{
+    char b64[1400];
+    if (sasl_base64_encode(s, strlen(s), b64, sizeof b64) != PT_OK) {
+        host_fail(c, "AUTH credentials too long");
+        return;
+    }
+    conn_sendf(&c->conn, "%s\r\n", b64);
+    explicit_bzero(b64, sizeof b64);
+    conn_flush(&c->conn);
+}
+
 static void on_reply(struct smtp_client *c, const struct smtp_reply *rp)
 {
     char text[600];
@@ -332,10 +449,7 @@ static void on_reply(struct smtp_client *c, const struct smtp_reply *rp)
             return; /* on_closed tries the next host */
         }
         c->connected_once = true;
-        enter_state(c, C_EHLO);
-        conn_sendf(&c->conn, "EHLO %s\r\n", c->helo);
-        conn_flush(&c->conn);
-        conn_set_timeout(&c->conn, c->command_timeout);
+        send_ehlo(c);
         return;
     case C_EHLO:
         if (rp->code / 100 != 2) {
@@ -345,7 +459,51 @@ static void on_reply(struct smtp_client *c, const struct smtp_reply *rp)
             return;
         }
         smtp_caps_parse(rp, &c->caps);
+        after_ehlo(c);
+        return;
+    case C_STARTTLS:
+        if (rp->code != 220) {
+            reply_text(rp, text, sizeof text);
+            if (c->tls_policy >= CTLS_ENCRYPT) {
+                tls_failure(c, "STARTTLS refused");
+                host_fail(c, "TLS is required, but %s refused STARTTLS: %s", c->site, text);
+                return;
+            }
+            c->plain_host = c->cur_host;
+            c->plain_addr = c->cur_addr;
+            after_ehlo(c); /* may: go on in clear */
+            return;
+        }
+        enter_state(c, C_TLS);
+        {
+            const char *host = c->hosts.hosts[c->cur_host].name;
+            if (conn_start_tls(&c->conn, c->tls_ctx, false, host,
+                               c->tls_policy == CTLS_VERIFY ? host : NULL) != PT_OK)
+                host_fail(c, "cannot start TLS with %s", c->site);
+        }
+        return;
+    case C_AUTH:
+        if (rp->code != 235) {
+            reply_text(rp, text, sizeof text);
+            host_fail(c, "authentication to %s failed: %s", c->site, text);
+            return;
+        }
         txn_begin(c);
+        return;
+    case C_AUTH_USER:
+    case C_AUTH_PASS:
+        if (rp->code != 334) {
+            reply_text(rp, text, sizeof text);
+            host_fail(c, "authentication to %s failed: %s", c->site, text);
+            return;
+        }
+        if (c->state == C_AUTH_USER) {
+            enter_state(c, C_AUTH_PASS);
+            auth_send_b64(c, c->auth_user);
+        } else {
+            enter_state(c, C_AUTH);
+            auth_send_b64(c, c->auth_pass);
+        }
         return;
     case C_HELO:
         if (rp->code / 100 != 2) {
@@ -354,7 +512,7 @@ static void on_reply(struct smtp_client *c, const struct smtp_reply *rp)
             return;
         }
         memset(&c->caps, 0, sizeof c->caps);
-        txn_begin(c);
+        after_ehlo(c);
         return;
     case C_TXN:
         txn_on_reply(c, rp);
@@ -385,7 +543,7 @@ static void on_data(struct conn *conn)
         if (c->reply.code / 100 == 4 || c->reply.code / 100 == 5)
             log_debug("smtp-out %s: %d %s", c->site, c->reply.code, c->reply.text);
         on_reply(c, &c->reply);
-        if (c->state == C_TXN || c->state == C_EHLO || c->state == C_HELO)
+        if (c->state != C_READY && c->state != C_QUIT && c->state != C_DEAD)
             conn_set_timeout(conn, c->command_timeout);
     }
     buf_consume(&conn->in, off);
@@ -397,8 +555,25 @@ static void on_eof(struct conn *conn, int err)
 {
     struct smtp_client *c = conn->owner;
     char text[600];
-    if (c->state == C_GREETING || c->state == C_CONNECTING) {
-        snprintf(c->last_error, sizeof c->last_error, "lost connection with %s while receiving the initial greeting", c->site);
+    if (c->state == C_TLS) {
+        const char *why = conn_tls_error(conn);
+        char msg[400];
+        snprintf(msg, sizeof msg, "TLS handshake with %s failed: %s", c->site,
+                 why && *why ? why : "connection closed");
+        tls_failure(c, msg);
+        if (c->tls_policy == CTLS_MAY) {
+            log_warn("smtp-out %s; retrying in clear", msg);
+            c->plain_host = c->cur_host;
+            c->plain_addr = c->cur_addr;
+            c->addr_i--; /* the same address again */
+        }
+        snprintf(c->last_error, sizeof c->last_error, "%s", msg);
+        conn_close(conn, false);
+        return;
+    }
+    if (!c->txn_started && c->state != C_READY && c->state != C_QUIT) {
+        snprintf(c->last_error, sizeof c->last_error, "lost connection with %s in state %s",
+                 c->site, cstate_names[c->state]);
         conn_close(conn, false);
         return;
     }
@@ -411,9 +586,12 @@ static void on_timeout(struct conn *conn)
 {
     struct smtp_client *c = conn->owner;
     char text[600];
-    if (c->state == C_CONNECTING || c->state == C_GREETING) {
-        snprintf(c->last_error, sizeof c->last_error, "%s to %s timed out",
-                 c->state == C_CONNECTING ? "connect" : "greeting from", c->site);
+    if (!c->txn_started && c->state != C_READY && c->state != C_QUIT) {
+        snprintf(c->last_error, sizeof c->last_error, "%s %s timed out",
+                 c->state == C_CONNECTING ? "connect to" : c->state == C_GREETING ? "greeting from" :
+                 c->state == C_TLS ? "TLS handshake with" : "waiting for", c->site);
+        if (c->state == C_TLS)
+            tls_failure(c, c->last_error);
         conn_close(conn, false);
         return;
     }
@@ -424,6 +602,14 @@ static void on_timeout(struct conn *conn)
     }
     snprintf(text, sizeof text, "451 4.4.2 timeout waiting for a reply from %s", c->site);
     client_die(c, 451, "4.4.2", text);
+}
+
+static void on_tls(struct conn *conn)
+{
+    struct smtp_client *c = conn->owner;
+    log_debug("smtp-out %s: TLS %s", c->site, conn_tls_describe(conn));
+    memset(&c->caps, 0, sizeof c->caps);
+    send_ehlo(c);
 }
 
 static void on_connect(struct conn *conn, int status)
@@ -445,7 +631,7 @@ static const struct conn_ops client_conn_ops;
 static void on_closed(struct conn *conn)
 {
     struct smtp_client *c = conn->owner;
-    bool retry_host = (c->state == C_CONNECTING || c->state == C_GREETING) && !c->aborting;
+    bool retry_host = !c->txn_started && !c->aborting && c->state != C_DEAD;
     if (retry_host) {
         c->state = C_CONNECTING;
         try_next_host(c);
@@ -456,9 +642,7 @@ static void on_closed(struct conn *conn)
         txn_done(c, false);
     }
     c->ops->on_closed(c->owner, c);
-    txn_clear(c);
-    free(c->exp);
-    free(c);
+    client_free(c);
 }
 
 /* Connects to the next address of the current host, or the next host. When none
@@ -472,6 +656,9 @@ static void try_next_host(struct smtp_client *c)
             c->addr_i = 0;
             continue;
         }
+        c->cur_host = c->host_i;
+        c->cur_addr = c->addr_i;
+        c->txn_started = false;
         struct sockaddr_storage ss = h->addrs[c->addr_i++];
         if (ss.ss_family == AF_INET)
             ((struct sockaddr_in *)&ss)->sin_port = htons(c->port);
@@ -501,14 +688,12 @@ static void try_next_host(struct smtp_client *c)
     }
     enter_state(c, C_DEAD);
     c->ops->on_closed(c->owner, c);
-    txn_clear(c);
-    free(c->exp);
-    free(c);
+    client_free(c);
 }
 
 static const struct conn_ops client_conn_ops = {
     .on_data = on_data, .on_eof = on_eof, .on_timeout = on_timeout,
-    .on_closed = on_closed, .on_connect = on_connect,
+    .on_closed = on_closed, .on_connect = on_connect, .on_tls = on_tls,
 };
 
 static int txn_setup(struct smtp_client *c, struct entry *e, struct buf *content)
@@ -541,6 +726,13 @@ struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_
     snprintf(c->helo, sizeof c->helo, "%s", p->helo);
     c->connect_timeout = p->connect_timeout;
     c->command_timeout = p->command_timeout;
+    c->tls_policy = p->tls_ctx ? p->tls : CTLS_NONE;
+    c->tls_ctx = p->tls_ctx;
+    c->plain_host = c->plain_addr = -1;
+    if (p->auth_user) {
+        c->auth_user = strdup(p->auth_user);
+        c->auth_pass = strdup(p->auth_pass ? p->auth_pass : "");
+    }
     c->loop = loop;
     buf_init(&c->content, 0);
     if (txn_setup(c, e, content) != PT_OK) {

@@ -23,8 +23,14 @@ struct client_result {
     char *text;               /* reply text incl. code, e.g. "550 5.1.1 no such user" */
 };
 
+enum client_tls_policy { CTLS_NONE = 0, CTLS_MAY, CTLS_ENCRYPT, CTLS_VERIFY };
+struct tls_ctx;
+
 struct smtp_client_params {
     const struct dns_result *hosts; /* copied */
+    enum client_tls_policy tls;     /* may: STARTTLS when offered, clear if the handshake fails */
+    struct tls_ctx *tls_ctx;        /* borrowed; lives as long as the process */
+    const char *auth_user, *auth_pass; /* copied; NULL = no AUTH. Sent only over TLS. */
     uint16_t port;
     const char *helo;               /* copied */
     double connect_timeout;         /* connect + greeting */
@@ -36,10 +42,12 @@ struct smtp_client_ops {
      * of e at the time of smtp_client_deliver (same order); res and its strings are
      * borrowed for the call. usable = false: the connection is gone and on_closed
      * follows; don't hand it another entry. site/peer: "host:port" and IP tried
-     * last (NULL if nothing was reached). */
+     * last (NULL if nothing was reached); tls: "TLSv1.3:CIPHER" or NULL. */
     void (*on_done)(void *owner, struct smtp_client *c, struct entry *e,
                     const struct client_result *res, uint32_t nres, bool usable,
-                    const char *site, const char *peer);
+                    const char *site, const char *peer, const char *tls);
+    /* optional: a TLS policy failure (not offered, handshake, verification) */
+    void (*on_tls_failure)(void *owner, const char *site, const char *why);
     /* The connection is closed; c is freed after this returns. */
     void (*on_closed)(void *owner, struct smtp_client *c);
 };

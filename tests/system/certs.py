@@ -166,3 +166,25 @@ def openssl_supports_tls11_client(tmpdir, pki):
         if srv.poll() is None:
             srv.kill()
         srv.wait(5)
+
+
+# ---- petrel's listener certificate ---------------------------------------
+
+PETREL_NAME = "petrel.test"
+
+
+def petrel_cert(pki):
+    """(cert_file, key_file) for petrel's listeners: CN/SAN petrel.test + IP 127.0.0.1,
+    issued by pki's CA (made once per PKI)."""
+    pair = getattr(pki, "_petrel_pair", None)
+    if pair is None:
+        pair = pki._petrel_pair = pki.leaf(PETREL_NAME, ips=["127.0.0.1"])
+    return pair
+
+
+def listener_tls(pki, **extra):
+    """The `tls = {...}` table of a petrel listener using petrel_cert(pki)."""
+    cert, key = petrel_cert(pki)
+    t = {"cert_file": cert, "key_file": key}
+    t.update(extra)
+    return t
