@@ -604,6 +604,7 @@ def throughput_run(args, relay_name, scen, n, sink, run_idx, keys):
     workdir = tempfile.mkdtemp(prefix=f"{relay_name}-{scen}-{run_idx}-", dir=args.workdir)
     relay = make_relay(relay_name, workdir, sink.port, p, keys)
     res = {"run": run_idx}
+    sampler = None
     try:
         relay.start()
         sink.reset()
@@ -640,6 +641,8 @@ def throughput_run(args, relay_name, scen, n, sink, run_idx, keys):
     except (BenchError, subprocess.TimeoutExpired) as e:
         raise BenchError(f"{e}{relay.death_note()}") from None
     finally:
+        if sampler and sampler.is_alive():
+            sampler.stop()
         res.update(relay.stop())
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
