@@ -27,6 +27,7 @@
 #define Q_BUCKETS 4096
 #define SCHED_PRIOS 3
 #define PRIO_FAIRNESS 8   /* every 8th pick goes to a lower class that waits */
+#define IDLE_KEEP_S 2.0   /* an idle outbound connection waits this long for more mail */
 
 enum { TMSG_ENTRY = 1, TMSG_STOP = 2 };
 
@@ -39,6 +40,7 @@ struct dqueue {
     uint32_t nentries;              /* all entries of this queue owned by the thread */
     int nconn;                      /* connections, including those resolving DNS */
     uint32_t nresolving;            /* connections that will pop a ready entry soon */
+    struct dconn *idle;             /* connected, waiting for an entry (LIFO) */
     uint32_t picks;
 };
 
@@ -55,11 +57,15 @@ struct dthread {
     uint32_t nheap, heap_cap;
     struct dconn *conns;            /* live connections (for shutdown) */
     bool stopping;
+    struct spool_batch *deletes;    /* nosync deletions, written once per loop turn */
+    uv_check_t flush;
 };
 
 /* One outbound connection slot: resolving, then an SMTP client. */
 struct dconn {
     struct dconn *prev, *next;
+    struct dconn *idle_next;
+    bool idle;
     struct dthread *t;
     struct dqueue *q;
     struct smtp_client *client;
@@ -307,18 +313,39 @@ static void send_dsn(struct dthread *t, const struct entry *e, const struct dsn_
     buf_free(&out);
 }
 
+/* Writes the pending deletions (one RocksDB write, no fsync: losing them only
+ * means a duplicate delivery after a crash, which at-least-once allows). */
+static void flush_deletes(struct dthread *t)
+{
+    if (t->deletes) {
+        spool_commit_nosync(t->s->rt->spool, t->deletes);
+        t->deletes = NULL;
+    }
+}
+
+static void on_check(uv_check_t *h)
+{
+    flush_deletes(h->data);
+}
+
 static void entry_remove(struct dthread *t, struct dqueue *q, struct entry *e)
 {
     struct spool *sp = t->s->rt->spool;
-    struct spool_batch *b = spool_batch_new();
-    if (b) {
-        spool_batch_del_entry(b, e->id, e->domain);
-        if (e->ndomains <= 1)
-            spool_batch_del_content(b, e->id);
-        spool_commit_nosync(sp, b);
-        if (e->ndomains > 1 && !spool_has_entries(sp, e->id)) {
-            b = spool_batch_new();
-            if (b) {
+    if (e->ndomains <= 1) {
+        /* the common case: batched with this loop turn's other deletions */
+        if (!t->deletes)
+            t->deletes = spool_batch_new();
+        if (t->deletes) {
+            spool_batch_del_entry(t->deletes, e->id, e->domain);
+            spool_batch_del_content(t->deletes, e->id);
+        }
+    } else {
+        flush_deletes(t);
+        struct spool_batch *b = spool_batch_new();
+        if (b) {
+            spool_batch_del_entry(b, e->id, e->domain);
+            spool_commit_nosync(sp, b);
+            if (!spool_has_entries(sp, e->id) && (b = spool_batch_new()) != NULL) {
                 spool_batch_del_content(b, e->id);
                 spool_commit_nosync(sp, b);
             }
@@ -351,6 +378,10 @@ static void apply_results(struct dthread *t, struct dqueue *q, struct entry *e,
                           const char *peer, const char *tls)
 {
     const struct config *cfg = t->s->rt->cfg;
+    if (nres > 0 && res[0].code == -1) {
+        ready_push(q, e); /* not attempted: the cached connection had gone stale */
+        return;
+    }
     e->attempts++;
     struct dsn_rcpt *bounced = calloc(nres ? nres : 1, sizeof *bounced);
     size_t nb = 0;
@@ -440,9 +471,23 @@ static void apply_uniform(struct dthread *t, struct dqueue *q, struct entry *e, 
 
 static void dispatch(struct dthread *t, struct dqueue *q);
 
+static void idle_remove(struct dqueue *q, struct dconn *dc)
+{
+    if (!dc->idle)
+        return;
+    struct dconn **pp = &q->idle;
+    while (*pp && *pp != dc)
+        pp = &(*pp)->idle_next;
+    if (*pp)
+        *pp = dc->idle_next;
+    dc->idle = false;
+    dc->idle_next = NULL;
+}
+
 static void dconn_free(struct dconn *dc)
 {
     struct dthread *t = dc->t;
+    idle_remove(dc->q, dc);
     if (dc->prev)
         dc->prev->next = dc->next;
     else
@@ -580,6 +625,17 @@ static void start_conn(struct dthread *t, struct dqueue *q)
 static void dispatch(struct dthread *t, struct dqueue *q)
 {
     int max = t->s->rt->cfg->delivery.max_connections_per_domain;
+    while (!t->stopping && q->idle && q->nready > q->nresolving) {
+        struct dconn *dc = q->idle;
+        idle_remove(q, dc);
+        struct buf content;
+        struct entry *e = next_with_content(t, q, &content);
+        if (!e) {
+            smtp_client_quit(dc->client);
+            continue;
+        }
+        smtp_client_deliver(dc->client, e, &content);
+    }
     /* a new connection only for ready entries that no resolving connection will
      * take: don't open 10 connections for 2 messages */
     while (!t->stopping && q->nready > q->nresolving && q->nconn < max)
@@ -604,6 +660,12 @@ static void client_on_done(void *owner, struct smtp_client *c, struct entry *e,
             smtp_client_deliver(c, next, &content);
             return;
         }
+        /* nothing ready now: keep the connection warm for the next message */
+        dc->idle = true;
+        dc->idle_next = dc->q->idle;
+        dc->q->idle = dc;
+        smtp_client_idle(c, IDLE_KEEP_S);
+        return;
     }
     smtp_client_quit(c);
 }
@@ -678,6 +740,9 @@ static void on_msg(void *owner, struct mbox_msg *msg)
         t->stopping = true;
         uv_timer_stop(&t->timer);
         uv_close((uv_handle_t *)&t->timer, NULL);
+        flush_deletes(t);
+        uv_check_stop(&t->flush);
+        uv_close((uv_handle_t *)&t->flush, NULL);
         for (struct dconn *dc = t->conns; dc; dc = dc->next)
             if (dc->client)
                 smtp_client_abort(dc->client);
@@ -724,6 +789,10 @@ struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
             return NULL;
         }
         t->timer.data = t;
+        uv_check_init(&t->loop, &t->flush);
+        t->flush.data = t;
+        uv_check_start(&t->flush, on_check);
+        uv_unref((uv_handle_t *)&t->flush);
         t->dns = dns_new(&t->loop, (const char *const *)cfg->dns_resolvers, cfg->n_dns_resolvers,
                          err, errlen);
         if (!t->dns)
@@ -801,6 +870,7 @@ void sched_free(struct sched *s)
                 q = next;
             }
         }
+        flush_deletes(t);
         if (t->dns)
             dns_free(t->dns);
         uv_walk(&t->loop, close_walk, NULL);

@@ -157,7 +157,15 @@ static void client_die(struct smtp_client *c, int code, const char *enh, const c
 {
     if (c->state == C_DEAD)
         return;
-    if (c->e) {
+    if (c->e && c->deliveries > 0 && c->exp_head == 0 && !c->aborting) {
+        /* a reused connection that died before answering anything: the entry was
+         * not attempted (code -1), the scheduler requeues it for a fresh connection */
+        for (uint32_t i = 0; i < c->nres; i++)
+            set_result(&c->res[i], 0, "4.4.2", "stale connection");
+        for (uint32_t i = 0; i < c->nres; i++)
+            c->res[i].code = -1;
+        txn_done(c, false);
+    } else if (c->e) {
         /* recipients accepted at RCPT but without a final DATA reply are not delivered */
         txn_fail_all(c, code, enh, text);
         txn_done(c, false);
@@ -204,6 +212,7 @@ static void txn_begin(struct smtp_client *c)
     struct entry *e = c->e;
     c->txn_started = true;
     enter_state(c, C_TXN);
+    conn_set_timeout(&c->conn, c->command_timeout); /* replaces an idle deadline */
     c->nexp = c->exp_head = 0;
     if (c->need_rset) {
         conn_send(&c->conn, "RSET\r\n", 6);
@@ -547,8 +556,6 @@ static void on_data(struct conn *conn)
             conn_set_timeout(conn, c->command_timeout);
     }
     buf_consume(&conn->in, off);
-    if (c->state == C_READY && !c->e)
-        conn_set_timeout(conn, c->command_timeout);
 }
 
 static void on_eof(struct conn *conn, int err)
@@ -595,7 +602,11 @@ static void on_timeout(struct conn *conn)
         conn_close(conn, false);
         return;
     }
-    if (c->state == C_READY || c->state == C_QUIT) {
+    if (c->state == C_READY) {
+        smtp_client_quit(c); /* idle too long */
+        return;
+    }
+    if (c->state == C_QUIT) {
         enter_state(c, C_DEAD);
         conn_close(conn, false);
         return;
@@ -753,6 +764,12 @@ void smtp_client_deliver(struct smtp_client *c, struct entry *e, struct buf *con
         return;
     }
     txn_begin(c);
+}
+
+void smtp_client_idle(struct smtp_client *c, double secs)
+{
+    if (c->state == C_READY)
+        conn_set_timeout(&c->conn, secs);
 }
 
 void smtp_client_quit(struct smtp_client *c)

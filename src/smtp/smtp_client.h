@@ -18,7 +18,8 @@ struct entry;
 struct smtp_client;
 
 struct client_result {
-    int code;                 /* SMTP code; 0 = no reply (network error) */
+    int code;                 /* SMTP code; 0 = no reply (network error); -1 = not
+                                 attempted (a reused connection was stale): retry at once */
     char enhanced[16];        /* "5.1.1"; derived from code when the server gave none */
     char *text;               /* reply text incl. code, e.g. "550 5.1.1 no such user" */
 };
@@ -58,6 +59,8 @@ struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_
                                       struct entry *e, struct buf *content);
 /* Next transaction on an idle (after on_done with usable) connection. */
 void smtp_client_deliver(struct smtp_client *c, struct entry *e, struct buf *content);
+/* Keeps an idle connection open for secs, then QUITs (on_closed follows). */
+void smtp_client_idle(struct smtp_client *c, double secs);
 /* Politely ends an idle connection (QUIT). on_closed follows. */
 void smtp_client_quit(struct smtp_client *c);
 /* Aborts: an entry in flight gets on_done with a network error, then on_closed. */

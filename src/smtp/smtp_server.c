@@ -45,6 +45,7 @@ struct smtp_session {
     int errors;
     bool esmtp, closed, counted, got_command;
     char client_ip[64];
+    struct sockaddr_storage peer;   /* client address, read once at accept */
     char helo[SMTP_PATH_MAX + 1];
     struct smtp_lines lines;        /* command line splitter (persists across reads) */
     bool authed;
@@ -200,10 +201,8 @@ static bool relay_allowed(struct smtp_session *s)
 {
     if (s->authed)
         return true;
-    struct sockaddr_storage ss;
-    if (conn_peer(&s->conn, &ss) != PT_OK)
-        return false;
-    return cidr_match_any(s->l->relay_hosts, s->l->n_relay_hosts, (struct sockaddr *)&ss);
+    return s->peer.ss_family &&
+           cidr_match_any(s->l->relay_hosts, s->l->n_relay_hosts, (struct sockaddr *)&s->peer);
 }
 
 static void cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
@@ -711,9 +710,8 @@ void smtp_server_accept(struct worker *w, int li, uv_stream_t *server)
         session_close(s, false);
         return;
     }
-    struct sockaddr_storage ss;
-    if (conn_peer(&s->conn, &ss) == PT_OK)
-        cidr_addr_str((struct sockaddr *)&ss, s->client_ip, sizeof s->client_ip);
+    if (conn_peer(&s->conn, &s->peer) == PT_OK)
+        cidr_addr_str((struct sockaddr *)&s->peer, s->client_ip, sizeof s->client_ip);
     else
         snprintf(s->client_ip, sizeof s->client_ip, "unknown");
     const char *which = NULL;

@@ -345,6 +345,7 @@ def test_s_client_tls11_refused(world, pki, tmp_path, seclevel0):
     rc, out = s_client(p.port, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
     assert rc != 0 and not re.search(r"Protocol version:\s*TLSv1\.1", out), \
         f"petrel accepted TLS 1.1:\n{out}"
+    assert "no protocols available" not in out, f"our client refused, not petrel:\n{out}"
     # Same for TLS 1.0.
     rc, out = s_client(p.port, "-tls1", "-cipher", "DEFAULT@SECLEVEL=0")
     assert rc != 0 and not re.search(r"Protocol version:\s*TLSv1(\.0)?\s*$", out, re.M), \
