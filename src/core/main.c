@@ -204,12 +204,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "petrel: %s\n", err);
         return 1;
     }
+    for (int i = 0; i < nworkers; i++)
+        if (worker_start(&workers[i]) != PT_OK) {
+            fprintf(stderr, "petrel: cannot start worker %d\n", i);
+            return 1;
+        }
     if (drop_privileges(cfg, err, sizeof err) != PT_OK) {
         fprintf(stderr, "petrel: %s\n", err);
         return 1;
     }
     for (int i = 0; i < nworkers; i++)
-        if (worker_start(&workers[i]) != PT_OK) {
+        if (worker_run(&workers[i]) != PT_OK) {
             fprintf(stderr, "petrel: cannot start worker %d\n", i);
             return 1;
         }

@@ -243,6 +243,11 @@ int worker_start(struct worker *w)
             return PT_ERROR;
         }
     }
+    return PT_OK;
+}
+
+int worker_run(struct worker *w)
+{
     return uv_thread_create(&w->tid, worker_main, w) ? PT_ERROR : PT_OK;
 }
 

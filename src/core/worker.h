@@ -40,7 +40,10 @@ enum worker_msg { WMSG_SPOOLED = 1, WMSG_STOP = 2 };
 /* Creates the listening sockets for every configured listener, one set per worker
  * (SO_REUSEPORT). On failure writes a message naming the listen address. */
 int workers_bind(struct worker *w, int nworkers, const struct config *cfg, char *err, size_t errlen);
+/* Prepares the loop, the Lua state and the listeners (before privileges are
+ * dropped: the config file is read again here); worker_run starts the thread. */
 int worker_start(struct worker *w);
+int worker_run(struct worker *w);
 /* Asks the worker to stop accepting, finish in-flight transactions and exit its loop. */
 void worker_request_stop(struct worker *w);
 void worker_join(struct worker *w);

@@ -324,6 +324,8 @@ void conn_close(struct conn *c, bool graceful)
         return;
     }
     c->closing = true;
+    if (c->tls && !c->tls_done)
+        graceful = false; /* nothing queued can pass an unfinished handshake */
     if (c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = false;
