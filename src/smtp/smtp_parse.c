@@ -476,7 +476,7 @@ int smtp_cmd_parse(const char *line, size_t len, struct smtp_cmd *cmd)
     const char *end, *p, *err = NULL;
     size_t vlen;
 
-    if (len == 0)
+    if (!line)
         line = "";
     end = line + len;
 
