@@ -51,6 +51,13 @@ struct smtp_session {
     bool authed;
     char auth_user[256];
     struct sasl sasl;
+    /* SASL exchanges run on the libuv thread pool: crypt(3) costs milliseconds */
+    uv_work_t auth_work;
+    char auth_mech[32], auth_allowed[256], auth_out[SASL_OUT_MAX];
+    char *auth_in;                  /* initial response or continuation line, or NULL */
+    size_t auth_in_len;
+    bool auth_start;
+    int auth_rc;
     /* transaction */
     char id[ENTRY_ID_LEN + 1];
     char sender[SMTP_PATH_MAX + 1];
@@ -143,6 +150,9 @@ static bool has_8bit(const char *p)
 }
 
 /* ---- command handlers -------------------------------------------------- */
+
+static void auth_submit(struct smtp_session *s, bool start, const char *in, size_t len);
+static void auth_result(struct smtp_session *s, int rc, const char *out);
 
 static bool auth_offered(const struct smtp_session *s)
 {
@@ -391,6 +401,63 @@ static void auth_result(struct smtp_session *s, int rc, const char *out)
         enter_state(s, S_READY);
 }
 
+static void auth_work(uv_work_t *req)
+{
+    struct smtp_session *s = req->data;
+    if (s->auth_start)
+        s->auth_rc = sasl_start(&s->sasl, s->auth_mech, s->auth_in, s->auth_allowed,
+                                s->auth_out, sizeof s->auth_out);
+    else
+        s->auth_rc = sasl_step(&s->sasl, s->auth_in, s->auth_in_len, s->auth_out,
+                               sizeof s->auth_out);
+}
+
+static void auth_after_work(uv_work_t *req, int status)
+{
+    struct smtp_session *s = req->data;
+    if (s->auth_in) {
+        explicit_bzero(s->auth_in, s->auth_in_len);
+        free(s->auth_in);
+        s->auth_in = NULL;
+    }
+    if (!s->closed) {
+        auth_result(s, status == 0 ? s->auth_rc : PT_NOMEM, s->auth_out);
+        explicit_bzero(s->auth_out, sizeof s->auth_out);
+        conn_flush(&s->conn);
+        if (!s->closed)
+            conn_pause(&s->conn, false); /* input that arrived meanwhile */
+    }
+    session_unref(s);
+}
+
+/* Runs one SASL step off the loop; the session is paused (and kept alive) until
+ * auth_after_work replies. */
+static void auth_submit(struct smtp_session *s, bool start, const char *in, size_t len)
+{
+    s->auth_start = start;
+    s->auth_in = NULL;
+    s->auth_in_len = len;
+    if (in) {
+        s->auth_in = malloc(len + 1);
+        if (!s->auth_in) {
+            auth_result(s, PT_NOMEM, "");
+            return;
+        }
+        memcpy(s->auth_in, in, len);
+        s->auth_in[len] = 0;
+    }
+    s->auth_work.data = s;
+    s->refs++;
+    if (uv_queue_work(&s->w->loop, &s->auth_work, auth_work, auth_after_work) != 0) {
+        s->refs--;
+        free(s->auth_in);
+        s->auth_in = NULL;
+        auth_result(s, PT_NOMEM, "");
+        return;
+    }
+    conn_pause(&s->conn, true);
+}
+
 static void cmd_auth(struct smtp_session *s, const struct smtp_cmd *c)
 {
     const struct runtime *rt = s->w->rt;
@@ -431,17 +498,15 @@ static void cmd_auth(struct smtp_session *s, const struct smtp_cmd *c)
         strncat(allowed, s->l->auth_mechanisms[k], sizeof allowed - strlen(allowed) - 2);
         strcat(allowed, " ");
     }
-    char out[SASL_OUT_MAX];
     sasl_init(&s->sasl, rt->users, s->l->hostname);
-    int rc = sasl_start(&s->sasl, mech, has_initial ? initial : NULL, allowed, out, sizeof out);
-    auth_result(s, rc, out);
+    snprintf(s->auth_mech, sizeof s->auth_mech, "%s", mech);
+    snprintf(s->auth_allowed, sizeof s->auth_allowed, "%s", allowed);
+    auth_submit(s, true, has_initial ? initial : NULL, n - i);
 }
 
 static void auth_line(struct smtp_session *s, const char *line, size_t len)
 {
-    char out[SASL_OUT_MAX];
-    int rc = sasl_step(&s->sasl, line, len, out, sizeof out);
-    auth_result(s, rc, out);
+    auth_submit(s, false, line, len);
 }
 
 static void cmd_not_impl(struct smtp_session *s, const struct smtp_cmd *c)
@@ -589,7 +654,7 @@ static void on_data(struct conn *c)
 {
     struct smtp_session *s = c->owner;
     size_t off = 0;
-    while (!s->closed && off < c->in.len) {
+    while (!s->closed && !c->paused && off < c->in.len) {
         const char *p = c->in.data + off;
         size_t avail = c->in.len - off, used = 0, line_len = 0;
         if (s->state == S_DATA) {
