@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -333,6 +334,8 @@ static void writer_write(const char *p, size_t n, bool *failing)
     *failing = false;
 }
 
+#define LOG_BATCH_NS 10000000L /* 10 ms */
+
 static void *log_writer(void *arg)
 {
     (void)arg;
@@ -372,6 +375,12 @@ static void *log_writer(void *arg)
             buf_free(&out);
         if (unreported)
             log_warn("event log: dropped %llu records", (unsigned long long)unreported);
+        /* Let records accumulate: at most ~100 writes (and wakeups) per second
+         * however busy we are; context switches cost more than the write. */
+        if (!stopping) {
+            struct timespec ts = { 0, LOG_BATCH_NS };
+            nanosleep(&ts, NULL);
+        }
         pthread_mutex_lock(&lg.lock);
         if (stopping && lg.queue.len == 0)
             break;
