@@ -352,6 +352,7 @@ static void entry_remove(struct dthread *t, struct dqueue *q, struct entry *e)
         }
     }
     q->nentries--;
+    metrics_add(M_QUEUE_DEPTH, e->domain, NULL, -1);
     atomic_fetch_sub(&t->s->depth, 1);
     entry_free(e);
     queue_maybe_free(t, q);
@@ -399,15 +400,22 @@ static void apply_results(struct dthread *t, struct dqueue *q, struct entry *e,
         if (r->state != RCPT_PENDING)
             continue;
         const struct client_result *cr = &res[k++];
+        const char *cls = metrics_code_class(cr->code);
+        if (cls)
+            metrics_inc(M_SMTP_ERRORS, METRICS_OUTBOUND, cls, 1);
         if (cr->code / 100 == 2) {
             r->state = RCPT_DELIVERED;
+            metrics_inc(M_DELIVERED, e->domain, NULL, 1);
+            metrics_observe(M_LATENCY, time_now() - e->received_at);
             log_result(e, LOG_DELIVERY, r->addr, cr->code, cr->text, site, peer, tls);
         } else if (cr->code / 100 == 5) {
             r->state = RCPT_BOUNCED;
+            metrics_inc(M_BOUNCED, e->domain, NULL, 1);
             log_result(e, LOG_BOUNCE, r->addr, cr->code, cr->text, site, peer, tls);
             if (bounced)
                 bounced[nb++] = (struct dsn_rcpt){ r->addr, cr->enhanced, cr->text, site ? host : NULL };
         } else {
+            metrics_inc(M_DEFERRED, e->domain, NULL, 1);
             log_result(e, LOG_TRANSIENT, r->addr, cr->code ? cr->code : -1, cr->text, site, peer, tls);
             last_defer = cr->text;
         }
@@ -692,6 +700,7 @@ static void thread_insert(struct dthread *t, struct entry *e, bool run)
 {
     struct dqueue *q = entry_queue(t, e);
     q->nentries++;
+    metrics_add(M_QUEUE_DEPTH, e->domain, NULL, 1);
     const struct cfg_route *r = config_route_for(t->s->rt->cfg, e->domain);
     if (r && r->kind == ROUTE_DISCARD) {
         e->attempts++;

@@ -12,6 +12,7 @@
 #include "core/runtime.h"
 #include "core/worker.h"
 #include "obs/log.h"
+#include "obs/metrics.h"
 #include "queue/entry.h"
 #include "queue/ingest.h"
 #include "queue/sched.h"
@@ -79,8 +80,15 @@ static void enter_state(struct smtp_session *s, enum session_state st)
     s->state = st;
 }
 
+static void count_reply(const char *text)
+{
+    if (text[0] == '4' || text[0] == '5')
+        metrics_inc(M_SMTP_ERRORS, METRICS_INBOUND, text[0] == '4' ? "4xx" : "5xx", 1);
+}
+
 static void reply(struct smtp_session *s, const char *text)
 {
+    count_reply(text);
     conn_send(&s->conn, text, strlen(text));
     conn_send(&s->conn, "\r\n", 2);
 }
@@ -90,8 +98,11 @@ static void replyf(struct smtp_session *s, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
+    size_t at = s->conn.out.len;
     buf_vappendf(&s->conn.out, fmt, ap);
     va_end(ap);
+    if (s->conn.out.len > at)
+        count_reply(s->conn.out.data + at);
     conn_send(&s->conn, "\r\n", 2);
 }
 
@@ -356,6 +367,7 @@ static void cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c)
 static void auth_failed(struct smtp_session *s)
 {
     struct runtime *rt = s->w->rt;
+    metrics_inc(M_AUTH_FAILURES, NULL, NULL, 1);
     if (authban_failure(rt->ban, s->client_ip, time_now())) {
         char text[160];
         snprintf(text, sizeof text, "too many AUTH failures: %s banned for %.0f s", s->client_ip,
@@ -626,6 +638,7 @@ void smtp_server_on_spooled(struct worker *w, struct mbox_msg *msg)
             char resp[64];
             snprintf(resp, sizeof resp, "250 2.0.0 Ok: queued as %s", s->id);
             reply(s, resp); /* Reception records were written by ingest */
+            metrics_inc(M_RECEIVED, s->l->name, NULL, 1);
         } else {
             reply(s, "451 4.3.0 Temporary failure writing the queue, try again later");
         }
@@ -703,6 +716,10 @@ static void on_data(struct conn *c)
 static void on_eof(struct conn *c, int err)
 {
     struct smtp_session *s = c->owner;
+    if (c->tls_failed) {
+        metrics_inc(M_TLS_FAILURES, METRICS_INBOUND, NULL, 1);
+        log_info("smtp %s: TLS failure: %s", s->client_ip, conn_tls_error(c));
+    }
     if (s->state == S_DATA)
         log_warn("smtp %s: connection lost during DATA; message discarded", s->client_ip);
     session_close(s, false);
