@@ -506,7 +506,8 @@ def wait_banner(port, timeout):
 
 # ---------------------------------------------------------------- load
 
-def load_cmd(gen, port, n, conns, size, rcpts=1, domains=1, reuse=False, tls=False):
+def load_cmd(gen, port, n, conns, size, rcpts=1, domains=1, reuse=False, tls=False,
+             random_body=False):
     if gen == "smtp-source":
         if domains != 1 or tls:
             raise BenchError("smtp-source cannot spread recipients over domains nor STARTTLS")
@@ -521,6 +522,8 @@ def load_cmd(gen, port, n, conns, size, rcpts=1, domains=1, reuse=False, tls=Fal
         cmd.append("-k")
     if tls:
         cmd.append("-T")
+    if random_body:
+        cmd.append("-R")
     return cmd
 
 
@@ -741,7 +744,7 @@ def scale_run(args):
         cpu0, _ = relay.usage()
         t0 = now_ns()
         log(f"scale: injecting {n} messages with the sink down")
-        run_load(load_cmd(args.generator, relay.port, n, 20, 2048, reuse=True),
+        run_load(load_cmd("blast", relay.port, n, 20, 2048, reuse=True, random_body=True),
                  timeout=max(args.timeout, n / 200))
         res["accept_s"] = (now_ns() - t0) / 1e9
         res["accept_rate"] = n / res["accept_s"]

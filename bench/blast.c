@@ -3,7 +3,7 @@
  * time of each final 250 (for the latency probe). bench/bench.py compiles and drives it.
  *
  * usage: blast -p PORT [-n MESSAGES] [-c CONNECTIONS] [-r RCPTS] [-D DOMAINS]
- *              [-l BODY_BYTES] [-k] [-w MS] [-o FILE] [-i ID_PREFIX] [-N] [-T]
+ *              [-l BODY_BYTES] [-k] [-w MS] [-o FILE] [-i ID_PREFIX] [-N] [-T] [-R]
  *   -k      keep the connection: send the next message over it (default: 1 per connection)
  *   -w MS   wait MS milliseconds between messages of one connection (light load)
  *   -o FILE write "ID NS" for every message accepted (NS = CLOCK_REALTIME ns when the
@@ -11,6 +11,8 @@
  *   -N      no PIPELINING even when offered (default: MAIL/RCPT/DATA in one write
  *           when the server offers it, as RFC 2920 allows)
  *   -T      STARTTLS on every connection (no certificate check); fails if not offered
+ *   -R      random body per message (base64 characters, incompressible) instead of
+ *           the same lines of 'x' in every message
  * Recipient k of a message is rcpt<k>@d<k mod DOMAINS>.example.net; every message has
  * "Message-ID: <ID@bench.invalid>" and "X-Bench-Id: ID" headers, ID = PREFIX-<seq>.
  * Prints one line at the end:
@@ -26,6 +28,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,7 +53,8 @@ struct conn {
     size_t olen, ooff, ocap;
 };
 
-static int port, nconn = 1, nrcpt = 1, ndom = 1, keep, wait_ms, nopipe, use_tls;
+static int port, nconn = 1, nrcpt = 1, ndom = 1, keep, wait_ms, nopipe, use_tls, random_body;
+static uint64_t rng = 0x9E3779B97F4A7C15ULL;
 static long nmsg = 1, next_msg, done_ok, done_fail, rcpt_ok_total, rcpt_fail_total, active;
 static long unclaimed_conns;   /* open connections that have not started a message yet */
 static size_t body_len = 2048;
@@ -201,6 +205,17 @@ static void send_body(struct conn *c) {
                      prefix, c->msg, prefix, c->msg, prefix, c->msg);
     put(c, hdr, (size_t)n);
     put(c, payload, body_len);
+    if (random_body) { /* replace the 'x' of the copy just queued */
+        static const char b64[] =
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        char *b = c->obuf + c->olen - body_len;
+        for (size_t i = 0; i < body_len; i++) {
+            if (b[i] == 'x') {
+                rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+                b[i] = b64[rng & 63];
+            }
+        }
+    }
     puts_(c, ".\r\n");
     c->state = S_BODY;
 }
@@ -363,7 +378,7 @@ static void open_conn(void) {
 int main(int argc, char **argv) {
     int opt;
     const char *tpath = NULL;
-    while ((opt = getopt(argc, argv, "p:n:c:r:D:l:kw:o:i:NT")) != -1) {
+    while ((opt = getopt(argc, argv, "p:n:c:r:D:l:kw:o:i:NTR")) != -1) {
         switch (opt) {
         case 'p': port = atoi(optarg); break;
         case 'n': nmsg = atol(optarg); break;
@@ -377,9 +392,10 @@ int main(int argc, char **argv) {
         case 'i': prefix = optarg; break;
         case 'N': nopipe = 1; break;
         case 'T': use_tls = 1; break;
+        case 'R': random_body = 1; break;
         default:
             fprintf(stderr, "usage: blast -p PORT [-n N] [-c CONNS] [-r RCPTS] [-D DOMAINS] "
-                            "[-l BYTES] [-k] [-w MS] [-o FILE] [-i PREFIX] [-N] [-T]\n");
+                            "[-l BYTES] [-k] [-w MS] [-o FILE] [-i PREFIX] [-N] [-T] [-R]\n");
             return 2;
         }
     }
