@@ -67,6 +67,7 @@ struct smtp_session {
     size_t nrcpt, rcpt_cap;
     struct smtp_data data;
     struct buf content;
+    uint64_t size_hint;             /* MAIL SIZE=, 0 if none */
     double received_at;
 };
 
@@ -132,9 +133,8 @@ static void txn_reset(struct smtp_session *s)
     s->sender[0] = 0;
     s->id[0] = 0;
     s->smtputf8 = false;
-    buf_reset(&s->content);
-    if (s->content.cap > (1u << 20)) /* don't pin a huge buffer on an idle session */
-        buf_free(&s->content);
+    buf_free(&s->content); /* an idle session holds no message buffer */
+    s->size_hint = 0;
 }
 
 static void session_close(struct smtp_session *s, bool graceful)
@@ -214,6 +214,7 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
     }
     snprintf(s->sender, sizeof s->sender, "%s", c->path);
     s->smtputf8 = c->smtputf8;
+    s->size_hint = c->size;
     enter_state(s, S_MAIL);
     reply(s, "250 2.1.0 Ok");
 }
@@ -301,6 +302,11 @@ static void cmd_data(struct smtp_session *s, const struct smtp_cmd *c)
     entry_new_id(s->id);
     s->received_at = time_now();
     buf_reset(&s->content);
+    /* size the buffer once: growing it by doubling copies the message ~twice */
+    uint64_t want = s->size_hint ? s->size_hint + 1024 : 64 * 1024;
+    if (want > s->l->max_message_size + 1024)
+        want = s->l->max_message_size + 1024;
+    buf_reserve(&s->content, (size_t)want);
     add_received(s);
     smtp_data_init(&s->data, s->l->max_message_size);
     enter_state(s, S_DATA);
