@@ -5,6 +5,7 @@
 #include <ftw.h>
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -147,6 +148,11 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* Message buffers (tens of KB) are allocated and freed per message: without
+     * this, glibc trims and regrows the heap each time (measured: +0.2 ms CPU per
+     * 50 KB message). Memory is still returned above 64 MB of free heap. */
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     /* Say so when the config asks for something this build does not do yet,
      * rather than silently ignoring it. */
     if (cfg->n_http)
