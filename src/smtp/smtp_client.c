@@ -719,10 +719,10 @@ static void try_next_host(struct smtp_client *c)
     }
     /* nothing worked */
     char text[700];
-    int code = c->last_code >= 400 && c->last_code < 600 ? 451 : 451;
+    /* every host failed (refused, 4xx/5xx greeting, TLS policy): a deferral */
     snprintf(text, sizeof text, "451 4.4.1 %s", c->last_error[0] ? c->last_error : "no reachable host");
     if (c->e) {
-        txn_fail_all(c, code, "4.4.1", text);
+        txn_fail_all(c, 451, "4.4.1", text);
         txn_done(c, false);
     }
     enter_state(c, C_DEAD);
