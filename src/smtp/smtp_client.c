@@ -47,8 +47,7 @@ struct smtp_client {
     char site[300];
     char peer[64];
     char last_error[512];
-    int last_code;
-    bool connected_once, need_rset, aborting, txn_started;
+    bool need_rset, aborting, txn_started;
     enum client_tls_policy tls_policy;
     struct tls_ctx *tls_ctx;
     char *auth_user, *auth_pass;
@@ -479,13 +478,11 @@ static void on_reply(struct smtp_client *c, const struct smtp_reply *rp)
         if (rp->code != 220) {
             reply_text(rp, text, sizeof text);
             snprintf(c->last_error, sizeof c->last_error, "%s said: %s", c->site, text);
-            c->last_code = rp->code;
             conn_send(&c->conn, "QUIT\r\n", 6);
             conn_flush(&c->conn);
             conn_close(&c->conn, true);
             return; /* on_closed tries the next host */
         }
-        c->connected_once = true;
         send_ehlo(c);
         return;
     case C_EHLO:

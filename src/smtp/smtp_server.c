@@ -44,7 +44,7 @@ struct smtp_session {
     enum session_state state;
     int refs;                       /* 1 for the connection + 1 per pending commit */
     int errors;
-    bool esmtp, closed, counted, got_command;
+    bool esmtp, closed, counted;
     char client_ip[64];
     struct sockaddr_storage peer;   /* client address, read once at accept */
     char helo[SMTP_PATH_MAX + 1];
@@ -707,7 +707,6 @@ static void on_data(struct conn *c)
         } else if (s->state == S_AUTH) {
             auth_line(s, p, line_len);
         } else {
-            s->got_command = true;
             dispatch(s, p, line_len);
             if (s->state != S_DATA && !s->closed)
                 conn_set_timeout(c, s->l->command_timeout);
