@@ -162,8 +162,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "petrel: warning: configure_dkim_signing: DKIM signing is not built yet; mail goes out unsigned\n");
     if (cfg->n_header_checks)
         fprintf(stderr, "petrel: warning: configure_header_checks: not applied by this build\n");
-    if (cfg->n_hooks)
-        fprintf(stderr, "petrel: warning: petrel.on: hooks are registered but not run by this build yet\n");
     enum log_level lvl;
     if (log_level_parse(cfg->logging.level, &lvl) == PT_OK)
         log_set_level(lvl);

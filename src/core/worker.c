@@ -14,6 +14,7 @@
 #include "core/runtime.h"
 #include "core/worker.h"
 #include "obs/log.h"
+#include "policy/hooks.h"
 #include "smtp/smtp_server.h"
 #include "util/result.h"
 
@@ -228,10 +229,18 @@ int worker_start(struct worker *w)
         return PT_ERROR;
     w->loop.data = w;
     w->L = config_lua_worker(w->rt->cfg, err, sizeof err);
-    if (!w->L) {
-        log_error("worker %d: %s", w->index, err);
+    if (!w->L || hooks_install(w->L) != PT_OK) {
+        log_error("worker %d: %s", w->index, w->L ? "out of memory" : err);
         return PT_ERROR;
     }
+    /* Say so when the config hooks an event this build does not raise yet. */
+    static const char *const not_run[] = {
+        "smtp_delivery_result", "http_message_received", "http_request", NULL,
+    };
+    for (int i = 0; w->index == 0 && not_run[i]; i++)
+        if (hooks_any(w->L, not_run[i]))
+            log_warn("petrel.on: %s hooks are registered but this build does not run them yet",
+                     not_run[i]);
     if (mbox_init(&w->mbox, &w->loop, worker_on_msg, w))
         return PT_ERROR;
     for (int i = 0; i < w->nlisteners; i++) {

@@ -30,6 +30,8 @@ struct entry {
                                   (malloc'ed separately: set with entry_set_route) */
     char *last_response;       /* last deferral reply, NULL if none (malloc'ed separately:
                                   set with entry_set_last_response) */
+    char *hdr_edits;           /* header edits of hooks (util/headers.h), applied when sent;
+                                  NULL if none (malloc'ed separately: entry_set_hdr_edits) */
     struct entry_rcpt *rcpts;
     uint32_t nrcpt;
     uint32_t attempts;
@@ -55,6 +57,9 @@ void entry_free(struct entry *e);                 /* NULL ok */
 void entry_set_last_response(struct entry *e, const char *text); /* copies; NULL clears */
 /* Sets (copies) or clears (NULL) the route override. PT_OK or PT_NOMEM (then NULL). */
 int entry_set_route(struct entry *e, const char *route);
+/* Sets (copies) or clears (NULL) the header edits. PT_OK, PT_TOOLONG (over 64 KiB) or
+ * PT_NOMEM (then NULL). */
+int entry_set_hdr_edits(struct entry *e, const char *edits);
 uint32_t entry_pending(const struct entry *e);    /* recipients still PENDING */
 
 /* Fresh message id: 16 lowercase hex digits, unique per process and over time

@@ -114,6 +114,8 @@ int ingest_submit(struct runtime *rt, const struct ingest_msg *m, ingest_cb cb, 
         e->received_at = m->received_at;
         e->next_attempt = m->received_at;
         e->size = m->content_len;
+        if (m->policy && (rc = m->policy(m->policy_arg, e)) != PT_OK)
+            goto fail;
         buf_reset(&rec);
         if ((rc = entry_encode(e, &rec)) != PT_OK)
             goto fail;

@@ -28,6 +28,11 @@ struct ingest_msg {
     const char *peer_address;      /* client IP, NULL if none */
     const char *tls;               /* "TLSv1.3:CIPHER" or NULL */
     bool log_reception;            /* false for bounces we generate */
+    /* Optional policy (hooks), called on the caller's thread for each entry once it is
+     * built and before anything is written: it may set the entry's priority, route
+     * and header edits. A return other than PT_OK fails the submission with it. */
+    int (*policy)(void *arg, struct entry *e);
+    void *policy_arg;
 };
 
 /* Called once on the spool thread: PT_OK = durable and queued; else nothing was

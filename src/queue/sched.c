@@ -20,6 +20,7 @@
 #include "queue/spool.h"
 #include "smtp/smtp_client.h"
 #include "tls/tls.h"
+#include "util/headers.h"
 #include "util/mbox.h"
 #include "util/result.h"
 #include "util/timeutil.h"
@@ -510,6 +511,21 @@ static void dconn_free(struct dconn *dc)
     queue_maybe_free(t, q);
 }
 
+/* content becomes itself with the entry's header edits applied. */
+static int apply_hdr_edits(const struct entry *e, struct buf *content)
+{
+    struct buf out;
+    buf_init(&out, 0);
+    int rc = hdr_apply(content->data, content->len, e->hdr_edits, strlen(e->hdr_edits), &out);
+    if (rc != PT_OK) {
+        buf_free(&out);
+        return rc;
+    }
+    buf_free(content);
+    *content = out;
+    return PT_OK;
+}
+
 /* Pops the next ready entry of q with its content; entries whose content is gone
  * are dropped (logged). */
 static struct entry *next_with_content(struct dthread *t, struct dqueue *q, struct buf *content)
@@ -517,8 +533,15 @@ static struct entry *next_with_content(struct dthread *t, struct dqueue *q, stru
     struct entry *e;
     while ((e = ready_pop(q)) != NULL) {
         buf_init(content, 0);
-        if (spool_get_content(t->s->rt->spool, e->id, content) == PT_OK)
-            return e;
+        if (spool_get_content(t->s->rt->spool, e->id, content) == PT_OK) {
+            if (!e->hdr_edits || apply_hdr_edits(e, content) == PT_OK)
+                return e;
+            buf_free(content);  /* out of memory: try again later */
+            e->next_attempt = time_now() + t->s->rt->cfg->queue.retry_interval;
+            heap_push(t, e);
+            timer_arm(t);
+            continue;
+        }
         buf_free(content);
         log_error("%s: content missing from the spool; dropping the entry for %s", e->id, e->domain);
         entry_remove(t, q, e);

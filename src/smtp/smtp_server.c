@@ -13,6 +13,7 @@
 #include "core/worker.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "policy/hooks.h"
 #include "queue/entry.h"
 #include "queue/ingest.h"
 #include "queue/sched.h"
@@ -69,6 +70,9 @@ struct smtp_session {
     struct buf content;
     uint64_t size_hint;             /* MAIL SIZE=, 0 if none */
     double received_at;
+    /* hooks: what smtp_server_greeting asked for every message of the session */
+    struct hook_effects fx;
+    char hook_err[512];             /* the error of a refusing smtp_message_received */
 };
 
 static void session_unref(struct smtp_session *s);
@@ -171,9 +175,30 @@ static bool auth_offered(const struct smtp_session *s)
            (s->conn.tls || !s->l->auth_require_tls);
 }
 
+/* Runs the smtp_server_greeting hooks; false (after replying) when one failed. */
+static bool greeting_hooks(struct smtp_session *s, const char *ehlo)
+{
+    hook_effects_free(&s->fx);
+    if (!hooks_any(s->w->L, "smtp_server_greeting"))
+        return true;
+    struct hook_meta m = {
+        .client_ip = s->client_ip, .listener = s->l->name, .tenant = s->l->tenant,
+        .auth_user = s->authed ? s->auth_user : NULL,
+    };
+    char err[512];
+    if (hooks_run(s->w->L, "smtp_server_greeting", ehlo, &m, &s->fx, err, sizeof err) == PT_OK)
+        return true;
+    hook_effects_free(&s->fx);
+    log_warn("smtp %s: smtp_server_greeting hook failed: %s", s->client_ip, err);
+    reply(s, "451 4.3.0 Temporary local policy failure, try again later");
+    return false;
+}
+
 static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *c)
 {
     txn_reset(s);
+    if (!greeting_hooks(s, c->path))
+        return;
     snprintf(s->helo, sizeof s->helo, "%s", c->path);
     s->esmtp = c->verb == SMTP_VERB_EHLO;
     enter_state(s, S_READY);
@@ -596,6 +621,45 @@ static void on_ingested(void *arg, int status)
     mbox_send(&s->w->mbox, WMSG_SPOOLED, s, 0, status);
 }
 
+/* ingest policy: the session's greeting effects, then the smtp_message_received
+ * hooks for this entry's destination domain. */
+static int message_policy(void *arg, struct entry *e)
+{
+    struct smtp_session *s = arg;
+    struct hook_effects fx;
+    hook_effects_init(&fx);
+    int rc = hook_effects_copy(&fx, &s->fx);
+    const char **addrs = calloc(e->nrcpt, sizeof *addrs);
+    if (rc == PT_OK && !addrs)
+        rc = PT_NOMEM;
+    if (rc == PT_OK && hooks_any(s->w->L, "smtp_message_received")) {
+        for (uint32_t i = 0; i < e->nrcpt; i++)
+            addrs[i] = e->rcpts[i].addr;
+        const char *user = s->authed ? s->auth_user : NULL;
+        char tenant[HOOK_TENANT_MAX];
+        if (s->fx.tenant[0])
+            memcpy(tenant, s->fx.tenant, sizeof tenant);
+        else
+            hooks_default_tenant(s->l->tenant, s->content.data, s->content.len, user, tenant);
+        struct hook_meta m = {
+            .client_ip = s->client_ip, .listener = s->l->name, .tenant = tenant,
+            .auth_user = user, .id = s->id, .sender = s->sender,
+            .rcpts = addrs, .nrcpt = e->nrcpt,
+            .content = s->content.data, .content_len = s->content.len,
+        };
+        if (hooks_run(s->w->L, "smtp_message_received", e->domain, &m, &fx, s->hook_err,
+                      sizeof s->hook_err) != PT_OK)
+            rc = PT_INVALID;
+    }
+    if (rc == PT_OK && fx.edits.len)
+        rc = entry_set_hdr_edits(e, fx.edits.data);
+    if (rc == PT_OK && fx.priority >= 0)
+        e->priority = (uint8_t)fx.priority;
+    free(addrs);
+    hook_effects_free(&fx);
+    return rc;
+}
+
 static void end_of_data(struct smtp_session *s)
 {
     const char *why = NULL;
@@ -621,11 +685,24 @@ static void end_of_data(struct smtp_session *s)
         .protocol = PROTO_SMTP, .priority = PRIO_NORMAL, .received_at = s->received_at,
         .peer_address = s->client_ip, .tls = conn_tls_describe(&s->conn), .log_reception = true,
     };
+    if (s->fx.edits.len || s->fx.priority >= 0 || hooks_any(s->w->L, "smtp_message_received")) {
+        m.policy = message_policy;
+        m.policy_arg = s;
+    }
     memcpy(m.id, s->id, sizeof m.id);
+    s->hook_err[0] = 0;
     s->refs++;
     if (ingest_submit(s->w->rt, &m, on_ingested, s) != PT_OK) {
         s->refs--;
-        reply(s, "451 4.3.0 Temporary failure writing the queue, try again later");
+        if (s->hook_err[0]) {
+            log_warn("smtp %s: smtp_message_received hook failed: %s", s->client_ip, s->hook_err);
+            why = "451 4.3.0 Temporary local policy failure, try again later";
+            reply(s, why);
+            for (size_t i = 0; i < s->nrcpt; i++)
+                log_simple(s, LOG_REJECTION, s->rcpts[i], 451, why + 4, (int64_t)s->content.len);
+        } else {
+            reply(s, "451 4.3.0 Temporary failure writing the queue, try again later");
+        }
         txn_reset(s);
         enter_state(s, S_READY);
         return;
@@ -763,6 +840,7 @@ static void session_unref(struct smtp_session *s)
         return;
     txn_reset(s);
     sasl_reset(&s->sasl);
+    hook_effects_free(&s->fx);
     free(s->rcpts);
     buf_free(&s->content);
     free(s);
@@ -786,6 +864,7 @@ void smtp_server_accept(struct worker *w, int li, uv_stream_t *server)
     s->l = &w->rt->cfg->listeners[li];
     s->refs = 1;
     buf_init(&s->content, 0);
+    hook_effects_init(&s->fx);
     smtp_lines_init(&s->lines, SMTP_LINE_MAX);
     s->conn.in_max = 256 * 1024;
     s->next = w->sessions;

@@ -134,7 +134,7 @@ static void test_round_trip(void **state)
     buf_appends(&b, "prefix");
     assert_int_equal(entry_encode(e, &b), PT_OK);
     assert_memory_equal(b.data, "prefix", 6);
-    assert_int_equal((unsigned char)b.data[6], 1);     /* version */
+    assert_int_equal((unsigned char)b.data[6], 2);     /* version */
 
     struct entry *d;
     assert_int_equal(decode_exact(b.data + 6, b.len - 6, &d), PT_OK);
@@ -158,7 +158,16 @@ static void test_round_trip(void **state)
     assert_null(d->route);
     assert_null(d->last_response);
     assert_null(d->rcpts);
+    assert_null(d->hdr_edits);
     entry_free(d);
+    /* header edits survive */
+    assert_int_equal(entry_set_hdr_edits(m, "+X-A: 1\n-Received\n"), PT_OK);
+    buf_reset(&b2);
+    assert_int_equal(entry_encode(m, &b2), PT_OK);
+    assert_int_equal(decode_exact(b2.data, b2.len, &d), PT_OK);
+    assert_string_equal(d->hdr_edits, "+X-A: 1\n-Received\n");
+    entry_free(d);
+    assert_int_equal(entry_set_hdr_edits(m, NULL), PT_OK);
     /* empty (not NULL) strings survive as empty */
     entry_set_last_response(m, "");
     assert_int_equal(entry_set_route(m, ""), PT_OK);
@@ -265,11 +274,11 @@ static void test_specific_rejections(void **state)
     struct buf b;
     buf_init(&b, 0);
     assert_int_equal(entry_encode(e, &b), PT_OK);
-    /* layout for this entry: 1 + (4+16) + (4+1) + (4+1) + 4 + 4 = 39, then
-     * protocol@39 priority@40 flags@41 ndomains@42 attempts@44 size@48
-     * received@56 next@64 nrcpt@72 state@76 addrlen@77 addr@81 */
-    assert_int_equal(b.len, 82);
-    unsigned char *p = (unsigned char *)b.data, orig[82];
+    /* layout for this entry: 1 + (4+16) + (4+1) + (4+1) + 4 + 4 + 4 = 43, then
+     * protocol@43 priority@44 flags@45 ndomains@46 attempts@48 size@52
+     * received@60 next@68 nrcpt@76 state@80 addrlen@81 addr@85 */
+    assert_int_equal(b.len, 86);
+    unsigned char *p = (unsigned char *)b.data, orig[86];
     memcpy(orig, p, sizeof orig);
     struct entry *d;
 #define REJECT(mutation)                                                   \
@@ -278,24 +287,35 @@ static void test_specific_rejections(void **state)
         mutation;                                                          \
         assert_int_equal(decode_exact(p, sizeof orig, &d), PT_INVALID);    \
     } while (0)
-    REJECT(p[0] = 2);                               /* unknown version */
+    REJECT(p[0] = 3);                               /* unknown version */
     REJECT(p[0] = 0);
+    REJECT(p[0] = 1);                               /* v1 has no hdr_edits: misaligned */
     REJECT(put_le(p + 1, 0, 4));                    /* empty id */
     REJECT(put_le(p + 1, 17, 4));                   /* id too long */
     REJECT(put_le(p + 1, 0xffffffff, 4));           /* NULL id */
     REJECT(put_le(p + 21, 0xffffffff, 4));          /* NULL domain */
     REJECT(put_le(p + 21, 0x7fffffff, 4));          /* length beyond input */
     REJECT(p[5] = 0);                               /* NUL inside the id */
-    REJECT(p[39] = 2);                              /* protocol */
-    REJECT(p[40] = 3);                              /* priority */
-    REJECT(put_le(p + 56, 0x7ff8000000000000ull, 8)); /* NaN */
-    REJECT(put_le(p + 64, 0x7ff0000000000000ull, 8)); /* +inf */
-    REJECT(put_le(p + 72, 2, 4));                   /* more rcpts than bytes */
-    REJECT(put_le(p + 72, 0, 4));                   /* fewer: trailing bytes */
-    REJECT(put_le(p + 72, 0xffffffff, 4));
-    REJECT(p[76] = 3);                              /* rcpt state */
-    REJECT(put_le(p + 77, 0xffffffff, 4));          /* NULL address */
-    REJECT(put_le(p + 77, 2, 4));
+    REJECT(put_le(p + 39, 0x7fffffff, 4));          /* hdr_edits beyond input */
+    REJECT(p[43] = 2);                              /* protocol */
+    REJECT(p[44] = 3);                              /* priority */
+    REJECT(put_le(p + 60, 0x7ff8000000000000ull, 8)); /* NaN */
+    REJECT(put_le(p + 68, 0x7ff0000000000000ull, 8)); /* +inf */
+    REJECT(put_le(p + 76, 2, 4));                   /* more rcpts than bytes */
+    REJECT(put_le(p + 76, 0, 4));                   /* fewer: trailing bytes */
+    REJECT(put_le(p + 76, 0xffffffff, 4));
+    REJECT(p[80] = 3);                              /* rcpt state */
+    REJECT(put_le(p + 81, 0xffffffff, 4));          /* NULL address */
+    REJECT(put_le(p + 81, 2, 4));
+    /* a v1 record (no hdr_edits field) still decodes: spools of earlier builds */
+    unsigned char v1[82];
+    memcpy(v1, orig, 39);
+    memcpy(v1 + 39, orig + 43, sizeof orig - 43);
+    v1[0] = 1;
+    assert_int_equal(decode_exact(v1, sizeof v1, &d), PT_OK);
+    assert_string_equal(d->rcpts[0].addr, "r");
+    assert_null(d->hdr_edits);
+    entry_free(d);
     memcpy(p, orig, sizeof orig);
     assert_int_equal(decode_exact(p, sizeof orig, &d), PT_OK);
     entry_free(d);

@@ -1,0 +1,348 @@
+/* The hooks engine; see hooks.h. Everything that touches Lua runs inside one
+ * protected call per run, so an allocation failure or a handler's error comes
+ * back as an error return, never as a panic.
+ * SPDX-License-Identifier: Apache-2.0 */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include <lauxlib.h>
+
+#include "obs/log.h"
+#include "policy/hooks.h"
+#include "policy/lua_api.h"
+#include "queue/entry.h"
+#include "util/headers.h"
+#include "util/result.h"
+
+#define HOOK_CURRENT "petrel.current"     /* registry: lightuserdata, the running fx */
+#define HOOK_HDRMETA "petrel.hdrmeta"     /* registry: metatable of meta.headers */
+
+void hook_effects_init(struct hook_effects *fx)
+{
+    buf_init(&fx->edits, 0);
+    fx->priority = -1;
+    fx->tenant[0] = 0;
+}
+
+void hook_effects_free(struct hook_effects *fx)
+{
+    buf_free(&fx->edits);
+    hook_effects_init(fx);
+}
+
+int hook_effects_copy(struct hook_effects *dst, const struct hook_effects *src)
+{
+    buf_reset(&dst->edits);
+    dst->priority = src->priority;
+    memcpy(dst->tenant, src->tenant, sizeof dst->tenant);
+    return src->edits.len ? buf_append(&dst->edits, src->edits.data, src->edits.len) : PT_OK;
+}
+
+/* "SOURCE:LINE: " of the Lua code that called the running action. */
+static void caller_where(lua_State *L, char *out, size_t n)
+{
+    lua_Debug ar;
+    out[0] = 0;
+    for (int level = 1; lua_getstack(L, level, &ar); level++)
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+            snprintf(out, n, "%s:%d: ", ar.short_src, ar.currentline);
+            return;
+        }
+}
+
+static int hook_error(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int hook_error(lua_State *L, const char *fmt, ...)
+{
+    char where[LUA_IDSIZE + 32];
+    caller_where(L, where, sizeof where);
+    va_list ap;
+    va_start(ap, fmt);
+    const char *msg = lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    return luaL_error(L, "%s%s", where, msg);
+}
+
+static struct hook_effects *current(lua_State *L, const char *action)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, HOOK_CURRENT);
+    struct hook_effects *fx = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (!fx)
+        hook_error(L, "%s can only be called inside a hook", action);
+    return fx;
+}
+
+static int act_add_header(lua_State *L)
+{
+    struct hook_effects *fx = current(L, "add_header");
+    const char *name = luaL_checkstring(L, 1), *value = luaL_checkstring(L, 2);
+    int rc = hdr_edit_add(&fx->edits, name, value);
+    if (rc == PT_INVALID)
+        return hook_error(L, "add_header: '%s' is not a valid header name, or its value "
+                          "holds a line break or is too long", name);
+    if (rc != PT_OK || fx->edits.len > 65536)
+        return hook_error(L, "add_header: too many header edits for one message");
+    return 0;
+}
+
+static int act_remove_header(lua_State *L)
+{
+    struct hook_effects *fx = current(L, "remove_header");
+    const char *name = luaL_checkstring(L, 1);
+    int rc = hdr_edit_remove(&fx->edits, name);
+    if (rc == PT_INVALID)
+        return hook_error(L, "remove_header: '%s' is not a valid header name", name);
+    if (rc != PT_OK || fx->edits.len > 65536)
+        return hook_error(L, "remove_header: too many header edits for one message");
+    return 0;
+}
+
+static int act_set_queue_priority(lua_State *L)
+{
+    static const char *const names[] = { "high", "normal", "bulk", NULL };
+    struct hook_effects *fx = current(L, "set_queue_priority");
+    const char *p = luaL_checkstring(L, 1);
+    for (int i = 0; names[i]; i++)
+        if (strcmp(p, names[i]) == 0) {
+            fx->priority = i;   /* PRIO_HIGH, PRIO_NORMAL, PRIO_BULK */
+            return 0;
+        }
+    return hook_error(L, "set_queue_priority: '%s' is not one of high, normal, bulk", p);
+}
+
+static int act_log(lua_State *L)
+{
+    enum log_level lvl = (enum log_level)lua_tointeger(L, lua_upvalueindex(1));
+    char where[LUA_IDSIZE + 32];
+    caller_where(L, where, sizeof where);
+    log_diag(lvl, "%s%s", where, luaL_tolstring(L, 1, NULL));
+    return 0;
+}
+
+static int act_unsupported(lua_State *L)
+{
+    return hook_error(L, "%s is not supported by this build of petrel",
+                      lua_tostring(L, lua_upvalueindex(1)));
+}
+
+/* meta.headers["subject"] finds "Subject": names are case-insensitive. */
+static int headers_index(lua_State *L)
+{
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return 0;
+    const char *want = lua_tostring(L, 2);
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        if (lua_type(L, -2) == LUA_TSTRING && strcasecmp(lua_tostring(L, -2), want) == 0)
+            return 1;
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+static int install_p(lua_State *L)
+{
+    static const luaL_Reg acts[] = {
+        { "add_header", act_add_header },
+        { "remove_header", act_remove_header },
+        { "set_queue_priority", act_set_queue_priority },
+        { NULL, NULL },
+    };
+    static const char *const unsupported[] = {
+        "sign_dkim", "route_to", "limit_sending", "adjust_domain_rate", NULL,
+    };
+    static const struct { const char *name; enum log_level lvl; } logs[] = {
+        { "log_info", LOG_L_INFO }, { "log_warn", LOG_L_WARN }, { "log_error", LOG_L_ERROR },
+    };
+    lua_newtable(L);
+    luaL_setfuncs(L, acts, 0);
+    for (int i = 0; unsupported[i]; i++) {
+        lua_pushstring(L, unsupported[i]);
+        lua_pushcclosure(L, act_unsupported, 1);
+        lua_setfield(L, -2, unsupported[i]);
+    }
+    for (size_t i = 0; i < sizeof logs / sizeof logs[0]; i++) {
+        lua_pushinteger(L, logs[i].lvl);
+        lua_pushcclosure(L, act_log, 1);
+        lua_setfield(L, -2, logs[i].name);
+    }
+    lua_setfield(L, LUA_REGISTRYINDEX, LUA_API_ACTIONS);
+    lua_newtable(L);
+    lua_pushcfunction(L, headers_index);
+    lua_setfield(L, -2, "__index");
+    lua_setfield(L, LUA_REGISTRYINDEX, HOOK_HDRMETA);
+    return 0;
+}
+
+int hooks_install(lua_State *L)
+{
+    lua_pushcfunction(L, install_p);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        return PT_NOMEM;
+    }
+    return PT_OK;
+}
+
+bool hooks_any(lua_State *L, const char *event)
+{
+    return lua_api_handlers(L, event) > 0;
+}
+
+static void set_str(lua_State *L, const char *key, const char *v)
+{
+    if (!v)
+        return;
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, key);
+}
+
+/* meta.headers: the first field of each name (case-insensitive), unfolded, under
+ * the name as it was written. */
+static void push_headers(lua_State *L, const char *msg, size_t len)
+{
+    lua_newtable(L);
+    lua_newtable(L);                 /* seen: lowercased name -> true */
+    struct buf v;
+    buf_init(&v, 0);
+    struct hdr_field f;
+    size_t pos = 0;
+    while (hdr_next(msg, len, &pos, &f)) {
+        buf_reset(&v);
+        int rc = buf_append(&v, f.name, f.name_len);
+        for (size_t i = 0; rc == PT_OK && i < v.len; i++)
+            v.data[i] = (char)tolower((unsigned char)v.data[i]);
+        if (rc == PT_OK && lua_getfield(L, -1, v.data) != LUA_TNIL) {
+            lua_pop(L, 1);
+            continue;
+        }
+        lua_pop(L, 1);
+        if (rc == PT_OK) {
+            lua_pushboolean(L, 1);
+            lua_setfield(L, -2, v.data);
+            buf_reset(&v);
+            rc = hdr_unfold(f.value, f.value_len, &v);
+        }
+        if (rc != PT_OK) {
+            buf_free(&v);
+            luaL_error(L, "out of memory");
+        }
+        lua_pushlstring(L, f.name, f.name_len);
+        lua_pushlstring(L, v.data ? v.data : "", v.len);
+        lua_rawset(L, -4);
+    }
+    buf_free(&v);
+    lua_pop(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, HOOK_HDRMETA);
+    lua_setmetatable(L, -2);
+}
+
+struct run_args {
+    const char *event, *arg1;
+    const struct hook_meta *m;
+    struct hook_effects *fx;
+};
+
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    /* Once over budget, every further instruction fails too, so a handler that
+     * catches the error with pcall cannot go on looping. */
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    luaL_error(L, "hook exceeded its budget of %d Lua instructions", HOOK_BUDGET);
+}
+
+static int run_p(lua_State *L)
+{
+    const struct run_args *a = lua_touserdata(L, 1);
+    const struct hook_meta *m = a->m;
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_API_HANDLERS);
+    lua_getfield(L, -1, a->event);
+    int handlers = lua_gettop(L);
+    lua_newtable(L);
+    int meta = lua_gettop(L);
+    set_str(L, "client_ip", m->client_ip);
+    set_str(L, "listener", m->listener);
+    set_str(L, "tenant", m->tenant && *m->tenant ? m->tenant : NULL);
+    set_str(L, "auth_user", m->auth_user && *m->auth_user ? m->auth_user : NULL);
+    set_str(L, "id", m->id);
+    set_str(L, "sender", m->sender);
+    if (m->rcpts) {
+        lua_createtable(L, (int)m->nrcpt, 0);
+        for (size_t i = 0; i < m->nrcpt; i++) {
+            lua_pushstring(L, m->rcpts[i]);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        lua_setfield(L, meta, "recipients");
+    }
+    if (m->content) {
+        push_headers(L, m->content, m->content_len);
+        lua_setfield(L, meta, "headers");
+    }
+    lua_Integer n = (lua_Integer)lua_rawlen(L, handlers);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, handlers, i);
+        if (a->arg1)
+            lua_pushstring(L, a->arg1);
+        else
+            lua_pushnil(L);
+        lua_pushvalue(L, meta);
+        lua_call(L, 2, 0);
+    }
+    a->fx->tenant[0] = 0;
+    if (lua_getfield(L, meta, "tenant") == LUA_TSTRING)
+        snprintf(a->fx->tenant, sizeof a->fx->tenant, "%s", lua_tostring(L, -1));
+    return 0;
+}
+
+int hooks_run(lua_State *L, const char *event, const char *arg1, const struct hook_meta *m,
+              struct hook_effects *fx, char *err, size_t errlen)
+{
+    struct run_args a = { event, arg1, m, fx };
+    lua_pushlightuserdata(L, fx);
+    lua_setfield(L, LUA_REGISTRYINDEX, HOOK_CURRENT);
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_BUDGET);
+    lua_pushcfunction(L, run_p);
+    lua_pushlightuserdata(L, &a);
+    int status = lua_pcall(L, 1, 0, 0);
+    lua_sethook(L, NULL, 0, 0);
+    int rc = PT_OK;
+    if (status != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        snprintf(err, errlen, "%s", msg ? msg : "(error object is not a string)");
+        lua_pop(L, 1);
+        rc = PT_ERROR;
+    }
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, HOOK_CURRENT);
+    return rc;
+}
+
+void hooks_default_tenant(const char *listener_tenant, const char *content, size_t len,
+                          const char *auth_user, char out[HOOK_TENANT_MAX])
+{
+    out[0] = 0;
+    if (listener_tenant && *listener_tenant) {
+        snprintf(out, HOOK_TENANT_MAX, "%s", listener_tenant);
+        return;
+    }
+    struct hdr_field f;
+    size_t pos = 0;
+    while (content && hdr_next(content, len, &pos, &f)) {
+        if (f.name_len == 8 && strncasecmp(f.name, "X-Tenant", 8) == 0) {
+            struct buf v;
+            buf_init(&v, HOOK_TENANT_MAX);
+            if (hdr_unfold(f.value, f.value_len, &v) == PT_OK && v.len) {
+                snprintf(out, HOOK_TENANT_MAX, "%s", v.data);
+                buf_free(&v);
+                return;
+            }
+            buf_free(&v);
+            break;
+        }
+    }
+    if (auth_user)
+        snprintf(out, HOOK_TENANT_MAX, "%s", auth_user);
+}

@@ -1,0 +1,63 @@
+/* The hooks engine: runs the petrel.on() handlers of a worker's Lua state for an
+ * event and collects what their actions asked for (header edits, queue priority,
+ * tenant). Runs on the thread that owns the state; every run has an instruction
+ * budget, so a runaway handler raises an error instead of stalling the loop.
+ * SPDX-License-Identifier: Apache-2.0 */
+#ifndef PETREL_POLICY_HOOKS_H
+#define PETREL_POLICY_HOOKS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <lua.h>
+
+#include "util/buf.h"
+
+#define HOOK_TENANT_MAX 128
+/* Lua VM instructions a single event may run (all its handlers together). */
+#define HOOK_BUDGET 50000000
+
+/* What the actions of a run asked for. Runs accumulate into the same effects: the
+ * effects of smtp_server_greeting are the starting point of each message of the
+ * session. */
+struct hook_effects {
+    struct buf edits;                /* util/headers.h edit text */
+    int priority;                    /* PRIO_* (queue/entry.h), -1 = not set */
+    char tenant[HOOK_TENANT_MAX];    /* meta.tenant after the run ("" = none) */
+};
+
+void hook_effects_init(struct hook_effects *fx);
+void hook_effects_free(struct hook_effects *fx);
+/* dst (initialized) becomes a copy of src. PT_OK or PT_NOMEM. */
+int hook_effects_copy(struct hook_effects *dst, const struct hook_effects *src);
+
+/* What the handlers see in meta (strings borrowed for the call; NULL = nil). */
+struct hook_meta {
+    const char *client_ip, *listener, *tenant, *auth_user, *id, *sender;
+    const char *const *rcpts;        /* meta.recipients; NULL = none */
+    size_t nrcpt;
+    const char *content;             /* message: meta.headers is built from its header */
+    size_t content_len;
+};
+
+/* Installs the action functions (add_header, remove_header, set_queue_priority,
+ * log_*, and errors for the actions this build does not do) in L, a worker state
+ * whose config chunk has run. PT_OK or PT_NOMEM. */
+int hooks_install(lua_State *L);
+
+/* Whether any handler is registered for event. */
+bool hooks_any(lua_State *L, const char *event);
+
+/* Runs every handler of event in order, as handler(arg1, meta). Effects accumulate
+ * into fx; fx->tenant is meta.tenant as the handlers left it. PT_OK, or PT_ERROR
+ * with the handler's error ("FILE:LINE: message") in err: the caller answers 4xx
+ * and queues nothing. */
+int hooks_run(lua_State *L, const char *event, const char *arg1, const struct hook_meta *m,
+              struct hook_effects *fx, char *err, size_t errlen);
+
+/* The tenant rule of DESIGN §4: the listener's tenant, else the X-Tenant header of
+ * content, else the AUTH user; "" when none. */
+void hooks_default_tenant(const char *listener_tenant, const char *content, size_t len,
+                          const char *auth_user, char out[HOOK_TENANT_MAX]);
+
+#endif

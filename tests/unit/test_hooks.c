@@ -1,0 +1,290 @@
+/* Unit tests of the header helpers (util/headers.c) and the hooks engine
+ * (policy/hooks.c) on a real worker Lua state built from a temp config file.
+ * SPDX-License-Identifier: Apache-2.0 */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <lua.h>
+
+#include "core/config.h"
+#include "policy/hooks.h"
+#include "queue/entry.h"
+#include "util/headers.h"
+#include "util/result.h"
+
+/* ---- headers ---------------------------------------------------------------- */
+
+static const char MSG[] =
+    "Received: from a\r\n\tby b; Mon, 1 Jan 2024\r\n"
+    "Subject: hello\r\n world\r\n"
+    "X-Secret: 42\r\n"
+    "x-secret: 43\r\n"
+    "From: <a@b.test>\r\n"
+    "\r\n"
+    "Subject: this is the body\r\n";
+
+static void test_hdr_next_walks_fields(void **state)
+{
+    struct hdr_field f;
+    size_t pos = 0;
+    const char *names[] = { "Received", "Subject", "X-Secret", "x-secret", "From" };
+    for (int i = 0; i < 5; i++) {
+        assert_true(hdr_next(MSG, strlen(MSG), &pos, &f));
+        assert_int_equal(f.name_len, strlen(names[i]));
+        assert_memory_equal(f.name, names[i], f.name_len);
+    }
+    assert_false(hdr_next(MSG, strlen(MSG), &pos, &f));
+    assert_string_equal(MSG + pos, "\r\nSubject: this is the body\r\n");
+
+    /* folded value unfolds and trims */
+    pos = 0;
+    hdr_next(MSG, strlen(MSG), &pos, &f);
+    hdr_next(MSG, strlen(MSG), &pos, &f);
+    struct buf v;
+    buf_init(&v, 0);
+    assert_int_equal(hdr_unfold(f.value, f.value_len, &v), PT_OK);
+    assert_string_equal(v.data, "hello world");
+    buf_free(&v);
+
+    /* bare LF, no body, a value without a line end, a non-field line */
+    const char *lf = "A: 1\nB:2";
+    pos = 0;
+    assert_true(hdr_next(lf, strlen(lf), &pos, &f));
+    assert_true(hdr_next(lf, strlen(lf), &pos, &f));
+    assert_int_equal(f.value_len, 1);
+    assert_false(hdr_next(lf, strlen(lf), &pos, &f));
+    pos = 0;
+    assert_false(hdr_next("no colon here\r\n", 15, &pos, &f));
+    assert_false(hdr_next(" A: continuation first\r\n", 24, &pos, &f));
+    assert_false(hdr_next(": empty name\r\n", 14, &pos, &f));
+}
+
+static void apply(const char *edits, struct buf *out)
+{
+    buf_reset(out);
+    assert_int_equal(hdr_apply(MSG, strlen(MSG), edits, strlen(edits), out), PT_OK);
+}
+
+static void test_hdr_edits(void **state)
+{
+    struct buf e, out;
+    buf_init(&e, 0);
+    buf_init(&out, 0);
+    assert_int_equal(hdr_edit_add(&e, "X-One", "1"), PT_OK);
+    assert_int_equal(hdr_edit_remove(&e, "X-SECRET"), PT_OK);
+    assert_int_equal(hdr_edit_add(&e, "X-Two", "2 \xc3\xa9"), PT_OK);
+    assert_string_equal(e.data, "+X-One: 1\n-X-SECRET\n+X-Two: 2 \xc3\xa9\n");
+    apply(e.data, &out);
+    assert_string_equal(out.data,
+        "X-One: 1\r\nX-Two: 2 \xc3\xa9\r\n"
+        "Received: from a\r\n\tby b; Mon, 1 Jan 2024\r\n"
+        "Subject: hello\r\n world\r\n"
+        "From: <a@b.test>\r\n"
+        "\r\n"
+        "Subject: this is the body\r\n");
+
+    /* a removal drops fields added before it, not after; the body is never touched */
+    apply("+Subject: new\n-subject\n+Subject: newer\n", &out);
+    assert_non_null(strstr(out.data, "Subject: newer\r\n"));
+    assert_null(strstr(out.data, "Subject: new\r\n"));
+    assert_null(strstr(out.data, "hello"));
+    assert_non_null(strstr(out.data, "\r\n\r\nSubject: this is the body\r\n"));
+
+    /* no edits = the message unchanged; malformed edit lines are ignored */
+    apply("", &out);
+    assert_string_equal(out.data, MSG);
+    apply("garbage\n+NoColon\n-Bad Name\n+X-Ok: y", &out);
+    assert_memory_equal(out.data, "X-Ok: y\r\nReceived", 17);
+    assert_string_equal(out.data + 9, MSG);
+
+    /* header injection and bad names are refused */
+    buf_reset(&e);
+    assert_int_equal(hdr_edit_add(&e, "X-A", "v\r\nBcc: x@evil.test"), PT_INVALID);
+    assert_int_equal(hdr_edit_add(&e, "X-A", "v\nB: c"), PT_INVALID);
+    assert_int_equal(hdr_edit_add(&e, "X A", "v"), PT_INVALID);
+    assert_int_equal(hdr_edit_add(&e, "X:A", "v"), PT_INVALID);
+    assert_int_equal(hdr_edit_add(&e, "", "v"), PT_INVALID);
+    assert_int_equal(hdr_edit_remove(&e, "\xc3\xa9"), PT_INVALID);
+    char big[1200];
+    memset(big, 'v', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    assert_int_equal(hdr_edit_add(&e, "X-A", big), PT_INVALID);
+    assert_int_equal(e.len, 0);
+    buf_free(&e);
+    buf_free(&out);
+}
+
+/* ---- hooks ------------------------------------------------------------------ */
+
+struct world {
+    struct config *cfg;
+    lua_State *L;
+};
+
+static struct world load(const char *hooks)
+{
+    char path[64], err[1024] = "";
+    snprintf(path, sizeof path, "/tmp/petrel_test_hooks_XXXXXX.lua");
+    int fd = mkstemps(path, 4);
+    assert_true(fd >= 0);
+    char text[4096];
+    snprintf(text, sizeof text, "petrel.start_smtp_listener { listen = '127.0.0.1:2525' }\n%s\n",
+             hooks);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    struct world w = { config_load(path, err, sizeof err), NULL };
+    if (!w.cfg)
+        fail_msg("config: %s", err);
+    w.L = config_lua_worker(w.cfg, err, sizeof err);
+    unlink(path);
+    assert_non_null(w.L);
+    assert_int_equal(hooks_install(w.L), PT_OK);
+    return w;
+}
+
+static void unload(struct world *w)
+{
+    lua_close(w->L);
+    config_free(w->cfg);
+}
+
+static const struct hook_meta META = {
+    .client_ip = "192.0.2.7", .listener = "in", .tenant = "acme", .auth_user = "carol",
+    .id = "0123456789abcdef", .sender = "s@x.test",
+    .rcpts = (const char *const[]){ "a@d.test", "b@d.test" }, .nrcpt = 2,
+    .content = MSG, .content_len = sizeof MSG - 1,
+};
+
+static void test_message_hook_sees_meta_and_acts(void **state)
+{
+    struct world w = load(
+        "petrel.on('smtp_message_received', function(domain, meta)\n"
+        "  petrel.add_header('X-Seen', table.concat({domain, meta.client_ip, meta.listener,\n"
+        "    meta.tenant, meta.auth_user, meta.id, meta.sender, #meta.recipients,\n"
+        "    meta.recipients[2], meta.headers.Subject, meta.headers['x-SECRET']}, '|'))\n"
+        "  kumo.remove_header('X-Secret')\n"
+        "  petrel.set_queue_priority('bulk')\n"
+        "  meta.tenant = 'other'\n"
+        "end)\n"
+        "petrel.on('smtp_message_received', function(domain, meta)\n"
+        "  petrel.add_header('X-Second', meta.tenant)\n"   /* meta is shared, in order */
+        "end)\n");
+    assert_true(hooks_any(w.L, "smtp_message_received"));
+    assert_false(hooks_any(w.L, "smtp_server_greeting"));
+    struct hook_effects fx;
+    hook_effects_init(&fx);
+    char err[256] = "";
+    assert_int_equal(hooks_run(w.L, "smtp_message_received", "d.test", &META, &fx, err, sizeof err),
+                     PT_OK);
+    assert_string_equal(fx.edits.data,
+        "+X-Seen: d.test|192.0.2.7|in|acme|carol|0123456789abcdef|s@x.test|2|b@d.test|hello world|42\n"
+        "-X-Secret\n+X-Second: other\n");
+    assert_int_equal(fx.priority, PRIO_BULK);
+    assert_string_equal(fx.tenant, "other");
+
+    /* effects accumulate over runs and copy */
+    struct hook_effects fx2;
+    hook_effects_init(&fx2);
+    assert_int_equal(hook_effects_copy(&fx2, &fx), PT_OK);
+    assert_string_equal(fx2.edits.data, fx.edits.data);
+    hook_effects_free(&fx2);
+    hook_effects_free(&fx);
+    assert_int_equal(fx.priority, -1);
+    unload(&w);
+}
+
+static void test_hook_errors(void **state)
+{
+    struct world w = load(
+        "petrel.on('smtp_message_received', function(domain, meta)\n"
+        "  if domain == 'raise.test' then error('no thanks') end\n"
+        "  if domain == 'inject.test' then petrel.add_header('X-A', 'v\\r\\nBcc: e@evil.test') end\n"
+        "  if domain == 'prio.test' then petrel.set_queue_priority('urgent') end\n"
+        "  if domain == 'dkim.test' then petrel.sign_dkim('d', 's', 'k') end\n"
+        "  if domain == 'loop.test' then while true do pcall(function() end) end end\n"
+        "  petrel.add_header('X-Ok', 'yes')\n"
+        "end)\n");
+    struct { const char *domain, *want; } cases[] = {
+        { "raise.test", ":3: no thanks" },
+        { "inject.test", ":4: add_header: 'X-A' is not a valid header name, or its value holds a line break" },
+        { "prio.test", ":5: set_queue_priority: 'urgent' is not one of high, normal, bulk" },
+        { "dkim.test", ":6: sign_dkim is not supported by this build of petrel" },
+        { "loop.test", "hook exceeded its budget" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct hook_effects fx;
+        hook_effects_init(&fx);
+        char err[512] = "";
+        assert_int_equal(hooks_run(w.L, "smtp_message_received", cases[i].domain, &META, &fx,
+                                   err, sizeof err), PT_ERROR);
+        if (!strstr(err, cases[i].want))
+            fail_msg("%s: error '%s' lacks '%s'", cases[i].domain, err, cases[i].want);
+        hook_effects_free(&fx);
+    }
+    /* the state is still usable after the errors, and actions outside a hook fail */
+    struct hook_effects fx;
+    hook_effects_init(&fx);
+    char err[512] = "";
+    assert_int_equal(hooks_run(w.L, "smtp_message_received", "fine.test", &META, &fx, err,
+                               sizeof err), PT_OK);
+    assert_string_equal(fx.edits.data, "+X-Ok: yes\n");
+    hook_effects_free(&fx);
+    assert_int_equal(lua_gettop(w.L), 0);
+    lua_getglobal(w.L, "petrel");
+    lua_getfield(w.L, -1, "add_header");
+    lua_pushstring(w.L, "X-A");
+    lua_pushstring(w.L, "b");
+    assert_int_not_equal(lua_pcall(w.L, 2, 0, 0), LUA_OK);
+    assert_non_null(strstr(lua_tostring(w.L, -1), "can only be called inside a hook"));
+    lua_settop(w.L, 0);
+    unload(&w);
+}
+
+static void test_greeting_hook_and_tenant_rule(void **state)
+{
+    struct world w = load(
+        "petrel.on('smtp_server_greeting', function(domain, meta)\n"
+        "  petrel.add_header('X-Helo', domain .. ' ' .. meta.client_ip .. ' ' .. tostring(meta.tenant))\n"
+        "end)\n");
+    struct hook_meta m = { .client_ip = "::1", .listener = "in" };
+    struct hook_effects fx;
+    hook_effects_init(&fx);
+    char err[256] = "";
+    assert_int_equal(hooks_run(w.L, "smtp_server_greeting", "client.test", &m, &fx, err,
+                               sizeof err), PT_OK);
+    assert_string_equal(fx.edits.data, "+X-Helo: client.test ::1 nil\n");
+    assert_string_equal(fx.tenant, "");
+    hook_effects_free(&fx);
+    unload(&w);
+
+    char t[HOOK_TENANT_MAX];
+    const char *with = "From: a\r\nX-Tenant:  blue \r\n\r\nX-Tenant: body\r\n";
+    hooks_default_tenant("listener", with, strlen(with), "carol", t);
+    assert_string_equal(t, "listener");
+    hooks_default_tenant(NULL, with, strlen(with), "carol", t);
+    assert_string_equal(t, "blue");
+    const char *without = "From: a\r\n\r\nX-Tenant: body\r\n";
+    hooks_default_tenant("", without, strlen(without), "carol", t);
+    assert_string_equal(t, "carol");
+    hooks_default_tenant(NULL, without, strlen(without), NULL, t);
+    assert_string_equal(t, "");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hdr_next_walks_fields),
+        cmocka_unit_test(test_hdr_edits),
+        cmocka_unit_test(test_message_hook_sees_meta_and_acts),
+        cmocka_unit_test(test_hook_errors),
+        cmocka_unit_test(test_greeting_hook_and_tenant_rule),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
