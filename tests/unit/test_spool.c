@@ -556,6 +556,91 @@ static void test_crash_durability(void **state)
     rm_rf(t.base);
 }
 
+/* After several memtables have been flushed and their WAL files retired, a process
+ * that dies (no close) must come back with exactly what it committed: the durable
+ * contents, and none of the deleted ones resurrected from flushed tables or WALs. */
+#define FLUSHES_BIG     (1u << 20)
+#define FLUSHES_ROUNDS  260           /* ~4 memtables of 64 MB */
+#define FLUSHES_KEEP    40
+
+static void flushes_id(char id[17], int i)
+{
+    snprintf(id, 17, "%016x", (unsigned)i + 1);
+}
+
+/* The child (a fresh exec: RocksDB's thread pools do not survive a fork). */
+static int flushes_child_main(const char *dir)
+{
+    char err[256], id[17];
+    struct spool *s = spool_open(dir, err, sizeof err);
+    char *big = malloc(FLUSHES_BIG);
+    if (!s || !big)
+        return 2;
+    for (int i = 0; i < FLUSHES_ROUNDS + FLUSHES_KEEP; i++) {
+        flushes_id(id, i);
+        memset(big, 'a' + i % 26, FLUSHES_BIG);
+        struct spool_batch *b = spool_batch_new();
+        spool_batch_put_content(b, id, big, i < FLUSHES_ROUNDS ? FLUSHES_BIG : 100);
+        spool_batch_put_entry(b, id, "d.test", "rec", 3);
+        if (commit_wait(s, b) != PT_OK)
+            return 3;
+        if (i < FLUSHES_ROUNDS) {       /* delivered: deleted without sync */
+            b = spool_batch_new();
+            spool_batch_del_entry(b, id, "d.test");
+            spool_batch_del_content(b, id);
+            spool_commit_nosync(s, b);
+        }
+    }
+    /* the last commit's fsync covers the deletions written before it */
+    struct spool_batch *b = spool_batch_new();
+    spool_batch_put_entry(b, "ffffffffffffffff", "d.test", "rec", 3);
+    if (commit_wait(s, b) != PT_OK)
+        return 3;
+    _exit(0);                           /* no spool_close: as if killed */
+}
+
+static void test_crash_after_memtable_flushes(void **state)
+{
+    struct tmpdir t;
+    tmpdir_make(&t);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char *argv[] = { "test_spool", "--flushes-child", t.path, NULL };
+        execv("/proc/self/exe", argv);
+        _exit(127);
+    }
+    int wst;
+    waitpid(pid, &wst, 0);
+    assert_true(WIFEXITED(wst));
+    assert_int_equal(WEXITSTATUS(wst), 0);
+
+    struct spool *s = open_ok(t.path);
+    struct buf content;
+    buf_init(&content, 0);
+    char id[17];
+    for (int i = 0; i < FLUSHES_ROUNDS + FLUSHES_KEEP; i++) {
+        flushes_id(id, i);
+        buf_reset(&content);
+        int rc = spool_get_content(s, id, &content);
+        if (i < FLUSHES_ROUNDS) {
+            if (rc != PT_NOTFOUND || spool_has_entries(s, id))
+                fail_msg("deleted message %s came back after the crash", id);
+        } else {
+            assert_int_equal(rc, PT_OK);
+            assert_int_equal(content.len, 100);
+            assert_int_equal(content.data[0], 'a' + i % 26);
+            assert_true(spool_has_entries(s, id));
+        }
+    }
+    size_t n = 0;
+    spool_scan_entries(s, count_cb, &n);
+    assert_int_equal(n, FLUSHES_KEEP + 1);
+    spool_close(s);
+    buf_free(&content);
+    rm_rf(t.base);
+}
+
 /* ---- micro-benchmark (not a test) ---- */
 
 struct bench {
@@ -711,6 +796,8 @@ int main(int argc, char **argv)
 {
     if (argc == 5 && strcmp(argv[1], "--crash-child") == 0)
         return crash_child_main(argv[2], atoi(argv[3]), atoi(argv[4]));
+    if (argc == 3 && strcmp(argv[1], "--flushes-child") == 0)
+        return flushes_child_main(argv[2]);
     if (argc >= 2 && strcmp(argv[1], "--bench") == 0)
         return bench_main(argc, argv);
     const struct CMUnitTest tests[] = {
@@ -720,6 +807,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_close_drains),
         cmocka_unit_test(test_group_commit),
         cmocka_unit_test(test_crash_durability),
+        cmocka_unit_test(test_crash_after_memtable_flushes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
