@@ -267,14 +267,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         req->body += *upload_data_size;
         *upload_data_size = 0;
         /* a chunked body has no length to refuse up front: cut the connection */
-        return req->body > HTTP_MAX_BODY && !req->answered ? MHD_NO : MHD_YES;
+        return req->body > HTTP_MAX_BODY ? MHD_NO : MHD_YES;
     }
     if (req->answered)
         return MHD_YES;
     req->answered = true;
-    enum MHD_Result ret = route(s, c, url, method);
-    log_debug("http %s %.200s from %s", method, url, s->l->listen);
-    return ret;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    char ip[64] = "?";
+    if (ci && ci->client_addr)
+        cidr_addr_str(ci->client_addr, ip, sizeof ip);
+    log_debug("http %s: %s %s %.200s", s->l->listen, ip, method, url);
+    return route(s, c, url, method);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -292,8 +296,10 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = 0;
-    if (atomic_load(&s->starting))
-        snprintf(s->start_err, sizeof s->start_err, "%s", msg);
+    if (atomic_load(&s->starting)) {  /* keep them all: the first says why */
+        size_t o = strlen(s->start_err);
+        snprintf(s->start_err + o, sizeof s->start_err - o, "%s%s", o ? "; " : "", msg);
+    }
     else
         log_debug("http %s: %s", s->l->listen, msg);  /* client errors, TLS handshakes */
 }
@@ -437,16 +443,21 @@ struct http_server *http_start(struct runtime *rt, const struct cfg_http_listene
     };
     s->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, s,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,   /* first, or MHD warns on stderr */
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)HTTP_MAX_CONNECTIONS,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)HTTP_CONNECTION_TIMEOUT_S,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
         MHD_OPTION_ARRAY, l->tls ? tls_opts : &tls_opts[3],
         MHD_OPTION_END);
     if (!s->daemon) {
-        snprintf(err, errlen, "http listener %s: cannot start: %s", l->listen,
-                 s->start_err[0] ? s->start_err : "libmicrohttpd refused the options");
+        if (l->tls)
+            snprintf(err, errlen, "http listener %s: cannot start (tls cert_file %s, key_file "
+                     "%s): %s", l->listen, l->tls->cert_file, l->tls->key_file,
+                     s->start_err[0] ? s->start_err : "libmicrohttpd refused them");
+        else
+            snprintf(err, errlen, "http listener %s: cannot start: %s", l->listen,
+                     s->start_err[0] ? s->start_err : "libmicrohttpd refused the options");
         /* fd is not closed here: MHD may already have closed it on some of its
          * failure paths, and a second close could hit a reused descriptor. The
          * process is about to exit anyway. */

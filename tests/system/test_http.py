@@ -423,3 +423,22 @@ def test_listen_address_in_use_is_a_startup_error(world):
         assert "petrel ready" not in err, err
     finally:
         blocker.close()
+
+
+@pytest.mark.parametrize("bad", ["missing", "garbage"])
+def test_bad_tls_files_are_a_startup_error(world, pki, tmp_path, bad):
+    cert, key = listener_tls(pki)["cert_file"], listener_tls(pki)["key_file"]
+    if bad == "missing":
+        cert = str(tmp_path / "no-such-cert.pem")
+    else:
+        cert = str(tmp_path / "garbage.pem")
+        with open(cert, "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    p, (url,) = http_petrel(world, [{"tls": {"cert_file": cert, "key_file": key}}], start=False)
+    p.start(wait=False)
+    rc = p.proc.wait(10)
+    p.expected_exit = True
+    err = p.stderr_text()
+    assert rc == 1, f"exit code {rc}, want 1; stderr:\n{err}"
+    assert cert in err and url.split("://")[1] in err, err
+    assert "petrel ready" not in err, err
