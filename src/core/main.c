@@ -214,10 +214,10 @@ int main(int argc, char **argv)
             return 1;
         }
     /* HTTP listeners: bound while still root (privileged ports, root-only keys) */
-    struct http_server *https[CFG_MAX_LISTENERS] = { 0 };
+    struct http_server *http_srv[CFG_MAX_LISTENERS] = { 0 };
     for (int i = 0; i < cfg->n_http; i++) {
-        https[i] = http_start(&rt, &cfg->http[i], err, sizeof err);
-        if (!https[i]) {
+        http_srv[i] = http_start(&rt, &cfg->http[i], err, sizeof err);
+        if (!http_srv[i]) {
             fprintf(stderr, "petrel: %s\n", err);
             return 1;
         }
@@ -246,8 +246,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < cfg->n_listeners; i++)
         log_info("listening on %s (%s)", cfg->listeners[i].listen, cfg->listeners[i].name);
     for (int i = 0; i < cfg->n_http; i++) {
-        log_info("listening on %s://%s", http_scheme(https[i]), cfg->http[i].listen);
-        http_set_ready(https[i], true);
+        log_info("listening on %s://%s", http_scheme(http_srv[i]), cfg->http[i].listen);
+        http_set_ready(http_srv[i], true);
     }
     fprintf(stderr, "petrel ready\n");
     fflush(stderr);
@@ -256,7 +256,7 @@ int main(int argc, char **argv)
     /* graceful stop: HTTP and SMTP inbound first (finish transactions), then
      * delivery, then disk */
     for (int i = 0; i < cfg->n_http; i++)
-        http_stop(https[i]);
+        http_stop(http_srv[i]);
     for (int i = 0; i < nworkers; i++)
         worker_request_stop(&workers[i]);
     for (int i = 0; i < nworkers; i++)
