@@ -35,7 +35,7 @@ petrel.start_smtp_listener {
 
 -- HTTP injection API (POST /v1/message, /api/inject/v1), admin API and /metrics.
 -- Loopback callers need no key; others send "Authorization: Bearer KEY".
--- The HTTP API (injection, admin, /metrics) is not built yet; when it is:
+-- Built so far: GET /metrics, /healthz, /readyz (injection and admin come later):
 -- petrel.start_http_listener {
 --   listen = "127.0.0.1:8080",
 --   trusted_hosts = { "127.0.0.1", "::1" },

@@ -20,6 +20,7 @@
 #include "core/config.h"
 #include "core/runtime.h"
 #include "core/worker.h"
+#include "http/http_server.h"
 #include "obs/log.h"
 #include "queue/entry.h"
 #include "queue/sched.h"
@@ -159,9 +160,6 @@ int main(int argc, char **argv)
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     /* Say so when the config asks for something this build does not do yet,
      * rather than silently ignoring it. */
-    if (cfg->n_http)
-        fprintf(stderr, "petrel: warning: start_http_listener: the HTTP API is not built yet; not listening on %s\n",
-                cfg->http[0].listen);
     if (cfg->n_dkim)
         fprintf(stderr, "petrel: warning: configure_dkim_signing: DKIM signing is not built yet; mail goes out unsigned\n");
     if (cfg->n_header_checks)
@@ -217,6 +215,15 @@ int main(int argc, char **argv)
             fprintf(stderr, "petrel: cannot start worker %d\n", i);
             return 1;
         }
+    /* HTTP listeners: bound while still root (privileged ports, root-only keys) */
+    struct http_server *http_srv[CFG_MAX_LISTENERS] = { 0 };
+    for (int i = 0; i < cfg->n_http; i++) {
+        http_srv[i] = http_start(&rt, &cfg->http[i], err, sizeof err);
+        if (!http_srv[i]) {
+            fprintf(stderr, "petrel: %s\n", err);
+            return 1;
+        }
+    }
     if (drop_privileges(cfg, err, sizeof err) != PT_OK) {
         fprintf(stderr, "petrel: %s\n", err);
         return 1;
@@ -240,11 +247,18 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < cfg->n_listeners; i++)
         log_info("listening on %s (%s)", cfg->listeners[i].listen, cfg->listeners[i].name);
+    for (int i = 0; i < cfg->n_http; i++) {
+        log_info("listening on %s://%s", http_scheme(http_srv[i]), cfg->http[i].listen);
+        http_set_ready(http_srv[i], true);
+    }
     fprintf(stderr, "petrel ready\n");
     fflush(stderr);
     uv_run(loop, UV_RUN_DEFAULT);
 
-    /* graceful stop: inbound first (finish transactions), then delivery, then disk */
+    /* graceful stop: HTTP and SMTP inbound first (finish transactions), then
+     * delivery, then disk */
+    for (int i = 0; i < cfg->n_http; i++)
+        http_stop(http_srv[i]);
     for (int i = 0; i < nworkers; i++)
         worker_request_stop(&workers[i]);
     for (int i = 0; i < nworkers; i++)

@@ -1,0 +1,488 @@
+/* HTTP listeners on libmicrohttpd: auth (trusted_hosts, else a Bearer key compared
+ * in constant time), a route table, JSON error bodies. Handlers run on MHD's
+ * polling thread and must never block on a worker or the spool thread.
+ * SPDX-License-Identifier: Apache-2.0 */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "core/config.h"
+#include "core/runtime.h"
+#include "http/http_server.h"
+#include "obs/log.h"
+#include "obs/metrics.h"
+#include "queue/spool.h"
+#include "util/buf.h"
+#include "util/cidr.h"
+#include "util/result.h"
+#include "util/utf8.h"
+
+#define KEY_HASH_LEN 32         /* SHA-256 */
+#define ERR_PATH_MAX 200        /* bytes of a client's path quoted in an error */
+
+struct http_server {
+    struct runtime *rt;                       /* borrowed */
+    const struct cfg_http_listener *l;        /* borrowed */
+    struct MHD_Daemon *daemon;
+    atomic_bool ready;
+    unsigned char (*key_hash)[KEY_HASH_LEN];  /* SHA-256 of each api_key */
+    int n_keys;
+    char *cert_pem, *key_pem;                 /* kept while MHD runs; key wiped at stop */
+    size_t key_len;
+    atomic_bool starting;                     /* MHD messages go to start_err meanwhile */
+    char start_err[256];
+};
+
+/* Per request, from MHD's first call to its completion notice. */
+struct http_req {
+    bool answered;              /* a response is queued: discard any body */
+    size_t body;                /* body bytes seen */
+};
+
+/* ---- responses ----------------------------------------------------------- */
+
+static enum MHD_Result respond(struct MHD_Connection *c, unsigned status, const char *ctype,
+                               char *body, size_t len, const char *hname, const char *hvalue)
+{
+    /* body is taken (malloc'd), NULL = empty */
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body ? body : (char *)"",
+                                                             body ? MHD_RESPMEM_MUST_FREE
+                                                                  : MHD_RESPMEM_PERSISTENT);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    if (hname)
+        MHD_add_response_header(r, hname, hvalue);
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+/* Sends obj (taken) as the JSON body. */
+static enum MHD_Result respond_json(struct MHD_Connection *c, unsigned status, json_t *obj,
+                                    const char *hname, const char *hvalue)
+{
+    char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    if (!text)
+        return MHD_NO;  /* out of memory: MHD closes the connection */
+    size_t n = strlen(text);
+    /* json_dumps allocates with jansson's allocator, malloc by default */
+    return respond(c, status, "application/json", text, n, hname, hvalue);
+}
+
+/* {"error": "..."}; the message is made valid UTF-8 (jansson refuses anything else). */
+static enum MHD_Result respond_error(struct MHD_Connection *c, unsigned status, const char *hname,
+                                     const char *hvalue, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static enum MHD_Result respond_error(struct MHD_Connection *c, unsigned status, const char *hname,
+                                     const char *hvalue, const char *fmt, ...)
+{
+    char raw[512], msg[sizeof raw * 3];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(raw, sizeof raw, fmt, ap);
+    va_end(ap);
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)raw; *p && o + 4 < sizeof msg;) {
+        size_t n = *p < 0x80 ? 1 : utf8_seq_len(p);
+        if (n == 0) {
+            memcpy(msg + o, "\xEF\xBF\xBD", 3);  /* U+FFFD */
+            o += 3;
+            p++;
+        } else {
+            memcpy(msg + o, p, n);
+            o += n;
+            p += n;
+        }
+    }
+    msg[o] = 0;
+    return respond_json(c, status, json_pack("{s:s}", "error", msg), hname, hvalue);
+}
+
+/* ---- endpoints ------------------------------------------------------------ */
+
+static enum MHD_Result get_metrics(struct http_server *s, struct MHD_Connection *c)
+{
+    struct spool_stats st;
+    spool_stats(s->rt->spool, &st);
+    metrics_set(M_SPOOL_BYTES, NULL, NULL, (double)st.bytes);
+    struct buf out;
+    buf_init(&out, 0);
+    if (metrics_render(&out) != PT_OK) {
+        buf_free(&out);
+        return respond_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, NULL,
+                             "cannot render metrics: out of memory");
+    }
+    size_t len;
+    char *text = buf_steal(&out, &len);
+    return respond(c, MHD_HTTP_OK, "text/plain; version=0.0.4", text, len, NULL, NULL);
+}
+
+static enum MHD_Result get_healthz(struct http_server *s, struct MHD_Connection *c)
+{
+    return respond_json(c, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"), NULL, NULL);
+}
+
+static enum MHD_Result get_readyz(struct http_server *s, struct MHD_Connection *c)
+{
+    if (!atomic_load(&s->ready))
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
+                             "not ready: listeners are not all bound yet");
+    const char *dir = s->rt->cfg->queue.spool_dir;
+    if (access(dir, W_OK) != 0)
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
+                             "not ready: spool directory %s is not writable: %s", dir,
+                             strerror(errno));
+    return respond_json(c, MHD_HTTP_OK, json_pack("{s:s}", "status", "ready"), NULL, NULL);
+}
+
+typedef enum MHD_Result (*route_fn)(struct http_server *s, struct MHD_Connection *c);
+
+/* Every endpoint. GET routes also answer HEAD (MHD omits the body). */
+static const struct route {
+    const char *path;
+    const char *method;
+    route_fn fn;
+} routes[] = {
+    { "/metrics", MHD_HTTP_METHOD_GET, get_metrics },
+    { "/healthz", MHD_HTTP_METHOD_GET, get_healthz },
+    { "/readyz", MHD_HTTP_METHOD_GET, get_readyz },
+};
+
+static enum MHD_Result route(struct http_server *s, struct MHD_Connection *c, const char *path,
+                             const char *method)
+{
+    char allow[64] = "";
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        const struct route *r = &routes[i];
+        if (strcmp(r->path, path) != 0)
+            continue;
+        bool get = strcmp(r->method, MHD_HTTP_METHOD_GET) == 0;
+        if (strcmp(method, r->method) == 0 || (get && strcmp(method, MHD_HTTP_METHOD_HEAD) == 0))
+            return r->fn(s, c);
+        size_t o = strlen(allow);
+        snprintf(allow + o, sizeof allow - o, "%s%s%s", o ? ", " : "", r->method,
+                 get ? ", HEAD" : "");
+    }
+    if (allow[0])
+        return respond_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, MHD_HTTP_HEADER_ALLOW, allow,
+                             "method %.32s not allowed on %.*s (allowed: %s)", method,
+                             ERR_PATH_MAX, path, allow);
+    return respond_error(c, MHD_HTTP_NOT_FOUND, NULL, NULL, "no such endpoint: %.*s",
+                         ERR_PATH_MAX, path);
+}
+
+/* ---- auth ------------------------------------------------------------------ */
+
+static void key_digest(const char *key, size_t len, unsigned char out[KEY_HASH_LEN])
+{
+    unsigned int n = 0;
+    if (EVP_Digest(key, len, out, &n, EVP_sha256(), NULL) != 1 || n != KEY_HASH_LEN)
+        abort();  /* SHA-256 is always available in OpenSSL 3 */
+}
+
+/* true if "Bearer KEY" names one of the api_keys. Keys are compared as SHA-256
+ * digests with CRYPTO_memcmp: time depends neither on where a guess differs nor on
+ * its length; every key is tried. */
+static bool bearer_ok(const struct http_server *s, const char *hdr)
+{
+    if (!hdr || s->n_keys == 0 || strncasecmp(hdr, "Bearer", 6) != 0 ||
+        (hdr[6] != ' ' && hdr[6] != '\t'))
+        return false;
+    const char *k = hdr + 6;
+    while (*k == ' ' || *k == '\t')
+        k++;
+    size_t n = strlen(k);
+    while (n && (k[n - 1] == ' ' || k[n - 1] == '\t'))
+        n--;
+    if (n == 0)
+        return false;
+    unsigned char h[KEY_HASH_LEN];
+    key_digest(k, n, h);
+    int match = 0;
+    for (int i = 0; i < s->n_keys; i++)
+        match |= CRYPTO_memcmp(h, s->key_hash[i], KEY_HASH_LEN) == 0;
+    return match;
+}
+
+static bool authorized(const struct http_server *s, struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr &&
+        cidr_match_any(s->l->trusted_hosts, s->l->n_trusted_hosts, ci->client_addr))
+        return true;
+    return bearer_ok(s, MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                    MHD_HTTP_HEADER_AUTHORIZATION));
+}
+
+/* ---- MHD callbacks ---------------------------------------------------------- */
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    struct http_server *s = cls;
+    struct http_req *req = *con_cls;
+    if (!req) {  /* first call: headers only */
+        req = calloc(1, sizeof *req);
+        if (!req)
+            return MHD_NO;
+        *con_cls = req;
+        if (!authorized(s, c)) {
+            req->answered = true;
+            return respond_error(c, MHD_HTTP_UNAUTHORIZED, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                 "Bearer", "authentication required: a trusted host, or "
+                                 "Authorization: Bearer with an API key");
+        }
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > HTTP_MAX_BODY) {
+            req->answered = true;
+            return respond_error(c, MHD_HTTP_CONTENT_TOO_LARGE, NULL, NULL,
+                                 "request body too large (at most %d bytes)", HTTP_MAX_BODY);
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size) {  /* no endpoint takes a body yet: count and drop it */
+        req->body += *upload_data_size;
+        *upload_data_size = 0;
+        /* a chunked body has no length to refuse up front: cut the connection */
+        return req->body > HTTP_MAX_BODY ? MHD_NO : MHD_YES;
+    }
+    if (req->answered)
+        return MHD_YES;
+    req->answered = true;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    char ip[64] = "?";
+    if (ci && ci->client_addr)
+        cidr_addr_str(ci->client_addr, ip, sizeof ip);
+    log_debug("http %s: %s %s %.200s", s->l->listen, ip, method, url);
+    return route(s, c, url, method);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode why)
+{
+    free(*con_cls);
+    *con_cls = NULL;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    struct http_server *s = cls;
+    char msg[256];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = 0;
+    if (atomic_load(&s->starting)) {  /* keep them all: the first says why */
+        size_t o = strlen(s->start_err);
+        snprintf(s->start_err + o, sizeof s->start_err - o, "%s%s", o ? "; " : "", msg);
+    }
+    else
+        log_debug("http %s: %s", s->l->listen, msg);  /* client errors, TLS handshakes */
+}
+
+/* ---- start / stop ---------------------------------------------------------- */
+
+static int make_listen_socket(const struct cfg_http_listener *l, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    socklen_t slen;
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, l->host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons(l->port);
+        slen = sizeof *v4;
+    } else if (inet_pton(AF_INET6, l->host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons(l->port);
+        slen = sizeof *v6;
+    } else {
+        snprintf(err, errlen, "http listener %s: '%s' is not an IP address", l->listen, l->host);
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "http listener %s: socket: %s", l->listen, strerror(errno));
+        return -1;
+    }
+    int one = 1, zero = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ss.ss_family == AF_INET6)  /* "[::]" takes IPv4 too, like the SMTP listeners */
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    if (bind(fd, (struct sockaddr *)&ss, slen) != 0 || listen(fd, 128) != 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", l->listen, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static char *read_pem(const char *path, const char *what, const char *listen, size_t *len,
+                      char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "http listener %s: tls.%s %s: %s", listen, what, path,
+                 strerror(errno));
+        return NULL;
+    }
+    char *data = malloc(HTTP_MAX_PEM + 1);
+    size_t n = data ? fread(data, 1, HTTP_MAX_PEM + 1, f) : 0;
+    bool bad = !data || ferror(f) || n > HTTP_MAX_PEM || n == 0;
+    fclose(f);
+    if (bad) {
+        snprintf(err, errlen, "http listener %s: tls.%s %s: %s", listen, what, path,
+                 !data ? "out of memory" : n > HTTP_MAX_PEM ? "file too large" : "cannot read");
+        free(data);
+        return NULL;
+    }
+    data[n] = 0;
+    *len = n;
+    return data;
+}
+
+/* gnutls priority string for the listener's (else configure_tls's) minimum version */
+static const char *tls_priorities(const struct runtime *rt, const struct cfg_http_listener *l)
+{
+    const char *min = l->tls->min_tls_version ? l->tls->min_tls_version
+                                              : rt->cfg->tls.min_tls_version;
+    if (min && strcmp(min, "1.3") == 0)
+        return "NORMAL:-VERS-ALL:+VERS-TLS1.3";
+    return "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
+}
+
+static void free_server(struct http_server *s)
+{
+    if (s->key_pem)
+        OPENSSL_cleanse(s->key_pem, s->key_len);
+    free(s->key_pem);
+    free(s->cert_pem);
+    free(s->key_hash);
+    free(s);
+}
+
+struct http_server *http_start(struct runtime *rt, const struct cfg_http_listener *l,
+                               char *err, size_t errlen)
+{
+    struct http_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "http listener %s: out of memory", l->listen);
+        return NULL;
+    }
+    s->rt = rt;
+    s->l = l;
+    atomic_init(&s->ready, false);
+    atomic_init(&s->starting, true);
+    if (l->n_api_keys) {
+        s->key_hash = calloc((size_t)l->n_api_keys, sizeof *s->key_hash);
+        if (!s->key_hash) {
+            snprintf(err, errlen, "http listener %s: out of memory", l->listen);
+            free_server(s);
+            return NULL;
+        }
+        for (int i = 0; i < l->n_api_keys; i++)
+            if (l->api_keys[i][0])  /* an empty key never matches: bearer_ok needs n > 0 */
+                key_digest(l->api_keys[i], strlen(l->api_keys[i]), s->key_hash[s->n_keys++]);
+    }
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    flags |= MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL
+                                                                    : MHD_USE_POLL;
+    if (l->tls) {
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+            snprintf(err, errlen, "http listener %s: tls is configured but this libmicrohttpd "
+                     "was built without TLS support", l->listen);
+            free_server(s);
+            return NULL;
+        }
+        size_t clen;
+        s->cert_pem = read_pem(l->tls->cert_file, "cert_file", l->listen, &clen, err, errlen);
+        if (s->cert_pem)
+            s->key_pem = read_pem(l->tls->key_file, "key_file", l->listen, &s->key_len, err,
+                                  errlen);
+        if (!s->cert_pem || !s->key_pem) {
+            free_server(s);
+            return NULL;
+        }
+        flags |= MHD_USE_TLS;
+    }
+    int fd = make_listen_socket(l, err, errlen);
+    if (fd < 0) {
+        free_server(s);
+        return NULL;
+    }
+    struct MHD_OptionItem tls_opts[] = {
+        { MHD_OPTION_HTTPS_MEM_CERT, 0, s->cert_pem },
+        { MHD_OPTION_HTTPS_MEM_KEY, 0, s->key_pem },
+        { MHD_OPTION_HTTPS_PRIORITIES, 0, l->tls ? (void *)tls_priorities(rt, l) : NULL },
+        { MHD_OPTION_END, 0, NULL },
+    };
+    s->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, s,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,   /* first, or MHD warns on stderr */
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)HTTP_MAX_CONNECTIONS,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)HTTP_CONNECTION_TIMEOUT_S,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_ARRAY, l->tls ? tls_opts : &tls_opts[3],
+        MHD_OPTION_END);
+    if (!s->daemon) {
+        if (l->tls)
+            snprintf(err, errlen, "http listener %s: cannot start (tls cert_file %s, key_file "
+                     "%s): %s", l->listen, l->tls->cert_file, l->tls->key_file,
+                     s->start_err[0] ? s->start_err : "libmicrohttpd refused them");
+        else
+            snprintf(err, errlen, "http listener %s: cannot start: %s", l->listen,
+                     s->start_err[0] ? s->start_err : "libmicrohttpd refused the options");
+        /* fd is not closed here: MHD may already have closed it on some of its
+         * failure paths, and a second close could hit a reused descriptor. The
+         * process is about to exit anyway. */
+        free_server(s);
+        return NULL;
+    }
+    atomic_store(&s->starting, false);
+    return s;
+}
+
+void http_set_ready(struct http_server *s, bool ready)
+{
+    if (s)
+        atomic_store(&s->ready, ready);
+}
+
+const char *http_scheme(const struct http_server *s)
+{
+    return s->l->tls ? "https" : "http";
+}
+
+void http_stop(struct http_server *s)
+{
+    if (!s)
+        return;
+    MHD_stop_daemon(s->daemon);  /* closes the listen socket and every connection */
+    free_server(s);
+}
