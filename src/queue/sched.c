@@ -504,6 +504,7 @@ static void dconn_free(struct dconn *dc)
     if (dc->next)
         dc->next->prev = dc->prev;
     dc->q->nconn--;
+    metrics_add(M_CONNECTIONS, METRICS_OUTBOUND, dc->q->key, -1);
     struct dqueue *q = dc->q;
     free(dc);
     if (!t->stopping)
@@ -645,6 +646,7 @@ static void start_conn(struct dthread *t, struct dqueue *q)
         t->conns->prev = dc;
     t->conns = dc;
     q->nconn++;
+    metrics_add(M_CONNECTIONS, METRICS_OUTBOUND, q->key, 1);
     q->nresolving++;
     const struct cfg_route *r = q->route;
     if (r && r->relay_no_mx)

@@ -828,8 +828,10 @@ static void on_closed(struct conn *c)
     if (s->next)
         s->next->prev = s->prev;
     w->nsessions--;
-    if (s->counted)
+    if (s->counted) {
         frontdoor_leave(w->fd, s->li, s->client_ip);
+        metrics_add(M_CONNECTIONS, METRICS_INBOUND, "", -1);
+    }
     s->counted = false;
     session_unref(s);
 }
@@ -890,6 +892,7 @@ void smtp_server_accept(struct worker *w, int li, uv_stream_t *server)
         return;
     }
     s->counted = true;
+    metrics_add(M_CONNECTIONS, METRICS_INBOUND, "", 1);  /* inbound: no destination */
     if (authban_is_banned(w->rt->ban, s->client_ip, time_now())) {
         log_info("smtp %s: refused: banned after AUTH failures", s->client_ip);
         replyf(s, "421 4.7.0 %s Too many authentication failures; try again later", s->l->hostname);

@@ -219,6 +219,32 @@ def test_metrics_count_a_relayed_message(world):
     wait_metric(url, "petrel_messages_delivered_total", 3, domain="dest.test")
 
 
+def test_metrics_connections_gauge(world):
+    """petrel_connections counts open SMTP connections: inbound ones while a client is
+    connected, outbound ones per destination while a delivery connection is open (it
+    stays in the idle pool for about 2 s after the delivery)."""
+    dest = world.mx_domain("dest.test", "127.0.0.2")
+    p, (url,) = http_petrel(world)
+
+    def equal(want, timeout=10, **labels):
+        last = {}
+
+        def reached():
+            last["m"] = metrics(url)
+            return last["m"].value("petrel_connections", **labels) == want
+        wait_for(reached, timeout, lambda: f"petrel_connections{labels} == {want}; have:\n"
+                 + last["m"].dump("petrel_connections"))
+    clients = [p.smtp() for _ in range(3)]
+    equal(3, direction="inbound", domain="")
+    for c in clients:
+        c.quit()
+    equal(0, direction="inbound", domain="")
+    mid = p.send_message("alice@sender.test", ["a@dest.test"])
+    dest.wait_message(mid)
+    equal(1, direction="outbound", domain="dest.test")
+    equal(0, timeout=15, direction="outbound", domain="dest.test")
+
+
 def test_metrics_count_auth_failures(world, pki, tmp_path):
     r = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=b"Right-pw1\n",
                        capture_output=True, timeout=30)
