@@ -20,7 +20,9 @@ struct ingest_msg {
     const char *sender;            /* "" = null sender; borrowed for the call */
     const char *const *rcpts;      /* borrowed for the call */
     size_t nrcpt;
-    const char *content;           /* borrowed for the call (copied into the spool batch) */
+    const char *content;           /* borrowed for the call (copied into the spool batch);
+                                      CRLF line ends only, no bare CR or LF: the SMTP
+                                      client sends it without normalizing */
     size_t content_len;
     uint8_t protocol, priority, flags;
     double received_at;

@@ -15,13 +15,17 @@
  * first bytes are free for future record kinds.
  *
  * Group commit: spool_commit_durable() appends the batch to a queue under a mutex and
- * returns. The spool thread takes everything queued so far, folds the batches into
- * the first one, writes it with sync off and then syncs the WAL once (rocksdb
- * FlushWAL(sync)); batches queued meanwhile form the next group. Writing first and
- * syncing outside RocksDB's write queue keeps spool_commit_nosync() callers (event
- * loops) from waiting behind our fsync; the cost is that a group is readable a few
- * hundred microseconds before it is durable, which is harmless because nothing is
- * acknowledged (and nobody looks for the message) before the callback.
+ * returns. The spool thread takes everything queued so far, writes each batch with
+ * sync off and then flushes and syncs the WAL once (rocksdb FlushWAL(sync)); batches
+ * queued meanwhile form the next group. The WAL is flushed by hand
+ * (manual_wal_flush): a write lands in RocksDB's WAL buffer without a syscall, so a
+ * group costs one write(2) and one fdatasync however many batches it has, and its
+ * batches are never copied into one. spool_commit_nosync() pushes its write to the
+ * OS at once (FlushWAL without sync). Syncing outside RocksDB's write queue keeps
+ * spool_commit_nosync() callers (event loops) from waiting behind our fsync; the
+ * cost is that a group is readable a few hundred microseconds before it is durable,
+ * which is harmless because nothing is acknowledged (and nobody looks for the
+ * message) before the callback.
  */
 
 #include <errno.h>
@@ -202,23 +206,12 @@ int spool_batch_del_content(struct spool_batch *b, const char *id)
 
 /* ---- group commit ---- */
 
-static void fold_put(void *state, const char *k, size_t klen, const char *v, size_t vlen)
-{
-    rocksdb_writebatch_put(state, k, klen, v, vlen);
-}
-
-static void fold_del(void *state, const char *k, size_t klen)
-{
-    rocksdb_writebatch_delete(state, k, klen);
-}
-
-/* Writes the group (a list of batches) as one write and one WAL sync. */
+/* Writes the group (a list of batches) into the WAL buffer, then one WAL sync. */
 static int write_group(struct spool *s, struct spool_batch *group)
 {
     char *err = NULL;
-    for (struct spool_batch *b = group->next; b; b = b->next)
-        rocksdb_writebatch_iterate(b->wb, group->wb, fold_put, fold_del);
-    rocksdb_write(s->db, s->wopts, group->wb, &err);
+    for (struct spool_batch *b = group; b && !err; b = b->next)
+        rocksdb_write(s->db, s->wopts, b->wb, &err);
     if (!err) {
         rocksdb_flush_wal(s->db, 1, &err);
         atomic_fetch_add_explicit(&s->fsyncs, 1, memory_order_relaxed);
@@ -294,6 +287,8 @@ int spool_commit_nosync(struct spool *s, struct spool_batch *b)
     }
     rocksdb_write(s->db, s->wopts, b->wb, &err);
     spool_batch_free(b);
+    if (!err)
+        rocksdb_flush_wal(s->db, 0, &err);
     if (err) {
         rocksdb_free(err);
         return PT_ERROR;
@@ -470,6 +465,7 @@ static void configure(struct spool *s)
     rocksdb_options_set_compression(o, rocksdb_lz4_compression);
     rocksdb_options_set_keep_log_file_num(o, SPOOL_LOG_KEEP);
     rocksdb_options_set_max_log_file_size(o, SPOOL_LOG_SIZE);
+    rocksdb_options_set_manual_wal_flush(o, 1);
     /* The default recovery mode (point in time) drops a torn WAL tail after a crash,
      * which can only hold unacknowledged writes. */
 
@@ -489,8 +485,12 @@ static void configure(struct spool *s)
 
 static void spool_destroy(struct spool *s)
 {
-    if (s->db)
+    if (s->db) {
+        char *err = NULL;
+        rocksdb_flush_wal(s->db, 1, &err);  /* the WAL is flushed by hand */
+        rocksdb_free(err);
         rocksdb_close(s->db);
+    }
     if (s->wopts)
         rocksdb_writeoptions_destroy(s->wopts);
     if (s->ropts)

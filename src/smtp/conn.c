@@ -127,7 +127,10 @@ static void conn_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 
 static void conn_update_reading(struct conn *c)
 {
-    bool want = !c->closing && !c->paused && c->in.len < c->in_max;
+    /* A paused connection keeps reading into c->in (bounded by in_max): stopping
+     * and restarting the read would cost two epoll_ctl calls per message, and a
+     * client waiting for our reply sends nothing anyway. */
+    bool want = !c->closing && c->in.len < c->in_max;
     if (want && !c->reading) {
         if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_on_read) == 0)
             c->reading = true;
