@@ -33,14 +33,14 @@ petrel.start_smtp_listener {
 -- }
 -- petrel.configure_auth { users_file = "users.txt" }  -- `petrelctl hash-password`
 
--- HTTP injection API (POST /v1/message, /api/inject/v1), admin API and /metrics.
+-- HTTP: GET /metrics (Prometheus), /healthz, /readyz. The injection API
+-- (POST /v1/message, /api/inject/v1) and the queue admin API are not built yet.
 -- Loopback callers need no key; others send "Authorization: Bearer KEY".
--- Built so far: GET /metrics, /healthz, /readyz (injection and admin come later):
--- petrel.start_http_listener {
---   listen = "127.0.0.1:8080",
---   trusted_hosts = { "127.0.0.1", "::1" },
---   api_keys = {},                       -- example: { "change-me" }
--- }
+petrel.start_http_listener {
+  listen = "127.0.0.1:8080",
+  trusted_hosts = { "127.0.0.1", "::1" },
+  api_keys = {},                       -- example: { "change-me" }
+}
 
 -- -- The durable queue and its retry schedule.
 
@@ -102,8 +102,10 @@ petrel.configure_logging {
 }
 
 -- Hooks (examples). Handlers of one event run in the order registered; inside
--- them the actions (add_header, set_queue_priority, route_to, ...) act on the
--- message being handled. An error in smtp_message_received answers 451 4.3.0.
+-- them the actions (add_header, remove_header, set_queue_priority, log_info, ...)
+-- act on the message being handled. An error in smtp_message_received answers
+-- 451 4.3.0. This build runs smtp_server_greeting and smtp_message_received;
+-- smtp_delivery_result (below) is accepted but not run yet.
 --
 -- petrel.on("smtp_message_received", function(domain, meta)
 --   if meta.headers["X-Type"] == "transactional" then

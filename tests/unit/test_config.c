@@ -898,7 +898,8 @@ static void test_bundled_config(void **state)
     assert_string_equal(c->listeners[0].host, "127.0.0.1");
     assert_int_equal(c->listeners[0].port, 2525);
     assert_int_equal(c->listeners[0].n_relay_hosts, 2);
-    assert_int_equal(c->n_http, 0); /* commented out until the HTTP API exists */
+    assert_int_equal(c->n_http, 1);
+    assert_string_equal(c->http[0].listen, "127.0.0.1:8080");
     assert_string_equal(c->queue.spool_dir, "./var/spool");
     assert_string_equal(c->logging.path, "./var/log/petrel.jsonl");
     assert_int_equal(c->delivery.dflt.kind, ROUTE_DEFAULT);
