@@ -75,7 +75,10 @@ build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
 
 fuzz: $(FUZZ_BIN)
 	@set -e; for f in $(FUZZ_BIN); do echo "== $$f ($(FUZZ_SECONDS)s)"; \
-	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 2>&1 | tail -1; done
+	  if ! $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 -artifact_prefix=build/fuzz/ \
+	      > $$f.log 2>&1; then \
+	    tail -40 $$f.log; echo "FAILED: $$f (log: $$f.log)"; exit 1; fi; \
+	  tail -1 $$f.log; done
 
 test: deps-test
 	@$(MAKE) --no-print-directory all
