@@ -43,6 +43,10 @@ struct dqueue {
     uint32_t nresolving;            /* connections that will pop a ready entry soon */
     struct dconn *idle;             /* connected, waiting for an entry (LIFO) */
     uint32_t picks;
+    /* max_message_rate: a token bucket per destination queue */
+    double tokens, refilled_at;
+    bool throttled;                 /* on the thread's throttled list */
+    struct dqueue *tnext;
 };
 
 struct dthread {
@@ -60,6 +64,7 @@ struct dthread {
     bool stopping;
     struct spool_batch *deletes;    /* nosync deletions, written once per loop turn */
     uv_check_t flush;
+    struct dqueue *throttled;       /* queues waiting for a max_message_rate token */
 };
 
 /* One outbound connection slot: resolving, then an SMTP client. */
@@ -171,17 +176,77 @@ static struct entry *heap_pop(struct dthread *t)
 
 static void on_timer(uv_timer_t *timer);
 
+static double rate_next_token(const struct dthread *t, const struct dqueue *q);
+
 static void timer_arm(struct dthread *t)
 {
     if (t->stopping || !t->s->started)
         return;
-    if (t->nheap == 0) {
+    double when = t->nheap ? t->heap[0]->next_attempt : INFINITY;
+    for (const struct dqueue *q = t->throttled; q; q = q->tnext) {
+        double w = rate_next_token(t, q);
+        if (w < when)
+            when = w;
+    }
+    if (when == INFINITY) {
         uv_timer_stop(&t->timer);
         return;
     }
-    double wait = t->heap[0]->next_attempt - time_now();
+    double wait = when - time_now();
     uint64_t ms = wait <= 0 ? 0 : (uint64_t)(wait * 1000.0) + 1;
     uv_timer_start(&t->timer, on_timer, ms, 0);
+}
+
+/* ---- max_message_rate -------------------------------------------------- */
+
+/* Messages per second allowed to one destination queue, 0 = unlimited. The bucket
+ * holds one second's worth (at least one message), so a quiet queue may send a
+ * short burst, then goes at the configured pace. */
+static double rate_per_s(const struct dthread *t)
+{
+    return t->s->rt->cfg->delivery.max_message_rate / 60.0;
+}
+
+static double rate_burst(double per_s)
+{
+    return per_s > 1.0 ? floor(per_s) : 1.0;
+}
+
+static void rate_refill(const struct dthread *t, struct dqueue *q, double now)
+{
+    double per_s = rate_per_s(t);
+    if (q->refilled_at == 0) {
+        q->tokens = rate_burst(per_s);
+    } else {
+        q->tokens += (now - q->refilled_at) * per_s;
+        if (q->tokens > rate_burst(per_s))
+            q->tokens = rate_burst(per_s);
+    }
+    q->refilled_at = now;
+}
+
+/* When the queue will have a whole token again. */
+static double rate_next_token(const struct dthread *t, const struct dqueue *q)
+{
+    return q->refilled_at + (1.0 - q->tokens) / rate_per_s(t);
+}
+
+/* Whether q may send one more message now; if not, it waits on the throttled list
+ * and the thread's timer dispatches it when a token is due. */
+static bool rate_ok(struct dthread *t, struct dqueue *q)
+{
+    if (rate_per_s(t) <= 0)
+        return true;
+    rate_refill(t, q, time_now());
+    if (q->tokens >= 1.0)
+        return true;
+    if (!q->throttled) {
+        q->throttled = true;
+        q->tnext = t->throttled;
+        t->throttled = q;
+        timer_arm(t);
+    }
+    return false;
 }
 
 /* ---- queues ------------------------------------------------------------ */
@@ -203,7 +268,7 @@ static struct dqueue *queue_get(struct dthread *t, const char *key, const struct
 
 static void queue_maybe_free(struct dthread *t, struct dqueue *q)
 {
-    if (q->nentries || q->nconn || t->stopping)
+    if (q->nentries || q->nconn || q->throttled || t->stopping)
         return;
     struct dqueue **pp = &t->buckets[hash_str(q->key) % Q_BUCKETS];
     while (*pp && *pp != q)
@@ -532,7 +597,9 @@ static int apply_hdr_edits(const struct entry *e, struct buf *content)
 static struct entry *next_with_content(struct dthread *t, struct dqueue *q, struct buf *content)
 {
     struct entry *e;
-    while ((e = ready_pop(q)) != NULL) {
+    while (q->nready && rate_ok(t, q) && (e = ready_pop(q)) != NULL) {
+        if (rate_per_s(t) > 0)
+            q->tokens -= 1.0;
         buf_init(content, 0);
         if (spool_get_content(t->s->rt->spool, e->id, content) == PT_OK) {
             if (!e->hdr_edits || apply_hdr_edits(e, content) == PT_OK)
@@ -658,7 +725,9 @@ static void start_conn(struct dthread *t, struct dqueue *q)
 static void dispatch(struct dthread *t, struct dqueue *q)
 {
     int max = t->s->rt->cfg->delivery.max_connections_per_domain;
-    while (!t->stopping && q->idle && q->nready > q->nresolving) {
+    if (q->nready == 0 || !rate_ok(t, q))
+        return;                     /* a throttled queue is dispatched by the timer */
+    while (!t->stopping && q->idle && q->nready > q->nresolving && rate_ok(t, q)) {
         struct dconn *dc = q->idle;
         idle_remove(q, dc);
         struct buf content;
@@ -671,7 +740,8 @@ static void dispatch(struct dthread *t, struct dqueue *q)
     }
     /* a new connection only for ready entries that no resolving connection will
      * take: don't open 10 connections for 2 messages */
-    while (!t->stopping && q->nready > q->nresolving && q->nconn < max)
+    while (!t->stopping && q->nready > q->nresolving && q->nconn < max &&
+           (rate_per_s(t) <= 0 || q->nresolving < (uint32_t)q->tokens))
         start_conn(t, q);
 }
 
@@ -758,6 +828,21 @@ static void on_timer(uv_timer_t *timer)
         struct dqueue *q = entry_queue(t, e);
         ready_push(q, e);
         dispatch(t, q);
+    }
+    /* queues whose next max_message_rate token is due (dispatch may throttle
+     * them again, onto the fresh list) */
+    struct dqueue *q = t->throttled;
+    t->throttled = NULL;
+    while (q) {
+        struct dqueue *next = q->tnext;
+        q->throttled = false;
+        q->tnext = NULL;
+        if (rate_next_token(t, q) <= now)
+            dispatch(t, q);
+        else
+            rate_ok(t, q);          /* not yet: back on the list */
+        queue_maybe_free(t, q);
+        q = next;
     }
     timer_arm(t);
 }

@@ -384,3 +384,35 @@ def test_no_pipelining_next_hop(world):
     p.send("alice@sender.test", rcpts, data)
     t = dest.wait_message(msgid_of(data))
     assert sorted(t.rcpt_tos) == rcpts
+
+
+def test_max_message_rate_paces_each_destination(world):
+    """max_message_rate = 120 (per minute per destination): 2 messages a second with a
+    burst of 2; another destination is not held back by the first one's pace."""
+    slow = world.mx_domain("slow.test", "127.0.0.2")
+    other = world.mx_domain("other.test", "127.0.0.4")
+    p = world.petrel(delivery={"max_message_rate": 120})
+    s = p.smtp()
+    t0 = time.monotonic()
+    try:
+        slow_ids = []
+        for i in range(6):
+            d = make_message(to=["a@slow.test"], subject=f"paced {i}")
+            p.send("alice@sender.test", ["a@slow.test"], d, smtp=s)
+            slow_ids.append(msgid_of(d))
+        d = make_message(to=["b@other.test"], subject="not paced")
+        p.send("alice@sender.test", ["b@other.test"], d, smtp=s)
+    finally:
+        s.quit()
+    other.wait_message(msgid_of(d), timeout=10)
+    assert time.monotonic() - t0 < 1.5, "other.test waited behind slow.test's pace"
+    for mid in slow_ids:
+        slow.wait_message(mid, timeout=15)
+    times = sorted(t.time for t in slow.messages())
+    assert len(times) == 6
+    # burst of 2 at once, then one every 0.5 s: the 6th arrives 2 s after the 1st
+    span = times[-1] - times[0]
+    assert span >= 1.7, f"6 messages at 120/min arrived within {span:.2f} s: not paced"
+    gaps = [b - a for a, b in zip(times[2:], times[3:])]
+    assert min(gaps) >= 0.35, f"gaps after the burst {gaps}: faster than 2 per second"
+    assert span < 6, f"pacing far slower than configured: {span:.2f} s"
