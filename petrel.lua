@@ -102,7 +102,7 @@ petrel.configure_logging {
 }
 
 -- Hooks (examples). Handlers of one event run in the order registered; inside
--- them the actions (add_header, remove_header, set_queue_priority, log_info, ...)
+-- them the actions (add_header, remove_header, set_queue_priority, route_to, log_info)
 -- act on the message being handled. An error in smtp_message_received answers
 -- 451 4.3.0. This build runs smtp_server_greeting and smtp_message_received;
 -- smtp_delivery_result (below) is accepted but not run yet.

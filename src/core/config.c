@@ -1198,6 +1198,24 @@ static const struct cfg_route *find_route(const struct config *cfg, const char *
     return bsearch(&probe, cfg->routes, (size_t)cfg->n_routes, sizeof *cfg->routes, route_cmp);
 }
 
+const struct cfg_route *config_route_named(const struct config *cfg, const char *key)
+{
+    return cfg && cfg->n_routes && key ? find_route(cfg, key) : NULL;
+}
+
+int config_parse_route_literal(const char *spec, struct cfg_route *out)
+{
+    memset(out, 0, sizeof *out);
+    int bracketed = 0;
+    if (!spec || (spec[0] != '[' && !strchr(spec, ':')) ||
+        parse_hostport(spec, out->relay_host, &out->relay_port, &bracketed,
+                       DEF_RELAY_PORT) != PT_OK || !out->relay_host[0] || out->relay_port == 0)
+        return PT_INVALID;
+    out->kind = ROUTE_RELAY;
+    out->relay_no_mx = bracketed != 0;
+    return PT_OK;
+}
+
 const struct cfg_route *config_route_for(const struct config *cfg, const char *domain)
 {
     if (!cfg || cfg->n_routes == 0)

@@ -127,6 +127,15 @@ void config_free(struct config *cfg);
  * defaults). Borrowed from cfg. */
 const struct cfg_route *config_route_for(const struct config *cfg, const char *domain);
 
+/* The configure_transport route whose key is exactly key (route_to names one);
+ * NULL if none. Borrowed from cfg. */
+const struct cfg_route *config_route_named(const struct config *cfg, const char *key);
+
+/* A route_to target that is not a transport key: "[host]:port", "[host]" or
+ * "host:port" (brackets = no MX lookup). Fills out (kind ROUTE_RELAY, relayhost
+ * NULL: the caller keeps spec) and returns PT_OK, or PT_INVALID. */
+int config_parse_route_literal(const char *spec, struct cfg_route *out);
+
 /* Creates a Lua state for a worker thread with the petrel/kumo API installed and
  * the config file run in "worker" mode: configure_* calls are accepted (already
  * validated) and petrel.on handlers are kept for the policy hooks. NULL on error. */

@@ -229,7 +229,7 @@ int worker_start(struct worker *w)
         return PT_ERROR;
     w->loop.data = w;
     w->L = config_lua_worker(w->rt->cfg, err, sizeof err);
-    if (!w->L || hooks_install(w->L) != PT_OK) {
+    if (!w->L || hooks_install(w->L, w->rt->cfg) != PT_OK) {
         log_error("worker %d: %s", w->index, w->L ? "out of memory" : err);
         return PT_ERROR;
     }

@@ -10,6 +10,7 @@
 
 #include <lauxlib.h>
 
+#include "core/config.h"
 #include "obs/log.h"
 #include "policy/hooks.h"
 #include "policy/lua_api.h"
@@ -19,11 +20,13 @@
 
 #define HOOK_CURRENT "petrel.current"     /* registry: lightuserdata, the running fx */
 #define HOOK_HDRMETA "petrel.hdrmeta"     /* registry: metatable of meta.headers */
+#define HOOK_CFG "petrel.cfg"             /* registry: lightuserdata, the config */
 
 void hook_effects_init(struct hook_effects *fx)
 {
     buf_init(&fx->edits, 0);
     fx->priority = -1;
+    fx->route[0] = 0;
     fx->tenant[0] = 0;
 }
 
@@ -37,6 +40,7 @@ int hook_effects_copy(struct hook_effects *dst, const struct hook_effects *src)
 {
     buf_reset(&dst->edits);
     dst->priority = src->priority;
+    memcpy(dst->route, src->route, sizeof dst->route);
     memcpy(dst->tenant, src->tenant, sizeof dst->tenant);
     return src->edits.len ? buf_append(&dst->edits, src->edits.data, src->edits.len) : PT_OK;
 }
@@ -100,17 +104,59 @@ static int act_remove_header(lua_State *L)
     return 0;
 }
 
+static const char *const prio_names[] = { "high", "normal", "bulk", NULL };
+
+/* PRIO_HIGH, PRIO_NORMAL, PRIO_BULK for the name, or -1. */
+static int prio_of(const char *p)
+{
+    for (int i = 0; prio_names[i]; i++)
+        if (strcmp(p, prio_names[i]) == 0)
+            return i;
+    return -1;
+}
+
 static int act_set_queue_priority(lua_State *L)
 {
-    static const char *const names[] = { "high", "normal", "bulk", NULL };
     struct hook_effects *fx = current(L, "set_queue_priority");
     const char *p = luaL_checkstring(L, 1);
-    for (int i = 0; names[i]; i++)
-        if (strcmp(p, names[i]) == 0) {
-            fx->priority = i;   /* PRIO_HIGH, PRIO_NORMAL, PRIO_BULK */
-            return 0;
+    if ((fx->priority = prio_of(p)) < 0)
+        return hook_error(L, "set_queue_priority: '%s' is not one of high, normal, bulk", p);
+    return 0;
+}
+
+/* route_to(target, {priority=}): target is a configure_transport key or a relay
+ * host "[host]:port"; the entry is delivered that way instead of by its domain. */
+static int act_route_to(lua_State *L)
+{
+    struct hook_effects *fx = current(L, "route_to");
+    const char *name = luaL_checkstring(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, HOOK_CFG);
+    const struct config *cfg = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    const struct cfg_route *r = config_route_named(cfg, name);
+    struct cfg_route lit;
+    if (r && r->kind == ROUTE_ERROR)
+        return hook_error(L, "route_to: '%s' is an error route; it cannot carry mail", name);
+    if (!r && (strlen(name) >= sizeof fx->route || config_parse_route_literal(name, &lit) != PT_OK))
+        return hook_error(L, "route_to: '%s' is neither a configure_transport key nor a relay "
+                          "host such as \"[smtp.example.com]:587\"", name);
+    int prio = fx->priority;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_pushnil(L);
+        while (lua_next(L, 2)) {
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+            if (strcmp(k, "priority") != 0)
+                return hook_error(L, "route_to: unknown option '%s' (known: priority)", k);
+            const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+            if ((prio = prio_of(v)) < 0)
+                return hook_error(L, "route_to: priority '%s' is not one of high, normal, bulk", v);
+            lua_pop(L, 1);
         }
-    return hook_error(L, "set_queue_priority: '%s' is not one of high, normal, bulk", p);
+    }
+    fx->priority = prio;
+    snprintf(fx->route, sizeof fx->route, "%s", name);
+    return 0;
 }
 
 static int act_log(lua_State *L)
@@ -149,10 +195,11 @@ static int install_p(lua_State *L)
         { "add_header", act_add_header },
         { "remove_header", act_remove_header },
         { "set_queue_priority", act_set_queue_priority },
+        { "route_to", act_route_to },
         { NULL, NULL },
     };
     static const char *const unsupported[] = {
-        "sign_dkim", "route_to", "limit_sending", "adjust_domain_rate", NULL,
+        "sign_dkim", "limit_sending", "adjust_domain_rate", NULL,
     };
     static const struct { const char *name; enum log_level lvl; } logs[] = {
         { "log_info", LOG_L_INFO }, { "log_warn", LOG_L_WARN }, { "log_error", LOG_L_ERROR },
@@ -177,13 +224,15 @@ static int install_p(lua_State *L)
     return 0;
 }
 
-int hooks_install(lua_State *L)
+int hooks_install(lua_State *L, const struct config *cfg)
 {
     lua_pushcfunction(L, install_p);
     if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
         lua_pop(L, 1);
         return PT_NOMEM;
     }
+    lua_pushlightuserdata(L, (void *)cfg);
+    lua_setfield(L, LUA_REGISTRYINDEX, HOOK_CFG);
     return PT_OK;
 }
 

@@ -23,6 +23,7 @@
 struct hook_effects {
     struct buf edits;                /* util/headers.h edit text */
     int priority;                    /* PRIO_* (queue/entry.h), -1 = not set */
+    char route[256];                 /* route_to target ("" = by domain) */
     char tenant[HOOK_TENANT_MAX];    /* meta.tenant after the run ("" = none) */
 };
 
@@ -41,9 +42,11 @@ struct hook_meta {
 };
 
 /* Installs the action functions (add_header, remove_header, set_queue_priority,
- * log_*, and errors for the actions this build does not do) in L, a worker state
- * whose config chunk has run. PT_OK or PT_NOMEM. */
-int hooks_install(lua_State *L);
+ * route_to, log_*, and errors for the actions this build does not do) in L, a
+ * worker state whose config chunk has run; route_to checks its target against cfg
+ * (borrowed for the life of L). PT_OK or PT_NOMEM. */
+struct config;
+int hooks_install(lua_State *L, const struct config *cfg);
 
 /* Whether any handler is registered for event. */
 bool hooks_any(lua_State *L, const char *event);

@@ -4,6 +4,7 @@
  * compact entries; content is read from the spool when a delivery starts.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -77,12 +78,21 @@ struct dconn {
     struct smtp_client *client;
 };
 
+/* A route_to target given as a relay host rather than a transport key: made on
+ * first use, kept until sched_free (a handful per config). */
+struct literal_route {
+    struct literal_route *next;
+    struct cfg_route r;              /* relayhost = the spec; tls/auth from defaults */
+};
+
 struct sched {
     struct runtime *rt;
     int n;
     struct dthread *t;
     bool started;
     _Atomic uint64_t depth;
+    pthread_mutex_t literal_lock;    /* entry_key runs on several threads */
+    struct literal_route *literals;
 };
 
 static const struct smtp_client_ops client_ops;
@@ -103,13 +113,51 @@ static uint64_t hash_str(const char *s)
     return h;
 }
 
-/* Destination key and route of an entry. */
-static const char *entry_key(const struct config *cfg, const struct entry *e,
-                             const struct cfg_route **route)
+/* The route of a route_to relay host spec, NULL if spec is not one. */
+static const struct cfg_route *literal_route(struct sched *s, const char *spec)
 {
-    const struct cfg_route *r = config_route_for(cfg, e->domain);
+    struct cfg_route parsed;
+    if (config_parse_route_literal(spec, &parsed) != PT_OK)
+        return NULL;
+    pthread_mutex_lock(&s->literal_lock);
+    struct literal_route *l = s->literals;
+    while (l && strcmp(l->r.relayhost, spec) != 0)
+        l = l->next;
+    if (!l && (l = calloc(1, sizeof *l)) != NULL) {
+        l->r = parsed;
+        if (!(l->r.relayhost = strdup(spec))) {
+            free(l);
+            l = NULL;
+        } else {
+            l->next = s->literals;
+            s->literals = l;
+        }
+    }
+    pthread_mutex_unlock(&s->literal_lock);
+    return l ? &l->r : NULL;
+}
+
+/* Route of an entry: its route_to target (a transport key, else a relay host),
+ * else the transport route of its domain, else the configure_delivery relayhost;
+ * NULL = MX delivery. A target the config no longer has falls back to the domain. */
+static const struct cfg_route *entry_route(struct sched *s, const struct entry *e)
+{
+    const struct config *cfg = s->rt->cfg;
+    const struct cfg_route *r = NULL;
+    if (e->route && !(r = config_route_named(cfg, e->route)))
+        r = literal_route(s, e->route);
+    if (!r || r->kind == ROUTE_ERROR)
+        r = config_route_for(cfg, e->domain);
     if (!r && cfg->delivery.dflt.kind == ROUTE_RELAY)
         r = &cfg->delivery.dflt;
+    return r;
+}
+
+/* Destination key and route of an entry. */
+static const char *entry_key(struct sched *s, const struct entry *e,
+                             const struct cfg_route **route)
+{
+    const struct cfg_route *r = entry_route(s, e);
     *route = r;
     if (r && r->kind == ROUTE_RELAY)
         return r->relayhost;
@@ -317,7 +365,7 @@ static struct entry *ready_pop(struct dqueue *q)
 static struct dqueue *entry_queue(struct dthread *t, struct entry *e)
 {
     const struct cfg_route *r;
-    const char *key = entry_key(t->s->rt->cfg, e, &r);
+    const char *key = entry_key(t->s, e, &r);
     return queue_get(t, key, r);
 }
 
@@ -796,7 +844,7 @@ static void thread_insert(struct dthread *t, struct entry *e, bool run)
     struct dqueue *q = entry_queue(t, e);
     q->nentries++;
     metrics_add(M_QUEUE_DEPTH, e->domain, NULL, 1);
-    const struct cfg_route *r = config_route_for(t->s->rt->cfg, e->domain);
+    const struct cfg_route *r = entry_route(t->s, e);
     if (r && r->kind == ROUTE_DISCARD) {
         e->attempts++;
         for (uint32_t i = 0; i < e->nrcpt; i++) {
@@ -891,6 +939,7 @@ struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
     if (!s)
         return NULL;
     s->rt = rt;
+    pthread_mutex_init(&s->literal_lock, NULL);
     s->n = rt->cfg->delivery.threads > 0 ? rt->cfg->delivery.threads : 1;
     s->t = calloc((size_t)s->n, sizeof *s->t);
     if (!s->t) {
@@ -923,7 +972,7 @@ struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
 void sched_enqueue(struct sched *s, struct entry *e)
 {
     const struct cfg_route *r;
-    const char *key = entry_key(s->rt->cfg, e, &r);
+    const char *key = entry_key(s, e, &r);
     struct dthread *t = &s->t[hash_str(key) % (uint64_t)s->n];
     atomic_fetch_add(&s->depth, 1);
     if (!s->started) {
@@ -997,6 +1046,13 @@ void sched_free(struct sched *s)
         uv_loop_close(&t->loop);
     }
     free(s->t);
+    while (s->literals) {
+        struct literal_route *next = s->literals->next;
+        free(s->literals->r.relayhost);
+        free(s->literals);
+        s->literals = next;
+    }
+    pthread_mutex_destroy(&s->literal_lock);
     free(s);
 }
 

@@ -655,6 +655,8 @@ static int message_policy(void *arg, struct entry *e)
         rc = entry_set_hdr_edits(e, fx.edits.data);
     if (rc == PT_OK && fx.priority >= 0)
         e->priority = (uint8_t)fx.priority;
+    if (rc == PT_OK && fx.route[0])
+        rc = entry_set_route(e, fx.route);
     free(addrs);
     hook_effects_free(&fx);
     return rc;
@@ -685,7 +687,8 @@ static void end_of_data(struct smtp_session *s)
         .protocol = PROTO_SMTP, .priority = PRIO_NORMAL, .received_at = s->received_at,
         .peer_address = s->client_ip, .tls = conn_tls_describe(&s->conn), .log_reception = true,
     };
-    if (s->fx.edits.len || s->fx.priority >= 0 || hooks_any(s->w->L, "smtp_message_received")) {
+    if (s->fx.edits.len || s->fx.priority >= 0 || s->fx.route[0] ||
+        hooks_any(s->w->L, "smtp_message_received")) {
         m.policy = message_policy;
         m.policy_arg = s;
     }

@@ -170,3 +170,30 @@ def test_action_outside_a_hook_is_a_config_error(world):
     err = r.stderr.decode()
     assert r.returncode == 1 and f"{p.cfg_path}:" in err, err
     assert "add_header can only be called inside a hook" in err, err
+
+
+def test_route_to_a_transport_key_or_a_relay_host(world):
+    mx = world.mx_domain("dest.test", "127.0.0.2")
+    mx2 = world.mx_domain("dest2.test", "127.0.0.4")
+    cport, lport = world.other_port(), world.other_port()
+    cluster = world.sink("127.0.0.6", port=cport)
+    literal = world.sink("127.0.0.7", port=lport)
+    hook = f'''
+petrel.on("smtp_message_received", function(domain, meta)
+  if domain == "dest.test" then petrel.route_to("relay-cluster", {{ priority = "high" }}) end
+  if domain == "dest2.test" then petrel.route_to("[127.0.0.7]:{lport}") end
+end)
+'''
+    p = world.petrel(extra=hook,
+                     transport={"relay-cluster": {"relayhost": f"[127.0.0.6]:{cport}"}})
+    rcpts = ["a@dest.test", "b@dest2.test"]
+    data = make_message(to=rcpts)
+    p.send("alice@sender.test", rcpts, data)
+    mid = msgid_of(data)
+    assert cluster.wait_message(mid).rcpt_tos == ["a@dest.test"]
+    assert literal.wait_message(mid).rcpt_tos == ["b@dest2.test"]
+    recs = {r["recipient"]: r for r in p.wait_records("Delivery", 2)}
+    assert recs["a@dest.test"]["site"] == f"127.0.0.6:{cport}", recs
+    assert recs["b@dest2.test"]["site"] == f"127.0.0.7:{lport}", recs
+    assert recs["a@dest.test"]["queue"] == "dest.test"
+    assert not mx.find(mid) and not mx2.find(mid), "route_to was ignored: mail went by MX"

@@ -145,7 +145,7 @@ static struct world load(const char *hooks)
     w.L = config_lua_worker(w.cfg, err, sizeof err);
     unlink(path);
     assert_non_null(w.L);
-    assert_int_equal(hooks_install(w.L), PT_OK);
+    assert_int_equal(hooks_install(w.L, w.cfg), PT_OK);
     return w;
 }
 
@@ -208,6 +208,7 @@ static void test_hook_errors(void **state)
         "  if domain == 'inject.test' then petrel.add_header('X-A', 'v\\r\\nBcc: e@evil.test') end\n"
         "  if domain == 'prio.test' then petrel.set_queue_priority('urgent') end\n"
         "  if domain == 'dkim.test' then petrel.sign_dkim('d', 's', 'k') end\n"
+        "  if domain == 'route.test' then petrel.route_to('no-such-route') end\n"
         "  if domain == 'loop.test' then while true do pcall(function() end) end end\n"
         "  petrel.add_header('X-Ok', 'yes')\n"
         "end)\n");
@@ -217,6 +218,7 @@ static void test_hook_errors(void **state)
         { "prio.test", ":5: set_queue_priority: 'urgent' is not one of high, normal, bulk" },
         { "dkim.test", ":6: sign_dkim is not supported by this build of petrel" },
         { "loop.test", "hook exceeded its budget" },
+        { "route.test", "route_to: 'no-such-route' is neither a configure_transport key nor a relay host" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct hook_effects fx;
@@ -245,6 +247,54 @@ static void test_hook_errors(void **state)
     assert_non_null(strstr(lua_tostring(w.L, -1), "can only be called inside a hook"));
     lua_settop(w.L, 0);
     unload(&w);
+}
+
+static void test_route_to(void **state)
+{
+    struct world w = load(
+        "petrel.configure_transport { ['relay-cluster'] = { relayhost = '[10.0.0.1]:2525' },\n"
+        "  ['blocked.example'] = 'error:550 5.1.1 no' }\n"
+        "petrel.on('smtp_message_received', function(domain, meta)\n"
+        "  if domain == 'a.test' then petrel.route_to('relay-cluster', { priority = 'high' }) end\n"
+        "  if domain == 'b.test' then petrel.route_to('[192.0.2.1]:587') end\n"
+        "  if domain == 'c.test' then petrel.route_to('blocked.example') end\n"
+        "  if domain == 'd.test' then petrel.route_to('relay-cluster', { speed = 1 }) end\n"
+        "end)\n");
+    struct { const char *domain, *route, *err; int prio; } cases[] = {
+        { "a.test", "relay-cluster", NULL, PRIO_HIGH },
+        { "b.test", "[192.0.2.1]:587", NULL, -1 },
+        { "c.test", NULL, "'blocked.example' is an error route", -1 },
+        { "d.test", NULL, "route_to: unknown option 'speed'", -1 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct hook_effects fx;
+        hook_effects_init(&fx);
+        char err[512] = "";
+        int rc = hooks_run(w.L, "smtp_message_received", cases[i].domain, &META, &fx, err,
+                           sizeof err);
+        if (cases[i].err) {
+            assert_int_equal(rc, PT_ERROR);
+            if (!strstr(err, cases[i].err))
+                fail_msg("%s: '%s' lacks '%s'", cases[i].domain, err, cases[i].err);
+        } else {
+            assert_int_equal(rc, PT_OK);
+            assert_string_equal(fx.route, cases[i].route);
+            assert_int_equal(fx.priority, cases[i].prio);
+        }
+        hook_effects_free(&fx);
+    }
+    unload(&w);
+
+    struct cfg_route r;
+    assert_int_equal(config_parse_route_literal("[mx.example.com]:587", &r), PT_OK);
+    assert_string_equal(r.relay_host, "mx.example.com");
+    assert_int_equal(r.relay_port, 587);
+    assert_true(r.relay_no_mx);
+    assert_int_equal(config_parse_route_literal("relay.example.com:25", &r), PT_OK);
+    assert_false(r.relay_no_mx);
+    assert_int_equal(config_parse_route_literal("relay-cluster", &r), PT_INVALID);
+    assert_int_equal(config_parse_route_literal("[]:25", &r), PT_INVALID);
+    assert_int_equal(config_parse_route_literal("[x]:0", &r), PT_INVALID);
 }
 
 static void test_greeting_hook_and_tenant_rule(void **state)
@@ -284,6 +334,7 @@ int main(void)
         cmocka_unit_test(test_hdr_edits),
         cmocka_unit_test(test_message_hook_sees_meta_and_acts),
         cmocka_unit_test(test_hook_errors),
+        cmocka_unit_test(test_route_to),
         cmocka_unit_test(test_greeting_hook_and_tenant_rule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
