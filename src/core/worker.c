@@ -1,12 +1,8 @@
 /* Worker threads and their listening sockets (SO_REUSEPORT: the kernel spreads
  * connections over the workers), plus the shared front-door connection counters.
  * SPDX-License-Identifier: Apache-2.0 */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <lua.h>
@@ -16,6 +12,7 @@
 #include "obs/log.h"
 #include "policy/hooks.h"
 #include "smtp/smtp_server.h"
+#include "util/netsock.h"
 #include "util/result.h"
 
 /* ---- front door -------------------------------------------------------- */
@@ -115,49 +112,15 @@ void frontdoor_leave(struct frontdoor *fd, int listener, const char *ip)
 
 /* ---- sockets ----------------------------------------------------------- */
 
-static int make_listen_socket(const struct cfg_listener *l, char *err, size_t errlen)
-{
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    socklen_t slen;
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, l->host, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons(l->port);
-        slen = sizeof *v4;
-    } else if (inet_pton(AF_INET6, l->host, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons(l->port);
-        slen = sizeof *v6;
-    } else {
-        snprintf(err, errlen, "listener %s: '%s' is not an IP address", l->listen, l->host);
-        return -1;
-    }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errlen, "listener %s: socket: %s", l->listen, strerror(errno));
-        return -1;
-    }
-    int one = 1, zero = 0;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    if (ss.ss_family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-    if (bind(fd, (struct sockaddr *)&ss, slen) != 0 || listen(fd, 1024) != 0) {
-        snprintf(err, errlen, "cannot listen on %s: %s", l->listen, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 int workers_bind(struct worker *w, int nworkers, const struct config *cfg, char *err, size_t errlen)
 {
     for (int i = 0; i < nworkers; i++) {
         w[i].nlisteners = cfg->n_listeners;
         for (int j = 0; j < cfg->n_listeners; j++) {
-            w[i].listen_fds[j] = make_listen_socket(&cfg->listeners[j], err, errlen);
+            const struct cfg_listener *l = &cfg->listeners[j];
+            w[i].listen_fds[j] = netsock_listen(l->host, l->port, l->listen, "listener",
+                                                NETSOCK_NONBLOCK | NETSOCK_REUSEPORT, 1024,
+                                                err, errlen);
             if (w[i].listen_fds[j] < 0)
                 return PT_ERROR;
         }

@@ -2,16 +2,13 @@
  * in constant time), a route table, JSON error bodies. Handlers run on MHD's
  * polling thread and must never block on a worker or the spool thread.
  * SPDX-License-Identifier: Apache-2.0 */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -27,6 +24,7 @@
 #include "queue/spool.h"
 #include "util/buf.h"
 #include "util/cidr.h"
+#include "util/netsock.h"
 #include "util/result.h"
 #include "util/utf8.h"
 
@@ -306,42 +304,6 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---- start / stop ---------------------------------------------------------- */
 
-static int make_listen_socket(const struct cfg_http_listener *l, char *err, size_t errlen)
-{
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    socklen_t slen;
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, l->host, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons(l->port);
-        slen = sizeof *v4;
-    } else if (inet_pton(AF_INET6, l->host, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons(l->port);
-        slen = sizeof *v6;
-    } else {
-        snprintf(err, errlen, "http listener %s: '%s' is not an IP address", l->listen, l->host);
-        return -1;
-    }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errlen, "http listener %s: socket: %s", l->listen, strerror(errno));
-        return -1;
-    }
-    int one = 1, zero = 0;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (ss.ss_family == AF_INET6)  /* "[::]" takes IPv4 too, like the SMTP listeners */
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-    if (bind(fd, (struct sockaddr *)&ss, slen) != 0 || listen(fd, 128) != 0) {
-        snprintf(err, errlen, "cannot listen on %s: %s", l->listen, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 static char *read_pem(const char *path, const char *what, const char *listen, size_t *len,
                       char *err, size_t errlen)
 {
@@ -430,7 +392,7 @@ struct http_server *http_start(struct runtime *rt, const struct cfg_http_listene
         }
         flags |= MHD_USE_TLS;
     }
-    int fd = make_listen_socket(l, err, errlen);
+    int fd = netsock_listen(l->host, l->port, l->listen, "http listener", 0, 128, err, errlen);
     if (fd < 0) {
         free_server(s);
         return NULL;
