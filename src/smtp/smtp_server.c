@@ -629,10 +629,11 @@ static int message_policy(void *arg, struct entry *e)
     struct hook_effects fx;
     hook_effects_init(&fx);
     int rc = hook_effects_copy(&fx, &s->fx);
-    const char **addrs = calloc(e->nrcpt, sizeof *addrs);
-    if (rc == PT_OK && !addrs)
+    const char **addrs = NULL;
+    if (rc == PT_OK && hooks_any(s->w->L, "smtp_message_received") &&
+        !(addrs = calloc(e->nrcpt, sizeof *addrs)))
         rc = PT_NOMEM;
-    if (rc == PT_OK && hooks_any(s->w->L, "smtp_message_received")) {
+    if (rc == PT_OK && addrs) {
         for (uint32_t i = 0; i < e->nrcpt; i++)
             addrs[i] = e->rcpts[i].addr;
         const char *user = s->authed ? s->auth_user : NULL;
