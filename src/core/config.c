@@ -231,6 +231,7 @@ static const struct opt auth_opts[] = {
 
 static const struct opt process_opts[] = {
     { O("user", OPT_STR, CFG(process_user)) },
+    { O("smtp_threads", OPT_INT, CFG(smtp_threads)), .lo = 0, .hi = MAX_THREADS },
     { .name = NULL },
 };
 
@@ -1094,10 +1095,18 @@ static int route_cmp(const void *a, const void *b)
 /* Values that depend on the machine, resolved once the file has run. */
 static int config_finish(struct config *cfg)
 {
-    if (cfg->delivery.threads == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        cfg->delivery.threads = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : (int)n;
-    }
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (ncpu < 1)
+        ncpu = 1;
+    if (cfg->delivery.threads == 0)
+        cfg->delivery.threads = ncpu > MAX_THREADS ? MAX_THREADS : (int)ncpu;
+    /* SMTP workers share the cores with the spool thread and the delivery threads,
+     * and parsing SMTP is the cheap part of relaying a message: half the cores.
+     * Measured on 2 cores (bench/bench.py, 50 KB): one worker used 5-13% less CPU
+     * per message than two at the same throughput, because each wakeup of a busier
+     * loop handles more events (fewer context switches per message). */
+    if (cfg->smtp_threads == 0)
+        cfg->smtp_threads = ncpu / 2 < 1 ? 1 : ncpu / 2 > MAX_THREADS ? MAX_THREADS : (int)(ncpu / 2);
     if (!cfg->delivery.helo_name) {
         char h[256];
         host_name(h);

@@ -112,6 +112,7 @@ struct config {
     double auth_failure_window;      /* 10m: ... within this window ... */
     double auth_ban_time;            /* 10m: ... get it refused (421) this long */
     char *process_user;
+    int smtp_threads;                /* SMTP worker threads; 0 = auto (config_finish) */
     struct cfg_header_check *header_checks; int n_header_checks;
     struct { char *path, *level; } logging;       /* "./var/log/petrel.jsonl", "info" */
     int n_hooks;                     /* petrel.on registrations seen (for information) */

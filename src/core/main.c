@@ -195,8 +195,7 @@ int main(int argc, char **argv)
              (unsigned long long)rc.n, cfg->queue.spool_dir, time_now() - t0,
              rc.bad ? " (some undecodable entries skipped)" : "");
 
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int nworkers = ncpu > 0 ? (int)ncpu : 1;
+    int nworkers = cfg->smtp_threads;
     struct worker *workers = calloc((size_t)nworkers, sizeof *workers);
     struct frontdoor *fd = frontdoor_new();
     if (!workers || !fd)

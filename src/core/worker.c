@@ -1,6 +1,8 @@
 /* Worker threads and their listening sockets (SO_REUSEPORT: the kernel spreads
  * connections over the workers), plus the shared front-door connection counters.
  * SPDX-License-Identifier: Apache-2.0 */
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -182,6 +184,9 @@ static void worker_on_msg(void *owner, struct mbox_msg *msg)
 static void worker_main(void *arg)
 {
     struct worker *w = arg;
+    char name[16];  /* "top -H" and /proc/PID/task/N/comm show it */
+    snprintf(name, sizeof name, "petrel-smtp-%d", w->index);
+    pthread_setname_np(pthread_self(), name);
     uv_run(&w->loop, UV_RUN_DEFAULT);
 }
 

@@ -923,6 +923,9 @@ static void on_msg(void *owner, struct mbox_msg *msg)
 static void thread_main(void *arg)
 {
     struct dthread *t = arg;
+    char name[16];
+    snprintf(name, sizeof name, "petrel-dlv-%d", t->index);
+    pthread_setname_np(pthread_self(), name);
     /* entries recovered before the start */
     for (int h = 0; h < Q_BUCKETS; h++)
         for (struct dqueue *q = t->buckets[h]; q; q = q->hnext)

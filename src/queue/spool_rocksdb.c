@@ -59,6 +59,7 @@
 #define SPOOL_BYTES_PER_SYNC    (1u << 20)  /* smooth SST writeback, no fsync storms */
 #define SPOOL_LOG_KEEP          3           /* RocksDB's own LOG files kept */
 #define SPOOL_LOG_SIZE          (8u << 20)
+#define SPOOL_LOG_LEVEL         1           /* INFO: flushes and compactions, not each write */
 #define SPOOL_SCAN_READAHEAD    (2u << 20)  /* recovery scan: large sequential reads */
 #define SPOOL_DIR_MODE          0750
 
@@ -463,6 +464,9 @@ static void configure(struct spool *s)
     /* Mail text compresses about 2:1 with LZ4 at a few microseconds per message, and
      * only on flush/compaction: messages deleted before a flush never pay it. */
     rocksdb_options_set_compression(o, rocksdb_lz4_compression);
+    /* Debian's librocksdb is built without NDEBUG, which makes DEBUG its default
+     * LOG level: a formatted LOG line (and a write) for every FlushWAL call. */
+    rocksdb_options_set_info_log_level(o, SPOOL_LOG_LEVEL);
     rocksdb_options_set_keep_log_file_num(o, SPOOL_LOG_KEEP);
     rocksdb_options_set_max_log_file_size(o, SPOOL_LOG_SIZE);
     rocksdb_options_set_manual_wal_flush(o, 1);

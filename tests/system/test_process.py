@@ -51,3 +51,37 @@ def test_unknown_user_is_a_startup_error(world):
     p.expected_exit = True
     assert rc != 0, "petrel must refuse to start with an unknown user"
     assert "no-such-user-x" in p.stderr_text()
+
+
+def _thread_names(pid):
+    names = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass
+    return names
+
+
+def test_smtp_threads_default_and_option(world):
+    """smtp_threads: 0 (default) = half the cores, at least one; a number is that many
+    SMTP worker loops, and mail flows through them."""
+    dest = world.mx_domain("dest.test", "127.0.0.2")
+    world.mx_domain("sender.test", "127.0.0.3")
+    p = world.petrel()
+    smtp = [n for n in _thread_names(p.pid) if n.startswith("petrel-smtp-")]
+    assert len(smtp) == max(1, os.cpu_count() // 2), smtp
+    assert any(n.startswith("petrel-dlv-") for n in _thread_names(p.pid))
+    p.stop()
+
+    p = world.petrel(extra=Lua('petrel.configure_process { smtp_threads = 3 }'))
+    assert sorted(n for n in _thread_names(p.pid) if n.startswith("petrel-smtp-")) == \
+        ["petrel-smtp-0", "petrel-smtp-1", "petrel-smtp-2"]
+    ids = []
+    for i in range(12):  # SO_REUSEPORT spreads these over the three loops
+        data = make_message(to=[f"u{i}@dest.test"], subject=f"thread {i}")
+        p.send("alice@sender.test", [f"u{i}@dest.test"], data)
+        ids.append(msgid_of(data))
+    for m in ids:
+        dest.wait_message(m)

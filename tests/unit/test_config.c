@@ -98,6 +98,7 @@ static void test_defaults(void **state)
     assert_int_equal(c->queue.max_queue_depth, 1000000);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     assert_int_equal(c->delivery.threads, cpus < 1 ? 1 : cpus);
+    assert_int_equal(c->smtp_threads, cpus / 2 < 1 ? 1 : cpus / 2);
     assert_int_equal(c->delivery.dflt.kind, ROUTE_DEFAULT);
     assert_null(c->delivery.dflt.relayhost);
     assert_string_equal(c->delivery.dflt.tls, "may");
@@ -242,7 +243,7 @@ static const char every_option[] =
     "petrel.configure_dkim_signing { domain = \"example.com\", selector = \"rsa\",\n"
     "  key_file = \"keys/rsa.pem\" }\n"
     "petrel.configure_auth { users_file = \"users.txt\" }\n"
-    "petrel.configure_process { user = \"petrel\" }\n"
+    "petrel.configure_process { user = \"petrel\", smtp_threads = 3 }\n"
     "petrel.configure_header_checks {\n"
     "  { pattern = \"^Received: from (internal|localhost|192\\\\.168\\\\.|10\\\\.)\",\n"
     "    action = \"IGNORE\" },\n"
@@ -370,6 +371,7 @@ static void test_every_option(void **state)
 
     assert_string_equal(c->auth_users_file, "users.txt");
     assert_string_equal(c->process_user, "petrel");
+    assert_int_equal(c->smtp_threads, 3);
     assert_int_equal(c->n_header_checks, 3);
     assert_string_equal(c->header_checks[0].pattern,
                         "^Received: from (internal|localhost|192\\.168\\.|10\\.)");
@@ -480,6 +482,8 @@ static void test_err_wrong_type(void **state)
              "configure_delivery: option 'auth' must be a table { username = ..., password = ... }");
     load_err("petrel.configure_process { user = \"\" }\n", 1,
              "configure_process: option 'user' must not be empty");
+    load_err("petrel.configure_process { smtp_threads = -1 }\n", 1,
+             "configure_process: option 'smtp_threads' must be between 0 and 1024");
     load_err("petrel.configure_queue \"x\"\n", 1,
              "configure_queue: expects one table of options: petrel.configure_queue { ... }");
 }
