@@ -93,7 +93,10 @@ petrel.configure_delivery {
 
 -- petrel.configure_dns { resolvers = { "127.0.0.1:5353" } }  -- default: resolv.conf
 -- petrel.configure_tls { min_tls_version = "1.2", prefer_server_ciphers = true }
--- petrel.configure_process { user = "petrel" }  -- drop root after binding
+-- petrel.configure_process {
+--   user = "petrel",     -- drop root after binding
+--   smtp_threads = 0,    -- SMTP event loops; 0 = half the cores, at least one
+-- }
 
 -- One JSON record per recipient per event; diagnostics go to stderr.
 petrel.configure_logging {

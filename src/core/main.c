@@ -183,6 +183,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "petrel: spool %s: %s\n", cfg->queue.spool_dir, err);
         return 1;
     }
+    struct spool_stats sst;
+    spool_stats(rt.spool, &sst);
+    log_info("spool %s open; CRC32C on %s", cfg->queue.spool_dir, sst.crc32c);
     rt.sched = sched_new(&rt, err, sizeof err);
     if (!rt.sched) {
         fprintf(stderr, "petrel: %s\n", err);

@@ -53,6 +53,7 @@ struct spool_stats {
     uint64_t durable_commits;   /* batches handed to spool_commit_durable */
     uint64_t fsyncs;            /* synced writes performed */
     uint64_t bytes;             /* approximate live size on disk */
+    const char *crc32c;         /* what computes RocksDB's checksums (crc32c.h) */
 };
 void spool_stats(struct spool *s, struct spool_stats *out);
 

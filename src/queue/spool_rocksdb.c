@@ -41,6 +41,7 @@
 
 #include <rocksdb/c.h>
 
+#include "queue/crc32c.h"
 #include "queue/spool.h"
 #include "util/buf.h"
 #include "util/result.h"
@@ -85,6 +86,7 @@ struct spool {
     struct spool_batch *head, *tail;    /* pending durable batches, under lock */
     int closing;                        /* under lock */
 
+    const char *crc;                    /* what RocksDB's CRC32C runs on (crc32c.h) */
     _Atomic uint64_t durable_commits;
     _Atomic uint64_t fsyncs;
 };
@@ -414,6 +416,7 @@ void spool_stats(struct spool *s, struct spool_stats *out)
         return;
     out->durable_commits = atomic_load_explicit(&s->durable_commits, memory_order_relaxed);
     out->fsyncs = atomic_load_explicit(&s->fsyncs, memory_order_relaxed);
+    out->crc32c = s->crc;
     out->bytes = prop_u64(s, "rocksdb.live-sst-files-size") +
                  prop_u64(s, "rocksdb.cur-size-all-mem-tables");
 }
@@ -532,6 +535,7 @@ struct spool *spool_open(const char *dir, char *err, size_t errlen)
     atomic_init(&s->durable_commits, 0);
     atomic_init(&s->fsyncs, 0);
 
+    s->crc = crc32c_select(); /* before RocksDB's first checksum */
     s->opts = rocksdb_options_create();
     configure(s);
     s->wopts = rocksdb_writeoptions_create();
