@@ -3,6 +3,7 @@
  * polling thread and must never block on a worker or the spool thread.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -19,13 +20,19 @@
 #include "core/config.h"
 #include "core/runtime.h"
 #include "http/http_server.h"
+#include "http/inject.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "queue/entry.h"
+#include "queue/ingest.h"
+#include "queue/sched.h"
 #include "queue/spool.h"
+#include "smtp/smtp_parse.h"
 #include "util/buf.h"
 #include "util/cidr.h"
 #include "util/netsock.h"
 #include "util/result.h"
+#include "util/timeutil.h"
 #include "util/utf8.h"
 
 #define KEY_HASH_LEN 32         /* SHA-256 */
@@ -42,12 +49,20 @@ struct http_server {
     size_t key_len;
     atomic_bool starting;                     /* MHD messages go to start_err meanwhile */
     char start_err[256];
+    atomic_bool stopping;                     /* injections get 503 from now on */
+    atomic_int inflight;                      /* injection jobs not yet answered */
 };
+
+struct inject_job;
 
 /* Per request, from MHD's first call to its completion notice. */
 struct http_req {
     bool answered;              /* a response is queued: discard any body */
+    bool takes_body;            /* the endpoint reads the body (kept in data) */
     size_t body;                /* body bytes seen */
+    struct buf data;            /* the body, for endpoints that take one */
+    char ip[64];                /* client address */
+    struct inject_job *job;     /* an injection waiting for the spool */
 };
 
 /* ---- responses ----------------------------------------------------------- */
@@ -117,7 +132,8 @@ static enum MHD_Result respond_error(struct MHD_Connection *c, unsigned status, 
 
 /* ---- endpoints ------------------------------------------------------------ */
 
-static enum MHD_Result get_metrics(struct http_server *s, struct MHD_Connection *c)
+static enum MHD_Result get_metrics(struct http_server *s, struct MHD_Connection *c,
+                                    struct http_req *req)
 {
     struct spool_stats st;
     spool_stats(s->rt->spool, &st);
@@ -134,12 +150,14 @@ static enum MHD_Result get_metrics(struct http_server *s, struct MHD_Connection 
     return respond(c, MHD_HTTP_OK, "text/plain; version=0.0.4", text, len, NULL, NULL);
 }
 
-static enum MHD_Result get_healthz(struct http_server *s, struct MHD_Connection *c)
+static enum MHD_Result get_healthz(struct http_server *s, struct MHD_Connection *c,
+                                    struct http_req *req)
 {
     return respond_json(c, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"), NULL, NULL);
 }
 
-static enum MHD_Result get_readyz(struct http_server *s, struct MHD_Connection *c)
+static enum MHD_Result get_readyz(struct http_server *s, struct MHD_Connection *c,
+                                    struct http_req *req)
 {
     if (!atomic_load(&s->ready))
         return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
@@ -152,21 +170,288 @@ static enum MHD_Result get_readyz(struct http_server *s, struct MHD_Connection *
     return respond_json(c, MHD_HTTP_OK, json_pack("{s:s}", "status", "ready"), NULL, NULL);
 }
 
-typedef enum MHD_Result (*route_fn)(struct http_server *s, struct MHD_Connection *c);
+/* ---- message injection (POST /v1/message, POST /api/inject/v1) -------------
+ *
+ * The body is parsed into messages (http/inject.c), each is handed to ingest, and
+ * the connection is suspended until every submission's durable callback has run
+ * (on the spool thread), which resumes it: the 200 is never sent before the fsync,
+ * and MHD's thread never waits. */
+
+struct inject_sub {             /* one submitted message */
+    struct inject_job *job;
+    size_t msg;                 /* index in the batch */
+    bool failed;                /* spool error: its recipients were not queued */
+};
+
+struct inject_job {
+    pthread_mutex_t lock;
+    struct http_server *s;
+    struct MHD_Connection *c;
+    bool kumo;
+    int pending;                /* submissions whose callback has not run (under lock) */
+    bool suspended;             /* under lock */
+    char id[ENTRY_ID_LEN + 1];  /* /v1/message: the queue id */
+    struct inject_batch batch;  /* messages and the recipients refused up front */
+    json_t *rejected;           /* /v1/message: recipients refused by policy */
+    size_t nsubs;
+    struct inject_sub *subs;
+};
+
+static void job_free(struct inject_job *j)
+{
+    if (!j)
+        return;
+    inject_batch_free(&j->batch);
+    json_decref(j->rejected);
+    free(j->subs);
+    pthread_mutex_destroy(&j->lock);
+    atomic_fetch_sub(&j->s->inflight, 1);
+    free(j);
+}
+
+static void inject_done(void *arg, int status)
+{
+    struct inject_sub *sub = arg;
+    struct inject_job *j = sub->job;
+    if (status == PT_OK)
+        metrics_inc(M_RECEIVED, j->s->l->listen, NULL, 1);
+    pthread_mutex_lock(&j->lock);
+    sub->failed = status != PT_OK;
+    bool resume = --j->pending == 0 && j->suspended;
+    struct MHD_Connection *c = j->c;
+    pthread_mutex_unlock(&j->lock);
+    if (resume)
+        MHD_resume_connection(c);  /* MHD calls on_request again: finish_job answers */
+}
+
+static void new_id(void *arg, char out[ENTRY_ID_LEN + 1])
+{
+    entry_new_id(out);
+}
+
+/* Drops recipients whose domain routes to "error:..." (the SMTP listener refuses them
+ * at RCPT); each goes to rejected (v1) or to the batch's failures (kumo). */
+static int apply_routes(struct inject_job *j, const struct config *cfg)
+{
+    for (size_t m = 0; m < j->batch.nmsgs; m++) {
+        struct inject_msg *msg = &j->batch.msgs[m];
+        size_t keep = 0;
+        for (size_t i = 0; i < msg->nrcpt; i++) {
+            char ldom[256];
+            const char *dom = smtp_addr_domain(msg->rcpts[i]);
+            smtp_domain_lower(dom ? dom : "", ldom, sizeof ldom);
+            const struct cfg_route *r = config_route_for(cfg, ldom);
+            if (!r || r->kind != ROUTE_ERROR) {
+                msg->rcpts[keep++] = msg->rcpts[i];
+                continue;
+            }
+            if (!j->kumo) {
+                json_array_append_new(j->rejected, json_string(msg->rcpts[i]));
+                free(msg->rcpts[i]);
+                continue;
+            }
+            struct inject_failure *f = realloc(j->batch.failed,
+                                               (j->batch.nfailed + 1) * sizeof *f);
+            if (f)
+                j->batch.failed = f;
+            char *why = f ? strdup(r->error_text) : NULL;
+            if (!why) {  /* keep what is left owned by msg, then give up */
+                for (; i < msg->nrcpt; i++)
+                    msg->rcpts[keep++] = msg->rcpts[i];
+                msg->nrcpt = keep;
+                return PT_NOMEM;
+            }
+            f[j->batch.nfailed++] = (struct inject_failure){ .recipient = msg->rcpts[i],
+                                                             .error = why };
+        }
+        msg->nrcpt = keep;
+    }
+    return PT_OK;
+}
+
+/* Builds the final answer once every submission has reported. */
+static enum MHD_Result finish_job(struct http_req *req, struct MHD_Connection *c)
+{
+    struct inject_job *j = req->job;
+    req->job = NULL;
+    req->answered = true;
+    size_t ok = 0, failed = 0;
+    json_t *frcpt = json_array(), *errors = json_array();
+    for (size_t k = 0; k < j->nsubs; k++) {
+        const struct inject_msg *msg = &j->batch.msgs[j->subs[k].msg];
+        if (!j->subs[k].failed) {
+            ok += msg->nrcpt;
+            continue;
+        }
+        failed += msg->nrcpt;
+        for (size_t i = 0; i < msg->nrcpt; i++) {
+            json_array_append_new(frcpt, json_string(msg->rcpts[i]));
+            json_array_append_new(errors, json_sprintf("%s: temporary failure writing the "
+                                                       "queue, try again later", msg->rcpts[i]));
+        }
+    }
+    enum MHD_Result ret;
+    if (!j->kumo) {
+        json_decref(frcpt);
+        json_decref(errors);
+        if (failed)
+            ret = respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
+                                "temporary failure writing the queue, try again later");
+        else
+            ret = respond_json(c, MHD_HTTP_OK,
+                               json_pack("{s:s, s:I, s:O}", "id", j->id, "accepted",
+                                         (json_int_t)ok, "rejected", j->rejected),
+                               NULL, NULL);
+    } else {
+        for (size_t i = 0; i < j->batch.nfailed; i++) {
+            const struct inject_failure *f = &j->batch.failed[i];
+            json_array_append_new(frcpt, json_string(f->recipient));
+            json_array_append_new(errors, json_sprintf("%s: %s", f->recipient, f->error));
+        }
+        failed += j->batch.nfailed;
+        ret = respond_json(c, MHD_HTTP_OK,
+                           json_pack("{s:I, s:I, s:o, s:o}", "success_count", (json_int_t)ok,
+                                     "fail_count", (json_int_t)failed, "failed_recipients",
+                                     frcpt, "errors", errors),
+                           NULL, NULL);
+    }
+    job_free(j);
+    return ret;
+}
+
+static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection *c,
+                                   struct http_req *req, bool kumo)
+{
+    if (req->job)
+        return finish_job(req, c);  /* resumed: every submission has reported */
+    req->answered = true;
+    const struct config *cfg = s->rt->cfg;
+    if (atomic_load(&s->stopping))
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
+                             "shutting down, try again later");
+    if (sched_depth(s->rt->sched) >= cfg->queue.max_queue_depth)
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "Retry-After", "60",
+                             "queue is full, try again later");
+    struct inject_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return MHD_NO;
+    pthread_mutex_init(&j->lock, NULL);
+    atomic_fetch_add(&s->inflight, 1);
+    j->s = s;
+    j->c = c;
+    j->kumo = kumo;
+    j->rejected = json_array();
+    char err[512];
+    int rc;
+    const char *body = req->data.data ? req->data.data : "";
+    double now = time_now();
+    const char *host = cfg->delivery.helo_name ? cfg->delivery.helo_name : s->rt->hostname;
+    if (kumo) {
+        rc = inject_kumo(body, req->data.len, host, now, new_id, NULL, &j->batch, err,
+                         sizeof err);
+    } else {
+        entry_new_id(j->id);
+        j->batch.msgs = calloc(1, sizeof *j->batch.msgs);
+        rc = !j->batch.msgs ? PT_NOMEM
+                            : inject_v1_message(body, req->data.len, host, j->id, now,
+                                                &j->batch.msgs[0], err, sizeof err);
+        if (rc == PT_OK)
+            j->batch.nmsgs = 1;
+    }
+    if (rc == PT_OK)
+        rc = apply_routes(j, cfg);
+    if (rc == PT_OK && j->batch.nmsgs && !(j->subs = calloc(j->batch.nmsgs, sizeof *j->subs)))
+        rc = PT_NOMEM;
+    if (rc != PT_OK) {
+        job_free(j);
+        if (rc == PT_INVALID)
+            return respond_error(c, MHD_HTTP_BAD_REQUEST, NULL, NULL, "%s", err);
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
+                             "out of memory, try again later");
+    }
+    /* pending holds one reference of our own while submitting, so no callback can
+     * see zero before we have decided whether to suspend; the spool thread never
+     * waits on this lock for longer than a counter update. */
+    j->pending = 1;
+    for (size_t m = 0; m < j->batch.nmsgs; m++) {
+        struct inject_msg *msg = &j->batch.msgs[m];
+        if (msg->nrcpt == 0)
+            continue;
+        struct inject_sub *sub = &j->subs[j->nsubs++];
+        *sub = (struct inject_sub){ .job = j, .msg = m };
+        struct ingest_msg im = {
+            .sender = msg->sender, .rcpts = (const char *const *)msg->rcpts,
+            .nrcpt = msg->nrcpt, .content = msg->content, .content_len = msg->content_len,
+            .protocol = PROTO_HTTP, .priority = PRIO_NORMAL, .received_at = now,
+            .peer_address = req->ip, .log_reception = true,
+        };
+        if (kumo || m > 0)
+            entry_new_id(im.id);
+        else
+            memcpy(im.id, j->id, sizeof im.id);
+        pthread_mutex_lock(&j->lock);
+        j->pending++;
+        pthread_mutex_unlock(&j->lock);
+        if (ingest_submit(s->rt, &im, inject_done, sub) != PT_OK) {
+            pthread_mutex_lock(&j->lock);
+            j->pending--;
+            sub->failed = true;
+            pthread_mutex_unlock(&j->lock);
+        }
+    }
+    req->job = j;
+    pthread_mutex_lock(&j->lock);
+    if (--j->pending == 0) {  /* every submission has reported already */
+        pthread_mutex_unlock(&j->lock);
+        return finish_job(req, c);
+    }
+    req->answered = false;  /* finish_job answers after the resume */
+    MHD_suspend_connection(c);
+    j->suspended = true;
+    pthread_mutex_unlock(&j->lock);
+    return MHD_YES;
+}
+
+static enum MHD_Result post_v1_message(struct http_server *s, struct MHD_Connection *c,
+                                       struct http_req *req)
+{
+    return post_inject(s, c, req, false);
+}
+
+static enum MHD_Result post_kumo_inject(struct http_server *s, struct MHD_Connection *c,
+                                        struct http_req *req)
+{
+    return post_inject(s, c, req, true);
+}
+
+typedef enum MHD_Result (*route_fn)(struct http_server *s, struct MHD_Connection *c,
+                                   struct http_req *req);
 
 /* Every endpoint. GET routes also answer HEAD (MHD omits the body). */
 static const struct route {
     const char *path;
     const char *method;
     route_fn fn;
+    bool takes_body;
 } routes[] = {
-    { "/metrics", MHD_HTTP_METHOD_GET, get_metrics },
-    { "/healthz", MHD_HTTP_METHOD_GET, get_healthz },
-    { "/readyz", MHD_HTTP_METHOD_GET, get_readyz },
+    { "/metrics", MHD_HTTP_METHOD_GET, get_metrics, false },
+    { "/healthz", MHD_HTTP_METHOD_GET, get_healthz, false },
+    { "/readyz", MHD_HTTP_METHOD_GET, get_readyz, false },
+    { "/v1/message", MHD_HTTP_METHOD_POST, post_v1_message, true },
+    { "/api/inject/v1", MHD_HTTP_METHOD_POST, post_kumo_inject, true },
 };
 
+static bool route_takes_body(const char *path, const char *method)
+{
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        if (routes[i].takes_body && strcmp(routes[i].path, path) == 0 &&
+            strcmp(routes[i].method, method) == 0)
+            return true;
+    return false;
+}
+
 static enum MHD_Result route(struct http_server *s, struct MHD_Connection *c, const char *path,
-                             const char *method)
+                             const char *method, struct http_req *req)
 {
     char allow[64] = "";
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
@@ -175,7 +460,7 @@ static enum MHD_Result route(struct http_server *s, struct MHD_Connection *c, co
             continue;
         bool get = strcmp(r->method, MHD_HTTP_METHOD_GET) == 0;
         if (strcmp(method, r->method) == 0 || (get && strcmp(method, MHD_HTTP_METHOD_HEAD) == 0))
-            return r->fn(s, c);
+            return r->fn(s, c, req);
         size_t o = strlen(allow);
         snprintf(allow + o, sizeof allow - o, "%s%s%s", o ? ", " : "", r->method,
                  get ? ", HEAD" : "");
@@ -246,43 +531,58 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!req)
             return MHD_NO;
         *con_cls = req;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        snprintf(req->ip, sizeof req->ip, "?");
+        if (ci && ci->client_addr)
+            cidr_addr_str(ci->client_addr, req->ip, sizeof req->ip);
         if (!authorized(s, c)) {
             req->answered = true;
             return respond_error(c, MHD_HTTP_UNAUTHORIZED, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
                                  "Bearer", "authentication required: a trusted host, or "
                                  "Authorization: Bearer with an API key");
         }
+        req->takes_body = route_takes_body(url, method);
+        size_t max = req->takes_body ? HTTP_MAX_INJECT : HTTP_MAX_BODY;
+        buf_init(&req->data, max);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > HTTP_MAX_BODY) {
+        if (cl && strtoull(cl, NULL, 10) > max) {
             req->answered = true;
             return respond_error(c, MHD_HTTP_CONTENT_TOO_LARGE, NULL, NULL,
-                                 "request body too large (at most %d bytes)", HTTP_MAX_BODY);
+                                 "request body too large (at most %zu bytes)", max);
         }
         return MHD_YES;
     }
-    if (*upload_data_size) {  /* no endpoint takes a body yet: count and drop it */
-        req->body += *upload_data_size;
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
         *upload_data_size = 0;
+        req->body += n;
+        if (req->answered)
+            return MHD_YES;  /* refused already: drop the rest */
         /* a chunked body has no length to refuse up front: cut the connection */
-        return req->body > HTTP_MAX_BODY ? MHD_NO : MHD_YES;
+        if (!req->takes_body)
+            return req->body > HTTP_MAX_BODY ? MHD_NO : MHD_YES;
+        return buf_append(&req->data, upload_data, n) == PT_OK ? MHD_YES : MHD_NO;
     }
     if (req->answered)
         return MHD_YES;
-    req->answered = true;
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    char ip[64] = "?";
-    if (ci && ci->client_addr)
-        cidr_addr_str(ci->client_addr, ip, sizeof ip);
-    log_debug("http %s: %s %s %.200s", s->l->listen, ip, method, url);
-    return route(s, c, url, method);
+    if (!req->job) {
+        req->answered = true;
+        log_debug("http %s: %s %s %.200s", s->l->listen, req->ip, method, url);
+    }
+    return route(s, c, url, method, req);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode why)
 {
-    free(*con_cls);
+    struct http_req *req = *con_cls;
+    if (req) {
+        job_free(req->job);  /* only if the client left before its answer */
+        buf_free(&req->data);
+        free(req);
+    }
     *con_cls = NULL;
 }
 
@@ -371,7 +671,8 @@ struct http_server *http_start(struct runtime *rt, const struct cfg_http_listene
             if (l->api_keys[i][0])  /* an empty key never matches: bearer_ok needs n > 0 */
                 key_digest(l->api_keys[i], strlen(l->api_keys[i]), s->key_hash[s->n_keys++]);
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
+                     MHD_ALLOW_SUSPEND_RESUME;
     flags |= MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL
                                                                     : MHD_USE_POLL;
     if (l->tls) {
@@ -445,6 +746,11 @@ void http_stop(struct http_server *s)
 {
     if (!s)
         return;
+    /* Injections in flight finish first (the spool is still running): MHD must not
+     * be stopped with a suspended connection, and their mail is queued already. */
+    atomic_store(&s->stopping, true);
+    for (int i = 0; i < 10000 && atomic_load(&s->inflight) > 0; i++)
+        usleep(1000);
     MHD_stop_daemon(s->daemon);  /* closes the listen socket and every connection */
     free_server(s);
 }

@@ -1,5 +1,6 @@
-/* HTTP listeners (DESIGN §5) on libmicrohttpd: GET /metrics, /healthz, /readyz
- * behind the trusted_hosts / Bearer key rule. Each listener runs in MHD's own
+/* HTTP listeners (DESIGN §5) on libmicrohttpd: POST /v1/message and /api/inject/v1
+ * (message injection), GET /metrics, /healthz, /readyz, behind the trusted_hosts /
+ * Bearer key rule. Each listener runs in MHD's own
  * polling thread and never touches a worker loop; it reads process-wide state only.
  * SPDX-License-Identifier: Apache-2.0 */
 #ifndef PETREL_HTTP_HTTP_SERVER_H
@@ -16,6 +17,7 @@ struct http_server;
 #define HTTP_MAX_CONNECTIONS 256          /* concurrent connections per listener */
 #define HTTP_CONNECTION_TIMEOUT_S 30      /* idle connection is closed after this */
 #define HTTP_MAX_BODY (1024 * 1024)       /* request body above it: 413 */
+#define HTTP_MAX_INJECT ((size_t)64 << 20) /* body of an injection (base64 attachments) */
 #define HTTP_MAX_PEM (1024 * 1024)        /* cert_file / key_file size cap */
 
 /* Binds l->host:l->port and starts serving in a thread of its own. rt and l are

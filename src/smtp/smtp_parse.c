@@ -206,7 +206,7 @@ bool smtp_domain_valid(const char *s, size_t len)
 }
 
 /* local-part "@" domain; local-part is a dot-atom or a quoted string. */
-static bool smtp_mailbox_valid(const char *a, size_t n)
+bool smtp_mailbox_valid(const char *a, size_t n)
 {
     const char *p = a, *end = a + n;
 

@@ -80,5 +80,9 @@ const char *smtp_addr_domain(const char *addr);
 void smtp_domain_lower(const char *domain, char *out, size_t outlen);
 /* true if s is a syntactically valid hostname (LDH labels) or address literal. */
 bool smtp_domain_valid(const char *s, size_t len);
+/* true if a[0..n) is a mailbox "local@domain" (no <>, no source route): a dot-atom
+ * or quoted-string local part and a domain smtp_domain_valid() accepts. Octets >= 0x80
+ * pass as atext/label characters (SMTPUTF8); callers wanting ASCII check that. */
+bool smtp_mailbox_valid(const char *a, size_t n);
 
 #endif
