@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #include "http/inject.h"
 #include "smtp/smtp_parse.h"
@@ -83,35 +84,6 @@ static int fail_json(const json_error_t *je, char *err, size_t errlen)
     text[i] = 0;
     return fail(err, errlen, "invalid JSON: %s (line %d, column %d)", text, je->line,
                 je->column);
-}
-
-/* ---- writer: stops at the first failure and remembers it ---- */
-
-struct w {
-    struct buf *b;
-    int rc;
-};
-
-static void w_put(struct w *w, const char *s, size_t n)
-{
-    if (!w->rc)
-        w->rc = buf_append(w->b, s, n);
-}
-
-static void w_puts(struct w *w, const char *s)
-{
-    w_put(w, s, strlen(s));
-}
-
-__attribute__((format(printf, 2, 3)))
-static void w_printf(struct w *w, const char *fmt, ...)
-{
-    if (w->rc)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    w->rc = buf_vappendf(w->b, fmt, ap);
-    va_end(ap);
 }
 
 static bool ends_crlf(const struct buf *b)
@@ -337,38 +309,26 @@ static int addr_list(const json_t *root, const char *key, bool required, struct 
 
 /* ---- header text ---- */
 
-static const char b64_chars[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/* Base64 of p[0..n); with wrap, lines of INJECT_B64_LINE each ending in CRLF. */
-static void put_b64(struct w *w, const unsigned char *p, size_t n, bool wrap)
+/* Base64 of p[0..n) (OpenSSL's encoder); with wrap, lines of INJECT_B64_LINE each
+ * ending in CRLF. */
+static void put_b64(struct bufw *w, const unsigned char *p, size_t n, bool wrap)
 {
-    char line[INJECT_B64_LINE + 2];
-    size_t k = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)p[i + 1] << 8;
-        if (i + 2 < n)
-            v |= p[i + 2];
-        line[k++] = b64_chars[(v >> 18) & 63];
-        line[k++] = b64_chars[(v >> 12) & 63];
-        line[k++] = i + 1 < n ? b64_chars[(v >> 6) & 63] : '=';
-        line[k++] = i + 2 < n ? b64_chars[v & 63] : '=';
-        if (k == INJECT_B64_LINE || i + 3 >= n) {
-            if (wrap) {
-                line[k++] = '\r';
-                line[k++] = '\n';
-            }
-            w_put(w, line, k);
-            k = 0;
+    enum { RAW = INJECT_B64_LINE / 4 * 3 };  /* input octets per line */
+    unsigned char line[INJECT_B64_LINE + 3];
+    for (size_t i = 0; i < n && !w->rc; i += RAW) {
+        size_t take = n - i < RAW ? n - i : RAW;
+        int k = EVP_EncodeBlock(line, p + i, (int)take);
+        if (wrap) {
+            line[k++] = '\r';
+            line[k++] = '\n';
         }
+        bufw_put(w, (const char *)line, (size_t)k);
     }
 }
 
 /* RFC 2047 B encoded-words for UTF-8 text, blank-separated, never splitting a
  * character (RFC 2047 5). */
-static void put_encoded_words(struct w *w, const char *s, size_t n)
+static void put_encoded_words(struct bufw *w, const char *s, size_t n)
 {
     for (size_t i = 0; i < n;) {
         size_t take = n - i < INJECT_EW_RAW ? n - i : INJECT_EW_RAW;
@@ -378,10 +338,10 @@ static void put_encoded_words(struct w *w, const char *s, size_t n)
         if (cut > 0)
             take = cut;
         if (i)
-            w_puts(w, " ");
-        w_puts(w, "=?UTF-8?B?");
+            bufw_puts(w, " ");
+        bufw_puts(w, "=?UTF-8?B?");
         put_b64(w, (const unsigned char *)s + i, take, false);
-        w_puts(w, "?=");
+        bufw_puts(w, "?=");
         i += take;
     }
 }
@@ -411,17 +371,17 @@ static bool text_needs_encoding(const char *s, size_t n)
     return memmem(s, n, "=?", 2) || longest_word(s, n) > INJECT_WORD_MAX;
 }
 
-static void put_text(struct w *w, const char *s, size_t n)
+static void put_text(struct bufw *w, const char *s, size_t n)
 {
     if (text_needs_encoding(s, n))
         put_encoded_words(w, s, n);
     else
-        w_put(w, s, n);
+        bufw_put(w, s, n);
 }
 
 /* A display name as a phrase: atoms as they are, else a quoted-string, else (8-bit,
  * long, or encoded-word look-alike) encoded-words. */
-static void put_phrase(struct w *w, const char *s)
+static void put_phrase(struct bufw *w, const char *s)
 {
     size_t n = strlen(s);
     bool atoms = true, encode = memmem(s, n, "=?", 2) || longest_word(s, n) > INJECT_WORD_MAX;
@@ -439,41 +399,41 @@ static void put_phrase(struct w *w, const char *s)
     if (encode) {
         put_encoded_words(w, s, n);
     } else if (atoms) {
-        w_put(w, s, n);
+        bufw_put(w, s, n);
     } else {
-        w_puts(w, "\"");
+        bufw_puts(w, "\"");
         for (size_t i = 0; i < n; i++) {
             if (s[i] == '"' || s[i] == '\\')
-                w_puts(w, "\\");
-            w_put(w, s + i, 1);
+                bufw_puts(w, "\\");
+            bufw_put(w, s + i, 1);
         }
-        w_puts(w, "\"");
+        bufw_puts(w, "\"");
     }
 }
 
-static void put_mailbox(struct w *w, const struct addr *a)
+static void put_mailbox(struct bufw *w, const struct addr *a)
 {
     if (a->name) {
         put_phrase(w, a->name);
-        w_printf(w, " <%s>", a->spec);
+        bufw_printf(w, " <%s>", a->spec);
     } else {
-        w_puts(w, a->spec);
+        bufw_puts(w, a->spec);
     }
 }
 
 /* Writes "Name: value" CRLF, folded before a blank that is followed by a non-blank
  * when the line would pass INJECT_FOLD_AT. In structured values blanks inside
  * quoted-strings and <...> are not fold points. Returns the longest line written. */
-static size_t put_field(struct w *w, const char *name, const char *v, size_t n, bool structured)
+static size_t put_field(struct bufw *w, const char *name, const char *v, size_t n, bool structured)
 {
     size_t col = strlen(name) + 1, longest = 0, start = 0;
     bool quoted = false;
     bool angle = false;
 
-    w_puts(w, name);
-    w_puts(w, ":");
+    bufw_puts(w, name);
+    bufw_puts(w, ":");
     if (n > 0) {
-        w_puts(w, " ");
+        bufw_puts(w, " ");
         col++;
     }
     for (size_t i = 0; i <= n; i++) {
@@ -501,33 +461,33 @@ static size_t put_field(struct w *w, const char *name, const char *v, size_t n, 
             continue;
         size_t seg = i - start;
         if (start > 0 && col + seg > INJECT_FOLD_AT) {
-            w_puts(w, "\r\n");
+            bufw_puts(w, "\r\n");
             col = 0;
         }
-        w_put(w, v + start, seg);
+        bufw_put(w, v + start, seg);
         col += seg;
         if (col > longest)
             longest = col;
         start = i;
     }
-    w_puts(w, "\r\n");
+    bufw_puts(w, "\r\n");
     return longest;
 }
 
 /* ---- bodies ---- */
 
 /* s[0..n) with every line end (CRLF, lone CR, lone LF) written as CRLF. */
-static void put_crlf(struct w *w, const char *s, size_t n)
+static void put_crlf(struct bufw *w, const char *s, size_t n)
 {
     size_t i = 0;
     while (i < n) {
         size_t j = i;
         while (j < n && s[j] != '\r' && s[j] != '\n')
             j++;
-        w_put(w, s + i, j - i);
+        bufw_put(w, s + i, j - i);
         if (j == n)
             break;
-        w_puts(w, "\r\n");
+        bufw_puts(w, "\r\n");
         j += (s[j] == '\r' && j + 1 < n && s[j + 1] == '\n') ? 2 : 1;
         i = j;
     }
@@ -552,7 +512,7 @@ static bool text_is_7bit(const char *s, size_t n)
 /* Quoted-printable (RFC 2045 6.7) of CRLF text: lines of at most 76 characters
  * with soft breaks, '=' and line-final blanks encoded. A hard line end is written
  * where the text has one, so a final line without one ends without CRLF. */
-static void put_qp(struct w *w, const char *s, size_t n)
+static void put_qp(struct bufw *w, const char *s, size_t n)
 {
     size_t i = 0;
     while (i < n) {
@@ -567,14 +527,14 @@ static void put_qp(struct w *w, const char *s, size_t n)
             else
                 tl = (size_t)snprintf(tok, sizeof tok, "=%02X", c);
             if (col + tl > (k + 1 == e ? INJECT_B64_LINE : INJECT_B64_LINE - 1)) {
-                w_puts(w, "=\r\n");
+                bufw_puts(w, "=\r\n");
                 col = 0;
             }
-            w_put(w, tok, tl);
+            bufw_put(w, tok, tl);
             col += tl;
         }
         if (crlf)
-            w_puts(w, "\r\n");
+            bufw_puts(w, "\r\n");
         i = crlf ? e + 2 : n;
     }
 }
@@ -583,11 +543,11 @@ static void put_qp(struct w *w, const char *s, size_t n)
  * follows for the delimiter (RFC 2046 5.1.1: the CRLF before "--boundary" is part of
  * it), so a final line end of the text survives; alone, the content gets a final
  * CRLF if the text has none. */
-static void put_text_part(struct w *w, const char *subtype, const char *s, size_t n,
+static void put_text_part(struct bufw *w, const char *subtype, const char *s, size_t n,
                           bool nested)
 {
     struct buf norm;
-    struct w nw = { &norm, 0 };
+    struct bufw nw = { &norm, 0 };
     buf_init(&norm, INJECT_CONTENT_MAX);
     put_crlf(&nw, s, n);
     if (nw.rc) {
@@ -597,57 +557,47 @@ static void put_text_part(struct w *w, const char *subtype, const char *s, size_
         return;
     }
     bool seven = text_is_7bit(norm.data ? norm.data : "", norm.len);
-    w_printf(w, "Content-Type: text/%s; charset=utf-8\r\nContent-Transfer-Encoding: %s\r\n\r\n",
+    bufw_printf(w, "Content-Type: text/%s; charset=utf-8\r\nContent-Transfer-Encoding: %s\r\n\r\n",
              subtype, seven ? "7bit" : "quoted-printable");
     if (seven)
-        w_put(w, norm.data ? norm.data : "", norm.len);
+        bufw_put(w, norm.data ? norm.data : "", norm.len);
     else
         put_qp(w, norm.data, norm.len);
     if (!w->rc && (nested || (norm.len > 0 && !ends_crlf(w->b))))
-        w_puts(w, "\r\n");
+        bufw_puts(w, "\r\n");
     buf_free(&norm);
 }
 
-/* Base64 (RFC 4648 4, padding required) with blanks and line ends ignored. */
+/* Base64 (RFC 4648 4, padding required) with blanks and line ends ignored; OpenSSL
+ * decodes, after a check that '=' only pads the end. */
 static int b64_decode(const char *s, size_t n, struct buf *out)
 {
-    unsigned char quad[4];
-    size_t k = 0, pads = 0;
-    bool done = false;
-    int rc = buf_reserve(out, n / 4 * 3);
-    if (rc)
-        return rc;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        const char *p;
-        if (c == ' ' || c == '\t' || c == '\r' || c == '\n')
-            continue;
-        if (done || (pads && c != '='))
-            return PT_INVALID;
-        if (c == '=') {
-            if (k < 2)
-                return PT_INVALID;
-            pads++;
-            quad[k++] = 0;
-        } else if (c && (p = strchr(b64_chars, c))) {
-            quad[k++] = (unsigned char)(p - b64_chars);
-        } else {
-            return PT_INVALID;
-        }
-        if (k == 4) {
-            unsigned char o[3] = { (unsigned char)(quad[0] << 2 | quad[1] >> 4),
-                                   (unsigned char)(quad[1] << 4 | quad[2] >> 2),
-                                   (unsigned char)(quad[2] << 6 | quad[3]) };
-            memcpy(out->data + out->len, o, 3 - pads);
-            out->len += 3 - pads;
-            done = pads > 0;
-            k = 0;
-        }
+    struct buf clean;
+    buf_init(&clean, 0);
+    int rc = buf_reserve(&clean, n);
+    for (size_t i = 0; i < n && rc == PT_OK; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
+            clean.data[clean.len++] = s[i];
+    size_t len = clean.len, pads = 0;
+    while (pads < len && pads < 3 && clean.data && clean.data[len - 1 - pads] == '=')
+        pads++;
+    if (rc == PT_OK && (len % 4 || pads > 2 || memchr(clean.data, '=', len - pads) ||
+                        len > (size_t)INT32_MAX))
+        rc = PT_INVALID;
+    if (rc == PT_OK && len)
+        rc = buf_reserve(out, len / 4 * 3);
+    if (rc == PT_OK && len) {
+        int got = EVP_DecodeBlock((unsigned char *)out->data + out->len,
+                                  (const unsigned char *)clean.data, (int)len);
+        if (got < 0 || (size_t)got != len / 4 * 3)
+            rc = PT_INVALID;  /* a character outside the alphabet */
+        else
+            out->len += (size_t)got - pads;
     }
-    if (k != 0)
-        return PT_INVALID;
-    out->data[out->len] = 0;
-    return PT_OK;
+    if (rc == PT_OK && out->data)
+        out->data[out->len] = 0;
+    buf_free(&clean);
+    return rc;
 }
 
 static bool is_tspecial(unsigned char c)
@@ -686,19 +636,19 @@ static bool media_type_ok(const char *s, size_t n)
 
 /* The file name parameter, on a line of its own: a quoted-string when short and
  * printable ASCII, else RFC 2231 UTF-8 percent-encoding in continuations. */
-static void put_file_param(struct w *w, const char *param, const char *fn, size_t n)
+static void put_file_param(struct bufw *w, const char *param, const char *fn, size_t n)
 {
     bool plain = n <= INJECT_FILENAME_QUOTED_MAX;
     for (size_t i = 0; plain && i < n; i++)
         plain = fn[i] >= 0x20 && fn[i] < 0x7f;
     if (plain) {
-        w_printf(w, " %s=\"", param);
+        bufw_printf(w, " %s=\"", param);
         for (size_t i = 0; i < n; i++) {
             if (fn[i] == '"' || fn[i] == '\\')
-                w_puts(w, "\\");
-            w_put(w, fn + i, 1);
+                bufw_puts(w, "\\");
+            bufw_put(w, fn + i, 1);
         }
-        w_puts(w, "\"");
+        bufw_puts(w, "\"");
         return;
     }
     size_t i = 0, part = 0;
@@ -713,7 +663,7 @@ static void put_file_param(struct w *w, const char *param, const char *fn, size_
                 k += (size_t)snprintf(chunk + k, 4, "%%%02X", c);
         }
         chunk[k] = 0;
-        w_printf(w, "%s %s*%zu*=%s%s", part ? ";\r\n" : "", param, part,
+        bufw_printf(w, "%s %s*%zu*=%s%s", part ? ";\r\n" : "", param, part,
                  part ? "" : "UTF-8''", chunk);
         part++;
     }
@@ -929,14 +879,14 @@ static int v1_envelope(const struct v1 *m, struct inject_msg *out)
 }
 
 /* One address-list field: From, To, Cc, Reply-To. */
-static void put_addr_field(struct w *w, struct buf *tmp, const char *name,
+static void put_addr_field(struct bufw *w, struct buf *tmp, const char *name,
                            const struct addr *a, size_t n)
 {
-    struct w tw = { tmp, 0 };
+    struct bufw tw = { tmp, 0 };
     buf_reset(tmp);
     for (size_t i = 0; i < n; i++) {
         if (i)
-            w_puts(&tw, ", ");
+            bufw_puts(&tw, ", ");
         put_mailbox(&tw, &a[i]);
     }
     if (tw.rc && !w->rc)
@@ -944,7 +894,7 @@ static void put_addr_field(struct w *w, struct buf *tmp, const char *name,
     put_field(w, name, tmp->data ? tmp->data : "", tmp->len, true);
 }
 
-static int v1_user_headers(struct w *w, struct buf *tmp, const json_t *h, char *err,
+static int v1_user_headers(struct bufw *w, struct buf *tmp, const json_t *h, char *err,
                            size_t errlen)
 {
     const char *k;
@@ -960,7 +910,7 @@ static int v1_user_headers(struct w *w, struct buf *tmp, const json_t *h, char *
                 return fail(err, errlen, "headers.%s: a word too long to fold", k);
             continue;
         }
-        struct w tw = { tmp, 0 };
+        struct bufw tw = { tmp, 0 };
         buf_reset(tmp);
         put_encoded_words(&tw, s, n);
         if (tw.rc)
@@ -970,28 +920,28 @@ static int v1_user_headers(struct w *w, struct buf *tmp, const json_t *h, char *
     return PT_OK;
 }
 
-static void v1_attachment_part(struct w *w, const struct attachment *a)
+static void v1_attachment_part(struct bufw *w, const struct attachment *a)
 {
-    w_printf(w, "Content-Type: %s;\r\n", a->ctype);
+    bufw_printf(w, "Content-Type: %s;\r\n", a->ctype);
     put_file_param(w, "name", a->filename, a->filename_len);
-    w_puts(w, "\r\nContent-Disposition: attachment;\r\n");
+    bufw_puts(w, "\r\nContent-Disposition: attachment;\r\n");
     put_file_param(w, "filename", a->filename, a->filename_len);
-    w_puts(w, "\r\nContent-Transfer-Encoding: base64\r\n\r\n");
+    bufw_puts(w, "\r\nContent-Transfer-Encoding: base64\r\n\r\n");
     put_b64(w, (const unsigned char *)a->data.data, a->data.len, true);
     if (a->data.len == 0)
-        w_puts(w, "\r\n");
+        bufw_puts(w, "\r\n");
 }
 
 /* text, html, or both as multipart/alternative (text first). */
-static void v1_main_part(struct w *w, const struct v1 *m, const char *alt, bool nested)
+static void v1_main_part(struct bufw *w, const struct v1 *m, const char *alt, bool nested)
 {
     if (m->text && m->html) {
-        w_printf(w, "Content-Type: multipart/alternative; boundary=\"%s\"\r\n\r\n--%s\r\n",
+        bufw_printf(w, "Content-Type: multipart/alternative; boundary=\"%s\"\r\n\r\n--%s\r\n",
                  alt, alt);
         put_text_part(w, "plain", m->text, m->text_len, true);
-        w_printf(w, "--%s\r\n", alt);
+        bufw_printf(w, "--%s\r\n", alt);
         put_text_part(w, "html", m->html, m->html_len, true);
-        w_printf(w, "--%s--\r\n", alt);
+        bufw_printf(w, "--%s--\r\n", alt);
     } else if (m->html) {
         put_text_part(w, "html", m->html, m->html_len, nested);
     } else {
@@ -1002,7 +952,7 @@ static void v1_main_part(struct w *w, const struct v1 *m, const char *alt, bool 
 static int v1_content(const struct v1 *m, const char *hostname, const char *id, double now,
                       struct buf *c, char *err, size_t errlen)
 {
-    struct w w = { c, 0 };
+    struct bufw w = { c, 0 };
     struct buf tmp;
     char date[40], mixed[64], alt[64];
     int rc;
@@ -1012,7 +962,7 @@ static int v1_content(const struct v1 *m, const char *hostname, const char *id, 
     snprintf(mixed, sizeof mixed, "=_petrel_mixed_%s", id);
     snprintf(alt, sizeof alt, "=_petrel_alt_%s", id);
 
-    w_printf(&w, "Date: %s\r\n", date);
+    bufw_printf(&w, "Date: %s\r\n", date);
     put_addr_field(&w, &tmp, "From", &m->from, 1);
     if (m->nto)
         put_addr_field(&w, &tmp, "To", m->to, m->nto);
@@ -1021,12 +971,12 @@ static int v1_content(const struct v1 *m, const char *hostname, const char *id, 
     if (m->has_reply_to)
         put_addr_field(&w, &tmp, "Reply-To", &m->reply_to, 1);
     buf_reset(&tmp);
-    struct w tw = { &tmp, 0 };
+    struct bufw tw = { &tmp, 0 };
     put_text(&tw, m->subject, m->subject_len);
     if (tw.rc && !w.rc)
         w.rc = tw.rc;
     put_field(&w, "Subject", tmp.data ? tmp.data : "", tmp.len, false);
-    w_printf(&w, "Message-ID: <%s@%s>\r\nMIME-Version: 1.0\r\n", id, hostname);
+    bufw_printf(&w, "Message-ID: <%s@%s>\r\nMIME-Version: 1.0\r\n", id, hostname);
     if (m->headers && !w.rc && (rc = v1_user_headers(&w, &tmp, m->headers, err, errlen))) {
         buf_free(&tmp);
         return rc;
@@ -1036,14 +986,14 @@ static int v1_content(const struct v1 *m, const char *hostname, const char *id, 
     if (m->natt == 0) {
         v1_main_part(&w, m, alt, false);
     } else {
-        w_printf(&w, "Content-Type: multipart/mixed; boundary=\"%s\"\r\n\r\n--%s\r\n",
+        bufw_printf(&w, "Content-Type: multipart/mixed; boundary=\"%s\"\r\n\r\n--%s\r\n",
                  mixed, mixed);
         v1_main_part(&w, m, alt, true);
         for (size_t i = 0; i < m->natt; i++) {
-            w_printf(&w, "--%s\r\n", mixed);
+            bufw_printf(&w, "--%s\r\n", mixed);
             v1_attachment_part(&w, &m->att[i]);
         }
-        w_printf(&w, "--%s--\r\n", mixed);
+        bufw_printf(&w, "--%s--\r\n", mixed);
     }
     if (w.rc == PT_TOOLONG)
         return fail(err, errlen, "message larger than %u octets", INJECT_CONTENT_MAX);
@@ -1127,10 +1077,10 @@ static int subs_check(const json_t *subs, const char *where, char *err, size_t e
 }
 
 /* A number's text: integers as such, reals in the shortest form that reads back. */
-static void put_number(struct w *w, const json_t *v)
+static void put_number(struct bufw *w, const json_t *v)
 {
     if (json_is_integer(v)) {
-        w_printf(w, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        bufw_printf(w, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
         return;
     }
     double d = json_real_value(v);
@@ -1140,7 +1090,7 @@ static void put_number(struct w *w, const json_t *v)
         if (strtod(s, NULL) == d)
             break;
     }
-    w_puts(w, s);
+    bufw_puts(w, s);
 }
 
 static bool is_key_char(char c)
@@ -1150,18 +1100,18 @@ static bool is_key_char(char c)
 
 /* content with every {{ key }} replaced: recipient substitution, else top-level,
  * else the recipient's name for "name", else nothing. Anything else stays literal. */
-static void expand(struct w *w, const char *s, size_t n, const json_t *rsubs,
+static void expand(struct bufw *w, const char *s, size_t n, const json_t *rsubs,
                    const json_t *gsubs, const char *name)
 {
     size_t i = 0;
     while (i < n) {
         const char *o = memmem(s + i, n - i, "{{", 2);
         if (!o) {
-            w_put(w, s + i, n - i);
+            bufw_put(w, s + i, n - i);
             return;
         }
         size_t p = (size_t)(o - s), k = p + 2, key;
-        w_put(w, s + i, p - i);
+        bufw_put(w, s + i, p - i);
         while (k < n && (s[k] == ' ' || s[k] == '\t'))
             k++;
         key = k;
@@ -1171,7 +1121,7 @@ static void expand(struct w *w, const char *s, size_t n, const json_t *rsubs,
         while (k < n && (s[k] == ' ' || s[k] == '\t'))
             k++;
         if (keylen == 0 || k + 1 >= n || s[k] != '}' || s[k + 1] != '}') {
-            w_puts(w, "{");                 /* not a placeholder: "{{{x}}" is "{" + x */
+            bufw_puts(w, "{");                 /* not a placeholder: "{{{x}}" is "{" + x */
             i = p + 1;
             continue;
         }
@@ -1179,13 +1129,13 @@ static void expand(struct w *w, const char *s, size_t n, const json_t *rsubs,
         if (!v && gsubs)
             v = json_object_getn(gsubs, s + key, keylen);
         if (json_is_string(v))
-            w_put(w, json_string_value(v), json_string_length(v));
+            bufw_put(w, json_string_value(v), json_string_length(v));
         else if (json_is_number(v))
             put_number(w, v);
         else if (json_is_boolean(v))
-            w_puts(w, json_is_true(v) ? "true" : "false");
+            bufw_puts(w, json_is_true(v) ? "true" : "false");
         else if (!v && name && keylen == 4 && memcmp(s + key, "name", 4) == 0)
-            w_puts(w, name);
+            bufw_puts(w, name);
         i = k + 2;
     }
 }
@@ -1193,15 +1143,15 @@ static void expand(struct w *w, const char *s, size_t n, const json_t *rsubs,
 /* out = s normalized: CRLF line ends, a final CRLF, Date and Message-ID added at the
  * top when the header has none, and a blank line after the header when the text
  * after it is not one (so a first line that is not a field becomes body). */
-static void kumo_finish(struct w *w, const char *s, size_t n, const char *hostname,
+static void kumo_finish(struct bufw *w, const char *s, size_t n, const char *hostname,
                         double now, void (*new_id)(void *, char[17]), void *arg)
 {
     struct buf norm;
-    struct w nw = { &norm, 0 };
+    struct bufw nw = { &norm, 0 };
     buf_init(&norm, INJECT_CONTENT_MAX);
     put_crlf(&nw, s, n);
     if (norm.len > 0 && !ends_crlf(&norm))
-        w_puts(&nw, "\r\n");
+        bufw_puts(&nw, "\r\n");
     if (nw.rc) {
         if (!w->rc)
             w->rc = nw.rc;
@@ -1219,19 +1169,19 @@ static void kumo_finish(struct w *w, const char *s, size_t n, const char *hostna
     if (!has_date) {
         char date[40];
         time_rfc5322(now, date, sizeof date);
-        w_printf(w, "Date: %s\r\n", date);
+        bufw_printf(w, "Date: %s\r\n", date);
     }
     if (!has_mid) {
         char id[17] = "0000000000000000";
         if (new_id)
             new_id(arg, id);
         id[16] = 0;
-        w_printf(w, "Message-ID: <%s@%s>\r\n", id, hostname);
+        bufw_printf(w, "Message-ID: <%s@%s>\r\n", id, hostname);
     }
-    w_put(w, c, pos);
+    bufw_put(w, c, pos);
     if (pos < norm.len && c[pos] != '\r')
-        w_puts(w, "\r\n");
-    w_put(w, c + pos, norm.len - pos);
+        bufw_puts(w, "\r\n");
+    bufw_put(w, c + pos, norm.len - pos);
     buf_free(&norm);
 }
 
@@ -1351,7 +1301,7 @@ static int kumo_message(struct kumo *k, const json_t *r, const char *hostname, d
                         char *err, size_t errlen)
 {
     struct buf c, ex;
-    struct w w = { &c, 0 }, xw = { &ex, 0 };
+    struct bufw w = { &c, 0 }, xw = { &ex, 0 };
     const char *s = k->content;
     size_t n = k->content_len;
 

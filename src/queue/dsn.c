@@ -17,35 +17,6 @@
 #define DSN_ORIG_MAX (64 * 1024)   /* original header block included */
 #define DSN_BOUNDARY_TRIES 100
 
-/* A builder that stops writing at the first failure and remembers it, so the
- * assembly below reads as straight-line text. */
-struct w {
-    struct buf *b;
-    int rc;
-};
-
-static void w_put(struct w *w, const char *s, size_t n)
-{
-    if (!w->rc)
-        w->rc = buf_append(w->b, s, n);
-}
-
-static void w_puts(struct w *w, const char *s)
-{
-    w_put(w, s, strlen(s));
-}
-
-__attribute__((format(printf, 2, 3)))
-static void w_printf(struct w *w, const char *fmt, ...)
-{
-    if (w->rc)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    w->rc = buf_vappendf(w->b, fmt, ap);
-    va_end(ap);
-}
-
 /* Copies s into dst as one line's worth of text: control bytes (CR, LF, TAB,
  * NUL...) become spaces, leading and trailing blanks go, at most DSN_VALUE_MAX
  * bytes (cut on a UTF-8 boundary). */
@@ -90,7 +61,7 @@ static void clean_atom(char *dst, size_t cap, const char *s, const char *dflt)
  * further line starting with cont (for header fields a single space: folding
  * whitespace); a blank-free run is broken hard so no line exceeds DSN_LINE_HARD.
  * CRLF after. */
-static void put_wrapped(struct w *w, const char *first, const char *cont, const char *value,
+static void put_wrapped(struct bufw *w, const char *first, const char *cont, const char *value,
                         const char *suffix)
 {
     char v[DSN_VALUE_MAX + 1];
@@ -120,12 +91,12 @@ static void put_wrapped(struct w *w, const char *first, const char *cont, const 
             while (take + skip < rest && p[take + skip] == ' ')
                 skip++;
         }
-        w_puts(w, prefix);
-        w_put(w, p, take);
+        bufw_puts(w, prefix);
+        bufw_put(w, p, take);
         p += take + skip;
         if (p >= end)
-            w_puts(w, suffix);
-        w_puts(w, "\r\n");
+            bufw_puts(w, suffix);
+        bufw_puts(w, "\r\n");
         prefix = cont;
     } while (p < end);
 }
@@ -177,7 +148,7 @@ static size_t orig_headers_len(const char *p, size_t n)
 
 /* The original headers, CRLF-normalized; NUL and stray CR become spaces; a line
  * over the limit is folded hard (CRLF SP), which keeps it a valid header. */
-static void put_orig_headers(struct w *w, const char *p, size_t n)
+static void put_orig_headers(struct bufw *w, const char *p, size_t n)
 {
     char line[DSN_LINE_HARD + 1];
     size_t col = 0;
@@ -186,75 +157,75 @@ static void put_orig_headers(struct w *w, const char *p, size_t n)
         if (c == '\n' || (c == '\r' && i + 1 < n && p[i + 1] == '\n')) {
             if (c == '\r')
                 i++;
-            w_put(w, line, col);
-            w_puts(w, "\r\n");
+            bufw_put(w, line, col);
+            bufw_puts(w, "\r\n");
             col = 0;
             continue;
         }
         if (c == '\0' || c == '\r')
             c = ' ';
         if (col == DSN_LINE_HARD) {
-            w_put(w, line, col);
-            w_puts(w, "\r\n");
+            bufw_put(w, line, col);
+            bufw_puts(w, "\r\n");
             line[0] = ' ';
             col = 1;
         }
         line[col++] = c;
     }
     if (col) {
-        w_put(w, line, col);
-        w_puts(w, "\r\n");
+        bufw_put(w, line, col);
+        bufw_puts(w, "\r\n");
     }
 }
 
-static void put_human(struct w *w, const struct dsn_info *info, const char *mta)
+static void put_human(struct bufw *w, const struct dsn_info *info, const char *mta)
 {
-    w_printf(w, "This is the mail delivery system at %s.\r\n\r\n", mta);
+    bufw_printf(w, "This is the mail delivery system at %s.\r\n\r\n", mta);
     if (info->expired) {
-        w_puts(w, "Your message could not be delivered in time to the recipients\r\n"
+        bufw_puts(w, "Your message could not be delivered in time to the recipients\r\n"
                   "listed below. The receiving side kept refusing it temporarily\r\n"
                   "until it reached its maximum time in the queue, so delivery has\r\n"
                   "been abandoned.\r\n");
     } else {
-        w_puts(w, "Your message could not be delivered to the recipients listed\r\n"
+        bufw_puts(w, "Your message could not be delivered to the recipients listed\r\n"
                   "below. The receiving side refused it permanently, so it will not\r\n"
                   "be retried.\r\n");
     }
-    w_puts(w, "\r\n");
+    bufw_puts(w, "\r\n");
     for (size_t i = 0; i < info->nrcpt; i++) {
         const struct dsn_rcpt *r = &info->rcpts[i];
         put_wrapped(w, "<", " ", r->addr, ">:");
-        w_printf(w, "    Status: %s\r\n", rcpt_status(info, r));
+        bufw_printf(w, "    Status: %s\r\n", rcpt_status(info, r));
         if (r->remote_mta && *r->remote_mta)
             put_wrapped(w, "    Remote server: ", "      ", r->remote_mta, "");
         if (r->diagnostic && *r->diagnostic)
             put_wrapped(w, "    Reply: ", "      ", r->diagnostic, "");
-        w_puts(w, "\r\n");
+        bufw_puts(w, "\r\n");
     }
-    w_puts(w, "The headers of your message are attached.\r\n");
+    bufw_puts(w, "The headers of your message are attached.\r\n");
 }
 
-static void put_status(struct w *w, const struct dsn_info *info, const char *mta,
+static void put_status(struct bufw *w, const struct dsn_info *info, const char *mta,
                        const char *now)
 {
     char date[64];
-    w_printf(w, "Reporting-MTA: dns; %s\r\n", mta);
+    bufw_printf(w, "Reporting-MTA: dns; %s\r\n", mta);
     put_wrapped(w, "X-Petrel-Id: ", " ", info->id, "");
     if (info->arrival > 0) {
         time_rfc5322(info->arrival, date, sizeof date);
-        w_printf(w, "Arrival-Date: %s\r\n", date);
+        bufw_printf(w, "Arrival-Date: %s\r\n", date);
     }
     for (size_t i = 0; i < info->nrcpt; i++) {
         const struct dsn_rcpt *r = &info->rcpts[i];
-        w_puts(w, "\r\n");
+        bufw_puts(w, "\r\n");
         put_wrapped(w, "Final-Recipient: rfc822; ", " ", r->addr, "");
-        w_puts(w, "Action: failed\r\n");
-        w_printf(w, "Status: %s\r\n", rcpt_status(info, r));
+        bufw_puts(w, "Action: failed\r\n");
+        bufw_printf(w, "Status: %s\r\n", rcpt_status(info, r));
         if (r->remote_mta && *r->remote_mta)
             put_wrapped(w, "Remote-MTA: dns; ", " ", r->remote_mta, "");
         if (r->diagnostic && *r->diagnostic)
             put_wrapped(w, "Diagnostic-Code: smtp; ", " ", r->diagnostic, "");
-        w_printf(w, "Last-Attempt-Date: %s\r\n", now);
+        bufw_printf(w, "Last-Attempt-Date: %s\r\n", now);
     }
 }
 
@@ -290,7 +261,7 @@ int dsn_build(const struct dsn_info *info, struct buf *out)
     struct buf parts[3];
     for (int i = 0; i < 3; i++)
         buf_init(&parts[i], 0);
-    struct w pw = { &parts[0], 0 };
+    struct bufw pw = { &parts[0], 0 };
     put_human(&pw, info, mta);
     pw.b = &parts[1];
     put_status(&pw, info, mta, now);
@@ -309,42 +280,42 @@ int dsn_build(const struct dsn_info *info, struct buf *out)
         rc = PT_INVALID;
 
     size_t start = out->len;
-    struct w w = { out, rc };
-    w_puts(&w, "From: Mail Delivery System <MAILER-DAEMON@");
-    w_puts(&w, mta);
-    w_puts(&w, ">\r\n");
+    struct bufw w = { out, rc };
+    bufw_puts(&w, "From: Mail Delivery System <MAILER-DAEMON@");
+    bufw_puts(&w, mta);
+    bufw_puts(&w, ">\r\n");
     put_wrapped(&w, "To: <", " ", info->sender, ">");
-    w_printf(&w, "Subject: %s\r\n", info->expired
+    bufw_printf(&w, "Subject: %s\r\n", info->expired
              ? "Delivery Status Notification (Failure): message expired"
              : "Undelivered Mail Returned to Sender");
-    w_printf(&w, "Date: %s\r\n", now);
-    w_printf(&w, "Message-ID: <%s.dsn@%s>\r\n", idtok, mta);
-    w_puts(&w, "Auto-Submitted: auto-replied\r\n"
+    bufw_printf(&w, "Date: %s\r\n", now);
+    bufw_printf(&w, "Message-ID: <%s.dsn@%s>\r\n", idtok, mta);
+    bufw_puts(&w, "Auto-Submitted: auto-replied\r\n"
                "MIME-Version: 1.0\r\n"
                "Content-Type: multipart/report; report-type=delivery-status;\r\n");
-    w_printf(&w, "\tboundary=\"%s\"\r\n", boundary);
-    w_puts(&w, "\r\nThis is a MIME-encapsulated delivery status notification.\r\n\r\n");
+    bufw_printf(&w, "\tboundary=\"%s\"\r\n", boundary);
+    bufw_puts(&w, "\r\nThis is a MIME-encapsulated delivery status notification.\r\n\r\n");
 
-    w_printf(&w, "--%s\r\n", boundary);
-    w_puts(&w, "Content-Description: Notification\r\n");
+    bufw_printf(&w, "--%s\r\n", boundary);
+    bufw_puts(&w, "Content-Description: Notification\r\n");
     if (has_8bit(&parts[0]))
-        w_puts(&w, "Content-Type: text/plain; charset=utf-8\r\n"
+        bufw_puts(&w, "Content-Type: text/plain; charset=utf-8\r\n"
                    "Content-Transfer-Encoding: 8bit\r\n");
     else
-        w_puts(&w, "Content-Type: text/plain; charset=us-ascii\r\n");
-    w_puts(&w, "\r\n");
-    w_put(&w, parts[0].data, parts[0].len);
+        bufw_puts(&w, "Content-Type: text/plain; charset=us-ascii\r\n");
+    bufw_puts(&w, "\r\n");
+    bufw_put(&w, parts[0].data, parts[0].len);
 
-    w_printf(&w, "\r\n--%s\r\n", boundary);
-    w_puts(&w, "Content-Description: Delivery report\r\n"
+    bufw_printf(&w, "\r\n--%s\r\n", boundary);
+    bufw_puts(&w, "Content-Description: Delivery report\r\n"
                "Content-Type: message/delivery-status\r\n\r\n");
-    w_put(&w, parts[1].data, parts[1].len);
+    bufw_put(&w, parts[1].data, parts[1].len);
 
-    w_printf(&w, "\r\n--%s\r\n", boundary);
-    w_puts(&w, "Content-Description: Undelivered Message Headers\r\n"
+    bufw_printf(&w, "\r\n--%s\r\n", boundary);
+    bufw_puts(&w, "Content-Description: Undelivered Message Headers\r\n"
                "Content-Type: text/rfc822-headers\r\n\r\n");
-    w_put(&w, parts[2].data, parts[2].len);
-    w_printf(&w, "\r\n--%s--\r\n", boundary);
+    bufw_put(&w, parts[2].data, parts[2].len);
+    bufw_printf(&w, "\r\n--%s--\r\n", boundary);
 
     for (int i = 0; i < 3; i++)
         buf_free(&parts[i]);

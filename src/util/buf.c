@@ -107,3 +107,24 @@ char *buf_steal(struct buf *b, size_t *len)
     b->len = b->cap = 0;
     return p;
 }
+
+void bufw_put(struct bufw *w, const char *s, size_t n)
+{
+    if (!w->rc)
+        w->rc = buf_append(w->b, s, n);
+}
+
+void bufw_puts(struct bufw *w, const char *s)
+{
+    bufw_put(w, s, strlen(s));
+}
+
+void bufw_printf(struct bufw *w, const char *fmt, ...)
+{
+    if (w->rc)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    w->rc = buf_vappendf(w->b, fmt, ap);
+    va_end(ap);
+}

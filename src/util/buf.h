@@ -25,4 +25,14 @@ void buf_consume(struct buf *b, size_t n);         /* drop n bytes from the fron
 static inline void buf_reset(struct buf *b) { b->len = 0; if (b->data) b->data[0] = 0; }
 char *buf_steal(struct buf *b, size_t *len);       /* caller takes data; b is reset */
 
+/* A writer that stops at the first failure and remembers it (rc), so that code
+ * assembling text (MIME, DSNs) reads as straight-line appends. */
+struct bufw {
+    struct buf *b;
+    int rc;      /* PT_OK until an append fails; then nothing more is written */
+};
+void bufw_put(struct bufw *w, const char *s, size_t n);
+void bufw_puts(struct bufw *w, const char *s);
+void bufw_printf(struct bufw *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 #endif
