@@ -38,6 +38,7 @@ SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+PETREL_SMTP_THREADS = None  # --petrel-smtp-threads: configure_process { smtp_threads }
 SPOOL_STATS_RE = re.compile(r"spool: (\d+) durable commits, (\d+) fsyncs")
 
 
@@ -401,6 +402,8 @@ petrel.configure_queue {{ {", ".join(q)} }}
 petrel.configure_logging {{ path = "{self.dir}/petrel.jsonl" }}
 petrel.configure_dns {{ resolvers = {{ "127.0.0.1:1" }} }}
 """
+        if PETREL_SMTP_THREADS is not None:
+            cfg += f"petrel.configure_process {{ smtp_threads = {PETREL_SMTP_THREADS} }}\n"
         if self.dkim:
             cfg += (f'petrel.configure_dkim_signing {{ domain = "example.com", selector = "bench", '
                     f'key_file = "{self.dkim}" }}\n')
@@ -1019,8 +1022,12 @@ def main():
     ap.add_argument("--timeout", type=float, default=600, help="per step, seconds")
     ap.add_argument("--workdir", default="/var/tmp", help="parent of the temp dirs (disk, not tmpfs)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs")
+    ap.add_argument("--petrel-smtp-threads", type=int, default=None,
+                    help="petrel's SMTP event loops (default: petrel's own, half the cores)")
     ap.add_argument("--out", help="JSON output (default bench/results/YYYY-MM-DD.json)")
     args = ap.parse_args()
+    global PETREL_SMTP_THREADS
+    PETREL_SMTP_THREADS = args.petrel_smtp_threads
 
     if args.quick:
         args.runs = 1
