@@ -1,11 +1,22 @@
 /* petrelctl: the admin client. `hash-password` prints a users_file HASH for a
  * password read from stdin; never echoes the password, never takes it as an
- * argument (argv is visible to every user). Queue commands await the HTTP API.
+ * argument (argv is visible to every user). `queue` and `show ID` read the HTTP
+ * admin API (GET /api/queue, GET /api/message/ID) over plain HTTP; the queue
+ * actions (suspend, resume, flush, bounce, delete) await their endpoints.
  * SPDX-License-Identifier: Apache-2.0 */
+#include <netdb.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
+#include <jansson.h>
 #include <openssl/crypto.h>
+
+#include "util/buf.h"
 
 #include "core/users.h"
 #include "util/result.h"
@@ -15,8 +26,12 @@
 static const char petrelctl_usage[] =
     "usage: petrelctl --version\n"
     "       petrelctl hash-password [--cram-md5]   (reads one password line from stdin)\n"
-    "       petrelctl queue | show ID | suspend DOMAIN | resume DOMAIN | flush |\n"
-    "                 bounce ID | delete ID        (need the HTTP admin API)\n";
+    "       petrelctl [--url URL] [--key KEY] queue | show ID\n"
+    "         URL: $PETREL_URL or http://127.0.0.1:8080; KEY: $PETREL_KEY (Bearer key)\n"
+    "       suspend DOMAIN | resume DOMAIN | flush | bounce ID | delete ID: not built yet\n";
+
+#define CTL_TIMEOUT_S 30
+#define CTL_MAX_RESPONSE (64u << 20)
 
 /* Reads one line of at most USERS_PASS_MAX bytes (newline stripped) into pass.
  * Returns its length, or -1 with a message on stderr. */
@@ -78,6 +93,169 @@ static int petrelctl_hash_password(int argc, char **argv)
     return fflush(stdout) == 0 ? 0 : 1;
 }
 
+/* ---- HTTP admin API client ---------------------------------------------------- */
+
+/* GET path from url ("http://host[:port]", a trailing path is ignored) with an
+ * optional Bearer key. Returns the HTTP status (body in *body) or -1 with a message
+ * on stderr. */
+static int ctl_get(const char *url, const char *key, const char *path, struct buf *body)
+{
+    if (strncmp(url, "http://", 7) != 0) {
+        fprintf(stderr, "petrelctl: %s: only http:// URLs are supported (for https use curl)\n",
+                url);
+        return -1;
+    }
+    char host[256], port[16] = "80";
+    const char *h = url + 7, *end = h + strcspn(h, "/");
+    const char *colon = NULL;
+    if (*h == '[') {  /* [v6]:port */
+        const char *rb = memchr(h, ']', (size_t)(end - h));
+        if (!rb) {
+            fprintf(stderr, "petrelctl: %s: bad URL\n", url);
+            return -1;
+        }
+        snprintf(host, sizeof host, "%.*s", (int)(rb - h - 1), h + 1);
+        colon = rb + 1 < end && rb[1] == ':' ? rb + 1 : NULL;
+    } else {
+        colon = memchr(h, ':', (size_t)(end - h));
+        snprintf(host, sizeof host, "%.*s", (int)((colon ? colon : end) - h), h);
+    }
+    if (colon)
+        snprintf(port, sizeof port, "%.*s", (int)(end - colon - 1), colon + 1);
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
+    int gai = getaddrinfo(host, port, &hints, &ai);
+    if (gai != 0) {
+        fprintf(stderr, "petrelctl: %s: %s\n", url, gai_strerror(gai));
+        return -1;
+    }
+    int fd = -1;
+    for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        struct timeval tv = { CTL_TIMEOUT_S, 0 };
+        if (fd >= 0 && (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+                        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0 ||
+                        connect(fd, a->ai_addr, a->ai_addrlen) != 0)) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(ai);
+    if (fd < 0) {
+        fprintf(stderr, "petrelctl: cannot connect to %s\n", url);
+        return -1;
+    }
+    struct buf req, resp;
+    buf_init(&req, 0);
+    buf_init(&resp, CTL_MAX_RESPONSE);
+    buf_appendf(&req, "GET %s HTTP/1.0\r\nHost: %s\r\nAccept: application/json\r\n", path,
+                host);
+    if (key && *key)
+        buf_appendf(&req, "Authorization: Bearer %s\r\n", key);
+    buf_appends(&req, "\r\n");
+    int status = -1;
+    ssize_t w = write(fd, req.data, req.len);
+    char chunk[16384];
+    ssize_t r;
+    while (w == (ssize_t)req.len && (r = read(fd, chunk, sizeof chunk)) > 0)
+        if (buf_append(&resp, chunk, (size_t)r) != PT_OK)
+            break;
+    close(fd);
+    const char *sep = resp.data ? strstr(resp.data, "\r\n\r\n") : NULL;
+    if (sep && sscanf(resp.data, "HTTP/%*d.%*d %d", &status) == 1) {
+        buf_append(body, sep + 4, resp.len - (size_t)(sep + 4 - resp.data));
+    } else {
+        fprintf(stderr, "petrelctl: no HTTP answer from %s\n", url);
+        status = -1;
+    }
+    OPENSSL_cleanse(req.data, req.len);  /* it holds the key */
+    buf_free(&req);
+    buf_free(&resp);
+    return status;
+}
+
+/* Fetches path and parses the JSON answer; prints the API's error and returns NULL
+ * on anything but 200. */
+static json_t *ctl_fetch(const char *url, const char *key, const char *path)
+{
+    struct buf body;
+    buf_init(&body, 0);
+    int status = ctl_get(url, key, path, &body);
+    json_t *doc = status > 0 ? json_loadb(body.data ? body.data : "", body.len, 0, NULL) : NULL;
+    buf_free(&body);
+    if (status == 200 && json_is_object(doc))
+        return doc;
+    if (status > 0) {
+        const char *e = json_string_value(json_object_get(doc, "error"));
+        fprintf(stderr, "petrelctl: HTTP %d: %s\n", status, e ? e : "unexpected answer");
+    }
+    json_decref(doc);
+    return NULL;
+}
+
+static const char *str_or(json_t *v, const char *dflt)
+{
+    const char *s = json_string_value(v);
+    return s ? s : dflt;
+}
+
+static int ctl_queue(const char *url, const char *key)
+{
+    json_t *doc = ctl_fetch(url, key, "/api/queue");
+    if (!doc)
+        return 1;
+    json_t *qs = json_object_get(doc, "queues");
+    printf("%-40s %8s %10s  %-24s %5s\n", "DESTINATION", "MESSAGES", "OLDEST", "NEXT ATTEMPT",
+           "CONNS");
+    size_t i;
+    json_t *q;
+    json_array_foreach(qs, i, q) {
+        char age[32] = "-";
+        if (json_is_number(json_object_get(q, "oldest_age_s")))
+            snprintf(age, sizeof age, "%.0fs", json_number_value(json_object_get(q, "oldest_age_s")));
+        printf("%-40s %8lld %10s  %-24s %5lld%s\n", str_or(json_object_get(q, "domain"), "?"),
+               (long long)json_integer_value(json_object_get(q, "count")), age,
+               str_or(json_object_get(q, "next_attempt"), "-"),
+               (long long)json_integer_value(json_object_get(q, "connections")),
+               json_is_true(json_object_get(q, "suspended")) ? "  suspended" : "");
+    }
+    printf("-- %lld messages in %zu queues\n",
+           (long long)json_integer_value(json_object_get(doc, "total")), json_array_size(qs));
+    json_decref(doc);
+    return 0;
+}
+
+static int ctl_show(const char *url, const char *key, const char *id)
+{
+    if (strspn(id, "0123456789abcdefABCDEF") != strlen(id) || strlen(id) != 16) {
+        fprintf(stderr, "petrelctl: show: '%s' is not a message id (16 hex digits)\n", id);
+        return 2;
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/api/message/%s", id);
+    json_t *doc = ctl_fetch(url, key, path);
+    if (!doc)
+        return 1;
+    printf("%s  from <%s>  received %s  %lld bytes  via %s\n", id,
+           str_or(json_object_get(doc, "sender"), ""),
+           str_or(json_object_get(doc, "received_at"), "?"),
+           (long long)json_integer_value(json_object_get(doc, "size")),
+           str_or(json_object_get(doc, "protocol"), "?"));
+    size_t i, k;
+    json_t *d, *r;
+    json_array_foreach(json_object_get(doc, "destinations"), i, d) {
+        printf("  %s: %lld attempts, next %s\n", str_or(json_object_get(d, "domain"), "?"),
+               (long long)json_integer_value(json_object_get(d, "attempts")),
+               str_or(json_object_get(d, "next_attempt"), "-"));
+        if (json_is_string(json_object_get(d, "last_response")))
+            printf("    last response: %s\n", json_string_value(json_object_get(d, "last_response")));
+        json_array_foreach(json_object_get(d, "recipients"), k, r)
+            printf("    %-40s %s\n", str_or(json_object_get(r, "address"), "?"),
+                   str_or(json_object_get(r, "state"), "?"));
+    }
+    json_decref(doc);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const char *const api_commands[] = {
@@ -93,11 +271,33 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "hash-password") == 0)
         return petrelctl_hash_password(argc, argv);
-    for (int i = 0; api_commands[i]; i++)
-        if (strcmp(argv[1], api_commands[i]) == 0) {
-            fputs("not available: the HTTP admin API is not built yet\n", stderr);
+    const char *url = getenv("PETREL_URL"), *key = getenv("PETREL_KEY");
+    int a = 1;
+    for (; a + 1 < argc && argv[a][0] == '-' && argv[a][1] == '-'; a += 2) {
+        if (strcmp(argv[a], "--url") == 0)
+            url = argv[a + 1];
+        else if (strcmp(argv[a], "--key") == 0)
+            key = argv[a + 1];
+        else
+            break;
+    }
+    if (!url || !*url)
+        url = "http://127.0.0.1:8080";
+    if (a < argc && strcmp(argv[a], "queue") == 0 && a + 1 == argc)
+        return ctl_queue(url, key);
+    if (a < argc && strcmp(argv[a], "show") == 0 && a + 2 == argc)
+        return ctl_show(url, key, argv[a + 1]);
+    for (int i = 0; a < argc && api_commands[i]; i++)
+        if (strcmp(argv[a], api_commands[i]) == 0) {
+            if (strcmp(argv[a], "queue") == 0 || strcmp(argv[a], "show") == 0)
+                fprintf(stderr, "petrelctl: usage: petrelctl [--url URL] [--key KEY] "
+                                "queue | show ID\n");
+            else
+                fprintf(stderr, "petrelctl: %s: not available: this build has no HTTP "
+                                "endpoint for it yet\n", argv[a]);
             return 2;
         }
-    fprintf(stderr, "petrelctl: unknown command '%s'\n%s", argv[1], petrelctl_usage);
+    fprintf(stderr, "petrelctl: unknown command '%s'\n%s", a < argc ? argv[a] : "",
+            petrelctl_usage);
     return 2;
 }

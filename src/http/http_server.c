@@ -424,6 +424,97 @@ static enum MHD_Result post_kumo_inject(struct http_server *s, struct MHD_Connec
     return post_inject(s, c, req, true);
 }
 
+/* ---- queue inspection (GET /api/queue, GET /api/message/ID) ---------------- */
+
+#define ADMIN_SNAPSHOT_TIMEOUT_S 5.0   /* delivery threads answer within a loop turn */
+
+static json_t *json_time(double t)
+{
+    if (t <= 0)
+        return json_null();
+    char buf[64];
+    time_rfc3339(t, buf, sizeof buf);
+    return json_string(buf);
+}
+
+static enum MHD_Result get_queue(struct http_server *s, struct MHD_Connection *c,
+                                 struct http_req *req)
+{
+    struct sched_queue_info *q;
+    size_t n;
+    int rc = sched_snapshot(s->rt->sched, ADMIN_SNAPSHOT_TIMEOUT_S, &q, &n);
+    if (rc != PT_OK)
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
+                             "the delivery threads did not answer (stopping?)");
+    double now = time_now();
+    json_int_t total = 0;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        total += q[i].count;
+        json_array_append_new(arr, json_pack(
+            "{s:s, s:I, s:o, s:o, s:b, s:i}", "domain", q[i].key, "count",
+            (json_int_t)q[i].count, "oldest_age_s",
+            q[i].oldest > 0 ? json_real(now > q[i].oldest ? now - q[i].oldest : 0) : json_null(),
+            "next_attempt", json_time(q[i].next_attempt), "suspended", 0, "connections",
+            q[i].connections));
+    }
+    free(q);
+    return respond_json(c, MHD_HTTP_OK, json_pack("{s:I, s:o}", "total", total, "queues", arr),
+                        NULL, NULL);
+}
+
+static const char *const rcpt_states[] = { "pending", "delivered", "bounced" };
+
+static int message_entry(void *arg, const char *id, const char *domain, const void *rec,
+                         size_t len)
+{
+    json_t *doc = arg;
+    struct entry *e;
+    if (entry_decode(rec, len, &e) != PT_OK)
+        return 0;  /* not ours to judge here: recovery skips it too */
+    if (!json_object_get(doc, "sender")) {
+        json_object_set_new(doc, "sender", json_string(e->sender));
+        json_object_set_new(doc, "received_at", json_time(e->received_at));
+        json_object_set_new(doc, "size", json_integer((json_int_t)e->size));
+        json_object_set_new(doc, "protocol", json_string(e->protocol == PROTO_HTTP ? "http"
+                                                                                  : "smtp"));
+    }
+    json_t *rc = json_array();
+    for (uint32_t i = 0; i < e->nrcpt; i++)
+        json_array_append_new(rc, json_pack("{s:s, s:s}", "address", e->rcpts[i].addr, "state",
+                                            e->rcpts[i].state < 3 ? rcpt_states[e->rcpts[i].state]
+                                                                  : "unknown"));
+    json_array_append_new(json_object_get(doc, "destinations"), json_pack(
+        "{s:s, s:I, s:o, s:o, s:o}", "domain", domain, "attempts", (json_int_t)e->attempts,
+        "next_attempt", json_time(e->next_attempt), "last_response",
+        e->last_response ? json_string(e->last_response) : json_null(), "recipients", rc));
+    entry_free(e);
+    return 0;
+}
+
+static enum MHD_Result get_message(struct http_server *s, struct MHD_Connection *c,
+                                   struct http_req *req, const char *id)
+{
+    json_t *doc = json_pack("{s:s, s:[]}", "id", id, "destinations");
+    int rc = spool_scan_id(s->rt->spool, id, message_entry, doc);
+    if (rc == PT_INVALID) {
+        json_decref(doc);
+        return respond_error(c, MHD_HTTP_BAD_REQUEST, NULL, NULL,
+                             "not a message id: %.40s (16 hex digits)", id);
+    }
+    if (rc != PT_OK) {
+        json_decref(doc);
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
+                             "cannot read the spool, try again later");
+    }
+    if (json_array_size(json_object_get(doc, "destinations")) == 0) {
+        json_decref(doc);
+        return respond_error(c, MHD_HTTP_NOT_FOUND, NULL, NULL,
+                             "no queued message %.40s (delivered, bounced or never queued)", id);
+    }
+    return respond_json(c, MHD_HTTP_OK, doc, NULL, NULL);
+}
+
 typedef enum MHD_Result (*route_fn)(struct http_server *s, struct MHD_Connection *c,
                                    struct http_req *req);
 
@@ -439,7 +530,10 @@ static const struct route {
     { "/readyz", MHD_HTTP_METHOD_GET, get_readyz, false },
     { "/v1/message", MHD_HTTP_METHOD_POST, post_v1_message, true },
     { "/api/inject/v1", MHD_HTTP_METHOD_POST, post_kumo_inject, true },
+    { "/api/queue", MHD_HTTP_METHOD_GET, get_queue, false },
 };
+
+#define MESSAGE_PREFIX "/api/message/"
 
 static bool route_takes_body(const char *path, const char *method)
 {
@@ -454,6 +548,13 @@ static enum MHD_Result route(struct http_server *s, struct MHD_Connection *c, co
                              const char *method, struct http_req *req)
 {
     char allow[64] = "";
+    if (strncmp(path, MESSAGE_PREFIX, strlen(MESSAGE_PREFIX)) == 0 && path[strlen(MESSAGE_PREFIX)]) {
+        if (strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0)
+            return get_message(s, c, req, path + strlen(MESSAGE_PREFIX));
+        return respond_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, MHD_HTTP_HEADER_ALLOW, "GET, HEAD",
+                             "method %.32s not allowed on %.*s (allowed: GET, HEAD)", method,
+                             ERR_PATH_MAX, path);
+    }
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         const struct route *r = &routes[i];
         if (strcmp(r->path, path) != 0)

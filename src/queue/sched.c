@@ -4,6 +4,7 @@
  * compact entries; content is read from the spool when a delivery starts.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <math.h>
+#include <time.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdatomic.h>
@@ -31,7 +32,7 @@
 #define PRIO_FAIRNESS 8   /* every 8th pick goes to a lower class that waits */
 #define IDLE_KEEP_S 2.0   /* an idle outbound connection waits this long for more mail */
 
-enum { TMSG_ENTRY = 1, TMSG_STOP = 2 };
+enum { TMSG_ENTRY = 1, TMSG_STOP = 2, TMSG_SNAPSHOT = 3 };
 
 struct dqueue {
     struct dqueue *hnext;
@@ -48,6 +49,7 @@ struct dqueue {
     double tokens, refilled_at;
     bool throttled;                 /* on the thread's throttled list */
     struct dqueue *tnext;
+    size_t snap;                    /* during a snapshot: 1 + its index in the answer */
 };
 
 struct dthread {
@@ -895,6 +897,159 @@ static void on_timer(uv_timer_t *timer)
     timer_arm(t);
 }
 
+/* ---- admin snapshot ------------------------------------------------------- */
+
+/* Shared by the asking thread and every delivery thread; the last one out frees it
+ * (the asker may give up waiting before a thread answers). */
+struct snapshot {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int pending;                /* threads that have not answered */
+    int refs;                   /* pending + the asker */
+    bool failed;
+    struct sched_queue_info *q;
+    size_t n;
+};
+
+static void snapshot_release(struct snapshot *sn)
+{
+    /* called with sn->lock held; unlocks */
+    bool last = --sn->refs == 0;
+    pthread_mutex_unlock(&sn->lock);
+    if (last) {
+        pthread_mutex_destroy(&sn->lock);
+        pthread_cond_destroy(&sn->cond);
+        free(sn->q);
+        free(sn);
+    }
+}
+
+static void min_time(double *slot, double t)
+{
+    if (t > 0 && (*slot == 0 || t < *slot))
+        *slot = t;
+}
+
+/* On the delivery thread: this thread's queues into sn. */
+static void snapshot_answer(struct dthread *t, struct snapshot *sn)
+{
+    struct sched_queue_info *loc = NULL;
+    size_t n = 0, cap = 0;
+    bool failed = t->stopping;
+    double now = time_now();
+    for (int h = 0; h < Q_BUCKETS && !failed; h++)
+        for (struct dqueue *q = t->buckets[h]; q && !failed; q = q->hnext) {
+            q->snap = 0;
+            if (!q->nentries && !q->nconn)
+                continue;
+            if (n == cap) {
+                size_t ncap = cap ? cap * 2 : 16;
+                struct sched_queue_info *p = realloc(loc, ncap * sizeof *p);
+                if (!p) {
+                    failed = true;
+                    break;
+                }
+                loc = p;
+                cap = ncap;
+            }
+            struct sched_queue_info *qi = &loc[n++];
+            memset(qi, 0, sizeof *qi);
+            snprintf(qi->key, sizeof qi->key, "%s", q->key);
+            qi->count = q->nentries;
+            qi->connections = q->nconn;
+            q->snap = n;
+            for (int p = 0; p < SCHED_PRIOS; p++)
+                for (struct entry *e = q->ready[p]; e; e = e->next) {
+                    min_time(&qi->oldest, e->received_at);
+                    min_time(&qi->next_attempt, now);
+                }
+        }
+    for (uint32_t i = 0; i < t->nheap && !failed; i++) {  /* waiting for a retry */
+        const struct entry *e = t->heap[i];
+        const struct cfg_route *r;
+        const char *key = entry_key(t->s, e, &r);
+        for (struct dqueue *q = t->buckets[hash_str(key) % Q_BUCKETS]; q; q = q->hnext)
+            if (q->snap && strcmp(q->key, key) == 0) {
+                min_time(&loc[q->snap - 1].oldest, e->received_at);
+                min_time(&loc[q->snap - 1].next_attempt, e->next_attempt);
+                break;
+            }
+    }
+    pthread_mutex_lock(&sn->lock);
+    if (!failed && n) {
+        struct sched_queue_info *p = realloc(sn->q, (sn->n + n) * sizeof *p);
+        if (p) {
+            memcpy(p + sn->n, loc, n * sizeof *p);
+            sn->q = p;
+            sn->n += n;
+        } else {
+            failed = true;
+        }
+    }
+    sn->failed |= failed;
+    sn->pending--;
+    pthread_cond_signal(&sn->cond);
+    snapshot_release(sn);
+    free(loc);
+}
+
+static int info_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct sched_queue_info *)a)->key,
+                  ((const struct sched_queue_info *)b)->key);
+}
+
+int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **out,
+                   size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!s->started)
+        return PT_ERROR;
+    struct snapshot *sn = calloc(1, sizeof *sn);
+    if (!sn)
+        return PT_NOMEM;
+    pthread_mutex_init(&sn->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&sn->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    sn->refs = 1;
+    pthread_mutex_lock(&sn->lock);
+    for (int i = 0; i < s->n; i++) {
+        sn->pending++;
+        sn->refs++;
+        if (mbox_send(&s->t[i].mbox, TMSG_SNAPSHOT, sn, 0, 0) != PT_OK) {
+            sn->pending--;
+            sn->refs--;
+            sn->failed = true;
+        }
+    }
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_sec += (time_t)timeout_s;
+    dl.tv_nsec += (long)((timeout_s - (double)(time_t)timeout_s) * 1e9);
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    while (sn->pending > 0 && !sn->failed)
+        if (pthread_cond_timedwait(&sn->cond, &sn->lock, &dl) != 0)
+            break;
+    int rc = PT_OK;
+    if (sn->pending > 0 || sn->failed) {
+        rc = PT_ERROR;
+    } else {
+        qsort(sn->q, sn->n, sizeof *sn->q, info_cmp);
+        *out = sn->q;
+        *n = sn->n;
+        sn->q = NULL;
+    }
+    snapshot_release(sn);
+    return rc;
+}
+
 static void on_msg(void *owner, struct mbox_msg *msg)
 {
     struct dthread *t = owner;
@@ -903,6 +1058,8 @@ static void on_msg(void *owner, struct mbox_msg *msg)
             entry_free(msg->ptr); /* durable already: picked up again at restart */
         else
             thread_insert(t, msg->ptr, true);
+    } else if (msg->kind == TMSG_SNAPSHOT) {
+        snapshot_answer(t, msg->ptr);
     } else if (msg->kind == TMSG_STOP && !t->stopping) {
         t->stopping = true;
         uv_timer_stop(&t->timer);

@@ -22,6 +22,21 @@ void sched_free(struct sched *s);
 /* Entries in the queue (all threads); cheap, approximate under concurrency. */
 uint64_t sched_depth(const struct sched *s);
 
+/* One destination queue in an admin snapshot (GET /api/queue). */
+struct sched_queue_info {
+    char key[300];           /* destination: the domain, or the relay host */
+    uint32_t count;          /* entries (messages) for it, including those in flight */
+    double oldest;           /* earliest received_at of its waiting entries; 0 = none */
+    double next_attempt;     /* earliest next attempt of its waiting entries; 0 = none */
+    int connections;         /* outbound connections, open or opening */
+};
+/* Asks every delivery thread for its queues (each answers from its own loop) and
+ * waits at most timeout_s for all of them. PT_OK with a malloc'd array (caller
+ * frees) sorted by key; PT_ERROR if a thread did not answer (stopping), PT_NOMEM.
+ * Thread-safe; call from outside the delivery threads. */
+int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **out,
+                   size_t *n);
+
 
 
 /* Pure: delay before retry number `attempts` (1 = after the first failure):

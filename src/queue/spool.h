@@ -48,6 +48,9 @@ int spool_has_entries(struct spool *s, const char *id);
 typedef int (*spool_scan_cb)(void *arg, const char *id, const char *domain,
                              const void *rec, size_t len);
 int spool_scan_entries(struct spool *s, spool_scan_cb cb, void *arg);
+/* The same for the entries of one message id only (admin lookups). PT_INVALID for a
+ * malformed id. */
+int spool_scan_id(struct spool *s, const char *id, spool_scan_cb cb, void *arg);
 
 struct spool_stats {
     uint64_t durable_commits;   /* batches handed to spool_commit_durable */

@@ -353,25 +353,25 @@ int spool_has_entries(struct spool *s, const char *id)
     return found;
 }
 
-/* Keys in the entry range that do not parse (not written by this file) are skipped:
- * one bad record must not stop the recovery of a million good ones. Returns PT_OK,
- * the non-zero value cb stopped the scan with, or PT_ERROR on a read error. */
-int spool_scan_entries(struct spool *s, spool_scan_cb cb, void *arg)
+/* Calls cb for each well-formed entry key in [lo, hi). Keys in the entry range that
+ * do not parse (not written by this file) are skipped: one bad record must not stop
+ * the recovery of a million good ones. Returns PT_OK, the non-zero value cb stopped
+ * the scan with, or PT_ERROR on a read error. */
+static int scan_range(struct spool *s, const char *lo, size_t lolen, const char *hi,
+                      size_t hilen, size_t readahead, spool_scan_cb cb, void *arg)
 {
-    static const char lo[] = "q", hi[] = "r";
-    if (!s || !cb)
-        return PT_INVALID;
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    rocksdb_readoptions_set_iterate_lower_bound(ro, lo, 1);
-    rocksdb_readoptions_set_iterate_upper_bound(ro, hi, 1);
+    rocksdb_readoptions_set_iterate_lower_bound(ro, lo, lolen);
+    rocksdb_readoptions_set_iterate_upper_bound(ro, hi, hilen);
     rocksdb_readoptions_set_fill_cache(ro, 0);
-    rocksdb_readoptions_set_readahead_size(ro, SPOOL_SCAN_READAHEAD);
+    if (readahead)
+        rocksdb_readoptions_set_readahead_size(ro, readahead);
     rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, ro);
 
     int rc = PT_OK;
     char id[SPOOL_ID_LEN + 1];
     char domain[SPOOL_DOMAIN_MAX + 1];
-    for (rocksdb_iter_seek(it, lo, 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+    for (rocksdb_iter_seek(it, lo, lolen); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
         size_t klen, vlen;
         const char *k = rocksdb_iter_key(it, &klen);
         if (klen < 3 + SPOOL_ID_LEN || klen > SPOOL_KEY_MAX || k[1 + SPOOL_ID_LEN] != '/')
@@ -399,6 +399,24 @@ int spool_scan_entries(struct spool *s, spool_scan_cb cb, void *arg)
     rocksdb_iter_destroy(it);
     rocksdb_readoptions_destroy(ro);
     return rc;
+}
+
+int spool_scan_entries(struct spool *s, spool_scan_cb cb, void *arg)
+{
+    if (!s || !cb)
+        return PT_INVALID;
+    return scan_range(s, "q", 1, "r", 1, SPOOL_SCAN_READAHEAD, cb, arg);
+}
+
+int spool_scan_id(struct spool *s, const char *id, spool_scan_cb cb, void *arg)
+{
+    char lo[SPOOL_KEY_MAX], hi[SPOOL_KEY_MAX];
+    if (!s || !cb || !id_valid(id))
+        return PT_INVALID;
+    size_t n = key_entry_prefix(lo, id);
+    memcpy(hi, lo, n);
+    hi[n - 1] = '/' + 1;
+    return scan_range(s, lo, n, hi, n, 0, cb, arg);
 }
 
 static uint64_t prop_u64(struct spool *s, const char *name)

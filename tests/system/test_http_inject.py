@@ -10,9 +10,11 @@ import base64
 import email
 import email.policy
 import json
+import os
+import subprocess
 import time
 
-from harness import free_port, wait_for
+from harness import PETRELCTL_BIN, wait_for
 from test_http import assert_json_error, http_petrel, request, wait_metric
 
 KEY = "inject-key-0123456789"
@@ -224,3 +226,68 @@ def test_injected_mail_survives_kill9(world):
     p.start()
     t = sink.wait_count(1, timeout=20)[0]
     assert qid in parse(t)["Message-ID"]
+
+
+# ---------------------------------------------------------------- queue inspection
+
+def test_queue_and_message_inspection(world):
+    """GET /api/queue lists the destination queues with their counts; GET
+    /api/message/ID shows a queued message's envelope, per-recipient state, attempts
+    and last response; both follow the mail as it is finally delivered."""
+    world.mx_domain("dest.test", "127.0.0.2", sink=False)  # down: mail waits
+    other = world.mx_domain("other.test", "127.0.0.3")
+    p, (url,) = http_petrel(world)
+    ids = []
+    for i in range(3):
+        r = post(url, "/v1/message", {"from": "alice@sender.test",
+                                      "to": [f"u{i}@dest.test", f"v{i}@dest.test"],
+                                      "subject": f"m{i}", "text": "t"})
+        assert r.status == 200, r
+        ids.append(r.json()["id"])
+    mid = p.send_message("alice@sender.test", ["w@other.test"])
+    other.wait_message(mid)
+    p.wait_records("TransientFailure", 6)
+    r = request(url, "/api/queue")
+    assert r.status == 200, r
+    doc = r.json()
+    qs = {q["domain"]: q for q in doc["queues"]}
+    assert doc["total"] == 3 and "dest.test" in qs, doc
+    # other.test's mail is gone; it may still list its idle connection
+    assert set(qs) <= {"dest.test", "other.test"} and qs.get("other.test", {"count": 0})["count"] == 0
+    q = qs["dest.test"]
+    assert q["count"] == 3 and q["suspended"] is False and isinstance(q["connections"], int)
+    assert isinstance(q["oldest_age_s"], (int, float)) and 0 <= q["oldest_age_s"] < 60, q
+    assert isinstance(q["next_attempt"], str) and q["next_attempt"][:2] == "20" \
+        and q["next_attempt"].endswith("Z"), q
+    r = request(url, f"/api/message/{ids[1]}")
+    assert r.status == 200, r
+    m = r.json()
+    assert m["id"] == ids[1] and m["sender"] == "alice@sender.test" and m["protocol"] == "http"
+    (d,) = m["destinations"]
+    assert d["domain"] == "dest.test" and d["attempts"] >= 1, d
+    assert isinstance(d["last_response"], str) and d["last_response"], d
+    assert sorted((x["address"], x["state"]) for x in d["recipients"]) == \
+        [("u1@dest.test", "pending"), ("v1@dest.test", "pending")], d
+    # petrelctl reads the same API
+    out = subprocess.run([PETRELCTL_BIN, "--url", url, "queue"], capture_output=True,
+                         text=True, timeout=15)
+    assert out.returncode == 0, out.stderr
+    row = [l for l in out.stdout.splitlines() if l.startswith("dest.test ")]
+    assert row and row[0].split()[1] == "3", out.stdout
+    assert "-- 3 messages in" in out.stdout, out.stdout
+    out = subprocess.run([PETRELCTL_BIN, "show", ids[1]], capture_output=True, text=True,
+                         timeout=15, env=dict(os.environ, PETREL_URL=url))
+    assert out.returncode == 0, out.stderr
+    assert "from <alice@sender.test>" in out.stdout and "u1@dest.test" in out.stdout \
+        and "pending" in out.stdout and "last response:" in out.stdout, out.stdout
+    out = subprocess.run([PETRELCTL_BIN, "--url", url, "show", "00000000000000ff"],
+                         capture_output=True, text=True, timeout=15)
+    assert out.returncode == 1 and "HTTP 404" in out.stderr, out
+    assert_json_error(request(url, "/api/message/00000000000000ff"), 404)
+    assert_json_error(request(url, "/api/message/not-an-id"), 400)
+    assert_json_error(request(url, "/api/queue", method="POST", body=b"{}"), 405)
+    # the hop comes up: everything is delivered and the views empty
+    sink = world.sink("127.0.0.2")
+    sink.wait_count(3, timeout=20)
+    wait_for(lambda: request(url, "/api/queue").json()["total"] == 0, 10, "an empty queue")
+    assert_json_error(request(url, f"/api/message/{ids[1]}"), 404)
