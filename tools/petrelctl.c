@@ -1,8 +1,9 @@
 /* petrelctl: the admin client. `hash-password` prints a users_file HASH for a
  * password read from stdin; never echoes the password, never takes it as an
- * argument (argv is visible to every user). `queue` and `show ID` read the HTTP
- * admin API (GET /api/queue, GET /api/message/ID) over plain HTTP; the queue
- * actions (suspend, resume, flush, bounce, delete) await their endpoints.
+ * argument (argv is visible to every user). The queue commands talk to the HTTP
+ * admin API over plain HTTP: `queue` and `show ID` read it (GET /api/queue,
+ * /api/message/ID), suspend, resume, flush, bounce and delete POST to
+ * /api/queue/ACTION.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <netdb.h>
 #include <stdio.h>
@@ -26,9 +27,10 @@
 static const char petrelctl_usage[] =
     "usage: petrelctl --version\n"
     "       petrelctl hash-password [--cram-md5]   (reads one password line from stdin)\n"
-    "       petrelctl [--url URL] [--key KEY] queue | show ID\n"
-    "         URL: $PETREL_URL or http://127.0.0.1:8080; KEY: $PETREL_KEY (Bearer key)\n"
-    "       suspend DOMAIN | resume DOMAIN | flush | bounce ID | delete ID: not built yet\n";
+    "       petrelctl [--url URL] [--key KEY] COMMAND\n"
+    "         COMMAND: queue | show ID | suspend DOMAIN [DURATION] | resume DOMAIN |\n"
+    "                  flush [DOMAIN] | bounce ID|DOMAIN | delete ID|DOMAIN\n"
+    "         URL: $PETREL_URL or http://127.0.0.1:8080; KEY: $PETREL_KEY (Bearer key)\n";
 
 #define CTL_TIMEOUT_S 30
 #define CTL_MAX_RESPONSE (64u << 20)
@@ -95,10 +97,11 @@ static int petrelctl_hash_password(int argc, char **argv)
 
 /* ---- HTTP admin API client ---------------------------------------------------- */
 
-/* GET path from url ("http://host[:port]", a trailing path is ignored) with an
- * optional Bearer key. Returns the HTTP status (body in *body) or -1 with a message
- * on stderr. */
-static int ctl_get(const char *url, const char *key, const char *path, struct buf *body)
+/* GET path (or POST json when it is not NULL) to url ("http://host[:port]", a
+ * trailing path is ignored) with an optional Bearer key. Returns the HTTP status
+ * (body in *body) or -1 with a message on stderr. */
+static int ctl_http(const char *url, const char *key, const char *path, const char *json,
+                    struct buf *body)
 {
     if (strncmp(url, "http://", 7) != 0) {
         fprintf(stderr, "petrelctl: %s: only http:// URLs are supported (for https use curl)\n",
@@ -147,11 +150,16 @@ static int ctl_get(const char *url, const char *key, const char *path, struct bu
     struct buf req, resp;
     buf_init(&req, 0);
     buf_init(&resp, CTL_MAX_RESPONSE);
-    buf_appendf(&req, "GET %s HTTP/1.0\r\nHost: %s\r\nAccept: application/json\r\n", path,
-                host);
+    buf_appendf(&req, "%s %s HTTP/1.0\r\nHost: %s\r\nAccept: application/json\r\n",
+                json ? "POST" : "GET", path, host);
     if (key && *key)
         buf_appendf(&req, "Authorization: Bearer %s\r\n", key);
+    if (json)
+        buf_appendf(&req, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
+                    strlen(json));
     buf_appends(&req, "\r\n");
+    if (json)
+        buf_appends(&req, json);
     int status = -1;
     ssize_t w = write(fd, req.data, req.len);
     char chunk[16384];
@@ -173,13 +181,13 @@ static int ctl_get(const char *url, const char *key, const char *path, struct bu
     return status;
 }
 
-/* Fetches path and parses the JSON answer; prints the API's error and returns NULL
- * on anything but 200. */
-static json_t *ctl_fetch(const char *url, const char *key, const char *path)
+/* Fetches path (POSTing json if not NULL) and parses the JSON answer; prints the
+ * API's error and returns NULL on anything but 200. */
+static json_t *ctl_fetch(const char *url, const char *key, const char *path, const char *json)
 {
     struct buf body;
     buf_init(&body, 0);
-    int status = ctl_get(url, key, path, &body);
+    int status = ctl_http(url, key, path, json, &body);
     json_t *doc = status > 0 ? json_loadb(body.data ? body.data : "", body.len, 0, NULL) : NULL;
     buf_free(&body);
     if (status == 200 && json_is_object(doc))
@@ -200,7 +208,7 @@ static const char *str_or(json_t *v, const char *dflt)
 
 static int ctl_queue(const char *url, const char *key)
 {
-    json_t *doc = ctl_fetch(url, key, "/api/queue");
+    json_t *doc = ctl_fetch(url, key, "/api/queue", NULL);
     if (!doc)
         return 1;
     json_t *qs = json_object_get(doc, "queues");
@@ -232,7 +240,7 @@ static int ctl_show(const char *url, const char *key, const char *id)
     }
     char path[64];
     snprintf(path, sizeof path, "/api/message/%s", id);
-    json_t *doc = ctl_fetch(url, key, path);
+    json_t *doc = ctl_fetch(url, key, path, NULL);
     if (!doc)
         return 1;
     printf("%s  from <%s>  received %s  %lld bytes  via %s\n", id,
@@ -252,6 +260,53 @@ static int ctl_show(const char *url, const char *key, const char *id)
             printf("    %-40s %s\n", str_or(json_object_get(r, "address"), "?"),
                    str_or(json_object_get(r, "state"), "?"));
     }
+    json_decref(doc);
+    return 0;
+}
+
+/* suspend DOMAIN [DURATION] | resume DOMAIN | flush [DOMAIN] | bounce ID | delete ID:
+ * POST /api/queue/ACTION; prints the number of recipients affected. */
+static int ctl_action(const char *url, const char *key, const char *action, int argc,
+                      char **argv)
+{
+    json_t *req = json_object();
+    bool ok;
+    if (strcmp(action, "suspend") == 0) {
+        ok = argc == 1 || argc == 2;
+        if (ok)
+            json_object_set_new(req, "domain", json_string(argv[0]));
+        if (argc == 2)
+            json_object_set_new(req, "duration", json_string(argv[1]));
+    } else if (strcmp(action, "resume") == 0) {
+        ok = argc == 1;
+        if (ok)
+            json_object_set_new(req, "domain", json_string(argv[0]));
+    } else if (strcmp(action, "flush") == 0) {
+        ok = argc <= 1;
+        if (argc == 1)
+            json_object_set_new(req, "domain", json_string(argv[0]));
+    } else {  /* bounce, delete: an id, or a domain */
+        ok = argc == 1;
+        if (ok)
+            json_object_set_new(req, strspn(argv[0], "0123456789abcdefABCDEF") == 16 &&
+                                         strlen(argv[0]) == 16 ? "id" : "domain",
+                                json_string(argv[0]));
+    }
+    if (!ok) {
+        json_decref(req);
+        fprintf(stderr, "petrelctl: %s: wrong arguments\n%s", action, petrelctl_usage);
+        return 2;
+    }
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    char path[64];
+    snprintf(path, sizeof path, "/api/queue/%s", action);
+    json_t *doc = body ? ctl_fetch(url, key, path, body) : NULL;
+    free(body);
+    if (!doc)
+        return 1;
+    printf("%s: %lld recipient(s) affected\n", action,
+           (long long)json_integer_value(json_object_get(doc, "affected")));
     json_decref(doc);
     return 0;
 }
@@ -287,16 +342,13 @@ int main(int argc, char **argv)
         return ctl_queue(url, key);
     if (a < argc && strcmp(argv[a], "show") == 0 && a + 2 == argc)
         return ctl_show(url, key, argv[a + 1]);
-    for (int i = 0; a < argc && api_commands[i]; i++)
-        if (strcmp(argv[a], api_commands[i]) == 0) {
-            if (strcmp(argv[a], "queue") == 0 || strcmp(argv[a], "show") == 0)
-                fprintf(stderr, "petrelctl: usage: petrelctl [--url URL] [--key KEY] "
-                                "queue | show ID\n");
-            else
-                fprintf(stderr, "petrelctl: %s: not available: this build has no HTTP "
-                                "endpoint for it yet\n", argv[a]);
-            return 2;
-        }
+    if (a < argc && (strcmp(argv[a], "queue") == 0 || strcmp(argv[a], "show") == 0)) {
+        fprintf(stderr, "petrelctl: %s: wrong arguments\n%s", argv[a], petrelctl_usage);
+        return 2;
+    }
+    for (int i = 2; a < argc && api_commands[i]; i++)
+        if (strcmp(argv[a], api_commands[i]) == 0)
+            return ctl_action(url, key, argv[a], argc - a - 1, argv + a + 1);
     fprintf(stderr, "petrelctl: unknown command '%s'\n%s", a < argc ? argv[a] : "",
             petrelctl_usage);
     return 2;

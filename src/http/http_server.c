@@ -1,6 +1,7 @@
 /* HTTP listeners on libmicrohttpd: auth (trusted_hosts, else a Bearer key compared
  * in constant time), a route table, JSON error bodies. Handlers run on MHD's
- * polling thread and must never block on a worker or the spool thread.
+ * polling thread and never wait on a worker or the spool thread; the queue API waits
+ * (at most ADMIN_SNAPSHOT_TIMEOUT_S) for the delivery threads' answers.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <errno.h>
 #include <pthread.h>
@@ -31,6 +32,7 @@
 #include "util/buf.h"
 #include "util/cidr.h"
 #include "util/netsock.h"
+#include "util/parse.h"
 #include "util/result.h"
 #include "util/timeutil.h"
 #include "util/utf8.h"
@@ -133,7 +135,7 @@ static enum MHD_Result respond_error(struct MHD_Connection *c, unsigned status, 
 /* ---- endpoints ------------------------------------------------------------ */
 
 static enum MHD_Result get_metrics(struct http_server *s, struct MHD_Connection *c,
-                                    struct http_req *req)
+                                    struct http_req *req, int arg)
 {
     struct spool_stats st;
     spool_stats(s->rt->spool, &st);
@@ -151,13 +153,13 @@ static enum MHD_Result get_metrics(struct http_server *s, struct MHD_Connection 
 }
 
 static enum MHD_Result get_healthz(struct http_server *s, struct MHD_Connection *c,
-                                    struct http_req *req)
+                                    struct http_req *req, int arg)
 {
     return respond_json(c, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"), NULL, NULL);
 }
 
 static enum MHD_Result get_readyz(struct http_server *s, struct MHD_Connection *c,
-                                    struct http_req *req)
+                                    struct http_req *req, int arg)
 {
     if (!atomic_load(&s->ready))
         return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
@@ -319,9 +321,11 @@ static enum MHD_Result finish_job(struct http_req *req, struct MHD_Connection *c
     return ret;
 }
 
+/* arg: 1 = KumoMTA's format, 0 = /v1/message */
 static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection *c,
-                                   struct http_req *req, bool kumo)
+                                   struct http_req *req, int arg)
 {
+    bool kumo = arg != 0;
     if (req->job)
         return finish_job(req, c);  /* resumed: every submission has reported */
     req->answered = true;
@@ -412,18 +416,6 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
     return MHD_YES;
 }
 
-static enum MHD_Result post_v1_message(struct http_server *s, struct MHD_Connection *c,
-                                       struct http_req *req)
-{
-    return post_inject(s, c, req, false);
-}
-
-static enum MHD_Result post_kumo_inject(struct http_server *s, struct MHD_Connection *c,
-                                        struct http_req *req)
-{
-    return post_inject(s, c, req, true);
-}
-
 /* ---- queue inspection (GET /api/queue, GET /api/message/ID) ---------------- */
 
 #define ADMIN_SNAPSHOT_TIMEOUT_S 5.0   /* delivery threads answer within a loop turn */
@@ -438,7 +430,7 @@ static json_t *json_time(double t)
 }
 
 static enum MHD_Result get_queue(struct http_server *s, struct MHD_Connection *c,
-                                 struct http_req *req)
+                                 struct http_req *req, int arg)
 {
     struct sched_queue_info *q;
     size_t n;
@@ -455,8 +447,8 @@ static enum MHD_Result get_queue(struct http_server *s, struct MHD_Connection *c
             "{s:s, s:I, s:o, s:o, s:b, s:i}", "domain", q[i].key, "count",
             (json_int_t)q[i].count, "oldest_age_s",
             q[i].oldest > 0 ? json_real(now > q[i].oldest ? now - q[i].oldest : 0) : json_null(),
-            "next_attempt", json_time(q[i].next_attempt), "suspended", 0, "connections",
-            q[i].connections));
+            "next_attempt", json_time(q[i].suspended ? q[i].suspended_until : q[i].next_attempt),
+            "suspended", q[i].suspended, "connections", q[i].connections));
     }
     free(q);
     return respond_json(c, MHD_HTTP_OK, json_pack("{s:I, s:o}", "total", total, "queues", arr),
@@ -515,22 +507,151 @@ static enum MHD_Result get_message(struct http_server *s, struct MHD_Connection 
     return respond_json(c, MHD_HTTP_OK, doc, NULL, NULL);
 }
 
+/* ---- queue actions (POST /api/queue/suspend, resume, flush, bounce, delete) ---- */
+
+#define ADMIN_SUSPEND_DEFAULT_S 3600.0           /* suspend without a duration: 1 h */
+#define ADMIN_SUSPEND_MAX_S (30.0 * 86400.0)
+#define ADMIN_REASON_MAX 190
+
+static const char *const admin_fields[][4] = {
+    [SCHED_SUSPEND] = { "domain", "duration", "reason", NULL },
+    [SCHED_RESUME] = { "domain", NULL },
+    [SCHED_FLUSH] = { "domain", NULL },
+    [SCHED_BOUNCE] = { "id", "domain", "reason", NULL },
+    [SCHED_DELETE] = { "id", "domain", "reason", NULL },
+};
+
+static bool admin_field_ok(enum sched_admin_op op, const char *name)
+{
+    for (int i = 0; admin_fields[op][i]; i++)
+        if (strcmp(admin_fields[op][i], name) == 0)
+            return true;
+    return false;
+}
+
+/* Validates the body into rq (strings point into doc or the buffers); on a bad
+ * request writes the reason into err. */
+static bool admin_parse(json_t *doc, enum sched_admin_op op, struct sched_admin_req *rq,
+                        char domain[256], char id[ENTRY_ID_LEN + 1], char *err, size_t errlen)
+{
+    if (!json_is_object(doc)) {
+        snprintf(err, errlen, "the body must be a JSON object");
+        return false;
+    }
+    const char *name;
+    json_t *v;
+    json_object_foreach(doc, name, v) {
+        if (!admin_field_ok(op, name)) {
+            snprintf(err, errlen, "unknown field \"%.40s\"", name);
+            return false;
+        }
+    }
+    *rq = (struct sched_admin_req){ .op = op };
+    json_t *d = json_object_get(doc, "domain"), *i = json_object_get(doc, "id");
+    if (d) {
+        const char *ds = json_string_value(d);
+        if (!ds || !*ds || strlen(ds) > 255) {
+            snprintf(err, errlen, "domain: expected a destination (a domain or a relay host)");
+            return false;
+        }
+        smtp_domain_lower(ds, domain, 256);
+        rq->domain = domain;
+    }
+    if (i) {
+        const char *is = json_string_value(i);
+        if (!is || strlen(is) != ENTRY_ID_LEN || strspn(is, "0123456789abcdefABCDEF") != ENTRY_ID_LEN) {
+            snprintf(err, errlen, "id: expected a message id (16 hex digits)");
+            return false;
+        }
+        for (int k = 0; k <= ENTRY_ID_LEN; k++)
+            id[k] = (char)(is[k] >= 'A' && is[k] <= 'F' ? is[k] - 'A' + 'a' : is[k]);
+        rq->id = id;
+    }
+    if ((op == SCHED_SUSPEND || op == SCHED_RESUME) && !rq->domain) {
+        snprintf(err, errlen, "domain: required");
+        return false;
+    }
+    if ((op == SCHED_BOUNCE || op == SCHED_DELETE) && !rq->domain == !rq->id) {
+        snprintf(err, errlen, "give either id or domain");
+        return false;
+    }
+    json_t *r = json_object_get(doc, "reason");
+    if (r) {
+        const char *rs = json_string_value(r);
+        bool clean = rs && strlen(rs) <= ADMIN_REASON_MAX;
+        for (const char *p = rs; clean && *p; p++)
+            clean = (unsigned char)*p >= 0x20 && *p != 0x7f;
+        if (!clean) {
+            snprintf(err, errlen, "reason: expected one line of at most %d characters",
+                     ADMIN_REASON_MAX);
+            return false;
+        }
+        rq->reason = *rs ? rs : NULL;
+    }
+    if (op == SCHED_SUSPEND) {
+        double secs = ADMIN_SUSPEND_DEFAULT_S;
+        json_t *du = json_object_get(doc, "duration");
+        if (du && !(json_is_number(du) ? (secs = json_number_value(du), true)
+                    : json_is_string(du) && parse_duration(json_string_value(du), &secs) == PT_OK) ) {
+            snprintf(err, errlen, "duration: expected seconds or a duration like \"30m\"");
+            return false;
+        }
+        if (!(secs > 0 && secs <= ADMIN_SUSPEND_MAX_S)) {
+            snprintf(err, errlen, "duration: must be more than 0 and at most 30 days");
+            return false;
+        }
+        rq->until = time_now() + secs;
+    }
+    return true;
+}
+
+/* arg: the enum sched_admin_op */
+static enum MHD_Result post_admin(struct http_server *s, struct MHD_Connection *c,
+                                  struct http_req *req, int arg)
+{
+    enum sched_admin_op op = (enum sched_admin_op)arg;
+    json_t *doc = json_loadb(req->data.data ? req->data.data : "", req->data.len, 0, NULL);
+    struct sched_admin_req rq;
+    char domain[256], id[ENTRY_ID_LEN + 1], err[200];
+    if (!admin_parse(doc, op, &rq, domain, id, err, sizeof err)) {
+        json_decref(doc);
+        return respond_error(c, MHD_HTTP_BAD_REQUEST, NULL, NULL, "%s", err);
+    }
+    uint64_t n = 0;
+    int rc = sched_admin(s->rt->sched, &rq, ADMIN_SNAPSHOT_TIMEOUT_S, &n);
+    json_decref(doc);
+    if (rc != PT_OK)
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
+                             "the delivery threads did not answer (stopping?)");
+    static const char *const names[] = { "suspend", "resume", "flush", "bounce", "delete" };
+    log_info("http %s: %s: queue %s %s: %llu recipient(s)", s->l->listen, req->ip, names[op],
+             rq.id ? rq.id : rq.domain ? rq.domain : "(all)", (unsigned long long)n);
+    return respond_json(c, MHD_HTTP_OK, json_pack("{s:I}", "affected", (json_int_t)n), NULL,
+                        NULL);
+}
+
 typedef enum MHD_Result (*route_fn)(struct http_server *s, struct MHD_Connection *c,
-                                   struct http_req *req);
+                                   struct http_req *req, int arg);
 
 /* Every endpoint. GET routes also answer HEAD (MHD omits the body). */
 static const struct route {
     const char *path;
     const char *method;
     route_fn fn;
+    int arg;
     bool takes_body;
 } routes[] = {
-    { "/metrics", MHD_HTTP_METHOD_GET, get_metrics, false },
-    { "/healthz", MHD_HTTP_METHOD_GET, get_healthz, false },
-    { "/readyz", MHD_HTTP_METHOD_GET, get_readyz, false },
-    { "/v1/message", MHD_HTTP_METHOD_POST, post_v1_message, true },
-    { "/api/inject/v1", MHD_HTTP_METHOD_POST, post_kumo_inject, true },
-    { "/api/queue", MHD_HTTP_METHOD_GET, get_queue, false },
+    { "/metrics", MHD_HTTP_METHOD_GET, get_metrics, 0, false },
+    { "/healthz", MHD_HTTP_METHOD_GET, get_healthz, 0, false },
+    { "/readyz", MHD_HTTP_METHOD_GET, get_readyz, 0, false },
+    { "/v1/message", MHD_HTTP_METHOD_POST, post_inject, 0, true },
+    { "/api/inject/v1", MHD_HTTP_METHOD_POST, post_inject, 1, true },
+    { "/api/queue", MHD_HTTP_METHOD_GET, get_queue, 0, false },
+    { "/api/queue/suspend", MHD_HTTP_METHOD_POST, post_admin, SCHED_SUSPEND, true },
+    { "/api/queue/resume", MHD_HTTP_METHOD_POST, post_admin, SCHED_RESUME, true },
+    { "/api/queue/flush", MHD_HTTP_METHOD_POST, post_admin, SCHED_FLUSH, true },
+    { "/api/queue/bounce", MHD_HTTP_METHOD_POST, post_admin, SCHED_BOUNCE, true },
+    { "/api/queue/delete", MHD_HTTP_METHOD_POST, post_admin, SCHED_DELETE, true },
 };
 
 #define MESSAGE_PREFIX "/api/message/"
@@ -561,7 +682,7 @@ static enum MHD_Result route(struct http_server *s, struct MHD_Connection *c, co
             continue;
         bool get = strcmp(r->method, MHD_HTTP_METHOD_GET) == 0;
         if (strcmp(method, r->method) == 0 || (get && strcmp(method, MHD_HTTP_METHOD_HEAD) == 0))
-            return r->fn(s, c, req);
+            return r->fn(s, c, req, r->arg);
         size_t o = strlen(allow);
         snprintf(allow + o, sizeof allow - o, "%s%s%s", o ? ", " : "", r->method,
                  get ? ", HEAD" : "");

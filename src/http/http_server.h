@@ -1,7 +1,10 @@
 /* HTTP listeners (DESIGN §5) on libmicrohttpd: POST /v1/message and /api/inject/v1
- * (message injection), GET /metrics, /healthz, /readyz, behind the trusted_hosts /
- * Bearer key rule. Each listener runs in MHD's own
- * polling thread and never touches a worker loop; it reads process-wide state only.
+ * (message injection), the queue API (GET /api/queue, /api/message/ID; POST
+ * /api/queue/suspend, resume, flush, bounce, delete), GET /metrics, /healthz,
+ * /readyz, behind the trusted_hosts / Bearer key rule. Each listener runs in MHD's own
+ * polling thread and never touches a worker loop: injections go through ingest (the
+ * connection is suspended until the fsync), queue calls through the delivery
+ * threads' mailboxes (a bounded wait).
  * SPDX-License-Identifier: Apache-2.0 */
 #ifndef PETREL_HTTP_HTTP_SERVER_H
 #define PETREL_HTTP_HTTP_SERVER_H

@@ -32,7 +32,7 @@
 #define PRIO_FAIRNESS 8   /* every 8th pick goes to a lower class that waits */
 #define IDLE_KEEP_S 2.0   /* an idle outbound connection waits this long for more mail */
 
-enum { TMSG_ENTRY = 1, TMSG_STOP = 2, TMSG_SNAPSHOT = 3 };
+enum { TMSG_ENTRY = 1, TMSG_STOP = 2, TMSG_SNAPSHOT = 3, TMSG_ADMIN = 4 };
 
 struct dqueue {
     struct dqueue *hnext;
@@ -68,6 +68,14 @@ struct dthread {
     struct spool_batch *deletes;    /* nosync deletions, written once per loop turn */
     uv_check_t flush;
     struct dqueue *throttled;       /* queues waiting for a max_message_rate token */
+    struct suspension *suspended;   /* admin suspensions (every thread keeps them all) */
+};
+
+/* POST /api/queue/suspend: no new delivery for a destination until `until`. */
+struct suspension {
+    struct suspension *next;
+    char key[300];
+    double until;
 };
 
 /* One outbound connection slot: resolving, then an SMTP client. */
@@ -199,6 +207,21 @@ static void heap_push(struct dthread *t, struct entry *e)
     }
 }
 
+static void heap_sift_down(struct dthread *t, uint32_t i)
+{
+    for (;;) {
+        uint32_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < t->nheap && t->heap[l]->next_attempt < t->heap[m]->next_attempt)
+            m = l;
+        if (r < t->nheap && t->heap[r]->next_attempt < t->heap[m]->next_attempt)
+            m = r;
+        if (m == i)
+            break;
+        heap_swap(t, i, m);
+        i = m;
+    }
+}
+
 static struct entry *heap_pop(struct dthread *t)
 {
     if (t->nheap == 0)
@@ -208,20 +231,18 @@ static struct entry *heap_pop(struct dthread *t)
     if (t->nheap) {
         t->heap[0] = t->heap[t->nheap];
         t->heap[0]->heap_idx = 0;
-        uint32_t i = 0;
-        for (;;) {
-            uint32_t l = 2 * i + 1, r = l + 1, m = i;
-            if (l < t->nheap && t->heap[l]->next_attempt < t->heap[m]->next_attempt)
-                m = l;
-            if (r < t->nheap && t->heap[r]->next_attempt < t->heap[m]->next_attempt)
-                m = r;
-            if (m == i)
-                break;
-            heap_swap(t, i, m);
-            i = m;
-        }
+        heap_sift_down(t, 0);
     }
     return top;
+}
+
+/* Restores the heap order after entries were dropped or their times changed. */
+static void heap_rebuild(struct dthread *t)
+{
+    for (uint32_t i = 0; i < t->nheap; i++)
+        t->heap[i]->heap_idx = i;
+    for (uint32_t i = t->nheap / 2; i-- > 0;)
+        heap_sift_down(t, i);
 }
 
 static void on_timer(uv_timer_t *timer);
@@ -233,6 +254,9 @@ static void timer_arm(struct dthread *t)
     if (t->stopping || !t->s->started)
         return;
     double when = t->nheap ? t->heap[0]->next_attempt : INFINITY;
+    for (const struct suspension *su = t->suspended; su; su = su->next)
+        if (su->until < when)
+            when = su->until;
     for (const struct dqueue *q = t->throttled; q; q = q->tnext) {
         double w = rate_next_token(t, q);
         if (w < when)
@@ -595,6 +619,14 @@ static void apply_uniform(struct dthread *t, struct dqueue *q, struct entry *e, 
 
 static void dispatch(struct dthread *t, struct dqueue *q);
 
+static struct suspension *suspension_of(const struct dthread *t, const char *key)
+{
+    for (struct suspension *su = t->suspended; su; su = su->next)
+        if (strcmp(su->key, key) == 0)
+            return su;
+    return NULL;
+}
+
 static void idle_remove(struct dqueue *q, struct dconn *dc)
 {
     if (!dc->idle)
@@ -775,8 +807,8 @@ static void start_conn(struct dthread *t, struct dqueue *q)
 static void dispatch(struct dthread *t, struct dqueue *q)
 {
     int max = t->s->rt->cfg->delivery.max_connections_per_domain;
-    if (q->nready == 0 || !rate_ok(t, q))
-        return;                     /* a throttled queue is dispatched by the timer */
+    if (q->nready == 0 || suspension_of(t, q->key) || !rate_ok(t, q))
+        return;                     /* a throttled or suspended queue: the timer */
     while (!t->stopping && q->idle && q->nready > q->nresolving && rate_ok(t, q)) {
         struct dconn *dc = q->idle;
         idle_remove(q, dc);
@@ -873,6 +905,19 @@ static void on_timer(uv_timer_t *timer)
 {
     struct dthread *t = timer->data;
     double now = time_now();
+    for (struct suspension **pp = &t->suspended; *pp;) {
+        struct suspension *su = *pp;
+        if (su->until > now) {
+            pp = &su->next;
+            continue;
+        }
+        *pp = su->next;
+        log_info("queue %s: suspension ended", su->key);
+        for (struct dqueue *q = t->buckets[hash_str(su->key) % Q_BUCKETS]; q; q = q->hnext)
+            if (strcmp(q->key, su->key) == 0)
+                dispatch(t, q);
+        free(su);
+    }
     while (t->nheap && t->heap[0]->next_attempt <= now) {
         struct entry *e = heap_pop(t);
         struct dqueue *q = entry_queue(t, e);
@@ -899,16 +944,20 @@ static void on_timer(uv_timer_t *timer)
 
 /* ---- admin snapshot ------------------------------------------------------- */
 
-/* Shared by the asking thread and every delivery thread; the last one out frees it
- * (the asker may give up waiting before a thread answers). */
+/* A call to every delivery thread (a snapshot or an admin action), shared by the
+ * asking thread and the delivery threads; the last one out frees it (the asker may
+ * give up waiting before a thread answers). */
 struct snapshot {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int pending;                /* threads that have not answered */
     int refs;                   /* pending + the asker */
     bool failed;
-    struct sched_queue_info *q;
+    struct sched_queue_info *q; /* TMSG_SNAPSHOT: the answers */
     size_t n;
+    struct sched_admin_req req; /* TMSG_ADMIN: the action (strings copied below) */
+    char domain[300], id[ENTRY_ID_LEN + 1], reason[200];
+    uint64_t affected;          /* TMSG_ADMIN: recipients, summed over the threads */
 };
 
 static void snapshot_release(struct snapshot *sn)
@@ -957,6 +1006,9 @@ static void snapshot_answer(struct dthread *t, struct snapshot *sn)
             snprintf(qi->key, sizeof qi->key, "%s", q->key);
             qi->count = q->nentries;
             qi->connections = q->nconn;
+            const struct suspension *su = suspension_of(t, q->key);
+            qi->suspended = su != NULL;
+            qi->suspended_until = su ? su->until : 0;
             q->snap = n;
             for (int p = 0; p < SCHED_PRIOS; p++)
                 for (struct entry *e = q->ready[p]; e; e = e->next) {
@@ -999,16 +1051,11 @@ static int info_cmp(const void *a, const void *b)
                   ((const struct sched_queue_info *)b)->key);
 }
 
-int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **out,
-                   size_t *n)
+static struct snapshot *call_new(void)
 {
-    *out = NULL;
-    *n = 0;
-    if (!s->started)
-        return PT_ERROR;
     struct snapshot *sn = calloc(1, sizeof *sn);
     if (!sn)
-        return PT_NOMEM;
+        return NULL;
     pthread_mutex_init(&sn->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -1016,11 +1063,18 @@ int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **
     pthread_cond_init(&sn->cond, &ca);
     pthread_condattr_destroy(&ca);
     sn->refs = 1;
+    return sn;
+}
+
+/* Posts kind to every delivery thread and waits up to timeout_s for their answers;
+ * returns with sn->lock held (the caller reads the answers, then releases). */
+static int call_threads(struct sched *s, int kind, struct snapshot *sn, double timeout_s)
+{
     pthread_mutex_lock(&sn->lock);
     for (int i = 0; i < s->n; i++) {
         sn->pending++;
         sn->refs++;
-        if (mbox_send(&s->t[i].mbox, TMSG_SNAPSHOT, sn, 0, 0) != PT_OK) {
+        if (mbox_send(&s->t[i].mbox, kind, sn, 0, 0) != PT_OK) {
             sn->pending--;
             sn->refs--;
             sn->failed = true;
@@ -1037,15 +1091,215 @@ int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **
     while (sn->pending > 0 && !sn->failed)
         if (pthread_cond_timedwait(&sn->cond, &sn->lock, &dl) != 0)
             break;
-    int rc = PT_OK;
-    if (sn->pending > 0 || sn->failed) {
-        rc = PT_ERROR;
-    } else {
+    return sn->pending > 0 || sn->failed ? PT_ERROR : PT_OK;
+}
+
+int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **out,
+                   size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!s->started)
+        return PT_ERROR;
+    struct snapshot *sn = call_new();
+    if (!sn)
+        return PT_NOMEM;
+    int rc = call_threads(s, TMSG_SNAPSHOT, sn, timeout_s);
+    if (rc == PT_OK) {
         qsort(sn->q, sn->n, sizeof *sn->q, info_cmp);
         *out = sn->q;
         *n = sn->n;
         sn->q = NULL;
     }
+    snapshot_release(sn);
+    return rc;
+}
+
+/* ---- admin actions ---------------------------------------------------------- */
+
+static bool admin_match(struct dthread *t, const struct entry *e,
+                        const struct sched_admin_req *rq)
+{
+    if (rq->id)
+        return strcmp(e->id, rq->id) == 0;
+    if (!rq->domain)
+        return true;
+    const struct cfg_route *r;
+    return strcmp(e->domain, rq->domain) == 0 || strcmp(entry_key(t->s, e, &r), rq->domain) == 0;
+}
+
+/* Waiting entries (retry heap, and unless heap_only the ready lists) that match:
+ * counted into *pending_rcpts, and with take also unlinked and returned (by ->next). */
+static struct entry *admin_scan(struct dthread *t, const struct sched_admin_req *rq,
+                                bool heap_only, bool take, uint64_t *pending_rcpts)
+{
+    struct entry *list = NULL;
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < t->nheap; i++) {
+        struct entry *e = t->heap[i];
+        if (!admin_match(t, e, rq)) {
+            t->heap[keep++] = e;
+            continue;
+        }
+        *pending_rcpts += entry_pending(e);
+        if (take) {
+            e->next = list;
+            list = e;
+        } else {
+            t->heap[keep++] = e;
+        }
+    }
+    if (keep != t->nheap) {
+        t->nheap = keep;
+        heap_rebuild(t);
+    }
+    for (int h = 0; h < Q_BUCKETS && !heap_only; h++)
+        for (struct dqueue *q = t->buckets[h]; q; q = q->hnext)
+            for (int p = 0; p < SCHED_PRIOS; p++) {
+                struct entry **pp = &q->ready[p];
+                q->ready_tail[p] = NULL;
+                while (*pp) {
+                    struct entry *e = *pp;
+                    bool match = admin_match(t, e, rq);
+                    if (match)
+                        *pending_rcpts += entry_pending(e);
+                    if (match && take) {
+                        *pp = e->next;
+                        q->nready--;
+                        e->next = list;
+                        list = e;
+                    } else {
+                        q->ready_tail[p] = e;
+                        pp = &e->next;
+                    }
+                }
+            }
+    return list;
+}
+
+/* Bounces (with a DSN and Bounce records) or deletes one taken entry. */
+static void admin_finish(struct dthread *t, struct entry *e, const struct sched_admin_req *rq)
+{
+    bool bounce = rq->op == SCHED_BOUNCE;
+    char diag[300];
+    snprintf(diag, sizeof diag, "550 5.0.0 %s by the administrator%s%s",
+             bounce ? "bounced" : "deleted", rq->reason ? ": " : "", rq->reason ? rq->reason : "");
+    uint32_t np = entry_pending(e);
+    struct dsn_rcpt *rc = bounce ? calloc(np ? np : 1, sizeof *rc) : NULL;
+    size_t nb = 0;
+    for (uint32_t i = 0; i < e->nrcpt; i++) {
+        struct entry_rcpt *r = &e->rcpts[i];
+        if (r->state != RCPT_PENDING)
+            continue;
+        r->state = RCPT_BOUNCED;
+        if (!bounce)
+            continue;
+        metrics_inc(M_BOUNCED, e->domain, NULL, 1);
+        log_result(e, LOG_BOUNCE, r->addr, 550, diag, NULL, NULL, NULL);
+        if (rc)
+            rc[nb++] = (struct dsn_rcpt){ r->addr, "5.0.0", diag, NULL };
+    }
+    if (bounce)
+        send_dsn(t, e, rc, nb, false);
+    else
+        log_info("%s: %u recipient(s) for %s deleted by the administrator%s%s", e->id, np,
+                 e->domain, rq->reason ? ": " : "", rq->reason ? rq->reason : "");
+    free(rc);
+    entry_remove(t, entry_queue(t, e), e);
+}
+
+static uint64_t admin_run(struct dthread *t, const struct sched_admin_req *rq)
+{
+    uint64_t n = 0;
+    struct entry *list = NULL;
+    switch (rq->op) {
+    case SCHED_SUSPEND: {
+        struct suspension *su = suspension_of(t, rq->domain);
+        if (!su && (su = calloc(1, sizeof *su)) != NULL) {
+            snprintf(su->key, sizeof su->key, "%s", rq->domain);
+            su->next = t->suspended;
+            t->suspended = su;
+        }
+        if (su)
+            su->until = rq->until;
+        admin_scan(t, rq, false, false, &n);
+        break;
+    }
+    case SCHED_RESUME:
+        for (struct suspension **pp = &t->suspended; *pp; pp = &(*pp)->next)
+            if (strcmp((*pp)->key, rq->domain) == 0) {
+                struct suspension *su = *pp;
+                *pp = su->next;
+                free(su);
+                break;
+            }
+        admin_scan(t, rq, false, false, &n);
+        for (struct dqueue *q = t->buckets[hash_str(rq->domain) % Q_BUCKETS]; q; q = q->hnext)
+            if (strcmp(q->key, rq->domain) == 0)
+                dispatch(t, q);
+        break;
+    case SCHED_FLUSH: {
+        double now = time_now();
+        list = admin_scan(t, rq, true, true, &n);
+        while (list) {
+            struct entry *e = list;
+            list = e->next;
+            e->next_attempt = now;
+            struct dqueue *q = entry_queue(t, e);
+            ready_push(q, e);
+            dispatch(t, q);
+        }
+        break;
+    }
+    case SCHED_BOUNCE:
+    case SCHED_DELETE:
+        list = admin_scan(t, rq, false, true, &n);
+        while (list) {
+            struct entry *e = list;
+            list = e->next;
+            admin_finish(t, e, rq);
+        }
+        break;
+    }
+    timer_arm(t);
+    return n;
+}
+
+static void admin_answer(struct dthread *t, struct snapshot *sn)
+{
+    uint64_t n = t->stopping ? 0 : admin_run(t, &sn->req);
+    pthread_mutex_lock(&sn->lock);
+    sn->failed |= t->stopping;
+    sn->affected += n;
+    sn->pending--;
+    pthread_cond_signal(&sn->cond);
+    snapshot_release(sn);
+}
+
+int sched_admin(struct sched *s, const struct sched_admin_req *req, double timeout_s,
+                uint64_t *affected)
+{
+    *affected = 0;
+    if (!s->started)
+        return PT_ERROR;
+    struct snapshot *sn = call_new();
+    if (!sn)
+        return PT_NOMEM;
+    sn->req = *req;
+    if (req->domain) {
+        snprintf(sn->domain, sizeof sn->domain, "%s", req->domain);
+        sn->req.domain = sn->domain;
+    }
+    if (req->id) {
+        snprintf(sn->id, sizeof sn->id, "%s", req->id);
+        sn->req.id = sn->id;
+    }
+    if (req->reason) {
+        snprintf(sn->reason, sizeof sn->reason, "%s", req->reason);
+        sn->req.reason = sn->reason;
+    }
+    int rc = call_threads(s, TMSG_ADMIN, sn, timeout_s);
+    *affected = sn->affected;
     snapshot_release(sn);
     return rc;
 }
@@ -1060,6 +1314,8 @@ static void on_msg(void *owner, struct mbox_msg *msg)
             thread_insert(t, msg->ptr, true);
     } else if (msg->kind == TMSG_SNAPSHOT) {
         snapshot_answer(t, msg->ptr);
+    } else if (msg->kind == TMSG_ADMIN) {
+        admin_answer(t, msg->ptr);
     } else if (msg->kind == TMSG_STOP && !t->stopping) {
         t->stopping = true;
         uv_timer_stop(&t->timer);
@@ -1181,6 +1437,11 @@ void sched_free(struct sched *s)
         for (uint32_t k = 0; k < t->nheap; k++)
             entry_free(t->heap[k]);
         free(t->heap);
+        while (t->suspended) {
+            struct suspension *su = t->suspended;
+            t->suspended = su->next;
+            free(su);
+        }
         for (int h = 0; h < Q_BUCKETS; h++) {
             struct dqueue *q = t->buckets[h];
             while (q) {

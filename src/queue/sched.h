@@ -5,6 +5,7 @@
 #ifndef PETREL_QUEUE_SCHED_H
 #define PETREL_QUEUE_SCHED_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct runtime;
@@ -29,6 +30,8 @@ struct sched_queue_info {
     double oldest;           /* earliest received_at of its waiting entries; 0 = none */
     double next_attempt;     /* earliest next attempt of its waiting entries; 0 = none */
     int connections;         /* outbound connections, open or opening */
+    bool suspended;          /* by the admin API, until suspended_until */
+    double suspended_until;
 };
 /* Asks every delivery thread for its queues (each answers from its own loop) and
  * waits at most timeout_s for all of them. PT_OK with a malloc'd array (caller
@@ -36,6 +39,28 @@ struct sched_queue_info {
  * Thread-safe; call from outside the delivery threads. */
 int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **out,
                    size_t *n);
+
+/* Admin actions on waiting mail (entries in flight finish their attempt first and
+ * are not counted). A destination is a domain or a relay-host queue key. */
+enum sched_admin_op {
+    SCHED_SUSPEND,   /* no new delivery to domain until `until` (wall clock) */
+    SCHED_RESUME,    /* end domain's suspension, deliver what is ready */
+    SCHED_FLUSH,     /* retry now what waits for a retry (domain, or NULL = all) */
+    SCHED_BOUNCE,    /* message id, or all of domain: Bounce records and a DSN */
+    SCHED_DELETE,    /* the same without telling anyone (diagnostic log only) */
+};
+struct sched_admin_req {
+    enum sched_admin_op op;
+    const char *domain;      /* lowercased; NULL = every destination (flush only) */
+    const char *id;          /* bounce/delete: one message; NULL = by domain */
+    double until;            /* suspend */
+    const char *reason;      /* logged with bounce/delete, and in the DSN; may be NULL */
+};
+/* Runs req on every delivery thread (each on its own loop), waiting up to timeout_s.
+ * *affected = recipients of the waiting mail concerned. PT_OK, PT_ERROR (a thread
+ * did not answer: stopping), PT_NOMEM. Thread-safe; not from a delivery thread. */
+int sched_admin(struct sched *s, const struct sched_admin_req *req, double timeout_s,
+                uint64_t *affected);
 
 
 

@@ -291,3 +291,77 @@ def test_queue_and_message_inspection(world):
     sink.wait_count(3, timeout=20)
     wait_for(lambda: request(url, "/api/queue").json()["total"] == 0, 10, "an empty queue")
     assert_json_error(request(url, f"/api/message/{ids[1]}"), 404)
+
+
+def test_queue_actions(world):
+    """POST /api/queue/suspend, resume, flush, bounce, delete act on waiting mail and
+    answer {"affected": recipients}; the effects are checked at real sinks and in the
+    log."""
+    world.mx_domain("dest.test", "127.0.0.2", sink=False)
+    world.mx_domain("gone.test", "127.0.0.4", sink=False)
+    sender = world.mx_domain("sender.test", "127.0.0.3")
+    p, (url,) = http_petrel(world, queue={"retry_interval": "1h", "max_retry_interval": "1h"})
+
+    def inject(to, subject):
+        r = post(url, "/v1/message", {"from": "alice@sender.test", "to": to,
+                                      "subject": subject, "text": "t"})
+        assert r.status == 200, r
+        return r.json()["id"]
+
+    a = inject(["a1@dest.test", "a2@dest.test"], "a")
+    b = inject(["b1@dest.test"], "b")
+    g1 = inject(["x@gone.test"], "g1")
+    g2 = inject(["y@gone.test", "z@gone.test"], "g2")
+    p.wait_records("TransientFailure", 6)   # every one tried once; next try in 1 h
+
+    def act(action, doc, want=None):
+        r = post(url, f"/api/queue/{action}", doc)
+        assert r.status == 200, r
+        if want is not None:
+            assert r.json() == {"affected": want}, (action, doc, r.json())
+        return r.json()["affected"]
+
+    # suspend: the queue says so; a flush moves the mail to "ready" but nothing leaves
+    act("suspend", {"domain": "DEST.test", "duration": "10m", "reason": "maintenance"}, 3)
+    out = subprocess.run([PETRELCTL_BIN, "--url", url, "suspend", "dest.test", "20m"],
+                         capture_output=True, text=True, timeout=15)
+    assert out.returncode == 0 and "3 recipient(s) affected" in out.stdout, out
+    q = {x["domain"]: x for x in request(url, "/api/queue").json()["queues"]}["dest.test"]
+    assert q["suspended"] is True and q["count"] == 2, q
+    sink = world.sink("127.0.0.2")
+    act("flush", {"domain": "dest.test"}, 3)
+    time.sleep(1.0)
+    assert sink.messages() == [], "a suspended queue must not deliver"
+    # resume: both go out at once
+    act("resume", {"domain": "dest.test"}, 3)
+    sink.wait_count(2, timeout=10)
+    q = [x for x in request(url, "/api/queue").json()["queues"] if x["domain"] == "dest.test"]
+    assert not q or (q[0]["count"] == 0 and q[0]["suspended"] is False), q
+
+    # bounce one message by id: Bounce records and a DSN to the sender
+    act("bounce", {"id": g2, "reason": "customer asked"}, 2)
+    recs = p.wait_records("Bounce", 2, id=g2)
+    assert all("administrator" in r["response"] for r in recs), recs
+    dsn = sender.wait_count(1)[0]
+    assert b"customer asked" in dsn.data and b"y@gone.test" in dsn.data
+    assert_json_error(request(url, f"/api/message/{g2}"), 404)
+    # delete by domain, through petrelctl: gone silently
+    out = subprocess.run([PETRELCTL_BIN, "--url", url, "delete", "gone.test"],
+                         capture_output=True, text=True, timeout=15)
+    assert out.returncode == 0 and "1 recipient(s) affected" in out.stdout, out
+    assert_json_error(request(url, f"/api/message/{g1}"), 404)
+    time.sleep(0.5)
+    assert len(sender.messages()) == 1, "delete sends no DSN"
+    assert not p.records("Bounce", id=g1)
+    assert request(url, "/api/queue").json()["total"] == 0
+    # nothing left to act on, and bad requests
+    act("flush", {}, 0)
+    act("bounce", {"domain": "nowhere.test"}, 0)
+    for action, doc in (("suspend", {}), ("suspend", {"domain": "d.test", "duration": "soon"}),
+                        ("suspend", {"domain": "d.test", "duration": 0}),
+                        ("bounce", {}), ("bounce", {"id": a, "domain": "dest.test"}),
+                        ("delete", {"id": "123"}), ("resume", {"domain": "d.test", "x": 1}),
+                        ("flush", {"domain": 5}),
+                        ("bounce", {"id": a, "reason": "two\r\nlines"})):
+        assert_json_error(post(url, f"/api/queue/{action}", doc), 400)
+    assert_json_error(post(url, "/api/queue/flush", None, raw=b"not json"), 400)
