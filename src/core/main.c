@@ -160,8 +160,6 @@ int main(int argc, char **argv)
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     /* Say so when the config asks for something this build does not do yet,
      * rather than silently ignoring it. */
-    if (cfg->n_dkim)
-        fprintf(stderr, "petrel: warning: configure_dkim_signing: DKIM signing is not built yet; mail goes out unsigned\n");
     if (cfg->n_header_checks)
         fprintf(stderr, "petrel: warning: configure_header_checks: not applied by this build\n");
     enum log_level lvl;

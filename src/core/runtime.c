@@ -1,13 +1,16 @@
 /* Runtime services built once at start from the config: TLS contexts (inbound per
- * listener, outbound per CA bundle), the AUTH users table and failure tracker.
+ * listener, outbound per CA bundle), the AUTH users table and failure tracker, the
+ * DKIM signing keys.
  * Loaded before privileges are dropped, so keys need only be readable by root.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/authban.h"
 #include "core/runtime.h"
 #include "core/users.h"
+#include "dkim/dkim.h"
 #include "tls/tls.h"
 #include "util/result.h"
 
@@ -60,6 +63,22 @@ int runtime_tls_init(struct runtime *rt, char *err, size_t errlen)
         if (!rt->users)
             return PT_ERROR;
     }
+    if (cfg->n_dkim && !(rt->dkim = calloc((size_t)cfg->n_dkim, sizeof *rt->dkim))) {
+        snprintf(err, errlen, "out of memory");
+        return PT_ERROR;
+    }
+    for (int i = 0; i < cfg->n_dkim; i++) {
+        const struct cfg_dkim_key *k = &cfg->dkim[i];
+        char e[512];
+        rt->dkim[i] = dkim_key_load(k->domain, k->selector, k->key_file, k->algorithm,
+                                    (const char *const *)k->headers, k->n_headers, e, sizeof e);
+        if (!rt->dkim[i]) {
+            snprintf(err, errlen, "configure_dkim_signing (domain %s, selector %s): %s",
+                     k->domain, k->selector, e);
+            return PT_ERROR;
+        }
+        rt->n_dkim++;
+    }
     rt->ban = authban_new(cfg->auth_max_failures, cfg->auth_failure_window, cfg->auth_ban_time);
     if (!rt->ban) {
         snprintf(err, errlen, "out of memory");
@@ -86,4 +105,7 @@ void runtime_tls_free(struct runtime *rt)
     tls_ctx_free(rt->client_tls);
     users_free(rt->users);
     authban_free(rt->ban);
+    for (int i = 0; i < rt->n_dkim; i++)
+        dkim_key_free(rt->dkim[i]);
+    free(rt->dkim);
 }

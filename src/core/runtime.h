@@ -11,6 +11,7 @@ struct sched;
 struct tls_ctx;
 struct users;
 struct authban;
+struct dkim_key;
 
 #define RT_MAX_CA 16
 
@@ -25,12 +26,15 @@ struct runtime {
     int n_client_ca;
     struct users *users;       /* configure_auth users_file, NULL = none */
     struct authban *ban;       /* AUTH failure tracker */
+    struct dkim_key **dkim;    /* configure_dkim_signing keys, in config order */
+    int n_dkim;
 };
 
 /* Outbound TLS context for a CA bundle (NULL = the system store). Never NULL
  * after runtime_tls_init succeeded. */
 struct tls_ctx *runtime_client_tls(const struct runtime *rt, const char *ca_file);
-/* Builds every TLS context and loads the users file; errors name the file. */
+/* Builds every TLS context, loads the users file and the DKIM keys; errors name
+ * the file. */
 int runtime_tls_init(struct runtime *rt, char *err, size_t errlen);
 void runtime_tls_free(struct runtime *rt);
 

@@ -13,6 +13,7 @@
 
 #include "core/runtime.h"
 #include "delivery/dns.h"
+#include "dkim/dkim.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "queue/dsn.h"
@@ -674,6 +675,44 @@ static int apply_hdr_edits(const struct entry *e, struct buf *content)
     return PT_OK;
 }
 
+/* DKIM: signs content with every configured key for the most specific domain that
+ * covers the From: domain (two keys for one domain = dual signing). Signing happens
+ * here, after the header edits of hooks, so that the signature covers what is sent.
+ * A failure is logged and the message goes out unsigned rather than not at all. */
+static void dkim_apply(struct dthread *t, const struct entry *e, struct buf *content)
+{
+    const struct runtime *rt = t->s->rt;
+    char from[256];
+    if (rt->n_dkim == 0 || !dkim_from_domain(content->data, content->len, from))
+        return;
+    size_t best = 0;
+    for (int i = 0; i < rt->n_dkim; i++) {
+        const char *d = dkim_key_domain(rt->dkim[i]);
+        if (dkim_domain_covers(d, from) && strlen(d) > best)
+            best = strlen(d);
+    }
+    if (best == 0)
+        return;
+    struct buf sig;
+    buf_init(&sig, 0);
+    double now = time_now();
+    for (int i = 0; i < rt->n_dkim; i++) {
+        const char *d = dkim_key_domain(rt->dkim[i]);
+        if (strlen(d) != best || !dkim_domain_covers(d, from))
+            continue;
+        int rc = dkim_sign(rt->dkim[i], content->data, content->len, now, &sig);
+        if (rc != PT_OK)
+            log_warn("%s: DKIM signing for %s failed (%d): sent unsigned by this key", e->id, d,
+                     rc);
+    }
+    if (sig.len && buf_append(&sig, content->data, content->len) == PT_OK) {
+        buf_free(content);
+        *content = sig;
+        return;
+    }
+    buf_free(&sig);
+}
+
 /* Pops the next ready entry of q with its content; entries whose content is gone
  * are dropped (logged). */
 static struct entry *next_with_content(struct dthread *t, struct dqueue *q, struct buf *content)
@@ -684,8 +723,10 @@ static struct entry *next_with_content(struct dthread *t, struct dqueue *q, stru
             q->tokens -= 1.0;
         buf_init(content, 0);
         if (spool_get_content(t->s->rt->spool, e->id, content) == PT_OK) {
-            if (!e->hdr_edits || apply_hdr_edits(e, content) == PT_OK)
+            if (!e->hdr_edits || apply_hdr_edits(e, content) == PT_OK) {
+                dkim_apply(t, e, content);
                 return e;
+            }
             buf_free(content);  /* out of memory: try again later */
             e->next_attempt = time_now() + t->s->rt->cfg->queue.retry_interval;
             heap_push(t, e);
