@@ -184,9 +184,6 @@ static void worker_on_msg(void *owner, struct mbox_msg *msg)
 static void worker_main(void *arg)
 {
     struct worker *w = arg;
-    char name[16];  /* "top -H" and /proc/PID/task/N/comm show it */
-    snprintf(name, sizeof name, "petrel-smtp-%d", w->index);
-    pthread_setname_np(pthread_self(), name);
     uv_run(&w->loop, UV_RUN_DEFAULT);
 }
 
@@ -225,7 +222,13 @@ int worker_start(struct worker *w)
 
 int worker_run(struct worker *w)
 {
-    return uv_thread_create(&w->tid, worker_main, w) ? PT_ERROR : PT_OK;
+    if (uv_thread_create(&w->tid, worker_main, w))
+        return PT_ERROR;
+    /* named before "petrel ready": "top -H" and /proc/PID/task/N/comm show it */
+    char name[16];
+    snprintf(name, sizeof name, "petrel-smtp-%d", w->index);
+    pthread_setname_np(w->tid, name);
+    return PT_OK;
 }
 
 void worker_request_stop(struct worker *w)

@@ -1377,9 +1377,6 @@ static void on_msg(void *owner, struct mbox_msg *msg)
 static void thread_main(void *arg)
 {
     struct dthread *t = arg;
-    char name[16];
-    snprintf(name, sizeof name, "petrel-dlv-%d", t->index);
-    pthread_setname_np(pthread_self(), name);
     /* entries recovered before the start */
     for (int h = 0; h < Q_BUCKETS; h++)
         for (struct dqueue *q = t->buckets[h]; q; q = q->hnext)
@@ -1445,9 +1442,13 @@ void sched_enqueue(struct sched *s, struct entry *e)
 int sched_start(struct sched *s)
 {
     s->started = true;
-    for (int i = 0; i < s->n; i++)
+    for (int i = 0; i < s->n; i++) {
         if (uv_thread_create(&s->t[i].tid, thread_main, &s->t[i]))
             return PT_ERROR;
+        char name[16];  /* named before "petrel ready" */
+        snprintf(name, sizeof name, "petrel-dlv-%d", i);
+        pthread_setname_np(s->t[i].tid, name);
+    }
     return PT_OK;
 }
 
