@@ -513,6 +513,35 @@ static void entry_persist(struct dthread *t, const struct entry *e)
     buf_free(&rec);
 }
 
+/* Ends every pending recipient of e and removes it. type LOG_EXPIRATION or LOG_BOUNCE:
+ * a record each (code, diag, the last site) and one DSN with status (Bounce records
+ * also count in petrel_messages_bounced_total); type NULL: silently (admin delete). */
+static void fail_pending(struct dthread *t, struct dqueue *q, struct entry *e, const char *type,
+                         int code, const char *status, const char *diag, const char *site,
+                         const char *host, const char *peer, const char *tls)
+{
+    uint32_t np = entry_pending(e);
+    struct dsn_rcpt *rc = type ? calloc(np ? np : 1, sizeof *rc) : NULL;
+    size_t nb = 0;
+    for (uint32_t i = 0; i < e->nrcpt; i++) {
+        struct entry_rcpt *r = &e->rcpts[i];
+        if (r->state != RCPT_PENDING)
+            continue;
+        r->state = RCPT_BOUNCED;
+        if (!type)
+            continue;
+        if (strcmp(type, LOG_BOUNCE) == 0)
+            metrics_inc(M_BOUNCED, e->domain, NULL, 1);
+        log_result(e, type, r->addr, code, diag, site, peer, tls);
+        if (rc)
+            rc[nb++] = (struct dsn_rcpt){ r->addr, status, diag, site ? host : NULL };
+    }
+    if (type)
+        send_dsn(t, e, rc, nb, strcmp(type, LOG_EXPIRATION) == 0);
+    free(rc);
+    entry_remove(t, q, e);
+}
+
 /* Applies one attempt's per-recipient results; then the entry is finished,
  * expired, or scheduled for retry. */
 static void apply_results(struct dthread *t, struct dqueue *q, struct entry *e,
@@ -573,22 +602,9 @@ static void apply_results(struct dthread *t, struct dqueue *q, struct entry *e,
     double now = time_now();
     double deadline = e->received_at + cfg->queue.max_retry_age;
     if (now >= deadline) {
-        uint32_t np = entry_pending(e);
-        struct dsn_rcpt *exp = calloc(np, sizeof *exp);
-        size_t ne = 0;
-        const char *diag = e->last_response ? e->last_response : "delivery time expired";
-        for (uint32_t i = 0; i < e->nrcpt; i++) {
-            struct entry_rcpt *r = &e->rcpts[i];
-            if (r->state != RCPT_PENDING)
-                continue;
-            r->state = RCPT_BOUNCED;
-            log_result(e, LOG_EXPIRATION, r->addr, -1, diag, site, peer, tls);
-            if (exp)
-                exp[ne++] = (struct dsn_rcpt){ r->addr, "4.4.7", diag, site ? host : NULL };
-        }
-        send_dsn(t, e, exp, ne, true);
-        free(exp);
-        entry_remove(t, q, e);
+        fail_pending(t, q, e, LOG_EXPIRATION, -1, "4.4.7",
+                     e->last_response ? e->last_response : "delivery time expired", site, host,
+                     peer, tls);
         return;
     }
     double next = now + sched_backoff(cfg->queue.retry_interval, cfg->queue.max_retry_interval,
@@ -983,12 +999,12 @@ static void on_timer(uv_timer_t *timer)
     timer_arm(t);
 }
 
-/* ---- admin snapshot ------------------------------------------------------- */
+/* ---- calls to every delivery thread (admin snapshot and actions) ---------- */
 
 /* A call to every delivery thread (a snapshot or an admin action), shared by the
  * asking thread and the delivery threads; the last one out frees it (the asker may
  * give up waiting before a thread answers). */
-struct snapshot {
+struct thread_call {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int pending;                /* threads that have not answered */
@@ -1001,7 +1017,7 @@ struct snapshot {
     uint64_t affected;          /* TMSG_ADMIN: recipients, summed over the threads */
 };
 
-static void snapshot_release(struct snapshot *sn)
+static void call_release(struct thread_call *sn)
 {
     /* called with sn->lock held; unlocks */
     bool last = --sn->refs == 0;
@@ -1021,7 +1037,7 @@ static void min_time(double *slot, double t)
 }
 
 /* On the delivery thread: this thread's queues into sn. */
-static void snapshot_answer(struct dthread *t, struct snapshot *sn)
+static void snapshot_answer(struct dthread *t, struct thread_call *sn)
 {
     struct sched_queue_info *loc = NULL;
     size_t n = 0, cap = 0;
@@ -1082,7 +1098,7 @@ static void snapshot_answer(struct dthread *t, struct snapshot *sn)
     sn->failed |= failed;
     sn->pending--;
     pthread_cond_signal(&sn->cond);
-    snapshot_release(sn);
+    call_release(sn);
     free(loc);
 }
 
@@ -1092,9 +1108,9 @@ static int info_cmp(const void *a, const void *b)
                   ((const struct sched_queue_info *)b)->key);
 }
 
-static struct snapshot *call_new(void)
+static struct thread_call *call_new(void)
 {
-    struct snapshot *sn = calloc(1, sizeof *sn);
+    struct thread_call *sn = calloc(1, sizeof *sn);
     if (!sn)
         return NULL;
     pthread_mutex_init(&sn->lock, NULL);
@@ -1109,7 +1125,7 @@ static struct snapshot *call_new(void)
 
 /* Posts kind to every delivery thread and waits up to timeout_s for their answers;
  * returns with sn->lock held (the caller reads the answers, then releases). */
-static int call_threads(struct sched *s, int kind, struct snapshot *sn, double timeout_s)
+static int call_threads(struct sched *s, int kind, struct thread_call *sn, double timeout_s)
 {
     pthread_mutex_lock(&sn->lock);
     for (int i = 0; i < s->n; i++) {
@@ -1142,7 +1158,7 @@ int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **
     *n = 0;
     if (!s->started)
         return PT_ERROR;
-    struct snapshot *sn = call_new();
+    struct thread_call *sn = call_new();
     if (!sn)
         return PT_NOMEM;
     int rc = call_threads(s, TMSG_SNAPSHOT, sn, timeout_s);
@@ -1152,7 +1168,7 @@ int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **
         *n = sn->n;
         sn->q = NULL;
     }
-    snapshot_release(sn);
+    call_release(sn);
     return rc;
 }
 
@@ -1225,28 +1241,12 @@ static void admin_finish(struct dthread *t, struct entry *e, const struct sched_
     char diag[300];
     snprintf(diag, sizeof diag, "550 5.0.0 %s by the administrator%s%s",
              bounce ? "bounced" : "deleted", rq->reason ? ": " : "", rq->reason ? rq->reason : "");
-    uint32_t np = entry_pending(e);
-    struct dsn_rcpt *rc = bounce ? calloc(np ? np : 1, sizeof *rc) : NULL;
-    size_t nb = 0;
-    for (uint32_t i = 0; i < e->nrcpt; i++) {
-        struct entry_rcpt *r = &e->rcpts[i];
-        if (r->state != RCPT_PENDING)
-            continue;
-        r->state = RCPT_BOUNCED;
-        if (!bounce)
-            continue;
-        metrics_inc(M_BOUNCED, e->domain, NULL, 1);
-        log_result(e, LOG_BOUNCE, r->addr, 550, diag, NULL, NULL, NULL);
-        if (rc)
-            rc[nb++] = (struct dsn_rcpt){ r->addr, "5.0.0", diag, NULL };
-    }
-    if (bounce)
-        send_dsn(t, e, rc, nb, false);
-    else
-        log_info("%s: %u recipient(s) for %s deleted by the administrator%s%s", e->id, np,
-                 e->domain, rq->reason ? ": " : "", rq->reason ? rq->reason : "");
-    free(rc);
-    entry_remove(t, entry_queue(t, e), e);
+    if (!bounce)
+        log_info("%s: %u recipient(s) for %s deleted by the administrator%s%s", e->id,
+                 entry_pending(e), e->domain, rq->reason ? ": " : "",
+                 rq->reason ? rq->reason : "");
+    fail_pending(t, entry_queue(t, e), e, bounce ? LOG_BOUNCE : NULL, 550, "5.0.0", diag, NULL,
+                 NULL, NULL, NULL);
 }
 
 static uint64_t admin_run(struct dthread *t, const struct sched_admin_req *rq)
@@ -1306,7 +1306,7 @@ static uint64_t admin_run(struct dthread *t, const struct sched_admin_req *rq)
     return n;
 }
 
-static void admin_answer(struct dthread *t, struct snapshot *sn)
+static void admin_answer(struct dthread *t, struct thread_call *sn)
 {
     uint64_t n = t->stopping ? 0 : admin_run(t, &sn->req);
     pthread_mutex_lock(&sn->lock);
@@ -1314,7 +1314,7 @@ static void admin_answer(struct dthread *t, struct snapshot *sn)
     sn->affected += n;
     sn->pending--;
     pthread_cond_signal(&sn->cond);
-    snapshot_release(sn);
+    call_release(sn);
 }
 
 int sched_admin(struct sched *s, const struct sched_admin_req *req, double timeout_s,
@@ -1323,7 +1323,7 @@ int sched_admin(struct sched *s, const struct sched_admin_req *req, double timeo
     *affected = 0;
     if (!s->started)
         return PT_ERROR;
-    struct snapshot *sn = call_new();
+    struct thread_call *sn = call_new();
     if (!sn)
         return PT_NOMEM;
     sn->req = *req;
@@ -1341,7 +1341,7 @@ int sched_admin(struct sched *s, const struct sched_admin_req *req, double timeo
     }
     int rc = call_threads(s, TMSG_ADMIN, sn, timeout_s);
     *affected = sn->affected;
-    snapshot_release(sn);
+    call_release(sn);
     return rc;
 }
 
