@@ -24,6 +24,7 @@
 #include "http/inject.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "policy/header_checks.h"
 #include "queue/entry.h"
 #include "queue/ingest.h"
 #include "queue/sched.h"
@@ -195,6 +196,7 @@ struct inject_job {
     char id[ENTRY_ID_LEN + 1];  /* /v1/message: the queue id */
     struct inject_batch batch;  /* messages and the recipients refused up front */
     json_t *rejected;           /* /v1/message: recipients refused by policy */
+    size_t discarded;           /* recipients accepted and dropped (header checks DISCARD) */
     size_t nsubs;
     struct inject_sub *subs;
 };
@@ -271,13 +273,87 @@ static int apply_routes(struct inject_job *j, const struct config *cfg)
     return PT_OK;
 }
 
+/* Moves every recipient of msg to the refused ones with the reason why (v1:
+ * rejected; kumo: the batch's failures). msg keeps no recipient. */
+static int refuse_all(struct inject_job *j, struct inject_msg *msg, const char *why)
+{
+    for (size_t i = 0; i < msg->nrcpt; i++) {
+        if (!j->kumo) {
+            json_array_append_new(j->rejected, json_string(msg->rcpts[i]));
+            free(msg->rcpts[i]);
+            continue;
+        }
+        struct inject_failure *f = realloc(j->batch.failed, (j->batch.nfailed + 1) * sizeof *f);
+        if (f)
+            j->batch.failed = f;
+        char *w = f ? strdup(why) : NULL;
+        if (!w) {
+            for (size_t k = i; k < msg->nrcpt; k++)
+                msg->rcpts[k - i] = msg->rcpts[k];
+            msg->nrcpt -= i;
+            return PT_NOMEM;
+        }
+        f[j->batch.nfailed++] = (struct inject_failure){ .recipient = msg->rcpts[i], .error = w };
+    }
+    msg->nrcpt = 0;
+    return PT_OK;
+}
+
+/* configure_header_checks on each message's header, as for SMTP. REJECT refuses
+ * the message's recipients by policy (v1: "rejected"; kumo: failed_recipients with
+ * the reply) rather than failing the request: the JSON was valid. DISCARD counts
+ * them accepted and queues nothing. */
+static int apply_header_checks(struct inject_job *j, const struct config *cfg, const char *ip)
+{
+    const struct header_checks *hc = cfg->header_checks_set;
+    for (size_t m = 0; hc && m < j->batch.nmsgs; m++) {
+        struct inject_msg *msg = &j->batch.msgs[m];
+        if (msg->nrcpt == 0)
+            continue;
+        struct buf out;
+        buf_init(&out, 0);
+        struct header_checks_result res;
+        int rc = header_checks_apply(hc, msg->content, msg->content_len, &out, &res);
+        if (rc != PT_OK) {
+            buf_free(&out);
+            return rc;
+        }
+        if (res.warnings)
+            log_warn("http %s: header_checks: WARN %s (%zu warning(s))", ip, res.warning,
+                     res.warnings);
+        if (res.verdict == HEADER_CHECKS_REJECT) {
+            char why[HEADER_CHECKS_TEXT_MAX + 8];
+            snprintf(why, sizeof why, "550 %s", res.text);
+            log_info("http %s: header_checks rule %zu rejected a message: %s", ip, res.rule + 1,
+                     res.text);
+            rc = refuse_all(j, msg, why);
+        } else if (res.verdict == HEADER_CHECKS_DISCARD) {
+            log_info("http %s: header_checks rule %zu discarded a message: %s", ip, res.rule + 1,
+                     res.text);
+            j->discarded += msg->nrcpt;
+            for (size_t i = 0; i < msg->nrcpt; i++)
+                free(msg->rcpts[i]);
+            msg->nrcpt = 0;
+        } else if (res.changed) {
+            size_t len;
+            free(msg->content);
+            msg->content = buf_steal(&out, &len);
+            msg->content_len = len;
+        }
+        buf_free(&out);
+        if (rc != PT_OK)
+            return rc;
+    }
+    return PT_OK;
+}
+
 /* Builds the final answer once every submission has reported. */
 static enum MHD_Result finish_job(struct http_req *req, struct MHD_Connection *c)
 {
     struct inject_job *j = req->job;
     req->job = NULL;
     req->answered = true;
-    size_t ok = 0, failed = 0;
+    size_t ok = j->discarded, failed = 0;
     json_t *frcpt = json_array(), *errors = json_array();
     for (size_t k = 0; k < j->nsubs; k++) {
         const struct inject_msg *msg = &j->batch.msgs[j->subs[k].msg];
@@ -364,6 +440,8 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
     }
     if (rc == PT_OK)
         rc = apply_routes(j, cfg);
+    if (rc == PT_OK)
+        rc = apply_header_checks(j, cfg, req->ip);
     if (rc == PT_OK && j->batch.nmsgs && !(j->subs = calloc(j->batch.nmsgs, sizeof *j->subs)))
         rc = PT_NOMEM;
     if (rc != PT_OK) {

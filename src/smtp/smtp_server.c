@@ -13,6 +13,7 @@
 #include "core/worker.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "policy/header_checks.h"
 #include "policy/hooks.h"
 #include "queue/entry.h"
 #include "queue/ingest.h"
@@ -68,6 +69,7 @@ struct smtp_session {
     size_t nrcpt, rcpt_cap;
     struct smtp_data data;
     struct buf content;
+    size_t received_len;            /* our Received: header at the top of content */
     uint64_t size_hint;             /* MAIL SIZE=, 0 if none */
     double received_at;
     /* hooks: what smtp_server_greeting asked for every message of the session */
@@ -333,6 +335,7 @@ static void cmd_data(struct smtp_session *s, const struct smtp_cmd *c)
         want = s->l->max_message_size + 1024;
     buf_reserve(&s->content, (size_t)want);
     add_received(s);
+    s->received_len = s->content.len;
     smtp_data_init(&s->data, s->l->max_message_size);
     enter_state(s, S_DATA);
     conn_set_timeout(&s->conn, s->l->data_timeout);
@@ -663,6 +666,56 @@ static int message_policy(void *arg, struct entry *e)
     return rc;
 }
 
+/* configure_header_checks on the client's header (below our Received:). false
+ * when the message is refused or discarded (replied and logged). */
+static bool header_checks(struct smtp_session *s)
+{
+    const struct header_checks *hc = s->w->rt->cfg->header_checks_set;
+    if (!hc)
+        return true;
+    struct buf out;
+    buf_init(&out, 0);
+    struct header_checks_result res;
+    int rc = buf_reserve(&out, s->content.len + 1024);
+    if (rc == PT_OK)
+        rc = buf_append(&out, s->content.data, s->received_len);
+    if (rc == PT_OK)
+        rc = header_checks_apply(hc, s->content.data + s->received_len,
+                                 s->content.len - s->received_len, &out, &res);
+    if (rc != PT_OK) {
+        buf_free(&out);
+        reply(s, "451 4.3.0 Out of memory, try again later");
+        return false;
+    }
+    if (res.warnings)
+        log_warn("smtp %s: header_checks: WARN %s (id %s, %zu warning(s))", s->client_ip,
+                 res.warning, s->id, res.warnings);
+    if (res.verdict == HEADER_CHECKS_REJECT) {
+        buf_free(&out);
+        replyf(s, "550 %s", res.text);
+        log_info("smtp %s: header_checks rule %zu rejected id %s: %s", s->client_ip,
+                 res.rule + 1, s->id, res.text);
+        for (size_t i = 0; i < s->nrcpt; i++)
+            log_simple(s, LOG_REJECTION, s->rcpts[i], 550, res.text, (int64_t)s->content.len);
+        return false;
+    }
+    if (res.verdict == HEADER_CHECKS_DISCARD) {
+        /* Postfix DISCARD: the client is told it was taken; nothing is queued */
+        buf_free(&out);
+        log_info("smtp %s: header_checks rule %zu discarded id %s: %s", s->client_ip,
+                 res.rule + 1, s->id, res.text);
+        replyf(s, "250 2.0.0 Ok: discarded as %s", s->id);
+        return false;
+    }
+    if (res.changed) {
+        buf_free(&s->content);
+        s->content = out;
+    } else {
+        buf_free(&out);
+    }
+    return true;
+}
+
 static void end_of_data(struct smtp_session *s)
 {
     const char *why = NULL;
@@ -678,6 +731,11 @@ static void end_of_data(struct smtp_session *s)
         reply(s, why);
         for (size_t i = 0; i < s->nrcpt; i++)
             log_simple(s, LOG_REJECTION, s->rcpts[i], code, why + 4, (int64_t)s->data.size);
+        txn_reset(s);
+        enter_state(s, S_READY);
+        return;
+    }
+    if (!header_checks(s)) {
         txn_reset(s);
         enter_state(s, S_READY);
         return;
