@@ -15,6 +15,7 @@
 #include "obs/metrics.h"
 #include "policy/header_checks.h"
 #include "policy/hooks.h"
+#include "policy/limits.h"
 #include "queue/entry.h"
 #include "queue/ingest.h"
 #include "queue/sched.h"
@@ -75,6 +76,7 @@ struct smtp_session {
     /* hooks: what smtp_server_greeting asked for every message of the session */
     struct hook_effects fx;
     char hook_err[512];             /* the error of a refusing smtp_message_received */
+    char rate_over[LIMITS_KEY_MAX + 1]; /* the limit_sending key a message went over */
 };
 
 static void session_unref(struct smtp_session *s);
@@ -655,12 +657,14 @@ static int message_policy(void *arg, struct entry *e)
                       sizeof s->hook_err) != PT_OK)
             rc = PT_INVALID;
     }
-    if (rc == PT_OK && fx.edits.len)
-        rc = entry_set_hdr_edits(e, fx.edits.data);
-    if (rc == PT_OK && fx.priority >= 0)
-        e->priority = (uint8_t)fx.priority;
-    if (rc == PT_OK && fx.route[0])
-        rc = entry_set_route(e, fx.route);
+    /* limits the message hooks added (the greeting's were counted once already) */
+    if (rc == PT_OK && fx.limits.len > s->fx.limits.len &&
+        limits_take_all(limits_shared(), fx.limits.data + s->fx.limits.len,
+                        fx.limits.len - s->fx.limits.len, (double)time_mono_ms() / 1000.0,
+                        s->rate_over, sizeof s->rate_over) != PT_OK)
+        rc = PT_TOOLONG;
+    if (rc == PT_OK)
+        rc = hook_effects_apply(&fx, e);
     free(addrs);
     hook_effects_free(&fx);
     return rc;
@@ -716,6 +720,19 @@ static bool header_checks(struct smtp_session *s)
     return true;
 }
 
+/* A limit_sending limit refused the message (s->rate_over names its key). */
+static void rate_limited(struct smtp_session *s)
+{
+    const char *why = "451 4.7.0 Sending rate limit exceeded, try again later";
+    log_info("smtp %s: limit_sending: key '%s' is over its limit; message %s deferred to the "
+             "client", s->client_ip, s->rate_over, s->id);
+    reply(s, why);
+    for (size_t i = 0; i < s->nrcpt; i++)
+        log_simple(s, LOG_REJECTION, s->rcpts[i], 451, why + 4, (int64_t)s->content.len);
+    txn_reset(s);
+    enter_state(s, S_READY);
+}
+
 static void end_of_data(struct smtp_session *s)
 {
     const char *why = NULL;
@@ -746,16 +763,29 @@ static void end_of_data(struct smtp_session *s)
         .protocol = PROTO_SMTP, .priority = PRIO_NORMAL, .received_at = s->received_at,
         .peer_address = s->client_ip, .tls = conn_tls_describe(&s->conn), .log_reception = true,
     };
-    if (s->fx.edits.len || s->fx.priority >= 0 || s->fx.route[0] ||
+    if (s->fx.edits.len || s->fx.priority >= 0 || s->fx.route[0] || s->fx.dkim.len ||
         hooks_any(s->w->L, "smtp_message_received")) {
         m.policy = message_policy;
         m.policy_arg = s;
     }
     memcpy(m.id, s->id, sizeof m.id);
     s->hook_err[0] = 0;
+    s->rate_over[0] = 0;
+    /* limit_sending of smtp_server_greeting: once per message of the session */
+    if (s->fx.limits.len &&
+        limits_take_all(limits_shared(), s->fx.limits.data, s->fx.limits.len,
+                        (double)time_mono_ms() / 1000.0, s->rate_over,
+                        sizeof s->rate_over) != PT_OK) {
+        rate_limited(s);
+        return;
+    }
     s->refs++;
     if (ingest_submit(s->w->rt, &m, on_ingested, s) != PT_OK) {
         s->refs--;
+        if (s->rate_over[0]) {
+            rate_limited(s);
+            return;
+        }
         if (s->hook_err[0]) {
             log_warn("smtp %s: smtp_message_received hook failed: %s", s->client_ip, s->hook_err);
             why = "451 4.3.0 Temporary local policy failure, try again later";
