@@ -381,6 +381,26 @@ static void push_headers(lua_State *L, const char *msg, size_t len)
     lua_setmetatable(L, -2);
 }
 
+/* Message handler of the protected runs: an error raised from C without a
+ * position (coroutine.yield outside a coroutine, a C library function) gets the
+ * "FILE:LINE: " of the innermost Lua code, so every hook failure names its line. */
+static int add_where(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg)
+        return 1;
+    lua_Debug ar;
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0)
+            continue;
+        size_t n = strlen(ar.short_src);
+        if (strncmp(msg, ar.short_src, n) != 0 || msg[n] != ':')
+            lua_pushfstring(L, "%s:%d: %s", ar.short_src, ar.currentline, msg);
+        return 1;
+    }
+    return 1;
+}
+
 /* Raises "FILE:LINE: EVENT handler returned a TYPE (expected WHAT)", naming where
  * the i-th handler of the sequence at index handlers was defined. */
 static int handler_returned(lua_State *L, int handlers, lua_Integer i, const char *what)
@@ -470,10 +490,12 @@ int hooks_run(lua_State *L, const char *event, const char *arg1, const struct ho
     lua_pushlightuserdata(L, fx);
     lua_setfield(L, LUA_REGISTRYINDEX, HOOK_CURRENT);
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_BUDGET);
+    lua_pushcfunction(L, add_where);
     lua_pushcfunction(L, run_p);
     lua_pushlightuserdata(L, &a);
-    int status = lua_pcall(L, 1, 0, 0);
+    int status = lua_pcall(L, 1, 0, -3);
     lua_sethook(L, NULL, 0, 0);
+    lua_remove(L, status == LUA_OK ? -1 : -2);   /* the message handler */
     int rc = PT_OK;
     if (status != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
@@ -570,10 +592,12 @@ int hooks_run_request(lua_State *L, const char *method, const char *path, const 
     lua_pushnil(L);
     lua_setfield(L, LUA_REGISTRYINDEX, HOOK_CURRENT);   /* no message: no actions */
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_BUDGET);
+    lua_pushcfunction(L, add_where);
     lua_pushcfunction(L, request_p);
     lua_pushlightuserdata(L, &a);
-    int st = lua_pcall(L, 1, 0, 0);
+    int st = lua_pcall(L, 1, 0, -3);
     lua_sethook(L, NULL, 0, 0);
+    lua_remove(L, st == LUA_OK ? -1 : -2);   /* the message handler */
     if (st == LUA_OK)
         return PT_OK;
     const char *msg = lua_tostring(L, -1);
