@@ -6,7 +6,6 @@
 #include <ctype.h>
 #include <limits.h>
 #include <math.h>
-#include <regex.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +19,7 @@
 
 #include "core/authban.h"
 #include "core/config.h"
+#include "policy/header_checks.h"
 #include "policy/lua_api.h"
 #include "util/cidr.h"
 #include "util/parse.h"
@@ -975,31 +975,6 @@ static int api_configure_dkim_signing(lua_State *L)
     return 0;
 }
 
-/* Postfix header_checks actions we implement; text is required for some. */
-static bool header_action(const char *a, char *out, size_t outlen)
-{
-    static const struct { const char *verb; int text; } verbs[] = {
-        /* text: 0 = none, 1 = optional, 2 = required */
-        { "IGNORE", 0 }, { "DUNNO", 0 }, { "OK", 0 }, { "WARN", 1 }, { "REJECT", 1 },
-        { "DISCARD", 1 }, { "PREPEND", 2 }, { "REPLACE", 2 },
-    };
-    while (*a == ' ' || *a == '\t')
-        a++;
-    size_t vl = strcspn(a, " \t");
-    const char *text = a + vl;
-    while (*text == ' ' || *text == '\t')
-        text++;
-    for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
-        if (strlen(verbs[i].verb) != vl || strncasecmp(verbs[i].verb, a, vl) != 0)
-            continue;
-        if ((verbs[i].text == 0 && *text) || (verbs[i].text == 2 && !*text))
-            return false;
-        snprintf(out, outlen, "%s%s%s", verbs[i].verb, *text ? " " : "", text);
-        return true;
-    }
-    return false;
-}
-
 static int api_configure_header_checks(lua_State *L)
 {
     static const char fn[] = "configure_header_checks";
@@ -1019,22 +994,22 @@ static int api_configure_header_checks(lua_State *L)
         opts_apply(L, -1, where, "", header_check_opts, hc);
         lua_pop(L, 1);
 
-        regex_t re;
-        int rc = regcomp(&re, hc->pattern, REG_EXTENDED | REG_ICASE | REG_NOSUB);
-        if (rc != 0) {
-            char why[128];
-            regerror(rc, &re, why, sizeof why);
-            return lua_api_error(L, "%s: option 'pattern': invalid regex '%s': %s", where,
-                                 hc->pattern, why);
-        }
-        regfree(&re);
-        char action[512];
-        if (strlen(hc->action) >= sizeof action - 1 ||
-            !header_action(hc->action, action, sizeof action))
-            return lua_api_error(L, "%s: option 'action': invalid action '%s' (IGNORE, DUNNO, "
-                                 "OK, WARN [text], REJECT [text], DISCARD [text], PREPEND "
-                                 "text or REPLACE text)", where, hc->action);
-        set_str(L, &hc->action, action);
+        /* the engine itself judges the rule: one parser for --check and for use */
+        struct header_checks_rule rule = { hc->pattern, hc->action };
+        struct header_checks *one;
+        size_t bad;
+        char why[256];
+        int rc = header_checks_new(&rule, 1, &one, &bad, why, sizeof why);
+        header_checks_free(one);
+        if (rc == PT_NOMEM)
+            return luaL_error(L, "out of memory");
+        if (rc != PT_OK)
+            return lua_api_error(L, "%s: option '%s': %s", where,
+                                 strstr(why, "regex") ? "pattern" : "action", why);
+        char canon[1024];
+        if (header_checks_canon(hc->action, canon, sizeof canon, why, sizeof why) != PT_OK)
+            return lua_api_error(L, "%s: option 'action': %s", where, why);
+        set_str(L, &hc->action, canon);
     }
     return 0;
 }
@@ -1115,6 +1090,22 @@ static int config_finish(struct config *cfg)
     }
     if (cfg->n_routes > 1)
         qsort(cfg->routes, (size_t)cfg->n_routes, sizeof *cfg->routes, route_cmp);
+    if (cfg->n_header_checks) {
+        /* each rule compiled once already at its call: only memory can fail here */
+        struct header_checks_rule *r = calloc((size_t)cfg->n_header_checks, sizeof *r);
+        if (!r)
+            return PT_NOMEM;
+        for (int i = 0; i < cfg->n_header_checks; i++)
+            r[i] = (struct header_checks_rule){ cfg->header_checks[i].pattern,
+                                                cfg->header_checks[i].action };
+        size_t bad;
+        char why[256];
+        int rc = header_checks_new(r, (size_t)cfg->n_header_checks, &cfg->header_checks_set,
+                                   &bad, why, sizeof why);
+        free(r);
+        if (rc != PT_OK)
+            return PT_NOMEM;
+    }
     return PT_OK;
 }
 
@@ -1196,6 +1187,7 @@ void config_free(struct config *cfg)
         free(cfg->header_checks[i].action);
     }
     free(cfg->header_checks);
+    header_checks_free(cfg->header_checks_set);
     free(cfg->logging.path);
     free(cfg->logging.level);
     free(cfg);

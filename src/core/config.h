@@ -11,6 +11,7 @@
 #include "util/cidr.h"
 
 struct lua_State;
+struct header_checks;
 
 #define CFG_MAX_LISTENERS 16
 
@@ -114,6 +115,8 @@ struct config {
     char *process_user;
     int smtp_threads;                /* SMTP worker threads; 0 = auto (config_finish) */
     struct cfg_header_check *header_checks; int n_header_checks;
+    struct header_checks *header_checks_set; /* the rules compiled (policy/header_checks.h);
+                                                NULL when there are none */
     struct { char *path, *level; } logging;       /* "./var/log/petrel.jsonl", "info" */
     int n_hooks;                     /* petrel.on registrations seen (for information) */
 };

@@ -13,7 +13,9 @@
 #include "core/worker.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "policy/header_checks.h"
 #include "policy/hooks.h"
+#include "policy/limits.h"
 #include "queue/entry.h"
 #include "queue/ingest.h"
 #include "queue/sched.h"
@@ -68,11 +70,13 @@ struct smtp_session {
     size_t nrcpt, rcpt_cap;
     struct smtp_data data;
     struct buf content;
+    size_t received_len;            /* our Received: header at the top of content */
     uint64_t size_hint;             /* MAIL SIZE=, 0 if none */
     double received_at;
     /* hooks: what smtp_server_greeting asked for every message of the session */
     struct hook_effects fx;
     char hook_err[512];             /* the error of a refusing smtp_message_received */
+    char rate_over[LIMITS_KEY_MAX + 1]; /* the limit_sending key a message went over */
 };
 
 static void session_unref(struct smtp_session *s);
@@ -333,6 +337,7 @@ static void cmd_data(struct smtp_session *s, const struct smtp_cmd *c)
         want = s->l->max_message_size + 1024;
     buf_reserve(&s->content, (size_t)want);
     add_received(s);
+    s->received_len = s->content.len;
     smtp_data_init(&s->data, s->l->max_message_size);
     enter_state(s, S_DATA);
     conn_set_timeout(&s->conn, s->l->data_timeout);
@@ -652,15 +657,80 @@ static int message_policy(void *arg, struct entry *e)
                       sizeof s->hook_err) != PT_OK)
             rc = PT_INVALID;
     }
-    if (rc == PT_OK && fx.edits.len)
-        rc = entry_set_hdr_edits(e, fx.edits.data);
-    if (rc == PT_OK && fx.priority >= 0)
-        e->priority = (uint8_t)fx.priority;
-    if (rc == PT_OK && fx.route[0])
-        rc = entry_set_route(e, fx.route);
+    /* limits the message hooks added (the greeting's were counted once already) */
+    if (rc == PT_OK && fx.limits.len > s->fx.limits.len &&
+        limits_take_all(limits_shared(), fx.limits.data + s->fx.limits.len,
+                        fx.limits.len - s->fx.limits.len, (double)time_mono_ms() / 1000.0,
+                        s->rate_over, sizeof s->rate_over) != PT_OK)
+        rc = PT_TOOLONG;
+    if (rc == PT_OK)
+        rc = hook_effects_apply(&fx, e);
     free(addrs);
     hook_effects_free(&fx);
     return rc;
+}
+
+/* configure_header_checks on the client's header (below our Received:). false
+ * when the message is refused or discarded (replied and logged). */
+static bool header_checks(struct smtp_session *s)
+{
+    const struct header_checks *hc = s->w->rt->cfg->header_checks_set;
+    if (!hc)
+        return true;
+    struct buf out;
+    buf_init(&out, 0);
+    struct header_checks_result res;
+    int rc = buf_reserve(&out, s->content.len + 1024);
+    if (rc == PT_OK)
+        rc = buf_append(&out, s->content.data, s->received_len);
+    if (rc == PT_OK)
+        rc = header_checks_apply(hc, s->content.data + s->received_len,
+                                 s->content.len - s->received_len, &out, &res);
+    if (rc != PT_OK) {
+        buf_free(&out);
+        reply(s, "451 4.3.0 Out of memory, try again later");
+        return false;
+    }
+    if (res.warnings)
+        log_warn("smtp %s: header_checks: WARN %s (id %s, %zu warning(s))", s->client_ip,
+                 res.warning, s->id, res.warnings);
+    if (res.verdict == HEADER_CHECKS_REJECT) {
+        buf_free(&out);
+        replyf(s, "550 %s", res.text);
+        log_info("smtp %s: header_checks rule %zu rejected id %s: %s", s->client_ip,
+                 res.rule + 1, s->id, res.text);
+        for (size_t i = 0; i < s->nrcpt; i++)
+            log_simple(s, LOG_REJECTION, s->rcpts[i], 550, res.text, (int64_t)s->content.len);
+        return false;
+    }
+    if (res.verdict == HEADER_CHECKS_DISCARD) {
+        /* Postfix DISCARD: the client is told it was taken; nothing is queued */
+        buf_free(&out);
+        log_info("smtp %s: header_checks rule %zu discarded id %s: %s", s->client_ip,
+                 res.rule + 1, s->id, res.text);
+        replyf(s, "250 2.0.0 Ok: discarded as %s", s->id);
+        return false;
+    }
+    if (res.changed) {
+        buf_free(&s->content);
+        s->content = out;
+    } else {
+        buf_free(&out);
+    }
+    return true;
+}
+
+/* A limit_sending limit refused the message (s->rate_over names its key). */
+static void rate_limited(struct smtp_session *s)
+{
+    const char *why = "451 4.7.0 Sending rate limit exceeded, try again later";
+    log_info("smtp %s: limit_sending: key '%s' is over its limit; message %s deferred to the "
+             "client", s->client_ip, s->rate_over, s->id);
+    reply(s, why);
+    for (size_t i = 0; i < s->nrcpt; i++)
+        log_simple(s, LOG_REJECTION, s->rcpts[i], 451, why + 4, (int64_t)s->content.len);
+    txn_reset(s);
+    enter_state(s, S_READY);
 }
 
 static void end_of_data(struct smtp_session *s)
@@ -682,22 +752,40 @@ static void end_of_data(struct smtp_session *s)
         enter_state(s, S_READY);
         return;
     }
+    if (!header_checks(s)) {
+        txn_reset(s);
+        enter_state(s, S_READY);
+        return;
+    }
     struct ingest_msg m = {
         .sender = s->sender, .rcpts = (const char *const *)s->rcpts, .nrcpt = s->nrcpt,
         .content = s->content.data, .content_len = s->content.len,
         .protocol = PROTO_SMTP, .priority = PRIO_NORMAL, .received_at = s->received_at,
         .peer_address = s->client_ip, .tls = conn_tls_describe(&s->conn), .log_reception = true,
     };
-    if (s->fx.edits.len || s->fx.priority >= 0 || s->fx.route[0] ||
+    if (s->fx.edits.len || s->fx.priority >= 0 || s->fx.route[0] || s->fx.dkim.len ||
         hooks_any(s->w->L, "smtp_message_received")) {
         m.policy = message_policy;
         m.policy_arg = s;
     }
     memcpy(m.id, s->id, sizeof m.id);
     s->hook_err[0] = 0;
+    s->rate_over[0] = 0;
+    /* limit_sending of smtp_server_greeting: once per message of the session */
+    if (s->fx.limits.len &&
+        limits_take_all(limits_shared(), s->fx.limits.data, s->fx.limits.len,
+                        (double)time_mono_ms() / 1000.0, s->rate_over,
+                        sizeof s->rate_over) != PT_OK) {
+        rate_limited(s);
+        return;
+    }
     s->refs++;
     if (ingest_submit(s->w->rt, &m, on_ingested, s) != PT_OK) {
         s->refs--;
+        if (s->rate_over[0]) {
+            rate_limited(s);
+            return;
+        }
         if (s->hook_err[0]) {
             log_warn("smtp %s: smtp_message_received hook failed: %s", s->client_ip, s->hook_err);
             why = "451 4.3.0 Temporary local policy failure, try again later";
