@@ -29,7 +29,7 @@ static const char petrelctl_usage[] =
     "       petrelctl hash-password [--cram-md5]   (reads one password line from stdin)\n"
     "       petrelctl [--url URL] [--key KEY] COMMAND\n"
     "         COMMAND: queue | show ID | suspend DOMAIN [DURATION] | resume DOMAIN |\n"
-    "                  flush [DOMAIN] | bounce ID|DOMAIN | delete ID|DOMAIN\n"
+    "                  flush [DOMAIN] | bounce ID|DOMAIN | delete ID|DOMAIN | reload\n"
     "         URL: $PETREL_URL or http://127.0.0.1:8080; KEY: $PETREL_KEY (Bearer key)\n";
 
 #define CTL_TIMEOUT_S 30
@@ -311,6 +311,22 @@ static int ctl_action(const char *url, const char *key, const char *action, int 
     return 0;
 }
 
+/* POST /api/reload: prints "reloaded", or the config error (exit 1). */
+static int ctl_reload(const char *url, const char *key)
+{
+    json_t *doc = ctl_fetch(url, key, "/api/reload", "{}");
+    if (!doc)
+        return 1;
+    bool ok = json_is_true(json_object_get(doc, "reloaded"));
+    json_decref(doc);
+    if (!ok) {
+        fprintf(stderr, "petrelctl: reload: unexpected answer\n");
+        return 1;
+    }
+    printf("reloaded\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const char *const api_commands[] = {
@@ -340,9 +356,12 @@ int main(int argc, char **argv)
         url = "http://127.0.0.1:8080";
     if (a < argc && strcmp(argv[a], "queue") == 0 && a + 1 == argc)
         return ctl_queue(url, key);
+    if (a < argc && strcmp(argv[a], "reload") == 0 && a + 1 == argc)
+        return ctl_reload(url, key);
     if (a < argc && strcmp(argv[a], "show") == 0 && a + 2 == argc)
         return ctl_show(url, key, argv[a + 1]);
-    if (a < argc && (strcmp(argv[a], "queue") == 0 || strcmp(argv[a], "show") == 0)) {
+    if (a < argc && (strcmp(argv[a], "queue") == 0 || strcmp(argv[a], "show") == 0 ||
+                     strcmp(argv[a], "reload") == 0)) {
         fprintf(stderr, "petrelctl: %s: wrong arguments\n%s", argv[a], petrelctl_usage);
         return 2;
     }

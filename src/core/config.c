@@ -1193,6 +1193,14 @@ void config_free(struct config *cfg)
     free(cfg);
 }
 
+int config_listener_index(const struct config *cfg, const char *host, uint16_t port)
+{
+    for (int i = 0; i < cfg->n_listeners; i++)
+        if (cfg->listeners[i].port == port && strcmp(cfg->listeners[i].host, host) == 0)
+            return i;
+    return -1;
+}
+
 static const struct cfg_route *find_route(const struct config *cfg, const char *key)
 {
     struct cfg_route probe = { .key = (char *)key };

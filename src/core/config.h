@@ -126,6 +126,10 @@ struct config {
 struct config *config_load(const char *path, char *err, size_t errlen);
 void config_free(struct config *cfg);
 
+/* Index in cfg->listeners of the SMTP listener on host:port (host as parsed,
+ * e.g. "::" for [::]); -1 if none. */
+int config_listener_index(const struct config *cfg, const char *host, uint16_t port);
+
 /* Finds the transport route for a lowercased domain: exact key, then ".parent"
  * keys from the most specific, then "*". NULL when none matches (use delivery
  * defaults). Borrowed from cfg. */

@@ -78,6 +78,7 @@ struct http_req {
     struct buf data;            /* the body, for endpoints that take one */
     char ip[64];                /* client address */
     struct inject_job *job;     /* an injection waiting for the spool */
+    struct cfg_gen *gen;        /* config generation the request started with (held) */
 };
 
 /* ---- responses ----------------------------------------------------------- */
@@ -553,7 +554,7 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
     if (req->job)
         return finish_job(req, c);  /* resumed: every submission has reported */
     req->answered = true;
-    const struct config *cfg = s->rt->cfg;
+    const struct config *cfg = req->gen->cfg;
     if (atomic_load(&s->stopping))
         return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
                              "shutting down, try again later");
@@ -875,6 +876,23 @@ static enum MHD_Result post_admin(struct http_server *s, struct MHD_Connection *
                         NULL);
 }
 
+/* POST /api/reload: the same as SIGHUP (DESIGN §11). Runs the reload on this
+ * thread: it reads the config and waits for the SMTP workers to switch
+ * listeners (milliseconds), never for mail. */
+static enum MHD_Result post_reload(struct http_server *s, struct MHD_Connection *c,
+                                   struct http_req *req, int arg)
+{
+    char err[1024];
+    if (!s->rt->reload)
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
+                             "reload is not available");
+    log_info("http %s: %s: reload requested", s->l->listen, req->ip);
+    if (s->rt->reload(s->rt->reload_arg, err, sizeof err) != PT_OK)
+        return respond_json(c, MHD_HTTP_BAD_REQUEST, json_pack("{s:s}", "error", err), NULL,
+                            NULL);
+    return respond_json(c, MHD_HTTP_OK, json_pack("{s:b}", "reloaded", 1), NULL, NULL);
+}
+
 typedef enum MHD_Result (*route_fn)(struct http_server *s, struct MHD_Connection *c,
                                    struct http_req *req, int arg);
 
@@ -897,6 +915,7 @@ static const struct route {
     { "/api/queue/flush", MHD_HTTP_METHOD_POST, post_admin, SCHED_FLUSH, true },
     { "/api/queue/bounce", MHD_HTTP_METHOD_POST, post_admin, SCHED_BOUNCE, true },
     { "/api/queue/delete", MHD_HTTP_METHOD_POST, post_admin, SCHED_DELETE, true },
+    { "/api/reload", MHD_HTTP_METHOD_POST, post_reload, 0, false },
 };
 
 #define MESSAGE_PREFIX "/api/message/"
@@ -1052,6 +1071,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!req)
             return MHD_NO;
         *con_cls = req;
+        req->gen = runtime_gen_acquire(s->rt);
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         snprintf(req->ip, sizeof req->ip, "?");
@@ -1107,6 +1127,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (req) {
         job_free(req->job);  /* only if the client left before its answer */
         buf_free(&req->data);
+        runtime_gen_release(req->gen);
         free(req);
     }
     *con_cls = NULL;

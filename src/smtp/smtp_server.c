@@ -41,8 +41,11 @@ static const char *const state_names[] = { SESSION_STATES(AS_NAME) };
 struct smtp_session {
     struct conn conn;
     struct worker *w;
+    struct cfg_gen *gen;            /* the config generation the session started with */
+    struct lua_State *L;            /* this worker's Lua state of that generation */
     const struct cfg_listener *l;
-    int li;
+    int li;                         /* index of l in gen->cfg */
+    int slot;                       /* listener slot (front-door counters) */
     struct smtp_session *prev, *next;
     enum session_state state;
     int refs;                       /* 1 for the connection + 1 per pending commit */
@@ -175,7 +178,7 @@ static void auth_result(struct smtp_session *s, int rc, const char *out);
 
 static bool auth_offered(const struct smtp_session *s)
 {
-    return s->l->n_auth_mechanisms > 0 && s->w->rt->users &&
+    return s->l->n_auth_mechanisms > 0 && s->gen->users &&
            (s->conn.tls || !s->l->auth_require_tls);
 }
 
@@ -183,14 +186,14 @@ static bool auth_offered(const struct smtp_session *s)
 static bool greeting_hooks(struct smtp_session *s, const char *ehlo)
 {
     hook_effects_free(&s->fx);
-    if (!hooks_any(s->w->L, "smtp_server_greeting"))
+    if (!hooks_any(s->L, "smtp_server_greeting"))
         return true;
     struct hook_meta m = {
         .client_ip = s->client_ip, .listener = s->l->name, .tenant = s->l->tenant,
         .auth_user = s->authed ? s->auth_user : NULL,
     };
     char err[512];
-    if (hooks_run(s->w->L, "smtp_server_greeting", ehlo, &m, &s->fx, err, sizeof err) == PT_OK)
+    if (hooks_run(s->L, "smtp_server_greeting", ehlo, &m, &s->fx, err, sizeof err) == PT_OK)
         return true;
     hook_effects_free(&s->fx);
     log_warn("smtp %s: smtp_server_greeting hook failed: %s", s->client_ip, err);
@@ -213,7 +216,7 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *c)
     replyf(s, "250-%s", s->l->hostname);
     replyf(s, "250-SIZE %llu", (unsigned long long)s->l->max_message_size);
     reply(s, "250-PIPELINING");
-    if (s->w->rt->listener_tls[s->li] && !s->conn.tls)
+    if (s->gen->listener_tls[s->li] && !s->conn.tls)
         reply(s, "250-STARTTLS");
     if (auth_offered(s)) {
         conn_send(&s->conn, "250-AUTH", 8);
@@ -237,7 +240,7 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
         reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
         return;
     }
-    if (sched_depth(rt->sched) >= rt->cfg->queue.max_queue_depth) {
+    if (sched_depth(rt->sched) >= s->gen->cfg->queue.max_queue_depth) {
         reply(s, "452 4.3.1 Insufficient system storage: queue is full, try again later");
         return;
     }
@@ -258,7 +261,7 @@ static bool relay_allowed(struct smtp_session *s)
 
 static void cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
 {
-    const struct config *cfg = s->w->rt->cfg;
+    const struct config *cfg = s->gen->cfg;
     if (s->nrcpt >= (size_t)s->l->max_recipients) {
         reply(s, "452 4.5.3 Too many recipients");
         return;
@@ -375,7 +378,7 @@ static void cmd_help(struct smtp_session *s, const struct smtp_cmd *c)
 
 static void cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c)
 {
-    struct tls_ctx *ctx = s->w->rt->listener_tls[s->li];
+    struct tls_ctx *ctx = s->gen->listener_tls[s->li];
     if (!ctx) {
         reply(s, "502 5.5.1 STARTTLS not available");
         return;
@@ -407,7 +410,7 @@ static void auth_failed(struct smtp_session *s)
     if (authban_failure(rt->ban, s->client_ip, time_now())) {
         char text[160];
         snprintf(text, sizeof text, "too many AUTH failures: %s banned for %.0f s", s->client_ip,
-                 rt->cfg->auth_ban_time);
+                 s->gen->cfg->auth_ban_time);
         log_warn("smtp %s: %s", s->client_ip, text);
         log_simple(s, LOG_REJECTION, NULL, 421, text, -1);
         hangup(s, "421 4.7.0 Too many authentication failures; try again later");
@@ -508,8 +511,7 @@ static void auth_submit(struct smtp_session *s, bool start, const char *in, size
 
 static void cmd_auth(struct smtp_session *s, const struct smtp_cmd *c)
 {
-    const struct runtime *rt = s->w->rt;
-    if (s->l->n_auth_mechanisms == 0 || !rt->users) {
+    if (s->l->n_auth_mechanisms == 0 || !s->gen->users) {
         reply(s, "502 5.5.1 AUTH not available");
         return;
     }
@@ -546,7 +548,7 @@ static void cmd_auth(struct smtp_session *s, const struct smtp_cmd *c)
         strncat(allowed, s->l->auth_mechanisms[k], sizeof allowed - strlen(allowed) - 2);
         strcat(allowed, " ");
     }
-    sasl_init(&s->sasl, rt->users, s->l->hostname);
+    sasl_init(&s->sasl, s->gen->users, s->l->hostname);
     snprintf(s->auth_mech, sizeof s->auth_mech, "%s", mech);
     snprintf(s->auth_allowed, sizeof s->auth_allowed, "%s", allowed);
     auth_submit(s, true, has_initial ? initial : NULL, n - i);
@@ -635,7 +637,7 @@ static int message_policy(void *arg, struct entry *e)
     hook_effects_init(&fx);
     int rc = hook_effects_copy(&fx, &s->fx);
     const char **addrs = NULL;
-    if (rc == PT_OK && hooks_any(s->w->L, "smtp_message_received") &&
+    if (rc == PT_OK && hooks_any(s->L, "smtp_message_received") &&
         !(addrs = calloc(e->nrcpt, sizeof *addrs)))
         rc = PT_NOMEM;
     if (rc == PT_OK && addrs) {
@@ -653,7 +655,7 @@ static int message_policy(void *arg, struct entry *e)
             .rcpts = addrs, .nrcpt = e->nrcpt,
             .content = s->content.data, .content_len = s->content.len,
         };
-        if (hooks_run(s->w->L, "smtp_message_received", e->domain, &m, &fx, s->hook_err,
+        if (hooks_run(s->L, "smtp_message_received", e->domain, &m, &fx, s->hook_err,
                       sizeof s->hook_err) != PT_OK)
             rc = PT_INVALID;
     }
@@ -764,7 +766,7 @@ static void end_of_data(struct smtp_session *s)
         .peer_address = s->client_ip, .tls = conn_tls_describe(&s->conn), .log_reception = true,
     };
     if (s->fx.edits.len || s->fx.priority >= 0 || s->fx.route[0] || s->fx.dkim.len ||
-        hooks_any(s->w->L, "smtp_message_received")) {
+        hooks_any(s->L, "smtp_message_received")) {
         m.policy = message_policy;
         m.policy_arg = s;
     }
@@ -921,7 +923,7 @@ static void on_closed(struct conn *c)
         s->next->prev = s->prev;
     w->nsessions--;
     if (s->counted) {
-        frontdoor_leave(w->fd, s->li, s->client_ip);
+        frontdoor_leave(w->fd, s->slot, s->client_ip);
         metrics_add(M_CONNECTIONS, METRICS_INBOUND, "", -1);
     }
     s->counted = false;
@@ -937,6 +939,7 @@ static void session_unref(struct smtp_session *s)
     hook_effects_free(&s->fx);
     free(s->rcpts);
     buf_free(&s->content);
+    runtime_gen_release(s->gen);
     free(s);
 }
 
@@ -944,18 +947,25 @@ static const struct conn_ops session_ops = {
     .on_data = on_data, .on_eof = on_eof, .on_timeout = on_timeout, .on_closed = on_closed,
 };
 
-void smtp_server_accept(struct worker *w, int li, uv_stream_t *server)
+void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot,
+                        uv_stream_t *server)
 {
     struct smtp_session *s = calloc(1, sizeof *s);
-    if (!s)
+    if (!s) {
+        runtime_gen_release(gen);
         return;
+    }
     if (conn_init(&s->conn, &w->loop, &session_ops, s) != PT_OK) {
+        runtime_gen_release(gen);
         free(s);
         return;
     }
     s->w = w;
+    s->gen = gen;
+    s->L = runtime_gen_smtp_lua(gen, w->index);
     s->li = li;
-    s->l = &w->rt->cfg->listeners[li];
+    s->slot = slot;
+    s->l = &gen->cfg->listeners[li];
     s->refs = 1;
     buf_init(&s->content, 0);
     hook_effects_init(&s->fx);
@@ -975,7 +985,7 @@ void smtp_server_accept(struct worker *w, int li, uv_stream_t *server)
     else
         snprintf(s->client_ip, sizeof s->client_ip, "unknown");
     const char *which = NULL;
-    if (frontdoor_enter(w->fd, li, s->client_ip, s->l->max_connections,
+    if (frontdoor_enter(w->fd, slot, s->client_ip, s->l->max_connections,
                         s->l->max_connections_per_ip, &which) != 0) {
         log_warn("smtp %s: refused: %s reached", s->client_ip, which);
         replyf(s, "421 4.7.0 %s Too many connections (%s), try again later", s->l->hostname, which);
@@ -993,7 +1003,7 @@ void smtp_server_accept(struct worker *w, int li, uv_stream_t *server)
         return;
     }
     if (s->l->tls && s->l->tls->implicit &&
-        conn_start_tls(&s->conn, w->rt->listener_tls[li], true, NULL, NULL) != PT_OK) {
+        conn_start_tls(&s->conn, gen->listener_tls[li], true, NULL, NULL) != PT_OK) {
         session_close(s, false);
         return;
     }
