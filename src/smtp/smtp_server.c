@@ -18,6 +18,7 @@
 #include "queue/entry.h"
 #include "queue/ingest.h"
 #include "queue/sched.h"
+#include "queue/spool.h"
 #include "smtp/conn.h"
 #include "smtp/smtp_auth.h"
 #include "smtp/smtp_data.h"
@@ -256,6 +257,10 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
     }
     if (has_8bit(c->path) && !c->smtputf8) {
         reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
+        return;
+    }
+    if (!spool_writable(rt->spool)) {
+        reply(s, "452 4.3.1 Insufficient system storage: spool disk full, try again later");
         return;
     }
     if (sched_depth(rt->sched) >= rt->cfg->queue.max_queue_depth) {
