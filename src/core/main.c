@@ -379,7 +379,7 @@ int main(int argc, char **argv)
     /* HTTP listeners: bound while still root (privileged ports, root-only keys) */
     struct http_server *http_srv[CFG_MAX_LISTENERS] = { 0 };
     for (int i = 0; i < cfg->n_http; i++) {
-        http_srv[i] = http_start(&rt, &cfg->http[i], err, sizeof err);
+        http_srv[i] = http_start(&rt, &cfg->http[i], i, err, sizeof err);
         if (!http_srv[i]) {
             fprintf(stderr, "petrel: %s\n", err);
             return 1;

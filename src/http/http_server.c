@@ -57,8 +57,8 @@ struct http_server {
     char start_err[256];
     atomic_bool stopping;                     /* injections get 503 from now on */
     atomic_int inflight;                      /* injection jobs not yet answered */
-    lua_State *L;                             /* this listener's policy state (its MHD
-                                                 thread only); NULL when no hooks */
+    int index;                                /* listener index: its Lua state in each
+                                                 generation (runtime_gen_http_lua) */
 };
 
 struct inject_job;
@@ -399,9 +399,11 @@ static int refuse_domain(struct inject_job *j, struct inject_msg *msg, const cha
  * anything is queued: an error refuses that domain's recipients (v1: rejected;
  * kumo: failed_recipients) and nothing is queued for them; the effects of the
  * others are kept in j->fx for ingest (http_policy). */
-static int message_hooks(struct http_server *s, struct inject_job *j, const char *ip)
+static int message_hooks(struct http_server *s, struct inject_job *j, struct http_req *req)
 {
-    if (!s->L || !hooks_any(s->L, "http_message_received"))
+    const char *ip = req->ip;
+    lua_State *L = runtime_gen_http_lua(req->gen, s->index);
+    if (!L || !hooks_any(L, "http_message_received"))
         return PT_OK;
     for (size_t m = 0; m < j->batch.nmsgs; m++) {
         struct inject_msg *msg = &j->batch.msgs[m];
@@ -449,7 +451,7 @@ static int message_hooks(struct http_server *s, struct inject_job *j, const char
                 .content = msg->content, .content_len = msg->content_len,
             };
             char err[512];
-            if (hooks_run(s->L, "http_message_received", dom[i], &meta, &df->fx, err,
+            if (hooks_run(L, "http_message_received", dom[i], &meta, &df->fx, err,
                           sizeof err) == PT_OK) {
                 j->nfx++;
                 continue;
@@ -600,7 +602,7 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
             entry_new_id(j->ids[m]);
     }
     if (rc == PT_OK)
-        rc = message_hooks(s, j, req->ip);
+        rc = message_hooks(s, j, req);
     char over[LIMITS_KEY_MAX + 1];
     if (rc == PT_OK && take_limits(j, over, sizeof over) != PT_OK) {
         job_free(j);
@@ -1026,7 +1028,8 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const 
 static bool request_hook(struct http_server *s, struct MHD_Connection *c, const char *url,
                          const char *method, struct http_req *req, enum MHD_Result *ret)
 {
-    if (!s->L || !hooks_any(s->L, "http_request"))
+    lua_State *L = runtime_gen_http_lua(req->gen, s->index);
+    if (!L || !hooks_any(L, "http_request"))
         return false;
     struct hdr_list h = { .n = 0 };
     MHD_get_connection_values(c, MHD_HEADER_KIND, collect_header, &h);
@@ -1034,7 +1037,7 @@ static bool request_hook(struct http_server *s, struct MHD_Connection *c, const 
     buf_init(&body, HTTP_MAX_BODY);
     int status = 0;
     char err[512];
-    if (hooks_run_request(s->L, method, url, req->ip, h.kv, h.n, &status, &body, err,
+    if (hooks_run_request(L, method, url, req->ip, h.kv, h.n, &status, &body, err,
                           sizeof err) != PT_OK) {
         buf_free(&body);
         log_warn("http %s: %s: http_request hook failed for %s %.200s: %s", s->l->listen,
@@ -1187,8 +1190,6 @@ static const char *tls_priorities(const struct runtime *rt, const struct cfg_htt
 
 static void free_server(struct http_server *s)
 {
-    if (s->L)
-        lua_close(s->L);
     if (s->key_pem)
         OPENSSL_cleanse(s->key_pem, s->key_len);
     free(s->key_pem);
@@ -1197,7 +1198,7 @@ static void free_server(struct http_server *s)
     free(s);
 }
 
-struct http_server *http_start(struct runtime *rt, const struct cfg_http_listener *l,
+struct http_server *http_start(struct runtime *rt, const struct cfg_http_listener *l, int index,
                                char *err, size_t errlen)
 {
     struct http_server *s = calloc(1, sizeof *s);
@@ -1207,6 +1208,7 @@ struct http_server *http_start(struct runtime *rt, const struct cfg_http_listene
     }
     s->rt = rt;
     s->l = l;
+    s->index = index;
     atomic_init(&s->ready, false);
     atomic_init(&s->starting, true);
     if (l->n_api_keys) {
@@ -1219,17 +1221,6 @@ struct http_server *http_start(struct runtime *rt, const struct cfg_http_listene
         for (int i = 0; i < l->n_api_keys; i++)
             if (l->api_keys[i][0])  /* an empty key never matches: bearer_ok needs n > 0 */
                 key_digest(l->api_keys[i], strlen(l->api_keys[i]), s->key_hash[s->n_keys++]);
-    }
-    /* One Lua state for this listener's single MHD thread, as each SMTP worker has
-     * its own; only when there are handlers to run. */
-    if (rt->cfg->n_hooks > 0) {
-        s->L = config_lua_worker(rt->cfg, err, errlen);
-        if (!s->L || hooks_install(s->L, rt->cfg) != PT_OK) {
-            if (s->L)
-                snprintf(err, errlen, "http listener %s: out of memory", l->listen);
-            free_server(s);
-            return NULL;
-        }
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
                      MHD_ALLOW_SUSPEND_RESUME;

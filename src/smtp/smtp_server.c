@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/authban.h"
 #include "core/runtime.h"
@@ -19,6 +20,7 @@
 #include "queue/entry.h"
 #include "queue/ingest.h"
 #include "queue/sched.h"
+#include "queue/spool.h"
 #include "smtp/conn.h"
 #include "smtp/smtp_auth.h"
 #include "smtp/smtp_data.h"
@@ -56,6 +58,8 @@ struct smtp_session {
     char helo[SMTP_PATH_MAX + 1];
     struct smtp_lines lines;        /* command line splitter (persists across reads) */
     bool authed;
+    bool refuse_after_tls;          /* implicit TLS: the queued 421 goes out after the handshake */
+    int auth_failures;              /* AUTH failures of this session counted toward a ban */
     char auth_user[256];
     struct sasl sasl;
     /* SASL exchanges run on the libuv thread pool: crypt(3) costs milliseconds */
@@ -176,10 +180,31 @@ static bool has_8bit(const char *p)
 static void auth_submit(struct smtp_session *s, bool start, const char *in, size_t len);
 static void auth_result(struct smtp_session *s, int rc, const char *out);
 
+/* A listener mechanism the users file can serve: CRAM-MD5 needs a {CRAM-MD5}
+ * entry (a crypt(3) hash cannot answer a challenge), so without one it is
+ * neither offered nor accepted; clients then pick PLAIN or LOGIN. */
+static bool mech_usable(const struct smtp_session *s, const char *mech)
+{
+    return strcasecmp(mech, "CRAM-MD5") != 0 || users_has_cram(s->gen->users);
+}
+
 static bool auth_offered(const struct smtp_session *s)
 {
-    return s->l->n_auth_mechanisms > 0 && s->gen->users &&
-           (s->conn.tls || !s->l->auth_require_tls);
+    if (!s->gen->users || (!s->conn.tls && s->l->auth_require_tls))
+        return false;
+    for (int i = 0; i < s->l->n_auth_mechanisms; i++)
+        if (mech_usable(s, s->l->auth_mechanisms[i]))
+            return true;
+    return false;
+}
+
+/* The client's address is in the listener's relay_hosts: such a client is
+ * trusted by address, so AUTH failures never ban it (Postfix's
+ * permit_mynetworks comes first). */
+static bool in_relay_hosts(const struct smtp_session *s)
+{
+    return s->peer.ss_family &&
+           cidr_match_any(s->l->relay_hosts, s->l->n_relay_hosts, (const struct sockaddr *)&s->peer);
 }
 
 /* Runs the smtp_server_greeting hooks; false (after replying) when one failed. */
@@ -221,7 +246,8 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *c)
     if (auth_offered(s)) {
         conn_send(&s->conn, "250-AUTH", 8);
         for (int i = 0; i < s->l->n_auth_mechanisms; i++)
-            conn_sendf(&s->conn, " %s", s->l->auth_mechanisms[i]);
+            if (mech_usable(s, s->l->auth_mechanisms[i]))
+                conn_sendf(&s->conn, " %s", s->l->auth_mechanisms[i]);
         conn_send(&s->conn, "\r\n", 2);
     }
     reply(s, "250-8BITMIME");
@@ -240,6 +266,10 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
         reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
         return;
     }
+    if (!spool_writable(rt->spool)) {
+        reply(s, "452 4.3.1 Insufficient system storage: spool disk full, try again later");
+        return;
+    }
     if (sched_depth(rt->sched) >= s->gen->cfg->queue.max_queue_depth) {
         reply(s, "452 4.3.1 Insufficient system storage: queue is full, try again later");
         return;
@@ -253,10 +283,7 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
 
 static bool relay_allowed(struct smtp_session *s)
 {
-    if (s->authed)
-        return true;
-    return s->peer.ss_family &&
-           cidr_match_any(s->l->relay_hosts, s->l->n_relay_hosts, (struct sockaddr *)&s->peer);
+    return s->authed || in_relay_hosts(s);
 }
 
 static void cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
@@ -407,6 +434,9 @@ static void auth_failed(struct smtp_session *s)
 {
     struct runtime *rt = s->w->rt;
     metrics_inc(M_AUTH_FAILURES, NULL, NULL, 1);
+    if (in_relay_hosts(s))
+        return;
+    s->auth_failures++;
     if (authban_failure(rt->ban, s->client_ip, time_now())) {
         char text[160];
         snprintf(text, sizeof text, "too many AUTH failures: %s banned for %.0f s", s->client_ip,
@@ -429,6 +459,10 @@ static void auth_result(struct smtp_session *s, int rc, const char *out)
         s->authed = true;
         snprintf(s->auth_user, sizeof s->auth_user, "%s", sasl_user(&s->sasl));
         log_info("smtp %s: authenticated as %s", s->client_ip, s->auth_user);
+        /* A failure followed by a success (smtplib tries CRAM-MD5, then PLAIN) is
+         * a healthy client, not a guess: take the session's failures back. */
+        authban_forgive(s->w->rt->ban, s->client_ip, s->auth_failures, time_now());
+        s->auth_failures = 0;
         reply(s, "235 2.7.0 Authentication successful");
         break;
     case PT_ERROR:
@@ -545,6 +579,8 @@ static void cmd_auth(struct smtp_session *s, const struct smtp_cmd *c)
     initial[n - i] = 0;
     char allowed[256] = "";
     for (int k = 0; k < s->l->n_auth_mechanisms; k++) {
+        if (!mech_usable(s, s->l->auth_mechanisms[k]))
+            continue;
         strncat(allowed, s->l->auth_mechanisms[k], sizeof allowed - strlen(allowed) - 2);
         strcat(allowed, " ");
     }
@@ -676,7 +712,7 @@ static int message_policy(void *arg, struct entry *e)
  * when the message is refused or discarded (replied and logged). */
 static bool header_checks(struct smtp_session *s)
 {
-    const struct header_checks *hc = s->w->rt->cfg->header_checks_set;
+    const struct header_checks *hc = s->gen->cfg->header_checks_set;
     if (!hc)
         return true;
     struct buf out;
@@ -906,6 +942,10 @@ static void on_timeout(struct conn *c)
     struct smtp_session *s = c->owner;
     if (s->state == S_QUEUEING)
         return;
+    if (s->refuse_after_tls) {
+        session_close(s, false);
+        return;
+    }
     log_info("smtp %s: timeout in state %s", s->client_ip, state_names[s->state]);
     replyf(s, "421 4.4.2 %s Error: timeout exceeded", s->l->hostname);
     session_close(s, true);
@@ -943,9 +983,31 @@ static void session_unref(struct smtp_session *s)
     free(s);
 }
 
+/* Implicit TLS handshake done: a refused session's 421 is out, close. */
+static void on_tls(struct conn *c)
+{
+    struct smtp_session *s = c->owner;
+    if (s->refuse_after_tls)
+        session_close(s, true);
+}
+
 static const struct conn_ops session_ops = {
     .on_data = on_data, .on_eof = on_eof, .on_timeout = on_timeout, .on_closed = on_closed,
+    .on_tls = on_tls,
 };
+
+/* The 421 already queued goes out once the implicit TLS handshake completes
+ * (on_tls closes then); a client that never completes it is cut at the greeting
+ * timeout without a word. Input is never read as commands. */
+static void refuse_after_tls(struct smtp_session *s)
+{
+    s->refuse_after_tls = true;
+    enter_state(s, S_CLOSING);
+    double t = s->l->greeting_timeout;
+    conn_set_timeout(&s->conn, t > 0 && t < 10 ? t : 10);
+    conn_start(&s->conn);
+    conn_flush(&s->conn);
+}
 
 void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot,
                         uv_stream_t *server)
@@ -995,16 +1057,22 @@ void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot,
     }
     s->counted = true;
     metrics_add(M_CONNECTIONS, METRICS_INBOUND, "", 1);  /* inbound: no destination */
-    if (authban_is_banned(w->rt->ban, s->client_ip, time_now())) {
-        log_info("smtp %s: refused: banned after AUTH failures", s->client_ip);
-        replyf(s, "421 4.7.0 %s Too many authentication failures; try again later", s->l->hostname);
-        session_close(s, true);
-        conn_flush(&s->conn);
-        return;
-    }
+    /* Implicit TLS: the handshake comes first, so nothing (not even a refusal) is
+     * ever said in clear on this port; replies queued now wait for it. */
     if (s->l->tls && s->l->tls->implicit &&
         conn_start_tls(&s->conn, gen->listener_tls[li], true, NULL, NULL) != PT_OK) {
         session_close(s, false);
+        return;
+    }
+    if (!in_relay_hosts(s) && authban_is_banned(w->rt->ban, s->client_ip, time_now())) {
+        log_info("smtp %s: refused: banned after AUTH failures", s->client_ip);
+        replyf(s, "421 4.7.0 %s Too many authentication failures; try again later", s->l->hostname);
+        if (s->conn.tls) {
+            refuse_after_tls(s);
+            return;
+        }
+        session_close(s, true);
+        conn_flush(&s->conn);
         return;
     }
     if (w->stopping) {
