@@ -34,7 +34,7 @@ $(BUILD)/libpetrel.a: $(LIB_OBJ)
 $(BUILD)/petrel: $(BUILD)/src/core/main.o $(BUILD)/libpetrel.a
 	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDFLAGS) $(ALL_LIBS)
 
-$(BUILD)/petrelctl: $(BUILD)/tools/petrelctl.o $(BUILD)/libpetrel.a
+$(BUILD)/petrelctl: $(BUILD)/tools/petrelctl.o $(BUILD)/tools/ctl_ops.o $(BUILD)/libpetrel.a
 	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDFLAGS) $(ALL_LIBS)
 
 # sendmail(8) for applications: plain libc, no petrel library
