@@ -144,6 +144,8 @@ static const struct opt smtp_listener_opts[] = {
     { O("command_timeout", OPT_DURATION, LST(command_timeout)) },
     { O("data_timeout", OPT_DURATION, LST(data_timeout)) },
     { O("proxy_protocol", OPT_BOOL, LST(proxy_protocol)) },
+    { O("proxy_trusted_hosts", OPT_CIDRLIST, LST(proxy_trusted_hosts)),
+      .aux = LST(n_proxy_trusted_hosts) },
     { O("hide_received", OPT_BOOL, LST(hide_received)) },
     { O("tenant", OPT_STR, LST(tenant)) },
     { .name = NULL },
@@ -748,6 +750,10 @@ static int api_start_smtp_listener(lua_State *L)
     if (owner)
         return lua_api_error(L, "%s: address '%s' is already used by listener '%s'", fn,
                              l->listen, owner);
+    if (l->proxy_protocol && l->n_proxy_trusted_hosts == 0)
+        return lua_api_error(L, "%s: proxy_protocol = true needs proxy_trusted_hosts (the "
+                             "CIDRs of the load balancers allowed to send the PROXY header)",
+                             fn);
     if (!l->name)
         l->name = xstrdup(L, l->listen);
     if (!l->hostname) {
@@ -1151,6 +1157,7 @@ void config_free(struct config *cfg)
         free(l->name);
         free(l->hostname);
         free(l->relay_hosts);
+        free(l->proxy_trusted_hosts);
         free_strlist(l->auth_mechanisms, l->n_auth_mechanisms);
         free_tls_files(l->tls);
         free(l->tenant);

@@ -39,6 +39,7 @@ struct cfg_listener {
     double command_timeout;          /* 5m */
     double data_timeout;             /* 10m */
     bool proxy_protocol;             /* false */
+    struct cidr *proxy_trusted_hosts; int n_proxy_trusted_hosts; /* none; required with proxy_protocol */
     bool hide_received;              /* false */
     char *tenant;                    /* NULL */
     int line;                        /* config line of the call, for messages */

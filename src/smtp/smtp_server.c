@@ -22,6 +22,7 @@
 #include "queue/sched.h"
 #include "queue/spool.h"
 #include "smtp/conn.h"
+#include "smtp/proxy.h"
 #include "smtp/smtp_auth.h"
 #include "smtp/smtp_data.h"
 #include "smtp/smtp_parse.h"
@@ -34,7 +35,7 @@
 #define SMTP_RCPT_INIT 8
 
 #define SESSION_STATES(X) \
-    X(S_GREETING) X(S_READY) X(S_MAIL) X(S_RCPT) X(S_DATA) X(S_QUEUEING) X(S_AUTH) X(S_CLOSING)
+    X(S_GREETING) X(S_PROXY) X(S_READY) X(S_MAIL) X(S_RCPT) X(S_DATA) X(S_QUEUEING) X(S_AUTH) X(S_CLOSING)
 #define AS_ENUM(s) s,
 #define AS_NAME(s) #s,
 enum session_state { SESSION_STATES(AS_ENUM) S__COUNT };
@@ -876,9 +877,13 @@ static void session_reply_flush(struct smtp_session *s)
     conn_flush(&s->conn);
 }
 
+static bool proxy_input(struct smtp_session *s);
+
 static void on_data(struct conn *c)
 {
     struct smtp_session *s = c->owner;
+    if (s->state == S_PROXY && !proxy_input(s))
+        return;
     size_t off = 0;
     while (!s->closed && !c->paused && off < c->in.len) {
         const char *p = c->in.data + off;
@@ -946,6 +951,12 @@ static void on_timeout(struct conn *c)
         session_close(s, false);
         return;
     }
+    if (s->state == S_PROXY) {
+        log_warn("smtp %s: closed: no PROXY header within %.0f s", s->client_ip,
+                 s->l->greeting_timeout);
+        session_close(s, false);
+        return;
+    }
     log_info("smtp %s: timeout in state %s", s->client_ip, state_names[s->state]);
     replyf(s, "421 4.4.2 %s Error: timeout exceeded", s->l->hostname);
     session_close(s, true);
@@ -1009,6 +1020,8 @@ static void refuse_after_tls(struct smtp_session *s)
     conn_flush(&s->conn);
 }
 
+static void session_begin(struct smtp_session *s);
+
 void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot,
                         uv_stream_t *server)
 {
@@ -1042,12 +1055,93 @@ void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot,
         session_close(s, false);
         return;
     }
-    if (conn_peer(&s->conn, &s->peer) == PT_OK)
+    bool have_peer = conn_peer(&s->conn, &s->peer) == PT_OK;
+    if (have_peer)
         cidr_addr_str((struct sockaddr *)&s->peer, s->client_ip, sizeof s->client_ip);
     else
         snprintf(s->client_ip, sizeof s->client_ip, "unknown");
+    if (!s->l->proxy_protocol) {
+        session_begin(s);
+        return;
+    }
+    /* The PROXY header comes first, before our greeting; only the load balancers
+     * in proxy_trusted_hosts may send one, everyone else is dropped. */
+    if (!have_peer) {
+        /* gone already (a load balancer's connect-only health check resets) */
+        log_debug("smtp: PROXY listener %s: peer left before its header", s->l->name);
+        session_close(s, false);
+        return;
+    }
+    if (!cidr_match_any(s->l->proxy_trusted_hosts,
+                                              s->l->n_proxy_trusted_hosts,
+                                              (struct sockaddr *)&s->peer)) {
+        log_warn("smtp %s: refused: peer not in proxy_trusted_hosts of PROXY listener %s",
+                 s->client_ip, s->l->name);
+        session_close(s, false);
+        return;
+    }
+    enter_state(s, S_PROXY);
+    conn_set_timeout(&s->conn, s->l->greeting_timeout);
+    if (conn_start(&s->conn) != PT_OK)
+        session_close(s, false);
+}
+
+/* S_PROXY input: waits for the whole header, then takes its source address as
+ * the client's for everything that follows (limits, bans, relay_hosts, logs,
+ * hooks, Received:). Returns true when the session goes on with the bytes left
+ * in c->in. A health check that connects and leaves (or sends LOCAL) logs
+ * nothing above debug. */
+static bool proxy_input(struct smtp_session *s)
+{
+    struct conn *c = &s->conn;
+    struct proxy_header h;
+    int rc = proxy_parse(c->in.data, c->in.len, &h);
+    if (rc == PT_AGAIN)
+        return false;
+    if (rc != PT_OK) {
+        log_warn("smtp %s: closed: %s", s->client_ip, proxy_strerror(rc));
+        buf_reset(&c->in);
+        session_close(s, false);
+        return false;
+    }
+    buf_consume(&c->in, h.len);
+    if (h.local) {
+        log_debug("smtp %s: PROXY v%d LOCAL/UNKNOWN: keeping the peer address", s->client_ip,
+                  h.version);
+    } else {
+        char proxy_ip[64];
+        memcpy(proxy_ip, s->client_ip, sizeof proxy_ip);
+        s->peer = h.src;
+        cidr_addr_str((struct sockaddr *)&s->peer, s->client_ip, sizeof s->client_ip);
+        log_debug("smtp %s: PROXY v%d from %s", s->client_ip, h.version, proxy_ip);
+    }
+    /* Implicit TLS starts after the header: the ClientHello may already sit behind
+     * it in c->in, and conn_start_tls would drop it, so hand it over. */
+    struct buf rest;
+    buf_init(&rest, 0);
+    bool tls = s->l->tls && s->l->tls->implicit;
+    if (tls && c->in.len) {
+        if (buf_append(&rest, c->in.data, c->in.len) != PT_OK) {
+            session_close(s, false);
+            return false;
+        }
+        buf_reset(&c->in);
+    }
+    session_begin(s);
+    if (tls && rest.len && !s->closed)
+        conn_feed_raw(c, rest.data, rest.len);
+    buf_free(&rest);
+    return !s->closed && !tls;
+}
+
+/* After accept (or the PROXY header): connection limits, bans, implicit TLS and
+ * the greeting, all judged on the client's address. */
+static void session_begin(struct smtp_session *s)
+{
+    struct worker *w = s->w;
+    int li = s->li;
     const char *which = NULL;
-    if (frontdoor_enter(w->fd, slot, s->client_ip, s->l->max_connections,
+    if (frontdoor_enter(w->fd, s->slot, s->client_ip, s->l->max_connections,
                         s->l->max_connections_per_ip, &which) != 0) {
         log_warn("smtp %s: refused: %s reached", s->client_ip, which);
         replyf(s, "421 4.7.0 %s Too many connections (%s), try again later", s->l->hostname, which);
@@ -1060,7 +1154,7 @@ void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot,
     /* Implicit TLS: the handshake comes first, so nothing (not even a refusal) is
      * ever said in clear on this port; replies queued now wait for it. */
     if (s->l->tls && s->l->tls->implicit &&
-        conn_start_tls(&s->conn, gen->listener_tls[li], true, NULL, NULL) != PT_OK) {
+        conn_start_tls(&s->conn, s->gen->listener_tls[li], true, NULL, NULL) != PT_OK) {
         session_close(s, false);
         return;
     }
@@ -1082,7 +1176,8 @@ void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot,
     enter_state(s, S_GREETING);
     replyf(s, "220 %s ESMTP petrel", s->l->hostname);
     conn_set_timeout(&s->conn, s->l->greeting_timeout);
-    conn_start(&s->conn);
+    if (!s->conn.reading)
+        conn_start(&s->conn);
     conn_flush(&s->conn);
 }
 
@@ -1094,6 +1189,10 @@ void smtp_server_stop_all(struct worker *w, bool force)
         if (s->closed) {
             if (force)
                 conn_close(&s->conn, false);
+            continue;
+        }
+        if (s->state == S_PROXY) {      /* not greeted yet: nothing to say */
+            session_close(s, false);
             continue;
         }
         reply(s, "421 4.3.2 Service shutting down");
