@@ -145,6 +145,7 @@ static const struct opt smtp_listener_opts[] = {
     { O("data_timeout", OPT_DURATION, LST(data_timeout)) },
     { O("proxy_protocol", OPT_BOOL, LST(proxy_protocol)) },
     { O("hide_received", OPT_BOOL, LST(hide_received)) },
+    { O("tls_required", OPT_BOOL, LST(tls_required)) },
     { O("tenant", OPT_STR, LST(tenant)) },
     { .name = NULL },
 };
@@ -748,6 +749,9 @@ static int api_start_smtp_listener(lua_State *L)
     if (owner)
         return lua_api_error(L, "%s: address '%s' is already used by listener '%s'", fn,
                              l->listen, owner);
+    if (l->tls_required && !l->tls)
+        return lua_api_error(L, "%s: tls_required = true needs tls = { cert_file=, key_file= }",
+                             fn);
     if (!l->name)
         l->name = xstrdup(L, l->listen);
     if (!l->hostname) {

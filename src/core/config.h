@@ -39,6 +39,7 @@ struct cfg_listener {
     double data_timeout;             /* 10m */
     bool proxy_protocol;             /* false */
     bool hide_received;              /* false */
+    bool tls_required;               /* false; true needs tls (checked at load) */
     char *tenant;                    /* NULL */
     int line;                        /* config line of the call, for messages */
 };
