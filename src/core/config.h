@@ -89,6 +89,7 @@ struct cfg_delivery {
     int max_deliveries_per_connection; /* 100 */
     double connect_timeout;          /* 30s */
     char *helo_name;                 /* default: host name */
+    bool chunking;                   /* true: BDAT to a next hop offering CHUNKING */
 };
 
 struct cfg_dkim_key {
