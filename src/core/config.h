@@ -41,6 +41,7 @@ struct cfg_listener {
     bool proxy_protocol;             /* false */
     struct cidr *proxy_trusted_hosts; int n_proxy_trusted_hosts; /* none; required with proxy_protocol */
     bool hide_received;              /* false */
+    bool tls_required;               /* false; true needs tls (checked at load) */
     char *tenant;                    /* NULL */
     int line;                        /* config line of the call, for messages */
 };
@@ -90,6 +91,7 @@ struct cfg_delivery {
     int max_deliveries_per_connection; /* 100 */
     double connect_timeout;          /* 30s */
     char *helo_name;                 /* default: host name */
+    bool chunking;                   /* true: BDAT to a next hop offering CHUNKING */
 };
 
 struct cfg_dkim_key {

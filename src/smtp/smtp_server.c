@@ -24,10 +24,12 @@
 #include "smtp/conn.h"
 #include "smtp/proxy.h"
 #include "smtp/smtp_auth.h"
+#include "smtp/smtp_bdat.h"
 #include "smtp/smtp_data.h"
 #include "smtp/smtp_parse.h"
 #include "smtp/smtp_server.h"
 #include "tls/tls.h"
+#include "util/headers.h"
 #include "util/result.h"
 #include "util/timeutil.h"
 
@@ -35,7 +37,10 @@
 #define SMTP_RCPT_INIT 8
 
 #define SESSION_STATES(X) \
-    X(S_GREETING) X(S_PROXY) X(S_READY) X(S_MAIL) X(S_RCPT) X(S_DATA) X(S_QUEUEING) X(S_AUTH) X(S_CLOSING)
+    X(S_GREETING) X(S_PROXY) X(S_READY) X(S_MAIL) X(S_RCPT) X(S_DATA) X(S_QUEUEING) X(S_AUTH) X(S_CLOSING) \
+    X(S_BDAT) X(S_CHUNK)
+/* S_BDAT: between the chunks of a BDAT message; S_CHUNK: reading one chunk's
+ * octets (bdat_next: the state after a refused chunk's octets are dropped). */
 #define AS_ENUM(s) s,
 #define AS_NAME(s) #s,
 enum session_state { SESSION_STATES(AS_ENUM) S__COUNT };
@@ -77,8 +82,10 @@ struct smtp_session {
     char **rcpts;
     size_t nrcpt, rcpt_cap;
     struct smtp_data data;
+    struct smtp_bdat bdat;
+    enum session_state bdat_next;
+    size_t hdr_off;                 /* where the client's message starts in content */
     struct buf content;
-    size_t received_len;            /* our Received: header at the top of content */
     uint64_t size_hint;             /* MAIL SIZE=, 0 if none */
     double received_at;
     /* hooks: what smtp_server_greeting asked for every message of the session */
@@ -253,12 +260,19 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *c)
     }
     reply(s, "250-8BITMIME");
     reply(s, "250-ENHANCEDSTATUSCODES");
+    reply(s, "250-CHUNKING");  /* RFC 3030; BINARYMIME is not offered */
+    /* RFC 9422: the real per-transaction limit (no limit on transactions) */
+    replyf(s, "250-LIMITS RCPTMAX=%d", s->l->max_recipients);
     reply(s, "250 SMTPUTF8");
 }
 
 static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
 {
     struct runtime *rt = s->w->rt;
+    if (s->l->tls_required && !s->conn.tls) {
+        reply(s, "530 5.7.0 Must issue a STARTTLS command first");
+        return;
+    }
     if (c->size && c->size > s->l->max_message_size) {
         reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
         return;
@@ -347,18 +361,21 @@ static void add_received(struct smtp_session *s)
     else
         buf_appendf(b, "Received: from %s ([%s])\r\n", s->helo[0] ? s->helo : "unknown",
                     s->client_ip);
+    /* RFC 3848 / RFC 6531 §3.7.3: S = TLS, A = authenticated; HELO is plain SMTP */
+    char proto[16];
+    snprintf(proto, sizeof proto, "%s%s%s",
+             s->smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP",
+             s->esmtp && s->conn.tls ? "S" : "", s->esmtp && s->authed ? "A" : "");
     buf_appendf(b, "\tby %s (petrel) with %s id %s%s%s%s;\r\n\t%s\r\n", s->l->hostname,
-                s->smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP", s->id,
+                proto, s->id,
                 s->nrcpt == 1 ? "\r\n\tfor <" : "", s->nrcpt == 1 ? s->rcpts[0] : "",
                 s->nrcpt == 1 ? ">" : "", date);
 }
 
-static void cmd_data(struct smtp_session *s, const struct smtp_cmd *c)
+/* The message of this transaction starts (DATA, or the first BDAT): its id, the
+ * buffer sized once and our Received: header first. */
+static void message_start(struct smtp_session *s)
 {
-    if (s->nrcpt == 0) {
-        reply(s, "554 5.5.1 No valid recipients");
-        return;
-    }
     entry_new_id(s->id);
     s->received_at = time_now();
     buf_reset(&s->content);
@@ -368,11 +385,111 @@ static void cmd_data(struct smtp_session *s, const struct smtp_cmd *c)
         want = s->l->max_message_size + 1024;
     buf_reserve(&s->content, (size_t)want);
     add_received(s);
-    s->received_len = s->content.len;
+    s->hdr_off = s->content.len;
+}
+
+static void cmd_data(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    if (s->nrcpt == 0) {
+        reply(s, "554 5.5.1 No valid recipients");
+        return;
+    }
+    message_start(s);
     smtp_data_init(&s->data, s->l->max_message_size);
     enter_state(s, S_DATA);
     conn_set_timeout(&s->conn, s->l->data_timeout);
     reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+/* Logs a Rejection per recipient of the transaction (the message was refused). */
+static void log_rejected(struct smtp_session *s, int code, const char *why, int64_t size)
+{
+    for (size_t i = 0; i < s->nrcpt; i++)
+        log_simple(s, LOG_REJECTION, s->rcpts[i], code, why, size);
+}
+
+/* BDAT n [LAST] (RFC 3030). Every BDAT that has a readable size owns its n octets,
+ * refused or not: they are read (or dropped) before the next command, so chunk
+ * data can never be taken for commands. The reply to an accepted chunk follows its
+ * octets; the reply to LAST is the durable 250 of end_of_data, as for DATA. */
+static void cmd_bdat(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    uint64_t size;
+    bool last;
+    const char *refuse = NULL;
+    if (smtp_bdat_args(c->arg, c->arg_len, &size, &last) != PT_OK) {
+        /* without a size the octets that follow cannot be told from commands */
+        s->errors++;
+        hangup(s, "501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing connection");
+        return;
+    }
+    if (s->state == S_GREETING)
+        refuse = "503 5.5.1 Error: send HELO/EHLO first";
+    else if (!s->esmtp)
+        refuse = "503 5.5.1 Error: BDAT needs EHLO";
+    else if (s->state == S_READY)
+        refuse = "503 5.5.1 Error: need MAIL command";
+    else if (s->state == S_MAIL)
+        refuse = "503 5.5.1 Error: need RCPT command";
+    if (refuse) {
+        s->errors++;
+        reply(s, refuse);
+        s->bdat_next = s->state;
+        smtp_bdat_chunk(&s->bdat, size, last, true);
+        enter_state(s, S_CHUNK);
+        return;
+    }
+    if (s->state == S_RCPT) {
+        message_start(s);
+        smtp_bdat_init(&s->bdat);
+    }
+    uint64_t max = s->l->max_message_size;
+    if (size > max || s->bdat.total > max - size) {
+        /* refused before buffering; the transaction is over (RFC 3030 §4) */
+        const char *why = "552 5.3.4 Message size exceeds fixed maximum message size";
+        reply(s, why);
+        log_rejected(s, 552, why + 4, -1);
+        txn_reset(s);
+        s->bdat_next = S_READY;
+        smtp_bdat_chunk(&s->bdat, size, last, true);
+        enter_state(s, S_CHUNK);
+        return;
+    }
+    s->bdat_next = S_BDAT;
+    smtp_bdat_chunk(&s->bdat, size, last, false);
+    enter_state(s, S_CHUNK);
+}
+
+/* The octets of the current chunk are all in. */
+static void end_of_data(struct smtp_session *s);
+static void chunk_done(struct smtp_session *s)
+{
+    struct smtp_bdat *b = &s->bdat;
+    if (b->discard) {
+        enter_state(s, s->bdat_next);
+        return;
+    }
+    if (b->nomem) {
+        hangup(s, "451 4.3.0 Out of memory, try again later");
+        return;
+    }
+    if (!b->last) {
+        enter_state(s, S_BDAT);
+        replyf(s, "250 2.0.0 %llu octets received", (unsigned long long)b->total);
+        return;
+    }
+    smtp_bdat_finish(b, &s->content);
+    if (b->nomem) {
+        hangup(s, "451 4.3.0 Out of memory, try again later");
+        return;
+    }
+    /* the end of the message is shared with DATA: same checks, same durable 250 */
+    smtp_data_init(&s->data, s->l->max_message_size);
+    s->data.size = b->total;
+    s->data.line_too_long = b->line_too_long;
+    s->data.bare_lf = b->bare_lf;
+    s->data.has_nul = b->has_nul;
+    end_of_data(s);
 }
 
 static void cmd_rset(struct smtp_session *s, const struct smtp_cmd *c)
@@ -396,6 +513,10 @@ static void cmd_quit(struct smtp_session *s, const struct smtp_cmd *c)
 
 static void cmd_vrfy(struct smtp_session *s, const struct smtp_cmd *c)
 {
+    if (c->arg_len == 0) {
+        reply(s, "501 5.5.4 Syntax: VRFY address");
+        return;
+    }
     reply(s, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
 }
 
@@ -608,7 +729,7 @@ static void cmd_unknown(struct smtp_session *s, const struct smtp_cmd *c)
 }
 
 #define ST(x) (1u << (x))
-#define ANY_STATE (ST(S_GREETING) | ST(S_READY) | ST(S_MAIL) | ST(S_RCPT))
+#define ANY_STATE (ST(S_GREETING) | ST(S_READY) | ST(S_MAIL) | ST(S_RCPT) | ST(S_BDAT))
 
 static const struct {
     unsigned states;
@@ -629,7 +750,7 @@ static const struct {
     [SMTP_VERB_HELP] = { ANY_STATE, cmd_help, NULL },
     [SMTP_VERB_STARTTLS] = { ST(S_READY), cmd_starttls, NULL },
     [SMTP_VERB_AUTH] = { ST(S_READY), cmd_auth, NULL },
-    [SMTP_VERB_BDAT] = { ANY_STATE, cmd_not_impl, NULL },
+    [SMTP_VERB_BDAT] = { ANY_STATE, cmd_bdat, NULL }, /* checks the state itself */
 };
 
 static void dispatch(struct smtp_session *s, const char *line, size_t len)
@@ -643,7 +764,9 @@ static void dispatch(struct smtp_session *s, const char *line, size_t len)
     }
     if (!(commands[c.verb].states & ST(s->state))) {
         s->errors++;
-        if (commands[c.verb].wrong_state)
+        if (s->state == S_BDAT)
+            reply(s, "503 5.5.1 Error: BDAT message in progress (send BDAT or RSET)");
+        else if (commands[c.verb].wrong_state)
             reply(s, commands[c.verb].wrong_state);
         else if (s->state == S_GREETING)
             reply(s, "503 5.5.1 Error: send HELO/EHLO first");
@@ -721,10 +844,10 @@ static bool header_checks(struct smtp_session *s)
     struct header_checks_result res;
     int rc = buf_reserve(&out, s->content.len + 1024);
     if (rc == PT_OK)
-        rc = buf_append(&out, s->content.data, s->received_len);
+        rc = buf_append(&out, s->content.data, s->hdr_off);
     if (rc == PT_OK)
-        rc = header_checks_apply(hc, s->content.data + s->received_len,
-                                 s->content.len - s->received_len, &out, &res);
+        rc = header_checks_apply(hc, s->content.data + s->hdr_off,
+                                 s->content.len - s->hdr_off, &out, &res);
     if (rc != PT_OK) {
         buf_free(&out);
         reply(s, "451 4.3.0 Out of memory, try again later");
@@ -772,6 +895,41 @@ static void rate_limited(struct smtp_session *s)
     enter_state(s, S_READY);
 }
 
+/* Postfix's always_add_missing_headers: a Date: and a Message-ID: <id@hostname>
+ * (the message id) when the client's header has none; large receivers refuse mail
+ * without a Message-ID. They go right after our Received: header. */
+static int add_missing_headers(struct smtp_session *s)
+{
+    const char *msg = s->content.data ? s->content.data + s->hdr_off : "";
+    size_t len = s->content.len - s->hdr_off, pos = 0;
+    bool has_date = false, has_mid = false;
+    struct hdr_field f;
+    while (hdr_next(msg, len, &pos, &f)) {
+        has_date = has_date || (f.name_len == 4 && strncasecmp(f.name, "Date", 4) == 0);
+        has_mid = has_mid || (f.name_len == 10 && strncasecmp(f.name, "Message-ID", 10) == 0);
+    }
+    if (has_date && has_mid)
+        return PT_OK;
+    char add[300], date[48];
+    int n = 0;
+    if (!has_date) {
+        time_rfc5322(s->received_at, date, sizeof date);
+        n += snprintf(add + n, sizeof add - (size_t)n, "Date: %s\r\n", date);
+    }
+    if (!has_mid)
+        n += snprintf(add + n, sizeof add - (size_t)n, "Message-ID: <%s@%s>\r\n", s->id,
+                      s->l->hostname);
+    if (n <= 0 || (size_t)n >= sizeof add)
+        return PT_INVALID; /* a hostname too long for a header line: leave it */
+    if (buf_reserve(&s->content, (size_t)n) != PT_OK)
+        return PT_NOMEM;
+    char *at = s->content.data + s->hdr_off;
+    memmove(at + n, at, s->content.len - s->hdr_off);
+    memcpy(at, add, (size_t)n);
+    s->content.len += (size_t)n;
+    return PT_OK;
+}
+
 static void end_of_data(struct smtp_session *s)
 {
     const char *why = NULL;
@@ -792,6 +950,12 @@ static void end_of_data(struct smtp_session *s)
         return;
     }
     if (!header_checks(s)) {
+        txn_reset(s);
+        enter_state(s, S_READY);
+        return;
+    }
+    if (add_missing_headers(s) == PT_NOMEM) {
+        reply(s, "451 4.3.0 Out of memory, try again later");
         txn_reset(s);
         enter_state(s, S_READY);
         return;
@@ -885,7 +1049,9 @@ static void on_data(struct conn *c)
     if (s->state == S_PROXY && !proxy_input(s))
         return;
     size_t off = 0;
-    while (!s->closed && !c->paused && off < c->in.len) {
+    /* a 0-octet chunk (BDAT 0 [LAST]) is complete without any input */
+    while (!s->closed && !c->paused &&
+           (off < c->in.len || (s->state == S_CHUNK && s->bdat.remaining == 0))) {
         const char *p = c->in.data + off;
         size_t avail = c->in.len - off, used = 0, line_len = 0;
         if (s->state == S_DATA) {
@@ -901,6 +1067,18 @@ static void on_data(struct conn *c)
             if (s->state == S_QUEUEING)
                 break;
             conn_set_timeout(c, s->l->command_timeout);
+            continue;
+        }
+        if (s->state == S_CHUNK) {
+            int rc = smtp_bdat_feed(&s->bdat, p, avail, &used, &s->content);
+            off += used;
+            if (rc == PT_AGAIN)
+                break;
+            chunk_done(s);
+            if (s->state == S_QUEUEING)
+                break;
+            if (!s->closed)
+                conn_set_timeout(c, s->l->command_timeout);
             continue;
         }
         if (s->state == S_QUEUEING || s->state == S_CLOSING)
@@ -920,7 +1098,9 @@ static void on_data(struct conn *c)
             auth_line(s, p, line_len);
         } else {
             dispatch(s, p, line_len);
-            if (s->state != S_DATA && !s->closed)
+            if (s->state == S_CHUNK && !s->closed)
+                conn_set_timeout(c, s->l->data_timeout);
+            else if (s->state != S_DATA && !s->closed)
                 conn_set_timeout(c, s->l->command_timeout);
         }
         if (s->errors >= SMTP_MAX_ERRORS && !s->closed)
@@ -939,6 +1119,8 @@ static void on_eof(struct conn *c, int err)
     }
     if (s->state == S_DATA)
         log_warn("smtp %s: connection lost during DATA; message discarded", s->client_ip);
+    else if (s->state == S_BDAT || (s->state == S_CHUNK && !s->bdat.discard))
+        log_warn("smtp %s: connection lost during BDAT; message discarded", s->client_ip);
     session_close(s, false);
 }
 
@@ -1184,7 +1366,8 @@ static void session_begin(struct smtp_session *s)
 void smtp_server_stop_all(struct worker *w, bool force)
 {
     for (struct smtp_session *s = w->sessions; s; s = s->next) {
-        if (s->state == S_QUEUEING || (s->state == S_DATA && !force))
+        if (s->state == S_QUEUEING ||
+            ((s->state == S_DATA || s->state == S_BDAT || s->state == S_CHUNK) && !force))
             continue; /* finishes its transaction; closed on the reply */
         if (s->closed) {
             if (force)
