@@ -96,7 +96,7 @@ static int gen_lua_states(struct cfg_gen *g, int n_smtp, int n_http, char *err, 
             return PT_ERROR;
     /* Say so when the config hooks an event this build does not raise yet. */
     static const char *const not_run[] = {
-        "smtp_delivery_result", "http_message_received", "http_request", NULL,
+        "smtp_delivery_result", NULL,
     };
     for (int i = 0; g->n_smtp_L && not_run[i]; i++)
         if (hooks_any(g->smtp_L[0], not_run[i]))

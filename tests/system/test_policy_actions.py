@@ -10,7 +10,7 @@ import re
 import subprocess
 import time
 
-from harness import make_message, msgid_of
+from harness import make_message, msgid_of, wait_for
 
 
 def genkey(path):
@@ -149,6 +149,7 @@ def test_bad_message_hooks_are_451_and_logged_with_their_line(world):
              ("nil-index", 7, "attempt to index a nil value"),
              ("limit-args", 8, "number expected")]
     s = p.smtp()
+    cases_done = 0
     try:
         for subject, line, what in cases:
             s.mail("alice@sender.test")
@@ -157,6 +158,11 @@ def test_bad_message_hooks_are_451_and_logged_with_their_line(world):
             code, msg = s.data(make_message(subject=subject))
             assert code == 451 and msg.startswith(b"4.3.0"), (subject, code, msg)
             assert time.monotonic() - t0 < 20, subject
+            # the diagnostic line is written by the log thread: it may follow the reply
+            wait_for(lambda: sum("smtp_message_received hook failed" in x
+                                 for x in p.stderr_text().splitlines()) > cases_done, 10,
+                     f"the log line of {subject}")
+            cases_done += 1
             log = [x for x in p.stderr_text().splitlines()
                    if "smtp_message_received hook failed" in x][-1]
             assert f"petrel.lua:{first + line - 1}:" in log and what in log, (subject, log)
