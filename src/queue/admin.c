@@ -97,7 +97,7 @@ static void snapshot_run(struct dthread *t, struct sched_call *call)
         }
     for (uint32_t i = 0; i < t->nheap && !failed; i++) {  /* waiting for a retry */
         const struct entry *e = t->heap[i];
-        const char *key = route_queue_key(route_of(t->s->routes, e), e);
+        const char *key = route_queue_key(e->via, e->domain);
         struct dqueue *q = sched_queue_find(t, key);
         if (q && q->snap) {
             min_time(&loc[q->snap - 1].oldest, e->received_at);
@@ -202,8 +202,7 @@ static bool admin_match(struct dthread *t, const struct entry *e,
         return strcmp(e->id, rq->id) == 0;
     if (!rq->domain)
         return true;
-    return strcmp(e->domain, rq->domain) == 0 ||
-           strcmp(route_queue_key(route_of(t->s->routes, e), e), rq->domain) == 0;
+    return strcmp(e->domain, rq->domain) == 0 || route_named(e->via, rq->domain);
 }
 
 /* Waiting entries (retry heap, and unless heap_only the ready lists) that match:

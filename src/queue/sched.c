@@ -78,8 +78,7 @@ void sched_heap_push(struct dthread *t, struct entry *e)
          * restart; better than aborting every delivery in flight */
         log_error("%s: out of memory in the retry heap; delivery resumes after a restart",
                   e->id);
-        const struct cfg_route *r = route_of(t->s->routes, e);
-        struct dqueue *q = sched_queue_find(t, route_queue_key(r, e));
+        struct dqueue *q = sched_queue_find(t, route_queue_key(e->via, e->domain));
         if (q) {
             q->nentries--;
             metrics_add(M_QUEUE_DEPTH, e->domain, NULL, -1);
@@ -195,7 +194,7 @@ struct dqueue *sched_queue_find(struct dthread *t, const char *key)
     return NULL;
 }
 
-static struct dqueue *queue_get(struct dthread *t, const char *key, const struct cfg_route *r)
+static struct dqueue *queue_get(struct dthread *t, const char *key, const struct route *r)
 {
     struct dqueue *q = sched_queue_find(t, key);
     if (q)
@@ -206,7 +205,7 @@ static struct dqueue *queue_get(struct dthread *t, const char *key, const struct
         free(q);
         return NULL;
     }
-    q->route = r && r->kind == ROUTE_RELAY ? r : NULL;
+    q->route = r;
     q->hnext = t->buckets[h];
     t->buckets[h] = q;
     return q;
@@ -214,8 +213,7 @@ static struct dqueue *queue_get(struct dthread *t, const char *key, const struct
 
 struct dqueue *sched_queue_of(struct dthread *t, const struct entry *e)
 {
-    const struct cfg_route *r = route_of(t->s->routes, e);
-    return queue_get(t, route_queue_key(r, e), r);
+    return queue_get(t, route_queue_key(e->via, e->domain), e->via);
 }
 
 static void queue_maybe_free(struct dthread *t, struct dqueue *q)
@@ -436,7 +434,8 @@ void sched_dispatch(struct dthread *t, struct dqueue *q)
      * take: don't open 10 connections for 2 messages */
     while (!t->stopping && q->nready > q->pool.nresolving && q->pool.nconn < max &&
            q->pool.nresolving < shaping_available(&q->rate, rate_per_s(t), time_now()))
-        pool_open(&t->pool, &q->pool, q, q->route, q->key, q->key);
+        pool_open(&t->pool, &q->pool, q, q->route, q->key,
+                  q->route->label && q->route->qkey ? q->route->label : q->key);
 }
 
 /* ---- entry intake ------------------------------------------------------ */
@@ -452,8 +451,7 @@ static void thread_insert(struct dthread *t, struct entry *e, bool run)
     }
     q->nentries++;
     metrics_add(M_QUEUE_DEPTH, e->domain, NULL, 1);
-    const struct cfg_route *r = route_of(t->s->routes, e);
-    if (r && r->kind == ROUTE_DISCARD) {
+    if (e->via->way == ROUTE_WAY_DISCARD) {
         e->attempts++;
         for (uint32_t i = 0; i < e->nrcpt; i++) {
             if (e->rcpts[i].state != RCPT_PENDING)
@@ -612,10 +610,25 @@ struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
     return s;
 }
 
+struct route_table *sched_routes(struct sched *s)
+{
+    return s->routes;
+}
+
 void sched_enqueue(struct sched *s, struct entry *e)
 {
-    const struct cfg_route *r = route_of(s->routes, e);
-    const char *key = route_queue_key(r, e);
+    if (!e->via) {  /* from the spool: the stored route name back to its route */
+        const struct route *r = route_lookup(s->routes, e->route, e->domain, e->id);
+        if (!r) {
+            log_error("%s: out of memory routing the entry; delivery resumes after a restart",
+                      e->id);
+            entry_free(e);
+            return;
+        }
+        entry_set_route_static(e, r->name);
+        e->via = r;
+    }
+    const char *key = route_queue_key(e->via, e->domain);
     struct dthread *t = &s->t[sched_hash(key) % (uint64_t)s->n];
     atomic_fetch_add(&s->depth, 1);
     if (!s->started) {

@@ -13,13 +13,19 @@ struct entry;
 struct sched;
 
 struct sched *sched_new(struct runtime *rt, char *err, size_t errlen);
-/* Takes e (durable already). Before sched_start, inserts directly (recovery);
- * afterwards posts to the owning delivery thread. Thread-safe. */
+/* Takes e (durable already). e->via is its route (set by ingest), or NULL: then
+ * its stored route name is looked up (recovery). Before sched_start, inserts
+ * directly (recovery); afterwards posts to the owning delivery thread.
+ * Thread-safe. */
 void sched_enqueue(struct sched *s, struct entry *e);
 int sched_start(struct sched *s);
 /* Stops dispatching, closes connections, joins the threads, frees entries. */
 void sched_stop(struct sched *s);
 void sched_free(struct sched *s);
+/* The routes (delivery/route.h), for ingest to resolve an entry's route once.
+ * Borrowed; lives until sched_free. */
+struct route_table;
+struct route_table *sched_routes(struct sched *s);
 /* Entries in the queue (all threads); cheap, approximate under concurrency. */
 uint64_t sched_depth(const struct sched *s);
 

@@ -17,8 +17,8 @@
 #define SCHED_Q_BUCKETS 4096
 #define SCHED_PRIOS 3
 
-struct cfg_route;
 struct entry;
+struct route;
 struct route_table;
 struct runtime;
 struct spool_batch;
@@ -27,7 +27,8 @@ struct spool_batch;
 struct dqueue {
     struct dqueue *hnext;
     char *key;
-    const struct cfg_route *route;  /* relay route or NULL = MX of key */
+    const struct route *route;      /* every entry of the queue goes by it; for an MX
+                                       route the queue is one domain (key) */
     struct entry *ready[SCHED_PRIOS], *ready_tail[SCHED_PRIOS];
     uint32_t nready;
     uint32_t nentries;              /* all entries of this queue owned by the thread */
