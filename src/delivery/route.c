@@ -73,6 +73,7 @@ struct route_table *route_table_new(const struct config *cfg)
     rt->cfg = cfg;
     pthread_mutex_init(&rt->lock, NULL);
     fill(&rt->mx, cfg, NULL, ROUTE_NAME_MX, NULL);
+    rt->mx.domain_queue = true;
     if (cfg->delivery.dflt.kind == ROUTE_RELAY) {
         fill(&rt->relayhost, cfg, &cfg->delivery.dflt, ROUTE_NAME_RELAYHOST,
              cfg->delivery.dflt.relayhost);
@@ -213,6 +214,17 @@ const struct route *route_lookup(struct route_table *rt, const char *name, const
     log_warn("%s: route '%s' of the queued entry for %s is no longer configured; it goes by "
              "route '%s' now", id ? id : "-", name, domain, r->name);
     return r;
+}
+
+const char *route_queue_key(const struct route *r, const char *domain,
+                            char buf[ROUTE_QKEY_MAX])
+{
+    if (r->qkey)
+        return r->qkey;
+    if (r->domain_queue)
+        return domain;
+    snprintf(buf, ROUTE_QKEY_MAX, "@%s/%s", r->name, domain);
+    return buf;
 }
 
 bool route_named(const struct route *r, const char *what)

@@ -30,7 +30,8 @@ struct route {
     const char *label;          /* shown (metrics, /api/queue "route"): the transport
                                    key, else the relay host spec; NULL for MX */
     const char *qkey;           /* delivery queue key of a relay route ("@" + name);
-                                   NULL = the entry's domain (MX, discard) */
+                                   NULL = per domain (route_queue_key) */
+    bool domain_queue;          /* the default MX route: the queue key is the domain */
     enum route_way way;
     const char *relayhost;      /* relay: as written, "[smtp.example.com]:587" */
     const char *relay_host;     /* relay: parsed host */
@@ -56,11 +57,13 @@ const struct route *route_resolve(struct route_table *rt, const char *domain, co
  * out of memory. Thread-safe. */
 const struct route *route_lookup(struct route_table *rt, const char *name, const char *domain,
                                  const char *id);
-/* The delivery queue key of an entry on r: r->qkey, else the domain. */
-static inline const char *route_queue_key(const struct route *r, const char *domain)
-{
-    return r && r->qkey ? r->qkey : domain;
-}
+#define ROUTE_QKEY_MAX 600
+/* The delivery queue key of an entry for domain on r: r->qkey for a relay route,
+ * the domain itself for the default MX route, else "@name/domain" (an MX-way
+ * transport route: its own queue per domain) written into buf. Borrowed from r,
+ * domain or buf. */
+const char *route_queue_key(const struct route *r, const char *domain,
+                            char buf[ROUTE_QKEY_MAX]);
 /* Whether an admin destination string names r: its name, label or relay host. */
 bool route_named(const struct route *r, const char *what);
 

@@ -122,3 +122,124 @@ def test_removed_route_is_logged_not_silent(world):
     mx.wait_message(mid, timeout=20)
     wait_for(lambda: "route 'dest.test'" in p.stderr_text() and
              "no longer configured" in p.stderr_text(), 5, "the warning about the route")
+
+
+# ---------------------------------------------------------------- one queue identity
+
+from test_http import http_petrel, request  # noqa: E402
+from test_http_inject import post  # noqa: E402
+
+
+def act(url, action, doc, want=None):
+    r = post(url, f"/api/queue/{action}", doc)
+    assert r.status == 200, r
+    if want is not None:
+        assert r.json() == {"affected": want}, (action, doc, r.json())
+    return r.json()["affected"]
+
+
+def queues(url):
+    return request(url, "/api/queue").json()["queues"]
+
+
+@pytest.mark.parametrize("by", ["domain", "route", "relayhost"])
+def test_suspend_a_relayed_destination(world, by):
+    """Mail routed by a transport route to a relayhost: suspending its recipient
+    domain, its route's name or its relay host really holds it (it used to answer
+    affected:1 and deliver anyway); /api/queue names the queue by the recipient
+    domain, as the log does, with the route beside it; resume delivers."""
+    rp = world.other_port()
+    relay = world.sink("127.0.0.7", rp)
+    hop = f"[127.0.0.7]:{rp}"
+    other = world.mx_domain("other.test", "127.0.0.2")
+    p, (url,) = http_petrel(world, transport={"routed.test": {"relayhost": hop},
+                                              "side.test": {"relayhost": hop}})
+    what = {"domain": "routed.test", "route": "routed.test", "relayhost": hop}[by]
+    act(url, "suspend", {"domain": what, "duration": "10m"}, 0)
+    mid = send(p, "bob@routed.test")
+    mid_other = send(p, "carol@other.test")
+    mid_side = send(p, "dan@side.test")
+    other.wait_message(mid_other)
+    if by != "relayhost":                 # the same relay by another route still goes
+        relay.wait_message(mid_side)
+    time.sleep(1.5)
+    assert not relay.find(mid), f"suspended by {by} and delivered anyway"
+    rows = [q for q in queues(url) if q["domain"] == "routed.test"]
+    assert len(rows) == 1, queues(url)
+    q = rows[0]
+    assert q["suspended"] is True and q["count"] == 1 and q["route"] == "routed.test", q
+    rec = p.wait_record("Reception", recipient="bob@routed.test")
+    assert rec["queue"] == q["domain"]
+    act(url, "resume", {"domain": what}, 2 if by == "relayhost" else 1)
+    relay.wait_message(mid)
+    if by == "relayhost":
+        relay.wait_message(mid_side)
+    assert p.wait_record("Delivery", recipient="bob@routed.test")["queue"] == "routed.test"
+
+
+def admin_records(p, action):
+    return [r for r in p.records("Admin") if (r["response"] or "").startswith(action)]
+
+
+def test_admin_actions_write_admin_records(world):
+    """suspend, resume, flush, bounce and delete each write one Admin record per
+    affected recipient, with the DESIGN §6 keys."""
+    world.mx_domain("dest.test", "127.0.0.2", sink=False)
+    world.mx_domain("sender.test", "127.0.0.3")
+    p, (url,) = http_petrel(world, queue={"retry_interval": "1h", "max_retry_interval": "1h"})
+    send(p, "a1@dest.test")
+    a = p.wait_record("Reception", recipient="a1@dest.test")["id"]
+    p.send("alice@sender.test", ["a2@dest.test", "a3@dest.test"],
+           make_message("alice@sender.test", ["a2@dest.test", "a3@dest.test"]))
+    p.wait_records("TransientFailure", 3)
+    act(url, "suspend", {"domain": "dest.test", "duration": "10m", "reason": "maint"}, 3)
+    recs = wait_for(lambda: admin_records(p, "suspended") if
+                    len(admin_records(p, "suspended")) == 3 else None, 5, "3 suspend records")
+    assert {r["recipient"] for r in recs} == {"a1@dest.test", "a2@dest.test", "a3@dest.test"}
+    for r in recs:
+        check_record_keys(r)
+        assert r["queue"] == "dest.test" and r["sender"] == "alice@sender.test", r
+        assert "until" in r["response"] and "maint" in r["response"], r
+        assert r["code"] is None and r["site"] is None, r
+    act(url, "flush", {"domain": "dest.test"}, 3)
+    act(url, "resume", {"domain": "dest.test"}, 3)
+    wait_for(lambda: len(admin_records(p, "flushed")) == 3 and
+             len(admin_records(p, "resumed")) == 3, 5, "flush and resume records")
+    ids = {r["id"] for r in admin_records(p, "resumed")}
+    rest = (ids - {a}).pop()
+    act(url, "bounce", {"id": a, "reason": "asked"}, 1)
+    act(url, "delete", {"id": rest}, 2)
+    wait_for(lambda: len(admin_records(p, "bounced")) == 1 and
+             len(admin_records(p, "deleted")) == 2, 5, "bounce and delete records")
+    assert admin_records(p, "bounced")[0]["recipient"] == "a1@dest.test"
+    assert {r["recipient"] for r in admin_records(p, "deleted")} == {"a2@dest.test",
+                                                                      "a3@dest.test"}
+
+
+def test_suspension_survives_a_restart(world):
+    """Suspensions are kept in the spool: after a restart the mail stays held until
+    the suspension ends (then it goes), and a resume after the restart lifts it."""
+    dest = world.mx_domain("dest.test", "127.0.0.2")
+    other = world.mx_domain("other.test", "127.0.0.3")
+    p, (url,) = http_petrel(world)
+    t0 = time.time()
+    act(url, "suspend", {"domain": "dest.test", "duration": "8s"}, 0)
+    act(url, "suspend", {"domain": "other.test", "duration": "10m"}, 0)
+    mid = send(p, "bob@dest.test")
+    mid2 = send(p, "carol@other.test")
+    p.stop()
+    p.restart()
+    time.sleep(1.0)
+    rows = {q["domain"]: q for q in queues(url)}
+    assert rows["dest.test"]["suspended"] is True and rows["dest.test"]["count"] == 1, rows
+    assert rows["other.test"]["suspended"] is True, rows
+    assert not dest.find(mid) and not other.find(mid2), "delivered though suspended"
+    dest.wait_message(mid, timeout=25)
+    assert time.time() >= t0 + 7.5, "delivered before the suspension ended"
+    assert not other.find(mid2)
+    act(url, "resume", {"domain": "other.test"}, 1)
+    other.wait_message(mid2)
+    p.stop()
+    p.restart()                          # the resumed one is not restored
+    mid3 = send(p, "dan@other.test")
+    other.wait_message(mid3)

@@ -55,7 +55,8 @@ static void test_same_relay_different_routes_different_queues(void **state)
     assert_int_equal(a->way, ROUTE_WAY_RELAY);
     assert_int_equal(b->way, ROUTE_WAY_RELAY);
     assert_string_equal(a->relayhost, b->relayhost);
-    assert_string_not_equal(route_queue_key(a, "may.test"), route_queue_key(b, "enc.test"));
+    char k1[ROUTE_QKEY_MAX], k2[ROUTE_QKEY_MAX];
+    assert_string_not_equal(route_queue_key(a, "may.test", k1), route_queue_key(b, "enc.test", k2));
     assert_string_equal(a->tls, "may");
     assert_string_equal(b->tls, "encrypt");
     assert_null(a->auth);
@@ -81,7 +82,8 @@ static void test_resolution_order(void **state)
     assert_string_equal(r->name, ROUTE_NAME_MX);
     assert_int_equal(r->way, ROUTE_WAY_MX);
     assert_null(r->qkey);
-    assert_string_equal(route_queue_key(r, "other.test"), "other.test");
+    char kb[ROUTE_QKEY_MAX];
+    assert_string_equal(route_queue_key(r, "other.test", kb), "other.test");
     assert_int_equal(route_resolve(rt, "gone.test", NULL)->way, ROUTE_WAY_DISCARD);
     /* route_to: a key wins over the domain's route, a literal makes its own route */
     r = route_resolve(rt, "other.test", "enc.test");
