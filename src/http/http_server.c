@@ -692,7 +692,8 @@ static enum MHD_Result get_queue(struct http_server *s, struct MHD_Connection *c
     for (size_t i = 0; i < n; i++) {
         total += q[i].count;
         json_array_append_new(arr, json_pack(
-            "{s:s, s:I, s:o, s:o, s:b, s:i}", "domain", q[i].key, "count",
+            "{s:s, s:s, s:I, s:o, s:o, s:b, s:i}", "domain", q[i].key, "route", q[i].route,
+            "count",
             (json_int_t)q[i].count, "oldest_age_s",
             q[i].oldest > 0 ? json_real(now > q[i].oldest ? now - q[i].oldest : 0) : json_null(),
             "next_attempt", json_time(q[i].suspended ? q[i].suspended_until : q[i].next_attempt),

@@ -8,6 +8,7 @@
  *
  *   "m" <id:16 hex>                      -> message content, raw bytes
  *   "q" <id:16 hex> "/" <domain:1..255>  -> entry record (entry_encode() output)
+ *   "s" <destination:1..255>             -> admin suspension: f64 until, little-endian
  *
  * All entries sort after all contents, so a recovery scan reads only entry blocks, and
  * the entries of one id are adjacent, so spool_has_entries() is one bounded seek. Ids
@@ -804,4 +805,90 @@ void spool_close(struct spool *s)
         pthread_join(s->thread, NULL);
     }
     spool_destroy(s);
+}
+
+/* ---- admin suspensions ("s" keys; after the entry range, so recovery never reads
+ * them) ---- */
+
+#define SPOOL_SUSP_KEY_MAX (1 + SPOOL_DOMAIN_MAX)
+
+static int key_suspension(char *k, size_t *klen, const char *dest)
+{
+    size_t n = dest ? strnlen(dest, SPOOL_DOMAIN_MAX + 1) : 0;
+    if (n == 0)
+        return PT_INVALID;
+    if (n > SPOOL_DOMAIN_MAX)
+        return PT_TOOLONG;
+    k[0] = 's';
+    memcpy(k + 1, dest, n);
+    *klen = 1 + n;
+    return PT_OK;
+}
+
+int spool_batch_put_suspension(struct spool_batch *b, const char *dest, double until)
+{
+    char k[SPOOL_SUSP_KEY_MAX];
+    size_t klen;
+    int rc = key_suspension(k, &klen, dest);
+    if (rc != PT_OK)
+        return rc;
+    uint64_t bits;
+    unsigned char v[8];
+    memcpy(&bits, &until, sizeof bits);
+    for (int i = 0; i < 8; i++)
+        v[i] = (unsigned char)(bits >> (8 * i));
+    rocksdb_writebatch_put(b->wb, k, klen, (const char *)v, sizeof v);
+    return PT_OK;
+}
+
+int spool_batch_del_suspension(struct spool_batch *b, const char *dest)
+{
+    char k[SPOOL_SUSP_KEY_MAX];
+    size_t klen;
+    int rc = key_suspension(k, &klen, dest);
+    if (rc != PT_OK)
+        return rc;
+    rocksdb_writebatch_delete(b->wb, k, klen);
+    return PT_OK;
+}
+
+int spool_scan_suspensions(struct spool *s, spool_suspension_cb cb, void *arg)
+{
+    if (!s || !cb)
+        return PT_INVALID;
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_iterate_lower_bound(ro, "s", 1);
+    rocksdb_readoptions_set_iterate_upper_bound(ro, "t", 1);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, ro);
+    int rc = PT_OK;
+    char dest[SPOOL_DOMAIN_MAX + 1];
+    for (rocksdb_iter_seek(it, "s", 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t klen, vlen;
+        const char *k = rocksdb_iter_key(it, &klen);
+        const unsigned char *v = (const unsigned char *)rocksdb_iter_value(it, &vlen);
+        if (klen < 2 || klen > SPOOL_SUSP_KEY_MAX || vlen != 8 || memchr(k + 1, 0, klen - 1))
+            continue;
+        memcpy(dest, k + 1, klen - 1);
+        dest[klen - 1] = '\0';
+        uint64_t bits = 0;
+        for (int i = 0; i < 8; i++)
+            bits |= (uint64_t)v[i] << (8 * i);
+        double until;
+        memcpy(&until, &bits, sizeof until);
+        if (!(until == until))   /* NaN: not ours */
+            continue;
+        if ((rc = cb(arg, dest, until)) != 0)
+            break;
+    }
+    if (rc == PT_OK) {
+        char *err = NULL;
+        rocksdb_iter_get_error(it, &err);
+        if (err) {
+            rocksdb_free(err);
+            rc = PT_ERROR;
+        }
+    }
+    rocksdb_iter_destroy(it);
+    rocksdb_readoptions_destroy(ro);
+    return rc;
 }
