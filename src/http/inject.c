@@ -18,6 +18,7 @@
 #include "util/base64.h"
 #include "util/buf.h"
 #include "util/headers.h"
+#include "util/mime.h"
 #include "util/result.h"
 #include "util/timeutil.h"
 
@@ -914,12 +915,11 @@ static void v1_attachment_part(struct bufw *w, const struct attachment *a)
 static void v1_main_part(struct bufw *w, const struct v1 *m, const char *alt, bool nested)
 {
     if (m->text && m->html) {
-        bufw_printf(w, "Content-Type: multipart/alternative; boundary=\"%s\"\r\n\r\n--%s\r\n",
-                 alt, alt);
+        mime_multipart_begin(w, "alternative", NULL, alt, NULL);
         put_text_part(w, "plain", m->text, m->text_len, true);
-        bufw_printf(w, "--%s\r\n", alt);
+        mime_multipart_next(w, alt);
         put_text_part(w, "html", m->html, m->html_len, true);
-        bufw_printf(w, "--%s--\r\n", alt);
+        mime_multipart_end(w, alt);
     } else if (m->html) {
         put_text_part(w, "html", m->html, m->html_len, nested);
     } else {
@@ -964,14 +964,13 @@ static int v1_content(const struct v1 *m, const char *hostname, const char *id, 
     if (m->natt == 0) {
         v1_main_part(&w, m, alt, false);
     } else {
-        bufw_printf(&w, "Content-Type: multipart/mixed; boundary=\"%s\"\r\n\r\n--%s\r\n",
-                 mixed, mixed);
+        mime_multipart_begin(&w, "mixed", NULL, mixed, NULL);
         v1_main_part(&w, m, alt, true);
         for (size_t i = 0; i < m->natt; i++) {
-            bufw_printf(&w, "--%s\r\n", mixed);
+            mime_multipart_next(&w, mixed);
             v1_attachment_part(&w, &m->att[i]);
         }
-        bufw_printf(&w, "--%s--\r\n", mixed);
+        mime_multipart_end(&w, mixed);
     }
     if (w.rc == PT_TOOLONG)
         return fail(err, errlen, "message larger than %u octets", INJECT_CONTENT_MAX);
