@@ -36,6 +36,8 @@ TOOLS = os.path.join(ROOT, "build", "bench")
 PETREL = os.path.join(ROOT, "build", "petrel")
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
+OPENDKIM = shutil.which("opendkim") or "/usr/sbin/opendkim"
+BASELINE = None  # --baseline: another petrel binary, run as relay "baseline" (A/B in one run)
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PETREL_SMTP_THREADS = None  # --petrel-smtp-threads: configure_process { smtp_threads }
@@ -251,8 +253,10 @@ tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 class Postfix:
     name = "postfix"
 
-    def __init__(self, workdir, sink_port, conns, retry=False, tls=None):
+    def __init__(self, workdir, sink_port, conns, retry=False, tls=None, dkim=None):
         self.tls = tls  # (cert, key): STARTTLS offered inbound, required outbound
+        self.dkim = dkim  # RSA key file: sign through a private OpenDKIM milter
+        self.opendkim = None  # its Popen
         self.dir = os.path.join(workdir, "postfix")
         self.etc = os.path.join(self.dir, "etc")
         self.queue = os.path.join(self.dir, "queue")
@@ -298,7 +302,26 @@ class Postfix:
             lines = [l for l in lines if "tls_security_level" not in l]
             lines += [f"smtpd_tls_cert_file = {self.tls[0]}", f"smtpd_tls_key_file = {self.tls[1]}",
                       "smtpd_tls_security_level = may", "smtp_tls_security_level = encrypt"]
+        if self.dkim:
+            lines += [f"smtpd_milters = inet:127.0.0.1:{self.milter_port}",
+                      "milter_default_action = tempfail", "milter_protocol = 6"]
         return "\n".join(lines) + "\n"
+
+    def start_opendkim(self):
+        """OpenDKIM from Debian as Postfix's signing milter, the same key and canonicalization
+        as petrel's (relaxed/relaxed, rsa-sha256), foreground, stopped by PID."""
+        self.milter_port = free_port()
+        conf = os.path.join(self.dir, "opendkim.conf")
+        with open(conf, "w") as f:
+            f.write(f"Syslog no\nMode s\nDomain example.com\nSelector bench\nKeyFile {self.dkim}\n"
+                    "Canonicalization relaxed/relaxed\nSignatureAlgorithm rsa-sha256\n"
+                    "SignHeaders From,To,Subject,Date,Message-ID\n"
+                    f"InternalHosts 127.0.0.0/8\nSocket inet:{self.milter_port}@127.0.0.1\n"
+                    "UserID opendkim\nRequireSafeKeys no\n"
+                    f"PidFile {self.dir}/opendkim.pid\n")
+        self.opendkim = subprocess.Popen([OPENDKIM, "-f", "-x", conf], stdout=subprocess.DEVNULL,
+                                         stderr=open(os.path.join(self.dir, "opendkim.log"), "w"))
+        wait_banner(self.milter_port, 20, banner=False)
 
     def start(self):
         for d in (self.etc, self.queue, self.data):
@@ -306,6 +329,8 @@ class Postfix:
         os.chmod(os.path.dirname(self.dir), 0o755)  # mkdtemp makes it 0700
         os.chmod(self.dir, 0o755)
         shutil.chown(self.data, "postfix", "postfix")
+        if self.dkim:
+            self.start_opendkim()
         with open(os.path.join(self.etc, "main.cf"), "w") as f:
             f.write(self.main_cf())
         with open(os.path.join(self.etc, "master.cf"), "w") as f:
@@ -340,7 +365,11 @@ class Postfix:
         return self.master is not None and os.path.exists(f"/proc/{self.master}")
 
     def usage(self):
-        return tree_usage(self.master)[:2]
+        cpu, rss = tree_usage(self.master)[:2]
+        if self.opendkim:  # the milter's CPU is part of Postfix's signing cost
+            c2, r2 = tree_usage(self.opendkim.pid)[:2]
+            cpu, rss = cpu + c2, rss + r2
+        return cpu, rss
 
     def peak_rss_exact(self):
         return None  # sampled (sum over the process tree)
@@ -359,6 +388,14 @@ class Postfix:
             log("postfix master did not stop; SIGKILL to its PID")
             os.kill(self.master, signal.SIGKILL)
         self.master = None
+        if self.opendkim:
+            self.opendkim.terminate()
+            try:
+                self.opendkim.wait(10)
+            except subprocess.TimeoutExpired:
+                self.opendkim.kill()
+                self.opendkim.wait()
+            self.opendkim = None
         return {}
 
     def spool_bytes(self):
@@ -368,8 +405,10 @@ class Postfix:
 class Petrel:
     name = "petrel"
 
-    def __init__(self, workdir, sink_port, conns, retry=None, max_queue=None, tls=None, dkim=None):
+    def __init__(self, workdir, sink_port, conns, retry=None, max_queue=None, tls=None, dkim=None,
+                 binary=None):
         self.tls, self.dkim = tls, dkim  # (cert, key); key file
+        self.bin = binary or PETREL  # --baseline: another build, same config
         self.dir = os.path.join(workdir, "petrel")
         self.spool = os.path.join(self.dir, "spool")
         self.cfg = os.path.join(self.dir, "petrel.lua")
@@ -414,7 +453,7 @@ petrel.configure_dns {{ resolvers = {{ "127.0.0.1:1" }} }}
         os.makedirs(self.dir, exist_ok=True)
         with open(self.cfg, "w") as f:
             f.write(self.config())
-        r = subprocess.run([PETREL, "-c", self.cfg, "--check"], capture_output=True, text=True,
+        r = subprocess.run([self.bin, "-c", self.cfg, "--check"], capture_output=True, text=True,
                            cwd=self.dir, timeout=30)
         return r.returncode == 0, (r.stdout + r.stderr).strip()
 
@@ -424,7 +463,7 @@ petrel.configure_dns {{ resolvers = {{ "127.0.0.1:1" }} }}
             f.write(self.config())
         self.stderr_lines = []
         t0 = time.monotonic()
-        self.proc = subprocess.Popen([PETREL, "-c", self.cfg], cwd=self.dir,
+        self.proc = subprocess.Popen([self.bin, "-c", self.cfg], cwd=self.dir,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, bufsize=1)
         ready = threading.Event()
@@ -492,11 +531,14 @@ petrel.configure_dns {{ resolvers = {{ "127.0.0.1:1" }} }}
         return dir_bytes(self.spool)
 
 
-def wait_banner(port, timeout):
+def wait_banner(port, timeout, banner=True):
+    """Waits until port accepts (banner=False) or greets with 220."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                if not banner:
+                    return
                 if s.recv(512).startswith(b"220"):
                     s.sendall(b"QUIT\r\n")
                     return
@@ -549,7 +591,7 @@ SCENARIOS = {
     "rcpt100": dict(title="2 KB x 100 rcpt / 10 domains", gen="blast", rcpts=100, domains=10),
     "4xx": dict(title="2 KB, sink 4xx to 10% of RCPTs", pct_4xx=10),
     "starttls": dict(title="2 KB, STARTTLS both legs", gen="blast", tls=True),
-    "dkim": dict(title="2 KB, DKIM signing (petrel only)", dkim=True, relays=("petrel",)),
+    "dkim": dict(title="2 KB, DKIM RSA-2048 (Postfix: OpenDKIM milter)", dkim=True),
 }
 SCEN_DEFAULTS = dict(gen=None, size=2048, conns=20, rcpts=1, domains=1, pct_4xx=0, tls=False,
                      dkim=False, relays=None)
@@ -586,9 +628,11 @@ class Keys:
 def make_relay(name, workdir, sink_port, p, keys):
     tls = (keys.cert, keys.key) if p["tls"] else None
     if name == "postfix":
-        return Postfix(workdir, sink_port, p["conns"], retry=p["pct_4xx"] > 0, tls=tls)
+        return Postfix(workdir, sink_port, p["conns"], retry=p["pct_4xx"] > 0, tls=tls,
+                       dkim=keys.dkim if p["dkim"] else None)
     return Petrel(workdir, sink_port, p["conns"], retry=("1s", "4s") if p["pct_4xx"] else None,
-                  tls=tls, dkim=keys.dkim if p["dkim"] else None)
+                  tls=tls, dkim=keys.dkim if p["dkim"] else None,
+                  binary=BASELINE if name == "baseline" else None)
 
 
 def petrel_supports(p, keys, workdir):
@@ -1024,6 +1068,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs")
     ap.add_argument("--petrel-smtp-threads", type=int, default=None,
                     help="petrel's SMTP event loops (default: petrel's own, half the cores)")
+    ap.add_argument("--baseline", help="another petrel binary (e.g. a build of the previous "
+                    "commit), run as relay 'baseline' beside petrel in the same run")
     ap.add_argument("--out", help="JSON output (default bench/results/YYYY-MM-DD.json)")
     args = ap.parse_args()
     global PETREL_SMTP_THREADS
@@ -1041,6 +1087,10 @@ def main():
 
     build_tools()
     relays = [r.strip() for r in args.relays.split(",") if r.strip()]
+    if args.baseline:
+        global BASELINE
+        BASELINE = os.path.abspath(args.baseline)
+        relays.append("baseline")
     if "petrel" in relays and not os.access(PETREL, os.X_OK):
         log(f"{PETREL} not built: running Postfix only")
         relays.remove("petrel")

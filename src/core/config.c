@@ -54,6 +54,7 @@
 #define DEF_MAX_MESSAGE_RATE   0          /* unlimited */
 #define DEF_MAX_DELIVERIES_PER_CONN 100
 #define DEF_CONNECT_TIMEOUT    30.0
+#define DEF_CHUNKING           true       /* BDAT saves the dot-stuffing pass (RFC 3030) */
 #define DEF_MIN_TLS_VERSION    "1.2"
 #define DEF_PREFER_SERVER_CIPHERS true
 #define DEF_DKIM_HEADERS       { "From", "To", "Subject", "Date", "Message-ID" }
@@ -144,7 +145,10 @@ static const struct opt smtp_listener_opts[] = {
     { O("command_timeout", OPT_DURATION, LST(command_timeout)) },
     { O("data_timeout", OPT_DURATION, LST(data_timeout)) },
     { O("proxy_protocol", OPT_BOOL, LST(proxy_protocol)) },
+    { O("proxy_trusted_hosts", OPT_CIDRLIST, LST(proxy_trusted_hosts)),
+      .aux = LST(n_proxy_trusted_hosts) },
     { O("hide_received", OPT_BOOL, LST(hide_received)) },
+    { O("tls_required", OPT_BOOL, LST(tls_required)) },
     { O("tenant", OPT_STR, LST(tenant)) },
     { .name = NULL },
 };
@@ -186,6 +190,7 @@ static const struct opt delivery_opts[] = {
       .lo = 1, .hi = INT_MAX },
     { O("connect_timeout", OPT_DURATION, CFG(delivery.connect_timeout)) },
     { O("helo_name", OPT_STR, CFG(delivery.helo_name)) },
+    { O("chunking", OPT_BOOL, CFG(delivery.chunking)) },
     { .name = NULL },
 };
 
@@ -748,6 +753,13 @@ static int api_start_smtp_listener(lua_State *L)
     if (owner)
         return lua_api_error(L, "%s: address '%s' is already used by listener '%s'", fn,
                              l->listen, owner);
+    if (l->proxy_protocol && l->n_proxy_trusted_hosts == 0)
+        return lua_api_error(L, "%s: proxy_protocol = true needs proxy_trusted_hosts (the "
+                             "CIDRs of the load balancers allowed to send the PROXY header)",
+                             fn);
+    if (l->tls_required && !l->tls)
+        return lua_api_error(L, "%s: tls_required = true needs tls = { cert_file=, key_file= }",
+                             fn);
     if (!l->name)
         l->name = xstrdup(L, l->listen);
     if (!l->hostname) {
@@ -796,7 +808,13 @@ static int api_configure_queue(lua_State *L)
 
 static int api_configure_delivery(lua_State *L)
 {
-    return configure(L, "configure_delivery", delivery_opts);
+    configure(L, "configure_delivery", delivery_opts);
+    /* The SMTP client takes it as smtp_client_params.no_chunking, which the
+     * scheduler does not pass yet: refuse what would be silently ignored. */
+    if (!cfg_of(L)->delivery.chunking)
+        return lua_api_error(L, "configure_delivery: chunking = false is not supported yet "
+                             "(BDAT is always used towards a next hop offering CHUNKING)");
+    return 0;
 }
 
 static int api_configure_tls(lua_State *L)
@@ -1049,6 +1067,7 @@ static int config_defaults(struct config *cfg)
     cfg->delivery.max_message_rate = DEF_MAX_MESSAGE_RATE;
     cfg->delivery.max_deliveries_per_connection = DEF_MAX_DELIVERIES_PER_CONN;
     cfg->delivery.connect_timeout = DEF_CONNECT_TIMEOUT;
+    cfg->delivery.chunking = DEF_CHUNKING;
 
     cfg->auth_max_failures = DEF_AUTH_MAX_FAILURES;
     cfg->auth_failure_window = DEF_AUTH_FAILURE_WINDOW;
@@ -1151,6 +1170,7 @@ void config_free(struct config *cfg)
         free(l->name);
         free(l->hostname);
         free(l->relay_hosts);
+        free(l->proxy_trusted_hosts);
         free_strlist(l->auth_mechanisms, l->n_auth_mechanisms);
         free_tls_files(l->tls);
         free(l->tenant);
@@ -1191,6 +1211,14 @@ void config_free(struct config *cfg)
     free(cfg->logging.path);
     free(cfg->logging.level);
     free(cfg);
+}
+
+int config_listener_index(const struct config *cfg, const char *host, uint16_t port)
+{
+    for (int i = 0; i < cfg->n_listeners; i++)
+        if (cfg->listeners[i].port == port && strcmp(cfg->listeners[i].host, host) == 0)
+            return i;
+    return -1;
 }
 
 static const struct cfg_route *find_route(const struct config *cfg, const char *key)

@@ -39,7 +39,9 @@ struct cfg_listener {
     double command_timeout;          /* 5m */
     double data_timeout;             /* 10m */
     bool proxy_protocol;             /* false */
+    struct cidr *proxy_trusted_hosts; int n_proxy_trusted_hosts; /* none; required with proxy_protocol */
     bool hide_received;              /* false */
+    bool tls_required;               /* false; true needs tls (checked at load) */
     char *tenant;                    /* NULL */
     int line;                        /* config line of the call, for messages */
 };
@@ -89,6 +91,7 @@ struct cfg_delivery {
     int max_deliveries_per_connection; /* 100 */
     double connect_timeout;          /* 30s */
     char *helo_name;                 /* default: host name */
+    bool chunking;                   /* true: BDAT to a next hop offering CHUNKING */
 };
 
 struct cfg_dkim_key {
@@ -125,6 +128,10 @@ struct config {
  * (naming the option) into err. The returned snapshot is owned by the caller. */
 struct config *config_load(const char *path, char *err, size_t errlen);
 void config_free(struct config *cfg);
+
+/* Index in cfg->listeners of the SMTP listener on host:port (host as parsed,
+ * e.g. "::" for [::]); -1 if none. */
+int config_listener_index(const struct config *cfg, const char *host, uint16_t port);
 
 /* Finds the transport route for a lowercased domain: exact key, then ".parent"
  * keys from the most specific, then "*". NULL when none matches (use delivery

@@ -58,8 +58,8 @@ struct http_server {
     char start_err[256];
     atomic_bool stopping;                     /* injections get 503 from now on */
     atomic_int inflight;                      /* injection jobs not yet answered */
-    lua_State *L;                             /* this listener's policy state (its MHD
-                                                 thread only); NULL when no hooks */
+    int index;                                /* listener index: its Lua state in each
+                                                 generation (runtime_gen_http_lua) */
 };
 
 struct inject_job;
@@ -79,6 +79,7 @@ struct http_req {
     struct buf data;            /* the body, for endpoints that take one */
     char ip[64];                /* client address */
     struct inject_job *job;     /* an injection waiting for the spool */
+    struct cfg_gen *gen;        /* config generation the request started with (held) */
 };
 
 /* ---- responses ----------------------------------------------------------- */
@@ -398,9 +399,11 @@ static int refuse_domain(struct inject_job *j, struct inject_msg *msg, const cha
  * anything is queued: an error refuses that domain's recipients (v1: rejected;
  * kumo: failed_recipients) and nothing is queued for them; the effects of the
  * others are kept in j->fx for ingest (http_policy). */
-static int message_hooks(struct http_server *s, struct inject_job *j, const char *ip)
+static int message_hooks(struct http_server *s, struct inject_job *j, struct http_req *req)
 {
-    if (!s->L || !hooks_any(s->L, "http_message_received"))
+    const char *ip = req->ip;
+    lua_State *L = runtime_gen_http_lua(req->gen, s->index);
+    if (!L || !hooks_any(L, "http_message_received"))
         return PT_OK;
     for (size_t m = 0; m < j->batch.nmsgs; m++) {
         struct inject_msg *msg = &j->batch.msgs[m];
@@ -448,7 +451,7 @@ static int message_hooks(struct http_server *s, struct inject_job *j, const char
                 .content = msg->content, .content_len = msg->content_len,
             };
             char err[512];
-            if (hooks_run(s->L, "http_message_received", dom[i], &meta, &df->fx, err,
+            if (hooks_run(L, "http_message_received", dom[i], &meta, &df->fx, err,
                           sizeof err) == PT_OK) {
                 j->nfx++;
                 continue;
@@ -553,7 +556,7 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
     if (req->job)
         return finish_job(req, c);  /* resumed: every submission has reported */
     req->answered = true;
-    const struct config *cfg = s->rt->cfg;
+    const struct config *cfg = req->gen->cfg;
     if (atomic_load(&s->stopping))
         return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
                              "shutting down, try again later");
@@ -599,7 +602,7 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
             entry_new_id(j->ids[m]);
     }
     if (rc == PT_OK)
-        rc = message_hooks(s, j, req->ip);
+        rc = message_hooks(s, j, req);
     char over[LIMITS_KEY_MAX + 1];
     if (rc == PT_OK && take_limits(j, over, sizeof over) != PT_OK) {
         job_free(j);
@@ -875,6 +878,23 @@ static enum MHD_Result post_admin(struct http_server *s, struct MHD_Connection *
                         NULL);
 }
 
+/* POST /api/reload: the same as SIGHUP (DESIGN §11). Runs the reload on this
+ * thread: it reads the config and waits for the SMTP workers to switch
+ * listeners (milliseconds), never for mail. */
+static enum MHD_Result post_reload(struct http_server *s, struct MHD_Connection *c,
+                                   struct http_req *req, int arg)
+{
+    char err[1024];
+    if (!s->rt->reload)
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
+                             "reload is not available");
+    log_info("http %s: %s: reload requested", s->l->listen, req->ip);
+    if (s->rt->reload(s->rt->reload_arg, err, sizeof err) != PT_OK)
+        return respond_json(c, MHD_HTTP_BAD_REQUEST, json_pack("{s:s}", "error", err), NULL,
+                            NULL);
+    return respond_json(c, MHD_HTTP_OK, json_pack("{s:b}", "reloaded", 1), NULL, NULL);
+}
+
 typedef enum MHD_Result (*route_fn)(struct http_server *s, struct MHD_Connection *c,
                                    struct http_req *req, int arg);
 
@@ -897,6 +917,7 @@ static const struct route {
     { "/api/queue/flush", MHD_HTTP_METHOD_POST, post_admin, SCHED_FLUSH, true },
     { "/api/queue/bounce", MHD_HTTP_METHOD_POST, post_admin, SCHED_BOUNCE, true },
     { "/api/queue/delete", MHD_HTTP_METHOD_POST, post_admin, SCHED_DELETE, true },
+    { "/api/reload", MHD_HTTP_METHOD_POST, post_reload, 0, false },
 };
 
 #define MESSAGE_PREFIX "/api/message/"
@@ -1007,7 +1028,8 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const 
 static bool request_hook(struct http_server *s, struct MHD_Connection *c, const char *url,
                          const char *method, struct http_req *req, enum MHD_Result *ret)
 {
-    if (!s->L || !hooks_any(s->L, "http_request"))
+    lua_State *L = runtime_gen_http_lua(req->gen, s->index);
+    if (!L || !hooks_any(L, "http_request"))
         return false;
     struct hdr_list h = { .n = 0 };
     MHD_get_connection_values(c, MHD_HEADER_KIND, collect_header, &h);
@@ -1015,7 +1037,7 @@ static bool request_hook(struct http_server *s, struct MHD_Connection *c, const 
     buf_init(&body, HTTP_MAX_BODY);
     int status = 0;
     char err[512];
-    if (hooks_run_request(s->L, method, url, req->ip, h.kv, h.n, &status, &body, err,
+    if (hooks_run_request(L, method, url, req->ip, h.kv, h.n, &status, &body, err,
                           sizeof err) != PT_OK) {
         buf_free(&body);
         log_warn("http %s: %s: http_request hook failed for %s %.200s: %s", s->l->listen,
@@ -1052,6 +1074,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!req)
             return MHD_NO;
         *con_cls = req;
+        req->gen = runtime_gen_acquire(s->rt);
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         snprintf(req->ip, sizeof req->ip, "?");
@@ -1107,6 +1130,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (req) {
         job_free(req->job);  /* only if the client left before its answer */
         buf_free(&req->data);
+        runtime_gen_release(req->gen);
         free(req);
     }
     *con_cls = NULL;
@@ -1166,8 +1190,6 @@ static const char *tls_priorities(const struct runtime *rt, const struct cfg_htt
 
 static void free_server(struct http_server *s)
 {
-    if (s->L)
-        lua_close(s->L);
     if (s->key_pem)
         OPENSSL_cleanse(s->key_pem, s->key_len);
     free(s->key_pem);
@@ -1176,7 +1198,7 @@ static void free_server(struct http_server *s)
     free(s);
 }
 
-struct http_server *http_start(struct runtime *rt, const struct cfg_http_listener *l,
+struct http_server *http_start(struct runtime *rt, const struct cfg_http_listener *l, int index,
                                char *err, size_t errlen)
 {
     struct http_server *s = calloc(1, sizeof *s);
@@ -1186,6 +1208,7 @@ struct http_server *http_start(struct runtime *rt, const struct cfg_http_listene
     }
     s->rt = rt;
     s->l = l;
+    s->index = index;
     atomic_init(&s->ready, false);
     atomic_init(&s->starting, true);
     if (l->n_api_keys) {
@@ -1198,17 +1221,6 @@ struct http_server *http_start(struct runtime *rt, const struct cfg_http_listene
         for (int i = 0; i < l->n_api_keys; i++)
             if (l->api_keys[i][0])  /* an empty key never matches: bearer_ok needs n > 0 */
                 key_digest(l->api_keys[i], strlen(l->api_keys[i]), s->key_hash[s->n_keys++]);
-    }
-    /* One Lua state for this listener's single MHD thread, as each SMTP worker has
-     * its own; only when there are handlers to run. */
-    if (rt->cfg->n_hooks > 0) {
-        s->L = config_lua_worker(rt->cfg, err, errlen);
-        if (!s->L || hooks_install(s->L, rt->cfg) != PT_OK) {
-            if (s->L)
-                snprintf(err, errlen, "http listener %s: out of memory", l->listen);
-            free_server(s);
-            return NULL;
-        }
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
                      MHD_ALLOW_SUSPEND_RESUME;

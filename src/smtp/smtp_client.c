@@ -29,7 +29,7 @@
 enum client_state { CLIENT_STATES(AS_ENUM) C__COUNT };
 static const char *const cstate_names[] = { CLIENT_STATES(AS_NAME) };
 
-enum expect { X_RSET, X_MAIL, X_RCPT, X_DATA, X_BODY };
+enum expect { X_RSET, X_MAIL, X_RCPT, X_DATA, X_BODY, X_BDAT };
 
 struct smtp_client {
     struct conn conn;
@@ -49,6 +49,7 @@ struct smtp_client {
     char peer[64];
     char last_error[512];
     bool need_rset, aborting, txn_started;
+    bool no_chunking;
     enum client_tls_policy tls_policy;
     struct tls_ctx *tls_ctx;
     char *auth_user, *auth_pass;
@@ -64,6 +65,7 @@ struct smtp_client {
     enum expect *exp;           /* expectation ring (simple array + head) */
     uint32_t nexp, exp_head, exp_cap;
     bool mail_failed;
+    bool body_8bit;             /* the content has octets >= 0x80 */
     struct client_result mail_res;
 };
 
@@ -206,6 +208,82 @@ static void send_rcpt(struct smtp_client *c, uint32_t i)
     expect(c, X_RCPT);
 }
 
+static bool has_8bit_str(const char *p)
+{
+    for (; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            return true;
+    return false;
+}
+
+/* Octets >= 0x80 anywhere in b: eight at a time (this runs once per delivery). */
+static bool has_8bit(const struct buf *b)
+{
+    const unsigned char *p = (const unsigned char *)b->data, *end = p + b->len;
+    uint64_t acc = 0, w;
+    for (; end - p >= 8; p += 8) {
+        memcpy(&w, p, 8);
+        acc |= w;
+    }
+    for (; p < end; p++)
+        acc |= *p;
+    return (acc & 0x8080808080808080ull) != 0;
+}
+
+/* A non-ASCII sender or pending recipient: the transaction needs SMTPUTF8. */
+static bool envelope_utf8(const struct smtp_client *c)
+{
+    if (has_8bit_str(c->e->sender))
+        return true;
+    for (uint32_t i = 0; i < c->nres; i++)
+        if (has_8bit_str(c->e->rcpts[c->idx[i]].addr))
+            return true;
+    return false;
+}
+
+/* Content the next hop cannot take as it is: every recipient fails permanently
+ * here, nothing is sent (RFC 6152 §3: never 8-bit to a hop without 8BITMIME; RFC
+ * 6531 §3.4: a UTF-8 envelope needs SMTPUTF8). Conversion to quoted-printable is
+ * not done: the message bounces with 5.6.3. Returns true if it failed the entry. */
+static bool txn_refuse_unsendable(struct smtp_client *c)
+{
+    const char *why = NULL, *enh = NULL;
+    int code = 0;
+    if (envelope_utf8(c) && !(c->caps.flags & SMTP_CAP_SMTPUTF8)) {
+        code = 553;
+        enh = "5.6.7";
+        why = "553 5.6.7 the next hop does not offer SMTPUTF8, needed for this UTF-8 address";
+    } else if (c->body_8bit && !(c->caps.flags & SMTP_CAP_8BITMIME)) {
+        code = 554;
+        enh = "5.6.3";
+        why = "554 5.6.3 the next hop does not offer 8BITMIME, needed for this 8-bit message "
+              "(conversion to 7 bit is not supported)";
+    }
+    if (!why)
+        return false;
+    log_info("smtp-out %s: %s", c->site, why);
+    for (uint32_t i = 0; i < c->nres; i++)
+        set_result(&c->res[i], code, enh, why);
+    txn_finish(c);
+    return true;
+}
+
+static bool use_bdat(const struct smtp_client *c)
+{
+    return !c->no_chunking && (c->caps.flags & SMTP_CAP_CHUNKING);
+}
+
+/* BDAT <size> LAST and the content as it is (no dot-stuffing, RFC 3030). The
+ * spooled content has CRLF line ends (ingest.h), so it needs no conversion. */
+static void send_bdat(struct smtp_client *c)
+{
+    conn_sendf(&c->conn, "BDAT %zu LAST\r\n", c->content.len);
+    if (c->content.len)
+        conn_send(&c->conn, c->content.data, c->content.len);
+    buf_free(&c->content);
+    expect(c, X_BDAT);
+}
+
 /* Sends the commands of the transaction: all at once with PIPELINING. */
 static void txn_begin(struct smtp_client *c)
 {
@@ -214,6 +292,8 @@ static void txn_begin(struct smtp_client *c)
     enter_state(c, C_TXN);
     conn_set_timeout(&c->conn, c->command_timeout); /* replaces an idle deadline */
     c->nexp = c->exp_head = 0;
+    if (txn_refuse_unsendable(c))
+        return;
     if (c->need_rset) {
         conn_send(&c->conn, "RSET\r\n", 6);
         expect(c, X_RSET);
@@ -223,11 +303,9 @@ static void txn_begin(struct smtp_client *c)
             return;
         }
     }
-    const char *body = (c->caps.flags & SMTP_CAP_8BITMIME) ? " BODY=8BITMIME" : "";
-    bool utf8 = false;
-    for (const char *p = e->sender; *p; p++)
-        if ((unsigned char)*p >= 0x80)
-            utf8 = true;
+    /* BODY=8BITMIME only for 8-bit content (RFC 6152): 7-bit mail declares nothing */
+    const char *body = c->body_8bit ? " BODY=8BITMIME" : "";
+    bool utf8 = envelope_utf8(c);
     conn_sendf(&c->conn, "MAIL FROM:<%s>", e->sender);
     if (c->caps.flags & SMTP_CAP_SIZE)
         conn_sendf(&c->conn, " SIZE=%llu", (unsigned long long)c->content.len);
@@ -237,8 +315,12 @@ static void txn_begin(struct smtp_client *c)
         for (uint32_t i = 0; i < c->nres; i++)
             send_rcpt(c, i);
         c->nsent_rcpt = c->nres;
-        conn_send(&c->conn, "DATA\r\n", 6);
-        expect(c, X_DATA);
+        if (use_bdat(c)) {
+            send_bdat(c); /* the server discards it if no recipient was accepted */
+        } else {
+            conn_send(&c->conn, "DATA\r\n", 6);
+            expect(c, X_DATA);
+        }
     }
     conn_flush(&c->conn);
 }
@@ -335,6 +417,8 @@ static void txn_on_reply(struct smtp_client *c, const struct smtp_reply *rp)
         if (!pipelining) {
             if (c->nsent_rcpt < c->nres) {
                 send_rcpt(c, c->nsent_rcpt++);
+            } else if (c->accepted > 0 && use_bdat(c)) {
+                send_bdat(c);
             } else if (c->accepted > 0) {
                 conn_send(&c->conn, "DATA\r\n", 6);
                 expect(c, X_DATA);
@@ -369,6 +453,17 @@ static void txn_on_reply(struct smtp_client *c, const struct smtp_reply *rp)
         for (uint32_t i = 0; i < c->nres; i++)
             if (c->res[i].code / 100 == 2)
                 set_result(&c->res[i], rp->code, rp->enhanced, text);
+        txn_finish(c);
+        return;
+    case X_BDAT:
+        /* the final reply; after a failed MAIL or no accepted RCPT it only
+         * refuses the (discarded) chunk: the earlier replies stand */
+        if (c->accepted > 0 && !c->mail_failed)
+            for (uint32_t i = 0; i < c->nres; i++)
+                if (c->res[i].code / 100 == 2)
+                    set_result(&c->res[i], rp->code, rp->enhanced, text);
+        if (rp->code / 100 != 2)
+            c->need_rset = true;
         txn_finish(c);
         return;
     }
@@ -736,6 +831,7 @@ static int txn_setup(struct smtp_client *c, struct entry *e, struct buf *content
     c->e = e;
     c->content = *content;
     buf_init(content, 0);
+    c->body_8bit = has_8bit(&c->content);
     uint32_t n = entry_pending(e);
     c->idx = calloc(n ? n : 1, sizeof *c->idx);
     c->res = calloc(n ? n : 1, sizeof *c->res);
@@ -764,6 +860,7 @@ struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_
     c->tls_policy = p->tls_ctx ? p->tls : CTLS_NONE;
     c->tls_ctx = p->tls_ctx;
     c->plain_host = c->plain_addr = -1;
+    c->no_chunking = p->no_chunking;
     if (p->auth_user) {
         c->auth_user = strdup(p->auth_user);
         c->auth_pass = strdup(p->auth_pass ? p->auth_pass : "");

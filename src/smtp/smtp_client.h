@@ -1,8 +1,10 @@
 /* SMTP client session (outbound): tries the next hop's hosts in order, EHLO
  * (HELO fallback), then one transaction per entry — MAIL, RCPT for every pending
- * recipient, DATA — pipelined when offered, reusing the connection for the next
- * entry the scheduler hands over. Reports per-recipient results; never decides
- * retry or bounce policy itself.
+ * recipient, DATA (BDAT when CHUNKING is offered) — pipelined when offered, reusing
+ * the connection for the next entry the scheduler hands over. Never sends 8-bit
+ * content to a hop without 8BITMIME or a UTF-8 envelope to one without SMTPUTF8
+ * (those recipients fail with 5.6.3 / 5.6.7). Reports per-recipient results;
+ * never decides retry or bounce policy itself.
  * SPDX-License-Identifier: Apache-2.0 */
 #ifndef PETREL_SMTP_CLIENT_H
 #define PETREL_SMTP_CLIENT_H
@@ -36,6 +38,8 @@ struct smtp_client_params {
     const char *helo;               /* copied */
     double connect_timeout;         /* connect + greeting */
     double command_timeout;         /* each later reply */
+    bool no_chunking;               /* false (the default): BDAT when the hop offers
+                                       CHUNKING; true: always DATA */
 };
 
 struct smtp_client_ops {

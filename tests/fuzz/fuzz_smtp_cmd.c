@@ -1,11 +1,13 @@
 /* Fuzz target for the command phase: smtp_lines_next over a stream split at
  * arbitrary points (same lines and errors as in one piece, bounded buffering) and
- * smtp_cmd_parse on every line (no crash, results within the documented bounds).
+ * smtp_cmd_parse on every line (no crash, results within the documented bounds),
+ * with the BDAT argument parser on BDAT lines.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "smtp/smtp_bdat.h"
 #include "smtp/smtp_parse.h"
 #include "util/result.h"
 
@@ -65,6 +67,14 @@ static void fc_check_cmd(const char *line, size_t n)
     }
     if (cmd.verb == SMTP_VERB_MAIL)
         FC_CHECK(!cmd.path_utf8 || cmd.smtputf8);
+    if (cmd.verb == SMTP_VERB_BDAT) {
+        /* the server reads the chunk size from the argument the parser leaves */
+        uint64_t size;
+        bool last;
+        int brc = smtp_bdat_args(cmd.arg, cmd.arg_len, &size, &last);
+        FC_CHECK(brc == PT_OK || brc == PT_INVALID);
+        FC_CHECK(brc != PT_OK || cmd.arg_len > 0);
+    }
     if (cmd.verb == SMTP_VERB_HELO || cmd.verb == SMTP_VERB_EHLO)
         FC_CHECK(cmd.path[0] && strlen(cmd.path) <= SMTP_DOMAIN_MAX);
 }

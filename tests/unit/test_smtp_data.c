@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "smtp/smtp_bdat.h"
 #include "smtp/smtp_data.h"
 #include "util/buf.h"
 #include "util/result.h"
@@ -402,6 +403,166 @@ static void test_dot_stuff_round_trip(void **state)
     buf_free(&r.out);
 }
 
+/* ---- BDAT (smtp_bdat) ---- */
+
+static void test_bdat_args(void **state)
+{
+    uint64_t n;
+    bool last;
+    (void)state;
+    assert_int_equal(smtp_bdat_args("0", 1, &n, &last), PT_OK);
+    assert_true(n == 0 && !last);
+    assert_int_equal(smtp_bdat_args("1234 LAST", 9, &n, &last), PT_OK);
+    assert_true(n == 1234 && last);
+    assert_int_equal(smtp_bdat_args("7 last", 6, &n, &last), PT_OK);
+    assert_true(n == 7 && last);
+    assert_int_equal(smtp_bdat_args("18446744073709551615", 20, &n, &last), PT_OK);
+    assert_true(n == UINT64_MAX);
+    static const char *const bad[] = {
+        "", "LAST", "-1", "+1", "1x", "1 LAST ", "1  LAST", "1 LASTX", "1 FIRST", " 1",
+        "18446744073709551616", "99999999999999999999999", "0x10", "1 LAST LAST",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(smtp_bdat_args(bad[i], strlen(bad[i]), &n, &last), PT_INVALID);
+    assert_int_equal(smtp_bdat_args(NULL, 0, &n, &last), PT_INVALID);
+}
+
+/* Feeds chunks (each fed in pieces of step octets) and returns the content. */
+static void tsb_run(const char *const *chunks, size_t nchunks, size_t step, struct smtp_bdat *b,
+                    struct buf *out)
+{
+    smtp_bdat_init(b);
+    buf_init(out, 0);
+    for (size_t i = 0; i < nchunks; i++) {
+        size_t len = strlen(chunks[i]), off = 0;
+        smtp_bdat_chunk(b, len, i + 1 == nchunks, false);
+        for (;;) {
+            size_t piece = len - off < step ? len - off : step, used = 0;
+            int rc = smtp_bdat_feed(b, chunks[i] + off, piece, &used, out);
+            assert_int_equal(used, piece);
+            off += used;
+            if (rc == PT_OK)
+                break;
+            assert_int_equal(rc, PT_AGAIN);
+            assert_true(off < len);
+        }
+        assert_int_equal(off, len);
+    }
+    smtp_bdat_finish(b, out);
+}
+
+static void tsb_expect(const char *const *chunks, size_t n, const char *want, bool bare)
+{
+    for (size_t step = 1; step <= 64; step = step * 2 + 1) {
+        struct smtp_bdat b;
+        struct buf out;
+        tsb_run(chunks, n, step, &b, &out);
+        assert_int_equal(out.len, strlen(want));
+        assert_memory_equal(out.data ? out.data : "", want, out.len);
+        assert_int_equal(b.bare_lf, bare);
+        assert_false(b.nomem);
+        buf_free(&out);
+    }
+}
+
+static void test_bdat_content(void **state)
+{
+    (void)state;
+    /* no dot-stuffing and no end marker: ".\r\n" and ".." are content */
+    const char *a[] = { "a\r\n.\r\n..b\r\n", ".\r\n" };
+    tsb_expect(a, 2, "a\r\n.\r\n..b\r\n.\r\n", false);
+    /* a CRLF split across chunks is one CRLF */
+    const char *b[] = { "line\r", "\nnext\r\n" };
+    tsb_expect(b, 2, "line\r\nnext\r\n", false);
+    /* bare LF and bare CR (also at a chunk's end) become CRLF */
+    const char *c[] = { "x\ny\rz\r", "w\r\n" };
+    tsb_expect(c, 2, "x\r\ny\r\nz\r\nw\r\n", true);
+    /* an unterminated last line is ended; a final CR too */
+    const char *d[] = { "abc" };
+    tsb_expect(d, 1, "abc\r\n", false);
+    const char *e[] = { "abc\r" };
+    tsb_expect(e, 1, "abc\r\n", true);
+    /* empty chunks, and an empty message */
+    const char *f[] = { "", "ab\r\n", "" };
+    tsb_expect(f, 3, "ab\r\n", false);
+    const char *g[] = { "" };
+    tsb_expect(g, 1, "", false);
+}
+
+static void test_bdat_bounds(void **state)
+{
+    struct smtp_bdat b;
+    struct buf out;
+    size_t used;
+    (void)state;
+    /* never takes more than the chunk: the rest is the next command */
+    smtp_bdat_init(&b);
+    buf_init(&out, 0);
+    smtp_bdat_chunk(&b, 5, true, false);
+    assert_int_equal(smtp_bdat_feed(&b, "hello\r\nQUIT\r\n", 13, &used, &out), PT_OK);
+    assert_int_equal(used, 5);
+    assert_int_equal(b.total, 5);
+    assert_int_equal(out.len, 5);
+    smtp_bdat_finish(&b, &out);
+    assert_memory_equal(out.data, "hello\r\n", 7);
+    /* a zero chunk is complete without input */
+    smtp_bdat_chunk(&b, 0, true, false);
+    assert_int_equal(smtp_bdat_feed(&b, NULL, 0, &used, &out), PT_OK);
+    assert_int_equal(used, 0);
+    /* a discarded chunk is consumed, not stored, not counted */
+    buf_reset(&out);
+    smtp_bdat_init(&b);
+    smtp_bdat_chunk(&b, 10, false, true);
+    assert_int_equal(smtp_bdat_feed(&b, "RSET\r\n", 6, &used, &out), PT_AGAIN);
+    assert_int_equal(used, 6);
+    assert_int_equal(smtp_bdat_feed(&b, "QUIT\r\nNOOP\r\n", 12, &used, &out), PT_OK);
+    assert_int_equal(used, 4);
+    assert_int_equal(out.len, 0);
+    assert_int_equal(b.total, 0);
+    /* lines over 998 octets are flagged, across chunks too */
+    smtp_bdat_init(&b);
+    char line[600];
+    memset(line, 'x', sizeof line);
+    smtp_bdat_chunk(&b, sizeof line, false, false);
+    assert_int_equal(smtp_bdat_feed(&b, line, sizeof line, &used, &out), PT_OK);
+    assert_false(b.line_too_long);
+    smtp_bdat_chunk(&b, sizeof line, true, false);
+    assert_int_equal(smtp_bdat_feed(&b, line, sizeof line, &used, &out), PT_OK);
+    assert_true(b.line_too_long);
+    /* exactly 998 octets is fine */
+    smtp_bdat_init(&b);
+    char ok[1000];
+    memset(ok, 'y', 998);
+    ok[998] = '\r';
+    ok[999] = '\n';
+    smtp_bdat_chunk(&b, sizeof ok, true, false);
+    assert_int_equal(smtp_bdat_feed(&b, ok, sizeof ok, &used, &out), PT_OK);
+    assert_false(b.line_too_long);
+    /* NUL octets are kept and noted */
+    smtp_bdat_init(&b);
+    smtp_bdat_chunk(&b, 3, true, false);
+    assert_int_equal(smtp_bdat_feed(&b, "a\0b", 3, &used, &out), PT_OK);
+    assert_true(b.has_nul);
+    buf_free(&out);
+}
+
+/* An out buffer with a max: appends fail, nomem is set, octets still counted. */
+static void test_bdat_nomem(void **state)
+{
+    struct smtp_bdat b;
+    struct buf out;
+    size_t used;
+    (void)state;
+    smtp_bdat_init(&b);
+    buf_init(&out, 8);
+    smtp_bdat_chunk(&b, 20, true, false);
+    assert_int_equal(smtp_bdat_feed(&b, "0123456789\r\n01234567", 20, &used, &out), PT_OK);
+    assert_int_equal(used, 20);
+    assert_true(b.nomem);
+    assert_true(out.len <= 8);
+    buf_free(&out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -418,6 +579,10 @@ int main(void)
         cmocka_unit_test(test_data_nul),
         cmocka_unit_test(test_dot_stuff),
         cmocka_unit_test(test_dot_stuff_round_trip),
+        cmocka_unit_test(test_bdat_args),
+        cmocka_unit_test(test_bdat_content),
+        cmocka_unit_test(test_bdat_bounds),
+        cmocka_unit_test(test_bdat_nomem),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

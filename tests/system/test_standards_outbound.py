@@ -1,0 +1,157 @@
+"""Outbound standards (issue 11): BDAT (RFC 3030) towards a next hop that offers
+CHUNKING, with and without PIPELINING, DATA otherwise; `BODY=8BITMIME` declared only
+for 8-bit content (RFC 6152); 8-bit content to a hop without 8BITMIME and a UTF-8
+envelope to a hop without SMTPUTF8 are never sent: they bounce locally with 5.6.3 /
+5.6.7. The next hop is standards_sinks.CapsSink, which records the raw commands.
+"""
+
+import re
+import subprocess
+
+from harness import PETREL_BIN, make_message, msgid_of, parse_dsn, split_first_header, wait_for
+from standards_sinks import CapsSink
+
+
+def caps_hop(world, domain, exts):
+    ip = world.new_ip()
+    world.dns.add_mx(domain, f"mx.{domain}", 10)
+    world.dns.add_a(f"mx.{domain}", ip)
+    s = CapsSink(ip, world.mx_port, exts=exts, name=f"mx.{domain}")
+    world.sinks.append(s)
+    return s.start()
+
+
+def mail_lines(sink):
+    return [c for c in sink.command_lines() if c.upper().startswith(b"MAIL ")]
+
+
+def bdat_lines(sink):
+    return [c for c in sink.command_lines() if c.upper().startswith(b"BDAT ")]
+
+
+def send_raw(p, sender, rcpts, data, mail_params=""):
+    with p.raw() as c:
+        assert c.cmd("EHLO client.test")[0] == 250
+        code, text = c.cmd(f"MAIL FROM:<{sender}>{mail_params}".encode())
+        assert code == 250, (code, text)
+        for r in rcpts:
+            code, text = c.cmd(f"RCPT TO:<{r}>".encode())
+            assert code == 250, (r, code, text)
+        assert c.cmd("DATA")[0] == 354
+        c.send(data.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+        code, text = c.reply()
+        assert code == 250, (code, text)
+
+
+DOTTY = "first\r\n.leading dot\r\n..two dots\r\n.\r\nlast\r\n"
+
+
+def test_bdat_to_a_hop_offering_chunking(world):
+    world.mx_domain("sender.test", "127.0.0.3")
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING"])
+    p = world.petrel()
+    data = make_message(subject="bdat out", body=DOTTY)
+    p.send("alice@sender.test", ["bob@dest.test", "carol@dest.test"], data)
+    t = hop.wait_message(msgid_of(data))
+    assert t.via == "BDAT", hop.command_lines()
+    assert split_first_header(t.data)[1] == data, "BDAT carries the content unstuffed"
+    assert sorted(t.rcpt_tos) == ["bob@dest.test", "carol@dest.test"]
+    cmds = hop.command_lines()
+    assert not any(c.upper() == b"DATA" for c in cmds), cmds
+    (b,) = bdat_lines(hop)
+    assert re.fullmatch(rb"BDAT (\d+) LAST", b) and int(b.split()[1]) == len(t.data), b
+    # 7-bit content: no BODY= parameter (RFC 6152: declare 8BITMIME only for 8-bit)
+    (m,) = mail_lines(hop)
+    assert b"BODY=" not in m.upper(), m
+    p.wait_record("Delivery", recipient="bob@dest.test")
+
+
+def test_bdat_without_pipelining(world):
+    hop = caps_hop(world, "dest.test", ["8BITMIME", "CHUNKING"])
+    p = world.petrel()
+    data = make_message(subject="lock-step bdat", body=DOTTY)
+    p.send("alice@sender.test", ["bob@dest.test", "carol@dest.test"], data)
+    t = hop.wait_message(msgid_of(data))
+    assert t.via == "BDAT"
+    assert split_first_header(t.data)[1] == data
+    cmds = [c.split(b" ")[0].upper() for c in hop.command_lines()]
+    assert cmds[:5] == [b"EHLO", b"MAIL", b"RCPT", b"RCPT", b"BDAT"], cmds
+
+
+def test_data_to_a_hop_without_chunking(world):
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME"])
+    p = world.petrel()
+    data = make_message(subject="data out", body=DOTTY)
+    p.send("alice@sender.test", ["bob@dest.test"], data)
+    t = hop.wait_message(msgid_of(data))
+    assert t.via == "DATA"
+    assert split_first_header(t.data)[1] == data
+    assert bdat_lines(hop) == []
+
+
+def test_body_8bitmime_only_for_8bit_content(world):
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING"])
+    p = world.petrel()
+    seven = make_message(subject="seven bit")
+    eight = make_message(subject="eight bit", body="Grüße aus Köln\r\n")
+    send_raw(p, "alice@sender.test", ["bob@dest.test"], seven)
+    send_raw(p, "alice@sender.test", ["bob@dest.test"], eight, " BODY=8BITMIME")
+    t7 = hop.wait_message(msgid_of(seven))
+    t8 = hop.wait_message(msgid_of(eight))
+    assert b"BODY=" not in t7.mail_line.upper(), t7.mail_line
+    assert b" BODY=8BITMIME" in t8.mail_line.upper(), t8.mail_line
+    assert "Grüße aus Köln\r\n".encode() in t8.data
+
+
+def test_8bit_to_hop_without_8bitmime_bounces_5_6_3(world):
+    sender = world.mx_domain("sender.test", "127.0.0.3")
+    hop = caps_hop(world, "dest.test", ["PIPELINING"])
+    p = world.petrel()
+    eight = make_message(subject="eight bit, no 8BITMIME", body="naïve café\r\n")
+    seven = make_message(subject="seven bit still goes")
+    send_raw(p, "alice@sender.test", ["bob@dest.test"], eight, " BODY=8BITMIME")
+    send_raw(p, "alice@sender.test", ["bob@dest.test"], seven)
+    hop.wait_message(msgid_of(seven))
+    rec = p.wait_record("Bounce", recipient="bob@dest.test")
+    assert rec["code"] in (550, 554) and "5.6.3" in (rec["response"] or ""), rec
+    # never sent: the hop saw exactly one MAIL (the 7-bit message)
+    assert len(mail_lines(hop)) == 1, hop.command_lines()
+    assert all(t.message_id != msgid_of(eight) for t in hop.messages())
+    dsn = wait_for(lambda: next((t for t in sender.messages() if t.mail_from in ("", "<>")),
+                                None), 20, "the DSN to alice@sender.test")
+    d = parse_dsn(dsn.data)
+    assert d["report_type"] == "delivery-status"
+    assert d["recipients"] and d["recipients"][0].get("status") == "5.6.3", d["recipients"]
+
+
+def test_utf8_envelope_to_hop_without_smtputf8_bounces_5_6_7(world):
+    world.mx_domain("sender.test", "127.0.0.3")
+    plain = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING"])
+    utf8 = caps_hop(world, "utf8.test", ["PIPELINING", "8BITMIME", "CHUNKING", "SMTPUTF8"])
+    p = world.petrel()
+    d1 = make_message(to=["bøb@dest.test"], subject="utf8 rcpt, no SMTPUTF8")
+    d2 = make_message(to=["bøb@utf8.test"], subject="utf8 rcpt, SMTPUTF8")
+    send_raw(p, "alice@sender.test", ["bøb@dest.test"], d1, " SMTPUTF8")
+    send_raw(p, "alice@sender.test", ["bøb@utf8.test"], d2, " SMTPUTF8")
+    t = utf8.wait_message(msgid_of(d2))
+    assert b" SMTPUTF8" in t.mail_line.upper(), t.mail_line
+    assert t.rcpt_tos == ["bøb@utf8.test"]
+    rec = p.wait_record("Bounce", recipient="bøb@dest.test")
+    assert "5.6.7" in (rec["response"] or ""), rec
+    assert mail_lines(plain) == [], plain.command_lines()
+
+
+def test_chunking_option_validated(world, tmp_path):
+    def check(text):
+        f = tmp_path / "c.lua"
+        f.write_text(text)
+        return subprocess.run([PETREL_BIN, "--check", "-c", str(f)], capture_output=True,
+                              text=True, timeout=30)
+    base = 'petrel.start_smtp_listener { listen = "127.0.0.1:2598" }\n'
+    r = check(base + "petrel.configure_delivery { chunking = true }\n")
+    assert r.returncode == 0 and "config ok" in r.stdout, r
+    r = check(base + 'petrel.configure_delivery { chunking = "yes" }\n')
+    assert r.returncode == 1 and re.search(r"c\.lua:2: .*chunking", r.stderr), r
+    # not applied yet (the scheduler does not pass it): refused, never ignored
+    r = check(base + "petrel.configure_delivery {\n  chunking = false,\n}\n")
+    assert r.returncode == 1 and re.search(r"c\.lua:\d+: .*chunking", r.stderr), r
