@@ -560,7 +560,11 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
     if (atomic_load(&s->stopping))
         return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
                              "shutting down, try again later");
-    if (accept_queue_full(cfg, s->rt->sched))
+    int room = accept_queue_state(cfg, s->rt->sched, s->rt->spool);
+    if (room == PT_ERROR)
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "Retry-After", "60",
+                             "spool disk full, try again later");
+    if (room != PT_OK)
         return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "Retry-After", "60",
                              "queue is full, try again later");
     struct inject_job *j = calloc(1, sizeof *j);

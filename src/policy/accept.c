@@ -3,12 +3,15 @@
 #include "core/config.h"
 #include "policy/accept.h"
 #include "queue/sched.h"
+#include "queue/spool.h"
 #include "smtp/smtp_parse.h"
 #include "util/result.h"
 
-bool accept_queue_full(const struct config *cfg, const struct sched *sched)
+int accept_queue_state(const struct config *cfg, const struct sched *sched, struct spool *spool)
 {
-    return sched_depth(sched) >= cfg->queue.max_queue_depth;
+    if (!spool_writable(spool))
+        return PT_ERROR;
+    return sched_depth(sched) >= cfg->queue.max_queue_depth ? PT_TOOLONG : PT_OK;
 }
 
 int accept_recipient(const struct config *cfg, const char *rcpt, const char **reply, int *code)

@@ -282,11 +282,12 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
         reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
         return;
     }
-    if (!spool_writable(rt->spool)) {
+    int room = accept_queue_state(s->gen->cfg, rt->sched, rt->spool);
+    if (room == PT_ERROR) {
         reply(s, "452 4.3.1 Insufficient system storage: spool disk full, try again later");
         return;
     }
-    if (accept_queue_full(s->gen->cfg, rt->sched)) {
+    if (room != PT_OK) {
         reply(s, "452 4.3.1 Insufficient system storage: queue is full, try again later");
         return;
     }
