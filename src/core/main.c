@@ -198,6 +198,8 @@ static int reload_locked(struct reloader *r, char *err, size_t errlen)
     }
     const struct config *old = r->rt->gen->cfg;  /* swapped only here, under r->lock */
     warn_restart_only(old, cfg);
+    for (const char *w = cfg->warnings; w && *w; w += strcspn(w, "\n") + 1)
+        log_warn("reload: %.*s", (int)strcspn(w, "\n"), w);
     struct cfg_gen *gen = runtime_gen_build(cfg, r->last_id + 1, r->wg->n, r->n_http, err, errlen);
     if (!gen)
         return PT_INVALID;
@@ -284,6 +286,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
+    if (cfg->warnings)
+        fputs(cfg->warnings, stderr);
     if (check) {
         printf("config ok\n");
         config_free(cfg);
