@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 
+from certs import PKI, listener_tls
 from harness import (PETREL_BIN, PETRELCTL_BIN, make_message, msgid_of, wait_for,
                      free_port, lua_value)
 
@@ -227,6 +228,45 @@ def test_reload_to_a_port_in_use_fails_and_keeps_listening(world):
         world.assert_serving(p)
     finally:
         busy.close()
+
+
+def peer_cert_cn(port, ca_file, implicit=False):
+    """CN of the certificate petrel presents on port (STARTTLS or implicit TLS)."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.check_hostname = False
+    if implicit:
+        s = smtplib.SMTP_SSL("127.0.0.1", port, local_hostname="client.test", timeout=10,
+                             context=ctx)
+        s.ehlo()
+    else:
+        s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10)
+        s.ehlo()
+        s.starttls(context=ctx)
+        s.ehlo()
+    cert = s.sock.getpeercert()
+    s.quit()
+    return dict(x[0] for x in cert["subject"])["commonName"]
+
+
+def test_listener_tls_certificate_changed_by_reload(world, tmp_path):
+    pki = PKI(tmp_path / "pki")
+    old_cert, old_key = pki.leaf("old.petrel.test", ips=["127.0.0.1"])
+    new_cert, new_key = pki.leaf("new.petrel.test", ips=["127.0.0.1"])
+    p, dest, _ = world.basic(listener={"tls": {"cert_file": old_cert, "key_file": old_key}})
+    assert peer_cert_cn(p.port, pki.ca_file) == "old.petrel.test"
+    write_config(world, p, listener={"tls": {"cert_file": new_cert, "key_file": new_key}})
+    sighup(p)
+    assert peer_cert_cn(p.port, pki.ca_file) == "new.petrel.test"
+    # an implicit-TLS listener added by a reload speaks TLS from the first byte
+    port2 = free_port()
+    write_config(world, p, listener={"tls": {"cert_file": new_cert, "key_file": new_key}},
+                 listeners=[{"listen": f"127.0.0.1:{port2}", "name": "smtps",
+                             "tls": {"cert_file": old_cert, "key_file": old_key,
+                                     "implicit": True}}])
+    sighup(p)
+    assert peer_cert_cn(port2, pki.ca_file, implicit=True) == "old.petrel.test"
+    world.assert_serving(p)
 
 
 # ---------------------------------------------------------------- logrotate
