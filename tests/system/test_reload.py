@@ -19,6 +19,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from certs import PKI, listener_tls
 from harness import (PETREL_BIN, PETRELCTL_BIN, make_message, msgid_of, wait_for,
                      free_port, lua_value)
@@ -175,11 +177,13 @@ def test_reload_with_unreadable_tls_key_keeps_old_config(world, tmp_path):
 
 # ---------------------------------------------------------------- listeners
 
-def test_listener_added_accepts_and_removed_one_refuses(world):
-    p, dest, _ = world.basic()
+@pytest.mark.parametrize("threads", [1, 3], ids=["1-worker", "3-workers"])
+def test_listener_added_accepts_and_removed_one_refuses(world, threads):
+    procs = f"petrel.configure_process {{ smtp_threads = {threads} }}\n"
+    p, dest, _ = world.basic(extra=procs)
     port2 = free_port()
     second = {"listen": f"127.0.0.1:{port2}", "name": "second", "hostname": "second.test"}
-    write_config(world, p, listeners=[second])
+    write_config(world, p, listeners=[second], extra=procs)
     sighup(p)
     s = smtplib.SMTP("127.0.0.1", port2, local_hostname="client.test", timeout=10)
     code, resp = s.ehlo()
@@ -191,7 +195,8 @@ def test_listener_added_accepts_and_removed_one_refuses(world):
     # an open session on the first listener survives its removal
     old = p.smtp()
     # only the second listener now: the first port refuses
-    text = world.config(p.workdir, port2, listener={"name": "second", "hostname": "second.test"})
+    text = world.config(p.workdir, port2, listener={"name": "second", "hostname": "second.test"},
+                        extra=procs)
     with open(p.cfg_path, "w") as f:
         f.write(text)
     sighup(p)
@@ -200,11 +205,15 @@ def test_listener_added_accepts_and_removed_one_refuses(world):
     p.send("alice@sender.test", ["bob@dest.test"], data, smtp=old)
     old.quit()
     dest.wait_message(msgid_of(data))
-    s = smtplib.SMTP("127.0.0.1", port2, local_hostname="client.test", timeout=10)
-    assert s.ehlo()[0] == 250
-    s.quit()
+    for _ in range(6):   # several connections: every worker's socket of the kept listener
+        s = smtplib.SMTP("127.0.0.1", port2, local_hostname="client.test", timeout=10)
+        assert s.ehlo()[0] == 250
+        s.quit()
+    for _ in range(6):   # and every worker closed its socket of the removed one
+        assert connect_refused("127.0.0.1", p.port)
     # a changed option on a kept listener applies to new sessions
-    text = world.config(p.workdir, port2, listener={"name": "second", "hostname": "renamed.test"})
+    text = world.config(p.workdir, port2, listener={"name": "second", "hostname": "renamed.test"},
+                        extra=procs)
     with open(p.cfg_path, "w") as f:
         f.write(text)
     sighup(p)
@@ -328,8 +337,10 @@ def test_sighup_reopens_diagnostic_log_file(world, tmp_path):
 
 # ---------------------------------------------------------------- under load
 
-def test_sighup_under_load_loses_and_duplicates_nothing(world):
-    p, dest, _ = world.basic(extra=HOOK.format(gen="0"))
+@pytest.mark.parametrize("threads", [1, 3], ids=["1-worker", "3-workers"])
+def test_sighup_under_load_loses_and_duplicates_nothing(world, threads):
+    procs = f"petrel.configure_process {{ smtp_threads = {threads} }}\n"
+    p, dest, _ = world.basic(extra=procs + HOOK.format(gen="0"))
     stop = threading.Event()
     sent, errors = [], []
     lock = threading.Lock()
@@ -358,7 +369,7 @@ def test_sighup_under_load_loses_and_duplicates_nothing(world):
     try:
         wait_for(lambda: len(sent) >= 20, 30, "the generator to get going")
         for gen in range(1, 11):
-            write_config(world, p, extra=HOOK.format(gen=gen))
+            write_config(world, p, extra=procs + HOOK.format(gen=gen))
             sighup(p)
             # the next message in a new session carries the new generation's header
             mid = p.send_message(subject=f"probe {gen}")
