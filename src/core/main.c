@@ -133,8 +133,12 @@ static void warn_restart_only(const struct config *old, const struct config *cfg
 {
     char what[512] = "";
     size_t n = 0;
-#define NOTE(cond, name) \
-    do { if (cond) n += (size_t)snprintf(what + n, n < sizeof what ? sizeof what - n : 0, "%s%s", n ? ", " : "", name); } while (0)
+#define NOTE(cond, name)                                                               \
+    do {                                                                               \
+        if (cond)                                                                      \
+            n += (size_t)snprintf(what + n, n < sizeof what ? sizeof what - n : 0, "%s%s", \
+                                  n ? ", " : "", name);                                \
+    } while (0)
     NOTE(old->smtp_threads != cfg->smtp_threads, "configure_process.smtp_threads");
     NOTE(str_differs(old->process_user, cfg->process_user), "configure_process.user");
     NOTE(str_differs(old->queue.spool_dir, cfg->queue.spool_dir), "configure_queue.spool_dir");
@@ -153,13 +157,14 @@ static void warn_restart_only(const struct config *old, const struct config *cfg
     }
     NOTE(http, "start_http_listener");
     /* The delivery threads keep the startup generation in this build. */
-    bool dl = old->n_routes != cfg->n_routes || route_differs(&old->delivery.dflt, &cfg->delivery.dflt) ||
-              old->delivery.smtp_port != cfg->delivery.smtp_port ||
-              old->delivery.max_connections_per_domain != cfg->delivery.max_connections_per_domain ||
-              old->delivery.max_message_rate != cfg->delivery.max_message_rate ||
-              old->delivery.max_deliveries_per_connection != cfg->delivery.max_deliveries_per_connection ||
-              old->delivery.connect_timeout != cfg->delivery.connect_timeout ||
-              str_differs(old->delivery.helo_name, cfg->delivery.helo_name);
+    const struct cfg_delivery *od = &old->delivery, *nd = &cfg->delivery;
+    bool dl = old->n_routes != cfg->n_routes || route_differs(&od->dflt, &nd->dflt) ||
+              od->smtp_port != nd->smtp_port ||
+              od->max_connections_per_domain != nd->max_connections_per_domain ||
+              od->max_message_rate != nd->max_message_rate ||
+              od->max_deliveries_per_connection != nd->max_deliveries_per_connection ||
+              od->connect_timeout != nd->connect_timeout ||
+              str_differs(od->helo_name, nd->helo_name);
     for (int i = 0; !dl && i < cfg->n_routes; i++)
         dl = route_differs(&old->routes[i], &cfg->routes[i]);
     NOTE(dl, "configure_delivery/configure_transport (delivery side)");
@@ -198,10 +203,12 @@ static int reload_locked(struct reloader *r, char *err, size_t errlen)
     }
     const struct config *old = r->rt->gen->cfg;  /* swapped only here, under r->lock */
     warn_restart_only(old, cfg);
+    for (const char *w = cfg->warnings; w && *w; w += strcspn(w, "\n") + 1)
+        log_warn("reload: %.*s", (int)strcspn(w, "\n"), w);
     struct cfg_gen *gen = runtime_gen_build(cfg, r->last_id + 1, r->wg->n, r->n_http, err, errlen);
     if (!gen)
         return PT_INVALID;
-    struct listen_plan plan;
+    struct worker_listen_plan plan;
     if (workers_prepare(r->wg, gen->cfg, &plan, err, errlen) != PT_OK) {
         runtime_gen_release(gen);
         return PT_INVALID;
@@ -284,6 +291,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
+    if (cfg->warnings)
+        fputs(cfg->warnings, stderr);
     if (check) {
         printf("config ok\n");
         config_free(cfg);
@@ -365,7 +374,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    struct listen_plan plan;
+    struct worker_listen_plan plan;
     if (workers_prepare(wg, cfg, &plan, err, sizeof err) != PT_OK) {
         fprintf(stderr, "petrel: %s\n", err);
         return 1;
