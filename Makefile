@@ -4,7 +4,7 @@
 
 BUILD    ?= build
 CC       ?= cc
-PKGS      = libuv rocksdb lua5.4 libcares openssl jansson libmicrohttpd
+PKGS      = libuv rocksdb lua5.4 libcares openssl jansson libmicrohttpd libsystemd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS   ?= -O2 -g
@@ -51,7 +51,9 @@ deps:
 deps-test:
 	@scripts/deps.sh test
 
-run: deps
+# `make run` also installs what README's first try types (swaks)
+run:
+	@scripts/deps.sh run
 	@$(MAKE) --no-print-directory all
 	@mkdir -p var
 	exec $(BUILD)/petrel -c petrel.lua
