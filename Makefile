@@ -4,7 +4,7 @@
 
 BUILD    ?= build
 CC       ?= cc
-PKGS      = libuv rocksdb lua5.4 libcares openssl jansson libmicrohttpd
+PKGS      = libuv rocksdb lua5.4 libcares openssl jansson libmicrohttpd libsystemd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS   ?= -O2 -g
@@ -20,7 +20,7 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 PYTEST   ?= /usr/bin/python3 -m pytest
 
 .SECONDARY:
-.PHONY: all deps deps-test run test unit system fuzz asan bench clean check-config
+.PHONY: all deps deps-test run test unit system fuzz asan bench clean check-config man install
 
 all: $(BUILD)/petrel $(BUILD)/petrelctl $(BUILD)/petrel-sendmail
 
@@ -45,13 +45,53 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libpetrel.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDFLAGS) $(ALL_LIBS) -lcmocka
 
+# ---- man pages (one Markdown source each, man/*.md -> roff) and `make install` ----
+MAN_SRC  := $(wildcard man/*.md)
+MAN_OUT  := $(MAN_SRC:man/%.md=$(BUILD)/man/%)
+PREFIX   ?= /usr/local
+SBINDIR  ?= $(PREFIX)/sbin
+BINDIR   ?= $(PREFIX)/bin
+MANDIR   ?= $(PREFIX)/share/man
+DOCDIR   ?= $(PREFIX)/share/doc/petrel
+SYSCONFDIR ?= /etc
+UNITDIR  ?= $(PREFIX)/lib/systemd/system
+SENDMAIL_LINK ?= yes   # also install $(SBINDIR)/sendmail -> petrel-sendmail
+
+$(BUILD)/man/%: man/%.md scripts/mkman.py
+	@mkdir -p $(dir $@)
+	/usr/bin/python3 scripts/mkman.py $< $@
+
+man: $(MAN_OUT)
+
+install: all man
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) \
+	  $(DESTDIR)$(SYSCONFDIR)/petrel $(DESTDIR)$(SYSCONFDIR)/logrotate.d \
+	  $(DESTDIR)$(SYSCONFDIR)/fail2ban/filter.d
+	install -m 0755 $(BUILD)/petrel $(BUILD)/petrel-sendmail $(DESTDIR)$(SBINDIR)/
+	install -m 0755 $(BUILD)/petrelctl $(DESTDIR)$(BINDIR)/
+	if [ "$(strip $(SENDMAIL_LINK))" = yes ]; then ln -sf petrel-sendmail $(DESTDIR)$(SBINDIR)/sendmail; fi
+	sed 's|/usr/local/sbin/|$(SBINDIR)/|g' contrib/systemd/petrel.service > $(DESTDIR)$(UNITDIR)/petrel.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/petrel.service
+	# the default config never replaces one already there
+	[ -e $(DESTDIR)$(SYSCONFDIR)/petrel/petrel.lua ] || \
+	  install -m 0640 contrib/etc/petrel.lua $(DESTDIR)$(SYSCONFDIR)/petrel/petrel.lua
+	install -m 0644 contrib/logrotate/petrel $(DESTDIR)$(SYSCONFDIR)/logrotate.d/petrel
+	install -m 0644 contrib/fail2ban/filter.d/petrel.conf $(DESTDIR)$(SYSCONFDIR)/fail2ban/filter.d/petrel.conf
+	install -m 0644 $(BUILD)/man/petrel.lua.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 $(BUILD)/man/petrel.8 $(BUILD)/man/petrelctl.8 $(DESTDIR)$(MANDIR)/man8/
+	cp -R contrib $(DESTDIR)$(DOCDIR)/
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/
+
 deps:
 	@scripts/deps.sh build
 
 deps-test:
 	@scripts/deps.sh test
 
-run: deps
+# `make run` also installs what README's first try types (swaks)
+run:
+	@scripts/deps.sh run
 	@$(MAKE) --no-print-directory all
 	@mkdir -p var
 	exec $(BUILD)/petrel -c petrel.lua

@@ -1,15 +1,18 @@
 #!/bin/sh
 # Installs the Debian packages petrel needs to build, test or benchmark, only when
-# one is missing. Usage: scripts/deps.sh build|test|bench
+# one is missing. Usage: scripts/deps.sh build|run|test|bench
+# (run = build + what README's first try types after `make run`)
 set -eu
-build="gcc make pkg-config libuv1-dev librocksdb-dev liblua5.4-dev libc-ares-dev libssl-dev libjansson-dev libmicrohttpd-dev"
-test="$build libcmocka-dev clang libclang-rt-14-dev python3 python3-pytest python3-aiosmtpd python3-dnslib python3-dkim swaks openssl"
+build="gcc make pkg-config libuv1-dev librocksdb-dev liblua5.4-dev libc-ares-dev libssl-dev libjansson-dev libmicrohttpd-dev libsystemd-dev python3"
+run="$build swaks"
+test="$build libcmocka-dev clang libclang-rt-14-dev python3 python3-pytest python3-aiosmtpd python3-dnslib python3-dkim swaks openssl haproxy prometheus fail2ban yamllint systemd logrotate python3-yaml man-db"
 bench="$test postfix opendkim"
 case "${1:-build}" in
   build) want=$build ;;
+  run) want=$run ;;
   test) want=$test ;;
   bench) want=$bench ;;
-  *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
+  *) echo "usage: $0 build|run|test|bench" >&2; exit 2 ;;
 esac
 missing=""
 for p in $want; do
