@@ -103,3 +103,15 @@ clean:
 	rm -rf build build-asan build/fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- Fault runs (issue 10). Short versions run inside `make system` as
+# tests/system/test_faults_*.py; these are the long ones.
+.PHONY: chaos soak fuzz-long tsan
+
+# SIGKILL petrel CHAOS_KILLS times (+ CHAOS_TERMS SIGTERMs) under SMTP+HTTP load and a
+# flaky next hop; fails if an acknowledged message is lost or the spool is left non-empty.
+CHAOS_KILLS ?= 100
+CHAOS_TERMS ?= 5
+chaos: all
+	PETREL_BIN=$(abspath $(BUILD)/petrel) /usr/bin/python3 tests/chaos/chaos.py \
+	  --kills $(CHAOS_KILLS) --terms $(CHAOS_TERMS) $(CHAOS_ARGS)
