@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "core/config.h"
+#include "core/fdlimit.h"
 #include "core/runtime.h"
 #include "core/worker.h"
 #include "http/http_server.h"
@@ -169,6 +170,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "petrel: %s\n", err);
         return 1;
     }
+    fdlimit_apply(cfg); /* max_connections within ulimit -n (warns when it clamps) */
     struct runtime rt = { .cfg = cfg };
     if (gethostname(rt.hostname, sizeof rt.hostname - 1) != 0)
         snprintf(rt.hostname, sizeof rt.hostname, "localhost");
