@@ -147,3 +147,45 @@ clean:
 	rm -rf build build-asan build/fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- Fault runs (issue 10). Short versions run inside `make system` as
+# tests/system/test_faults_*.py; these are the long ones.
+.PHONY: chaos soak fuzz-long tsan
+
+# SIGKILL petrel CHAOS_KILLS times (+ CHAOS_TERMS SIGTERMs) under SMTP+HTTP load and a
+# flaky next hop; fails if an acknowledged message is lost or the spool is left non-empty.
+CHAOS_KILLS ?= 100
+CHAOS_TERMS ?= 5
+chaos: all
+	PETREL_BIN=$(abspath $(BUILD)/petrel) /usr/bin/python3 tests/chaos/chaos.py \
+	  --kills $(CHAOS_KILLS) --terms $(CHAOS_TERMS) $(CHAOS_ARGS)
+
+# Mixed load at SOAK_RATE msg/s for DURATION; table, soak.tsv, soak.png, summary.json
+# in build/soak/.
+DURATION ?= 1h
+SOAK_RATE ?= 20
+soak: all
+	PETREL_BIN=$(abspath $(BUILD)/petrel) /usr/bin/python3 tests/soak/soak.py \
+	  --duration $(DURATION) --rate $(SOAK_RATE) --out build/soak $(SOAK_ARGS)
+
+# Every fuzz target for FUZZ_LONG_SECONDS, its corpus kept (and grown) in
+# tests/fuzz/corpus/<target>/; crashes land in build/fuzz/<target>-crash-*.
+FUZZ_LONG_SECONDS ?= 3600
+fuzz-long: $(FUZZ_BIN)
+	@set -e; for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p tests/fuzz/corpus/$$n; \
+	  echo "== $$n ($(FUZZ_LONG_SECONDS)s, corpus tests/fuzz/corpus/$$n)"; \
+	  if ! $$f tests/fuzz/corpus/$$n -max_total_time=$(FUZZ_LONG_SECONDS) -print_final_stats=1 \
+	      -artifact_prefix=build/fuzz/$$n- > $$f.long.log 2>&1; then \
+	    tail -40 $$f.long.log; echo "FAILED: $$n (log: $$f.long.log)"; exit 1; fi; \
+	  grep -E "^stat::number_of_executed_units|^Done" $$f.long.log | tail -2; done
+
+# ThreadSanitizer build in build-tsan/, then the system tests that exercise the spool,
+# delivery and HTTP threads. A race report makes petrel exit 66, which fails the test.
+TSAN_TESTS ?= tests/system/test_durability.py tests/system/test_delivery.py \
+	tests/system/test_http.py tests/system/test_http_inject.py tests/system/test_faults_disk.py
+tsan:
+	@$(MAKE) --no-print-directory BUILD=build-tsan CC=gcc \
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=thread" LDFLAGS="-fsanitize=thread" all
+	PETREL_BIN=$(abspath build-tsan/petrel) PETRELCTL_BIN=$(abspath build-tsan/petrelctl) \
+	  TSAN_OPTIONS="halt_on_error=0 exitcode=66 second_deadlock_stack=1" \
+	  $(PYTEST) -q $(TSAN_TESTS) $(PYTEST_ARGS)

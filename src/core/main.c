@@ -21,6 +21,7 @@
 #include <uv.h>
 
 #include "core/config.h"
+#include "core/fdlimit.h"
 #include "core/runtime.h"
 #include "core/worker.h"
 #include "http/http_server.h"
@@ -201,6 +202,7 @@ static int reload_locked(struct reloader *r, char *err, size_t errlen)
         config_free(cfg);
         return PT_INVALID;
     }
+    fdlimit_apply(cfg);
     const struct config *old = r->rt->gen->cfg;  /* swapped only here, under r->lock */
     warn_restart_only(old, cfg);
     for (const char *w = cfg->warnings; w && *w; w += strcspn(w, "\n") + 1)
@@ -324,6 +326,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "petrel: %s\n", err);
         return 1;
     }
+    fdlimit_apply(cfg); /* max_connections within ulimit -n (warns when it clamps) */
     struct runtime rt = { 0 };
     if (gethostname(rt.hostname, sizeof rt.hostname - 1) != 0)
         snprintf(rt.hostname, sizeof rt.hostname, "localhost");
