@@ -5,6 +5,7 @@ envelope to a hop without SMTPUTF8 are never sent: they bounce locally with 5.6.
 5.6.7. The next hop is standards_sinks.CapsSink, which records the raw commands.
 """
 
+import os
 import re
 import subprocess
 
@@ -155,3 +156,58 @@ def test_chunking_option_validated(world, tmp_path):
     # not applied yet (the scheduler does not pass it): refused, never ignored
     r = check(base + "petrel.configure_delivery {\n  chunking = false,\n}\n")
     assert r.returncode == 1 and re.search(r"c\.lua:\d+: .*chunking", r.stderr), r
+
+
+def _private_postfix(tmp_path, sink_port):
+    """Debian's Postfix as a private next hop (own config, queue and log under
+    tmp_path, loopback, stopped by its master's PID), through bench.py's helper."""
+    import os
+    import shutil
+    import sys
+    import pytest
+    if not shutil.which("postfix") and not os.path.exists("/usr/sbin/postfix"):
+        pytest.skip("postfix is not installed (scripts/deps.sh bench)")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    from bench import Postfix
+    import tempfile
+    # pytest's tmp dirs are 0700: the postfix user could not reach its data dir
+    work = tempfile.mkdtemp(prefix="petrel-test-postfix-")
+    pf = Postfix(work, sink_port, conns=2)
+    pf.workdir = work
+    try:
+        pf.start()
+    except Exception:
+        pf.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return pf
+
+
+def test_bdat_to_real_postfix(world, tmp_path):
+    """Postfix 3.x offers CHUNKING: petrel sends BDAT and Postfix's own log counts
+    it (its disconnect line: "... bdat=1 ... commands=N"); the message arrives
+    intact behind Postfix."""
+    final = world.sink("127.0.0.1", world.other_port())
+    pf = _private_postfix(tmp_path, final.port)
+    try:
+        p = world.petrel(transport={"dest.test": {"relayhost": f"[127.0.0.1]:{pf.port}"}})
+        data = make_message(subject="through postfix", body=DOTTY + "Grüße\r\n")
+        send_raw(p, "alice@sender.test", ["bob@dest.test"], data, " BODY=8BITMIME")
+        t = final.wait_message(msgid_of(data), timeout=30)
+        assert data.split(b"\r\n\r\n", 1)[1] in t.data
+        p.wait_record("Delivery", recipient="bob@dest.test")
+        maillog = os.path.join(pf.dir, "maillog")
+
+        def bdat_logged():
+            try:
+                with open(maillog, errors="replace") as f:
+                    return [ln for ln in f if "disconnect from" in ln and " bdat=" in ln]
+            except OSError:
+                return []
+        p.stop()   # the connection to Postfix closes: it logs the disconnect line
+        lines = wait_for(bdat_logged, 20, lambda: f"a disconnect line with bdat= in {maillog}")
+        assert re.search(r" bdat=1\b", lines[0]) and " data=" not in lines[0], lines
+    finally:
+        pf.stop()
+        import shutil
+        shutil.rmtree(pf.workdir, ignore_errors=True)
