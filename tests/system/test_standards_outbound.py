@@ -211,3 +211,26 @@ def test_bdat_to_real_postfix(world, tmp_path):
         pf.stop()
         import shutil
         shutil.rmtree(pf.workdir, ignore_errors=True)
+
+
+def test_large_message_bdat_both_ways(world):
+    """3 MB in three BDAT chunks in, one BDAT out, byte for byte (streaming through
+    the connection's bounded input buffer; lines starting with dots untouched)."""
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING"])
+    p = world.petrel()
+    line = b".%07d " + b"abcdefghij" * 7 + b"\r\n"
+    body = b"".join(line.replace(b"%07d", b"%07d" % i) for i in range(38000))
+    data = make_message(subject="large bdat", body=body)
+    third = len(data) // 3
+    chunks = [data[:third], data[third:2 * third], data[2 * third:]]
+    with p.raw(timeout=60) as c:
+        assert c.cmd("EHLO client.test")[0] == 250
+        assert c.cmd("MAIL FROM:<alice@sender.test>")[0] == 250
+        assert c.cmd("RCPT TO:<bob@dest.test>")[0] == 250
+        for i, ch in enumerate(chunks):
+            c.send(f"BDAT {len(ch)}{' LAST' if i == 2 else ''}\r\n".encode() + ch)
+        replies = c.replies(3, timeout=60)
+        assert [r[0] for r in replies] == [250, 250, 250], replies
+    t = hop.wait_message(msgid_of(data), timeout=60)
+    assert t.via == "BDAT"
+    assert split_first_header(t.data)[1] == data
