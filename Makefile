@@ -22,7 +22,7 @@ PYTEST   ?= /usr/bin/python3 -m pytest
 .SECONDARY:
 .PHONY: all deps deps-test run test unit system fuzz asan bench clean check-config
 
-all: $(BUILD)/petrel $(BUILD)/petrelctl
+all: $(BUILD)/petrel $(BUILD)/petrelctl $(BUILD)/petrel-sendmail
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -34,8 +34,12 @@ $(BUILD)/libpetrel.a: $(LIB_OBJ)
 $(BUILD)/petrel: $(BUILD)/src/core/main.o $(BUILD)/libpetrel.a
 	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDFLAGS) $(ALL_LIBS)
 
-$(BUILD)/petrelctl: $(BUILD)/tools/petrelctl.o $(BUILD)/libpetrel.a
+$(BUILD)/petrelctl: $(BUILD)/tools/petrelctl.o $(BUILD)/tools/ctl_ops.o $(BUILD)/libpetrel.a
 	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDFLAGS) $(ALL_LIBS)
+
+# sendmail(8) for applications: plain libc, no petrel library
+$(BUILD)/petrel-sendmail: $(BUILD)/tools/petrel-sendmail.o
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDFLAGS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libpetrel.a
 	@mkdir -p $(dir $@)

@@ -37,6 +37,7 @@ PETREL = os.path.join(ROOT, "build", "petrel")
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 OPENDKIM = shutil.which("opendkim") or "/usr/sbin/opendkim"
+BASELINE = None  # --baseline: another petrel binary, run as relay "baseline" (A/B in one run)
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PETREL_SMTP_THREADS = None  # --petrel-smtp-threads: configure_process { smtp_threads }
@@ -404,8 +405,10 @@ class Postfix:
 class Petrel:
     name = "petrel"
 
-    def __init__(self, workdir, sink_port, conns, retry=None, max_queue=None, tls=None, dkim=None):
+    def __init__(self, workdir, sink_port, conns, retry=None, max_queue=None, tls=None, dkim=None,
+                 binary=None):
         self.tls, self.dkim = tls, dkim  # (cert, key); key file
+        self.bin = binary or PETREL  # --baseline: another build, same config
         self.dir = os.path.join(workdir, "petrel")
         self.spool = os.path.join(self.dir, "spool")
         self.cfg = os.path.join(self.dir, "petrel.lua")
@@ -450,7 +453,7 @@ petrel.configure_dns {{ resolvers = {{ "127.0.0.1:1" }} }}
         os.makedirs(self.dir, exist_ok=True)
         with open(self.cfg, "w") as f:
             f.write(self.config())
-        r = subprocess.run([PETREL, "-c", self.cfg, "--check"], capture_output=True, text=True,
+        r = subprocess.run([self.bin, "-c", self.cfg, "--check"], capture_output=True, text=True,
                            cwd=self.dir, timeout=30)
         return r.returncode == 0, (r.stdout + r.stderr).strip()
 
@@ -460,7 +463,7 @@ petrel.configure_dns {{ resolvers = {{ "127.0.0.1:1" }} }}
             f.write(self.config())
         self.stderr_lines = []
         t0 = time.monotonic()
-        self.proc = subprocess.Popen([PETREL, "-c", self.cfg], cwd=self.dir,
+        self.proc = subprocess.Popen([self.bin, "-c", self.cfg], cwd=self.dir,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, bufsize=1)
         ready = threading.Event()
@@ -628,7 +631,8 @@ def make_relay(name, workdir, sink_port, p, keys):
         return Postfix(workdir, sink_port, p["conns"], retry=p["pct_4xx"] > 0, tls=tls,
                        dkim=keys.dkim if p["dkim"] else None)
     return Petrel(workdir, sink_port, p["conns"], retry=("1s", "4s") if p["pct_4xx"] else None,
-                  tls=tls, dkim=keys.dkim if p["dkim"] else None)
+                  tls=tls, dkim=keys.dkim if p["dkim"] else None,
+                  binary=BASELINE if name == "baseline" else None)
 
 
 def petrel_supports(p, keys, workdir):
@@ -1064,6 +1068,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs")
     ap.add_argument("--petrel-smtp-threads", type=int, default=None,
                     help="petrel's SMTP event loops (default: petrel's own, half the cores)")
+    ap.add_argument("--baseline", help="another petrel binary (e.g. a build of the previous "
+                    "commit), run as relay 'baseline' beside petrel in the same run")
     ap.add_argument("--out", help="JSON output (default bench/results/YYYY-MM-DD.json)")
     args = ap.parse_args()
     global PETREL_SMTP_THREADS
@@ -1081,6 +1087,10 @@ def main():
 
     build_tools()
     relays = [r.strip() for r in args.relays.split(",") if r.strip()]
+    if args.baseline:
+        global BASELINE
+        BASELINE = os.path.abspath(args.baseline)
+        relays.append("baseline")
     if "petrel" in relays and not os.access(PETREL, os.X_OK):
         log(f"{PETREL} not built: running Postfix only")
         relays.remove("petrel")

@@ -22,6 +22,8 @@
 #include "core/users.h"
 #include "util/result.h"
 
+#include "ctl_ops.h"
+
 #define PETRELCTL_VERSION "0.1.0"
 
 static const char petrelctl_usage[] =
@@ -29,7 +31,11 @@ static const char petrelctl_usage[] =
     "       petrelctl hash-password [--cram-md5]   (reads one password line from stdin)\n"
     "       petrelctl [--url URL] [--key KEY] COMMAND\n"
     "         COMMAND: queue | show ID | suspend DOMAIN [DURATION] | resume DOMAIN |\n"
-    "                  flush [DOMAIN] | bounce ID|DOMAIN | delete ID|DOMAIN\n"
+    "                  flush [DOMAIN] | bounce ID|DOMAIN | delete ID|DOMAIN | reload |\n"
+    "                  top [--once] [--interval 2s]\n"
+    "       petrelctl report [--since DURATION] [--json] LOGFILE\n"
+    "       petrelctl dkim-keygen --domain D --selector S [--algorithm rsa-sha256|ed25519-sha256]\n"
+    "                 [--bits 2048] --out DIR\n"
     "         URL: $PETREL_URL or http://127.0.0.1:8080; KEY: $PETREL_KEY (Bearer key)\n";
 
 #define CTL_TIMEOUT_S 30
@@ -183,7 +189,7 @@ static int ctl_http(const char *url, const char *key, const char *path, const ch
 
 /* Fetches path (POSTing json if not NULL) and parses the JSON answer; prints the
  * API's error and returns NULL on anything but 200. */
-static json_t *ctl_fetch(const char *url, const char *key, const char *path, const char *json)
+json_t *ctl_fetch(const char *url, const char *key, const char *path, const char *json)
 {
     struct buf body;
     buf_init(&body, 0);
@@ -198,6 +204,11 @@ static json_t *ctl_fetch(const char *url, const char *key, const char *path, con
     }
     json_decref(doc);
     return NULL;
+}
+
+int ctl_get_raw(const char *url, const char *key, const char *path, struct buf *body)
+{
+    return ctl_http(url, key, path, NULL, body);
 }
 
 static const char *str_or(json_t *v, const char *dflt)
@@ -311,6 +322,22 @@ static int ctl_action(const char *url, const char *key, const char *action, int 
     return 0;
 }
 
+/* POST /api/reload: prints "reloaded", or the config error (exit 1). */
+static int ctl_reload(const char *url, const char *key)
+{
+    json_t *doc = ctl_fetch(url, key, "/api/reload", "{}");
+    if (!doc)
+        return 1;
+    bool ok = json_is_true(json_object_get(doc, "reloaded"));
+    json_decref(doc);
+    if (!ok) {
+        fprintf(stderr, "petrelctl: reload: unexpected answer\n");
+        return 1;
+    }
+    printf("reloaded\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const char *const api_commands[] = {
@@ -326,6 +353,10 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "hash-password") == 0)
         return petrelctl_hash_password(argc, argv);
+    if (strcmp(argv[1], "report") == 0)
+        return ctl_ops_report(argc - 1, argv + 1);
+    if (strcmp(argv[1], "dkim-keygen") == 0)
+        return ctl_ops_dkim_keygen(argc - 1, argv + 1);
     const char *url = getenv("PETREL_URL"), *key = getenv("PETREL_KEY");
     int a = 1;
     for (; a + 1 < argc && argv[a][0] == '-' && argv[a][1] == '-'; a += 2) {
@@ -340,9 +371,14 @@ int main(int argc, char **argv)
         url = "http://127.0.0.1:8080";
     if (a < argc && strcmp(argv[a], "queue") == 0 && a + 1 == argc)
         return ctl_queue(url, key);
+    if (a < argc && strcmp(argv[a], "reload") == 0 && a + 1 == argc)
+        return ctl_reload(url, key);
+    if (a < argc && strcmp(argv[a], "top") == 0)
+        return ctl_ops_top(url, key, argc - a, argv + a);
     if (a < argc && strcmp(argv[a], "show") == 0 && a + 2 == argc)
         return ctl_show(url, key, argv[a + 1]);
-    if (a < argc && (strcmp(argv[a], "queue") == 0 || strcmp(argv[a], "show") == 0)) {
+    if (a < argc && (strcmp(argv[a], "queue") == 0 || strcmp(argv[a], "show") == 0 ||
+                     strcmp(argv[a], "reload") == 0)) {
         fprintf(stderr, "petrelctl: %s: wrong arguments\n%s", argv[a], petrelctl_usage);
         return 2;
     }

@@ -247,6 +247,22 @@ bool authban_failure(struct authban *b, const char *ip, double now)
     return banned;
 }
 
+void authban_forgive(struct authban *b, const char *ip, int n, double now)
+{
+    unsigned char key[AUTHBAN_KEY_LEN];
+    if (!b || n <= 0 || !authban_key(ip, key))
+        return;
+    pthread_mutex_lock(&b->lock);
+    struct authban_rec *r = *authban_slot(b, key);
+    if (r && !(r->banned_until > now)) {
+        authban_expire(b, r, now);
+        r->count -= n < r->count ? n : r->count;   /* the newest sit at the ring's end */
+        if (r->count == 0)
+            authban_drop(b, r);
+    }
+    pthread_mutex_unlock(&b->lock);
+}
+
 bool authban_is_banned(struct authban *b, const char *ip, double now)
 {
     unsigned char key[AUTHBAN_KEY_LEN];

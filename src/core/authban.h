@@ -38,6 +38,10 @@ void authban_free(struct authban *b);   /* NULL is a no-op */
  * ban (log it, count it); false otherwise, including while ip is already
  * banned (that failure does not extend the ban). */
 bool authban_failure(struct authban *b, const char *ip, double now);
+/* Takes back up to n of ip's most recent failures still in the window (a client
+ * that failed and then authenticated in the same session, e.g. a client trying
+ * CRAM-MD5 before PLAIN). Never lifts or shortens a ban already started. */
+void authban_forgive(struct authban *b, const char *ip, int n, double now);
 /* True while ip is banned at now: refuse it with 421 before any AUTH. */
 bool authban_is_banned(struct authban *b, const char *ip, double now);
 /* Addresses currently tracked (for tests and metrics). */

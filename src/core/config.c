@@ -6,7 +6,6 @@
 #include <ctype.h>
 #include <limits.h>
 #include <math.h>
-#include <regex.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +19,7 @@
 
 #include "core/authban.h"
 #include "core/config.h"
+#include "policy/header_checks.h"
 #include "policy/lua_api.h"
 #include "util/cidr.h"
 #include "util/parse.h"
@@ -145,6 +145,8 @@ static const struct opt smtp_listener_opts[] = {
     { O("command_timeout", OPT_DURATION, LST(command_timeout)) },
     { O("data_timeout", OPT_DURATION, LST(data_timeout)) },
     { O("proxy_protocol", OPT_BOOL, LST(proxy_protocol)) },
+    { O("proxy_trusted_hosts", OPT_CIDRLIST, LST(proxy_trusted_hosts)),
+      .aux = LST(n_proxy_trusted_hosts) },
     { O("hide_received", OPT_BOOL, LST(hide_received)) },
     { O("tls_required", OPT_BOOL, LST(tls_required)) },
     { O("tenant", OPT_STR, LST(tenant)) },
@@ -751,6 +753,10 @@ static int api_start_smtp_listener(lua_State *L)
     if (owner)
         return lua_api_error(L, "%s: address '%s' is already used by listener '%s'", fn,
                              l->listen, owner);
+    if (l->proxy_protocol && l->n_proxy_trusted_hosts == 0)
+        return lua_api_error(L, "%s: proxy_protocol = true needs proxy_trusted_hosts (the "
+                             "CIDRs of the load balancers allowed to send the PROXY header)",
+                             fn);
     if (l->tls_required && !l->tls)
         return lua_api_error(L, "%s: tls_required = true needs tls = { cert_file=, key_file= }",
                              fn);
@@ -987,31 +993,6 @@ static int api_configure_dkim_signing(lua_State *L)
     return 0;
 }
 
-/* Postfix header_checks actions we implement; text is required for some. */
-static bool header_action(const char *a, char *out, size_t outlen)
-{
-    static const struct { const char *verb; int text; } verbs[] = {
-        /* text: 0 = none, 1 = optional, 2 = required */
-        { "IGNORE", 0 }, { "DUNNO", 0 }, { "OK", 0 }, { "WARN", 1 }, { "REJECT", 1 },
-        { "DISCARD", 1 }, { "PREPEND", 2 }, { "REPLACE", 2 },
-    };
-    while (*a == ' ' || *a == '\t')
-        a++;
-    size_t vl = strcspn(a, " \t");
-    const char *text = a + vl;
-    while (*text == ' ' || *text == '\t')
-        text++;
-    for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
-        if (strlen(verbs[i].verb) != vl || strncasecmp(verbs[i].verb, a, vl) != 0)
-            continue;
-        if ((verbs[i].text == 0 && *text) || (verbs[i].text == 2 && !*text))
-            return false;
-        snprintf(out, outlen, "%s%s%s", verbs[i].verb, *text ? " " : "", text);
-        return true;
-    }
-    return false;
-}
-
 static int api_configure_header_checks(lua_State *L)
 {
     static const char fn[] = "configure_header_checks";
@@ -1031,22 +1012,22 @@ static int api_configure_header_checks(lua_State *L)
         opts_apply(L, -1, where, "", header_check_opts, hc);
         lua_pop(L, 1);
 
-        regex_t re;
-        int rc = regcomp(&re, hc->pattern, REG_EXTENDED | REG_ICASE | REG_NOSUB);
-        if (rc != 0) {
-            char why[128];
-            regerror(rc, &re, why, sizeof why);
-            return lua_api_error(L, "%s: option 'pattern': invalid regex '%s': %s", where,
-                                 hc->pattern, why);
-        }
-        regfree(&re);
-        char action[512];
-        if (strlen(hc->action) >= sizeof action - 1 ||
-            !header_action(hc->action, action, sizeof action))
-            return lua_api_error(L, "%s: option 'action': invalid action '%s' (IGNORE, DUNNO, "
-                                 "OK, WARN [text], REJECT [text], DISCARD [text], PREPEND "
-                                 "text or REPLACE text)", where, hc->action);
-        set_str(L, &hc->action, action);
+        /* the engine itself judges the rule: one parser for --check and for use */
+        struct header_checks_rule rule = { hc->pattern, hc->action };
+        struct header_checks *one;
+        size_t bad;
+        char why[256];
+        int rc = header_checks_new(&rule, 1, &one, &bad, why, sizeof why);
+        header_checks_free(one);
+        if (rc == PT_NOMEM)
+            return luaL_error(L, "out of memory");
+        if (rc != PT_OK)
+            return lua_api_error(L, "%s: option '%s': %s", where,
+                                 strstr(why, "regex") ? "pattern" : "action", why);
+        char canon[1024];
+        if (header_checks_canon(hc->action, canon, sizeof canon, why, sizeof why) != PT_OK)
+            return lua_api_error(L, "%s: option 'action': %s", where, why);
+        set_str(L, &hc->action, canon);
     }
     return 0;
 }
@@ -1128,6 +1109,22 @@ static int config_finish(struct config *cfg)
     }
     if (cfg->n_routes > 1)
         qsort(cfg->routes, (size_t)cfg->n_routes, sizeof *cfg->routes, route_cmp);
+    if (cfg->n_header_checks) {
+        /* each rule compiled once already at its call: only memory can fail here */
+        struct header_checks_rule *r = calloc((size_t)cfg->n_header_checks, sizeof *r);
+        if (!r)
+            return PT_NOMEM;
+        for (int i = 0; i < cfg->n_header_checks; i++)
+            r[i] = (struct header_checks_rule){ cfg->header_checks[i].pattern,
+                                                cfg->header_checks[i].action };
+        size_t bad;
+        char why[256];
+        int rc = header_checks_new(r, (size_t)cfg->n_header_checks, &cfg->header_checks_set,
+                                   &bad, why, sizeof why);
+        free(r);
+        if (rc != PT_OK)
+            return PT_NOMEM;
+    }
     return PT_OK;
 }
 
@@ -1173,6 +1170,7 @@ void config_free(struct config *cfg)
         free(l->name);
         free(l->hostname);
         free(l->relay_hosts);
+        free(l->proxy_trusted_hosts);
         free_strlist(l->auth_mechanisms, l->n_auth_mechanisms);
         free_tls_files(l->tls);
         free(l->tenant);
@@ -1209,9 +1207,18 @@ void config_free(struct config *cfg)
         free(cfg->header_checks[i].action);
     }
     free(cfg->header_checks);
+    header_checks_free(cfg->header_checks_set);
     free(cfg->logging.path);
     free(cfg->logging.level);
     free(cfg);
+}
+
+int config_listener_index(const struct config *cfg, const char *host, uint16_t port)
+{
+    for (int i = 0; i < cfg->n_listeners; i++)
+        if (cfg->listeners[i].port == port && strcmp(cfg->listeners[i].host, host) == 0)
+            return i;
+    return -1;
 }
 
 static const struct cfg_route *find_route(const struct config *cfg, const char *key)

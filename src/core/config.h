@@ -11,6 +11,7 @@
 #include "util/cidr.h"
 
 struct lua_State;
+struct header_checks;
 
 #define CFG_MAX_LISTENERS 16
 
@@ -38,6 +39,7 @@ struct cfg_listener {
     double command_timeout;          /* 5m */
     double data_timeout;             /* 10m */
     bool proxy_protocol;             /* false */
+    struct cidr *proxy_trusted_hosts; int n_proxy_trusted_hosts; /* none; required with proxy_protocol */
     bool hide_received;              /* false */
     bool tls_required;               /* false; true needs tls (checked at load) */
     char *tenant;                    /* NULL */
@@ -116,6 +118,8 @@ struct config {
     char *process_user;
     int smtp_threads;                /* SMTP worker threads; 0 = auto (config_finish) */
     struct cfg_header_check *header_checks; int n_header_checks;
+    struct header_checks *header_checks_set; /* the rules compiled (policy/header_checks.h);
+                                                NULL when there are none */
     struct { char *path, *level; } logging;       /* "./var/log/petrel.jsonl", "info" */
     int n_hooks;                     /* petrel.on registrations seen (for information) */
 };
@@ -124,6 +128,10 @@ struct config {
  * (naming the option) into err. The returned snapshot is owned by the caller. */
 struct config *config_load(const char *path, char *err, size_t errlen);
 void config_free(struct config *cfg);
+
+/* Index in cfg->listeners of the SMTP listener on host:port (host as parsed,
+ * e.g. "::" for [::]); -1 if none. */
+int config_listener_index(const struct config *cfg, const char *host, uint16_t port);
 
 /* Finds the transport route for a lowercased domain: exact key, then ".parent"
  * keys from the most specific, then "*". NULL when none matches (use delivery

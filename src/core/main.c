@@ -1,10 +1,13 @@
 /* petrel daemon entry point: loads the config, recovers the spool into the
- * scheduler, binds the listeners, starts worker and delivery threads, and stops
- * gracefully on SIGTERM/SIGINT. Never reports ready before every listener is bound.
+ * scheduler, binds the listeners, starts worker and delivery threads, reloads the
+ * config on SIGHUP (or POST /api/reload), and stops gracefully on SIGTERM/SIGINT.
+ * Never reports ready before every listener is bound; a reload that fails keeps
+ * the running config whole.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <ftw.h>
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <malloc.h>
 #include <grp.h>
 #include <pwd.h>
@@ -97,10 +100,152 @@ static int drop_privileges(const struct config *cfg, char *err, size_t errlen)
     return PT_OK;
 }
 
+/* ---- reload -------------------------------------------------------------- */
+
+struct reloader {
+    pthread_mutex_t lock;             /* one reload at a time; guards the fields below */
+    bool stopped;                     /* shutting down: no more reloads */
+    const char *path;
+    struct runtime *rt;
+    struct worker_group *wg;
+    int n_http;                       /* HTTP listeners started (Lua state per thread) */
+    uint64_t last_id;
+};
+
+static bool str_differs(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+static bool route_differs(const struct cfg_route *a, const struct cfg_route *b)
+{
+    return a->kind != b->kind || str_differs(a->key, b->key) ||
+           str_differs(a->relayhost, b->relayhost) || str_differs(a->tls, b->tls) ||
+           str_differs(a->ca_file, b->ca_file) || (a->auth == NULL) != (b->auth == NULL) ||
+           (a->auth && (str_differs(a->auth->username, b->auth->username) ||
+                        str_differs(a->auth->password, b->auth->password) ||
+                        str_differs(a->auth->password_file, b->auth->password_file))) ||
+           str_differs(a->error_text, b->error_text);
+}
+
+/* Options a reload cannot apply to the running process: said once per reload. */
+static void warn_restart_only(const struct config *old, const struct config *cfg)
+{
+    char what[512] = "";
+    size_t n = 0;
+#define NOTE(cond, name) \
+    do { if (cond) n += (size_t)snprintf(what + n, n < sizeof what ? sizeof what - n : 0, "%s%s", n ? ", " : "", name); } while (0)
+    NOTE(old->smtp_threads != cfg->smtp_threads, "configure_process.smtp_threads");
+    NOTE(str_differs(old->process_user, cfg->process_user), "configure_process.user");
+    NOTE(str_differs(old->queue.spool_dir, cfg->queue.spool_dir), "configure_queue.spool_dir");
+    NOTE(old->delivery.threads != cfg->delivery.threads, "configure_delivery.threads");
+    bool http = old->n_http != cfg->n_http;
+    for (int i = 0; !http && i < cfg->n_http; i++) {
+        const struct cfg_http_listener *a = &old->http[i], *b = &cfg->http[i];
+        http = str_differs(a->listen, b->listen) || a->n_api_keys != b->n_api_keys ||
+               a->n_trusted_hosts != b->n_trusted_hosts || (a->tls == NULL) != (b->tls == NULL) ||
+               memcmp(a->trusted_hosts, b->trusted_hosts,
+                      (size_t)a->n_trusted_hosts * sizeof *a->trusted_hosts) != 0;
+        for (int k = 0; !http && k < a->n_api_keys; k++)
+            http = strcmp(a->api_keys[k], b->api_keys[k]) != 0;
+        http = http || (a->tls && (str_differs(a->tls->cert_file, b->tls->cert_file) ||
+                                   str_differs(a->tls->key_file, b->tls->key_file)));
+    }
+    NOTE(http, "start_http_listener");
+    /* The delivery threads keep the startup generation in this build. */
+    bool dl = old->n_routes != cfg->n_routes || route_differs(&old->delivery.dflt, &cfg->delivery.dflt) ||
+              old->delivery.smtp_port != cfg->delivery.smtp_port ||
+              old->delivery.max_connections_per_domain != cfg->delivery.max_connections_per_domain ||
+              old->delivery.max_message_rate != cfg->delivery.max_message_rate ||
+              old->delivery.max_deliveries_per_connection != cfg->delivery.max_deliveries_per_connection ||
+              old->delivery.connect_timeout != cfg->delivery.connect_timeout ||
+              str_differs(old->delivery.helo_name, cfg->delivery.helo_name);
+    for (int i = 0; !dl && i < cfg->n_routes; i++)
+        dl = route_differs(&old->routes[i], &cfg->routes[i]);
+    NOTE(dl, "configure_delivery/configure_transport (delivery side)");
+    NOTE(old->queue.retry_interval != cfg->queue.retry_interval ||
+         old->queue.max_retry_interval != cfg->queue.max_retry_interval ||
+         old->queue.max_retry_age != cfg->queue.max_retry_age, "configure_queue retries");
+    bool dk = old->n_dkim != cfg->n_dkim;
+    for (int i = 0; !dk && i < cfg->n_dkim; i++)
+        dk = str_differs(old->dkim[i].domain, cfg->dkim[i].domain) ||
+             str_differs(old->dkim[i].selector, cfg->dkim[i].selector) ||
+             str_differs(old->dkim[i].key_file, cfg->dkim[i].key_file);
+    NOTE(dk, "configure_dkim_signing");
+    bool dns = old->n_dns_resolvers != cfg->n_dns_resolvers;
+    for (int i = 0; !dns && i < cfg->n_dns_resolvers; i++)
+        dns = strcmp(old->dns_resolvers[i], cfg->dns_resolvers[i]) != 0;
+    NOTE(dns, "configure_dns");
+    NOTE(old->auth_max_failures != cfg->auth_max_failures ||
+         old->auth_failure_window != cfg->auth_failure_window ||
+         old->auth_ban_time != cfg->auth_ban_time, "configure_auth ban settings");
+#undef NOTE
+    if (n)
+        log_warn("reload: changed settings that apply at the next restart only: %s", what);
+}
+
+/* Caller holds r->lock. */
+static int reload_locked(struct reloader *r, char *err, size_t errlen)
+{
+    struct config *cfg = config_load(r->path, err, errlen);
+    if (!cfg)
+        return PT_INVALID;
+    if (cfg->n_listeners == 0) {
+        snprintf(err, errlen, "%s:0: no SMTP listener configured (petrel.start_smtp_listener)",
+                 r->path);
+        config_free(cfg);
+        return PT_INVALID;
+    }
+    const struct config *old = r->rt->gen->cfg;  /* swapped only here, under r->lock */
+    warn_restart_only(old, cfg);
+    struct cfg_gen *gen = runtime_gen_build(cfg, r->last_id + 1, r->wg->n, r->n_http, err, errlen);
+    if (!gen)
+        return PT_INVALID;
+    struct listen_plan plan;
+    if (workers_prepare(r->wg, gen->cfg, &plan, err, errlen) != PT_OK) {
+        runtime_gen_release(gen);
+        return PT_INVALID;
+    }
+    r->last_id++;
+    cfg = gen->cfg;
+    enum log_level lvl;
+    if (log_level_parse(cfg->logging.level, &lvl) == PT_OK)
+        log_set_level(lvl);
+    if (str_differs(old->logging.path, cfg->logging.path))
+        log_reopen_path(cfg->logging.path);
+    runtime_gen_swap(r->rt, gen);   /* new sessions and requests get it from now on */
+    workers_commit(r->wg, &plan);   /* listeners added and closed */
+    return PT_OK;
+}
+
+/* SIGHUP and POST /api/reload. */
+static int reload(void *arg, char *err, size_t errlen)
+{
+    struct reloader *r = arg;
+    /* logrotate moved the files: new lines go to new files, reload or not */
+    log_diag_reopen();
+    log_reopen();
+    pthread_mutex_lock(&r->lock);
+    int rc;
+    if (r->stopped) {
+        snprintf(err, errlen, "%s:0: shutting down", r->path);
+        rc = PT_ERROR;
+    } else {
+        rc = reload_locked(r, err, errlen);
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (rc != PT_OK)
+        log_error("reload failed: %s", err);
+    else
+        log_info("reload ok");
+    return rc;
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     if (signum == SIGHUP) {
-        log_warn("SIGHUP: live reload is not supported yet; restart petrel to apply config changes");
+        char err[1024];
+        reload(h->data, err, sizeof err);
         return;
     }
     log_info("signal %d: shutting down", signum);
@@ -165,17 +310,25 @@ int main(int argc, char **argv)
     enum log_level lvl;
     if (log_level_parse(cfg->logging.level, &lvl) == PT_OK)
         log_set_level(lvl);
+    log_diag_track_stderr();
     if (log_open(cfg->logging.path, err, sizeof err) != PT_OK) {
         fprintf(stderr, "petrel: %s\n", err);
         return 1;
     }
-    struct runtime rt = { .cfg = cfg };
+    struct runtime rt = { 0 };
     if (gethostname(rt.hostname, sizeof rt.hostname - 1) != 0)
         snprintf(rt.hostname, sizeof rt.hostname, "localhost");
-    if (runtime_tls_init(&rt, err, sizeof err) != PT_OK) {
+    int nworkers = cfg->smtp_threads, n_http = cfg->n_http;
+    struct cfg_gen *gen = runtime_gen_build(cfg, 1, nworkers, n_http, err, sizeof err);
+    if (!gen) {
         fprintf(stderr, "petrel: %s\n", err);
         return 1;
     }
+    if (runtime_init(&rt, gen) != PT_OK) {
+        fprintf(stderr, "petrel: out of memory\n");
+        return 1;
+    }
+    cfg = gen->cfg;    /* the startup generation's, owned by it */
     rt.spool = spool_open(cfg->queue.spool_dir, err, sizeof err);
     if (!rt.spool) {
         fprintf(stderr, "petrel: spool %s: %s\n", cfg->queue.spool_dir, err);
@@ -196,29 +349,37 @@ int main(int argc, char **argv)
              (unsigned long long)rc.n, cfg->queue.spool_dir, time_now() - t0,
              rc.bad ? " (some undecodable entries skipped)" : "");
 
-    int nworkers = cfg->smtp_threads;
     struct worker *workers = calloc((size_t)nworkers, sizeof *workers);
     struct frontdoor *fd = frontdoor_new();
-    if (!workers || !fd)
+    struct worker_group *wg = calloc(1, sizeof *wg);
+    if (!workers || !fd || !wg)
         return 1;
+    wg->w = workers;
+    wg->n = nworkers;
     for (int i = 0; i < nworkers; i++) {
         workers[i].index = i;
         workers[i].rt = &rt;
         workers[i].fd = fd;
-    }
-    if (workers_bind(workers, nworkers, cfg, err, sizeof err) != PT_OK) {
-        fprintf(stderr, "petrel: %s\n", err);
-        return 1;
-    }
-    for (int i = 0; i < nworkers; i++)
         if (worker_start(&workers[i]) != PT_OK) {
             fprintf(stderr, "petrel: cannot start worker %d\n", i);
             return 1;
         }
+    }
+    struct listen_plan plan;
+    if (workers_prepare(wg, cfg, &plan, err, sizeof err) != PT_OK) {
+        fprintf(stderr, "petrel: %s\n", err);
+        return 1;
+    }
+    workers_commit(wg, &plan);
+    struct reloader rl = { .path = path, .rt = &rt, .wg = wg, .n_http = n_http, .last_id = 1,
+                           .stopped = true };
+    pthread_mutex_init(&rl.lock, NULL);
+    rt.reload = reload;
+    rt.reload_arg = &rl;
     /* HTTP listeners: bound while still root (privileged ports, root-only keys) */
     struct http_server *http_srv[CFG_MAX_LISTENERS] = { 0 };
     for (int i = 0; i < cfg->n_http; i++) {
-        http_srv[i] = http_start(&rt, &cfg->http[i], err, sizeof err);
+        http_srv[i] = http_start(&rt, &cfg->http[i], i, err, sizeof err);
         if (!http_srv[i]) {
             fprintf(stderr, "petrel: %s\n", err);
             return 1;
@@ -233,6 +394,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "petrel: cannot start worker %d\n", i);
             return 1;
         }
+    pthread_mutex_lock(&rl.lock);
+    wg->running = true;
+    rl.stopped = false;          /* reloads from here on */
+    pthread_mutex_unlock(&rl.lock);
     if (sched_start(rt.sched) != PT_OK) {
         fprintf(stderr, "petrel: cannot start delivery threads\n");
         return 1;
@@ -243,6 +408,7 @@ int main(int argc, char **argv)
     int signums[3] = { SIGTERM, SIGINT, SIGHUP };
     for (int i = 0; i < 3; i++) {
         uv_signal_init(loop, &sigs[i]);
+        sigs[i].data = &rl;
         uv_signal_start(&sigs[i], on_signal, signums[i]);
     }
     for (int i = 0; i < cfg->n_listeners; i++)
@@ -256,7 +422,10 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
 
     /* graceful stop: HTTP and SMTP inbound first (finish transactions), then
-     * delivery, then disk */
+     * delivery, then disk; no reload from here on */
+    pthread_mutex_lock(&rl.lock);
+    rl.stopped = true;
+    pthread_mutex_unlock(&rl.lock);
     for (int i = 0; i < cfg->n_http; i++)
         http_stop(http_srv[i]);
     for (int i = 0; i < nworkers; i++)
@@ -278,7 +447,8 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_NOWAIT);
     frontdoor_free(fd);
     free(workers);
-    runtime_tls_free(&rt);
-    config_free(cfg);
+    free(wg);
+    pthread_mutex_destroy(&rl.lock);
+    runtime_free(&rt);
     return 0;
 }

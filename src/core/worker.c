@@ -1,5 +1,8 @@
 /* Worker threads and their listening sockets (SO_REUSEPORT: the kernel spreads
- * connections over the workers), plus the shared front-door connection counters.
+ * connections over the workers), the listener slots that reloads add and close,
+ * plus the shared front-door connection counters.
+ * Never binds or reads a file on a worker loop: sockets are bound by the caller of
+ * workers_prepare (main thread or reload) and handed over by message.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <pthread.h>
 #include <stdio.h>
@@ -7,12 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <lua.h>
-
 #include "core/runtime.h"
 #include "core/worker.h"
 #include "obs/log.h"
-#include "policy/hooks.h"
 #include "smtp/smtp_server.h"
 #include "util/netsock.h"
 #include "util/result.h"
@@ -30,7 +30,7 @@ struct ip_count {
 
 struct frontdoor {
     pthread_mutex_t lock;
-    int per_listener[CFG_MAX_LISTENERS];
+    int per_listener[WORKER_MAX_SLOTS];
     struct ip_count *buckets[FD_BUCKETS];
 };
 
@@ -112,32 +112,207 @@ void frontdoor_leave(struct frontdoor *fd, int listener, const char *ip)
     pthread_mutex_unlock(&fd->lock);
 }
 
-/* ---- sockets ----------------------------------------------------------- */
+/* ---- listener slots and sockets ---------------------------------------- */
 
-int workers_bind(struct worker *w, int nworkers, const struct config *cfg, char *err, size_t errlen)
+static int slot_of(const struct worker_group *g, const char *host, uint16_t port)
 {
-    for (int i = 0; i < nworkers; i++) {
-        w[i].nlisteners = cfg->n_listeners;
-        for (int j = 0; j < cfg->n_listeners; j++) {
-            const struct cfg_listener *l = &cfg->listeners[j];
-            w[i].listen_fds[j] = netsock_listen(l->host, l->port, l->listen, "listener",
-                                                NETSOCK_NONBLOCK | NETSOCK_REUSEPORT, 1024,
-                                                err, errlen);
-            if (w[i].listen_fds[j] < 0)
-                return PT_ERROR;
+    for (int i = 0; i < WORKER_MAX_SLOTS; i++)
+        if (g->slot[i].used && g->slot[i].port == port && strcmp(g->slot[i].host, host) == 0)
+            return i;
+    return -1;
+}
+
+int workers_prepare(struct worker_group *g, const struct config *cfg, struct listen_plan *p,
+                    char *err, size_t errlen)
+{
+    memset(p, 0, sizeof *p);
+    for (int i = 0; i < WORKER_MAX_SLOTS; i++)
+        if (g->slot[i].used && config_listener_index(cfg, g->slot[i].host, g->slot[i].port) < 0) {
+            p->drop[i] = true;
+            p->n_drop++;
         }
+    int n_new = 0;
+    for (int j = 0; j < cfg->n_listeners; j++)
+        if (slot_of(g, cfg->listeners[j].host, cfg->listeners[j].port) < 0)
+            n_new++;
+    if (n_new == 0)
+        return PT_OK;
+    if (!(p->fds = malloc((size_t)n_new * (size_t)g->n * sizeof *p->fds))) {
+        snprintf(err, errlen, "%s:0: out of memory", cfg->path);
+        return PT_NOMEM;
+    }
+    /* free slots, never one this plan drops (its sessions still count) */
+    bool taken[WORKER_MAX_SLOTS] = { false };
+    for (int j = 0; j < cfg->n_listeners; j++) {
+        const struct cfg_listener *l = &cfg->listeners[j];
+        if (slot_of(g, l->host, l->port) >= 0)
+            continue;
+        int slot = -1;
+        for (int k = 0; k < WORKER_MAX_SLOTS && slot < 0; k++) {
+            int c = (g->next_slot + k) % WORKER_MAX_SLOTS;
+            if (!g->slot[c].used && !taken[c])
+                slot = c;
+        }
+        if (slot < 0) {
+            snprintf(err, errlen, "%s:%d: start_smtp_listener: no free listener slot (reload less "
+                     "often or restart)", cfg->path, l->line);
+            workers_abort(g, p);
+            return PT_ERROR;
+        }
+        taken[slot] = true;
+        int *row = p->fds + (size_t)p->n_add * (size_t)g->n;
+        for (int i = 0; i < g->n; i++) {
+            char e[400];
+            row[i] = netsock_listen(l->host, l->port, l->listen, "listener",
+                                    NETSOCK_NONBLOCK | NETSOCK_REUSEPORT, 1024, e, sizeof e);
+            if (row[i] < 0) {
+                snprintf(err, errlen, "%s:%d: start_smtp_listener: %s", cfg->path, l->line, e);
+                for (int k = 0; k < i; k++)
+                    close(row[k]);
+                workers_abort(g, p);
+                return PT_ERROR;
+            }
+        }
+        p->add_slot[p->n_add++] = slot;
+        g->slot[slot].port = l->port;   /* reserved: used is set by commit */
+        snprintf(g->slot[slot].host, sizeof g->slot[slot].host, "%s", l->host);
+        snprintf(g->slot[slot].listen, sizeof g->slot[slot].listen, "%s", l->listen);
     }
     return PT_OK;
+}
+
+void workers_abort(struct worker_group *g, struct listen_plan *p)
+{
+    for (int a = 0; a < p->n_add; a++)
+        for (int i = 0; i < g->n; i++)
+            close(p->fds[(size_t)a * (size_t)g->n + (size_t)i]);
+    free(p->fds);
+    memset(p, 0, sizeof *p);
+}
+
+static void on_connection(uv_stream_t *server, int status);
+
+static void listener_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/* On the worker's loop (or before its thread runs). */
+static void worker_listen(struct worker *w, int slot, int fd, const struct worker_group *g)
+{
+    struct worker_listener *wl = calloc(1, sizeof *wl);
+    if (!wl || w->stopping || w->ls[slot]) {
+        log_error("worker %d: cannot listen on %s%s", w->index, g->slot[slot].listen,
+                  wl ? "" : ": out of memory");
+        free(wl);
+        close(fd);
+        return;
+    }
+    wl->w = w;
+    wl->slot = slot;
+    snprintf(wl->host, sizeof wl->host, "%s", g->slot[slot].host);
+    wl->port = g->slot[slot].port;
+    uv_tcp_init(&w->loop, &wl->h);
+    wl->h.data = wl;
+    if (uv_tcp_open(&wl->h, fd) || uv_listen((uv_stream_t *)&wl->h, 1024, on_connection)) {
+        log_error("worker %d: cannot listen on %s", w->index, g->slot[slot].listen);
+        uv_close((uv_handle_t *)&wl->h, listener_closed);
+        return;
+    }
+    w->ls[slot] = wl;
+}
+
+static void worker_unlisten(struct worker *w, int slot)
+{
+    if (!w->ls[slot])
+        return;
+    uv_close((uv_handle_t *)&w->ls[slot]->h, listener_closed); /* the fd closes now */
+    w->ls[slot] = NULL;
+}
+
+struct listen_msg {
+    const struct worker_group *g;
+    int slot, fd;
+};
+
+/* Waits until every worker has handled the messages posted before it. */
+struct sync_point {
+    pthread_mutex_t lock;
+    pthread_cond_t done;
+    int remaining;
+};
+
+void workers_commit(struct worker_group *g, struct listen_plan *p)
+{
+    struct sync_point sp = { .remaining = g->n };
+    pthread_mutex_init(&sp.lock, NULL);
+    pthread_cond_init(&sp.done, NULL);
+    for (int a = 0; a < p->n_add; a++)
+        g->slot[p->add_slot[a]].used = true;
+    for (int i = 0; i < g->n; i++) {
+        struct worker *w = &g->w[i];
+        for (int a = 0; a < p->n_add; a++) {
+            int slot = p->add_slot[a], fd = p->fds[(size_t)a * (size_t)g->n + (size_t)i];
+            struct listen_msg *m = g->running ? malloc(sizeof *m) : NULL;
+            if (!g->running) {
+                worker_listen(w, slot, fd, g);
+            } else if (!m || mbox_send(&w->mbox, WMSG_LISTEN, m, 0, 0) != PT_OK) {
+                log_error("worker %d: cannot listen on %s: out of memory", i, g->slot[slot].listen);
+                free(m);
+                close(fd);
+            } else {
+                *m = (struct listen_msg){ g, slot, fd };
+            }
+        }
+        for (int k = 0; k < WORKER_MAX_SLOTS; k++) {
+            if (!p->drop[k])
+                continue;
+            if (!g->running)
+                worker_unlisten(w, k);
+            else
+                mbox_send(&w->mbox, WMSG_UNLISTEN, NULL, (uint64_t)k, 0);
+        }
+        if (!g->running || mbox_send(&w->mbox, WMSG_SYNC, &sp, 0, 0) != PT_OK) {
+            pthread_mutex_lock(&sp.lock);
+            sp.remaining--;
+            pthread_mutex_unlock(&sp.lock);
+        }
+    }
+    for (int k = 0; k < WORKER_MAX_SLOTS; k++)
+        if (p->drop[k]) {
+            g->slot[k].used = false;
+            g->next_slot = (k + 1) % WORKER_MAX_SLOTS;
+        }
+    for (int a = 0; a < p->n_add; a++)
+        if (g->next_slot <= p->add_slot[a])
+            g->next_slot = (p->add_slot[a] + 1) % WORKER_MAX_SLOTS;
+    pthread_mutex_lock(&sp.lock);
+    while (sp.remaining > 0)
+        pthread_cond_wait(&sp.done, &sp.lock);
+    pthread_mutex_unlock(&sp.lock);
+    pthread_cond_destroy(&sp.done);
+    pthread_mutex_destroy(&sp.lock);
+    free(p->fds);
+    memset(p, 0, sizeof *p);
 }
 
 /* ---- the worker loop --------------------------------------------------- */
 
 static void on_connection(uv_stream_t *server, int status)
 {
-    struct worker *w = server->loop->data;
+    struct worker_listener *wl = server->data;
+    struct worker *w = wl->w;
     if (status < 0 || w->stopping)
         return;
-    smtp_server_accept(w, (int)(intptr_t)server->data, server);
+    struct cfg_gen *gen = runtime_gen_acquire(w->rt);
+    int li = config_listener_index(gen->cfg, wl->host, wl->port);
+    if (li < 0) {
+        /* removed by a reload whose close message is on its way: left unaccepted,
+         * the connection is reset when the socket closes */
+        runtime_gen_release(gen);
+        return;
+    }
+    smtp_server_accept(w, gen, li, wl->slot, server);
 }
 
 #define DRAIN_TICK_MS 50
@@ -166,11 +341,31 @@ static void worker_on_msg(void *owner, struct mbox_msg *msg)
     case WMSG_SPOOLED:
         smtp_server_on_spooled(w, msg);
         break;
+    case WMSG_LISTEN: {
+        struct listen_msg *m = msg->ptr;
+        worker_listen(w, m->slot, m->fd, m->g);
+        free(m);
+        break;
+    }
+    case WMSG_UNLISTEN:
+        worker_unlisten(w, (int)msg->id);
+        break;
+    case WMSG_SYNC: {
+        /* a reload happened: drop this thread's cached old generation now */
+        if (!w->stopping)
+            runtime_gen_release(runtime_gen_acquire(w->rt));
+        struct sync_point *sp = msg->ptr;
+        pthread_mutex_lock(&sp->lock);
+        if (--sp->remaining == 0)
+            pthread_cond_signal(&sp->done);
+        pthread_mutex_unlock(&sp->lock);
+        break;
+    }
     case WMSG_STOP:
         if (!w->stopping) {
             w->stopping = true;
-            for (int i = 0; i < w->nlisteners; i++)
-                uv_close((uv_handle_t *)&w->listeners[i], NULL);
+            for (int i = 0; i < WORKER_MAX_SLOTS; i++)
+                worker_unlisten(w, i);
             smtp_server_stop_all(w, false);
             uv_timer_init(&w->loop, &w->drain);
             w->drain.data = w;
@@ -185,38 +380,16 @@ static void worker_main(void *arg)
 {
     struct worker *w = arg;
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    runtime_gen_thread_done();
 }
 
 int worker_start(struct worker *w)
 {
-    char err[512];
     if (uv_loop_init(&w->loop))
         return PT_ERROR;
     w->loop.data = w;
-    w->L = config_lua_worker(w->rt->cfg, err, sizeof err);
-    if (!w->L || hooks_install(w->L, w->rt->cfg) != PT_OK) {
-        log_error("worker %d: %s", w->index, w->L ? "out of memory" : err);
-        return PT_ERROR;
-    }
-    /* Say so when the config hooks an event this build does not raise yet. */
-    static const char *const not_run[] = {
-        "smtp_delivery_result", "http_message_received", "http_request", NULL,
-    };
-    for (int i = 0; w->index == 0 && not_run[i]; i++)
-        if (hooks_any(w->L, not_run[i]))
-            log_warn("petrel.on: %s hooks are registered but this build does not run them yet",
-                     not_run[i]);
     if (mbox_init(&w->mbox, &w->loop, worker_on_msg, w))
         return PT_ERROR;
-    for (int i = 0; i < w->nlisteners; i++) {
-        uv_tcp_init(&w->loop, &w->listeners[i]);
-        w->listeners[i].data = (void *)(intptr_t)i;
-        if (uv_tcp_open(&w->listeners[i], w->listen_fds[i]) ||
-            uv_listen((uv_stream_t *)&w->listeners[i], 1024, on_connection)) {
-            log_error("worker %d: cannot listen on %s", w->index, w->rt->cfg->listeners[i].listen);
-            return PT_ERROR;
-        }
-    }
     return PT_OK;
 }
 
@@ -240,6 +413,4 @@ void worker_join(struct worker *w)
 {
     uv_thread_join(&w->tid);
     uv_loop_close(&w->loop);
-    if (w->L)
-        lua_close(w->L);
 }

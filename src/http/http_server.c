@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <lua.h>
 #include <microhttpd.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -24,6 +25,9 @@
 #include "http/inject.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "policy/header_checks.h"
+#include "policy/hooks.h"
+#include "policy/limits.h"
 #include "queue/entry.h"
 #include "queue/ingest.h"
 #include "queue/sched.h"
@@ -53,9 +57,18 @@ struct http_server {
     char start_err[256];
     atomic_bool stopping;                     /* injections get 503 from now on */
     atomic_int inflight;                      /* injection jobs not yet answered */
+    int index;                                /* listener index: its Lua state in each
+                                                 generation (runtime_gen_http_lua) */
 };
 
 struct inject_job;
+
+/* What http_message_received asked for one destination domain of one message. */
+struct dom_fx {
+    size_t msg;
+    char domain[256];           /* lowercased, as ingest names the entry */
+    struct hook_effects fx;
+};
 
 /* Per request, from MHD's first call to its completion notice. */
 struct http_req {
@@ -65,6 +78,7 @@ struct http_req {
     struct buf data;            /* the body, for endpoints that take one */
     char ip[64];                /* client address */
     struct inject_job *job;     /* an injection waiting for the spool */
+    struct cfg_gen *gen;        /* config generation the request started with (held) */
 };
 
 /* ---- responses ----------------------------------------------------------- */
@@ -195,6 +209,10 @@ struct inject_job {
     char id[ENTRY_ID_LEN + 1];  /* /v1/message: the queue id */
     struct inject_batch batch;  /* messages and the recipients refused up front */
     json_t *rejected;           /* /v1/message: recipients refused by policy */
+    size_t discarded;           /* recipients accepted and dropped (header checks DISCARD) */
+    char (*ids)[ENTRY_ID_LEN + 1];  /* queue id of each message of the batch */
+    struct dom_fx *fx;          /* http_message_received effects per message and domain */
+    size_t nfx;
     size_t nsubs;
     struct inject_sub *subs;
 };
@@ -206,6 +224,10 @@ static void job_free(struct inject_job *j)
     inject_batch_free(&j->batch);
     json_decref(j->rejected);
     free(j->subs);
+    free(j->ids);
+    for (size_t i = 0; i < j->nfx; i++)
+        hook_effects_free(&j->fx[i].fx);
+    free(j->fx);
     pthread_mutex_destroy(&j->lock);
     atomic_fetch_sub(&j->s->inflight, 1);
     free(j);
@@ -271,13 +293,218 @@ static int apply_routes(struct inject_job *j, const struct config *cfg)
     return PT_OK;
 }
 
+/* Moves every recipient of msg to the refused ones with the reason why (v1:
+ * rejected; kumo: the batch's failures). msg keeps no recipient. */
+static int refuse_all(struct inject_job *j, struct inject_msg *msg, const char *why)
+{
+    for (size_t i = 0; i < msg->nrcpt; i++) {
+        if (!j->kumo) {
+            json_array_append_new(j->rejected, json_string(msg->rcpts[i]));
+            free(msg->rcpts[i]);
+            continue;
+        }
+        struct inject_failure *f = realloc(j->batch.failed, (j->batch.nfailed + 1) * sizeof *f);
+        if (f)
+            j->batch.failed = f;
+        char *w = f ? strdup(why) : NULL;
+        if (!w) {
+            for (size_t k = i; k < msg->nrcpt; k++)
+                msg->rcpts[k - i] = msg->rcpts[k];
+            msg->nrcpt -= i;
+            return PT_NOMEM;
+        }
+        f[j->batch.nfailed++] = (struct inject_failure){ .recipient = msg->rcpts[i], .error = w };
+    }
+    msg->nrcpt = 0;
+    return PT_OK;
+}
+
+/* configure_header_checks on each message's header, as for SMTP. REJECT refuses
+ * the message's recipients by policy (v1: "rejected"; kumo: failed_recipients with
+ * the reply) rather than failing the request: the JSON was valid. DISCARD counts
+ * them accepted and queues nothing. */
+static int apply_header_checks(struct inject_job *j, const struct config *cfg, const char *ip)
+{
+    const struct header_checks *hc = cfg->header_checks_set;
+    for (size_t m = 0; hc && m < j->batch.nmsgs; m++) {
+        struct inject_msg *msg = &j->batch.msgs[m];
+        if (msg->nrcpt == 0)
+            continue;
+        struct buf out;
+        buf_init(&out, 0);
+        struct header_checks_result res;
+        int rc = header_checks_apply(hc, msg->content, msg->content_len, &out, &res);
+        if (rc != PT_OK) {
+            buf_free(&out);
+            return rc;
+        }
+        if (res.warnings)
+            log_warn("http %s: header_checks: WARN %s (%zu warning(s))", ip, res.warning,
+                     res.warnings);
+        if (res.verdict == HEADER_CHECKS_REJECT) {
+            char why[HEADER_CHECKS_TEXT_MAX + 8];
+            snprintf(why, sizeof why, "550 %s", res.text);
+            log_info("http %s: header_checks rule %zu rejected a message: %s", ip, res.rule + 1,
+                     res.text);
+            rc = refuse_all(j, msg, why);
+        } else if (res.verdict == HEADER_CHECKS_DISCARD) {
+            log_info("http %s: header_checks rule %zu discarded a message: %s", ip, res.rule + 1,
+                     res.text);
+            j->discarded += msg->nrcpt;
+            for (size_t i = 0; i < msg->nrcpt; i++)
+                free(msg->rcpts[i]);
+            msg->nrcpt = 0;
+        } else if (res.changed) {
+            size_t len;
+            free(msg->content);
+            msg->content = buf_steal(&out, &len);
+            msg->content_len = len;
+        }
+        buf_free(&out);
+        if (rc != PT_OK)
+            return rc;
+    }
+    return PT_OK;
+}
+
+/* Refuses the recipients of msg whose lowercased domain is dom (see refuse_all). */
+static int refuse_domain(struct inject_job *j, struct inject_msg *msg, const char *dom,
+                         const char *why)
+{
+    struct inject_msg out = { .rcpts = msg->rcpts };
+    size_t keep = 0, n = 0;
+    char **refused = malloc(msg->nrcpt * sizeof *refused);
+    if (!refused)
+        return PT_NOMEM;
+    for (size_t i = 0; i < msg->nrcpt; i++) {
+        char ldom[256];
+        const char *d = smtp_addr_domain(msg->rcpts[i]);
+        smtp_domain_lower(d ? d : "", ldom, sizeof ldom);
+        if (strcmp(ldom, dom) == 0)
+            refused[n++] = msg->rcpts[i];
+        else
+            msg->rcpts[keep++] = msg->rcpts[i];
+    }
+    msg->nrcpt = keep;
+    out.rcpts = refused;
+    out.nrcpt = n;
+    int rc = refuse_all(j, &out, why);
+    for (size_t i = 0; i < out.nrcpt; i++)   /* left over only when out of memory */
+        free(out.rcpts[i]);
+    free(refused);
+    return rc;
+}
+
+/* http_message_received, once per destination domain of each message, before
+ * anything is queued: an error refuses that domain's recipients (v1: rejected;
+ * kumo: failed_recipients) and nothing is queued for them; the effects of the
+ * others are kept in j->fx for ingest (http_policy). */
+static int message_hooks(struct http_server *s, struct inject_job *j, struct http_req *req)
+{
+    const char *ip = req->ip;
+    lua_State *L = runtime_gen_http_lua(req->gen, s->index);
+    if (!L || !hooks_any(L, "http_message_received"))
+        return PT_OK;
+    for (size_t m = 0; m < j->batch.nmsgs; m++) {
+        struct inject_msg *msg = &j->batch.msgs[m];
+        size_t n = msg->nrcpt;
+        if (n == 0)
+            continue;
+        char (*dom)[256] = malloc(n * sizeof *dom);
+        const char **members = malloc(n * sizeof *members);
+        struct dom_fx *grown = realloc(j->fx, (j->nfx + n) * sizeof *j->fx);
+        if (grown)
+            j->fx = grown;
+        if (!dom || !members || !grown) {
+            free(dom);
+            free(members);
+            return PT_NOMEM;
+        }
+        for (size_t i = 0; i < n; i++) {
+            const char *d = smtp_addr_domain(msg->rcpts[i]);
+            smtp_domain_lower(d ? d : "", dom[i], sizeof dom[i]);
+        }
+        char tenant[HOOK_TENANT_MAX];
+        hooks_default_tenant(NULL, msg->content, msg->content_len, NULL, tenant);
+        int rc = PT_OK;
+        char (*failed)[256] = malloc(n * sizeof *failed);
+        size_t nfailed = 0;
+        if (!failed)
+            rc = PT_NOMEM;
+        for (size_t i = 0; rc == PT_OK && i < n; i++) {
+            bool first = true;
+            for (size_t k = 0; k < i && first; k++)
+                first = strcmp(dom[k], dom[i]) != 0;
+            if (!first)
+                continue;
+            size_t nm = 0;
+            for (size_t k = i; k < n; k++)
+                if (strcmp(dom[k], dom[i]) == 0)
+                    members[nm++] = msg->rcpts[k];
+            struct dom_fx *df = &j->fx[j->nfx];
+            df->msg = m;
+            memcpy(df->domain, dom[i], sizeof df->domain);
+            hook_effects_init(&df->fx);
+            struct hook_meta meta = {
+                .client_ip = ip, .listener = s->l->listen, .tenant = tenant,
+                .id = j->ids[m], .sender = msg->sender, .rcpts = members, .nrcpt = nm,
+                .content = msg->content, .content_len = msg->content_len,
+            };
+            char err[512];
+            if (hooks_run(L, "http_message_received", dom[i], &meta, &df->fx, err,
+                          sizeof err) == PT_OK) {
+                j->nfx++;
+                continue;
+            }
+            hook_effects_free(&df->fx);
+            log_warn("http %s: %s: http_message_received hook failed for %s: %s", s->l->listen,
+                     ip, dom[i], err);
+            memcpy(failed[nfailed++], dom[i], sizeof failed[0]);
+        }
+        for (size_t f = 0; rc == PT_OK && f < nfailed; f++)
+            rc = refuse_domain(j, msg, failed[f],
+                               "451 4.3.0 Temporary local policy failure, try again later");
+        free(failed);
+        free(dom);
+        free(members);
+        if (rc != PT_OK)
+            return rc;
+    }
+    return PT_OK;
+}
+
+/* ingest policy of an HTTP message: the effects its hooks asked for this entry's
+ * destination domain. */
+static int http_policy(void *arg, struct entry *e)
+{
+    const struct inject_sub *sub = arg;
+    const struct inject_job *j = sub->job;
+    for (size_t i = 0; i < j->nfx; i++)
+        if (j->fx[i].msg == sub->msg && strcmp(j->fx[i].domain, e->domain) == 0)
+            return hook_effects_apply(&j->fx[i].fx, e);
+    return PT_OK;
+}
+
+/* limit_sending of every message of the request, before any is queued: PT_OK, or
+ * PT_TOOLONG with the key over its limit in over. */
+static int take_limits(const struct inject_job *j, char *over, size_t overlen)
+{
+    double now = (double)time_mono_ms() / 1000.0;
+    for (size_t i = 0; i < j->nfx; i++) {
+        const struct buf *b = &j->fx[i].fx.limits;
+        if (b->len && limits_take_all(limits_shared(), b->data, b->len, now, over, overlen) != PT_OK)
+            return PT_TOOLONG;
+    }
+    return PT_OK;
+}
+
 /* Builds the final answer once every submission has reported. */
 static enum MHD_Result finish_job(struct http_req *req, struct MHD_Connection *c)
 {
     struct inject_job *j = req->job;
     req->job = NULL;
     req->answered = true;
-    size_t ok = 0, failed = 0;
+    size_t ok = j->discarded, failed = 0;
     json_t *frcpt = json_array(), *errors = json_array();
     for (size_t k = 0; k < j->nsubs; k++) {
         const struct inject_msg *msg = &j->batch.msgs[j->subs[k].msg];
@@ -329,7 +556,7 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
     if (req->job)
         return finish_job(req, c);  /* resumed: every submission has reported */
     req->answered = true;
-    const struct config *cfg = s->rt->cfg;
+    const struct config *cfg = req->gen->cfg;
     if (atomic_load(&s->stopping))
         return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
                              "shutting down, try again later");
@@ -364,6 +591,26 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
     }
     if (rc == PT_OK)
         rc = apply_routes(j, cfg);
+    if (rc == PT_OK)
+        rc = apply_header_checks(j, cfg, req->ip);
+    if (rc == PT_OK && j->batch.nmsgs && !(j->ids = calloc(j->batch.nmsgs, sizeof *j->ids)))
+        rc = PT_NOMEM;
+    for (size_t m = 0; rc == PT_OK && m < j->batch.nmsgs; m++) {
+        if (!kumo && m == 0)
+            memcpy(j->ids[m], j->id, sizeof j->ids[m]);
+        else
+            entry_new_id(j->ids[m]);
+    }
+    if (rc == PT_OK)
+        rc = message_hooks(s, j, req);
+    char over[LIMITS_KEY_MAX + 1];
+    if (rc == PT_OK && take_limits(j, over, sizeof over) != PT_OK) {
+        job_free(j);
+        log_info("http %s: %s: limit_sending: key '%s' is over its limit", s->l->listen, req->ip,
+                 over);
+        return respond_error(c, MHD_HTTP_TOO_MANY_REQUESTS, "Retry-After", "1",
+                             "sending rate limit exceeded for '%s', try again later", over);
+    }
     if (rc == PT_OK && j->batch.nmsgs && !(j->subs = calloc(j->batch.nmsgs, sizeof *j->subs)))
         rc = PT_NOMEM;
     if (rc != PT_OK) {
@@ -389,10 +636,11 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
             .protocol = PROTO_HTTP, .priority = PRIO_NORMAL, .received_at = now,
             .peer_address = req->ip, .log_reception = true,
         };
-        if (kumo || m > 0)
-            entry_new_id(im.id);
-        else
-            memcpy(im.id, j->id, sizeof im.id);
+        memcpy(im.id, j->ids[m], sizeof im.id);
+        if (j->nfx) {
+            im.policy = http_policy;
+            im.policy_arg = sub;
+        }
         pthread_mutex_lock(&j->lock);
         j->pending++;
         pthread_mutex_unlock(&j->lock);
@@ -630,6 +878,23 @@ static enum MHD_Result post_admin(struct http_server *s, struct MHD_Connection *
                         NULL);
 }
 
+/* POST /api/reload: the same as SIGHUP (DESIGN §11). Runs the reload on this
+ * thread: it reads the config and waits for the SMTP workers to switch
+ * listeners (milliseconds), never for mail. */
+static enum MHD_Result post_reload(struct http_server *s, struct MHD_Connection *c,
+                                   struct http_req *req, int arg)
+{
+    char err[1024];
+    if (!s->rt->reload)
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
+                             "reload is not available");
+    log_info("http %s: %s: reload requested", s->l->listen, req->ip);
+    if (s->rt->reload(s->rt->reload_arg, err, sizeof err) != PT_OK)
+        return respond_json(c, MHD_HTTP_BAD_REQUEST, json_pack("{s:s}", "error", err), NULL,
+                            NULL);
+    return respond_json(c, MHD_HTTP_OK, json_pack("{s:b}", "reloaded", 1), NULL, NULL);
+}
+
 typedef enum MHD_Result (*route_fn)(struct http_server *s, struct MHD_Connection *c,
                                    struct http_req *req, int arg);
 
@@ -652,6 +917,7 @@ static const struct route {
     { "/api/queue/flush", MHD_HTTP_METHOD_POST, post_admin, SCHED_FLUSH, true },
     { "/api/queue/bounce", MHD_HTTP_METHOD_POST, post_admin, SCHED_BOUNCE, true },
     { "/api/queue/delete", MHD_HTTP_METHOD_POST, post_admin, SCHED_DELETE, true },
+    { "/api/reload", MHD_HTTP_METHOD_POST, post_reload, 0, false },
 };
 
 #define MESSAGE_PREFIX "/api/message/"
@@ -739,6 +1005,61 @@ static bool authorized(const struct http_server *s, struct MHD_Connection *c)
                                                     MHD_HTTP_HEADER_AUTHORIZATION));
 }
 
+/* ---- http_request hook ------------------------------------------------------ */
+
+#define HOOK_HEADERS_MAX 100    /* request headers shown to http_request */
+
+struct hdr_list {
+    struct hook_kv kv[HOOK_HEADERS_MAX];
+    size_t n;
+};
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
+{
+    struct hdr_list *h = cls;
+    if (h->n < HOOK_HEADERS_MAX && key)
+        h->kv[h->n++] = (struct hook_kv){ key, value };
+    return MHD_YES;
+}
+
+/* Runs the http_request handlers. true when they answered (the response is
+ * queued: theirs, or 500 when a handler failed). */
+static bool request_hook(struct http_server *s, struct MHD_Connection *c, const char *url,
+                         const char *method, struct http_req *req, enum MHD_Result *ret)
+{
+    lua_State *L = runtime_gen_http_lua(req->gen, s->index);
+    if (!L || !hooks_any(L, "http_request"))
+        return false;
+    struct hdr_list h = { .n = 0 };
+    MHD_get_connection_values(c, MHD_HEADER_KIND, collect_header, &h);
+    struct buf body;
+    buf_init(&body, HTTP_MAX_BODY);
+    int status = 0;
+    char err[512];
+    if (hooks_run_request(L, method, url, req->ip, h.kv, h.n, &status, &body, err,
+                          sizeof err) != PT_OK) {
+        buf_free(&body);
+        log_warn("http %s: %s: http_request hook failed for %s %.200s: %s", s->l->listen,
+                 req->ip, method, url, err);
+        *ret = respond_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, NULL,
+                             "http_request hook failed; see the server log");
+        return true;
+    }
+    if (status == 0) {
+        buf_free(&body);
+        return false;
+    }
+    size_t len;
+    char *text = buf_steal(&body, &len);
+    const char *ctype = len && (text[0] == '{' || text[0] == '[') ? "application/json"
+                                                                   : "text/plain; charset=utf-8";
+    log_info("http %s: %s: http_request hook answered %d to %s %.200s", s->l->listen, req->ip,
+             status, method, url);
+    *ret = respond(c, (unsigned)status, ctype, text, len, NULL, NULL);
+    return true;
+}
+
 /* ---- MHD callbacks ---------------------------------------------------------- */
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -753,11 +1074,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!req)
             return MHD_NO;
         *con_cls = req;
+        req->gen = runtime_gen_acquire(s->rt);
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         snprintf(req->ip, sizeof req->ip, "?");
         if (ci && ci->client_addr)
             cidr_addr_str(ci->client_addr, req->ip, sizeof req->ip);
+        enum MHD_Result hret;
+        if (request_hook(s, c, url, method, req, &hret)) {
+            req->answered = true;
+            return hret;
+        }
         if (!authorized(s, c)) {
             req->answered = true;
             return respond_error(c, MHD_HTTP_UNAUTHORIZED, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
@@ -803,6 +1130,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (req) {
         job_free(req->job);  /* only if the client left before its answer */
         buf_free(&req->data);
+        runtime_gen_release(req->gen);
         free(req);
     }
     *con_cls = NULL;
@@ -870,7 +1198,7 @@ static void free_server(struct http_server *s)
     free(s);
 }
 
-struct http_server *http_start(struct runtime *rt, const struct cfg_http_listener *l,
+struct http_server *http_start(struct runtime *rt, const struct cfg_http_listener *l, int index,
                                char *err, size_t errlen)
 {
     struct http_server *s = calloc(1, sizeof *s);
@@ -880,6 +1208,7 @@ struct http_server *http_start(struct runtime *rt, const struct cfg_http_listene
     }
     s->rt = rt;
     s->l = l;
+    s->index = index;
     atomic_init(&s->ready, false);
     atomic_init(&s->starting, true);
     if (l->n_api_keys) {

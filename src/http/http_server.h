@@ -28,7 +28,9 @@ struct http_server;
  * listen address (or the TLS file) in err on failure: bind error, unreadable
  * cert/key, an MHD built without TLS when tls is configured. Call before
  * dropping privileges (the port may be privileged, the key root-only). */
-struct http_server *http_start(struct runtime *rt, const struct cfg_http_listener *l,
+/* index is the listener's position in the config: its Lua state in each
+ * generation (requests run the hooks of the generation they started with). */
+struct http_server *http_start(struct runtime *rt, const struct cfg_http_listener *l, int index,
                                char *err, size_t errlen);
 
 /* /readyz answers 503 until this is called with true: main calls it once every

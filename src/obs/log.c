@@ -49,6 +49,7 @@ static struct {
     uint64_t unreported;    /* drops the writer has not yet warned about */
     int fd;
     char *path;
+    char *new_path;         /* log_reopen_path: the writer switches to it at the reopen */
     pthread_t writer;
 } lg = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
@@ -305,6 +306,8 @@ static void writer_write(const char *p, size_t n, bool *failing)
     *failing = false;
 }
 
+static int make_parents(const char *path, char *err, size_t errlen);
+
 #define LOG_BATCH_NS 10000000L /* 10 ms */
 
 static void *log_writer(void *arg)
@@ -323,6 +326,9 @@ static void *log_writer(void *arg)
         lg.queue.max = q.max;
         out = q;
         bool stopping = lg.stopping, reopen = lg.reopen;
+        char *new_path = reopen ? lg.new_path : NULL;
+        if (reopen)
+            lg.new_path = NULL;
         size_t cut = reopen ? lg.reopen_at : out.len;
         uint64_t unreported = lg.unreported;
         lg.reopen = false;
@@ -331,12 +337,22 @@ static void *log_writer(void *arg)
 
         writer_write(out.data, cut, &failing);
         if (reopen) {
-            int fd = open_append(lg.path);
+            char perr[256];
+            const char *path = new_path ? new_path : lg.path;
+            int fd = new_path && make_parents(path, perr, sizeof perr) ? -1 : open_append(path);
             if (fd < 0) {
-                log_error("event log: reopen %s failed: %s", lg.path, strerror(errno));
+                log_error("event log: reopen %s failed: %s (still writing to %s)", path,
+                          strerror(errno), lg.path);
+                free(new_path);
             } else {
                 close(lg.fd);
                 lg.fd = fd;
+                if (new_path) {
+                    pthread_mutex_lock(&lg.lock);
+                    free(lg.path);
+                    lg.path = new_path;
+                    pthread_mutex_unlock(&lg.lock);
+                }
             }
         }
         if (out.len > cut)
@@ -430,7 +446,19 @@ int log_open(const char *path, char *err, size_t errlen)
 
 void log_reopen(void)
 {
+    log_reopen_path(NULL);
+}
+
+void log_reopen_path(const char *path)
+{
+    char *copy = path ? strdup(path) : NULL;
     pthread_mutex_lock(&lg.lock);
+    if (copy && lg.running && (!lg.path || strcmp(copy, lg.path) != 0)) {
+        free(lg.new_path);
+        lg.new_path = copy;
+        copy = NULL;
+    }
+    free(copy);
     if (lg.running) {
         lg.reopen = true;
         lg.reopen_at = lg.queue.len;
@@ -456,6 +484,8 @@ void log_close(void)
     lg.fd = -1;
     free(lg.path);
     lg.path = NULL;
+    free(lg.new_path);
+    lg.new_path = NULL;
     buf_free(&lg.queue);
     pthread_mutex_unlock(&lg.lock);
 }
@@ -523,4 +553,33 @@ void log_diag(enum log_level l, const char *fmt, ...)
     /* One write per line so lines from different threads never interleave. */
     ssize_t w = write(STDERR_FILENO, line, n);
     (void)w;
+}
+
+/* The file stderr was opened on at start, when it is a regular file (a service
+ * manager's or a shell's redirection); log_diag_reopen opens that name again. */
+static char diag_path[4096];
+
+void log_diag_track_stderr(void)
+{
+    struct stat st;
+    ssize_t n = readlink("/proc/self/fd/2", diag_path, sizeof diag_path - 1);
+    if (n <= 0 || diag_path[0] != '/' || fstat(STDERR_FILENO, &st) != 0 || !S_ISREG(st.st_mode)) {
+        diag_path[0] = 0;
+        return;
+    }
+    diag_path[n] = 0;
+}
+
+int log_diag_reopen(void)
+{
+    if (!diag_path[0])
+        return PT_OK;
+    int fd = open_append(diag_path);
+    if (fd < 0) {
+        log_error("diagnostic log: reopen %s failed: %s", diag_path, strerror(errno));
+        return PT_ERROR;
+    }
+    int rc = dup2(fd, STDERR_FILENO) < 0 ? PT_ERROR : PT_OK; /* atomic for writers */
+    close(fd);
+    return rc;
 }

@@ -44,6 +44,9 @@ int log_format(const struct log_record *r, struct buf *out);
 void log_close(void);
 /* Asks the writer to reopen the path (after logrotate moved the file; e.g. on SIGHUP). */
 void log_reopen(void);
+/* The same, switching to path when it differs (a reload changed configure_logging).
+ * Records queued before the call go to the old file, later ones to the new. */
+void log_reopen_path(const char *path);
 /* Queue cap in bytes for the next log_open (0 = default 4 MiB). Over it, records are
  * dropped, counted and warned about on stderr; callers never wait. */
 void log_set_queue_max(size_t bytes);
@@ -55,6 +58,11 @@ void log_set_level(enum log_level l);
 int log_level_parse(const char *s, enum log_level *out); /* "debug"|"info"|"warn"|"error" */
 /* Human diagnostic line on stderr: "2026-11-23T23:38:02.123Z warn: ...". Thread-safe. */
 void log_diag(enum log_level l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Notes the name of the file stderr writes to, if it is a regular file (call at
+ * start); log_diag_reopen opens that name again on stderr (logrotate: the file
+ * was moved). PT_OK when there is nothing to reopen. */
+void log_diag_track_stderr(void);
+int log_diag_reopen(void);
 #define log_debug(...) log_diag(LOG_L_DEBUG, __VA_ARGS__)
 #define log_info(...) log_diag(LOG_L_INFO, __VA_ARGS__)
 #define log_warn(...) log_diag(LOG_L_WARN, __VA_ARGS__)

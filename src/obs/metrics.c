@@ -2,6 +2,7 @@
  * shards (hot path: one uncontended lock); gauges live in the registry itself.
  * Must never exceed METRICS_MAX_SERIES label sets nor block on anything but memory.
  * SPDX-License-Identifier: Apache-2.0 */
+#include <dirent.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -9,8 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "obs/metrics.h"
+#include "obs/version.h"
 #include "util/utf8.h"
 #include "util/buf.h"
 #include "util/result.h"
@@ -658,6 +661,86 @@ static int render_sample(struct buf *out, const struct metric_def *d, const char
     return rc;
 }
 
+/* ---- process metrics (the Prometheus client libraries' standard names) ---- */
+
+/* Fields of /proc/self/stat after the ")" ending comm: state is field 3, utime 14,
+ * stime 15, starttime 22, rss 24 (proc(5)). Reads of /proc are served from kernel
+ * memory: no disk I/O, fine on the HTTP thread. */
+static int proc_self_stat(double *cpu_s, double *start_s, double *rss_bytes)
+{
+    char buf[2048];
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (!f)
+        return PT_ERROR;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return PT_ERROR;
+    unsigned long long v[24] = { 0 };
+    int field = 3;
+    char *save = NULL;
+    for (char *tok = strtok_r(p + 1, " ", &save); tok && field <= 24;
+         tok = strtok_r(NULL, " ", &save), field++)
+        v[field - 1] = strtoull(tok, NULL, 10);
+    if (field <= 24)
+        return PT_ERROR;
+    double hz = (double)sysconf(_SC_CLK_TCK);
+    *cpu_s = (double)(v[13] + v[14]) / hz;
+    *rss_bytes = (double)v[23] * (double)sysconf(_SC_PAGESIZE);
+    double btime = 0;
+    f = fopen("/proc/stat", "r");
+    if (f) {
+        char line[256];
+        while (fgets(line, sizeof line, f))
+            if (strncmp(line, "btime ", 6) == 0) {
+                btime = strtod(line + 6, NULL);
+                break;
+            }
+        fclose(f);
+    }
+    *start_s = btime + (double)v[21] / hz;
+    return PT_OK;
+}
+
+static double proc_open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return 0;
+    double n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1;   /* the directory stream's own descriptor */
+}
+
+static int render_process(struct buf *out)
+{
+    double cpu = 0, start = 0, rss = 0;
+    proc_self_stat(&cpu, &start, &rss);
+    char c[64], st[64], r[64], fds[64];
+    fmt_value(cpu, c, sizeof c);
+    fmt_value(start, st, sizeof st);
+    fmt_value(rss, r, sizeof r);
+    fmt_value(proc_open_fds(), fds, sizeof fds);
+    return buf_appendf(
+        out,
+        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+        "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %s\n"
+        "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+        "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %s\n"
+        "# HELP process_open_fds Number of open file descriptors.\n"
+        "# TYPE process_open_fds gauge\nprocess_open_fds %s\n"
+        "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+        "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %s\n"
+        "# HELP petrel_build_info Build information; the value is always 1.\n"
+        "# TYPE petrel_build_info gauge\npetrel_build_info{version=\"%s\"} 1\n",
+        c, r, fds, st, PETREL_VERSION);
+}
+
 int metrics_render(struct buf *out)
 {
     static const double zeros[HIST_SLOTS];
@@ -675,6 +758,8 @@ int metrics_render(struct buf *out)
             rc = render_sample(out, d, s->labels, s->v + slots);
     }
     pthread_mutex_unlock(&reg.lock);
+    if (!rc)
+        rc = render_process(out);
     return rc;
 }
 

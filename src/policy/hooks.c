@@ -11,8 +11,10 @@
 #include <lauxlib.h>
 
 #include "core/config.h"
+#include "dkim/dkim_cache.h"
 #include "obs/log.h"
 #include "policy/hooks.h"
+#include "policy/limits.h"
 #include "policy/lua_api.h"
 #include "queue/entry.h"
 #include "util/headers.h"
@@ -25,6 +27,8 @@
 void hook_effects_init(struct hook_effects *fx)
 {
     buf_init(&fx->edits, 0);
+    buf_init(&fx->dkim, 0);
+    buf_init(&fx->limits, 0);
     fx->priority = -1;
     fx->route[0] = 0;
     fx->tenant[0] = 0;
@@ -33,16 +37,41 @@ void hook_effects_init(struct hook_effects *fx)
 void hook_effects_free(struct hook_effects *fx)
 {
     buf_free(&fx->edits);
+    buf_free(&fx->dkim);
+    buf_free(&fx->limits);
     hook_effects_init(fx);
 }
 
 int hook_effects_copy(struct hook_effects *dst, const struct hook_effects *src)
 {
     buf_reset(&dst->edits);
+    buf_reset(&dst->dkim);
+    buf_reset(&dst->limits);
     dst->priority = src->priority;
     memcpy(dst->route, src->route, sizeof dst->route);
     memcpy(dst->tenant, src->tenant, sizeof dst->tenant);
-    return src->edits.len ? buf_append(&dst->edits, src->edits.data, src->edits.len) : PT_OK;
+    int rc = PT_OK;
+    if (src->edits.len)
+        rc = buf_append(&dst->edits, src->edits.data, src->edits.len);
+    if (rc == PT_OK && src->dkim.len)
+        rc = buf_append(&dst->dkim, src->dkim.data, src->dkim.len);
+    if (rc == PT_OK && src->limits.len)
+        rc = buf_append(&dst->limits, src->limits.data, src->limits.len);
+    return rc;
+}
+
+int hook_effects_apply(const struct hook_effects *fx, struct entry *e)
+{
+    int rc = PT_OK;
+    if (fx->edits.len)
+        rc = entry_set_hdr_edits(e, fx->edits.data);
+    if (rc == PT_OK && fx->priority >= 0)
+        e->priority = (uint8_t)fx->priority;
+    if (rc == PT_OK && fx->route[0])
+        rc = entry_set_route(e, fx->route);
+    if (rc == PT_OK && fx->dkim.len)
+        rc = entry_set_dkim_sign(e, fx->dkim.data);
+    return rc;
 }
 
 /* "SOURCE:LINE: " of the Lua code that called the running action. */
@@ -75,7 +104,9 @@ static struct hook_effects *current(lua_State *L, const char *action)
     struct hook_effects *fx = lua_touserdata(L, -1);
     lua_pop(L, 1);
     if (!fx)
-        hook_error(L, "%s can only be called inside a hook", action);
+        hook_error(L, "%s can only be called inside a hook that handles a message "
+                   "(smtp_server_greeting, smtp_message_received, http_message_received)",
+                   action);
     return fx;
 }
 
@@ -159,6 +190,65 @@ static int act_route_to(lua_State *L)
     return 0;
 }
 
+/* sign_dkim(domain, selector, key_file): the message is signed with that key at
+ * delivery. The key is loaded (and cached) now, so a missing or bad key refuses
+ * the message here (451) instead of sending it unsigned later. */
+static int act_sign_dkim(lua_State *L)
+{
+    struct hook_effects *fx = current(L, "sign_dkim");
+    const char *d = luaL_checkstring(L, 1), *sel = luaL_checkstring(L, 2);
+    const char *file = luaL_checkstring(L, 3);
+    if (strpbrk(d, "\t\n") || strpbrk(sel, "\t\n") || strpbrk(file, "\t\n"))
+        return hook_error(L, "sign_dkim: arguments must not hold tabs or line breaks");
+    char why[256];
+    if (!dkim_key_cache_get(d, sel, file, why, sizeof why))
+        return hook_error(L, "sign_dkim(%s, %s): %s", d, sel, why);
+    if (buf_appendf(&fx->dkim, "%s\t%s\t%s\n", d, sel, file) != PT_OK || fx->dkim.len > 65536)
+        return hook_error(L, "sign_dkim: too many signing requests for one message");
+    return 0;
+}
+
+/* limit_sending(key, n, {per = "second" | "minute" | "hour"}): at most n messages
+ * per period under key, counted across the whole process when the message is
+ * accepted (policy/limits.h). per defaults to "second". */
+static int act_limit_sending(lua_State *L)
+{
+    struct hook_effects *fx = current(L, "limit_sending");
+    const char *key = luaL_checkstring(L, 1);
+    lua_Number n = luaL_checknumber(L, 2);
+    double period = 1;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+            if (strcmp(k, "per") != 0)
+                return hook_error(L, "limit_sending: unknown option '%s' (known: per)", k);
+            const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+            if (strcmp(v, "second") == 0)
+                period = 1;
+            else if (strcmp(v, "minute") == 0)
+                period = 60;
+            else if (strcmp(v, "hour") == 0)
+                period = 3600;
+            else
+                return hook_error(L, "limit_sending: per '%s' is not one of second, minute, hour",
+                                  v);
+            lua_pop(L, 1);
+        }
+    }
+    if (!(n >= 1) || n > 1e9)
+        return hook_error(L, "limit_sending: the limit must be a number from 1 to 1e9 (got %s)",
+                          luaL_tolstring(L, 2, NULL));
+    int rc = limits_record(&fx->limits, key, (double)n, period);
+    if (rc == PT_INVALID)
+        return hook_error(L, "limit_sending: key '%s' must be 1 to %d bytes without tabs or "
+                          "line breaks", key, LIMITS_KEY_MAX);
+    if (rc != PT_OK || fx->limits.len > 65536)
+        return hook_error(L, "limit_sending: too many limits for one message");
+    return 0;
+}
+
 static int act_log(lua_State *L)
 {
     enum log_level lvl = (enum log_level)lua_tointeger(L, lua_upvalueindex(1));
@@ -196,10 +286,12 @@ static int install_p(lua_State *L)
         { "remove_header", act_remove_header },
         { "set_queue_priority", act_set_queue_priority },
         { "route_to", act_route_to },
+        { "sign_dkim", act_sign_dkim },
+        { "limit_sending", act_limit_sending },
         { NULL, NULL },
     };
     static const char *const unsupported[] = {
-        "sign_dkim", "limit_sending", "adjust_domain_rate", NULL,
+        "adjust_domain_rate", NULL,
     };
     static const struct { const char *name; enum log_level lvl; } logs[] = {
         { "log_info", LOG_L_INFO }, { "log_warn", LOG_L_WARN }, { "log_error", LOG_L_ERROR },
@@ -289,6 +381,43 @@ static void push_headers(lua_State *L, const char *msg, size_t len)
     lua_setmetatable(L, -2);
 }
 
+/* Message handler of the protected runs: an error raised from C without a
+ * position (coroutine.yield outside a coroutine, a C library function) gets the
+ * "FILE:LINE: " of the innermost Lua code, so every hook failure names its line. */
+static int add_where(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg)
+        return 1;
+    lua_Debug ar;
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0)
+            continue;
+        size_t n = strlen(ar.short_src);
+        if (strncmp(msg, ar.short_src, n) != 0 || msg[n] != ':')
+            lua_pushfstring(L, "%s:%d: %s", ar.short_src, ar.currentline, msg);
+        return 1;
+    }
+    return 1;
+}
+
+/* Raises "FILE:LINE: EVENT handler returned a TYPE (expected WHAT)", naming where
+ * the i-th handler of the sequence at index handlers was defined. */
+static int handler_returned(lua_State *L, int handlers, lua_Integer i, const char *what)
+{
+    const char *type = luaL_typename(L, -1);
+    lua_rawgeti(L, handlers, i);
+    lua_Debug ar;
+    const char *src = "?";
+    int line = 0;
+    if (lua_getinfo(L, ">S", &ar)) {
+        src = ar.short_src;
+        line = ar.linedefined;
+    }
+    return luaL_error(L, "%s:%d: the handler defined here returned a %s (expected %s)", src,
+                      line, type, what);
+}
+
 struct run_args {
     const char *event, *arg1;
     const struct hook_meta *m;
@@ -300,7 +429,12 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     /* Once over budget, every further instruction fails too, so a handler that
      * catches the error with pcall cannot go on looping. */
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-    luaL_error(L, "hook exceeded its budget of %d Lua instructions", HOOK_BUDGET);
+    char where[LUA_IDSIZE + 32] = "";
+    lua_Debug cur;
+    if (lua_getstack(L, 0, &cur) && lua_getinfo(L, "Sl", &cur) && cur.currentline > 0)
+        snprintf(where, sizeof where, "%s:%d: ", cur.short_src, cur.currentline);
+    lua_pushfstring(L, "%shook exceeded its budget of %d Lua instructions", where, HOOK_BUDGET);
+    lua_error(L);
 }
 
 static int run_p(lua_State *L)
@@ -338,7 +472,10 @@ static int run_p(lua_State *L)
         else
             lua_pushnil(L);
         lua_pushvalue(L, meta);
-        lua_call(L, 2, 0);
+        lua_call(L, 2, 1);
+        if (!lua_isnil(L, -1))
+            return handler_returned(L, handlers, i, "nothing");
+        lua_pop(L, 1);
     }
     a->fx->tenant[0] = 0;
     if (lua_getfield(L, meta, "tenant") == LUA_TSTRING)
@@ -353,10 +490,12 @@ int hooks_run(lua_State *L, const char *event, const char *arg1, const struct ho
     lua_pushlightuserdata(L, fx);
     lua_setfield(L, LUA_REGISTRYINDEX, HOOK_CURRENT);
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_BUDGET);
+    lua_pushcfunction(L, add_where);
     lua_pushcfunction(L, run_p);
     lua_pushlightuserdata(L, &a);
-    int status = lua_pcall(L, 1, 0, 0);
+    int status = lua_pcall(L, 1, 0, -3);
     lua_sethook(L, NULL, 0, 0);
+    lua_remove(L, status == LUA_OK ? -1 : -2);   /* the message handler */
     int rc = PT_OK;
     if (status != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
@@ -367,6 +506,105 @@ int hooks_run(lua_State *L, const char *event, const char *arg1, const struct ho
     lua_pushnil(L);
     lua_setfield(L, LUA_REGISTRYINDEX, HOOK_CURRENT);
     return rc;
+}
+
+struct request_args {
+    const char *method, *path, *ip;
+    const struct hook_kv *headers;
+    size_t nheaders;
+    int *status;
+    struct buf *body;
+};
+
+static int request_p(lua_State *L)
+{
+    const struct request_args *a = lua_touserdata(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_API_HANDLERS);
+    lua_getfield(L, -1, "http_request");
+    int handlers = lua_gettop(L);
+    lua_createtable(L, 0, 4);
+    int req = lua_gettop(L);
+    set_str(L, "method", a->method);
+    set_str(L, "path", a->path);
+    set_str(L, "client_ip", a->ip);
+    lua_createtable(L, 0, (int)a->nheaders);
+    for (size_t i = 0; i < a->nheaders; i++) {
+        lua_pushstring(L, a->headers[i].name);
+        if (lua_rawget(L, -2) != LUA_TNIL) {   /* first of a repeated name wins */
+            lua_pop(L, 1);
+            continue;
+        }
+        lua_pop(L, 1);
+        lua_pushstring(L, a->headers[i].name);
+        lua_pushstring(L, a->headers[i].value ? a->headers[i].value : "");
+        lua_rawset(L, -3);
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, HOOK_HDRMETA);
+    lua_setmetatable(L, -2);
+    lua_setfield(L, req, "headers");
+    lua_Integer n = (lua_Integer)lua_rawlen(L, handlers);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, handlers, i);
+        lua_pushvalue(L, req);
+        lua_call(L, 1, 1);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (!lua_istable(L, -1))
+            return handler_returned(L, handlers, i, "nil or a table {status=, body=}");
+        int t = lua_gettop(L);
+        lua_getfield(L, t, "status");
+        lua_Integer st = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+        if (st < 100 || st > 599) {
+            lua_rawgeti(L, handlers, i);
+            lua_Debug ar;
+            lua_getinfo(L, ">S", &ar);
+            return luaL_error(L, "%s:%d: the handler defined here returned status %s (expected "
+                              "an integer from 100 to 599)", ar.short_src, ar.linedefined,
+                              luaL_tolstring(L, -1, NULL));
+        }
+        int bt = lua_getfield(L, t, "body");
+        if (bt != LUA_TNIL && bt != LUA_TSTRING && bt != LUA_TNUMBER) {
+            lua_rawgeti(L, handlers, i);
+            lua_Debug ar;
+            lua_getinfo(L, ">S", &ar);
+            return luaL_error(L, "%s:%d: the handler defined here returned a body of type %s "
+                              "(expected a string)", ar.short_src, ar.linedefined,
+                              lua_typename(L, bt));
+        }
+        size_t blen = 0;
+        const char *b = bt == LUA_TNIL ? "" : lua_tolstring(L, -1, &blen);
+        if (buf_append(a->body, b, blen) != PT_OK)
+            return luaL_error(L, "out of memory");
+        *a->status = (int)st;
+        return 0;
+    }
+    return 0;
+}
+
+int hooks_run_request(lua_State *L, const char *method, const char *path, const char *client_ip,
+                      const struct hook_kv *headers, size_t nheaders, int *status,
+                      struct buf *body, char *err, size_t errlen)
+{
+    *status = 0;
+    struct request_args a = { method, path, client_ip, headers, nheaders, status, body };
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, HOOK_CURRENT);   /* no message: no actions */
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_BUDGET);
+    lua_pushcfunction(L, add_where);
+    lua_pushcfunction(L, request_p);
+    lua_pushlightuserdata(L, &a);
+    int st = lua_pcall(L, 1, 0, -3);
+    lua_sethook(L, NULL, 0, 0);
+    lua_remove(L, st == LUA_OK ? -1 : -2);   /* the message handler */
+    if (st == LUA_OK)
+        return PT_OK;
+    const char *msg = lua_tostring(L, -1);
+    snprintf(err, errlen, "%s", msg ? msg : "(error object is not a string)");
+    lua_pop(L, 1);
+    *status = 0;
+    return PT_ERROR;
 }
 
 void hooks_default_tenant(const char *listener_tenant, const char *content, size_t len,

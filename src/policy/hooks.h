@@ -22,6 +22,9 @@
  * session. */
 struct hook_effects {
     struct buf edits;                /* util/headers.h edit text */
+    struct buf dkim;                 /* sign_dkim: lines "domain\tselector\tkey_file\n"
+                                        (entry.h dkim_sign), keys checked loadable */
+    struct buf limits;               /* limit_sending: lines of policy/limits.h */
     int priority;                    /* PRIO_* (queue/entry.h), -1 = not set */
     char route[256];                 /* route_to target ("" = by domain) */
     char tenant[HOOK_TENANT_MAX];    /* meta.tenant after the run ("" = none) */
@@ -42,21 +45,41 @@ struct hook_meta {
 };
 
 /* Installs the action functions (add_header, remove_header, set_queue_priority,
- * route_to, log_*, and errors for the actions this build does not do) in L, a
+ * route_to, sign_dkim, limit_sending, log_*, and errors for the actions this build
+ * does not do) in L, a
  * worker state whose config chunk has run; route_to checks its target against cfg
  * (borrowed for the life of L). PT_OK or PT_NOMEM. */
 struct config;
 int hooks_install(lua_State *L, const struct config *cfg);
 
+/* Applies the effects that belong to a queue entry (header edits, priority,
+ * route, sign_dkim requests) to e. PT_OK, PT_NOMEM or PT_TOOLONG. */
+struct entry;
+int hook_effects_apply(const struct hook_effects *fx, struct entry *e);
+
 /* Whether any handler is registered for event. */
 bool hooks_any(lua_State *L, const char *event);
 
 /* Runs every handler of event in order, as handler(arg1, meta). Effects accumulate
- * into fx; fx->tenant is meta.tenant as the handlers left it. PT_OK, or PT_ERROR
- * with the handler's error ("FILE:LINE: message") in err: the caller answers 4xx
- * and queues nothing. */
+ * into fx; fx->tenant is meta.tenant as the handlers left it. A handler must return
+ * nothing (nil). PT_OK, or PT_ERROR with the handler's error ("FILE:LINE: message")
+ * in err: the caller answers 4xx and queues nothing. */
 int hooks_run(lua_State *L, const char *event, const char *arg1, const struct hook_meta *m,
               struct hook_effects *fx, char *err, size_t errlen);
+
+/* One HTTP request header, as http_request's request.headers sees it (borrowed). */
+struct hook_kv { const char *name, *value; };
+
+/* Runs every http_request handler in order as handler(request) with
+ * request.method, path, client_ip and headers (a table name -> value whose lookup
+ * ignores case). The first handler that returns a table {status=, body=} answers
+ * instead: *status (100..599) and body (appended). *status = 0 when no handler
+ * answered. Message actions raise an error here. PT_OK, or PT_ERROR with
+ * "FILE:LINE: message" in err (a handler raised, returned something other than
+ * nil or such a table, or ran over budget): the caller answers 500. */
+int hooks_run_request(lua_State *L, const char *method, const char *path, const char *client_ip,
+                      const struct hook_kv *headers, size_t nheaders, int *status,
+                      struct buf *body, char *err, size_t errlen);
 
 /* The tenant rule of DESIGN §4: the listener's tenant, else the X-Tenant header of
  * content, else the AUTH user; "" when none. */

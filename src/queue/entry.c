@@ -16,13 +16,14 @@
 #include "queue/entry.h"
 #include "util/result.h"
 
-/* Encoding v2, all integers little-endian, strings as u32 length + bytes (no NUL;
+/* Encoding v3, all integers little-endian, strings as u32 length + bytes (no NUL;
  * length 0xffffffff = NULL for the nullable ones):
- *   u8 version=2 | str id | str domain | str sender | nstr route | nstr last_response
- *   | nstr hdr_edits | u8 protocol | u8 priority | u8 flags | u16 ndomains | u32 attempts | u64 size
+ *   u8 version=3 | str id | str domain | str sender | nstr route | nstr last_response
+ *   | nstr hdr_edits | nstr dkim_sign | u8 protocol | u8 priority | u8 flags | u16 ndomains | u32 attempts | u64 size
  *   | f64 received_at | f64 next_attempt | u32 nrcpt | nrcpt x (u8 state, str addr)
- * Nothing may follow the last recipient. v1 (still read) had no hdr_edits. */
-#define ENTRY_VERSION 2
+ * Nothing may follow the last recipient. v1 (still read) had no hdr_edits, v2 (still
+ * read) no dkim_sign. */
+#define ENTRY_VERSION 3
 #define ENTRY_MAX_RCPT 100000u       /* more than any message we accept */
 #define ENTRY_MAX_STR 65536u         /* per string, bytes */
 #define ENTRY_NULL_STR 0xffffffffu
@@ -107,6 +108,7 @@ void entry_free(struct entry *e)
     free(e->last_response);
     free(e->route);
     free(e->hdr_edits);
+    free(e->dkim_sign);
     free(e);
 }
 
@@ -145,6 +147,15 @@ int entry_set_hdr_edits(struct entry *e, const char *edits)
         return PT_TOOLONG;
     }
     return set_owned(&e->hdr_edits, edits);
+}
+
+int entry_set_dkim_sign(struct entry *e, const char *requests)
+{
+    if (requests && strlen(requests) > ENTRY_MAX_STR) {
+        entry_set_dkim_sign(e, NULL);
+        return PT_TOOLONG;
+    }
+    return set_owned(&e->dkim_sign, requests);
 }
 
 uint32_t entry_pending(const struct entry *e)
@@ -251,7 +262,7 @@ int entry_encode(const struct entry *e, struct buf *out)
     if ((rc = buf_append(out, &v, 1)) || (rc = enc_str(out, e->id)) ||
         (rc = enc_str(out, e->domain)) || (rc = enc_str(out, e->sender)) ||
         (rc = enc_str(out, e->route)) || (rc = enc_str(out, e->last_response)) ||
-        (rc = enc_str(out, e->hdr_edits)) ||
+        (rc = enc_str(out, e->hdr_edits)) || (rc = enc_str(out, e->dkim_sign)) ||
         (rc = enc_le(out, e->protocol, 1)) || (rc = enc_le(out, e->priority, 1)) ||
         (rc = enc_le(out, e->flags, 1)) || (rc = enc_le(out, e->ndomains, 2)) ||
         (rc = enc_le(out, e->attempts, 4)) || (rc = enc_le(out, e->size, 8)) ||
@@ -347,13 +358,15 @@ int entry_decode(const void *data, size_t len, struct entry **out)
         return PT_INVALID;
     struct reader r = { data, (const unsigned char *)data + len, false };
     uint64_t version = rd_le(&r, 1);
-    if (version != 1 && version != ENTRY_VERSION)
+    if (version < 1 || version > ENTRY_VERSION)
         return PT_INVALID;
     struct slice id = rd_str(&r, false), domain = rd_str(&r, false);
     struct slice sender = rd_str(&r, false), route = rd_str(&r, true);
-    struct slice resp = rd_str(&r, true), edits = { NULL, 0 };
+    struct slice resp = rd_str(&r, true), edits = { NULL, 0 }, dkim = { NULL, 0 };
     if (version >= 2)
         edits = rd_str(&r, true);
+    if (version >= 3)
+        dkim = rd_str(&r, true);
     uint8_t protocol = (uint8_t)rd_le(&r, 1), priority = (uint8_t)rd_le(&r, 1);
     uint8_t flags = (uint8_t)rd_le(&r, 1);
     uint16_t ndomains = (uint16_t)rd_le(&r, 2);
@@ -405,7 +418,8 @@ int entry_decode(const void *data, size_t len, struct entry **out)
     }
     if ((route.p && !(e->route = slice_dup(route))) ||
         (resp.p && !(e->last_response = slice_dup(resp))) ||
-        (edits.p && !(e->hdr_edits = slice_dup(edits)))) {
+        (edits.p && !(e->hdr_edits = slice_dup(edits))) ||
+        (dkim.p && !(e->dkim_sign = slice_dup(dkim)))) {
         entry_free(e);
         return PT_NOMEM;
     }

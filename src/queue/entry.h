@@ -22,8 +22,12 @@ struct entry_rcpt {
     uint8_t state;
 };
 
+/* Field order keeps the struct at 128 bytes on LP64 (test_entry checks it): the
+ * small fields share the id's padding. */
 struct entry {
     char id[ENTRY_ID_LEN + 1];
+    uint8_t protocol, priority, flags;
+    uint16_t ndomains;         /* how many entries the message was split into */
     char *domain;              /* destination domain (queue name), lowercased */
     char *sender;              /* "" for the null sender */
     char *route;               /* route override set by policy, NULL = by domain
@@ -32,17 +36,18 @@ struct entry {
                                   set with entry_set_last_response) */
     char *hdr_edits;           /* header edits of hooks (util/headers.h), applied when sent;
                                   NULL if none (malloc'ed separately: entry_set_hdr_edits) */
+    char *dkim_sign;           /* sign_dkim requests of hooks, lines "domain\tselector\tkey_file\n",
+                                  signed at delivery in that order; NULL if none
+                                  (malloc'ed separately: entry_set_dkim_sign) */
     struct entry_rcpt *rcpts;
     uint32_t nrcpt;
     uint32_t attempts;
-    uint16_t ndomains;         /* how many entries the message was split into */
-    uint8_t protocol, priority, flags;
+    uint32_t heap_idx;         /* in-memory only (not serialized): scheduler heap slot */
     double received_at;        /* wall clock */
     double next_attempt;       /* wall clock */
     uint64_t size;             /* content bytes */
     /* in-memory only (not serialized): */
     struct entry *next;        /* scheduler list link */
-    uint32_t heap_idx;
 };
 
 /* Builds an entry; the struct, the rcpts array and the strings are one allocation
@@ -60,6 +65,9 @@ int entry_set_route(struct entry *e, const char *route);
 /* Sets (copies) or clears (NULL) the header edits. PT_OK, PT_TOOLONG (over 64 KiB) or
  * PT_NOMEM (then NULL). */
 int entry_set_hdr_edits(struct entry *e, const char *edits);
+/* Sets (copies) or clears (NULL) the sign_dkim requests. PT_OK, PT_TOOLONG (over
+ * 64 KiB) or PT_NOMEM (then NULL). */
+int entry_set_dkim_sign(struct entry *e, const char *requests);
 uint32_t entry_pending(const struct entry *e);    /* recipients still PENDING */
 
 /* Fresh message id: 16 lowercase hex digits, unique per process and over time

@@ -36,8 +36,15 @@ typedef void (*spool_done_cb)(void *arg, int status);
  * Returns PT_OK, or PT_ERROR if the spool is closing (b is freed, cb not called). */
 int spool_commit_durable(struct spool *s, struct spool_batch *b, spool_done_cb cb, void *arg);
 /* Writes b (taken) now, without fsync (deletions and retry-state updates, whose
- * loss only means an earlier retry or a duplicate delivery). Thread-safe. */
+ * loss only means an earlier retry or a duplicate delivery). In read-only mode
+ * (see spool_writable) b is kept and written when the spool can write again.
+ * Thread-safe. */
 int spool_commit_nosync(struct spool *s, struct spool_batch *b);
+
+/* 1 while the spool takes writes; 0 in read-only mode after a write error (disk
+ * full) until space returns (the spool thread retries by itself): refuse new mail
+ * with 452 4.3.1 meanwhile. Reads, and therefore deliveries, go on. Thread-safe. */
+int spool_writable(struct spool *s);
 
 /* Reads a message's content into out (appended). PT_NOTFOUND if missing. Thread-safe. */
 int spool_get_content(struct spool *s, const char *id, struct buf *out);

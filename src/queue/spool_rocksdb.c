@@ -26,6 +26,22 @@
  * cost is that a group is readable a few hundred microseconds before it is durable,
  * which is harmless because nothing is acknowledged (and nobody looks for the
  * message) before the callback.
+ *
+ * Write errors (disk full): the first failed write or WAL flush puts the spool in
+ * read-only mode. From then on no write reaches RocksDB (its WAL writer must never
+ * be used again after an error: Debian's build asserts and aborts), durable commits
+ * fail at once (the SMTP and HTTP fronts answer 4xx/5xx), and reads go on, so
+ * deliveries continue. Every SPOOL_RETRY_S the spool thread checks the free space
+ * and, with at least SPOOL_RESUME_FREE, closes and reopens the database (RocksDB's
+ * own recovery wants a write buffer's worth of free space, 64 MB, and its C API has
+ * no Resume): the reopen replays the WAL, drops a torn tail (never acknowledged)
+ * and starts a fresh WAL. The same happens when the database cannot be opened for
+ * writing at start: it is opened read-only and reopened when space returns.
+ * No-sync batches (deletions after delivery, retry state) that arrive in read-only
+ * mode are kept in order (up to SPOOL_DEFER_MAX, beyond that dropped: a duplicate
+ * delivery at worst) and written first after the reopen, so delivered mail is
+ * deleted after all.
+ * Every use of s->db holds dblock for reading; only the reopen holds it for writing.
  */
 
 #include <errno.h>
@@ -37,10 +53,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include <rocksdb/c.h>
 
+#include "obs/log.h"
 #include "queue/crc32c.h"
 #include "queue/spool.h"
 #include "util/buf.h"
@@ -60,7 +79,14 @@
 #define SPOOL_BYTES_PER_SYNC    (1u << 20)  /* smooth SST writeback, no fsync storms */
 #define SPOOL_LOG_KEEP          3           /* RocksDB's own LOG files kept */
 #define SPOOL_LOG_SIZE          (8u << 20)
-#define SPOOL_LOG_LEVEL         1           /* INFO: flushes and compactions, not each write */
+/* RocksDB's own LOG file is off: it lives on the spool disk, and once one of its
+ * writes fails (disk full) the next one aborts the process in an assert-enabled
+ * librocksdb (Debian's). HEADER_LEVEL + 1 silences even the option dump. */
+#define SPOOL_LOG_LEVEL         6
+#define SPOOL_RETRY_S           1           /* read-only mode: free-space check period */
+#define SPOOL_RESUME_FREE       (2u << 20)  /* free bytes before writes are tried again */
+#define SPOOL_MANIFEST_PREALLOC (64u << 10) /* not 4 MB: a small spool disk stays usable */
+#define SPOOL_DEFER_MAX         65536       /* read-only mode: no-sync batches kept for later */
 #define SPOOL_SCAN_READAHEAD    (2u << 20)  /* recovery scan: large sequential reads */
 #define SPOOL_DIR_MODE          0750
 
@@ -73,6 +99,9 @@ struct spool_batch {
 
 struct spool {
     rocksdb_t *db;
+    pthread_rwlock_t dblock;            /* read: any use of db; write: reopen */
+    char *dir;
+    _Atomic int readonly;               /* a write failed, or opened read-only: refuse writes */
     rocksdb_options_t *opts;
     rocksdb_block_based_table_options_t *topts;
     rocksdb_cache_t *cache;
@@ -84,6 +113,8 @@ struct spool {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct spool_batch *head, *tail;    /* pending durable batches, under lock */
+    struct spool_batch *dhead, *dtail;  /* read-only mode: deferred no-sync batches, under lock */
+    size_t ndeferred;                   /* under lock */
     int closing;                        /* under lock */
 
     const char *crc;                    /* what RocksDB's CRC32C runs on (crc32c.h) */
@@ -210,22 +241,124 @@ int spool_batch_del_content(struct spool_batch *b, const char *id)
 /* ---- group commit ---- */
 
 /* Writes the group (a list of batches) into the WAL buffer, then one WAL sync. */
+static struct spool_batch *spool_batch_pop_free(struct spool_batch *b)
+{
+    struct spool_batch *next = b->next;
+    spool_batch_free(b);
+    return next;
+}
+
+/* Keeps b (taken) for try_resume; drops it beyond SPOOL_DEFER_MAX. */
+static void spool_defer(struct spool *s, struct spool_batch *b)
+{
+    b->next = NULL;
+    pthread_mutex_lock(&s->lock);
+    if (s->ndeferred >= SPOOL_DEFER_MAX) {
+        pthread_mutex_unlock(&s->lock);
+        spool_batch_free(b);
+        return;
+    }
+    if (s->dtail)
+        s->dtail->next = b;
+    else
+        s->dhead = b;
+    s->dtail = b;
+    s->ndeferred++;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* A write or WAL flush failed (err, freed here): read-only mode until a reopen. */
+static void spool_write_failed(struct spool *s, char *err)
+{
+    if (!atomic_exchange(&s->readonly, 1))
+        log_error("spool: write failed, refusing new mail until it can write again "
+                  "(deliveries go on): %s", err);
+    rocksdb_free(err);
+}
+
+static void db_read_lock(struct spool *s)
+{
+    pthread_rwlock_rdlock(&s->dblock);
+}
+
+static void db_unlock(struct spool *s)
+{
+    pthread_rwlock_unlock(&s->dblock);
+}
+
+/* Writes the group (a list of batches) into the WAL buffer, then one WAL sync. */
 static int write_group(struct spool *s, struct spool_batch *group)
 {
     char *err = NULL;
+    db_read_lock(s);
+    if (atomic_load(&s->readonly)) {
+        db_unlock(s);
+        return PT_ERROR;
+    }
     for (struct spool_batch *b = group; b && !err; b = b->next)
         rocksdb_write(s->db, s->wopts, b->wb, &err);
     if (!err) {
         rocksdb_flush_wal(s->db, 1, &err);
         atomic_fetch_add_explicit(&s->fsyncs, 1, memory_order_relaxed);
     }
+    if (err)
+        spool_write_failed(s, err);   /* the callbacks carry it to the owners (451) */
+    db_unlock(s);
+    return err ? PT_ERROR : PT_OK;
+}
+
+static int free_space_ok(const char *dir)
+{
+    struct statvfs v;
+    return statvfs(dir, &v) == 0 && (uint64_t)v.f_bavail * v.f_frsize >= SPOOL_RESUME_FREE;
+}
+
+/* Read-only mode: with enough free space, reopens the database for writing. */
+static void try_resume(struct spool *s)
+{
+    if (!free_space_ok(s->dir))
+        return;
+    pthread_rwlock_wrlock(&s->dblock);
+    char *err = NULL;
+    if (s->db)
+        rocksdb_close(s->db);   /* no WAL flush: the WAL writer saw an error */
+    s->db = rocksdb_open(s->opts, s->dir, &err);
     if (err) {
-        /* No logger at this layer: the callbacks carry the failure to the owners,
-         * which answer 451 and log it. */
         rocksdb_free(err);
-        return PT_ERROR;
+        err = NULL;
+        s->db = rocksdb_open_for_read_only(s->opts, s->dir, 0, &err);
+        if (err) {
+            /* Nothing to read from either: keep trying; readers get errors. */
+            log_error("spool: reopening %s read-only failed: %s", s->dir, err);
+            rocksdb_free(err);
+            s->db = NULL;
+        }
+        pthread_rwlock_unlock(&s->dblock);
+        return;
     }
-    return PT_OK;
+    /* Deferred no-sync batches first, in order, before anyone else may write. */
+    pthread_mutex_lock(&s->lock);
+    struct spool_batch *d = s->dhead;
+    size_t nd = s->ndeferred;
+    s->dhead = s->dtail = NULL;
+    s->ndeferred = 0;
+    pthread_mutex_unlock(&s->lock);
+    for (; d && !err; d = spool_batch_pop_free(d))
+        rocksdb_write(s->db, s->wopts, d->wb, &err);
+    if (!err)
+        rocksdb_flush_wal(s->db, 0, &err);
+    while (d)
+        d = spool_batch_pop_free(d);
+    if (err) {
+        log_error("spool: writing %zu deferred updates failed: %s", nd, err);
+        rocksdb_free(err);
+        pthread_rwlock_unlock(&s->dblock);
+        return;                 /* still read-only: the next check reopens again */
+    }
+    atomic_store(&s->readonly, 0);
+    pthread_rwlock_unlock(&s->dblock);
+    log_warn("spool: writing again (free space returned; %zu deferred updates written); "
+             "taking mail", nd);
 }
 
 static void *spool_thread(void *arg)
@@ -233,8 +366,20 @@ static void *spool_thread(void *arg)
     struct spool *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->lock);
-        while (!s->head && !s->closing)
-            pthread_cond_wait(&s->cond, &s->lock);
+        while (!s->head && !s->closing) {
+            if (!atomic_load(&s->readonly)) {
+                pthread_cond_wait(&s->cond, &s->lock);
+                continue;
+            }
+            struct timespec t;
+            clock_gettime(CLOCK_REALTIME, &t);
+            t.tv_sec += SPOOL_RETRY_S;
+            if (pthread_cond_timedwait(&s->cond, &s->lock, &t) == ETIMEDOUT) {
+                pthread_mutex_unlock(&s->lock);
+                try_resume(s);
+                pthread_mutex_lock(&s->lock);
+            }
+        }
         struct spool_batch *group = s->head;
         s->head = s->tail = NULL;
         pthread_mutex_unlock(&s->lock);
@@ -288,15 +433,29 @@ int spool_commit_nosync(struct spool *s, struct spool_batch *b)
         spool_batch_free(b);
         return PT_ERROR;
     }
+    db_read_lock(s);
+    if (atomic_load(&s->readonly)) {
+        db_unlock(s);
+        spool_defer(s, b);
+        return PT_OK;           /* written after the reopen (see the top of the file) */
+    }
     rocksdb_write(s->db, s->wopts, b->wb, &err);
-    spool_batch_free(b);
     if (!err)
         rocksdb_flush_wal(s->db, 0, &err);
     if (err) {
-        rocksdb_free(err);
-        return PT_ERROR;
+        spool_write_failed(s, err);
+        db_unlock(s);
+        spool_defer(s, b);      /* deletes and puts are idempotent: write it again later */
+        return PT_OK;
     }
+    db_unlock(s);
+    spool_batch_free(b);
     return PT_OK;
+}
+
+int spool_writable(struct spool *s)
+{
+    return s && !atomic_load(&s->readonly);
 }
 
 /* ---- reads ---- */
@@ -308,17 +467,26 @@ int spool_get_content(struct spool *s, const char *id, struct buf *out)
     if (!s || !out || !id_valid(id))
         return PT_INVALID;
     size_t klen = key_content(k, id);
+    db_read_lock(s);
+    if (!s->db) {
+        db_unlock(s);
+        return PT_ERROR;
+    }
     rocksdb_pinnableslice_t *v = rocksdb_get_pinned(s->db, s->ropts, k, klen, &err);
     if (err) {
+        db_unlock(s);
         rocksdb_free(err);
         return PT_ERROR;
     }
-    if (!v)
+    if (!v) {
+        db_unlock(s);
         return PT_NOTFOUND;
+    }
     size_t vlen;
     const char *data = rocksdb_pinnableslice_value(v, &vlen);
     int rc = buf_append(out, data, vlen);
     rocksdb_pinnableslice_destroy(v);
+    db_unlock(s);
     return rc;
 }
 
@@ -337,6 +505,12 @@ int spool_has_entries(struct spool *s, const char *id)
     rocksdb_readoptions_set_iterate_lower_bound(ro, lo, n);
     rocksdb_readoptions_set_iterate_upper_bound(ro, hi, n);
     rocksdb_readoptions_set_fill_cache(ro, 0);
+    db_read_lock(s);
+    if (!s->db) {
+        db_unlock(s);
+        rocksdb_readoptions_destroy(ro);
+        return 1;
+    }
     rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, ro);
     rocksdb_iter_seek(it, lo, n);
     int found = rocksdb_iter_valid(it);
@@ -349,6 +523,7 @@ int spool_has_entries(struct spool *s, const char *id)
         }
     }
     rocksdb_iter_destroy(it);
+    db_unlock(s);
     rocksdb_readoptions_destroy(ro);
     return found;
 }
@@ -366,6 +541,12 @@ static int scan_range(struct spool *s, const char *lo, size_t lolen, const char 
     rocksdb_readoptions_set_fill_cache(ro, 0);
     if (readahead)
         rocksdb_readoptions_set_readahead_size(ro, readahead);
+    db_read_lock(s);
+    if (!s->db) {
+        db_unlock(s);
+        rocksdb_readoptions_destroy(ro);
+        return PT_ERROR;
+    }
     rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, ro);
 
     int rc = PT_OK;
@@ -397,6 +578,7 @@ static int scan_range(struct spool *s, const char *lo, size_t lolen, const char 
         }
     }
     rocksdb_iter_destroy(it);
+    db_unlock(s);
     rocksdb_readoptions_destroy(ro);
     return rc;
 }
@@ -422,8 +604,10 @@ int spool_scan_id(struct spool *s, const char *id, spool_scan_cb cb, void *arg)
 static uint64_t prop_u64(struct spool *s, const char *name)
 {
     uint64_t v = 0;
-    if (rocksdb_property_int(s->db, name, &v) != 0)
-        return 0;
+    db_read_lock(s);
+    if (!s->db || rocksdb_property_int(s->db, name, &v) != 0)
+        v = 0;
+    db_unlock(s);
     return v;
 }
 
@@ -491,6 +675,7 @@ static void configure(struct spool *s)
     rocksdb_options_set_keep_log_file_num(o, SPOOL_LOG_KEEP);
     rocksdb_options_set_max_log_file_size(o, SPOOL_LOG_SIZE);
     rocksdb_options_set_manual_wal_flush(o, 1);
+    rocksdb_options_set_manifest_preallocation_size(o, SPOOL_MANIFEST_PREALLOC);
     /* The default recovery mode (point in time) drops a torn WAL tail after a crash,
      * which can only hold unacknowledged writes. */
 
@@ -512,7 +697,8 @@ static void spool_destroy(struct spool *s)
 {
     if (s->db) {
         char *err = NULL;
-        rocksdb_flush_wal(s->db, 1, &err);  /* the WAL is flushed by hand */
+        if (!atomic_load(&s->readonly))
+            rocksdb_flush_wal(s->db, 1, &err);  /* the WAL is flushed by hand */
         rocksdb_free(err);
         rocksdb_close(s->db);
     }
@@ -526,8 +712,12 @@ static void spool_destroy(struct spool *s)
         rocksdb_block_based_options_destroy(s->topts);
     if (s->cache)
         rocksdb_cache_destroy(s->cache);
+    while (s->dhead)
+        s->dhead = spool_batch_pop_free(s->dhead);
     pthread_cond_destroy(&s->cond);
     pthread_mutex_destroy(&s->lock);
+    pthread_rwlock_destroy(&s->dblock);
+    free(s->dir);
     free(s);
 }
 
@@ -550,6 +740,13 @@ struct spool *spool_open(const char *dir, char *err, size_t errlen)
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    pthread_rwlock_init(&s->dblock, NULL);
+    atomic_init(&s->readonly, 0);
+    if (!(s->dir = strdup(dir))) {
+        snprintf(err, errlen, "spool: out of memory");
+        spool_destroy(s);
+        return NULL;
+    }
     atomic_init(&s->durable_commits, 0);
     atomic_init(&s->fsyncs, 0);
 
@@ -561,6 +758,15 @@ struct spool *spool_open(const char *dir, char *err, size_t errlen)
     s->ropts = rocksdb_readoptions_create();
 
     s->db = rocksdb_open(s->opts, dir, &dberr);
+    if (dberr && !free_space_ok(dir)) {
+        /* A full disk: serve what is queued read-only, take mail when space returns. */
+        log_error("spool: cannot open %s for writing (%s); opened read-only, refusing new "
+                  "mail until space returns", dir, dberr);
+        rocksdb_free(dberr);
+        dberr = NULL;
+        s->db = rocksdb_open_for_read_only(s->opts, dir, 0, &dberr);
+        atomic_store(&s->readonly, 1);
+    }
     if (dberr) {
         snprintf(err, errlen, "spool: open %s: %s", dir, dberr);
         rocksdb_free(dberr);

@@ -280,6 +280,26 @@ int conn_start_tls(struct conn *c, struct tls_ctx *ctx, bool server, const char 
     return PT_OK;
 }
 
+void conn_feed_raw(struct conn *c, const void *p, size_t n)
+{
+    if (c->closing || n == 0)
+        return;
+    if (!c->tls) {
+        if (buf_append(&c->in, p, n) == PT_OK && !c->paused)
+            c->ops->on_data(c);
+        return;
+    }
+    if (buf_append(&c->raw, p, n) != PT_OK) {
+        c->ops->on_eof(c, UV_ENOMEM);
+        return;
+    }
+    size_t before = c->in.len;
+    if (conn_tls_input(c))
+        return;
+    if (c->in.len != before && !c->paused)
+        c->ops->on_data(c);
+}
+
 const char *conn_tls_describe(const struct conn *c)
 {
     return c->tls && c->tls_done ? tls_describe(c->tls) : NULL;

@@ -66,6 +66,10 @@ void conn_close(struct conn *c, bool graceful);
  * client, verify_host != NULL checks the chain and that name. */
 int conn_start_tls(struct conn *c, struct tls_ctx *ctx, bool server, const char *sni,
                    const char *verify_host);
+/* Hands back bytes read before conn_start_tls as if just read from the socket
+ * (implicit TLS behind a PROXY header: the ClientHello may arrive with the
+ * header). p is copied. May call ops->on_eof, like a read. */
+void conn_feed_raw(struct conn *c, const void *p, size_t n);
 const char *conn_tls_describe(const struct conn *c); /* "TLSv1.3:CIPHER" or NULL */
 const char *conn_tls_error(const struct conn *c);    /* "" if none */
 int conn_peer(const struct conn *c, struct sockaddr_storage *ss);

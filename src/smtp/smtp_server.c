@@ -14,11 +14,15 @@
 #include "core/worker.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "policy/header_checks.h"
 #include "policy/hooks.h"
+#include "policy/limits.h"
 #include "queue/entry.h"
 #include "queue/ingest.h"
 #include "queue/sched.h"
+#include "queue/spool.h"
 #include "smtp/conn.h"
+#include "smtp/proxy.h"
 #include "smtp/smtp_auth.h"
 #include "smtp/smtp_bdat.h"
 #include "smtp/smtp_data.h"
@@ -33,7 +37,7 @@
 #define SMTP_RCPT_INIT 8
 
 #define SESSION_STATES(X) \
-    X(S_GREETING) X(S_READY) X(S_MAIL) X(S_RCPT) X(S_DATA) X(S_QUEUEING) X(S_AUTH) X(S_CLOSING) \
+    X(S_GREETING) X(S_PROXY) X(S_READY) X(S_MAIL) X(S_RCPT) X(S_DATA) X(S_QUEUEING) X(S_AUTH) X(S_CLOSING) \
     X(S_BDAT) X(S_CHUNK)
 /* S_BDAT: between the chunks of a BDAT message; S_CHUNK: reading one chunk's
  * octets (bdat_next: the state after a refused chunk's octets are dropped). */
@@ -45,8 +49,11 @@ static const char *const state_names[] = { SESSION_STATES(AS_NAME) };
 struct smtp_session {
     struct conn conn;
     struct worker *w;
+    struct cfg_gen *gen;            /* the config generation the session started with */
+    struct lua_State *L;            /* this worker's Lua state of that generation */
     const struct cfg_listener *l;
-    int li;
+    int li;                         /* index of l in gen->cfg */
+    int slot;                       /* listener slot (front-door counters) */
     struct smtp_session *prev, *next;
     enum session_state state;
     int refs;                       /* 1 for the connection + 1 per pending commit */
@@ -57,6 +64,8 @@ struct smtp_session {
     char helo[SMTP_PATH_MAX + 1];
     struct smtp_lines lines;        /* command line splitter (persists across reads) */
     bool authed;
+    bool refuse_after_tls;          /* implicit TLS: the queued 421 goes out after the handshake */
+    int auth_failures;              /* AUTH failures of this session counted toward a ban */
     char auth_user[256];
     struct sasl sasl;
     /* SASL exchanges run on the libuv thread pool: crypt(3) costs milliseconds */
@@ -82,6 +91,7 @@ struct smtp_session {
     /* hooks: what smtp_server_greeting asked for every message of the session */
     struct hook_effects fx;
     char hook_err[512];             /* the error of a refusing smtp_message_received */
+    char rate_over[LIMITS_KEY_MAX + 1]; /* the limit_sending key a message went over */
 };
 
 static void session_unref(struct smtp_session *s);
@@ -178,24 +188,45 @@ static bool has_8bit(const char *p)
 static void auth_submit(struct smtp_session *s, bool start, const char *in, size_t len);
 static void auth_result(struct smtp_session *s, int rc, const char *out);
 
+/* A listener mechanism the users file can serve: CRAM-MD5 needs a {CRAM-MD5}
+ * entry (a crypt(3) hash cannot answer a challenge), so without one it is
+ * neither offered nor accepted; clients then pick PLAIN or LOGIN. */
+static bool mech_usable(const struct smtp_session *s, const char *mech)
+{
+    return strcasecmp(mech, "CRAM-MD5") != 0 || users_has_cram(s->gen->users);
+}
+
 static bool auth_offered(const struct smtp_session *s)
 {
-    return s->l->n_auth_mechanisms > 0 && s->w->rt->users &&
-           (s->conn.tls || !s->l->auth_require_tls);
+    if (!s->gen->users || (!s->conn.tls && s->l->auth_require_tls))
+        return false;
+    for (int i = 0; i < s->l->n_auth_mechanisms; i++)
+        if (mech_usable(s, s->l->auth_mechanisms[i]))
+            return true;
+    return false;
+}
+
+/* The client's address is in the listener's relay_hosts: such a client is
+ * trusted by address, so AUTH failures never ban it (Postfix's
+ * permit_mynetworks comes first). */
+static bool in_relay_hosts(const struct smtp_session *s)
+{
+    return s->peer.ss_family &&
+           cidr_match_any(s->l->relay_hosts, s->l->n_relay_hosts, (const struct sockaddr *)&s->peer);
 }
 
 /* Runs the smtp_server_greeting hooks; false (after replying) when one failed. */
 static bool greeting_hooks(struct smtp_session *s, const char *ehlo)
 {
     hook_effects_free(&s->fx);
-    if (!hooks_any(s->w->L, "smtp_server_greeting"))
+    if (!hooks_any(s->L, "smtp_server_greeting"))
         return true;
     struct hook_meta m = {
         .client_ip = s->client_ip, .listener = s->l->name, .tenant = s->l->tenant,
         .auth_user = s->authed ? s->auth_user : NULL,
     };
     char err[512];
-    if (hooks_run(s->w->L, "smtp_server_greeting", ehlo, &m, &s->fx, err, sizeof err) == PT_OK)
+    if (hooks_run(s->L, "smtp_server_greeting", ehlo, &m, &s->fx, err, sizeof err) == PT_OK)
         return true;
     hook_effects_free(&s->fx);
     log_warn("smtp %s: smtp_server_greeting hook failed: %s", s->client_ip, err);
@@ -218,12 +249,13 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *c)
     replyf(s, "250-%s", s->l->hostname);
     replyf(s, "250-SIZE %llu", (unsigned long long)s->l->max_message_size);
     reply(s, "250-PIPELINING");
-    if (s->w->rt->listener_tls[s->li] && !s->conn.tls)
+    if (s->gen->listener_tls[s->li] && !s->conn.tls)
         reply(s, "250-STARTTLS");
     if (auth_offered(s)) {
         conn_send(&s->conn, "250-AUTH", 8);
         for (int i = 0; i < s->l->n_auth_mechanisms; i++)
-            conn_sendf(&s->conn, " %s", s->l->auth_mechanisms[i]);
+            if (mech_usable(s, s->l->auth_mechanisms[i]))
+                conn_sendf(&s->conn, " %s", s->l->auth_mechanisms[i]);
         conn_send(&s->conn, "\r\n", 2);
     }
     reply(s, "250-8BITMIME");
@@ -249,7 +281,11 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
         reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
         return;
     }
-    if (sched_depth(rt->sched) >= rt->cfg->queue.max_queue_depth) {
+    if (!spool_writable(rt->spool)) {
+        reply(s, "452 4.3.1 Insufficient system storage: spool disk full, try again later");
+        return;
+    }
+    if (sched_depth(rt->sched) >= s->gen->cfg->queue.max_queue_depth) {
         reply(s, "452 4.3.1 Insufficient system storage: queue is full, try again later");
         return;
     }
@@ -262,15 +298,12 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
 
 static bool relay_allowed(struct smtp_session *s)
 {
-    if (s->authed)
-        return true;
-    return s->peer.ss_family &&
-           cidr_match_any(s->l->relay_hosts, s->l->n_relay_hosts, (struct sockaddr *)&s->peer);
+    return s->authed || in_relay_hosts(s);
 }
 
 static void cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
 {
-    const struct config *cfg = s->w->rt->cfg;
+    const struct config *cfg = s->gen->cfg;
     if (s->nrcpt >= (size_t)s->l->max_recipients) {
         reply(s, "452 4.5.3 Too many recipients");
         return;
@@ -494,7 +527,7 @@ static void cmd_help(struct smtp_session *s, const struct smtp_cmd *c)
 
 static void cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c)
 {
-    struct tls_ctx *ctx = s->w->rt->listener_tls[s->li];
+    struct tls_ctx *ctx = s->gen->listener_tls[s->li];
     if (!ctx) {
         reply(s, "502 5.5.1 STARTTLS not available");
         return;
@@ -523,10 +556,13 @@ static void auth_failed(struct smtp_session *s)
 {
     struct runtime *rt = s->w->rt;
     metrics_inc(M_AUTH_FAILURES, NULL, NULL, 1);
+    if (in_relay_hosts(s))
+        return;
+    s->auth_failures++;
     if (authban_failure(rt->ban, s->client_ip, time_now())) {
         char text[160];
         snprintf(text, sizeof text, "too many AUTH failures: %s banned for %.0f s", s->client_ip,
-                 rt->cfg->auth_ban_time);
+                 s->gen->cfg->auth_ban_time);
         log_warn("smtp %s: %s", s->client_ip, text);
         log_simple(s, LOG_REJECTION, NULL, 421, text, -1);
         hangup(s, "421 4.7.0 Too many authentication failures; try again later");
@@ -545,6 +581,10 @@ static void auth_result(struct smtp_session *s, int rc, const char *out)
         s->authed = true;
         snprintf(s->auth_user, sizeof s->auth_user, "%s", sasl_user(&s->sasl));
         log_info("smtp %s: authenticated as %s", s->client_ip, s->auth_user);
+        /* A failure followed by a success (smtplib tries CRAM-MD5, then PLAIN) is
+         * a healthy client, not a guess: take the session's failures back. */
+        authban_forgive(s->w->rt->ban, s->client_ip, s->auth_failures, time_now());
+        s->auth_failures = 0;
         reply(s, "235 2.7.0 Authentication successful");
         break;
     case PT_ERROR:
@@ -627,8 +667,7 @@ static void auth_submit(struct smtp_session *s, bool start, const char *in, size
 
 static void cmd_auth(struct smtp_session *s, const struct smtp_cmd *c)
 {
-    const struct runtime *rt = s->w->rt;
-    if (s->l->n_auth_mechanisms == 0 || !rt->users) {
+    if (s->l->n_auth_mechanisms == 0 || !s->gen->users) {
         reply(s, "502 5.5.1 AUTH not available");
         return;
     }
@@ -662,10 +701,12 @@ static void cmd_auth(struct smtp_session *s, const struct smtp_cmd *c)
     initial[n - i] = 0;
     char allowed[256] = "";
     for (int k = 0; k < s->l->n_auth_mechanisms; k++) {
+        if (!mech_usable(s, s->l->auth_mechanisms[k]))
+            continue;
         strncat(allowed, s->l->auth_mechanisms[k], sizeof allowed - strlen(allowed) - 2);
         strcat(allowed, " ");
     }
-    sasl_init(&s->sasl, rt->users, s->l->hostname);
+    sasl_init(&s->sasl, s->gen->users, s->l->hostname);
     snprintf(s->auth_mech, sizeof s->auth_mech, "%s", mech);
     snprintf(s->auth_allowed, sizeof s->auth_allowed, "%s", allowed);
     auth_submit(s, true, has_initial ? initial : NULL, n - i);
@@ -756,7 +797,7 @@ static int message_policy(void *arg, struct entry *e)
     hook_effects_init(&fx);
     int rc = hook_effects_copy(&fx, &s->fx);
     const char **addrs = NULL;
-    if (rc == PT_OK && hooks_any(s->w->L, "smtp_message_received") &&
+    if (rc == PT_OK && hooks_any(s->L, "smtp_message_received") &&
         !(addrs = calloc(e->nrcpt, sizeof *addrs)))
         rc = PT_NOMEM;
     if (rc == PT_OK && addrs) {
@@ -774,19 +815,84 @@ static int message_policy(void *arg, struct entry *e)
             .rcpts = addrs, .nrcpt = e->nrcpt,
             .content = s->content.data, .content_len = s->content.len,
         };
-        if (hooks_run(s->w->L, "smtp_message_received", e->domain, &m, &fx, s->hook_err,
+        if (hooks_run(s->L, "smtp_message_received", e->domain, &m, &fx, s->hook_err,
                       sizeof s->hook_err) != PT_OK)
             rc = PT_INVALID;
     }
-    if (rc == PT_OK && fx.edits.len)
-        rc = entry_set_hdr_edits(e, fx.edits.data);
-    if (rc == PT_OK && fx.priority >= 0)
-        e->priority = (uint8_t)fx.priority;
-    if (rc == PT_OK && fx.route[0])
-        rc = entry_set_route(e, fx.route);
+    /* limits the message hooks added (the greeting's were counted once already) */
+    if (rc == PT_OK && fx.limits.len > s->fx.limits.len &&
+        limits_take_all(limits_shared(), fx.limits.data + s->fx.limits.len,
+                        fx.limits.len - s->fx.limits.len, (double)time_mono_ms() / 1000.0,
+                        s->rate_over, sizeof s->rate_over) != PT_OK)
+        rc = PT_TOOLONG;
+    if (rc == PT_OK)
+        rc = hook_effects_apply(&fx, e);
     free(addrs);
     hook_effects_free(&fx);
     return rc;
+}
+
+/* configure_header_checks on the client's header (below our Received:). false
+ * when the message is refused or discarded (replied and logged). */
+static bool header_checks(struct smtp_session *s)
+{
+    const struct header_checks *hc = s->gen->cfg->header_checks_set;
+    if (!hc)
+        return true;
+    struct buf out;
+    buf_init(&out, 0);
+    struct header_checks_result res;
+    int rc = buf_reserve(&out, s->content.len + 1024);
+    if (rc == PT_OK)
+        rc = buf_append(&out, s->content.data, s->hdr_off);
+    if (rc == PT_OK)
+        rc = header_checks_apply(hc, s->content.data + s->hdr_off,
+                                 s->content.len - s->hdr_off, &out, &res);
+    if (rc != PT_OK) {
+        buf_free(&out);
+        reply(s, "451 4.3.0 Out of memory, try again later");
+        return false;
+    }
+    if (res.warnings)
+        log_warn("smtp %s: header_checks: WARN %s (id %s, %zu warning(s))", s->client_ip,
+                 res.warning, s->id, res.warnings);
+    if (res.verdict == HEADER_CHECKS_REJECT) {
+        buf_free(&out);
+        replyf(s, "550 %s", res.text);
+        log_info("smtp %s: header_checks rule %zu rejected id %s: %s", s->client_ip,
+                 res.rule + 1, s->id, res.text);
+        for (size_t i = 0; i < s->nrcpt; i++)
+            log_simple(s, LOG_REJECTION, s->rcpts[i], 550, res.text, (int64_t)s->content.len);
+        return false;
+    }
+    if (res.verdict == HEADER_CHECKS_DISCARD) {
+        /* Postfix DISCARD: the client is told it was taken; nothing is queued */
+        buf_free(&out);
+        log_info("smtp %s: header_checks rule %zu discarded id %s: %s", s->client_ip,
+                 res.rule + 1, s->id, res.text);
+        replyf(s, "250 2.0.0 Ok: discarded as %s", s->id);
+        return false;
+    }
+    if (res.changed) {
+        buf_free(&s->content);
+        s->content = out;
+    } else {
+        buf_free(&out);
+    }
+    return true;
+}
+
+/* A limit_sending limit refused the message (s->rate_over names its key). */
+static void rate_limited(struct smtp_session *s)
+{
+    const char *why = "451 4.7.0 Sending rate limit exceeded, try again later";
+    log_info("smtp %s: limit_sending: key '%s' is over its limit; message %s deferred to the "
+             "client", s->client_ip, s->rate_over, s->id);
+    reply(s, why);
+    for (size_t i = 0; i < s->nrcpt; i++)
+        log_simple(s, LOG_REJECTION, s->rcpts[i], 451, why + 4, (int64_t)s->content.len);
+    txn_reset(s);
+    enter_state(s, S_READY);
 }
 
 /* Postfix's always_add_missing_headers: a Date: and a Message-ID: <id@hostname>
@@ -843,6 +949,11 @@ static void end_of_data(struct smtp_session *s)
         enter_state(s, S_READY);
         return;
     }
+    if (!header_checks(s)) {
+        txn_reset(s);
+        enter_state(s, S_READY);
+        return;
+    }
     if (add_missing_headers(s) == PT_NOMEM) {
         reply(s, "451 4.3.0 Out of memory, try again later");
         txn_reset(s);
@@ -855,16 +966,29 @@ static void end_of_data(struct smtp_session *s)
         .protocol = PROTO_SMTP, .priority = PRIO_NORMAL, .received_at = s->received_at,
         .peer_address = s->client_ip, .tls = conn_tls_describe(&s->conn), .log_reception = true,
     };
-    if (s->fx.edits.len || s->fx.priority >= 0 || s->fx.route[0] ||
-        hooks_any(s->w->L, "smtp_message_received")) {
+    if (s->fx.edits.len || s->fx.priority >= 0 || s->fx.route[0] || s->fx.dkim.len ||
+        hooks_any(s->L, "smtp_message_received")) {
         m.policy = message_policy;
         m.policy_arg = s;
     }
     memcpy(m.id, s->id, sizeof m.id);
     s->hook_err[0] = 0;
+    s->rate_over[0] = 0;
+    /* limit_sending of smtp_server_greeting: once per message of the session */
+    if (s->fx.limits.len &&
+        limits_take_all(limits_shared(), s->fx.limits.data, s->fx.limits.len,
+                        (double)time_mono_ms() / 1000.0, s->rate_over,
+                        sizeof s->rate_over) != PT_OK) {
+        rate_limited(s);
+        return;
+    }
     s->refs++;
     if (ingest_submit(s->w->rt, &m, on_ingested, s) != PT_OK) {
         s->refs--;
+        if (s->rate_over[0]) {
+            rate_limited(s);
+            return;
+        }
         if (s->hook_err[0]) {
             log_warn("smtp %s: smtp_message_received hook failed: %s", s->client_ip, s->hook_err);
             why = "451 4.3.0 Temporary local policy failure, try again later";
@@ -917,9 +1041,13 @@ static void session_reply_flush(struct smtp_session *s)
     conn_flush(&s->conn);
 }
 
+static bool proxy_input(struct smtp_session *s);
+
 static void on_data(struct conn *c)
 {
     struct smtp_session *s = c->owner;
+    if (s->state == S_PROXY && !proxy_input(s))
+        return;
     size_t off = 0;
     /* a 0-octet chunk (BDAT 0 [LAST]) is complete without any input */
     while (!s->closed && !c->paused &&
@@ -1001,6 +1129,16 @@ static void on_timeout(struct conn *c)
     struct smtp_session *s = c->owner;
     if (s->state == S_QUEUEING)
         return;
+    if (s->refuse_after_tls) {
+        session_close(s, false);
+        return;
+    }
+    if (s->state == S_PROXY) {
+        log_warn("smtp %s: closed: no PROXY header within %.0f s", s->client_ip,
+                 s->l->greeting_timeout);
+        session_close(s, false);
+        return;
+    }
     log_info("smtp %s: timeout in state %s", s->client_ip, state_names[s->state]);
     replyf(s, "421 4.4.2 %s Error: timeout exceeded", s->l->hostname);
     session_close(s, true);
@@ -1018,7 +1156,7 @@ static void on_closed(struct conn *c)
         s->next->prev = s->prev;
     w->nsessions--;
     if (s->counted) {
-        frontdoor_leave(w->fd, s->li, s->client_ip);
+        frontdoor_leave(w->fd, s->slot, s->client_ip);
         metrics_add(M_CONNECTIONS, METRICS_INBOUND, "", -1);
     }
     s->counted = false;
@@ -1034,25 +1172,57 @@ static void session_unref(struct smtp_session *s)
     hook_effects_free(&s->fx);
     free(s->rcpts);
     buf_free(&s->content);
+    runtime_gen_release(s->gen);
     free(s);
+}
+
+/* Implicit TLS handshake done: a refused session's 421 is out, close. */
+static void on_tls(struct conn *c)
+{
+    struct smtp_session *s = c->owner;
+    if (s->refuse_after_tls)
+        session_close(s, true);
 }
 
 static const struct conn_ops session_ops = {
     .on_data = on_data, .on_eof = on_eof, .on_timeout = on_timeout, .on_closed = on_closed,
+    .on_tls = on_tls,
 };
 
-void smtp_server_accept(struct worker *w, int li, uv_stream_t *server)
+/* The 421 already queued goes out once the implicit TLS handshake completes
+ * (on_tls closes then); a client that never completes it is cut at the greeting
+ * timeout without a word. Input is never read as commands. */
+static void refuse_after_tls(struct smtp_session *s)
+{
+    s->refuse_after_tls = true;
+    enter_state(s, S_CLOSING);
+    double t = s->l->greeting_timeout;
+    conn_set_timeout(&s->conn, t > 0 && t < 10 ? t : 10);
+    conn_start(&s->conn);
+    conn_flush(&s->conn);
+}
+
+static void session_begin(struct smtp_session *s);
+
+void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot,
+                        uv_stream_t *server)
 {
     struct smtp_session *s = calloc(1, sizeof *s);
-    if (!s)
+    if (!s) {
+        runtime_gen_release(gen);
         return;
+    }
     if (conn_init(&s->conn, &w->loop, &session_ops, s) != PT_OK) {
+        runtime_gen_release(gen);
         free(s);
         return;
     }
     s->w = w;
+    s->gen = gen;
+    s->L = runtime_gen_smtp_lua(gen, w->index);
     s->li = li;
-    s->l = &w->rt->cfg->listeners[li];
+    s->slot = slot;
+    s->l = &gen->cfg->listeners[li];
     s->refs = 1;
     buf_init(&s->content, 0);
     hook_effects_init(&s->fx);
@@ -1067,12 +1237,93 @@ void smtp_server_accept(struct worker *w, int li, uv_stream_t *server)
         session_close(s, false);
         return;
     }
-    if (conn_peer(&s->conn, &s->peer) == PT_OK)
+    bool have_peer = conn_peer(&s->conn, &s->peer) == PT_OK;
+    if (have_peer)
         cidr_addr_str((struct sockaddr *)&s->peer, s->client_ip, sizeof s->client_ip);
     else
         snprintf(s->client_ip, sizeof s->client_ip, "unknown");
+    if (!s->l->proxy_protocol) {
+        session_begin(s);
+        return;
+    }
+    /* The PROXY header comes first, before our greeting; only the load balancers
+     * in proxy_trusted_hosts may send one, everyone else is dropped. */
+    if (!have_peer) {
+        /* gone already (a load balancer's connect-only health check resets) */
+        log_debug("smtp: PROXY listener %s: peer left before its header", s->l->name);
+        session_close(s, false);
+        return;
+    }
+    if (!cidr_match_any(s->l->proxy_trusted_hosts,
+                                              s->l->n_proxy_trusted_hosts,
+                                              (struct sockaddr *)&s->peer)) {
+        log_warn("smtp %s: refused: peer not in proxy_trusted_hosts of PROXY listener %s",
+                 s->client_ip, s->l->name);
+        session_close(s, false);
+        return;
+    }
+    enter_state(s, S_PROXY);
+    conn_set_timeout(&s->conn, s->l->greeting_timeout);
+    if (conn_start(&s->conn) != PT_OK)
+        session_close(s, false);
+}
+
+/* S_PROXY input: waits for the whole header, then takes its source address as
+ * the client's for everything that follows (limits, bans, relay_hosts, logs,
+ * hooks, Received:). Returns true when the session goes on with the bytes left
+ * in c->in. A health check that connects and leaves (or sends LOCAL) logs
+ * nothing above debug. */
+static bool proxy_input(struct smtp_session *s)
+{
+    struct conn *c = &s->conn;
+    struct proxy_header h;
+    int rc = proxy_parse(c->in.data, c->in.len, &h);
+    if (rc == PT_AGAIN)
+        return false;
+    if (rc != PT_OK) {
+        log_warn("smtp %s: closed: %s", s->client_ip, proxy_strerror(rc));
+        buf_reset(&c->in);
+        session_close(s, false);
+        return false;
+    }
+    buf_consume(&c->in, h.len);
+    if (h.local) {
+        log_debug("smtp %s: PROXY v%d LOCAL/UNKNOWN: keeping the peer address", s->client_ip,
+                  h.version);
+    } else {
+        char proxy_ip[64];
+        memcpy(proxy_ip, s->client_ip, sizeof proxy_ip);
+        s->peer = h.src;
+        cidr_addr_str((struct sockaddr *)&s->peer, s->client_ip, sizeof s->client_ip);
+        log_debug("smtp %s: PROXY v%d from %s", s->client_ip, h.version, proxy_ip);
+    }
+    /* Implicit TLS starts after the header: the ClientHello may already sit behind
+     * it in c->in, and conn_start_tls would drop it, so hand it over. */
+    struct buf rest;
+    buf_init(&rest, 0);
+    bool tls = s->l->tls && s->l->tls->implicit;
+    if (tls && c->in.len) {
+        if (buf_append(&rest, c->in.data, c->in.len) != PT_OK) {
+            session_close(s, false);
+            return false;
+        }
+        buf_reset(&c->in);
+    }
+    session_begin(s);
+    if (tls && rest.len && !s->closed)
+        conn_feed_raw(c, rest.data, rest.len);
+    buf_free(&rest);
+    return !s->closed && !tls;
+}
+
+/* After accept (or the PROXY header): connection limits, bans, implicit TLS and
+ * the greeting, all judged on the client's address. */
+static void session_begin(struct smtp_session *s)
+{
+    struct worker *w = s->w;
+    int li = s->li;
     const char *which = NULL;
-    if (frontdoor_enter(w->fd, li, s->client_ip, s->l->max_connections,
+    if (frontdoor_enter(w->fd, s->slot, s->client_ip, s->l->max_connections,
                         s->l->max_connections_per_ip, &which) != 0) {
         log_warn("smtp %s: refused: %s reached", s->client_ip, which);
         replyf(s, "421 4.7.0 %s Too many connections (%s), try again later", s->l->hostname, which);
@@ -1082,16 +1333,22 @@ void smtp_server_accept(struct worker *w, int li, uv_stream_t *server)
     }
     s->counted = true;
     metrics_add(M_CONNECTIONS, METRICS_INBOUND, "", 1);  /* inbound: no destination */
-    if (authban_is_banned(w->rt->ban, s->client_ip, time_now())) {
-        log_info("smtp %s: refused: banned after AUTH failures", s->client_ip);
-        replyf(s, "421 4.7.0 %s Too many authentication failures; try again later", s->l->hostname);
-        session_close(s, true);
-        conn_flush(&s->conn);
+    /* Implicit TLS: the handshake comes first, so nothing (not even a refusal) is
+     * ever said in clear on this port; replies queued now wait for it. */
+    if (s->l->tls && s->l->tls->implicit &&
+        conn_start_tls(&s->conn, s->gen->listener_tls[li], true, NULL, NULL) != PT_OK) {
+        session_close(s, false);
         return;
     }
-    if (s->l->tls && s->l->tls->implicit &&
-        conn_start_tls(&s->conn, w->rt->listener_tls[li], true, NULL, NULL) != PT_OK) {
-        session_close(s, false);
+    if (!in_relay_hosts(s) && authban_is_banned(w->rt->ban, s->client_ip, time_now())) {
+        log_info("smtp %s: refused: banned after AUTH failures", s->client_ip);
+        replyf(s, "421 4.7.0 %s Too many authentication failures; try again later", s->l->hostname);
+        if (s->conn.tls) {
+            refuse_after_tls(s);
+            return;
+        }
+        session_close(s, true);
+        conn_flush(&s->conn);
         return;
     }
     if (w->stopping) {
@@ -1101,7 +1358,8 @@ void smtp_server_accept(struct worker *w, int li, uv_stream_t *server)
     enter_state(s, S_GREETING);
     replyf(s, "220 %s ESMTP petrel", s->l->hostname);
     conn_set_timeout(&s->conn, s->l->greeting_timeout);
-    conn_start(&s->conn);
+    if (!s->conn.reading)
+        conn_start(&s->conn);
     conn_flush(&s->conn);
 }
 
@@ -1114,6 +1372,10 @@ void smtp_server_stop_all(struct worker *w, bool force)
         if (s->closed) {
             if (force)
                 conn_close(&s->conn, false);
+            continue;
+        }
+        if (s->state == S_PROXY) {      /* not greeted yet: nothing to say */
+            session_close(s, false);
             continue;
         }
         reply(s, "421 4.3.2 Service shutting down");

@@ -29,6 +29,7 @@ static void fz_same(const struct entry *a, const struct entry *b)
     FZ_CHECK(fz_streq(a->route, b->route));
     FZ_CHECK(fz_streq(a->last_response, b->last_response));
     FZ_CHECK(fz_streq(a->hdr_edits, b->hdr_edits));
+    FZ_CHECK(fz_streq(a->dkim_sign, b->dkim_sign));
     FZ_CHECK(a->nrcpt == b->nrcpt);
     for (uint32_t i = 0; i < a->nrcpt; i++)
         FZ_CHECK(a->rcpts[i].state == b->rcpts[i].state &&
@@ -54,9 +55,10 @@ static void fz_decode_arbitrary(const uint8_t *data, size_t size)
     struct buf b;
     buf_init(&b, 0);
     FZ_CHECK(entry_encode(e, &b) == PT_OK);
-    if (data[0] == 1) {                 /* v1: no hdr_edits field, 4 bytes shorter */
+    if (data[0] == 1 || data[0] == 2) { /* v1: no hdr_edits, v2: no dkim_sign (4 bytes each) */
         struct entry *d = NULL;
-        FZ_CHECK(e->hdr_edits == NULL && b.len == size + 4);
+        FZ_CHECK(e->dkim_sign == NULL && (data[0] == 2 || e->hdr_edits == NULL));
+        FZ_CHECK(b.len == size + (data[0] == 1 ? 8 : 4));
         FZ_CHECK(entry_decode(b.data, b.len, &d) == PT_OK);
         fz_same(e, d);
         entry_free(d);
@@ -121,6 +123,8 @@ static void fz_round_trip(const uint8_t *data, size_t size)
         entry_set_last_response(e, pieces[3]);
     if ((shape & 32) && np > 4)
         entry_set_hdr_edits(e, pieces[4]);
+    if ((shape & 64) && np > 5)
+        entry_set_dkim_sign(e, pieces[5]);
     e->attempts = attempts;
     e->ndomains = ndomains;
     e->flags = flags;

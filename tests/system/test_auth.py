@@ -589,6 +589,8 @@ def test_auth_user_in_hook_meta_and_default_tenant(world, pki, users_file):
 # ---------------------------------------------------------------- brute force
 
 BAN = {"max_failures": 3, "failure_window": "10m", "ban_time": "3s"}
+# The test client (127.0.0.1) outside relay_hosts: clients inside are never banned.
+OUTSIDE = {"relay_hosts": ["10.0.0.0/8"]}
 
 
 def assert_banned_greeting(p, what):
@@ -620,7 +622,7 @@ def assert_ban_record(p):
 
 
 def test_brute_force_ban_in_one_session(world, pki, users_file):
-    p = auth_petrel(world, pki, users_file, auth=BAN)
+    p = auth_petrel(world, pki, users_file, auth=BAN, listener=OUTSIDE)
     c, _ = tls_raw(p, pki)
     t_ban = None
     try:
@@ -664,7 +666,7 @@ def test_brute_force_ban_in_one_session(world, pki, users_file):
 
 
 def test_brute_force_ban_across_connections(world, pki, users_file):
-    p = auth_petrel(world, pki, users_file, auth=BAN)
+    p = auth_petrel(world, pki, users_file, auth=BAN, listener=OUTSIDE)
     for i in range(3):
         c, _ = tls_raw(p, pki)
         try:
@@ -685,7 +687,7 @@ def test_brute_force_ban_across_connections(world, pki, users_file):
 
 
 def test_successful_auths_do_not_ban(world, pki, users_file):
-    p = auth_petrel(world, pki, users_file, auth=BAN)
+    p = auth_petrel(world, pki, users_file, auth=BAN, listener=OUTSIDE)
     for _ in range(5):
         c, _ = tls_raw(p, pki)
         with c:

@@ -456,6 +456,33 @@ static void test_ban_after_n(void **state)
     authban_free(b);
 }
 
+/* A failure taken back (failure then success in one session) never adds up. */
+static void test_ban_forgive(void **state)
+{
+    (void)state;
+    struct authban *b = authban_new(5, 600, 600);
+    assert_non_null(b);
+    for (int i = 0; i < 20; i++) {
+        assert_false(authban_failure(b, "192.0.2.9", 100 + i));
+        authban_forgive(b, "192.0.2.9", 1, 100 + i);
+    }
+    assert_false(authban_is_banned(b, "192.0.2.9", 200));
+    assert_int_equal(authban_count(b), 0);                     /* nothing left to count */
+    /* only the newest failures go: 3 counted, 2 taken back, 1 left + 4 more = ban */
+    for (int i = 0; i < 3; i++)
+        assert_false(authban_failure(b, "192.0.2.9", 300 + i));
+    authban_forgive(b, "192.0.2.9", 2, 303);
+    for (int i = 0; i < 3; i++)
+        assert_false(authban_failure(b, "192.0.2.9", 310 + i));
+    assert_true(authban_failure(b, "192.0.2.9", 314));
+    /* a ban is never lifted by forgiving */
+    authban_forgive(b, "192.0.2.9", 5, 315);
+    assert_true(authban_is_banned(b, "192.0.2.9", 316));
+    authban_forgive(b, "not an address", 1, 316);
+    authban_forgive(NULL, "192.0.2.9", 1, 316);
+    authban_free(b);
+}
+
 static void test_ban_window(void **state)
 {
     (void)state;
@@ -622,6 +649,7 @@ int main(void)
         cmocka_unit_test(test_restart_and_hostname),
         cmocka_unit_test(test_ban_after_n),
         cmocka_unit_test(test_ban_window),
+        cmocka_unit_test(test_ban_forgive),
         cmocka_unit_test(test_ban_keys),
         cmocka_unit_test(test_ban_bounded),
         cmocka_unit_test(test_ban_threads),

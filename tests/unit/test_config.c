@@ -209,6 +209,7 @@ static const char every_option[] =
     "  max_message_size = \"512KB\", max_recipients = 50, max_connections = 20,\n"
     "  max_connections_per_ip = 5, greeting_timeout = \"1m\", command_timeout = 90,\n"
     "  data_timeout = \"1.5h\", proxy_protocol = true, hide_received = true,\n"
+    "  proxy_trusted_hosts = { \"10.0.1.0/24\", \"::1\" },\n"
     "  tenant = \"acme\",\n"
     "}\n"
     "petrel.start_http_listener {\n"
@@ -286,6 +287,7 @@ static void test_every_option(void **state)
     assert_true(l->command_timeout == 90);
     assert_true(l->data_timeout == 5400);
     assert_true(l->proxy_protocol);
+    assert_int_equal(l->n_proxy_trusted_hosts, 2);
     assert_true(l->hide_received);
     assert_string_equal(l->tenant, "acme");
 
@@ -469,6 +471,11 @@ static void test_err_wrong_type(void **state)
              "start_smtp_listener: option 'listen' must be a string");
     load_err("petrel.start_smtp_listener { listen = \"127.0.0.1:2525\", proxy_protocol = \"yes\" }\n",
              1, "start_smtp_listener: option 'proxy_protocol' must be a boolean (true or false)");
+    load_err("petrel.start_smtp_listener { listen = \"127.0.0.1:2525\", proxy_protocol = true }\n",
+             1, "start_smtp_listener: proxy_protocol = true needs proxy_trusted_hosts (the CIDRs "
+             "of the load balancers allowed to send the PROXY header)");
+    load_err_prefix("petrel.start_smtp_listener { listen = \"127.0.0.1:2525\", proxy_trusted_hosts = { \"10.0.0.0/33\" } }\n",
+             1, "start_smtp_listener: option 'proxy_trusted_hosts");
     load_err("petrel.start_smtp_listener { listen = \"127.0.0.1:2525\", relay_hosts = \"10.0.0.0/8\" }\n",
              1, "start_smtp_listener: option 'relay_hosts' must be a list of strings (CIDRs or "
              "addresses)");

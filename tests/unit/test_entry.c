@@ -134,7 +134,7 @@ static void test_round_trip(void **state)
     buf_appends(&b, "prefix");
     assert_int_equal(entry_encode(e, &b), PT_OK);
     assert_memory_equal(b.data, "prefix", 6);
-    assert_int_equal((unsigned char)b.data[6], 2);     /* version */
+    assert_int_equal((unsigned char)b.data[6], 3);     /* version */
 
     struct entry *d;
     assert_int_equal(decode_exact(b.data + 6, b.len - 6, &d), PT_OK);
@@ -168,6 +168,17 @@ static void test_round_trip(void **state)
     assert_string_equal(d->hdr_edits, "+X-A: 1\n-Received\n");
     entry_free(d);
     assert_int_equal(entry_set_hdr_edits(m, NULL), PT_OK);
+    /* sign_dkim requests survive */
+    const char *req = "example.com\tmail\t/etc/keys/a.pem\nother.test\ts2\tk.pem\n";
+    assert_int_equal(entry_set_dkim_sign(m, req), PT_OK);
+    buf_reset(&b2);
+    assert_int_equal(entry_encode(m, &b2), PT_OK);
+    assert_int_equal(decode_exact(b2.data, b2.len, &d), PT_OK);
+    assert_string_equal(d->dkim_sign, req);
+    assert_null(d->hdr_edits);
+    entry_free(d);
+    assert_int_equal(entry_set_dkim_sign(m, NULL), PT_OK);
+    assert_null(m->dkim_sign);
     /* empty (not NULL) strings survive as empty */
     entry_set_last_response(m, "");
     assert_int_equal(entry_set_route(m, ""), PT_OK);
@@ -274,11 +285,11 @@ static void test_specific_rejections(void **state)
     struct buf b;
     buf_init(&b, 0);
     assert_int_equal(entry_encode(e, &b), PT_OK);
-    /* layout for this entry: 1 + (4+16) + (4+1) + (4+1) + 4 + 4 + 4 = 43, then
-     * protocol@43 priority@44 flags@45 ndomains@46 attempts@48 size@52
-     * received@60 next@68 nrcpt@76 state@80 addrlen@81 addr@85 */
-    assert_int_equal(b.len, 86);
-    unsigned char *p = (unsigned char *)b.data, orig[86];
+    /* layout for this entry: 1 + (4+16) + (4+1) + (4+1) + 4 + 4 + 4 (hdr_edits@39)
+     * + 4 (dkim_sign@43) = 47, then protocol@47 priority@48 flags@49 ndomains@50
+     * attempts@52 size@56 received@64 next@72 nrcpt@80 state@84 addrlen@85 addr@89 */
+    assert_int_equal(b.len, 90);
+    unsigned char *p = (unsigned char *)b.data, orig[90];
     memcpy(orig, p, sizeof orig);
     struct entry *d;
 #define REJECT(mutation)                                                   \
@@ -287,9 +298,10 @@ static void test_specific_rejections(void **state)
         mutation;                                                          \
         assert_int_equal(decode_exact(p, sizeof orig, &d), PT_INVALID);    \
     } while (0)
-    REJECT(p[0] = 3);                               /* unknown version */
+    REJECT(p[0] = 4);                               /* unknown version */
     REJECT(p[0] = 0);
     REJECT(p[0] = 1);                               /* v1 has no hdr_edits: misaligned */
+    REJECT(p[0] = 2);                               /* v2 has no dkim_sign: misaligned */
     REJECT(put_le(p + 1, 0, 4));                    /* empty id */
     REJECT(put_le(p + 1, 17, 4));                   /* id too long */
     REJECT(put_le(p + 1, 0xffffffff, 4));           /* NULL id */
@@ -297,34 +309,45 @@ static void test_specific_rejections(void **state)
     REJECT(put_le(p + 21, 0x7fffffff, 4));          /* length beyond input */
     REJECT(p[5] = 0);                               /* NUL inside the id */
     REJECT(put_le(p + 39, 0x7fffffff, 4));          /* hdr_edits beyond input */
-    REJECT(p[43] = 2);                              /* protocol */
-    REJECT(p[44] = 3);                              /* priority */
-    REJECT(put_le(p + 60, 0x7ff8000000000000ull, 8)); /* NaN */
-    REJECT(put_le(p + 68, 0x7ff0000000000000ull, 8)); /* +inf */
-    REJECT(put_le(p + 76, 2, 4));                   /* more rcpts than bytes */
-    REJECT(put_le(p + 76, 0, 4));                   /* fewer: trailing bytes */
-    REJECT(put_le(p + 76, 0xffffffff, 4));
-    REJECT(p[80] = 3);                              /* rcpt state */
-    REJECT(put_le(p + 81, 0xffffffff, 4));          /* NULL address */
-    REJECT(put_le(p + 81, 2, 4));
-    /* a v1 record (no hdr_edits field) still decodes: spools of earlier builds */
+    REJECT(put_le(p + 43, 0x7fffffff, 4));          /* dkim_sign beyond input */
+    REJECT(p[47] = 2);                              /* protocol */
+    REJECT(p[48] = 3);                              /* priority */
+    REJECT(put_le(p + 64, 0x7ff8000000000000ull, 8)); /* NaN */
+    REJECT(put_le(p + 72, 0x7ff0000000000000ull, 8)); /* +inf */
+    REJECT(put_le(p + 80, 2, 4));                   /* more rcpts than bytes */
+    REJECT(put_le(p + 80, 0, 4));                   /* fewer: trailing bytes */
+    REJECT(put_le(p + 80, 0xffffffff, 4));
+    REJECT(p[84] = 3);                              /* rcpt state */
+    REJECT(put_le(p + 85, 0xffffffff, 4));          /* NULL address */
+    REJECT(put_le(p + 85, 2, 4));
+    /* a v1 record (no hdr_edits, no dkim_sign) still decodes: spools of earlier builds */
     unsigned char v1[82];
     memcpy(v1, orig, 39);
-    memcpy(v1 + 39, orig + 43, sizeof orig - 43);
+    memcpy(v1 + 39, orig + 47, sizeof orig - 47);
     v1[0] = 1;
     assert_int_equal(decode_exact(v1, sizeof v1, &d), PT_OK);
     assert_string_equal(d->rcpts[0].addr, "r");
     assert_null(d->hdr_edits);
+    assert_null(d->dkim_sign);
+    entry_free(d);
+    /* and a v2 record (no dkim_sign) */
+    unsigned char v2[86];
+    memcpy(v2, orig, 43);
+    memcpy(v2 + 43, orig + 47, sizeof orig - 47);
+    v2[0] = 2;
+    assert_int_equal(decode_exact(v2, sizeof v2, &d), PT_OK);
+    assert_string_equal(d->rcpts[0].addr, "r");
+    assert_null(d->dkim_sign);
     entry_free(d);
     memcpy(p, orig, sizeof orig);
     assert_int_equal(decode_exact(p, sizeof orig, &d), PT_OK);
     entry_free(d);
 
     /* a huge recipient count is refused before any allocation */
-    unsigned char big[82 + 8];
-    memcpy(big, orig, 76);
-    put_le(big + 72, 100001, 4);
-    assert_int_equal(decode_exact(big, 76, &d), PT_INVALID);
+    unsigned char big[90 + 8];
+    memcpy(big, orig, 84);
+    put_le(big + 80, 100001, 4);
+    assert_int_equal(decode_exact(big, 84, &d), PT_INVALID);
 
     /* encode refuses what decode would refuse; out is left untouched */
     buf_reset(&b);

@@ -12,6 +12,8 @@
 
 #include <cmocka.h>
 #include <lua.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 
 #include "core/config.h"
 #include "policy/hooks.h"
@@ -235,7 +237,7 @@ static void test_hook_errors(void **state)
         { "raise.test", ":3: no thanks" },
         { "inject.test", ":4: add_header: 'X-A' is not a valid header name, or its value holds a line break" },
         { "prio.test", ":5: set_queue_priority: 'urgent' is not one of high, normal, bulk" },
-        { "dkim.test", ":6: sign_dkim is not supported by this build of petrel" },
+        { "dkim.test", ":6: sign_dkim(d, s): key_file k: No such file" },
         { "loop.test", "hook exceeded its budget" },
         { "route.test", "route_to: 'no-such-route' is neither a configure_transport key nor a relay host" },
     };
@@ -329,6 +331,124 @@ static void test_greeting_hook_and_tenant_rule(void **state)
     assert_string_equal(t, "");
 }
 
+/* An Ed25519 private key in PEM at a fresh temp path (written by OpenSSL). */
+static void write_key(char path[64])
+{
+    snprintf(path, 64, "/tmp/petrel_test_key_XXXXXX.pem");
+    int fd = mkstemps(path, 4);
+    assert_true(fd >= 0);
+    close(fd);
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    assert_non_null(k);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL), 1);
+    fclose(f);
+    EVP_PKEY_free(k);
+}
+
+static void test_sign_dkim_and_limit_sending_record(void **state)
+{
+    char key[64], hooks[1024];
+    write_key(key);
+    snprintf(hooks, sizeof hooks,
+             "petrel.on('smtp_message_received', function(domain, meta)\n"
+             "  kumo.sign_dkim('example.com', 'mail', '%s')\n"
+             "  kumo.limit_sending(meta.tenant, 100, { per = 'minute' })\n"
+             "  petrel.limit_sending('global', 5)\n"
+             "  if domain == 'nokey.test' then kumo.sign_dkim('example.com', 'm', '%s.gone') end\n"
+             "  if domain == 'per.test' then kumo.limit_sending('k', 1, { per = 'day' }) end\n"
+             "  if domain == 'zero.test' then kumo.limit_sending('k', 0) end\n"
+             "  if domain == 'ret.test' then return 42 end\n"
+             "end)\n", key, key);
+    struct world w = load(hooks);
+    struct hook_effects fx;
+    run_message(&w, "d.test", NULL, &fx);
+    char want[256];
+    snprintf(want, sizeof want, "example.com\tmail\t%s\n", key);
+    assert_string_equal(fx.dkim.data, want);
+    assert_string_equal(fx.limits.data, "60\t100\tacme\n1\t5\tglobal\n");
+    /* the requests reach the entry, and copies keep them */
+    struct entry *e = entry_new(NULL, "d.test", "s@x.test", (const char *const[]){ "a@d.test" }, 1);
+    assert_int_equal(hook_effects_apply(&fx, e), PT_OK);
+    assert_string_equal(e->dkim_sign, want);
+    entry_free(e);
+    struct hook_effects fx2;
+    hook_effects_init(&fx2);
+    assert_int_equal(hook_effects_copy(&fx2, &fx), PT_OK);
+    assert_string_equal(fx2.limits.data, fx.limits.data);
+    assert_string_equal(fx2.dkim.data, fx.dkim.data);
+    hook_effects_free(&fx2);
+    hook_effects_free(&fx);
+    run_message(&w, "nokey.test", ":6: sign_dkim(example.com, m): key_file ", &fx);
+    hook_effects_free(&fx);
+    run_message(&w, "per.test", ":7: limit_sending: per 'day' is not one of second, minute, hour",
+                &fx);
+    hook_effects_free(&fx);
+    run_message(&w, "zero.test", ":8: limit_sending: the limit must be a number from 1", &fx);
+    hook_effects_free(&fx);
+    run_message(&w, "ret.test", ":2: the handler defined here returned a number (expected nothing)",
+                &fx);
+    hook_effects_free(&fx);
+    unlink(key);
+    unload(&w);
+}
+
+static void test_http_request_hook(void **state)
+{
+    struct world w = load(
+        "petrel.on('http_request', function(request)\n"
+        "  if request.path == '/boom' then error('kaboom') end\n"
+        "  if request.path == '/type' then return 'yes' end\n"
+        "  if request.path == '/status' then return { status = 99 } end\n"
+        "  if request.path == '/act' then petrel.add_header('X-A', 'b') end\n"
+        "  if request.path == '/spin' then while true do end end\n"
+        "  local token = request.headers['authorization']:gsub('Bearer ', '')\n"
+        "  if token ~= 'good' then\n"
+        "    return { status = 403, body = request.method .. ' ' .. request.client_ip }\n"
+        "  end\n"
+        "end)\n"
+        "petrel.on('http_request', function(request)\n"
+        "  if request.path == '/second' then return { status = 204 } end\n"
+        "end)\n");
+    const struct hook_kv hdrs[] = { { "Authorization", "Bearer good" }, { "Host", "x" } };
+    const struct hook_kv bad[] = { { "Authorization", "Bearer bad" } };
+    struct buf body;
+    buf_init(&body, 0);
+    int status = -1;
+    char err[512];
+    assert_int_equal(hooks_run_request(w.L, "GET", "/x", "192.0.2.1", hdrs, 2, &status, &body,
+                                       err, sizeof err), PT_OK);
+    assert_int_equal(status, 0);
+    assert_int_equal(hooks_run_request(w.L, "POST", "/x", "192.0.2.1", bad, 1, &status, &body,
+                                       err, sizeof err), PT_OK);
+    assert_int_equal(status, 403);
+    assert_string_equal(body.data, "POST 192.0.2.1");
+    buf_reset(&body);
+    assert_int_equal(hooks_run_request(w.L, "GET", "/second", "::1", hdrs, 2, &status, &body,
+                                       err, sizeof err), PT_OK);
+    assert_int_equal(status, 204);
+    static const struct { const char *path, *want; } errs[] = {
+        { "/boom", ":3: kaboom" },
+        { "/type", ":2: the handler defined here returned a string (expected nil or a table" },
+        { "/status", "returned status 99" },
+        { "/act", ":6: add_header can only be called inside a hook that handles a message" },
+        { "/spin", ":7: hook exceeded its budget" },
+        { "/nohdr", ":8: attempt to index a nil value" },
+    };
+    for (size_t i = 0; i < sizeof errs / sizeof errs[0]; i++) {
+        const struct hook_kv *h = strcmp(errs[i].path, "/nohdr") ? hdrs : NULL;
+        assert_int_equal(hooks_run_request(w.L, "GET", errs[i].path, "::1", h, h ? 2 : 0,
+                                           &status, &body, err, sizeof err), PT_ERROR);
+        assert_int_equal(status, 0);
+        if (!strstr(err, errs[i].want))
+            fail_msg("%s: error '%s' lacks '%s'", errs[i].path, err, errs[i].want);
+    }
+    assert_int_equal(lua_gettop(w.L), 0);
+    buf_free(&body);
+    unload(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -338,6 +458,8 @@ int main(void)
         cmocka_unit_test(test_hook_errors),
         cmocka_unit_test(test_route_to),
         cmocka_unit_test(test_greeting_hook_and_tenant_rule),
+        cmocka_unit_test(test_sign_dkim_and_limit_sending_record),
+        cmocka_unit_test(test_http_request_hook),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,20 @@
+/* Content preparation for one delivery: the message read from the spool, the
+ * hooks' header edits applied, then DKIM signatures prepended. Runs wherever it is
+ * called (it reads the spool and signs: keep it off event loops); never touches
+ * scheduler state.
+ * SPDX-License-Identifier: Apache-2.0 */
+#ifndef PETREL_DELIVERY_PREPARE_H
+#define PETREL_DELIVERY_PREPARE_H
+
+#include "util/buf.h"
+
+struct runtime;
+struct entry;
+
+/* Fills out (initialized by the caller, empty) with e's content as it is to be
+ * sent. PT_OK; PT_NOTFOUND: the content is gone from the spool (drop the entry);
+ * PT_NOMEM or another error: try again later (out is emptied). rt and e are
+ * borrowed for the call; e is only read. Thread-safe. */
+int prepare_content(const struct runtime *rt, const struct entry *e, struct buf *out);
+
+#endif

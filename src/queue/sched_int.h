@@ -1,0 +1,101 @@
+/* Scheduler internals shared by the files of the delivery wing's queue side
+ * (sched.c: threads, heap, queues, dispatch; admin.c: snapshot and admin actions).
+ * Not an API: everything here runs on the owning delivery thread.
+ * SPDX-License-Identifier: Apache-2.0 */
+#ifndef PETREL_QUEUE_SCHED_INT_H
+#define PETREL_QUEUE_SCHED_INT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "delivery/pool.h"
+#include "delivery/shaping.h"
+#include "util/mbox.h"
+
+#define SCHED_Q_BUCKETS 4096
+#define SCHED_PRIOS 3
+
+struct cfg_route;
+struct entry;
+struct route_table;
+struct runtime;
+struct spool_batch;
+
+/* One destination queue: ready entries by priority, its connections and budget. */
+struct dqueue {
+    struct dqueue *hnext;
+    char *key;
+    const struct cfg_route *route;  /* relay route or NULL = MX of key */
+    struct entry *ready[SCHED_PRIOS], *ready_tail[SCHED_PRIOS];
+    uint32_t nready;
+    uint32_t nentries;              /* all entries of this queue owned by the thread */
+    uint32_t picks;
+    struct pool pool;
+    struct shaping_slot rate;       /* max_message_rate */
+    bool throttled;                 /* on the thread's throttled list */
+    struct dqueue *tnext;
+    size_t snap;                    /* during a snapshot: 1 + its index in the answer */
+};
+
+/* POST /api/queue/suspend: no new delivery for a destination until `until`. */
+struct suspension {
+    struct suspension *next;
+    char key[300];
+    double until;
+};
+
+struct dthread {
+    struct sched *s;
+    int index;
+    uv_loop_t loop;
+    uv_thread_t tid;
+    struct mbox mbox;
+    struct dns *dns;
+    uv_timer_t timer;
+    struct dqueue *buckets[SCHED_Q_BUCKETS];
+    struct entry **heap;
+    uint32_t nheap, heap_cap;
+    struct pool_thread pool;
+    bool stopping;
+    struct spool_batch *deletes;    /* nosync deletions, written once per loop turn */
+    uv_check_t flush;
+    struct dqueue *throttled;       /* queues waiting for a max_message_rate token */
+    struct suspension *suspended;   /* admin suspensions (every thread keeps them all) */
+};
+
+struct sched {
+    struct runtime *rt;
+    int n;
+    struct dthread *t;
+    bool started;
+    _Atomic uint64_t depth;
+    struct route_table *routes;
+};
+
+/* A function run on a delivery thread by message (admin.c's calls). The struct is
+ * the first member of the caller's own; run owns it from then on. */
+struct sched_call {
+    void (*run)(struct dthread *t, struct sched_call *call);
+};
+/* Posts call to thread i. PT_OK, or PT_NOMEM / PT_ERROR (the thread is stopping):
+ * then run will not be called. */
+int sched_post_call(struct sched *s, int i, struct sched_call *call);
+
+uint64_t sched_hash(const char *key);
+/* The existing queue named key, or NULL. */
+struct dqueue *sched_queue_find(struct dthread *t, const char *key);
+/* The queue of e (created if needed; NULL only when out of memory). */
+struct dqueue *sched_queue_of(struct dthread *t, const struct entry *e);
+void sched_ready_push(struct dqueue *q, struct entry *e);
+void sched_heap_push(struct dthread *t, struct entry *e);
+/* Restores the heap order after entries were dropped or their times changed. */
+void sched_heap_rebuild(struct dthread *t);
+void sched_dispatch(struct dthread *t, struct dqueue *q);
+void sched_timer_arm(struct dthread *t);
+/* Removes e (finished) from q and the spool, and frees it. */
+void sched_entry_remove(struct dthread *t, struct dqueue *q, struct entry *e);
+struct suspension *sched_suspension_of(const struct dthread *t, const char *key);
+
+#endif
