@@ -234,3 +234,45 @@ def test_large_message_bdat_both_ways(world):
     t = hop.wait_message(msgid_of(data), timeout=60)
     assert t.via == "BDAT"
     assert split_first_header(t.data)[1] == data
+
+
+def test_bdat_with_refused_recipients(world):
+    """Pipelined MAIL, RCPTs and BDAT: a refused recipient bounces with its own
+    reply while the others are delivered; when every recipient is refused the BDAT
+    reply (554) does not overwrite theirs and the connection stays usable."""
+    world.mx_domain("sender.test", "127.0.0.3")
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING"])
+    hop.rcpt_reply = lambda a: "550 5.1.1 no such user" if a.startswith("nobody") else None
+    p = world.petrel()
+    d1 = make_message(subject="one refused")
+    p.send("alice@sender.test", ["bob@dest.test", "nobody@dest.test"], d1)
+    t = hop.wait_message(msgid_of(d1))
+    assert t.rcpt_tos == ["bob@dest.test"] and t.via == "BDAT"
+    rec = p.wait_record("Bounce", recipient="nobody@dest.test")
+    assert rec["code"] == 550 and "5.1.1" in rec["response"], rec
+    p.wait_record("Delivery", recipient="bob@dest.test")
+
+    d2 = make_message(subject="all refused")
+    p.send("alice@sender.test", ["nobody2@dest.test"], d2)
+    rec = p.wait_record("Bounce", recipient="nobody2@dest.test")
+    assert rec["code"] == 550 and "no such user" in rec["response"], rec
+    d3 = make_message(subject="after all refused")
+    p.send("alice@sender.test", ["carol@dest.test"], d3)
+    hop.wait_message(msgid_of(d3))
+    assert len(bdat_lines(hop)) == 3, hop.command_lines()
+
+
+def test_bdat_final_reply_decides(world):
+    """The reply to BDAT LAST is the delivery result: 452 defers, 554 bounces."""
+    world.mx_domain("sender.test", "127.0.0.3")
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING"])
+    hop.final_reply = "452 4.3.1 try later"
+    p = world.petrel()
+    d1 = make_message(subject="deferred")
+    p.send("alice@sender.test", ["bob@dest.test"], d1)
+    rec = p.wait_record("TransientFailure", recipient="bob@dest.test")
+    assert rec["code"] == 452 and "4.3.1" in rec["response"], rec
+    hop.final_reply = "554 5.6.0 content refused"
+    rec = p.wait_record("Bounce", recipient="bob@dest.test", timeout=30)
+    assert rec["code"] == 554 and "5.6.0" in rec["response"], rec
+    assert hop.messages() == []
