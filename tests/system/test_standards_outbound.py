@@ -276,3 +276,22 @@ def test_bdat_final_reply_decides(world):
     rec = p.wait_record("Bounce", recipient="bob@dest.test", timeout=30)
     assert rec["code"] == 554 and "5.6.0" in rec["response"], rec
     assert hop.messages() == []
+
+
+def test_petrel_to_petrel_bdat(world):
+    """One petrel relays to another (which offers CHUNKING): BDAT both ways between
+    the real daemons, the message intact (dot lines, 8-bit body) at the final sink."""
+    final = world.sink("127.0.0.1", world.other_port())
+    b_ip = world.new_ip()
+    b = world.petrel(listener={"listen": f"{b_ip}:{world.mx_port}", "hostname": "b.petrel.test"},
+                     transport={"dest.test": {"relayhost": f"[127.0.0.1]:{final.port}"}})
+    world.dns.add_mx("dest.test", "mx.dest.test", 10)
+    world.dns.add_a("mx.dest.test", b_ip)
+    a = world.petrel()
+    data = make_message(subject="a to b", body=DOTTY + "Grüße\r\n")
+    send_raw(a, "alice@sender.test", ["bob@dest.test"], data, " BODY=8BITMIME")
+    t = final.wait_message(msgid_of(data), timeout=30)
+    assert t.data.endswith(data), t.data[:600]
+    # b received it by BDAT (its session went through the chunk state), with BODY=8BITMIME
+    assert "S_RCPT -> S_CHUNK" in b.stderr_text(), b.stderr_tail(40)
+    assert t.data.count(b"Received: from ") >= 2
