@@ -1,7 +1,8 @@
 /* SMTP server session: state machine (enum + enter_state + command table), reply
- * batching for PIPELINING, DATA through the pure smtp_data reader, relay control
- * and limits from the listener. A session waiting for the spool is paused and
- * kept alive until its commit returns (ownership: the commit holds a reference).
+ * batching for PIPELINING, DATA and BDAT through the pure smtp_data and smtp_bdat
+ * readers, relay control and limits from the listener. A session waiting for the
+ * spool is paused and kept alive until its commit returns (ownership: the commit
+ * holds a reference).
  * SPDX-License-Identifier: Apache-2.0 */
 #include <arpa/inet.h>
 #include <stdatomic.h>
