@@ -26,6 +26,7 @@
 #include "core/worker.h"
 #include "http/http_server.h"
 #include "obs/log.h"
+#include "obs/notify.h"
 #include "queue/entry.h"
 #include "queue/sched.h"
 #include "queue/spool.h"
@@ -250,14 +251,21 @@ static int reload(void *arg, char *err, size_t errlen)
     return rc;
 }
 
+static void on_watchdog(uv_timer_t *t)
+{
+    notify_watchdog();
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     if (signum == SIGHUP) {
         char err[1024];
-        reload(h->data, err, sizeof err);
+        notify_reloading();
+        notify_reloaded(reload(h->data, err, sizeof err) == PT_OK);
         return;
     }
     log_info("signal %d: shutting down", signum);
+    notify_stopping();
     uv_stop(h->loop);
 }
 
@@ -431,7 +439,18 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "petrel ready\n");
     fflush(stderr);
+    notify_ready();
+    /* systemd WatchdogSec=: a keep-alive at a third of the interval from the main
+     * loop, so a stuck main loop is restarted */
+    uv_timer_t watchdog;
+    uv_timer_init(loop, &watchdog);
+    double wd = notify_watchdog_interval();
+    if (wd > 0) {
+        uint64_t ms = (uint64_t)(wd * 1000 / 3);
+        uv_timer_start(&watchdog, on_watchdog, ms ? ms : 1, ms ? ms : 1);
+    }
     uv_run(loop, UV_RUN_DEFAULT);
+    uv_timer_stop(&watchdog);
 
     /* graceful stop: HTTP and SMTP inbound first (finish transactions), then
      * delivery, then disk; no reload from here on */
@@ -456,6 +475,7 @@ int main(int argc, char **argv)
     log_close();
     for (int i = 0; i < 3; i++)
         uv_close((uv_handle_t *)&sigs[i], NULL);
+    uv_close((uv_handle_t *)&watchdog, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
     frontdoor_free(fd);
     free(workers);
