@@ -324,8 +324,6 @@ int main(int argc, char **argv)
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     /* Say so when the config asks for something this build does not do yet,
      * rather than silently ignoring it. */
-    if (cfg->n_header_checks)
-        fprintf(stderr, "petrel: warning: configure_header_checks: not applied by this build\n");
     enum log_level lvl;
     if (log_level_parse(cfg->logging.level, &lvl) == PT_OK)
         log_set_level(lvl);
