@@ -220,6 +220,11 @@ static int reload_locked(struct reloader *r, char *err, size_t errlen)
         log_set_level(lvl);
     if (str_differs(old->logging.path, cfg->logging.path))
         log_reopen_path(cfg->logging.path);
+    for (int i = 0; i < WORKER_MAX_SLOTS; i++)
+        if (plan.drop[i])
+            log_info("reload: closing listener %s", r->wg->slot[i].listen);
+    for (int a = 0; a < plan.n_add; a++)
+        log_info("reload: listening on %s", r->wg->slot[plan.add_slot[a]].listen);
     runtime_gen_swap(r->rt, gen);   /* new sessions and requests get it from now on */
     workers_commit(r->wg, &plan);   /* listeners added and closed */
     return PT_OK;
@@ -244,7 +249,7 @@ static int reload(void *arg, char *err, size_t errlen)
     if (rc != PT_OK)
         log_error("reload failed: %s", err);
     else
-        log_info("reload ok");
+        log_notice("reload ok");
     return rc;
 }
 

@@ -116,6 +116,16 @@ def test_hook_change_next_session_sees_it_open_session_keeps_old(world):
     assert header_of(dest.wait_message(msgid_of(d_old)), "X-Gen") == "one"
 
 
+def test_reload_ok_shown_at_log_level_error(world):
+    """An operator asked: the answer shows whatever the log level."""
+    p, dest, _ = world.basic(logging={"level": "error"})
+    write_config(world, p, logging={"level": "error"}, extra=HOOK.format(gen="quiet"))
+    sighup(p)
+    assert re.search(r"notice: reload ok", p.stderr_text())
+    mid = p.send_message(subject="quiet")
+    assert header_of(dest.wait_message(mid), "X-Gen") == "quiet"
+
+
 # ---------------------------------------------------------------- bad config
 
 def test_bad_config_is_logged_with_file_line_and_old_one_keeps_serving(world):
