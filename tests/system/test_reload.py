@@ -126,6 +126,35 @@ def test_reload_ok_shown_at_log_level_error(world):
     assert header_of(dest.wait_message(mid), "X-Gen") == "quiet"
 
 
+def sha512_crypt(password):
+    r = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=(password + "\n").encode(),
+                       capture_output=True, timeout=30, check=True)
+    return r.stdout.decode().strip()
+
+
+def test_users_file_read_again_on_reload(world, tmp_path):
+    users = tmp_path / "users.txt"
+    users.write_text(f"alice:{sha512_crypt('Alice-pw1')}\n")
+    listener = {"auth_mechanisms": ["PLAIN"], "auth_require_tls": False}
+    auth = f'petrel.configure_auth {{ users_file = "{users}" }}\n'
+    p, dest, _ = world.basic(listener=listener, extra=auth)
+
+    def login(user, pw):
+        s = p.smtp()
+        try:
+            return s.login(user, pw)[0]
+        except smtplib.SMTPAuthenticationError as e:
+            return e.smtp_code
+        finally:
+            s.close()
+    assert login("alice", "Alice-pw1") == 235
+    assert login("bob", "Bob-pw2") == 535
+    users.write_text(f"alice:{sha512_crypt('Alice-pw1')}\nbob:{sha512_crypt('Bob-pw2')}\n")
+    sighup(p)
+    assert login("bob", "Bob-pw2") == 235
+    assert login("alice", "Alice-pw1") == 235
+
+
 # ---------------------------------------------------------------- bad config
 
 def test_bad_config_is_logged_with_file_line_and_old_one_keeps_serving(world):
