@@ -202,9 +202,6 @@ static int reload_locked(struct reloader *r, char *err, size_t errlen)
         return PT_INVALID;
     }
     const struct config *old = r->rt->gen->cfg;  /* swapped only here, under r->lock */
-    warn_restart_only(old, cfg);
-    for (const char *w = cfg->warnings; w && *w; w += strcspn(w, "\n") + 1)
-        log_warn("reload: %.*s", (int)strcspn(w, "\n"), w);
     struct cfg_gen *gen = runtime_gen_build(cfg, r->last_id + 1, r->wg->n, r->n_http, err, errlen);
     if (!gen)
         return PT_INVALID;
@@ -215,6 +212,9 @@ static int reload_locked(struct reloader *r, char *err, size_t errlen)
     }
     r->last_id++;
     cfg = gen->cfg;
+    warn_restart_only(old, cfg);
+    for (const char *w = cfg->warnings; w && *w; w += strcspn(w, "\n") + 1)
+        log_warn("reload: %.*s", (int)strcspn(w, "\n"), w);
     enum log_level lvl;
     if (log_level_parse(cfg->logging.level, &lvl) == PT_OK)
         log_set_level(lvl);
@@ -308,6 +308,7 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);  /* a logrotate during start must not kill us; handled once ready */
     /* Message buffers (tens of KB) are allocated and freed per message: without
      * this, glibc trims and regrows the heap each time (measured: +0.2 ms CPU per
      * 50 KB message). Memory is still returned above 64 MB of free heap. The mmap
