@@ -253,11 +253,21 @@ static int reload(void *arg, char *err, size_t errlen)
     return rc;
 }
 
+static void on_hup_timer(uv_timer_t *t)
+{
+    char err[1024];
+    reload(t->data, err, sizeof err);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     if (signum == SIGHUP) {
-        char err[1024];
-        reload(h->data, err, sizeof err);
+        /* reload on the next loop turn: SIGHUPs that arrive meanwhile (or during
+         * the reload) make one more reload, not one each, and SIGTERM never waits
+         * behind a backlog of them */
+        uv_timer_t *t = h->data;
+        if (!uv_is_active((uv_handle_t *)t))
+            uv_timer_start(t, on_hup_timer, 0, 0);
         return;
     }
     log_info("signal %d: shutting down", signum);
@@ -420,10 +430,13 @@ int main(int argc, char **argv)
 
     uv_loop_t *loop = uv_default_loop();
     uv_signal_t sigs[3];
+    uv_timer_t hup;
+    uv_timer_init(loop, &hup);
+    hup.data = &rl;
     int signums[3] = { SIGTERM, SIGINT, SIGHUP };
     for (int i = 0; i < 3; i++) {
         uv_signal_init(loop, &sigs[i]);
-        sigs[i].data = &rl;
+        sigs[i].data = &hup;
         uv_signal_start(&sigs[i], on_signal, signums[i]);
     }
     for (int i = 0; i < cfg->n_listeners; i++)
@@ -459,6 +472,7 @@ int main(int argc, char **argv)
     log_close();
     for (int i = 0; i < 3; i++)
         uv_close((uv_handle_t *)&sigs[i], NULL);
+    uv_close((uv_handle_t *)&hup, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
     frontdoor_free(fd);
     free(workers);
