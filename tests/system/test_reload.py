@@ -431,3 +431,17 @@ def test_sighup_under_load_loses_and_duplicates_nothing(world, threads):
     assert sum(got.values()) == len(sent)
     p.assert_alive()
     assert "reload failed" not in p.stderr_text()
+
+
+def test_sighup_burst_coalesces_and_sigterm_still_stops_promptly(world):
+    """A burst of SIGHUPs is not a backlog of reloads: SIGTERM right after it still
+    stops petrel within the usual 10 s, and it kept serving throughout."""
+    p, dest, _ = world.basic(extra="petrel.configure_process { smtp_threads = 2 }\n")
+    for _ in range(300):
+        os.kill(p.pid, signal.SIGHUP)
+        time.sleep(0.002)
+    wait_for(lambda: reloads_logged(p) >= 1, 15, "a reload")
+    world.assert_serving(p)
+    n = reloads_logged(p)
+    assert n < 300, n          # coalesced
+    p.stop()                   # exit 0 within 10 s, or the test fails
