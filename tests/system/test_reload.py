@@ -347,6 +347,22 @@ def test_logrotate_mv_then_sighup_reopens_event_log_nothing_lost(world):
     assert not set(old) & set(new)
 
 
+def test_reload_moves_event_log_to_new_path(world, tmp_path):
+    p, dest, _ = world.basic()
+    before = p.send_message(subject="before")
+    p.wait_records("Reception", 1)
+    new_log = tmp_path / "elsewhere" / "events.jsonl"
+    write_config(world, p, logging={"path": str(new_log)})
+    sighup(p)
+    after = p.send_message(subject="after")
+    dest.wait_message(after)
+    wait_for(lambda: new_log.exists() and '"Reception"' in new_log.read_text(), 10,
+             "a Reception record in the new log path")
+    new_ids = {json.loads(l)["id"] for l in new_log.read_text().splitlines()}
+    old_ids = {r["id"] for r in p.records("Reception")}
+    assert len(old_ids) == 1 and not old_ids & new_ids, (old_ids, new_ids)
+
+
 def test_sighup_reopens_diagnostic_log_file(world, tmp_path):
     """petrel started with stderr on a file (as a service manager does): after mv
     and SIGHUP, diagnostic lines go to a new file of the same name."""
