@@ -1,6 +1,7 @@
 /* SMTP server session: state machine (enum + enter_state + command table), reply
  * batching for PIPELINING, DATA through the pure smtp_data reader, relay control
- * and limits from the listener. A session waiting for the spool is paused and
+ * and limits from the listener, an optional PROXY protocol header first (its source
+ * is then the client everywhere). A session waiting for the spool is paused and
  * kept alive until its commit returns (ownership: the commit holds a reference).
  * SPDX-License-Identifier: Apache-2.0 */
 #include <arpa/inet.h>
@@ -31,7 +32,8 @@
 #define SMTP_RCPT_INIT 8
 
 #define SESSION_STATES(X) \
-    X(S_GREETING) X(S_PROXY) X(S_READY) X(S_MAIL) X(S_RCPT) X(S_DATA) X(S_QUEUEING) X(S_AUTH) X(S_CLOSING)
+    X(S_GREETING) X(S_PROXY) X(S_READY) X(S_MAIL) X(S_RCPT) X(S_DATA) X(S_QUEUEING) X(S_AUTH) \
+    X(S_CLOSING)
 #define AS_ENUM(s) s,
 #define AS_NAME(s) #s,
 enum session_state { SESSION_STATES(AS_ENUM) S__COUNT };
@@ -912,9 +914,8 @@ void smtp_server_accept(struct worker *w, int li, uv_stream_t *server)
         session_close(s, false);
         return;
     }
-    if (!cidr_match_any(s->l->proxy_trusted_hosts,
-                                              s->l->n_proxy_trusted_hosts,
-                                              (struct sockaddr *)&s->peer)) {
+    if (!cidr_match_any(s->l->proxy_trusted_hosts, s->l->n_proxy_trusted_hosts,
+                        (struct sockaddr *)&s->peer)) {
         log_warn("smtp %s: refused: peer not in proxy_trusted_hosts of PROXY listener %s",
                  s->client_ip, s->l->name);
         session_close(s, false);
