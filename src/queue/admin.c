@@ -398,7 +398,7 @@ static void admin_finish(struct dthread *t, struct entry *e, const struct sched_
         log_info("%s: %u recipient(s) for %s deleted by the administrator%s%s", e->id,
                  entry_pending(e), e->domain, rq->reason ? ": " : "",
                  rq->reason ? rq->reason : "");
-    outcome_fail_pending(t->s->rt, e, bounce ? LOG_BOUNCE : NULL, 550, "5.0.0", diag, NULL);
+    outcome_fail_pending(t->s->rt, &t->loop, e, bounce ? LOG_BOUNCE : NULL, 550, "5.0.0", diag, NULL);
     sched_entry_remove(t, sched_queue_of(t, e), e);
 }
 

@@ -432,7 +432,7 @@ static void pool_done(void *owner, void *queue, struct entry *e, const struct cl
                       uint32_t nres, const struct outcome_where *where)
 {
     struct dthread *t = owner;
-    settle(t, queue, e, outcome_apply(t->s->rt, e, res, nres, where));
+    settle(t, queue, e, outcome_apply(t->s->rt, &t->loop, e, res, nres, where));
 }
 
 static void pool_fail(void *owner, void *queue, struct entry *e, int code, const char *enhanced,
@@ -441,11 +441,11 @@ static void pool_fail(void *owner, void *queue, struct entry *e, int code, const
     struct dthread *t = owner;
     struct dqueue *q = queue;
     if (e) {
-        settle(t, q, e, outcome_uniform(t->s->rt, e, code, enhanced, text));
+        settle(t, q, e, outcome_uniform(t->s->rt, &t->loop, e, code, enhanced, text));
         return;
     }
     while ((e = ready_pop(q)) != NULL)
-        settle(t, q, e, outcome_uniform(t->s->rt, e, code, enhanced, text));
+        settle(t, q, e, outcome_uniform(t->s->rt, &t->loop, e, code, enhanced, text));
 }
 
 static void pool_closed(void *owner, void *queue)
