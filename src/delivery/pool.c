@@ -38,6 +38,7 @@ struct pool_conn {
     const struct route *route;
     const char *domain, *label;
     struct smtp_client *client;
+    struct entry *sending;          /* the entry the client has (until its done) */
     /* the preparation in flight (at most one): */
     uv_work_t work;
     bool working;
@@ -172,6 +173,7 @@ static void start_client(struct pool_conn *c, struct entry *e)
     free(c->hosts);
     c->hosts = NULL;
     if (!c->client) {
+        c->sending = NULL;
         buf_free(&c->content);
         pt->ops->fail(pt->owner, c->queue, e, 451, "4.3.0",
                       "451 4.3.0 out of memory starting a delivery");
@@ -197,6 +199,7 @@ static void prepare_done(uv_work_t *w, int status)
             nothing_to_send(c);
         return;
     }
+    c->sending = e;
     if (c->client)
         smtp_client_deliver(c->client, e, &c->content);
     else
@@ -284,6 +287,17 @@ bool pool_reuse(struct pool *p)
     return false;
 }
 
+void pool_for_each_entry(struct pool_thread *pt,
+                         void (*fn)(void *arg, void *queue, const struct entry *e), void *arg)
+{
+    for (struct pool_conn *c = pt->conns; c; c = c->next) {
+        if (c->job)
+            fn(arg, c->queue, c->job);
+        if (c->sending)
+            fn(arg, c->queue, c->sending);
+    }
+}
+
 void pool_abort_all(struct pool_thread *pt)
 {
     for (struct pool_conn *c = pt->conns; c; c = c->next)
@@ -299,6 +313,7 @@ static void client_on_done(void *owner, struct smtp_client *client, struct entry
     struct pool_thread *pt = c->pt;
     const struct config *cfg = pt->rt->cfg;
     struct outcome_where where = { site, peer, tls };
+    c->sending = NULL;
     pt->ops->done(pt->owner, c->queue, e, res, nres, &where);
     if (!usable)
         return;

@@ -76,6 +76,10 @@ bool pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct
  * true = one more entry on its way; false = no idle connection, or nothing to take
  * (then that connection is closed). */
 bool pool_reuse(struct pool *p);
+/* Calls fn for every entry the pool holds (being prepared or in a transaction),
+ * with its queue; for a snapshot. fn must not call back into the pool. */
+void pool_for_each_entry(struct pool_thread *pt,
+                         void (*fn)(void *arg, void *queue, const struct entry *e), void *arg);
 /* Shutdown: aborts every connection (entries in flight get done with a network
  * error, then closed). */
 void pool_abort_all(struct pool_thread *pt);
