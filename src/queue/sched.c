@@ -16,6 +16,7 @@
 #include "delivery/route.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "policy/hooks_delivery.h"
 #include "queue/entry.h"
 #include "queue/sched.h"
 #include "queue/sched_int.h"
@@ -428,11 +429,53 @@ static void pool_giveback(void *owner, void *queue, struct entry *e)
     sched_make_ready(owner, queue, e);
 }
 
+/* smtp_delivery_result: the handlers see one result per attempt, the first that
+ * is not a success if there is one. */
+static void run_hook(struct dthread *t, struct dqueue *q, const struct entry *e, int code,
+                     const char *enhanced, const char *text, const char *site)
+{
+    struct hooks_delivery_result r = {
+        .code = code, .enhanced = enhanced, .response = text, .domain = e->domain,
+        .id = e->id, .site = site, .attempts = e->attempts,
+    };
+    t->hook_q = q;
+    t->hook_e = e;
+    hooks_delivery_run(t->hooks, &r);
+    t->hook_q = NULL;
+    t->hook_e = NULL;
+}
+
+/* adjust_domain_rate(domain, fraction) from a handler on this thread: the queue of
+ * the attempt's entry when domain is its domain, else the domain's MX queue. */
+static void on_adjust(void *arg, const char *domain, double fraction)
+{
+    struct dthread *t = arg;
+    struct dqueue *q = t->hook_e && strcmp(t->hook_e->domain, domain) == 0
+                       ? t->hook_q : sched_queue_find(t, domain);
+    if (!q) {
+        log_debug("adjust_domain_rate: no queue for %s on this thread", domain);
+        return;
+    }
+    double now = time_now();
+    shaping_adjust(&q->rate, rate_per_s(t), fraction, now);
+    double r = shaping_rate_now(&q->rate, rate_per_s(t), now);
+    if (r > 0)
+        log_info("queue %s: rate %+.0f%% by a hook: %.3g messages/s, recovering", domain,
+                 fraction * 100, r);
+}
+
 static void pool_done(void *owner, void *queue, struct entry *e, const struct client_result *res,
                       uint32_t nres, const struct outcome_where *where)
 {
     struct dthread *t = owner;
-    settle(t, queue, e, outcome_apply(t->s->rt, &t->loop, e, res, nres, where));
+    enum outcome_next next = outcome_apply(t->s->rt, &t->loop, e, res, nres, where);
+    if (t->hooks && next != OUTCOME_AGAIN && nres > 0) {
+        uint32_t k = 0;
+        while (k + 1 < nres && res[k].code / 100 == 2)
+            k++;
+        run_hook(t, queue, e, res[k].code, res[k].enhanced, res[k].text, where->site);
+    }
+    settle(t, queue, e, next);
 }
 
 static void pool_fail(void *owner, void *queue, struct entry *e, int code, const char *enhanced,
@@ -440,12 +483,15 @@ static void pool_fail(void *owner, void *queue, struct entry *e, int code, const
 {
     struct dthread *t = owner;
     struct dqueue *q = queue;
-    if (e) {
-        settle(t, q, e, outcome_uniform(t->s->rt, &t->loop, e, code, enhanced, text));
-        return;
+    bool all = e == NULL;
+    while (all ? (e = ready_pop(q)) != NULL : e != NULL) {
+        enum outcome_next next = outcome_uniform(t->s->rt, &t->loop, e, code, enhanced, text);
+        if (t->hooks)
+            run_hook(t, q, e, code, enhanced, text, NULL);
+        settle(t, q, e, next);
+        if (!all)
+            break;
     }
-    while ((e = ready_pop(q)) != NULL)
-        settle(t, q, e, outcome_uniform(t->s->rt, &t->loop, e, code, enhanced, text));
 }
 
 static void pool_closed(void *owner, void *queue)
@@ -715,6 +761,9 @@ struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
         t->pool = (struct pool_thread){
             .loop = &t->loop, .dns = t->dns, .rt = rt, .ops = &pool_ops, .owner = t,
         };
+        t->hooks = hooks_delivery_new(cfg, on_adjust, t, err, errlen);
+        if (!t->hooks && err[0])
+            return NULL;
     }
     restore_suspensions(s);
     return s;
@@ -822,6 +871,7 @@ void sched_free(struct sched *s)
         flush_deletes(t);
         if (t->dns)
             dns_free(t->dns);
+        hooks_delivery_free(t->hooks);
         uv_walk(&t->loop, close_walk, NULL);
         uv_run(&t->loop, UV_RUN_DEFAULT);
         uv_loop_close(&t->loop);

@@ -18,6 +18,7 @@
 #define SCHED_PRIOS 3
 
 struct entry;
+struct hooks_delivery;
 struct route;
 struct route_table;
 struct runtime;
@@ -66,6 +67,9 @@ struct dthread {
     struct dqueue *throttled;       /* queues waiting for a max_message_rate token */
     struct suspension *suspended;   /* admin suspensions (every thread keeps them all) */
     struct entry *held;             /* due, but held by a suspension (linked by next) */
+    struct hooks_delivery *hooks;   /* smtp_delivery_result handlers; NULL = none */
+    struct dqueue *hook_q;          /* during a hook run: the attempt's queue ... */
+    const struct entry *hook_e;     /* ... and entry */
 };
 
 struct sched {
