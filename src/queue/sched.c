@@ -21,6 +21,7 @@
 #include "queue/sched.h"
 #include "queue/sched_int.h"
 #include "queue/spool.h"
+#include "queue/suspend.h"
 #include "smtp/smtp_client.h"
 #include "util/result.h"
 #include "util/timeutil.h"
@@ -268,25 +269,9 @@ static struct entry *ready_pop(struct dqueue *q)
     return NULL;
 }
 
-struct suspension *sched_suspension_of(const struct dthread *t, const char *key)
-{
-    for (struct suspension *su = t->suspended; su; su = su->next)
-        if (strcmp(su->key, key) == 0)
-            return su;
-    return NULL;
-}
-
-struct suspension *sched_suspension_for(const struct dthread *t, const struct entry *e)
-{
-    for (struct suspension *su = t->suspended; su; su = su->next)
-        if (strcmp(su->key, e->domain) == 0 || route_named(e->via, su->key))
-            return su;
-    return NULL;
-}
-
 bool sched_make_ready(struct dthread *t, struct dqueue *q, struct entry *e)
 {
-    if (t->suspended && sched_suspension_for(t, e)) {
+    if (t->suspended && suspend_for(t, e)) {
         e->next = t->held;
         t->held = e;
         return false;
@@ -657,71 +642,6 @@ static void thread_main(void *arg)
     uv_run(&t->loop, UV_RUN_DEFAULT);
 }
 
-/* ---- suspensions kept in the spool -------------------------------------- */
-
-bool sched_suspension_set(struct dthread *t, const char *key, double until)
-{
-    struct suspension *su = sched_suspension_of(t, key);
-    if (!su && (su = calloc(1, sizeof *su)) != NULL) {
-        snprintf(su->key, sizeof su->key, "%s", key);
-        su->next = t->suspended;
-        t->suspended = su;
-    }
-    if (su)
-        su->until = until;
-    return su != NULL;
-}
-
-struct restore_ctx {
-    struct sched *s;
-    struct spool_batch *expired;
-    double now;
-};
-
-static int restore_one(void *arg, const char *dest, double until)
-{
-    struct restore_ctx *rc = arg;
-    if (until <= rc->now) {
-        if (!rc->expired)
-            rc->expired = spool_batch_new();
-        if (rc->expired)
-            spool_batch_del_suspension(rc->expired, dest);
-        return 0;
-    }
-    char ts[48];
-    time_rfc3339(until, ts, sizeof ts);
-    log_info("queue %s: suspended until %s (kept from before the restart)", dest, ts);
-    for (int i = 0; i < rc->s->n; i++)
-        if (!sched_suspension_set(&rc->s->t[i], dest, until))
-            log_error("queue %s: out of memory restoring its suspension", dest);
-    return 0;
-}
-
-/* Before recovery: every thread holds what was suspended when petrel stopped. */
-static void restore_suspensions(struct sched *s)
-{
-    struct restore_ctx rc = { .s = s, .now = time_now() };
-    if (spool_scan_suspensions(s->rt->spool, restore_one, &rc) != PT_OK)
-        log_error("spool: could not read the stored queue suspensions");
-    if (rc.expired)
-        spool_commit_nosync(s->rt->spool, rc.expired);
-}
-
-void sched_persist_suspension(struct sched *s, const char *dest, double until, bool on)
-{
-    struct spool_batch *b = spool_batch_new();
-    int rc = b ? (on ? spool_batch_put_suspension(b, dest, until)
-                     : spool_batch_del_suspension(b, dest)) : PT_NOMEM;
-    if (rc == PT_OK) {
-        rc = spool_commit_nosync(s->rt->spool, b);
-        b = NULL;
-    }
-    spool_batch_free(b);
-    if (rc != PT_OK)
-        log_error("queue %s: could not %s the suspension in the spool (%d): it holds until a "
-                  "restart only", dest, on ? "keep" : "remove", rc);
-}
-
 /* ---- API --------------------------------------------------------------- */
 
 struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
@@ -765,7 +685,7 @@ struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
         if (!t->hooks && err[0])
             return NULL;
     }
-    restore_suspensions(s);
+    suspend_restore(s);
     return s;
 }
 
