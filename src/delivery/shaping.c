@@ -1,6 +1,7 @@
 /* Shaping backend "local": a token bucket per destination holding one second's
  * worth (at least one message), so a quiet destination may send a short burst,
- * then goes at the configured pace. Pure arithmetic; must never block.
+ * then goes at the configured pace; adjust_domain_rate caps that pace for a while.
+ * Pure arithmetic; must never block.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <math.h>
 
@@ -9,6 +10,28 @@
 double shaping_rate_per_s(int max_message_rate_per_min)
 {
     return max_message_rate_per_min > 0 ? max_message_rate_per_min / 60.0 : 0;
+}
+
+/* The cap at now (recovered), 0 = none. */
+static double cap_at(const struct shaping_slot *s, double now)
+{
+    if (s->cap <= 0)
+        return 0;
+    double c = s->cap * exp2((now - s->capped_at) / SHAPING_RECOVER_S);
+    return c >= s->cap_lift ? 0 : c;
+}
+
+/* The rate in force: the configured one, lowered by a cap; 0 = unlimited. */
+static double effective(struct shaping_slot *s, double per_s, double now)
+{
+    if (s->cap <= 0)
+        return per_s;
+    double c = cap_at(s, now);
+    if (c <= 0) {
+        s->cap = 0;                  /* recovered: the cap is lifted */
+        return per_s;
+    }
+    return per_s > 0 && per_s < c ? per_s : c;
 }
 
 static double burst(double per_s)
@@ -28,28 +51,87 @@ static void refill(struct shaping_slot *s, double per_s, double now)
     s->refilled_at = now;
 }
 
+static void observe(struct shaping_slot *s, double now)
+{
+    double span = now - s->win_start;
+    if (span >= 1.0) {
+        s->seen_rate = s->win_start > 0 ? s->win_count / span : 0;
+        s->win_start = now;
+        s->win_count = 0;
+    }
+    s->win_count++;
+}
+
 uint32_t shaping_available(struct shaping_slot *s, double per_s, double now)
 {
-    if (per_s <= 0)
+    double r = effective(s, per_s, now);
+    if (r <= 0)
         return UINT32_MAX;
-    refill(s, per_s, now);
+    refill(s, r, now);
     return s->tokens < 1.0 ? 0 : s->tokens >= 4294967295.0 ? UINT32_MAX : (uint32_t)s->tokens;
 }
 
 bool shaping_acquire(struct shaping_slot *s, double per_s, double now)
 {
-    if (per_s <= 0)
+    observe(s, now);
+    double r = effective(s, per_s, now);
+    if (r <= 0)
         return true;
-    refill(s, per_s, now);
-    if (s->tokens < 1.0)
+    refill(s, r, now);
+    if (s->tokens < 1.0) {
+        s->win_count--;              /* not sent */
         return false;
+    }
     s->tokens -= 1.0;
     return true;
 }
 
 double shaping_next_time(const struct shaping_slot *s, double per_s)
 {
-    if (per_s <= 0)
+    double c = cap_at(s, s->refilled_at);
+    double r = c > 0 && (per_s <= 0 || c < per_s) ? c : per_s;
+    if (r <= 0)
         return 0;
-    return s->refilled_at + (1.0 - s->tokens) / per_s;
+    return s->refilled_at + (1.0 - s->tokens) / r;
+}
+
+void shaping_adjust(struct shaping_slot *s, double per_s, double fraction, double now)
+{
+    if (!(fraction >= -1.0 && fraction <= 1.0))
+        return;
+    double cur = effective(s, per_s, now);
+    /* the rate it was seen sending: the current window once it is long enough to
+     * say (a fifth of a second), else the last whole window */
+    double span = now - s->win_start, seen = 0;
+    if (s->win_start > 0 && span >= 0.2 && s->win_count > 1)
+        seen = s->win_count / span;
+    else if (s->win_start > 0 && span < 10.0)
+        seen = s->seen_rate;
+    double from = cur;
+    if (seen > 0 && (from <= 0 || seen < from))
+        from = seen;
+    if (from <= 0)
+        from = 1.0;
+    double lift = s->cap > 0 ? s->cap_lift : per_s > 0 ? per_s : from;
+    double c = from * (1.0 + fraction);
+    if (c < SHAPING_MIN_RATE)
+        c = SHAPING_MIN_RATE;
+    if (c >= lift) {
+        s->cap = 0;
+        return;
+    }
+    s->cap = c;
+    s->capped_at = now;
+    s->cap_lift = lift;
+    if (s->refilled_at > 0) {
+        refill(s, c, now);           /* no burst beyond the new pace */
+    } else {
+        s->tokens = burst(c);
+        s->refilled_at = now;
+    }
+}
+
+double shaping_rate_now(struct shaping_slot *s, double per_s, double now)
+{
+    return effective(s, per_s, now);
 }

@@ -1,7 +1,8 @@
 /* Shaping: whether a destination may send one more message now, and when it may
- * next. Today a local token bucket per destination (max_message_rate); the
- * scheduler only calls this interface so a shared backend (Redis GCRA) can replace
- * the bucket without touching it. Never blocks, never allocates.
+ * next. Today a local token bucket per destination (max_message_rate), with an
+ * optional cap set by adjust_domain_rate that recovers over time; the scheduler
+ * only calls this interface so a shared backend (Redis GCRA) can replace the
+ * bucket without touching it. Never blocks, never allocates.
  * SPDX-License-Identifier: Apache-2.0 */
 #ifndef PETREL_DELIVERY_SHAPING_H
 #define PETREL_DELIVERY_SHAPING_H
@@ -9,22 +10,39 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* One destination's budget; zeroed = full (a quiet destination may burst). Owned
- * by the destination queue, used on its delivery thread only. */
+#define SHAPING_RECOVER_S 60.0      /* an adjusted rate doubles back every minute */
+#define SHAPING_MIN_RATE (1.0 / 60) /* adjust_domain_rate never goes below 1/min */
+
+/* One destination's budget; zeroed = full (a quiet destination may burst), no cap.
+ * Owned by the destination queue, used on its delivery thread only. */
 struct shaping_slot {
     double tokens, refilled_at;
+    double cap, capped_at, cap_lift; /* adjust_domain_rate: messages/s at capped_at,
+                                        doubling every SHAPING_RECOVER_S; lifted at
+                                        cap_lift (0 = no cap) */
+    double win_start, seen_rate;     /* observed sending rate (1 s windows) */
+    uint32_t win_count;
 };
 
 /* Messages per second for max_message_rate (per minute); 0 = unlimited. */
 double shaping_rate_per_s(int max_message_rate_per_min);
 /* Refills the bucket to now and says how many whole messages may go now (at most
- * UINT32_MAX; UINT32_MAX when unlimited). Takes nothing. */
+ * UINT32_MAX; UINT32_MAX when unlimited). Takes nothing. per_s: the configured
+ * rate (0 = unlimited); a cap applies on top. */
 uint32_t shaping_available(struct shaping_slot *s, double per_s, double now);
 /* Takes one message's token if there is one (refilling first): true = send now,
- * false = wait until shaping_next_time. Always true when per_s <= 0. */
+ * false = wait until shaping_next_time. Always true when nothing limits. */
 bool shaping_acquire(struct shaping_slot *s, double per_s, double now);
 /* Wall-clock time when a whole token is available again (after shaping_available
  * or shaping_acquire refilled the slot); 0 when unlimited. */
 double shaping_next_time(const struct shaping_slot *s, double per_s);
+/* adjust_domain_rate: the destination's rate becomes (1 + fraction) times what it
+ * is now (the configured rate, the current cap, or the rate it was seen sending,
+ * whichever is lowest; 1/s when nothing was seen), never below SHAPING_MIN_RATE;
+ * it then doubles back every SHAPING_RECOVER_S until it reaches the rate it had
+ * before the first adjustment. fraction in [-1, 1]. */
+void shaping_adjust(struct shaping_slot *s, double per_s, double fraction, double now);
+/* The rate in force now (messages/s; 0 = unlimited), for /api/queue and tests. */
+double shaping_rate_now(struct shaping_slot *s, double per_s, double now);
 
 #endif

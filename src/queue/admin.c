@@ -17,6 +17,7 @@
 #include "queue/entry.h"
 #include "queue/sched.h"
 #include "queue/sched_int.h"
+#include "queue/suspend.h"
 #include "util/result.h"
 #include "util/timeutil.h"
 
@@ -206,7 +207,7 @@ static void snapshot_run(struct dthread *t, struct sched_call *call)
     for (const struct entry *e = t->held; e && !rs.failed; e = e->next) {
         char kb[ROUTE_QKEY_MAX];
         const struct dqueue *q = sched_queue_find(t, route_queue_key(e->via, e->domain, kb));
-        const struct suspension *su = sched_suspension_for(t, e);
+        const struct suspension *su = suspend_for(t, e);
         double next = su ? su->until : e->next_attempt;
         if (q && !q->route->qkey) {
             struct sched_queue_info *qi = row_of(&rs, t, e->domain, e->via, q);
@@ -302,7 +303,8 @@ int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **
         return PT_NOMEM;
     int rc = call_threads(s, sn, timeout_s);
     if (rc == PT_OK) {
-        qsort(sn->q, sn->n, sizeof *sn->q, info_cmp);
+        if (sn->n)
+            qsort(sn->q, sn->n, sizeof *sn->q, info_cmp);
         *out = sn->q;
         *n = sn->n;
         sn->q = NULL;
@@ -447,7 +449,7 @@ static uint64_t admin_run(struct dthread *t, const struct sched_admin_req *rq)
     admin_what(rq, what, sizeof what);
     switch (rq->op) {
     case SCHED_SUSPEND: {
-        if (!sched_suspension_set(t, rq->domain, rq->until)) {
+        if (!suspend_set(t, rq->domain, rq->until)) {
             log_error("queue %s: out of memory suspending it", rq->domain);
             break;
         }
@@ -536,7 +538,7 @@ int sched_admin(struct sched *s, const struct sched_admin_req *req, double timeo
         sn->req.reason = sn->reason;
     }
     if (req->op == SCHED_SUSPEND || req->op == SCHED_RESUME)
-        sched_persist_suspension(s, sn->req.domain, req->until, req->op == SCHED_SUSPEND);
+        suspend_persist(s, sn->req.domain, req->until, req->op == SCHED_SUSPEND);
     int rc = call_threads(s, sn, timeout_s);
     *affected = sn->affected;
     call_release(sn);

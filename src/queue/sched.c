@@ -16,10 +16,12 @@
 #include "delivery/route.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "policy/hooks_delivery.h"
 #include "queue/entry.h"
 #include "queue/sched.h"
 #include "queue/sched_int.h"
 #include "queue/spool.h"
+#include "queue/suspend.h"
 #include "smtp/smtp_client.h"
 #include "util/result.h"
 #include "util/timeutil.h"
@@ -267,25 +269,9 @@ static struct entry *ready_pop(struct dqueue *q)
     return NULL;
 }
 
-struct suspension *sched_suspension_of(const struct dthread *t, const char *key)
-{
-    for (struct suspension *su = t->suspended; su; su = su->next)
-        if (strcmp(su->key, key) == 0)
-            return su;
-    return NULL;
-}
-
-struct suspension *sched_suspension_for(const struct dthread *t, const struct entry *e)
-{
-    for (struct suspension *su = t->suspended; su; su = su->next)
-        if (strcmp(su->key, e->domain) == 0 || route_named(e->via, su->key))
-            return su;
-    return NULL;
-}
-
 bool sched_make_ready(struct dthread *t, struct dqueue *q, struct entry *e)
 {
-    if (t->suspended && sched_suspension_for(t, e)) {
+    if (t->suspended && suspend_for(t, e)) {
         e->next = t->held;
         t->held = e;
         return false;
@@ -428,11 +414,53 @@ static void pool_giveback(void *owner, void *queue, struct entry *e)
     sched_make_ready(owner, queue, e);
 }
 
+/* smtp_delivery_result: the handlers see one result per attempt, the first that
+ * is not a success if there is one. */
+static void run_hook(struct dthread *t, struct dqueue *q, const struct entry *e, int code,
+                     const char *enhanced, const char *text, const char *site)
+{
+    struct hooks_delivery_result r = {
+        .code = code, .enhanced = enhanced, .response = text, .domain = e->domain,
+        .id = e->id, .site = site, .attempts = e->attempts,
+    };
+    t->hook_q = q;
+    t->hook_e = e;
+    hooks_delivery_run(t->hooks, &r);
+    t->hook_q = NULL;
+    t->hook_e = NULL;
+}
+
+/* adjust_domain_rate(domain, fraction) from a handler on this thread: the queue of
+ * the attempt's entry when domain is its domain, else the domain's MX queue. */
+static void on_adjust(void *arg, const char *domain, double fraction)
+{
+    struct dthread *t = arg;
+    struct dqueue *q = t->hook_e && strcmp(t->hook_e->domain, domain) == 0
+                       ? t->hook_q : sched_queue_find(t, domain);
+    if (!q) {
+        log_debug("adjust_domain_rate: no queue for %s on this thread", domain);
+        return;
+    }
+    double now = time_now();
+    shaping_adjust(&q->rate, rate_per_s(t), fraction, now);
+    double r = shaping_rate_now(&q->rate, rate_per_s(t), now);
+    if (r > 0)
+        log_info("queue %s: rate %+.0f%% by a hook: %.3g messages/s, recovering", domain,
+                 fraction * 100, r);
+}
+
 static void pool_done(void *owner, void *queue, struct entry *e, const struct client_result *res,
                       uint32_t nres, const struct outcome_where *where)
 {
     struct dthread *t = owner;
-    settle(t, queue, e, outcome_apply(t->s->rt, &t->loop, e, res, nres, where));
+    enum outcome_next next = outcome_apply(t->s->rt, &t->loop, e, res, nres, where);
+    if (t->hooks && next != OUTCOME_AGAIN && nres > 0) {
+        uint32_t k = 0;
+        while (k + 1 < nres && res[k].code / 100 == 2)
+            k++;
+        run_hook(t, queue, e, res[k].code, res[k].enhanced, res[k].text, where->site);
+    }
+    settle(t, queue, e, next);
 }
 
 static void pool_fail(void *owner, void *queue, struct entry *e, int code, const char *enhanced,
@@ -440,12 +468,15 @@ static void pool_fail(void *owner, void *queue, struct entry *e, int code, const
 {
     struct dthread *t = owner;
     struct dqueue *q = queue;
-    if (e) {
-        settle(t, q, e, outcome_uniform(t->s->rt, &t->loop, e, code, enhanced, text));
-        return;
+    bool all = e == NULL;
+    while (all ? (e = ready_pop(q)) != NULL : e != NULL) {
+        enum outcome_next next = outcome_uniform(t->s->rt, &t->loop, e, code, enhanced, text);
+        if (t->hooks)
+            run_hook(t, q, e, code, enhanced, text, NULL);
+        settle(t, q, e, next);
+        if (!all)
+            break;
     }
-    while ((e = ready_pop(q)) != NULL)
-        settle(t, q, e, outcome_uniform(t->s->rt, &t->loop, e, code, enhanced, text));
 }
 
 static void pool_closed(void *owner, void *queue)
@@ -611,71 +642,6 @@ static void thread_main(void *arg)
     uv_run(&t->loop, UV_RUN_DEFAULT);
 }
 
-/* ---- suspensions kept in the spool -------------------------------------- */
-
-bool sched_suspension_set(struct dthread *t, const char *key, double until)
-{
-    struct suspension *su = sched_suspension_of(t, key);
-    if (!su && (su = calloc(1, sizeof *su)) != NULL) {
-        snprintf(su->key, sizeof su->key, "%s", key);
-        su->next = t->suspended;
-        t->suspended = su;
-    }
-    if (su)
-        su->until = until;
-    return su != NULL;
-}
-
-struct restore_ctx {
-    struct sched *s;
-    struct spool_batch *expired;
-    double now;
-};
-
-static int restore_one(void *arg, const char *dest, double until)
-{
-    struct restore_ctx *rc = arg;
-    if (until <= rc->now) {
-        if (!rc->expired)
-            rc->expired = spool_batch_new();
-        if (rc->expired)
-            spool_batch_del_suspension(rc->expired, dest);
-        return 0;
-    }
-    char ts[48];
-    time_rfc3339(until, ts, sizeof ts);
-    log_info("queue %s: suspended until %s (kept from before the restart)", dest, ts);
-    for (int i = 0; i < rc->s->n; i++)
-        if (!sched_suspension_set(&rc->s->t[i], dest, until))
-            log_error("queue %s: out of memory restoring its suspension", dest);
-    return 0;
-}
-
-/* Before recovery: every thread holds what was suspended when petrel stopped. */
-static void restore_suspensions(struct sched *s)
-{
-    struct restore_ctx rc = { .s = s, .now = time_now() };
-    if (spool_scan_suspensions(s->rt->spool, restore_one, &rc) != PT_OK)
-        log_error("spool: could not read the stored queue suspensions");
-    if (rc.expired)
-        spool_commit_nosync(s->rt->spool, rc.expired);
-}
-
-void sched_persist_suspension(struct sched *s, const char *dest, double until, bool on)
-{
-    struct spool_batch *b = spool_batch_new();
-    int rc = b ? (on ? spool_batch_put_suspension(b, dest, until)
-                     : spool_batch_del_suspension(b, dest)) : PT_NOMEM;
-    if (rc == PT_OK) {
-        rc = spool_commit_nosync(s->rt->spool, b);
-        b = NULL;
-    }
-    spool_batch_free(b);
-    if (rc != PT_OK)
-        log_error("queue %s: could not %s the suspension in the spool (%d): it holds until a "
-                  "restart only", dest, on ? "keep" : "remove", rc);
-}
-
 /* ---- API --------------------------------------------------------------- */
 
 struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
@@ -715,8 +681,11 @@ struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
         t->pool = (struct pool_thread){
             .loop = &t->loop, .dns = t->dns, .rt = rt, .ops = &pool_ops, .owner = t,
         };
+        t->hooks = hooks_delivery_new(cfg, on_adjust, t, err, errlen);
+        if (!t->hooks && err[0])
+            return NULL;
     }
-    restore_suspensions(s);
+    suspend_restore(s);
     return s;
 }
 
@@ -822,6 +791,7 @@ void sched_free(struct sched *s)
         flush_deletes(t);
         if (t->dns)
             dns_free(t->dns);
+        hooks_delivery_free(t->hooks);
         uv_walk(&t->loop, close_walk, NULL);
         uv_run(&t->loop, UV_RUN_DEFAULT);
         uv_loop_close(&t->loop);

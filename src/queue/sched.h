@@ -1,6 +1,8 @@
-/* The scheduler: delivery threads, each owning a shard of the per-destination
- * queues (by destination key hash), with retry timers, connection limits and the
- * SMTP client. Entries enter with sched_enqueue from any thread once durable.
+/* The scheduler: delivery threads, each owning a shard of the delivery queues (by
+ * queue key hash: the domain, or the relay route), with the retry heap, the held
+ * (suspended) mail and the thread's policy state; connections, content, shaping,
+ * routes and outcomes are in delivery/. Entries enter with sched_enqueue from any
+ * thread once durable. Admin calls (queue/admin.c) run on every thread's loop.
  * SPDX-License-Identifier: Apache-2.0 */
 #ifndef PETREL_QUEUE_SCHED_H
 #define PETREL_QUEUE_SCHED_H

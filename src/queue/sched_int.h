@@ -1,5 +1,6 @@
 /* Scheduler internals shared by the files of the delivery wing's queue side
- * (sched.c: threads, heap, queues, dispatch; admin.c: snapshot and admin actions).
+ * (sched.c: threads, heap, queues, dispatch; admin.c: snapshot and admin actions;
+ * suspend.c: suspensions).
  * Not an API: everything here runs on the owning delivery thread.
  * SPDX-License-Identifier: Apache-2.0 */
 #ifndef PETREL_QUEUE_SCHED_INT_H
@@ -18,10 +19,12 @@
 #define SCHED_PRIOS 3
 
 struct entry;
+struct hooks_delivery;
 struct route;
 struct route_table;
 struct runtime;
 struct spool_batch;
+struct suspension;
 
 /* One destination queue: ready entries by priority, its connections and budget. */
 struct dqueue {
@@ -39,13 +42,6 @@ struct dqueue {
     bool throttled;                 /* on the thread's throttled list */
     struct dqueue *tnext;
     size_t snap;                    /* during a snapshot: 1 + its index in the answer */
-};
-
-/* POST /api/queue/suspend: no new delivery for a destination until `until`. */
-struct suspension {
-    struct suspension *next;
-    char key[300];
-    double until;
 };
 
 struct dthread {
@@ -66,6 +62,9 @@ struct dthread {
     struct dqueue *throttled;       /* queues waiting for a max_message_rate token */
     struct suspension *suspended;   /* admin suspensions (every thread keeps them all) */
     struct entry *held;             /* due, but held by a suspension (linked by next) */
+    struct hooks_delivery *hooks;   /* smtp_delivery_result handlers; NULL = none */
+    struct dqueue *hook_q;          /* during a hook run: the attempt's queue ... */
+    const struct entry *hook_e;     /* ... and entry */
 };
 
 struct sched {
@@ -99,20 +98,11 @@ void sched_dispatch(struct dthread *t, struct dqueue *q);
 void sched_timer_arm(struct dthread *t);
 /* Removes e (finished) from q and the spool, and frees it. */
 void sched_entry_remove(struct dthread *t, struct dqueue *q, struct entry *e);
-struct suspension *sched_suspension_of(const struct dthread *t, const char *key);
-/* Suspends key until (made or extended). false when out of memory. */
-bool sched_suspension_set(struct dthread *t, const char *key, double until);
-/* The active suspension that holds e: one named by its domain or by a name of its
- * route (route_named); NULL if none. */
-struct suspension *sched_suspension_for(const struct dthread *t, const struct entry *e);
 /* e is due: onto q's ready list (true), or onto the held list while a suspension
  * covers it (false). The caller dispatches q when true. */
 bool sched_make_ready(struct dthread *t, struct dqueue *q, struct entry *e);
 /* After a suspension ended or was lifted: held entries no longer covered go back
  * to their queue (or to the heap if their retry time is still ahead). */
 void sched_release_held(struct dthread *t);
-/* Keeps (on) or forgets a suspension of dest in the spool, from the asking thread
- * (no fsync: a lost suspension loses no mail). Failures are logged. */
-void sched_persist_suspension(struct sched *s, const char *dest, double until, bool on);
 
 #endif

@@ -64,6 +64,48 @@ static void test_paced_count_over_time(void **state)
     assert_true(sent >= 100 && sent <= 111);         /* 10 burst + 10/s over 10 s */
 }
 
+static void test_adjust_caps_then_recovers(void **state)
+{
+    (void)state;
+    struct shaping_slot s = { 0 };
+    double per_s = shaping_rate_per_s(600);          /* configured: 10/s */
+    assert_true(fabs(shaping_rate_now(&s, per_s, 1.0) - 10.0) < 1e-9);
+    shaping_adjust(&s, per_s, -0.5, 1.0);            /* nothing seen: from the rate */
+    assert_true(fabs(shaping_rate_now(&s, per_s, 1.0) - 5.0) < 1e-9);
+    shaping_adjust(&s, per_s, -0.5, 1.0);            /* compounds */
+    assert_true(fabs(shaping_rate_now(&s, per_s, 1.0) - 2.5) < 1e-9);
+    /* doubles back every SHAPING_RECOVER_S, then the cap is lifted */
+    assert_true(fabs(shaping_rate_now(&s, per_s, 1.0 + SHAPING_RECOVER_S) - 5.0) < 1e-6);
+    assert_true(fabs(shaping_rate_now(&s, per_s, 1.0 + 2 * SHAPING_RECOVER_S) - 10.0) < 1e-6);
+    assert_true(s.cap == 0);
+    /* a bad fraction changes nothing */
+    shaping_adjust(&s, per_s, -2.0, 500.0);
+    assert_true(s.cap == 0);
+}
+
+static void test_adjust_unlimited_from_the_seen_rate(void **state)
+{
+    (void)state;
+    struct shaping_slot s = { 0 };
+    double t = 100.0;
+    for (int i = 0; i < 40; i++, t += 0.05)          /* 20/s for 2 s, unlimited */
+        assert_true(shaping_acquire(&s, 0, t));
+    shaping_adjust(&s, 0, -0.3, t);
+    double r = shaping_rate_now(&s, 0, t);
+    assert_true(r > 10.0 && r < 16.0);               /* about 0.7 x 20/s */
+    /* now it is paced: over 10 s at most about r * 10 + burst */
+    int sent = 0;
+    for (double u = t; u < t + 10.0; u += 0.001)
+        while (shaping_acquire(&s, 0, u))
+            sent++;
+    assert_true(sent <= (int)(r * 1.2 * 10.0) + 16);
+    assert_true(sent >= (int)(r * 10.0) - 2);
+    /* never below one a minute */
+    for (int i = 0; i < 50; i++)
+        shaping_adjust(&s, 0, -1.0, t + 10.0);
+    assert_true(shaping_rate_now(&s, 0, t + 10.0) >= SHAPING_MIN_RATE - 1e-12);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -71,6 +113,8 @@ int main(void)
         cmocka_unit_test(test_burst_then_pace),
         cmocka_unit_test(test_slow_rate_burst_is_one),
         cmocka_unit_test(test_paced_count_over_time),
+        cmocka_unit_test(test_adjust_caps_then_recovers),
+        cmocka_unit_test(test_adjust_unlimited_from_the_seen_rate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
