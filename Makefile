@@ -143,5 +143,5 @@ tsan:
 	@$(MAKE) --no-print-directory BUILD=build-tsan CC=gcc \
 	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=thread" LDFLAGS="-fsanitize=thread" all
 	PETREL_BIN=$(abspath build-tsan/petrel) PETRELCTL_BIN=$(abspath build-tsan/petrelctl) \
-	  TSAN_OPTIONS="halt_on_error=0 exitcode=66 second_deadlock_stack=1" \
+	  TSAN_OPTIONS="halt_on_error=0 exitcode=66 second_deadlock_stack=1 suppressions=$(abspath tests/tsan.supp)" \
 	  $(PYTEST) -q $(TSAN_TESTS) $(PYTEST_ARGS)
