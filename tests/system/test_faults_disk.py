@@ -158,3 +158,20 @@ def test_restart_on_full_disk(world, small_fs):
     wait_for(lambda: try_send(p, "after@dest.test", "after")[0] == 250, 60,
              "mail taken again after space returned", interval=1)
     p.assert_alive()
+
+
+def test_log_disk_full(world, small_fs):
+    """The JSON log on a full filesystem: logging must not block or crash delivery."""
+    sink = world.mx_domain("dest.test", "127.0.0.2")
+    p = world.petrel(logging={"path": os.path.join(small_fs, "log", "petrel.jsonl")})
+    mid = p.send_message("alice@sender.test", ["first@dest.test"])
+    sink.wait_message(mid, 30)
+    filler = fill(small_fs)
+    mids = [p.send_message("alice@sender.test", [f"full{i}@dest.test"]) for i in range(20)]
+    for m in mids:
+        sink.wait_message(m, 30)
+    p.assert_alive()
+    os.unlink(filler)
+    mid = p.send_message("alice@sender.test", ["after@dest.test"])
+    sink.wait_message(mid, 30)
+    p.assert_alive()
