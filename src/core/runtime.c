@@ -11,6 +11,7 @@
 #include "core/runtime.h"
 #include "core/users.h"
 #include "dkim/dkim.h"
+#include "obs/log.h"
 #include "tls/tls.h"
 #include "util/result.h"
 
@@ -62,6 +63,12 @@ int runtime_tls_init(struct runtime *rt, char *err, size_t errlen)
         rt->users = users_load(cfg->auth_users_file, err, errlen);
         if (!rt->users)
             return PT_ERROR;
+        for (int i = 0; i < cfg->n_listeners && !users_has_cram(rt->users); i++)
+            for (int k = 0; k < cfg->listeners[i].n_auth_mechanisms; k++)
+                if (strcmp(cfg->listeners[i].auth_mechanisms[k], "CRAM-MD5") == 0)
+                    log_warn("listener %s: CRAM-MD5 is not offered: %s has no {CRAM-MD5} "
+                             "entry (crypt(3) hashes serve PLAIN and LOGIN only)",
+                             cfg->listeners[i].name, cfg->auth_users_file);
     }
     if (cfg->n_dkim && !(rt->dkim = calloc((size_t)cfg->n_dkim, sizeof *rt->dkim))) {
         snprintf(err, errlen, "out of memory");

@@ -90,6 +90,7 @@ def test_cram_md5_not_offered_with_crypt_users(world, pki, crypt_users):
         assert code == 235, f"login {i + 1}: {code}"
         assert mechs == {"PLAIN", "LOGIN"}, f"EHLO AUTH offers {mechs} with a crypt(3)-only file"
     assert not p.records("Rejection", code=421), "a healthy client was banned"
+    assert "CRAM-MD5 is not offered" in p.stderr_text(), "no start-up warning"
     # Asked for anyway, CRAM-MD5 is refused like any mechanism not offered (504).
     c = p.raw()
     with c:
