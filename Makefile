@@ -171,8 +171,9 @@ soak: all
 # Every fuzz target for FUZZ_LONG_SECONDS, its corpus kept (and grown) in
 # tests/fuzz/corpus/<target>/; crashes land in build/fuzz/<target>-crash-*.
 FUZZ_LONG_SECONDS ?= 3600
-fuzz-long: $(FUZZ_BIN)
-	@set -e; for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p tests/fuzz/corpus/$$n; \
+FUZZ_LONG_TARGETS ?= $(FUZZ_BIN)
+fuzz-long: $(FUZZ_LONG_TARGETS)
+	@set -e; for f in $(FUZZ_LONG_TARGETS); do n=$$(basename $$f); mkdir -p tests/fuzz/corpus/$$n; \
 	  echo "== $$n ($(FUZZ_LONG_SECONDS)s, corpus tests/fuzz/corpus/$$n)"; \
 	  if ! $$f tests/fuzz/corpus/$$n -max_total_time=$(FUZZ_LONG_SECONDS) -print_final_stats=1 \
 	      -artifact_prefix=build/fuzz/$$n- > $$f.long.log 2>&1; then \
@@ -187,5 +188,5 @@ tsan:
 	@$(MAKE) --no-print-directory BUILD=build-tsan CC=gcc \
 	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=thread" LDFLAGS="-fsanitize=thread" all
 	PETREL_BIN=$(abspath build-tsan/petrel) PETRELCTL_BIN=$(abspath build-tsan/petrelctl) \
-	  TSAN_OPTIONS="halt_on_error=0 exitcode=66 second_deadlock_stack=1" \
+	  TSAN_OPTIONS="halt_on_error=0 exitcode=66 second_deadlock_stack=1 suppressions=$(abspath tests/tsan.supp)" \
 	  $(PYTEST) -q $(TSAN_TESTS) $(PYTEST_ARGS)

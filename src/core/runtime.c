@@ -153,6 +153,12 @@ struct cfg_gen *runtime_gen_build(struct config *cfg, uint64_t id, int n_smtp, i
         snprintf(err, errlen, "%s:0: configure_auth: %s", cfg->path, e);
         goto fail;
     }
+    for (int i = 0; g->users && i < cfg->n_listeners && !users_has_cram(g->users); i++)
+        for (int k = 0; k < cfg->listeners[i].n_auth_mechanisms; k++)
+            if (strcmp(cfg->listeners[i].auth_mechanisms[k], "CRAM-MD5") == 0)
+                log_warn("listener %s: CRAM-MD5 is not offered: %s has no {CRAM-MD5} "
+                         "entry (crypt(3) hashes serve PLAIN and LOGIN only)",
+                         cfg->listeners[i].name, cfg->auth_users_file);
     if (cfg->n_dkim && !(g->dkim = calloc((size_t)cfg->n_dkim, sizeof *g->dkim))) {
         snprintf(err, errlen, "%s:0: out of memory", cfg->path);
         goto fail;

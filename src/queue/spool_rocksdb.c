@@ -43,6 +43,13 @@
  * delivery at worst) and written first after the reopen, so delivered mail is
  * deleted after all.
  * Every use of s->db holds dblock for reading; only the reopen holds it for writing.
+ *
+ * Damage at open: the WAL is replayed tolerating only a torn tail (an incomplete last
+ * record: power loss mid-write, never acknowledged). Damage inside it fails the open,
+ * and petrel refuses to start naming the remedy, rather than say ready with a queue
+ * silently cut at the damage (RocksDB's default). PETREL_SPOOL_RECOVERY=skip-corrupted
+ * (every readable record) or =point-in-time (up to the damage) starts anyway. A spool
+ * whose PETREL_SPOOL_FORMAT file names a newer format is refused by name.
  */
 
 #include <errno.h>
@@ -88,6 +95,9 @@
 #define SPOOL_RESUME_FREE       (2u << 20)  /* free bytes before writes are tried again */
 #define SPOOL_MANIFEST_PREALLOC (64u << 10) /* not 4 MB: a small spool disk stays usable */
 #define SPOOL_DEFER_MAX         65536       /* read-only mode: no-sync batches kept for later */
+#define SPOOL_FORMAT            1           /* PETREL_SPOOL_FORMAT: bump on incompatible layouts */
+#define SPOOL_FORMAT_FILE       "PETREL_SPOOL_FORMAT"
+#define SPOOL_RECOVERY_ENV      "PETREL_SPOOL_RECOVERY"
 #define SPOOL_SCAN_READAHEAD    (2u << 20)  /* recovery scan: large sequential reads */
 #define SPOOL_DIR_MODE          0750
 
@@ -656,6 +666,58 @@ static int mkdir_p(const char *dir, char *err, size_t errlen)
     return PT_OK;
 }
 
+/* The WAL recovery mode from PETREL_SPOOL_RECOVERY (RocksDB's WALRecoveryMode
+ * numbers), or -1 for an unknown value. *name gets the mode's name. */
+static int recovery_mode(const char **name)
+{
+    const char *v = getenv(SPOOL_RECOVERY_ENV);
+    *name = v && *v ? v : "tail-only";
+    if (!v || !*v)
+        return 0;                               /* kTolerateCorruptedTailRecords */
+    if (strcmp(v, "point-in-time") == 0)
+        return 2;                               /* kPointInTimeRecovery */
+    if (strcmp(v, "skip-corrupted") == 0)
+        return 3;                               /* kSkipAnyCorruptedRecords */
+    return -1;
+}
+
+/* Checks (or writes, for a new spool) the format marker in dir. */
+static int check_format(const char *dir, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", dir, SPOOL_FORMAT_FILE) >= (int)sizeof path) {
+        snprintf(err, errlen, "spool: directory name too long");
+        return PT_INVALID;
+    }
+    FILE *f = fopen(path, "r");
+    if (f) {
+        long v = 0;
+        int ok = fscanf(f, "%ld", &v) == 1;
+        fclose(f);
+        if (!ok || v < 1) {
+            snprintf(err, errlen, "%s is unreadable; it should hold \"%d\"", SPOOL_FORMAT_FILE,
+                     SPOOL_FORMAT);
+            return PT_ERROR;
+        }
+        if (v > SPOOL_FORMAT) {
+            snprintf(err, errlen, "format %ld (%s) is newer than this petrel's (%d): run the "
+                     "petrel version that wrote it, or restore a backup", v, SPOOL_FORMAT_FILE,
+                     SPOOL_FORMAT);
+            return PT_ERROR;
+        }
+        return PT_OK;
+    }
+    if (errno != ENOENT) {
+        snprintf(err, errlen, "spool: %s: %s", path, strerror(errno));
+        return PT_ERROR;
+    }
+    if ((f = fopen(path, "w"))) {                /* best effort: a full disk may refuse */
+        fprintf(f, "%d\n", SPOOL_FORMAT);
+        fclose(f);
+    }
+    return PT_OK;
+}
+
 static void configure(struct spool *s)
 {
     rocksdb_options_t *o = s->opts;
@@ -677,8 +739,10 @@ static void configure(struct spool *s)
     rocksdb_options_set_max_log_file_size(o, SPOOL_LOG_SIZE);
     rocksdb_options_set_manual_wal_flush(o, 1);
     rocksdb_options_set_manifest_preallocation_size(o, SPOOL_MANIFEST_PREALLOC);
-    /* The default recovery mode (point in time) drops a torn WAL tail after a crash,
-     * which can only hold unacknowledged writes. */
+    const char *mode_name;
+    rocksdb_options_set_wal_recovery_mode(o, recovery_mode(&mode_name));
+    /* The recovery mode tolerates a torn WAL tail (it can only hold unacknowledged
+     * writes) and nothing else, unless PETREL_SPOOL_RECOVERY says (see the top). */
 
     s->cache = rocksdb_cache_create_lru(SPOOL_BLOCK_CACHE);
     s->topts = rocksdb_block_based_options_create();
@@ -734,6 +798,18 @@ struct spool *spool_open(const char *dir, char *err, size_t errlen)
 
     if (!dir || mkdir_p(dir, err, errlen) != PT_OK)
         return NULL;
+    const char *mode_name;
+    const char *recovery = getenv(SPOOL_RECOVERY_ENV);
+    if (recovery_mode(&mode_name) < 0) {
+        snprintf(err, errlen, "spool: %s=%s: use skip-corrupted or point-in-time",
+                 SPOOL_RECOVERY_ENV, mode_name);
+        return NULL;
+    }
+    if (check_format(dir, err, errlen) != PT_OK)
+        return NULL;
+    if (recovery && *recovery)
+        log_warn("spool %s: recovering with %s (%s): damaged WAL records are dropped", dir,
+                 mode_name, SPOOL_RECOVERY_ENV);
     struct spool *s = calloc(1, sizeof(*s));
     if (!s) {
         snprintf(err, errlen, "spool: out of memory");
@@ -767,6 +843,16 @@ struct spool *spool_open(const char *dir, char *err, size_t errlen)
         dberr = NULL;
         s->db = rocksdb_open_for_read_only(s->opts, dir, 0, &dberr);
         atomic_store(&s->readonly, 1);
+    }
+    if (dberr && strstr(dberr, "Corruption") && !(recovery && *recovery)) {
+        snprintf(err, errlen, "spool: open %s: %s. The spool's write-ahead log is damaged "
+                 "(more than a torn tail); nothing was changed. Back up %s, then start with "
+                 "%s=skip-corrupted to recover every readable record (or =point-in-time to "
+                 "stop at the damage)", dir, dberr, dir, SPOOL_RECOVERY_ENV);
+        rocksdb_free(dberr);
+        s->db = NULL;
+        spool_destroy(s);
+        return NULL;
     }
     if (dberr) {
         snprintf(err, errlen, "spool: open %s: %s", dir, dberr);

@@ -1328,6 +1328,12 @@ static void session_begin(struct smtp_session *s)
     if (frontdoor_enter(w->fd, s->slot, s->client_ip, s->l->max_connections,
                         s->l->max_connections_per_ip, &which) != 0) {
         log_warn("smtp %s: refused: %s reached", s->client_ip, which);
+        if (s->l->tls && s->l->tls->implicit) {
+            /* Never a word in clear on an implicit-TLS port, and no handshake spent
+             * on a client over the limit: just close. */
+            session_close(s, false);
+            return;
+        }
         replyf(s, "421 4.7.0 %s Too many connections (%s), try again later", s->l->hostname, which);
         session_close(s, true);
         conn_flush(&s->conn);

@@ -90,6 +90,7 @@ def test_cram_md5_not_offered_with_crypt_users(world, pki, crypt_users):
         assert code == 235, f"login {i + 1}: {code}"
         assert mechs == {"PLAIN", "LOGIN"}, f"EHLO AUTH offers {mechs} with a crypt(3)-only file"
     assert not p.records("Rejection", code=421), "a healthy client was banned"
+    assert "CRAM-MD5 is not offered" in p.stderr_text(), "no start-up warning"
     # Asked for anyway, CRAM-MD5 is refused like any mechanism not offered (504).
     c = p.raw()
     with c:
@@ -215,4 +216,33 @@ def test_ban_421_on_implicit_tls_not_in_clear(world, pki, crypt_users):
         assert data.startswith(b"421 4.7.0"), data
     finally:
         t.close()
+    p.assert_alive()
+
+
+def test_connection_limit_on_implicit_tls_not_in_clear(world, pki, crypt_users):
+    """Over max_connections_per_ip on an implicit-TLS listener: closed, never a 421 in
+    clear (a TLS client would read it as a broken handshake)."""
+    port = free_port()
+    p = world.petrel(listeners=[{"listen": f"127.0.0.1:{port}", "name": "smtps",
+                                 "hostname": "petrel.test", "tls": listener_tls(pki, implicit=True),
+                                 "max_connections_per_ip": 2}])
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            got = b""
+            try:
+                while True:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+            except (socket.timeout, ConnectionError):
+                pass
+            assert got == b"", f"said in clear: {got!r}"
+        finally:
+            s.close()
+    finally:
+        for h in held:
+            h.close()
     p.assert_alive()

@@ -158,3 +158,57 @@ def test_restart_on_full_disk(world, small_fs):
     wait_for(lambda: try_send(p, "after@dest.test", "after")[0] == 250, 60,
              "mail taken again after space returned", interval=1)
     p.assert_alive()
+
+
+def test_log_disk_full(world, small_fs):
+    """The JSON log on a full filesystem: logging must not block or crash delivery."""
+    sink = world.mx_domain("dest.test", "127.0.0.2")
+    p = world.petrel(logging={"path": os.path.join(small_fs, "log", "petrel.jsonl")})
+    mid = p.send_message("alice@sender.test", ["first@dest.test"])
+    sink.wait_message(mid, 30)
+    filler = fill(small_fs)
+    mids = [p.send_message("alice@sender.test", [f"full{i}@dest.test"]) for i in range(20)]
+    for m in mids:
+        sink.wait_message(m, 30)
+    p.assert_alive()
+    os.unlink(filler)
+    mid = p.send_message("alice@sender.test", ["after@dest.test"])
+    sink.wait_message(mid, 30)
+    p.assert_alive()
+
+
+def test_http_injection_on_full_disk(world, small_fs):
+    """HTTP injection while the spool cannot write: KumoMTA's format answers 200 with
+    success_count 0 / fail_count 1 (its convention), never a success; petrel stays
+    up; success again once space returns."""
+    import json
+    from harness import free_port, lua_value
+    from test_http import request
+    sink = world.mx_domain("dest.test", "127.0.0.2")
+    port = free_port()
+    p = world.petrel(queue={"spool_dir": os.path.join(small_fs, "spool")},
+                     extra="petrel.start_http_listener " + lua_value({"listen": f"127.0.0.1:{port}"}))
+    url = f"http://127.0.0.1:{port}"
+
+    def inject(tag):
+        content = make_message("alice@sender.test", ["h@dest.test"], subject=tag,
+                               body="x" * 100000).decode()
+        doc = {"envelope_sender": "alice@sender.test", "content": content,
+               "recipients": [{"email": "h@dest.test"}]}
+        r = request(url, "/api/inject/v1", method="POST", body=json.dumps(doc).encode(),
+                    headers={"Content-Type": "application/json"}, timeout=30)
+        return r.status, (r.json() if r.status == 200 else {})
+
+    def ok(res):
+        return res[0] == 200 and res[1].get("success_count") == 1
+
+    assert ok(inject("before"))
+    filler = fill(small_fs)
+    res = [inject(f"full{i}") for i in range(3)]
+    assert not ok(res[-1]) and not ok(res[-2]), res
+    assert res[-1][0] != 200 or res[-1][1].get("fail_count") == 1, res
+    p.assert_alive()
+    os.unlink(filler)
+    wait_for(lambda: ok(inject("after")), 30, "injection taken after space returned",
+             interval=1)
+    sink.wait_count(2, 30)
