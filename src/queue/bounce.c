@@ -1,4 +1,4 @@
-/* Bounce submission; see bounce.h. The DSN is a new message (high priority,
+/* DSN submission; see bounce.h. The DSN is a new message (high priority,
  * flagged ENTRY_F_DSN so it never bounces itself) through the ordinary ingest.
  * SPDX-License-Identifier: Apache-2.0 */
 #include "core/runtime.h"
@@ -17,6 +17,20 @@ static void bounce_done(void *arg, int status)
         log_error("could not queue a delivery status notification");
 }
 
+bool bounce_wanted(const struct entry *e, const struct entry_rcpt *r, enum dsn_action a)
+{
+    if (e->sender[0] == 0 || (e->flags & ENTRY_F_DSN) || (r->notify & ENTRY_N_NEVER))
+        return false;
+    switch (a) {
+    case DSN_FAILED:
+        return !r->notify || (r->notify & ENTRY_N_FAILURE);
+    case DSN_DELAYED:
+        return !r->notify || (r->notify & ENTRY_N_DELAY);
+    default:
+        return (r->notify & ENTRY_N_SUCCESS) != 0;
+    }
+}
+
 void bounce_send(struct runtime *rt, const struct entry *e, const struct dsn_rcpt *rc, size_t n,
                  bool expired)
 {
@@ -29,6 +43,8 @@ void bounce_send(struct runtime *rt, const struct entry *e, const struct dsn_rcp
     struct dsn_info info = {
         .reporting_mta = rt->cfg->delivery.helo_name ? rt->cfg->delivery.helo_name : rt->hostname,
         .id = e->id, .sender = e->sender, .arrival = e->received_at, .expired = expired,
+        .envid = e->envid, .ret_full = entry_ret(e) == ENTRY_F_RET_FULL,
+        .retry_until = e->received_at + rt->cfg->queue.max_retry_age,
         .rcpts = rc, .nrcpt = n, .orig = orig.data, .orig_len = orig.len,
     };
     if (dsn_build(&info, &out) == PT_OK) {
@@ -39,9 +55,9 @@ void bounce_send(struct runtime *rt, const struct entry *e, const struct dsn_rcp
         };
         entry_new_id(m.id);
         if (ingest_submit(rt, &m, bounce_done, NULL) != PT_OK)
-            log_error("%s: could not queue the bounce to <%s>", e->id, e->sender);
+            log_error("%s: could not queue the DSN to <%s>", e->id, e->sender);
     } else {
-        log_error("%s: could not build the bounce to <%s>", e->id, e->sender);
+        log_error("%s: could not build the DSN to <%s>", e->id, e->sender);
     }
     buf_free(&orig);
     buf_free(&out);
