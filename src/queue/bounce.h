@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <uv.h>
+
 #include "queue/dsn.h"
 
 struct runtime;
@@ -21,11 +23,12 @@ bool bounce_wanted(const struct entry *e, const struct entry_rcpt *r, enum dsn_a
 
 /* Queues one DSN for rc[0..n) of e (expired: the "could not be delivered in time"
  * wording); the caller has filtered rc with bounce_wanted. Carries e's ENVID, honours
- * its RET (FULL: the whole message back on failure) and, for delayed recipients,
- * Will-Retry-Until = arrival + max_retry_age. Reads the original from the spool.
- * Everything is borrowed for the call; failures are logged (the DSN is lost, the
- * entry is not). */
-void bounce_send(struct runtime *rt, const struct entry *e, const struct dsn_rcpt *rc, size_t n,
-                 bool expired);
+ * its RET (FULL: the whole message back on failure, else the header block) and,
+ * for delayed recipients, Will-Retry-Until = arrival + max_retry_age. The original
+ * is read from the spool in the call; the report is built and queued on loop's
+ * worker pool (loop NULL: in the call). Everything is borrowed for the call
+ * (copied); failures are logged (the DSN is lost, the entry is not). */
+void bounce_send(struct runtime *rt, uv_loop_t *loop, const struct entry *e,
+                 const struct dsn_rcpt *rc, size_t n, bool expired);
 
 #endif
