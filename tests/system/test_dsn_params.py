@@ -134,3 +134,33 @@ def test_hop_without_dsn_gets_no_params_and_petrel_reports_relayed(world):
     assert b"This is a test." not in t.data, \
         "a success report never returns the body, even with RET=FULL"
     assert d["msg"].get_payload()[2].get_content_type() == "text/rfc822-headers"
+
+
+def test_real_postfix_as_next_hop_receives_dsn_parameters(world, tmp_path):
+    """Debian's Postfix (it offers DSN) as petrel's relayhost, relaying on to a sink
+    without DSN: Postfix got NOTIFY=SUCCESS, ORCPT and ENVID from petrel exactly
+    when it sends its own "relayed" report carrying them (RFC 3461 5.2.2), while
+    petrel, whose hop offered DSN, sends none."""
+    from test_standards_outbound import _private_postfix
+    sender = world.mx_domain("sender.test", "127.0.0.3")
+    final = world.sink("127.0.0.1", world.other_port())
+    pf = _private_postfix(tmp_path, final.port)
+    try:
+        p = world.petrel(transport={"dest.test": {"relayhost": f"[127.0.0.1]:{pf.port}"}})
+        data = make_message(to=["bob@dest.test"], subject="dsn through postfix")
+        send_with(p, "alice@sender.test", ["bob@dest.test"], data, " RET=HDRS ENVID=PF+2B7",
+                  rcpt_params={"bob@dest.test":
+                               " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob+2BOrig@dest.test"})
+        final.wait_message(msgid_of(data), timeout=30)
+        rep = wait_for(lambda: [t for t in final.messages() if t.mail_from == ""], 40,
+                       lambda: f"Postfix's relayed report at {final}: {final.messages()!r}")[0]
+        d = parse_dsn(rep.data)
+        assert d["per_message"].get("original-envelope-id") == "PF+7", d["per_message"]
+        r = d["recipients"][0]
+        assert r["action"] == "relayed", r
+        assert r["original-recipient"].replace(" ", "").lower() == "rfc822;bob+orig@dest.test", r
+        assert not dsns(sender), "the hop offered DSN: petrel reports nothing itself"
+    finally:
+        pf.stop()
+        import shutil
+        shutil.rmtree(pf.workdir, ignore_errors=True)
