@@ -225,7 +225,7 @@ static void client_free(struct smtp_client *c)
 /* Appends s as xtext (RFC 3461 4): "+", "=", and bytes outside "!".."~" as "+XX". */
 static void send_xtext(struct smtp_client *c, const char *s)
 {
-    char out[3 * ENTRY_ORCPT_MAX + 1];
+    char out[3 * ENTRY_ORCPT_MAX + 8];   /* every byte encoded, and room to stop */
     size_t n = 0;
     for (; *s && n + 4 < sizeof out; s++) {
         unsigned char ch = (unsigned char)*s;
