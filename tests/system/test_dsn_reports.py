@@ -146,6 +146,14 @@ def test_delay_dsn_sent_once(world):
     assert got["asked@dest.test"]["original-recipient"] == "rfc822;asked@orig.test"
     # still queued, still retried
     assert not p.records("Bounce") and not p.records("Expiration")
+    # the mark is in the spool: a restart does not warn again
+    before = len(p.records("TransientFailure"))
+    p.stop()
+    p.restart()
+    wait_for(lambda: len(p.records("TransientFailure")) >= before + 8, 30,
+             "retries after the restart")
+    time.sleep(1)
+    assert len(dsns(sender)) == 1, dsns(sender)
 
 
 def test_delay_warning_after_is_checked(world, tmp_path):
