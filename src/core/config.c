@@ -45,6 +45,8 @@
 #define DEF_RETRY_INTERVAL     (5 * 60.0)
 #define DEF_MAX_RETRY_INTERVAL (60 * 60.0)
 #define DEF_MAX_RETRY_AGE      (72 * 3600.0)
+#define DEF_DELAY_WARNING_AFTER 0.0       /* off: senders asked for none (RFC 3461 leaves
+                                             DELAY to the MTA); "4h" is Postfix's choice */
 #define DEF_MAX_QUEUE_DEPTH    1000000
 #define DEF_DELIVERY_THREADS   0          /* = online CPUs, resolved after load */
 #define DEF_SMTP_PORT          25
@@ -170,6 +172,8 @@ static const struct opt queue_opts[] = {
     { O("retry_interval", OPT_DURATION, CFG(queue.retry_interval)) },
     { O("max_retry_interval", OPT_DURATION, CFG(queue.max_retry_interval)) },
     { O("max_retry_age", OPT_DURATION, CFG(queue.max_retry_age)) },
+    /* nil (the default) = no delay warnings; "4h" = Postfix's delay_warning_time */
+    { O("delay_warning_after", OPT_DURATION, CFG(queue.delay_warning_after)) },
     /* DESIGN §4 names it; nothing keeps expired mail yet: refused, not ignored */
     { .name = "dead_letter_after", .unimpl = "expired messages are bounced and removed at "
       "max_retry_age; remove the option" },
@@ -1062,6 +1066,7 @@ static int config_defaults(struct config *cfg)
     cfg->queue.retry_interval = DEF_RETRY_INTERVAL;
     cfg->queue.max_retry_interval = DEF_MAX_RETRY_INTERVAL;
     cfg->queue.max_retry_age = DEF_MAX_RETRY_AGE;
+    cfg->queue.delay_warning_after = DEF_DELAY_WARNING_AFTER;
     cfg->queue.max_queue_depth = DEF_MAX_QUEUE_DEPTH;
 
     cfg->delivery.threads = DEF_DELIVERY_THREADS;

@@ -79,6 +79,7 @@ struct cfg_queue {
     double retry_interval;           /* 5m */
     double max_retry_interval;       /* 1h */
     double max_retry_age;            /* 72h */
+    double delay_warning_after;      /* 0 = off (nil); one delay DSN per recipient after it */
     uint64_t max_queue_depth;        /* 1000000 */
 };
 

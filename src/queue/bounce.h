@@ -1,5 +1,5 @@
-/* Bounce submission: builds the delivery status notification for failed
- * recipients of an entry and queues it (through ingest) to the envelope sender.
+/* Delivery status notifications of an entry: decides which recipients want one
+ * (NOTIFY, RFC 3461 4.1) and queues it (through ingest) to the envelope sender.
  * Never for the null sender or for a DSN we generated.
  * SPDX-License-Identifier: Apache-2.0 */
 #ifndef PETREL_QUEUE_BOUNCE_H
@@ -14,10 +14,19 @@
 
 struct runtime;
 struct entry;
+struct entry_rcpt;
+
+/* Whether recipient r of e asks for a DSN with this action: never for the null
+ * sender, a DSN we generated or NOTIFY=NEVER; failed and delayed when NOTIFY is
+ * absent or names FAILURE / DELAY; delivered and relayed only for NOTIFY=SUCCESS. */
+bool bounce_wanted(const struct entry *e, const struct entry_rcpt *r, enum dsn_action a);
 
 /* Queues one DSN for rc[0..n) of e (expired: the "could not be delivered in time"
- * wording). The original's headers are read from the spool in the call; the report
- * is built and queued on loop's worker pool (loop NULL: in the call). Everything is borrowed for the call
+ * wording); the caller has filtered rc with bounce_wanted. Carries e's ENVID, honours
+ * its RET (FULL: the whole message back on failure, else the header block) and,
+ * for delayed recipients, Will-Retry-Until = arrival + max_retry_age. The original
+ * is read from the spool in the call; the report is built and queued on loop's
+ * worker pool (loop NULL: in the call). Everything is borrowed for the call
  * (copied); failures are logged (the DSN is lost, the entry is not). */
 void bounce_send(struct runtime *rt, uv_loop_t *loop, const struct entry *e,
                  const struct dsn_rcpt *rc, size_t n, bool expired);

@@ -17,6 +17,7 @@
 #define DSN_VALUE_MAX 4096         /* one field value (a diagnostic); longer is cut */
 #define DSN_ORIG_MAX (64 * 1024)   /* original header block included */
 #define DSN_BOUNDARY_TRIES 100
+#define DSN_FULL_MAX (64u * 1024 * 1024) /* RET=FULL returns at most this (else headers) */
 
 /* Copies s into dst as one line's worth of text: control bytes (CR, LF, TAB,
  * NUL...) become spaces, leading and trailing blanks go, at most DSN_VALUE_MAX
@@ -121,12 +122,54 @@ static bool valid_status(const char *s)
     return true;
 }
 
-/* The recipient's status if well-formed, else the generic one for the case. */
+/* The recipient's status if well-formed and of its action's class, else the
+ * generic one for the case. */
 static const char *rcpt_status(const struct dsn_info *info, const struct dsn_rcpt *r)
 {
-    if (valid_status(r->status))
+    bool ok = valid_status(r->status);
+    if (ok && r->action == DSN_FAILED && r->status[0] != '2')
         return r->status;
-    return info->expired ? "4.4.7" : "5.0.0";
+    if (ok && r->action == DSN_DELAYED && r->status[0] == '4')
+        return r->status;
+    if (ok && r->action != DSN_FAILED && r->action != DSN_DELAYED && r->status[0] == '2')
+        return r->status;
+    switch (r->action) {
+    case DSN_DELAYED:
+        return "4.0.0";
+    case DSN_DELIVERED:
+    case DSN_RELAYED:
+        return "2.0.0";
+    default:
+        return info->expired ? "4.4.7" : "5.0.0";
+    }
+}
+
+static const char *action_name(enum dsn_action a)
+{
+    switch (a) {
+    case DSN_DELAYED:
+        return "delayed";
+    case DSN_DELIVERED:
+        return "delivered";
+    case DSN_RELAYED:
+        return "relayed";
+    default:
+        return "failed";
+    }
+}
+
+/* What the notification is about as a whole: failed if any recipient failed, else
+ * delayed if any is delayed, else a success report. */
+static enum dsn_action dsn_kind(const struct dsn_info *info)
+{
+    enum dsn_action k = DSN_DELIVERED;
+    for (size_t i = 0; i < info->nrcpt; i++) {
+        if (info->rcpts[i].action == DSN_FAILED)
+            return DSN_FAILED;
+        if (info->rcpts[i].action == DSN_DELAYED)
+            k = DSN_DELAYED;
+    }
+    return k;
 }
 
 /* Length of the original's header block: up to (not including) the first empty
@@ -179,10 +222,34 @@ static void put_orig_headers(struct bufw *w, const char *p, size_t n)
     }
 }
 
+/* RET=FULL on a failure notification: the whole original goes back. */
+static bool dsn_full(const struct dsn_info *info)
+{
+    return info->ret_full && dsn_kind(info) == DSN_FAILED && info->orig_len <= DSN_FULL_MAX;
+}
+
+/* The whole original for RET=FULL: it is spooled with CRLF line ends and lines of
+ * at most 998 octets (ingest.h), so it goes as it is, ending with a line end. */
+static void put_orig_message(struct bufw *w, const char *p, size_t n)
+{
+    bufw_put(w, p, n);
+    if (n < 2 || p[n - 2] != '\r' || p[n - 1] != '\n')
+        bufw_puts(w, "\r\n");
+}
+
 static void put_human(struct bufw *w, const struct dsn_info *info, const char *mta)
 {
+    enum dsn_action kind = dsn_kind(info);
     bufw_printf(w, "This is the mail delivery system at %s.\r\n\r\n", mta);
-    if (info->expired) {
+    if (kind == DSN_DELAYED) {
+        bufw_puts(w, "Your message could not be delivered yet to the recipients listed\r\n"
+                  "below. It is still in the queue and delivery will be retried; you\r\n"
+                  "do not need to send it again. This is only a warning.\r\n");
+    } else if (kind != DSN_FAILED) {
+        bufw_puts(w, "Your message was delivered to the recipients listed below, or\r\n"
+                  "handed to a next hop that does not report delivery status\r\n"
+                  "(\"relayed\"), as you asked.\r\n");
+    } else if (info->expired) {
         bufw_puts(w, "Your message could not be delivered in time to the recipients\r\n"
                   "listed below. The receiving side kept refusing it temporarily\r\n"
                   "until it reached its maximum time in the queue, so delivery has\r\n"
@@ -196,6 +263,7 @@ static void put_human(struct bufw *w, const struct dsn_info *info, const char *m
     for (size_t i = 0; i < info->nrcpt; i++) {
         const struct dsn_rcpt *r = &info->rcpts[i];
         put_wrapped(w, "<", " ", r->addr, ">:");
+        bufw_printf(w, "    Action: %s\r\n", action_name(r->action));
         bufw_printf(w, "    Status: %s\r\n", rcpt_status(info, r));
         if (r->remote_mta && *r->remote_mta)
             put_wrapped(w, "    Remote server: ", "      ", r->remote_mta, "");
@@ -203,13 +271,16 @@ static void put_human(struct bufw *w, const struct dsn_info *info, const char *m
             put_wrapped(w, "    Reply: ", "      ", r->diagnostic, "");
         bufw_puts(w, "\r\n");
     }
-    bufw_puts(w, "The headers of your message are attached.\r\n");
+    bufw_puts(w, dsn_full(info) ? "Your message is attached.\r\n"
+                                 : "The headers of your message are attached.\r\n");
 }
 
 static void put_status(struct bufw *w, const struct dsn_info *info, const char *mta,
                        const char *now)
 {
     char date[64];
+    if (info->envid && *info->envid)
+        put_wrapped(w, "Original-Envelope-Id: ", " ", info->envid, "");
     bufw_printf(w, "Reporting-MTA: dns; %s\r\n", mta);
     put_wrapped(w, "X-Petrel-Id: ", " ", info->id, "");
     if (info->arrival > 0) {
@@ -219,14 +290,21 @@ static void put_status(struct bufw *w, const struct dsn_info *info, const char *
     for (size_t i = 0; i < info->nrcpt; i++) {
         const struct dsn_rcpt *r = &info->rcpts[i];
         bufw_puts(w, "\r\n");
+        if (r->orcpt && strchr(r->orcpt, ';'))
+            put_wrapped(w, "Original-Recipient: ", " ", r->orcpt, "");
         put_wrapped(w, "Final-Recipient: rfc822; ", " ", r->addr, "");
-        bufw_puts(w, "Action: failed\r\n");
+        bufw_printf(w, "Action: %s\r\n", action_name(r->action));
         bufw_printf(w, "Status: %s\r\n", rcpt_status(info, r));
         if (r->remote_mta && *r->remote_mta)
             put_wrapped(w, "Remote-MTA: dns; ", " ", r->remote_mta, "");
         if (r->diagnostic && *r->diagnostic)
-            put_wrapped(w, "Diagnostic-Code: smtp; ", " ", r->diagnostic, "");
+            put_wrapped(w, r->local ? "Diagnostic-Code: X-Petrel; " : "Diagnostic-Code: smtp; ",
+                        " ", r->diagnostic, "");
         bufw_printf(w, "Last-Attempt-Date: %s\r\n", now);
+        if (r->action == DSN_DELAYED && info->retry_until > 0) {
+            time_rfc5322(info->retry_until, date, sizeof date);
+            bufw_printf(w, "Will-Retry-Until: %s\r\n", date);
+        }
     }
 }
 
@@ -256,7 +334,10 @@ int dsn_build(const struct dsn_info *info, struct buf *out)
     pw.b = &parts[1];
     put_status(&pw, info, mta, now);
     pw.b = &parts[2];
-    if (info->orig && info->orig_len)
+    bool full = dsn_full(info);
+    if (full && info->orig && info->orig_len)
+        put_orig_message(&pw, info->orig, info->orig_len);
+    else if (info->orig && info->orig_len)
         put_orig_headers(&pw, info->orig, orig_headers_len(info->orig, info->orig_len));
     int rc = pw.rc;
 
@@ -275,9 +356,12 @@ int dsn_build(const struct dsn_info *info, struct buf *out)
     bufw_puts(&w, mta);
     bufw_puts(&w, ">\r\n");
     put_wrapped(&w, "To: <", " ", info->sender, ">");
-    bufw_printf(&w, "Subject: %s\r\n", info->expired
-             ? "Delivery Status Notification (Failure): message expired"
-             : "Undelivered Mail Returned to Sender");
+    enum dsn_action kind = dsn_kind(info);
+    bufw_printf(&w, "Subject: %s\r\n",
+                kind == DSN_DELAYED ? "Delayed Mail (still being retried)"
+                : kind != DSN_FAILED ? "Successful Mail Delivery Report"
+                : info->expired ? "Delivery Status Notification (Failure): message expired"
+                : "Undelivered Mail Returned to Sender");
     bufw_printf(&w, "Date: %s\r\n", now);
     bufw_printf(&w, "Message-ID: <%s.dsn@%s>\r\n", idtok, mta);
     bufw_puts(&w, "Auto-Submitted: auto-replied\r\n"
@@ -301,10 +385,21 @@ int dsn_build(const struct dsn_info *info, struct buf *out)
 
     bufw_puts(&w, "\r\n");
     mime_multipart_next(&w, boundary);
-    bufw_puts(&w, "Content-Description: Undelivered Message Headers\r\n"
-               "Content-Type: text/rfc822-headers\r\n\r\n");
-    bufw_put(&w, parts[2].data, parts[2].len);
-    bufw_puts(&w, "\r\n");
+    if (full) {
+        bufw_puts(&w, "Content-Description: Undelivered Message\r\n"
+                   "Content-Type: message/rfc822\r\n");
+        if (has_8bit(&parts[2]))
+            bufw_puts(&w, "Content-Transfer-Encoding: 8bit\r\n");
+        bufw_puts(&w, "\r\n");
+        bufw_put(&w, parts[2].data, parts[2].len);
+    } else {
+        bufw_printf(&w, "Content-Description: %s Message Headers\r\n"
+                    "Content-Type: text/rfc822-headers\r\n\r\n",
+                    kind == DSN_FAILED ? "Undelivered" : kind == DSN_DELAYED ? "Delayed"
+                                                                             : "Delivered");
+        bufw_put(&w, parts[2].data, parts[2].len);
+        bufw_puts(&w, "\r\n");
+    }
     mime_multipart_end(&w, boundary);
 
     for (int i = 0; i < 3; i++)

@@ -16,18 +16,23 @@
 #include "queue/entry.h"
 #include "util/result.h"
 
-/* Encoding v3, all integers little-endian, strings as u32 length + bytes (no NUL;
+/* Encoding v4, all integers little-endian, strings as u32 length + bytes (no NUL;
  * length 0xffffffff = NULL for the nullable ones):
- *   u8 version=3 | str id | str domain | str sender | nstr route | nstr last_response
- *   | nstr hdr_edits | nstr dkim_sign | u8 protocol | u8 priority | u8 flags | u16 ndomains | u32 attempts | u64 size
- *   | f64 received_at | f64 next_attempt | u32 nrcpt | nrcpt x (u8 state, str addr)
- * Nothing may follow the last recipient. v1 (still read) had no hdr_edits, v2 (still
- * read) no dkim_sign. */
-#define ENTRY_VERSION 3
+ *   u8 version=4 | str id | str domain | str sender | nstr route | nstr last_response
+ *   | nstr hdr_edits | nstr dkim_sign | nstr envid | u8 protocol | u8 priority | u8 flags
+ *   | u16 ndomains | u32 attempts | u64 size | f64 received_at | f64 next_attempt
+ *   | u32 nrcpt | nrcpt x (u8 state, str addr, u8 notify, u8 dflags, nstr orcpt)
+ * Nothing may follow the last recipient. Still read: v1 (no hdr_edits), v2 (no
+ * dkim_sign), v3 (no envid, recipients only state + addr). dflags never carries
+ * ENTRY_R_ORCPT (orcpt's presence says it); envid and orcpt are at most 500 bytes
+ * without control bytes, notify has no bit beyond ENTRY_N_MASK. */
+#define ENTRY_VERSION 4
+#define ENTRY_DSN_STR_MAX 500u       /* envid, orcpt */
+#define ENTRY_R_STORED ENTRY_R_DELAY_SENT /* dflags bits that are serialized */
 #define ENTRY_MAX_RCPT 100000u       /* more than any message we accept */
 #define ENTRY_MAX_STR 65536u         /* per string, bytes */
 #define ENTRY_NULL_STR 0xffffffffu
-#define ENTRY_RCPT_MIN_ENC 5u        /* state + empty string */
+#define ENTRY_RCPT_MIN_ENC 5u        /* state + empty string (v1-v3; v4: 11) */
 
 /* Id: 44 bits of milliseconds since the epoch (good until year 2527), then a
  * 20-bit counter. */
@@ -70,16 +75,31 @@ static char *put_str(char **cursor, const char *s, size_t n)
 struct entry *entry_new(const char *id, const char *domain, const char *sender,
                         const char *const *rcpts, uint32_t nrcpt)
 {
+    return entry_new_dsn(id, domain, sender, rcpts, nrcpt, NULL);
+}
+
+static const char *dsn_orcpt(const struct entry_dsn *dsn, uint32_t i)
+{
+    return dsn && dsn->orcpt ? dsn->orcpt[i] : NULL;
+}
+
+struct entry *entry_new_dsn(const char *id, const char *domain, const char *sender,
+                            const char *const *rcpts, uint32_t nrcpt,
+                            const struct entry_dsn *dsn)
+{
     if (nrcpt && !rcpts)
         return NULL;
     if (!domain)
         domain = "";
     if (!sender)
         sender = "";
+    const char *envid = dsn ? dsn->envid : NULL;
     size_t dlen = strlen(domain), slen = strlen(sender);
-    size_t total = dlen + 1 + slen + 1;
-    for (uint32_t i = 0; i < nrcpt; i++)
-        total += (rcpts[i] ? strlen(rcpts[i]) : 0) + 1;
+    size_t total = dlen + 1 + slen + 1 + (envid ? strlen(envid) + 1 : 0);
+    for (uint32_t i = 0; i < nrcpt; i++) {
+        const char *o = dsn_orcpt(dsn, i);
+        total += (rcpts[i] ? strlen(rcpts[i]) : 0) + 1 + (o ? strlen(o) + 1 : 0);
+    }
     char *s;
     struct entry *e = entry_alloc(nrcpt, total, &s);
     if (!e)
@@ -93,12 +113,34 @@ struct entry *entry_new(const char *id, const char *domain, const char *sender,
         if (*c >= 'A' && *c <= 'Z')
             *c = (char)(*c - 'A' + 'a');
     e->sender = put_str(&s, sender, slen);
+    if (envid)
+        e->envid = put_str(&s, envid, strlen(envid));
     for (uint32_t i = 0; i < nrcpt; i++) {
         const char *a = rcpts[i] ? rcpts[i] : "";
+        const char *o = dsn_orcpt(dsn, i);
         e->rcpts[i].addr = put_str(&s, a, strlen(a));
         e->rcpts[i].state = RCPT_PENDING;
+        e->rcpts[i].notify = dsn && dsn->notify ? (uint8_t)(dsn->notify[i] & ENTRY_N_MASK) : 0;
+        if (o) {
+            put_str(&s, o, strlen(o));
+            e->rcpts[i].dflags |= ENTRY_R_ORCPT;
+        }
     }
     return e;
+}
+
+const char *entry_rcpt_orcpt(const struct entry_rcpt *r)
+{
+    if (!(r->dflags & ENTRY_R_ORCPT))
+        return NULL;
+    return r->addr + strlen(r->addr) + 1;
+}
+
+unsigned entry_ret(const struct entry *e)
+{
+    if (e->flags & ENTRY_F_RET_HDRS)
+        return ENTRY_F_RET_HDRS;
+    return e->flags & ENTRY_F_RET_FULL;
 }
 
 void entry_free(struct entry *e)
@@ -247,6 +289,17 @@ static int enc_str(struct buf *b, const char *s)
     return rc ? rc : buf_append(b, s, n);
 }
 
+/* envid / orcpt: bounded, printable (they end up in DSN header fields). */
+static bool dsn_str_ok(const char *s, size_t n)
+{
+    if (n > ENTRY_DSN_STR_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return false;
+    return true;
+}
+
 /* Refuses what decode would refuse, so whatever we write we can read back. */
 static int enc_check(const struct entry *e)
 {
@@ -259,9 +312,15 @@ static int enc_check(const struct entry *e)
         return PT_INVALID;
     if (!isfinite(e->received_at) || !isfinite(e->next_attempt))
         return PT_INVALID;
-    for (uint32_t i = 0; i < e->nrcpt; i++)
-        if (e->rcpts[i].state > RCPT_BOUNCED || !e->rcpts[i].addr)
+    if (e->envid && !dsn_str_ok(e->envid, strlen(e->envid)))
+        return PT_INVALID;
+    for (uint32_t i = 0; i < e->nrcpt; i++) {
+        const struct entry_rcpt *r = &e->rcpts[i];
+        const char *o = r->addr ? entry_rcpt_orcpt(r) : NULL;
+        if (r->state > RCPT_BOUNCED || !r->addr || (r->notify & ~ENTRY_N_MASK) ||
+            (r->dflags & ~(ENTRY_R_STORED | ENTRY_R_ORCPT)) || (o && !dsn_str_ok(o, strlen(o))))
             return PT_INVALID;
+    }
     return PT_OK;
 }
 
@@ -276,6 +335,7 @@ int entry_encode(const struct entry *e, struct buf *out)
         (rc = enc_str(out, e->domain)) || (rc = enc_str(out, e->sender)) ||
         (rc = enc_str(out, e->route)) || (rc = enc_str(out, e->last_response)) ||
         (rc = enc_str(out, e->hdr_edits)) || (rc = enc_str(out, e->dkim_sign)) ||
+        (rc = enc_str(out, e->envid)) ||
         (rc = enc_le(out, e->protocol, 1)) || (rc = enc_le(out, e->priority, 1)) ||
         (rc = enc_le(out, e->flags, 1)) || (rc = enc_le(out, e->ndomains, 2)) ||
         (rc = enc_le(out, e->attempts, 4)) || (rc = enc_le(out, e->size, 8)) ||
@@ -283,9 +343,14 @@ int entry_encode(const struct entry *e, struct buf *out)
         (rc = enc_le(out, f64_bits(e->next_attempt), 8)) ||
         (rc = enc_le(out, e->nrcpt, 4)))
         goto fail;
-    for (uint32_t i = 0; i < e->nrcpt; i++)
-        if ((rc = enc_le(out, e->rcpts[i].state, 1)) || (rc = enc_str(out, e->rcpts[i].addr)))
+    for (uint32_t i = 0; i < e->nrcpt; i++) {
+        const struct entry_rcpt *r = &e->rcpts[i];
+        if ((rc = enc_le(out, r->state, 1)) || (rc = enc_str(out, r->addr)) ||
+            (rc = enc_le(out, r->notify, 1)) ||
+            (rc = enc_le(out, r->dflags & ENTRY_R_STORED, 1)) ||
+            (rc = enc_str(out, entry_rcpt_orcpt(r))))
             goto fail;
+    }
     return PT_OK;
 fail:
     out->len = start;
@@ -376,10 +441,16 @@ int entry_decode(const void *data, size_t len, struct entry **out)
     struct slice id = rd_str(&r, false), domain = rd_str(&r, false);
     struct slice sender = rd_str(&r, false), route = rd_str(&r, true);
     struct slice resp = rd_str(&r, true), edits = { NULL, 0 }, dkim = { NULL, 0 };
+    struct slice envid = { NULL, 0 };
     if (version >= 2)
         edits = rd_str(&r, true);
     if (version >= 3)
         dkim = rd_str(&r, true);
+    if (version >= 4) {
+        envid = rd_str(&r, true);
+        if (envid.p && !dsn_str_ok(envid.p, envid.len))
+            return PT_INVALID;
+    }
     uint8_t protocol = (uint8_t)rd_le(&r, 1), priority = (uint8_t)rd_le(&r, 1);
     uint8_t flags = (uint8_t)rd_le(&r, 1);
     uint16_t ndomains = (uint16_t)rd_le(&r, 2);
@@ -389,16 +460,24 @@ int entry_decode(const void *data, size_t len, struct entry **out)
     uint64_t nrcpt = rd_le(&r, 4);
     if (r.bad || id.len == 0 || id.len > ENTRY_ID_LEN || protocol > PROTO_HTTP ||
         priority > PRIO_BULK || nrcpt > ENTRY_MAX_RCPT ||
-        nrcpt * ENTRY_RCPT_MIN_ENC > (uint64_t)(r.end - r.p))
+        nrcpt * (ENTRY_RCPT_MIN_ENC + (version >= 4 ? 6 : 0)) > (uint64_t)(r.end - r.p))
         return PT_INVALID;
 
     /* Pass 1 over the recipients: validate and size; nothing allocated yet. */
     const unsigned char *rcpt_start = r.p;
-    size_t strbytes = domain.len + 1 + sender.len + 1;
+    size_t strbytes = domain.len + 1 + sender.len + 1 + (envid.p ? envid.len + 1 : 0);
     for (uint64_t i = 0; i < nrcpt; i++) {
         if (rd_le(&r, 1) > RCPT_BOUNCED)
             return PT_INVALID;
         struct slice a = rd_str(&r, false);
+        if (version >= 4) {
+            uint64_t notify = rd_le(&r, 1), dflags = rd_le(&r, 1);
+            struct slice o = rd_str(&r, true);
+            if ((notify & ~(uint64_t)ENTRY_N_MASK) || (dflags & ~(uint64_t)ENTRY_R_STORED) ||
+                (o.p && !dsn_str_ok(o.p, o.len)))
+                return PT_INVALID;
+            strbytes += o.p ? o.len + 1 : 0;
+        }
         if (r.bad)
             return PT_INVALID;
         strbytes += a.len + 1;
@@ -414,6 +493,8 @@ int entry_decode(const void *data, size_t len, struct entry **out)
     e->id[id.len] = 0;
     e->domain = put_str(&s, domain.p, domain.len);
     e->sender = put_str(&s, sender.p, sender.len);
+    if (envid.p)
+        e->envid = put_str(&s, envid.p, envid.len);
     e->protocol = protocol;
     e->priority = priority;
     e->flags = flags;
@@ -428,6 +509,15 @@ int entry_decode(const void *data, size_t len, struct entry **out)
         e->rcpts[i].state = (uint8_t)rd_le(&r2, 1);
         struct slice a = rd_str(&r2, false);
         e->rcpts[i].addr = put_str(&s, a.p, a.len);
+        if (version >= 4) {
+            e->rcpts[i].notify = (uint8_t)rd_le(&r2, 1);
+            e->rcpts[i].dflags = (uint8_t)rd_le(&r2, 1);
+            struct slice o = rd_str(&r2, true);
+            if (o.p) {
+                put_str(&s, o.p, o.len);
+                e->rcpts[i].dflags |= ENTRY_R_ORCPT;
+            }
+        }
     }
     if ((route.p && !(e->route = slice_dup(route))) ||
         (resp.p && !(e->last_response = slice_dup(resp))) ||

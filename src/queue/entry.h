@@ -18,11 +18,33 @@ struct route;
 enum rcpt_state { RCPT_PENDING = 0, RCPT_DELIVERED = 1, RCPT_BOUNCED = 2 };
 enum entry_protocol { PROTO_SMTP = 0, PROTO_HTTP = 1 };
 enum entry_priority { PRIO_HIGH = 0, PRIO_NORMAL = 1, PRIO_BULK = 2 };
-enum { ENTRY_F_DSN = 1u << 0 };  /* a bounce we generated: never bounce it again */
+enum {
+    ENTRY_F_DSN = 1u << 0,        /* a bounce we generated: never bounce it again */
+    ENTRY_F_REQUIRETLS = 1u << 1, /* MAIL REQUIRETLS (RFC 8689): verified TLS or bounce 5.7.30 */
+    ENTRY_F_RET_FULL = 1u << 2,   /* MAIL RET=FULL (RFC 3461 4.3): failure DSNs carry the message */
+    ENTRY_F_RET_HDRS = 1u << 3,   /* MAIL RET=HDRS: failure DSNs carry its headers only */
+    ENTRY_F_TLS_OPTIONAL = 1u << 4, /* "TLS-Required: No" header, no REQUIRETLS (RFC 8689 5) */
+};
+/* NOTIFY of a recipient (RFC 3461 4.1); 0 = not given, which means FAILURE and
+ * DELAY (the RFC's default, with the delay warning at our discretion). */
+enum {
+    ENTRY_N_SUCCESS = 1u << 0, ENTRY_N_FAILURE = 1u << 1, ENTRY_N_DELAY = 1u << 2,
+    ENTRY_N_NEVER = 1u << 3,
+};
+#define ENTRY_N_MASK 0x0fu
+/* Per-recipient DSN bookkeeping (entry_rcpt.dflags). */
+enum {
+    ENTRY_R_ORCPT = 1u << 0,      /* in-memory only: an ORCPT follows addr in the string block */
+    ENTRY_R_DELAY_SENT = 1u << 1, /* the delay DSN went out: never twice */
+};
+#define ENTRY_ENVID_MAX 100      /* ENVID (RFC 3461 4.4), decoded bytes */
+#define ENTRY_ORCPT_MAX 500      /* ORCPT (RFC 3461 4.2), "type;address" decoded bytes */
 
 struct entry_rcpt {
     char *addr;                /* points into the entry's string block */
     uint8_t state;
+    uint8_t notify;            /* ENTRY_N_* bits, 0 = not given */
+    uint8_t dflags;            /* ENTRY_R_* bits */
 };
 
 /* Field order keeps the struct at 136 bytes on LP64 (test_entry checks it): the
@@ -34,6 +56,8 @@ struct entry {
     uint16_t ndomains;         /* how many entries the message was split into */
     char *domain;              /* destination domain (queue name), lowercased */
     char *sender;              /* "" for the null sender */
+    char *envid;               /* ENVID (RFC 3461 4.4), xtext-decoded; NULL if none; in the
+                                  string block */
     char *route;               /* route name: the policy's route_to target, then the
                                   route resolved at ingest (delivery/route.h); NULL =
                                   by domain (spooled by an older version). malloc'ed
@@ -67,6 +91,22 @@ struct entry {
  * PRIO_NORMAL, everything else 0/NULL. Returns NULL on allocation failure. */
 struct entry *entry_new(const char *id, const char *domain, const char *sender,
                         const char *const *rcpts, uint32_t nrcpt);
+/* DSN parameters of a new entry (RFC 3461), all optional; borrowed for the call.
+ * Values are xtext-decoded, printable ASCII, bounded (ENTRY_ENVID_MAX,
+ * ENTRY_ORCPT_MAX): the parser checked them. */
+struct entry_dsn {
+    const char *envid;          /* NULL = none */
+    const uint8_t *notify;      /* [nrcpt] ENTRY_N_* bits; NULL = none given */
+    const char *const *orcpt;   /* [nrcpt] "addr-type;address"; NULL, or NULL items = none */
+};
+/* entry_new with DSN parameters (dsn NULL = none); they share the one allocation. */
+struct entry *entry_new_dsn(const char *id, const char *domain, const char *sender,
+                            const char *const *rcpts, uint32_t nrcpt,
+                            const struct entry_dsn *dsn);
+/* The ORCPT of r ("addr-type;address", decoded), or NULL when none was given. */
+const char *entry_rcpt_orcpt(const struct entry_rcpt *r);
+/* The RET of e: ENTRY_F_RET_FULL, ENTRY_F_RET_HDRS or 0 (not given). */
+unsigned entry_ret(const struct entry *e);
 void entry_free(struct entry *e);                 /* NULL ok */
 void entry_set_last_response(struct entry *e, const char *text); /* copies; NULL clears */
 /* Sets (copies) or clears (NULL) the route override. PT_OK or PT_NOMEM (then NULL). */

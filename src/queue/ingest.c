@@ -71,12 +71,14 @@ int ingest_submit(struct runtime *rt, const struct ingest_msg *m, ingest_cb cb, 
     char (*dom)[SMTP_DOMAIN_MAX + 1] = malloc(n * sizeof *dom);
     size_t *group = malloc(n * sizeof *group);
     const char **members = malloc(n * sizeof *members);
+    const char **orcpts = malloc(n * sizeof *orcpts);
+    uint8_t *notify = malloc(n);
     struct ingest_job *job = calloc(1, sizeof *job + n * sizeof(struct entry *));
     struct spool_batch *b = spool_batch_new();
     struct buf rec;
     buf_init(&rec, 0);
     int rc = PT_NOMEM;
-    if (!dom || !group || !members || !job || !b)
+    if (!dom || !group || !members || !orcpts || !notify || !job || !b)
         goto fail;
     size_t ngroups = 0;
     for (size_t i = 0; i < n; i++) {
@@ -99,10 +101,15 @@ int ingest_submit(struct runtime *rt, const struct ingest_msg *m, ingest_cb cb, 
         if (group[i] != i)
             continue;
         size_t k = 0;
-        for (size_t j = i; j < n; j++)
-            if (group[j] == i)
-                members[k++] = m->rcpts[j];
-        struct entry *e = entry_new(m->id, dom[i], m->sender, members, (uint32_t)k);
+        for (size_t j = i; j < n; j++) {
+            if (group[j] != i)
+                continue;
+            notify[k] = m->notify ? m->notify[j] : 0;
+            orcpts[k] = m->orcpt ? m->orcpt[j] : NULL;
+            members[k++] = m->rcpts[j];
+        }
+        struct entry_dsn dsn = { .envid = m->envid, .notify = notify, .orcpt = orcpts };
+        struct entry *e = entry_new_dsn(m->id, dom[i], m->sender, members, (uint32_t)k, &dsn);
         if (!e) {
             rc = PT_NOMEM;
             goto fail;
@@ -134,6 +141,8 @@ int ingest_submit(struct runtime *rt, const struct ingest_msg *m, ingest_cb cb, 
     free(dom);
     free(group);
     free(members);
+    free(orcpts);
+    free(notify);
     buf_free(&rec);
     job->rt = rt;
     job->cb = cb;
@@ -158,6 +167,8 @@ fail:
     free(dom);
     free(group);
     free(members);
+    free(orcpts);
+    free(notify);
     spool_batch_free(b);
     buf_free(&rec);
     return rc;

@@ -24,7 +24,11 @@ struct ingest_msg {
                                       CRLF line ends only, no bare CR or LF: the SMTP
                                       client sends it without normalizing */
     size_t content_len;
-    uint8_t protocol, priority, flags;
+    uint8_t protocol, priority, flags; /* flags: ENTRY_F_* (RET, REQUIRETLS...) */
+    /* DSN parameters (RFC 3461), each optional (NULL); borrowed for the call: */
+    const char *envid;             /* decoded ENVID */
+    const uint8_t *notify;         /* [nrcpt] ENTRY_N_* bits */
+    const char *const *orcpt;      /* [nrcpt] "addr-type;address" or NULL items */
     double received_at;
     /* for the Reception records (written once durable, before delivery starts): */
     const char *peer_address;      /* client IP, NULL if none */

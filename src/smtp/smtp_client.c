@@ -50,7 +50,12 @@ struct smtp_client {
     char last_error[512];
     bool need_rset, aborting, txn_started;
     bool no_chunking;
-    enum client_tls_policy tls_policy;
+    enum client_tls_policy tls_policy; /* of this connection (route's, raised or lowered
+                                          by the entry it was opened for) */
+    enum client_tls_policy route_policy; /* the route's, as configured */
+    bool requiretls;            /* opened for a REQUIRETLS entry: the hop must offer it */
+    bool rtls_refused;          /* a host failed a REQUIRETLS need (TLS, verification,
+                                   no REQUIRETLS): when none is left, 5.7.30 */
     struct tls_ctx *tls_ctx;
     char *auth_user, *auth_pass;
     int plain_host, plain_addr;     /* address to retry without STARTTLS (policy may) */
@@ -88,6 +93,14 @@ static void set_result(struct client_result *r, int code, const char *enh, const
     else
         snprintf(r->enhanced, sizeof r->enhanced, "4.4.1");
     r->text = strdup(text ? text : "");
+    r->remote = false;
+}
+
+/* The next hop's own reply as the result. */
+static void set_remote(struct client_result *r, const struct smtp_reply *rp, const char *text)
+{
+    set_result(r, rp->code, rp->enhanced, text);
+    r->remote = true;
 }
 
 /* "550 5.1.1 text" from the parsed reply (first line only, newlines flattened). */
@@ -100,6 +113,11 @@ static void reply_text(const struct smtp_reply *rp, char *out, size_t n)
     for (char *p = out; *p; p++)
         if (*p == '\n' || *p == '\r')
             *p = ' ';
+}
+
+static bool hop_dsn(const struct smtp_client *c)
+{
+    return (c->caps.flags & SMTP_CAP_DSN) != 0;
 }
 
 static void txn_clear(struct smtp_client *c)
@@ -128,6 +146,8 @@ static void txn_done(struct smtp_client *c, bool usable)
         return;
     struct client_result *res = c->res;
     uint32_t nres = c->nres;
+    for (uint32_t i = 0; i < nres; i++)
+        res[i].hop_dsn = hop_dsn(c);
     c->res = NULL;
     c->nres = 0;
     txn_clear(c);
@@ -202,9 +222,48 @@ static void client_free(struct smtp_client *c)
     free(c);
 }
 
+/* Appends s as xtext (RFC 3461 4): "+", "=", and bytes outside "!".."~" as "+XX". */
+static void send_xtext(struct smtp_client *c, const char *s)
+{
+    char out[3 * ENTRY_ORCPT_MAX + 8];   /* every byte encoded, and room to stop */
+    size_t n = 0;
+    for (; *s && n + 4 < sizeof out; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch < '!' || ch > '~' || ch == '+' || ch == '=')
+            n += (size_t)snprintf(out + n, sizeof out - n, "+%02X", ch);
+        else
+            out[n++] = (char)ch;
+    }
+    conn_send(&c->conn, out, n);
+}
+
 static void send_rcpt(struct smtp_client *c, uint32_t i)
 {
-    conn_sendf(&c->conn, "RCPT TO:<%s>\r\n", c->e->rcpts[c->idx[i]].addr);
+    const struct entry_rcpt *r = &c->e->rcpts[c->idx[i]];
+    conn_sendf(&c->conn, "RCPT TO:<%s>", r->addr);
+    if (hop_dsn(c) && r->notify) {   /* RFC 3461 5.2: relay NOTIFY and ORCPT as given */
+        if (r->notify & ENTRY_N_NEVER) {
+            conn_send(&c->conn, " NOTIFY=NEVER", 13);
+        } else {
+            const char *sep = " NOTIFY=";
+            static const struct { unsigned bit; const char *name; } kw[] = {
+                { ENTRY_N_SUCCESS, "SUCCESS" }, { ENTRY_N_FAILURE, "FAILURE" },
+                { ENTRY_N_DELAY, "DELAY" },
+            };
+            for (size_t k = 0; k < sizeof kw / sizeof kw[0]; k++)
+                if (r->notify & kw[k].bit) {
+                    conn_sendf(&c->conn, "%s%s", sep, kw[k].name);
+                    sep = ",";
+                }
+        }
+    }
+    const char *orcpt = entry_rcpt_orcpt(r);
+    const char *semi = orcpt ? strchr(orcpt, ';') : NULL;
+    if (hop_dsn(c) && semi) {
+        conn_sendf(&c->conn, " ORCPT=%.*s;", (int)(semi - orcpt), orcpt);
+        send_xtext(c, semi + 1);
+    }
+    conn_send(&c->conn, "\r\n", 2);
     expect(c, X_RCPT);
 }
 
@@ -268,6 +327,69 @@ static bool txn_refuse_unsendable(struct smtp_client *c)
     return true;
 }
 
+/* The TLS an entry needs: REQUIRETLS = verified TLS (RFC 8689 4.2.1), whatever the
+ * route says; "TLS-Required: No" = none (RFC 8689 5); else the route's policy. */
+static enum client_tls_policy entry_tls_need(const struct entry *e, enum client_tls_policy route)
+{
+    if (e->flags & ENTRY_F_REQUIRETLS)
+        return CTLS_VERIFY;
+    if (e->flags & ENTRY_F_TLS_OPTIONAL)
+        return CTLS_MAY;
+    return route;
+}
+
+/* What this connection achieved: VERIFY (TLS with a verified certificate), ENCRYPT
+ * (TLS), or MAY (clear; satisfies "may" and nothing stronger). */
+static enum client_tls_policy conn_tls_level(const struct smtp_client *c)
+{
+    if (!c->conn.tls)
+        return CTLS_MAY;
+    return c->tls_policy == CTLS_VERIFY ? CTLS_VERIFY : CTLS_ENCRYPT;
+}
+
+/* The entry's TLS need (entry_tls_need) against this connection. A connection
+ * opened for another entry that falls short is not used: the entry is handed back
+ * untried (-1) and the connection closed, so a fresh one is opened with its need.
+ * On the connection opened for it (only possible without a TLS context, or a hop
+ * without REQUIRETLS) REQUIRETLS fails with 5.7.30. Returns true if it ended the
+ * transaction. */
+static bool txn_tls_refused(struct smtp_client *c)
+{
+    const struct entry *e = c->e;
+    enum client_tls_policy need = entry_tls_need(e, c->route_policy);
+    bool rtls = (e->flags & ENTRY_F_REQUIRETLS) != 0;
+    bool short_tls = need == CTLS_VERIFY ? conn_tls_level(c) != CTLS_VERIFY
+                   : need == CTLS_ENCRYPT ? conn_tls_level(c) == CTLS_MAY : false;
+    bool short_rtls = rtls && !(c->caps.flags & SMTP_CAP_REQUIRETLS);
+    if (!short_tls && !short_rtls)
+        return false;
+    if (c->deliveries > 0 && (short_tls || !c->requiretls)) {
+        log_info("smtp-out %s: connection falls short of what entry %s needs (%s); "
+                 "a new connection takes it", c->site, e->id,
+                 rtls ? "REQUIRETLS" : "route TLS policy");
+        for (uint32_t i = 0; i < c->nres; i++) {
+            set_result(&c->res[i], 0, "4.4.2", "connection not usable for this message");
+            c->res[i].code = -1;
+        }
+        txn_done(c, false);
+        enter_state(c, C_DEAD);
+        conn_send(&c->conn, "QUIT\r\n", 6);
+        conn_close(&c->conn, true);
+        return true;
+    }
+    const char *why = short_rtls && !short_tls
+        ? "550 5.7.30 REQUIRETLS support required: the next hop does not offer REQUIRETLS"
+        : "550 5.7.30 REQUIRETLS support required: no TLS with a verified certificate "
+          "to the next hop";
+    if (!rtls)   /* the route's own policy: a deferral, as for any TLS policy failure */
+        why = "451 4.7.5 TLS policy of the route not met by this connection";
+    log_info("smtp-out %s: %s (entry %s)", c->site, why, e->id);
+    for (uint32_t i = 0; i < c->nres; i++)
+        set_result(&c->res[i], rtls ? 550 : 451, rtls ? "5.7.30" : "4.7.5", why);
+    txn_finish(c);
+    return true;
+}
+
 static bool use_bdat(const struct smtp_client *c)
 {
     return !c->no_chunking && (c->caps.flags & SMTP_CAP_CHUNKING);
@@ -292,7 +414,7 @@ static void txn_begin(struct smtp_client *c)
     enter_state(c, C_TXN);
     conn_set_timeout(&c->conn, c->command_timeout); /* replaces an idle deadline */
     c->nexp = c->exp_head = 0;
-    if (txn_refuse_unsendable(c))
+    if (txn_tls_refused(c) || txn_refuse_unsendable(c))
         return;
     if (c->need_rset) {
         conn_send(&c->conn, "RSET\r\n", 6);
@@ -309,7 +431,19 @@ static void txn_begin(struct smtp_client *c)
     conn_sendf(&c->conn, "MAIL FROM:<%s>", e->sender);
     if (c->caps.flags & SMTP_CAP_SIZE)
         conn_sendf(&c->conn, " SIZE=%llu", (unsigned long long)c->content.len);
-    conn_sendf(&c->conn, "%s%s\r\n", body, utf8 && (c->caps.flags & SMTP_CAP_SMTPUTF8) ? " SMTPUTF8" : "");
+    conn_sendf(&c->conn, "%s%s", body, utf8 && (c->caps.flags & SMTP_CAP_SMTPUTF8) ? " SMTPUTF8" : "");
+    if (hop_dsn(c)) {
+        unsigned ret = entry_ret(e);
+        if (ret)
+            conn_send(&c->conn, ret == ENTRY_F_RET_HDRS ? " RET=HDRS" : " RET=FULL", 9);
+        if (e->envid) {
+            conn_send(&c->conn, " ENVID=", 7);
+            send_xtext(c, e->envid);
+        }
+    }
+    if (e->flags & ENTRY_F_REQUIRETLS)   /* txn_tls_refused checked the hop offers it */
+        conn_send(&c->conn, " REQUIRETLS", 11);
+    conn_send(&c->conn, "\r\n", 2);
     expect(c, X_MAIL);
     if (c->caps.flags & SMTP_CAP_PIPELINING) {
         for (uint32_t i = 0; i < c->nres; i++)
@@ -391,7 +525,7 @@ static void txn_on_reply(struct smtp_client *c, const struct smtp_reply *rp)
         if (rp->code / 100 != 2) {
             c->mail_failed = true;
             for (uint32_t i = 0; i < c->nres; i++)
-                set_result(&c->res[i], rp->code, rp->enhanced, text);
+                set_remote(&c->res[i], rp, text);
             if (!pipelining) {
                 c->need_rset = true;
                 txn_finish(c);
@@ -410,7 +544,7 @@ static void txn_on_reply(struct smtp_client *c, const struct smtp_reply *rp)
             if (c->exp[k] == X_RCPT)
                 i++;
         if (!c->mail_failed && i < c->nres) {
-            set_result(&c->res[i], rp->code, rp->enhanced, text);
+            set_remote(&c->res[i], rp, text);
             if (rp->code / 100 == 2)
                 c->accepted++;
         }
@@ -445,14 +579,14 @@ static void txn_on_reply(struct smtp_client *c, const struct smtp_reply *rp)
         if (c->accepted > 0 && !c->mail_failed)
             for (uint32_t i = 0; i < c->nres; i++)
                 if (c->res[i].code / 100 == 2)
-                    set_result(&c->res[i], rp->code, rp->enhanced, text);
+                    set_remote(&c->res[i], rp, text);
         c->need_rset = true;
         txn_finish(c);
         return;
     case X_BODY:
         for (uint32_t i = 0; i < c->nres; i++)
             if (c->res[i].code / 100 == 2)
-                set_result(&c->res[i], rp->code, rp->enhanced, text);
+                set_remote(&c->res[i], rp, text);
         txn_finish(c);
         return;
     case X_BDAT:
@@ -461,7 +595,7 @@ static void txn_on_reply(struct smtp_client *c, const struct smtp_reply *rp)
         if (c->accepted > 0 && !c->mail_failed)
             for (uint32_t i = 0; i < c->nres; i++)
                 if (c->res[i].code / 100 == 2)
-                    set_result(&c->res[i], rp->code, rp->enhanced, text);
+                    set_remote(&c->res[i], rp, text);
         if (rp->code / 100 != 2)
             c->need_rset = true;
         txn_finish(c);
@@ -485,6 +619,8 @@ static void host_fail(struct smtp_client *c, const char *fmt, ...)
 
 static void tls_failure(struct smtp_client *c, const char *why)
 {
+    if (c->requiretls)
+        c->rtls_refused = true;
     if (c->ops->on_tls_failure)
         c->ops->on_tls_failure(c->owner, c->site, why);
 }
@@ -522,6 +658,11 @@ static void after_ehlo(struct smtp_client *c)
             host_fail(c, "TLS is required, but %s did not offer STARTTLS", c->site);
             return;
         }
+    }
+    if (c->requiretls && c->conn.tls && !(c->caps.flags & SMTP_CAP_REQUIRETLS)) {
+        c->rtls_refused = true;    /* RFC 8689 4.2.1: try the next MX */
+        host_fail(c, "REQUIRETLS message, but %s does not offer REQUIRETLS", c->site);
+        return;
     }
     if (c->auth_user) {
         if (!c->conn.tls) {
@@ -812,7 +953,13 @@ static void try_next_host(struct smtp_client *c)
     char text[700];
     /* every host failed (refused, 4xx/5xx greeting, TLS policy): a deferral */
     snprintf(text, sizeof text, "451 4.4.1 %s", c->last_error[0] ? c->last_error : "no reachable host");
-    if (c->e) {
+    if (c->e && c->rtls_refused && (c->e->flags & ENTRY_F_REQUIRETLS)) {
+        /* RFC 8689 4.2.1: no host gave verified TLS and REQUIRETLS: a bounce */
+        snprintf(text, sizeof text, "550 5.7.30 REQUIRETLS support required: %s",
+                 c->last_error[0] ? c->last_error : "no suitable host");
+        txn_fail_all(c, 550, "5.7.30", text);
+        txn_done(c, false);
+    } else if (c->e) {
         txn_fail_all(c, 451, "4.4.1", text);
         txn_done(c, false);
     }
@@ -857,7 +1004,9 @@ struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_
     snprintf(c->helo, sizeof c->helo, "%s", p->helo);
     c->connect_timeout = p->connect_timeout;
     c->command_timeout = p->command_timeout;
-    c->tls_policy = p->tls_ctx ? p->tls : CTLS_NONE;
+    c->route_policy = p->tls;
+    c->tls_policy = p->tls_ctx ? entry_tls_need(e, p->tls) : CTLS_NONE;
+    c->requiretls = (e->flags & ENTRY_F_REQUIRETLS) != 0;
     c->tls_ctx = p->tls_ctx;
     c->plain_host = c->plain_addr = -1;
     c->no_chunking = p->no_chunking;

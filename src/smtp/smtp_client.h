@@ -3,7 +3,10 @@
  * recipient, DATA (BDAT when CHUNKING is offered) — pipelined when offered, reusing
  * the connection for the next entry the scheduler hands over. Never sends 8-bit
  * content to a hop without 8BITMIME or a UTF-8 envelope to one without SMTPUTF8
- * (those recipients fail with 5.6.3 / 5.6.7). Reports per-recipient results;
+ * (those recipients fail with 5.6.3 / 5.6.7). Passes DSN parameters (RFC 3461) to a
+ * hop that offers DSN. A REQUIRETLS entry (RFC 8689) goes only over TLS with a
+ * verified certificate to a hop offering REQUIRETLS (else it fails with 5.7.30); a
+ * "TLS-Required: No" entry may go in clear. Reports per-recipient results;
  * never decides retry or bounce policy itself.
  * SPDX-License-Identifier: Apache-2.0 */
 #ifndef PETREL_SMTP_CLIENT_H
@@ -24,6 +27,10 @@ struct client_result {
                                  attempted (a reused connection was stale): retry at once */
     char enhanced[16];        /* "5.1.1"; derived from code when the server gave none */
     char *text;               /* reply text incl. code, e.g. "550 5.1.1 no such user" */
+    bool remote;              /* text is the next hop's reply (else our own words) */
+    bool hop_dsn;             /* the next hop offered DSN (RFC 3461) and was given the
+                                 recipient's NOTIFY/ORCPT: after a 2xx, further DSNs
+                                 are its job (RFC 3461 5.2) */
 };
 
 enum client_tls_policy { CTLS_NONE = 0, CTLS_MAY, CTLS_ENCRYPT, CTLS_VERIFY };

@@ -40,6 +40,11 @@ static const char smtp_e_param_syntax[] = "501 5.5.4 Invalid parameter syntax";
 static const char smtp_e_param_dup[] = "501 5.5.4 Duplicate parameter";
 static const char smtp_e_size[] = "501 5.5.4 Invalid SIZE parameter";
 static const char smtp_e_body[] = "501 5.5.4 Invalid BODY parameter";
+static const char smtp_e_ret[] = "501 5.5.4 Invalid RET parameter (FULL or HDRS)";
+static const char smtp_e_envid[] = "501 5.5.4 Invalid ENVID parameter";
+static const char smtp_e_notify[] =
+    "501 5.5.4 Invalid NOTIFY parameter (NEVER, or a list of SUCCESS, FAILURE, DELAY)";
+static const char smtp_e_orcpt[] = "501 5.5.4 Invalid ORCPT parameter";
 static const char smtp_e_utf8[] = "553 5.6.7 SMTPUTF8 required for non-ASCII address";
 static const char smtp_e_helo[] = "501 5.5.4 Syntax: HELO hostname";
 static const char smtp_e_ehlo[] = "501 5.5.4 Syntax: EHLO hostname";
@@ -350,13 +355,105 @@ static bool smtp_kw_is(const char *k, size_t n, const char *name)
     return strlen(name) == n && strncasecmp(k, name, n) == 0;
 }
 
-/* Parses " KEY[=VALUE]..." after the path. RCPT takes no parameters (we do not
- * offer DSN). MAIL takes SIZE, BODY, SMTPUTF8, and AUTH (RFC 4954 5: a server
- * offering AUTH must accept it; its value is ignored). */
+/* xtext (RFC 3461 4): xchar is "!".."~" except "+" and "="; "+" and two hex
+ * digits encode any octet (upper case per the RFC; lower case tolerated). Decodes
+ * v[0..vn) into out (cap >= vn + 1). The decoded text must be printable ASCII
+ * (SP allowed): it goes into DSN header fields. false on any violation. */
+static int smtp_hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+static bool smtp_xtext_decode(const char *v, size_t vn, char *out)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < vn; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c == '+') {
+            int hi, lo;
+            if (i + 2 >= vn)
+                return false;
+            hi = smtp_hexval(v[i + 1]);
+            lo = smtp_hexval(v[i + 2]);
+            if (hi < 0 || lo < 0)
+                return false;
+            c = (unsigned char)(hi * 16 + lo);
+            i += 2;
+            if (c < 0x20 || c > 0x7e)
+                return false;
+        } else if (c < '!' || c > '~' || c == '=') {
+            return false;
+        }
+        out[n++] = (char)c;
+    }
+    out[n] = 0;
+    return true;
+}
+
+/* NOTIFY=NEVER | 1#(SUCCESS / FAILURE / DELAY), case-insensitive, each at most once. */
+static const char *smtp_notify_parse(const char *v, size_t vn, uint8_t *bits)
+{
+    uint8_t b = 0;
+    const char *p = v, *end = v + vn;
+    while (p <= end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *e = comma ? comma : end;
+        size_t n = (size_t)(e - p);
+        uint8_t one;
+        if (n == 5 && strncasecmp(p, "NEVER", 5) == 0)
+            one = SMTP_NOTIFY_NEVER;
+        else if (n == 7 && strncasecmp(p, "SUCCESS", 7) == 0)
+            one = SMTP_NOTIFY_SUCCESS;
+        else if (n == 7 && strncasecmp(p, "FAILURE", 7) == 0)
+            one = SMTP_NOTIFY_FAILURE;
+        else if (n == 5 && strncasecmp(p, "DELAY", 5) == 0)
+            one = SMTP_NOTIFY_DELAY;
+        else
+            return smtp_e_notify;
+        if (b & one)
+            return smtp_e_notify;
+        b |= one;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    if ((b & SMTP_NOTIFY_NEVER) && b != SMTP_NOTIFY_NEVER)
+        return smtp_e_notify;    /* NEVER stands alone (RFC 3461 4.1) */
+    *bits = b;
+    return NULL;
+}
+
+/* ORCPT=addr-type ";" xtext, addr-type an atom; stored as "addr-type;decoded". */
+static const char *smtp_orcpt_parse(const char *v, size_t vn, char out[SMTP_ORCPT_MAX + 1])
+{
+    const char *semi = memchr(v, ';', vn);
+    if (vn > SMTP_ORCPT_MAX || !semi || semi == v || semi + 1 == v + vn)
+        return smtp_e_orcpt;
+    size_t tn = (size_t)(semi - v);
+    for (size_t i = 0; i < tn; i++)
+        if (!smtp_is_atext((unsigned char)v[i]) || (unsigned char)v[i] >= 0x80)
+            return smtp_e_orcpt;
+    memcpy(out, v, tn + 1);
+    if (!smtp_xtext_decode(semi + 1, (size_t)(v + vn - semi - 1), out + tn + 1))
+        return smtp_e_orcpt;
+    return NULL;
+}
+
+/* Parses " KEY[=VALUE]..." after the path. MAIL takes SIZE, BODY, SMTPUTF8, RET,
+ * ENVID, REQUIRETLS and AUTH (RFC 4954 5: a server offering AUTH must accept it;
+ * its value is ignored). RCPT takes NOTIFY and ORCPT (RFC 3461). */
 static const char *smtp_params_parse(const char *p, const char *end, bool rcpt,
                                      struct smtp_cmd *cmd)
 {
     bool seen_size = false, seen_body = false, seen_utf8 = false, seen_auth = false;
+    bool seen_ret = false, seen_envid = false, seen_rtls = false;
+    bool seen_notify = false, seen_orcpt = false;
 
     while (p < end) {
         const char *k, *eq, *v, *tok_end;
@@ -376,8 +473,29 @@ static const char *smtp_params_parse(const char *p, const char *end, bool rcpt,
         vn = eq ? (size_t)(tok_end - v) : 0;
         if (!smtp_keyword_valid(k, kn) || (eq && (vn == 0 || memchr(v, '=', vn))))
             return smtp_e_param_syntax;
-        if (rcpt)
-            return smtp_e_param;
+        if (rcpt) {
+            const char *err;
+            if (smtp_kw_is(k, kn, "NOTIFY")) {
+                if (seen_notify)
+                    return smtp_e_param_dup;
+                if (!v)
+                    return smtp_e_notify;
+                if ((err = smtp_notify_parse(v, vn, &cmd->notify)) != NULL)
+                    return err;
+                seen_notify = true;
+            } else if (smtp_kw_is(k, kn, "ORCPT")) {
+                if (seen_orcpt)
+                    return smtp_e_param_dup;
+                if (!v)
+                    return smtp_e_orcpt;
+                if ((err = smtp_orcpt_parse(v, vn, cmd->orcpt)) != NULL)
+                    return err;
+                seen_orcpt = true;
+            } else {
+                return smtp_e_param;
+            }
+            continue;
+        }
         if (smtp_kw_is(k, kn, "SIZE")) {
             uint64_t size = 0;
             if (seen_size)
@@ -413,6 +531,29 @@ static const char *smtp_params_parse(const char *p, const char *end, bool rcpt,
             if (!v)
                 return smtp_e_param_syntax;
             seen_auth = true;
+        } else if (smtp_kw_is(k, kn, "RET")) {
+            if (seen_ret)
+                return smtp_e_param_dup;
+            if (v && smtp_kw_is(v, vn, "FULL"))
+                cmd->ret = SMTP_RET_FULL;
+            else if (v && smtp_kw_is(v, vn, "HDRS"))
+                cmd->ret = SMTP_RET_HDRS;
+            else
+                return smtp_e_ret;
+            seen_ret = true;
+        } else if (smtp_kw_is(k, kn, "ENVID")) {
+            if (seen_envid)
+                return smtp_e_param_dup;
+            if (!v || vn > SMTP_ENVID_MAX || !smtp_xtext_decode(v, vn, cmd->envid))
+                return smtp_e_envid;
+            seen_envid = true;
+        } else if (smtp_kw_is(k, kn, "REQUIRETLS")) {
+            if (seen_rtls)
+                return smtp_e_param_dup;
+            if (v)
+                return smtp_e_param_syntax;
+            cmd->requiretls = true;
+            seen_rtls = true;
         } else {
             return smtp_e_param;
         }
@@ -488,6 +629,11 @@ int smtp_cmd_parse(const char *line, size_t len, struct smtp_cmd *cmd)
     cmd->body_8bit = false;
     cmd->smtputf8 = false;
     cmd->path_utf8 = false;
+    cmd->ret = SMTP_RET_NONE;
+    cmd->envid[0] = 0;
+    cmd->requiretls = false;
+    cmd->notify = 0;
+    cmd->orcpt[0] = 0;
     cmd->error = NULL;
 
     for (size_t i = 0; i < len; i++) {

@@ -13,6 +13,16 @@
 #define SMTP_AUTH_LINE_MAX 12288 /* AUTH continuation lines may be longer */
 #define SMTP_PATH_MAX 256      /* reverse/forward path (4.5.3.1.3) */
 #define SMTP_DOMAIN_MAX 255
+#define SMTP_ENVID_MAX 100     /* ENVID xtext (RFC 3461 4.4) */
+#define SMTP_ORCPT_MAX 500     /* ORCPT value (RFC 3461 4.2) */
+
+/* NOTIFY values (RFC 3461 4.1) as bits; the same values as queue/entry.h's
+ * ENTRY_N_* (smtp_server.c checks). 0 = NOTIFY not given. */
+enum {
+    SMTP_NOTIFY_SUCCESS = 1u << 0, SMTP_NOTIFY_FAILURE = 1u << 1, SMTP_NOTIFY_DELAY = 1u << 2,
+    SMTP_NOTIFY_NEVER = 1u << 3,
+};
+enum smtp_ret { SMTP_RET_NONE = 0, SMTP_RET_FULL, SMTP_RET_HDRS };
 
 enum smtp_verb {
     SMTP_VERB_UNKNOWN = 0,
@@ -55,14 +65,25 @@ struct smtp_cmd {
     bool path_utf8;       /* path has octets >= 0x80 (well-formed UTF-8): legal only in a
                              SMTPUTF8 transaction. MAIL without SMTPUTF8 is refused here
                              (553 5.6.7); for RCPT the caller checks its transaction. */
+    /* DSN (RFC 3461) and REQUIRETLS (RFC 8689), xtext already decoded: */
+    enum smtp_ret ret;    /* MAIL RET= */
+    char envid[SMTP_ENVID_MAX + 1]; /* MAIL ENVID=, "" if absent */
+    bool requiretls;      /* MAIL REQUIRETLS (the caller checks the session has TLS) */
+    uint8_t notify;       /* RCPT NOTIFY= bits, 0 if absent */
+    char orcpt[SMTP_ORCPT_MAX + 1]; /* RCPT ORCPT= as "addr-type;address", "" if absent */
     /* HELO/EHLO: domain in path[] */
     const char *error;    /* on PT_INVALID: the full reply to send, e.g. "501 5.5.4 ..." */
 };
 
 /* Parses one command line (without CRLF). Verbs are case-insensitive.
  *  MAIL: "FROM:<path> [params]" (a space after the colon is tolerated); params SIZE,
- *        BODY=7BIT|8BITMIME, SMTPUTF8 (others -> 555 5.5.4). Null path "<>" allowed.
+ *        BODY=7BIT|8BITMIME, SMTPUTF8, RET=FULL|HDRS, ENVID=xtext, REQUIRETLS (others
+ *        -> 555 5.5.4). Null path "<>" allowed.
  *  RCPT: "TO:<path> [params]" ; "<postmaster>" allowed without domain; null path not.
+ *        params NOTIFY=NEVER|SUCCESS,FAILURE,DELAY and ORCPT=addr-type;xtext.
+ *  A bad value (xtext, NOTIFY list, RET), a repeated parameter or a value over its
+ *  bound (ENVID 100, ORCPT 500 characters) is 501 5.5.4. Decoded xtext must be
+ *  printable ASCII.
  *  Paths: local@domain with a dot-atom or quoted-string local part, domain a
  *  hostname or [address literal]; source routes "@a,@b:" are stripped; non-ASCII
  *  allowed only if the caller later checks SMTPUTF8 (cmd->smtputf8 tells).

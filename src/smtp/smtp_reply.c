@@ -270,6 +270,10 @@ static void caps_line(struct smtp_caps *caps, const char *s, size_t n)
         caps->flags |= SMTP_CAP_ENHANCEDSTATUSCODES;
     } else if (word_is(k, klen, "CHUNKING")) {
         caps->flags |= SMTP_CAP_CHUNKING;
+    } else if (word_is(k, klen, "DSN")) {
+        caps->flags |= SMTP_CAP_DSN;
+    } else if (word_is(k, klen, "REQUIRETLS")) {
+        caps->flags |= SMTP_CAP_REQUIRETLS;
     }
 }
 

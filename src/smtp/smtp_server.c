@@ -82,7 +82,12 @@ struct smtp_session {
     char id[ENTRY_ID_LEN + 1];
     char sender[SMTP_PATH_MAX + 1];
     bool smtputf8;
+    uint8_t mail_flags;             /* ENTRY_F_RET_*, ENTRY_F_REQUIRETLS of MAIL */
+    char envid[SMTP_ENVID_MAX + 1]; /* MAIL ENVID= (decoded), "" if none */
     char **rcpts;
+    uint8_t *rcpt_notify;           /* [rcpt_cap] RCPT NOTIFY= bits (ENTRY_N_*) */
+    char **rcpt_orcpt;              /* [rcpt_cap] RCPT ORCPT= (decoded) or NULL; owned */
+    bool any_dsn;                   /* some RCPT gave NOTIFY or ORCPT */
     size_t nrcpt, rcpt_cap;
     struct smtp_data data;
     struct smtp_bdat bdat;
@@ -153,9 +158,14 @@ static void log_simple(struct smtp_session *s, const char *type, const char *rcp
 
 static void txn_reset(struct smtp_session *s)
 {
-    for (size_t i = 0; i < s->nrcpt; i++)
+    for (size_t i = 0; i < s->nrcpt; i++) {
         free(s->rcpts[i]);
+        free(s->rcpt_orcpt[i]);
+    }
     s->nrcpt = 0;
+    s->mail_flags = 0;
+    s->envid[0] = 0;
+    s->any_dsn = false;
     s->sender[0] = 0;
     s->id[0] = 0;
     s->smtputf8 = false;
@@ -264,6 +274,9 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *c)
     reply(s, "250-8BITMIME");
     reply(s, "250-ENHANCEDSTATUSCODES");
     reply(s, "250-CHUNKING");  /* RFC 3030; BINARYMIME is not offered */
+    reply(s, "250-DSN");       /* RFC 3461 */
+    if (s->conn.tls)
+        reply(s, "250-REQUIRETLS"); /* RFC 8689: only offered inside TLS */
     /* RFC 9422: the real per-transaction limit (no limit on transactions) */
     replyf(s, "250-LIMITS RCPTMAX=%d", s->l->max_recipients);
     reply(s, "250 SMTPUTF8");
@@ -284,6 +297,10 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
         reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
         return;
     }
+    if (c->requiretls && !s->conn.tls) {  /* RFC 8689 4.1: a TLS session only */
+        reply(s, "530 5.7.10 REQUIRETLS needs a TLS session: issue STARTTLS first");
+        return;
+    }
     int room = accept_queue_state(s->gen->cfg, rt->sched, rt->spool);
     if (room == PT_ERROR) {
         reply(s, "452 4.3.1 Insufficient system storage: spool disk full, try again later");
@@ -296,6 +313,10 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
     snprintf(s->sender, sizeof s->sender, "%s", c->path);
     s->smtputf8 = c->smtputf8;
     s->size_hint = c->size;
+    s->mail_flags = (uint8_t)((c->ret == SMTP_RET_FULL ? ENTRY_F_RET_FULL : 0) |
+                              (c->ret == SMTP_RET_HDRS ? ENTRY_F_RET_HDRS : 0) |
+                              (c->requiretls ? ENTRY_F_REQUIRETLS : 0));
+    snprintf(s->envid, sizeof s->envid, "%s", c->envid);
     enter_state(s, S_MAIL);
     reply(s, "250 2.1.0 Ok");
 }
@@ -303,6 +324,33 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
 static bool relay_allowed(struct smtp_session *s)
 {
     return s->authed || in_relay_hosts(s);
+}
+
+_Static_assert((int)SMTP_NOTIFY_SUCCESS == (int)ENTRY_N_SUCCESS &&
+               (int)SMTP_NOTIFY_FAILURE == (int)ENTRY_N_FAILURE &&
+               (int)SMTP_NOTIFY_DELAY == (int)ENTRY_N_DELAY &&
+               (int)SMTP_NOTIFY_NEVER == (int)ENTRY_N_NEVER,
+               "RCPT NOTIFY bits are stored in the entry as they are");
+
+/* Doubles the recipient arrays (address, NOTIFY, ORCPT). PT_OK or PT_NOMEM
+ * (nothing changed but what already grew, which stays valid). */
+static int rcpts_grow(struct smtp_session *s)
+{
+    size_t cap = s->rcpt_cap ? s->rcpt_cap * 2 : SMTP_RCPT_INIT;
+    char **p = realloc(s->rcpts, cap * sizeof *p);
+    if (!p)
+        return PT_NOMEM;
+    s->rcpts = p;
+    char **o = realloc(s->rcpt_orcpt, cap * sizeof *o);
+    if (!o)
+        return PT_NOMEM;
+    s->rcpt_orcpt = o;
+    uint8_t *n = realloc(s->rcpt_notify, cap);
+    if (!n)
+        return PT_NOMEM;
+    s->rcpt_notify = n;
+    s->rcpt_cap = cap;
+    return PT_OK;
 }
 
 static void cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
@@ -334,21 +382,21 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
         log_simple(s, LOG_REJECTION, c->path, code, refusal, -1);
         return;
     }
-    if (s->nrcpt == s->rcpt_cap) {
-        size_t cap = s->rcpt_cap ? s->rcpt_cap * 2 : SMTP_RCPT_INIT;
-        char **p = realloc(s->rcpts, cap * sizeof *p);
-        if (!p) {
-            reply(s, "452 4.3.0 Out of memory, try again later");
-            return;
-        }
-        s->rcpts = p;
-        s->rcpt_cap = cap;
-    }
-    char *a = strdup(c->path);
-    if (!a) {
+    if (s->nrcpt == s->rcpt_cap && rcpts_grow(s) != PT_OK) {
         reply(s, "452 4.3.0 Out of memory, try again later");
         return;
     }
+    char *a = strdup(c->path);
+    char *o = c->orcpt[0] ? strdup(c->orcpt) : NULL;
+    if (!a || (c->orcpt[0] && !o)) {
+        free(a);
+        free(o);
+        reply(s, "452 4.3.0 Out of memory, try again later");
+        return;
+    }
+    s->rcpt_notify[s->nrcpt] = c->notify;
+    s->rcpt_orcpt[s->nrcpt] = o;
+    s->any_dsn |= c->notify || o;
     s->rcpts[s->nrcpt++] = a;
     enter_state(s, S_RCPT);
     reply(s, "250 2.1.5 Ok");
@@ -933,6 +981,30 @@ static int add_missing_headers(struct smtp_session *s)
     return PT_OK;
 }
 
+/* RFC 8689 5: a "TLS-Required: No" header field asks that the route's TLS policy
+ * be relaxed for this message; REQUIRETLS on MAIL overrides it (RFC 8689 4.1). */
+static uint8_t tls_optional_flag(const struct smtp_session *s)
+{
+    if (s->mail_flags & ENTRY_F_REQUIRETLS)
+        return 0;
+    const char *msg = s->content.data ? s->content.data + s->hdr_off : "";
+    size_t len = s->content.len - s->hdr_off, pos = 0;
+    struct hdr_field f;
+    while (hdr_next(msg, len, &pos, &f)) {
+        if (f.name_len != 12 || strncasecmp(f.name, "TLS-Required", 12) != 0)
+            continue;
+        const char *v = f.value, *end = f.value + f.value_len;
+        while (v < end && (*v == ' ' || *v == '\t' || *v == '\r' || *v == '\n'))
+            v++;
+        while (end > v && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r' ||
+                           end[-1] == '\n'))
+            end--;
+        if (end - v == 2 && strncasecmp(v, "No", 2) == 0)
+            return ENTRY_F_TLS_OPTIONAL;
+    }
+    return 0;
+}
+
 static void end_of_data(struct smtp_session *s)
 {
     const char *why = NULL;
@@ -968,6 +1040,9 @@ static void end_of_data(struct smtp_session *s)
         .content = s->content.data, .content_len = s->content.len,
         .protocol = PROTO_SMTP, .priority = PRIO_NORMAL, .received_at = s->received_at,
         .peer_address = s->client_ip, .tls = conn_tls_describe(&s->conn), .log_reception = true,
+        .flags = s->mail_flags | tls_optional_flag(s), .envid = s->envid[0] ? s->envid : NULL,
+        .notify = s->any_dsn ? s->rcpt_notify : NULL,
+        .orcpt = s->any_dsn ? (const char *const *)s->rcpt_orcpt : NULL,
     };
     if (s->fx.edits.len || s->fx.priority >= 0 || s->fx.route[0] || s->fx.dkim.len ||
         hooks_any(s->L, "smtp_message_received")) {
@@ -1174,6 +1249,8 @@ static void session_unref(struct smtp_session *s)
     sasl_reset(&s->sasl);
     hook_effects_free(&s->fx);
     free(s->rcpts);
+    free(s->rcpt_orcpt);
+    free(s->rcpt_notify);
     buf_free(&s->content);
     runtime_gen_release(s->gen);
     free(s);

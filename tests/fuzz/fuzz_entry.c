@@ -1,9 +1,11 @@
 /* Fuzz target for the entry encoding: entry_decode on arbitrary bytes must never
- * over-read or crash, and what it accepts must re-encode to the same bytes (a v1
- * record re-encodes as v2, which must decode to the same entry); an entry built
- * from the input must survive encode -> decode unchanged.
+ * over-read or crash, and what it accepts must re-encode to the same bytes (a v1-v3
+ * record re-encodes as v4, which must decode to the same entry); an entry built
+ * from the input, with or without DSN parameters, must survive encode -> decode
+ * unchanged.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,10 +32,15 @@ static void fz_same(const struct entry *a, const struct entry *b)
     FZ_CHECK(fz_streq(a->last_response, b->last_response));
     FZ_CHECK(fz_streq(a->hdr_edits, b->hdr_edits));
     FZ_CHECK(fz_streq(a->dkim_sign, b->dkim_sign));
+    FZ_CHECK(fz_streq(a->envid, b->envid));
     FZ_CHECK(a->nrcpt == b->nrcpt);
-    for (uint32_t i = 0; i < a->nrcpt; i++)
+    for (uint32_t i = 0; i < a->nrcpt; i++) {
         FZ_CHECK(a->rcpts[i].state == b->rcpts[i].state &&
                  fz_streq(a->rcpts[i].addr, b->rcpts[i].addr));
+        FZ_CHECK(a->rcpts[i].notify == b->rcpts[i].notify &&
+                 a->rcpts[i].dflags == b->rcpts[i].dflags);
+        FZ_CHECK(fz_streq(entry_rcpt_orcpt(&a->rcpts[i]), entry_rcpt_orcpt(&b->rcpts[i])));
+    }
     FZ_CHECK(a->attempts == b->attempts && a->ndomains == b->ndomains);
     FZ_CHECK(a->protocol == b->protocol && a->priority == b->priority && a->flags == b->flags);
     FZ_CHECK(memcmp(&a->received_at, &b->received_at, sizeof(double)) == 0);
@@ -55,10 +62,14 @@ static void fz_decode_arbitrary(const uint8_t *data, size_t size)
     struct buf b;
     buf_init(&b, 0);
     FZ_CHECK(entry_encode(e, &b) == PT_OK);
-    if (data[0] == 1 || data[0] == 2) { /* v1: no hdr_edits, v2: no dkim_sign (4 bytes each) */
+    if (data[0] >= 1 && data[0] <= 3) {
+        /* v1: no hdr_edits, v2: no dkim_sign, v3: no envid (4 bytes each); before v4
+         * recipients had no notify, dflags, orcpt (6 bytes each) */
         struct entry *d = NULL;
-        FZ_CHECK(e->dkim_sign == NULL && (data[0] == 2 || e->hdr_edits == NULL));
-        FZ_CHECK(b.len == size + (data[0] == 1 ? 8 : 4));
+        FZ_CHECK(e->envid == NULL);
+        FZ_CHECK(data[0] == 3 || e->dkim_sign == NULL);
+        FZ_CHECK(data[0] >= 2 || e->hdr_edits == NULL);
+        FZ_CHECK(b.len == size + 4u * (4u - data[0]) + 6u * e->nrcpt);
         FZ_CHECK(entry_decode(b.data, b.len, &d) == PT_OK);
         fz_same(e, d);
         entry_free(d);
@@ -67,6 +78,18 @@ static void fz_decode_arbitrary(const uint8_t *data, size_t size)
     }
     buf_free(&b);
     entry_free(e);
+}
+
+/* What the encoding accepts for envid and orcpt: at most 500 bytes, no control byte. */
+static bool fz_dsn_str_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n > 500)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return false;
+    return true;
 }
 
 static uint64_t fz_take(const uint8_t **p, const uint8_t *end, int n)
@@ -112,7 +135,23 @@ static void fz_round_trip(const uint8_t *data, size_t size)
     uint32_t nrcpt = np > first_rcpt ? (uint32_t)(np - first_rcpt) : 0;
     char id[ENTRY_ID_LEN + 1];
     entry_new_id(id);
-    struct entry *e = entry_new(id, domain, sender, nrcpt ? pieces + first_rcpt : NULL, nrcpt);
+    /* shape bit 128: DSN parameters (envid piece 6, NOTIFY from the state byte, every
+     * other recipient's own address as its ORCPT) */
+    uint8_t notify[FZ_MAX_PIECES];
+    const char *orcpt[FZ_MAX_PIECES];
+    bool dsn_ok = true;
+    struct entry_dsn dsn = { .envid = np > 6 ? pieces[6] : NULL, .notify = notify, .orcpt = orcpt };
+    if (dsn.envid)
+        dsn_ok = fz_dsn_str_ok(dsn.envid);
+    for (uint32_t i = 0; i < nrcpt; i++) {
+        notify[i] = (uint8_t)((states >> (i % 5)) & ENTRY_N_MASK);
+        orcpt[i] = (i & 1) ? pieces[first_rcpt + i] : NULL;
+        if (orcpt[i] && !fz_dsn_str_ok(orcpt[i]))
+            dsn_ok = false;
+    }
+    bool with_dsn = (shape & 128) != 0;
+    struct entry *e = entry_new_dsn(id, domain, sender, nrcpt ? pieces + first_rcpt : NULL, nrcpt,
+                                    with_dsn ? &dsn : NULL);
     if (!e) {
         free(text);
         return;
@@ -133,13 +172,16 @@ static void fz_round_trip(const uint8_t *data, size_t size)
     e->priority = (uint8_t)(((shape >> 3) & 3) % 3);
     memcpy(&e->received_at, &t1, sizeof t1);
     memcpy(&e->next_attempt, &t2, sizeof t2);
-    for (uint32_t i = 0; i < nrcpt; i++)
+    for (uint32_t i = 0; i < nrcpt; i++) {
         e->rcpts[i].state = (uint8_t)(((states >> (i % 8)) & 1) ? RCPT_BOUNCED : RCPT_PENDING);
+        if ((states >> (i % 7)) & 2)
+            e->rcpts[i].dflags |= ENTRY_R_DELAY_SENT;
+    }
 
     struct buf b;
     buf_init(&b, 0);
     int rc = entry_encode(e, &b);
-    if (!isfinite(e->received_at) || !isfinite(e->next_attempt)) {
+    if (!isfinite(e->received_at) || !isfinite(e->next_attempt) || (with_dsn && !dsn_ok)) {
         FZ_CHECK(rc == PT_INVALID && b.len == 0);
     } else if (rest > 65536 && rc == PT_TOOLONG) {
         FZ_CHECK(b.len == 0);              /* a piece over the string cap */

@@ -27,8 +27,10 @@ static const char orig_msg[] =
     "SECRET BODY TEXT must not be returned\r\n";
 
 static const struct dsn_rcpt two_rcpts[] = {
-    { "bob@example.com", "5.1.1", "550 5.1.1 <bob@example.com>: no such user", "mx1.example.com" },
-    { "carol@example.net", "5.7.1", "554 5.7.1 rejected by policy", "mx.example.net" },
+    { .addr = "bob@example.com", .status = "5.1.1",
+      .diagnostic = "550 5.1.1 <bob@example.com>: no such user", .remote_mta = "mx1.example.com" },
+    { .addr = "carol@example.net", .status = "5.7.1", .diagnostic = "554 5.7.1 rejected by policy",
+      .remote_mta = "mx.example.net" },
 };
 
 static struct dsn_info base_info(void)
@@ -176,8 +178,9 @@ static void test_structure(void **state)
 static void test_expired(void **state)
 {
     static const struct dsn_rcpt r[] = {
-        { "x@slow.example", "4.4.7", "451 4.3.0 mailbox temporarily unavailable", "mx.slow.example" },
-        { "y@dead.example", NULL, NULL, NULL },
+        { .addr = "x@slow.example", .status = "4.4.7",
+          .diagnostic = "451 4.3.0 mailbox temporarily unavailable", .remote_mta = "mx.slow.example" },
+        { .addr = "y@dead.example" },
     };
     struct dsn_info in = base_info();
     in.expired = true;
@@ -234,15 +237,17 @@ static void test_injection_and_folding(void **state)
     for (int i = 0; n < sizeof longtext - 20; i++)
         n += (size_t)snprintf(longtext + n, sizeof longtext - n, "word%d ", i);
     struct dsn_rcpt r[] = {
-        { "evil@example.com\r\nBcc: victim@example.net", "5.1.1",
-          "550 5.1.1 bad\r\nX-Injected: yes\n\nbody\rmore\t\x01", "mx\r\n.example" },
-        { "long@example.com", "5.0.0", longword, NULL },
-        { "text@example.com", "not-a-status", longtext, NULL },
+        { .addr = "evil@example.com\r\nBcc: victim@example.net", .status = "5.1.1",
+          .diagnostic = "550 5.1.1 bad\r\nX-Injected: yes\n\nbody\rmore\t\x01",
+          .remote_mta = "mx\r\n.example", .orcpt = "rfc822;o@x\r\nX-Evil: 1" },
+        { .addr = "long@example.com", .status = "5.0.0", .diagnostic = longword },
+        { .addr = "text@example.com", .status = "not-a-status", .diagnostic = longtext },
     };
     struct dsn_info in = base_info();
     in.rcpts = r;
     in.nrcpt = 3;
     in.sender = "alice@example.org\r\nSubject: phish";
+    in.envid = "env\r\nX-Evil: 2";
     in.reporting_mta = "relay.example>\r\nX-Bad: 1";
     struct buf b;
     buf_init(&b, 0);
@@ -250,6 +255,7 @@ static void test_injection_and_folding(void **state)
     assert_wire_clean(&b);
     assert_null(strstr(b.data, "\r\nBcc:"));
     assert_null(strstr(b.data, "\r\nX-Injected:"));
+    assert_null(strstr(b.data, "\r\nX-Evil:"));
     assert_null(strstr(b.data, "\r\nX-Bad:"));
     assert_null(strstr(b.data, "\r\nSubject: phish"));
     assert_non_null(strstr(b.data, "Diagnostic-Code: smtp; 550 5.1.1 bad  X-Injected: yes  body more"));
@@ -327,6 +333,88 @@ static void test_orig_headers(void **state)
     buf_free(&o);
 }
 
+/* RFC 3461/3464 fields: Original-Envelope-Id, Original-Recipient, the diagnostic
+ * type (smtp only for a remote reply), RET=FULL returning the whole message. */
+static void test_dsn_fields(void **state)
+{
+    struct dsn_rcpt r[] = {
+        { .addr = "bob@example.com", .status = "5.1.1", .diagnostic = "550 5.1.1 no such user",
+          .remote_mta = "mx1.example.com", .orcpt = "rfc822;Bob@Example.com" },
+        { .addr = "carol@example.net", .status = "5.4.4", .local = true,
+          .diagnostic = "550 5.4.4 domain has no usable MX" },
+    };
+    struct dsn_info in = base_info();
+    in.rcpts = r;
+    in.envid = "QQ314159";
+    struct buf b;
+    buf_init(&b, 0);
+    assert_int_equal(dsn_build(&in, &b), PT_OK);
+    assert_wire_clean(&b);
+    assert_non_null(strstr(b.data, "\r\n\r\nOriginal-Envelope-Id: QQ314159\r\n"
+                                   "Reporting-MTA: dns; relay.example\r\n"));
+    assert_non_null(strstr(b.data, "\r\n\r\nOriginal-Recipient: rfc822;Bob@Example.com\r\n"
+                                   "Final-Recipient: rfc822; bob@example.com\r\n"));
+    assert_int_equal(count(b.data, "Original-Recipient:"), 1);
+    assert_int_equal(count(b.data, "Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"), 1);
+    assert_int_equal(count(b.data, "Diagnostic-Code: X-Petrel; 550 5.4.4 domain has no usable MX\r\n"), 1);
+    assert_int_equal(count(b.data, "Diagnostic-Code: smtp;"), 1);
+    /* no RET (and RET=HDRS): the header block only */
+    assert_null(strstr(b.data, "SECRET BODY TEXT"));
+    assert_non_null(strstr(b.data, "Content-Type: text/rfc822-headers"));
+    buf_reset(&b);
+    in.ret_full = true;
+    assert_int_equal(dsn_build(&in, &b), PT_OK);
+    assert_wire_clean(&b);
+    assert_non_null(strstr(b.data, "Content-Type: message/rfc822\r\n\r\nReceived: from client"));
+    assert_int_equal(count(b.data, "SECRET BODY TEXT must not be returned\r\n"), 1);
+    assert_null(strstr(b.data, "text/rfc822-headers"));
+    assert_non_null(strstr(b.data, "Your message is attached."));
+    buf_free(&b);
+}
+
+/* Delay warnings (Action: delayed, Will-Retry-Until) and success reports
+ * (delivered / relayed) never return the body, whatever RET says. */
+static void test_delayed_and_relayed(void **state)
+{
+    struct dsn_rcpt d[] = {
+        { .addr = "slow@example.com", .status = "4.2.2", .diagnostic = "452 4.2.2 mailbox full",
+          .action = DSN_DELAYED },
+        { .addr = "odd@example.com", .status = "5.1.1", .action = DSN_DELAYED }, /* wrong class */
+    };
+    struct dsn_info in = base_info();
+    in.rcpts = d;
+    in.ret_full = true;
+    in.retry_until = 1763941082.0 + 72 * 3600;
+    struct buf b;
+    buf_init(&b, 0);
+    assert_int_equal(dsn_build(&in, &b), PT_OK);
+    assert_wire_clean(&b);
+    assert_non_null(strstr(b.data, "\r\nSubject: Delayed Mail (still being retried)\r\n"));
+    assert_non_null(strstr(b.data, "Action: delayed\r\nStatus: 4.2.2\r\n"));
+    assert_non_null(strstr(b.data, "Action: delayed\r\nStatus: 4.0.0\r\n"));
+    assert_int_equal(count(b.data, "Will-Retry-Until: "), 2);
+    assert_int_equal(count(b.data, "Action: failed"), 0);
+    assert_null(strstr(b.data, "SECRET BODY TEXT"));
+    assert_non_null(strstr(b.data, "Content-Description: Delayed Message Headers"));
+    buf_reset(&b);
+
+    struct dsn_rcpt ok[] = {
+        { .addr = "bob@example.com", .status = "2.0.0", .diagnostic = "250 2.0.0 queued as X",
+          .remote_mta = "mx1.example.com", .action = DSN_RELAYED, .orcpt = "rfc822;bob@example.com" },
+    };
+    in.rcpts = ok;
+    in.nrcpt = 1;
+    in.envid = "E1";
+    assert_int_equal(dsn_build(&in, &b), PT_OK);
+    assert_wire_clean(&b);
+    assert_non_null(strstr(b.data, "\r\nSubject: Successful Mail Delivery Report\r\n"));
+    assert_non_null(strstr(b.data, "Action: relayed\r\nStatus: 2.0.0\r\n"));
+    assert_null(strstr(b.data, "Will-Retry-Until"));
+    assert_null(strstr(b.data, "SECRET BODY TEXT"));
+    assert_non_null(strstr(b.data, "Original-Envelope-Id: E1\r\n"));
+    buf_free(&b);
+}
+
 /* One independent parser reads it back: Python's email package. */
 static const char py_check[] =
     "import sys, email\n"
@@ -384,6 +472,8 @@ int main(void)
         cmocka_unit_test(test_injection_and_folding),
         cmocka_unit_test(test_orig_headers),
         cmocka_unit_test(test_python_parses),
+        cmocka_unit_test(test_dsn_fields),
+        cmocka_unit_test(test_delayed_and_relayed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -99,7 +99,7 @@ static void test_new_layout(void **state)
     assert_true(e->sender > strs && e->rcpts[2].addr > e->sender);
     assert_true(e->rcpts[2].addr < base + sizeof *e + 3 * sizeof(struct entry_rcpt) + 64);
     assert_true(sizeof(struct entry_rcpt) <= 16);
-    assert_true(sizeof(struct entry) <= 136);
+    assert_true(sizeof(struct entry) <= 144);
 
     e->rcpts[1].state = RCPT_DELIVERED;
     assert_int_equal(entry_pending(e), 2);
@@ -134,7 +134,7 @@ static void test_round_trip(void **state)
     buf_appends(&b, "prefix");
     assert_int_equal(entry_encode(e, &b), PT_OK);
     assert_memory_equal(b.data, "prefix", 6);
-    assert_int_equal((unsigned char)b.data[6], 3);     /* version */
+    assert_int_equal((unsigned char)b.data[6], 4);     /* version */
 
     struct entry *d;
     assert_int_equal(decode_exact(b.data + 6, b.len - 6, &d), PT_OK);
@@ -286,10 +286,11 @@ static void test_specific_rejections(void **state)
     buf_init(&b, 0);
     assert_int_equal(entry_encode(e, &b), PT_OK);
     /* layout for this entry: 1 + (4+16) + (4+1) + (4+1) + 4 + 4 + 4 (hdr_edits@39)
-     * + 4 (dkim_sign@43) = 47, then protocol@47 priority@48 flags@49 ndomains@50
-     * attempts@52 size@56 received@64 next@72 nrcpt@80 state@84 addrlen@85 addr@89 */
-    assert_int_equal(b.len, 90);
-    unsigned char *p = (unsigned char *)b.data, orig[90];
+     * + 4 (dkim_sign@43) + 4 (envid@47) = 51, then protocol@51 priority@52 flags@53
+     * ndomains@54 attempts@56 size@60 received@68 next@76 nrcpt@84 state@88
+     * addrlen@89 addr@93 notify@94 dflags@95 orcpt@96 */
+    assert_int_equal(b.len, 100);
+    unsigned char *p = (unsigned char *)b.data, orig[100];
     memcpy(orig, p, sizeof orig);
     struct entry *d;
 #define REJECT(mutation)                                                   \
@@ -298,10 +299,11 @@ static void test_specific_rejections(void **state)
         mutation;                                                          \
         assert_int_equal(decode_exact(p, sizeof orig, &d), PT_INVALID);    \
     } while (0)
-    REJECT(p[0] = 4);                               /* unknown version */
+    REJECT(p[0] = 5);                               /* unknown version */
     REJECT(p[0] = 0);
     REJECT(p[0] = 1);                               /* v1 has no hdr_edits: misaligned */
     REJECT(p[0] = 2);                               /* v2 has no dkim_sign: misaligned */
+    REJECT(p[0] = 3);                               /* v3 has no envid: misaligned */
     REJECT(put_le(p + 1, 0, 4));                    /* empty id */
     REJECT(put_le(p + 1, 17, 4));                   /* id too long */
     REJECT(put_le(p + 1, 0xffffffff, 4));           /* NULL id */
@@ -310,20 +312,36 @@ static void test_specific_rejections(void **state)
     REJECT(p[5] = 0);                               /* NUL inside the id */
     REJECT(put_le(p + 39, 0x7fffffff, 4));          /* hdr_edits beyond input */
     REJECT(put_le(p + 43, 0x7fffffff, 4));          /* dkim_sign beyond input */
-    REJECT(p[47] = 2);                              /* protocol */
-    REJECT(p[48] = 3);                              /* priority */
-    REJECT(put_le(p + 64, 0x7ff8000000000000ull, 8)); /* NaN */
-    REJECT(put_le(p + 72, 0x7ff0000000000000ull, 8)); /* +inf */
-    REJECT(put_le(p + 80, 2, 4));                   /* more rcpts than bytes */
-    REJECT(put_le(p + 80, 0, 4));                   /* fewer: trailing bytes */
-    REJECT(put_le(p + 80, 0xffffffff, 4));
-    REJECT(p[84] = 3);                              /* rcpt state */
-    REJECT(put_le(p + 85, 0xffffffff, 4));          /* NULL address */
-    REJECT(put_le(p + 85, 2, 4));
+    REJECT(put_le(p + 47, 0x7fffffff, 4));          /* envid beyond input */
+    REJECT(p[51] = 2);                              /* protocol */
+    REJECT(p[52] = 3);                              /* priority */
+    REJECT(put_le(p + 68, 0x7ff8000000000000ull, 8)); /* NaN */
+    REJECT(put_le(p + 76, 0x7ff0000000000000ull, 8)); /* +inf */
+    REJECT(put_le(p + 84, 2, 4));                   /* more rcpts than bytes */
+    REJECT(put_le(p + 84, 0, 4));                   /* fewer: trailing bytes */
+    REJECT(put_le(p + 84, 0xffffffff, 4));
+    REJECT(p[88] = 3);                              /* rcpt state */
+    REJECT(put_le(p + 89, 0xffffffff, 4));          /* NULL address */
+    REJECT(put_le(p + 89, 2, 4));
+    REJECT(p[94] = 0x10);                           /* unknown NOTIFY bit */
+    REJECT(p[95] = ENTRY_R_ORCPT);                  /* derived flag is never stored */
+    REJECT(p[95] = 0x80);
+    REJECT(put_le(p + 96, 1, 4));                   /* orcpt beyond input */
+    /* a v3 record (recipients without DSN fields, no envid) still decodes */
+    unsigned char v3[90];
+    memcpy(v3, orig, 47);
+    memcpy(v3 + 47, orig + 51, 94 - 51);
+    v3[0] = 3;
+    assert_int_equal(decode_exact(v3, sizeof v3, &d), PT_OK);
+    assert_string_equal(d->rcpts[0].addr, "r");
+    assert_null(d->envid);
+    assert_int_equal(d->rcpts[0].notify, 0);
+    assert_null(entry_rcpt_orcpt(&d->rcpts[0]));
+    entry_free(d);
     /* a v1 record (no hdr_edits, no dkim_sign) still decodes: spools of earlier builds */
     unsigned char v1[82];
-    memcpy(v1, orig, 39);
-    memcpy(v1 + 39, orig + 47, sizeof orig - 47);
+    memcpy(v1, v3, 39);
+    memcpy(v1 + 39, v3 + 47, sizeof v3 - 47);
     v1[0] = 1;
     assert_int_equal(decode_exact(v1, sizeof v1, &d), PT_OK);
     assert_string_equal(d->rcpts[0].addr, "r");
@@ -332,8 +350,8 @@ static void test_specific_rejections(void **state)
     entry_free(d);
     /* and a v2 record (no dkim_sign) */
     unsigned char v2[86];
-    memcpy(v2, orig, 43);
-    memcpy(v2 + 43, orig + 47, sizeof orig - 47);
+    memcpy(v2, v3, 43);
+    memcpy(v2 + 43, v3 + 47, sizeof v3 - 47);
     v2[0] = 2;
     assert_int_equal(decode_exact(v2, sizeof v2, &d), PT_OK);
     assert_string_equal(d->rcpts[0].addr, "r");
@@ -344,10 +362,10 @@ static void test_specific_rejections(void **state)
     entry_free(d);
 
     /* a huge recipient count is refused before any allocation */
-    unsigned char big[90 + 8];
-    memcpy(big, orig, 84);
-    put_le(big + 80, 100001, 4);
-    assert_int_equal(decode_exact(big, 84, &d), PT_INVALID);
+    unsigned char big[100 + 8];
+    memcpy(big, orig, 88);
+    put_le(big + 84, 100001, 4);
+    assert_int_equal(decode_exact(big, 88, &d), PT_INVALID);
 
     /* encode refuses what decode would refuse; out is left untouched */
     buf_reset(&b);
@@ -371,6 +389,68 @@ static void test_specific_rejections(void **state)
     free(huge);
     entry_free(e);
     buf_free(&b);
+}
+
+/* DSN parameters (RFC 3461) survive the spool: ENVID, RET and REQUIRETLS per
+ * message, NOTIFY, ORCPT and the delay-warning mark per recipient. */
+static void test_dsn_round_trip(void **state)
+{
+    const char *const addrs[] = { "a@x.test", "b@x.test", "c@x.test" };
+    const uint8_t notify[] = { ENTRY_N_SUCCESS | ENTRY_N_FAILURE, ENTRY_N_NEVER, 0 };
+    const char *const orcpt[] = { "rfc822;A@Orig.test", NULL, "x-type;weird+ value" };
+    struct entry_dsn dsn = { .envid = "env-42 id", .notify = notify, .orcpt = orcpt };
+    struct entry *e = entry_new_dsn("0123456789abcdef", "x.test", "s@y.test", addrs, 3, &dsn);
+    assert_non_null(e);
+    assert_string_equal(e->envid, "env-42 id");
+    assert_string_equal(entry_rcpt_orcpt(&e->rcpts[0]), "rfc822;A@Orig.test");
+    assert_null(entry_rcpt_orcpt(&e->rcpts[1]));
+    assert_string_equal(entry_rcpt_orcpt(&e->rcpts[2]), "x-type;weird+ value");
+    assert_string_equal(e->rcpts[2].addr, "c@x.test");
+    e->flags = ENTRY_F_REQUIRETLS | ENTRY_F_RET_HDRS;
+    assert_int_equal(entry_ret(e), ENTRY_F_RET_HDRS);
+    e->rcpts[2].dflags |= ENTRY_R_DELAY_SENT;
+
+    struct buf b, b2;
+    buf_init(&b, 0);
+    buf_init(&b2, 0);
+    assert_int_equal(entry_encode(e, &b), PT_OK);
+    struct entry *d;
+    assert_int_equal(decode_exact(b.data, b.len, &d), PT_OK);
+    assert_entry_equal(e, d);
+    assert_string_equal(d->envid, "env-42 id");
+    assert_int_equal(d->flags, ENTRY_F_REQUIRETLS | ENTRY_F_RET_HDRS);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(d->rcpts[i].notify, notify[i]);
+        assert_int_equal(d->rcpts[i].dflags, e->rcpts[i].dflags);
+        const char *o = entry_rcpt_orcpt(&d->rcpts[i]);
+        if (orcpt[i])
+            assert_string_equal(o, orcpt[i]);
+        else
+            assert_null(o);
+    }
+    assert_int_equal(entry_encode(d, &b2), PT_OK);
+    assert_int_equal(b2.len, b.len);
+    assert_memory_equal(b2.data, b.data, b.len);
+    entry_free(d);
+
+    /* encode refuses what decode would refuse: control bytes, over-long values */
+    buf_reset(&b2);
+    e->rcpts[1].notify = 0x40;
+    assert_int_equal(entry_encode(e, &b2), PT_INVALID);
+    e->rcpts[1].notify = 0;
+    e->envid[0] = '\n';
+    assert_int_equal(entry_encode(e, &b2), PT_INVALID);
+    assert_int_equal(b2.len, 0);
+    entry_free(e);
+    char long_id[600];
+    memset(long_id, 'i', sizeof long_id - 1);
+    long_id[sizeof long_id - 1] = 0;
+    dsn.envid = long_id;
+    e = entry_new_dsn("0123456789abcdef", "x.test", "s@y.test", addrs, 3, &dsn);
+    assert_int_equal(entry_encode(e, &b2), PT_INVALID);
+    entry_free(e);
+    buf_free(&b);
+    buf_free(&b2);
 }
 
 static int is_lower_hex(const char *s)
@@ -442,6 +522,7 @@ int main(void)
         cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_corrupted),
         cmocka_unit_test(test_specific_rejections),
+        cmocka_unit_test(test_dsn_round_trip),
         cmocka_unit_test(test_id_format),
         cmocka_unit_test(test_id_unique_threads),
     };

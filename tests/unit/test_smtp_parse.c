@@ -335,7 +335,6 @@ static void test_cmd_mail_bad(void **state)
     tsp_expect_error("MAIL FROM:<a@b\xff>", "501 5.1.7");          /* not UTF-8 */
     tsp_expect_error("MAIL FROM:<a\xc0\xaf@b> SMTPUTF8", "501 5.1.7"); /* overlong */
     tsp_expect_error("MAIL FROM:<a@b> FOO=bar", "555 5.5.4 Unsupported parameter");
-    tsp_expect_error("MAIL FROM:<a@b> RET=HDRS", "555 5.5.4 Unsupported parameter");
     tsp_expect_error("MAIL FROM:<a@b> SIZE=", "501 5.5.4");
     tsp_expect_error("MAIL FROM:<a@b> SIZE=12x", "501 5.5.4");
     tsp_expect_error("MAIL FROM:<a@b> SIZE=-1", "501 5.5.4");
@@ -361,8 +360,82 @@ static void test_cmd_rcpt(void **state)
     tsp_expect_error("RCPT TO:x@y", "501 5.5.4 Syntax: RCPT TO:<address>");
     tsp_expect_error("RCPT FROM:<x@y>", "501 5.5.4 Syntax: RCPT TO:<address>");
     tsp_expect_error("RCPT", "501 5.5.4 Syntax: RCPT TO:<address>");
-    tsp_expect_error("RCPT TO:<x@y> NOTIFY=NEVER", "555 5.5.4 Unsupported parameter");
     tsp_expect_error("RCPT TO:<x@y> SIZE=1", "555 5.5.4 Unsupported parameter");
+}
+
+/* DSN parameters (RFC 3461) and REQUIRETLS (RFC 8689): values decoded and
+ * stored, every malformed one refused with 501 5.5.4. */
+static void test_cmd_dsn_params(void **state)
+{
+    struct smtp_cmd c;
+    assert_int_equal(tsp_parse("MAIL FROM:<a@b.c> RET=HDRS ENVID=QQ+2B314+3D", &c), PT_OK);
+    assert_int_equal(c.ret, SMTP_RET_HDRS);
+    assert_string_equal(c.envid, "QQ+314=");
+    assert_false(c.requiretls);
+    assert_int_equal(tsp_parse("mail from:<a@b.c> ret=full envid=x+20y requiretls", &c), PT_OK);
+    assert_int_equal(c.ret, SMTP_RET_FULL);
+    assert_string_equal(c.envid, "x y");
+    assert_true(c.requiretls);
+    assert_int_equal(tsp_parse("MAIL FROM:<a@b.c>", &c), PT_OK);
+    assert_int_equal(c.ret, SMTP_RET_NONE);
+    assert_string_equal(c.envid, "");
+    assert_int_equal(tsp_parse("RCPT TO:<x@y.z> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;X+2BY@y.z",
+                               &c), PT_OK);
+    assert_int_equal(c.notify, SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_FAILURE | SMTP_NOTIFY_DELAY);
+    assert_string_equal(c.orcpt, "rfc822;X+Y@y.z");
+    assert_int_equal(tsp_parse("RCPT TO:<x@y.z> notify=never", &c), PT_OK);
+    assert_int_equal(c.notify, SMTP_NOTIFY_NEVER);
+    assert_string_equal(c.orcpt, "");
+    assert_int_equal(tsp_parse("RCPT TO:<x@y.z> NOTIFY=delay", &c), PT_OK);
+    assert_int_equal(c.notify, SMTP_NOTIFY_DELAY);
+    assert_int_equal(tsp_parse("RCPT TO:<x@y.z>", &c), PT_OK);
+    assert_int_equal(c.notify, 0);
+
+    /* ENVID at its bound, and one over */
+    char line[700];
+    snprintf(line, sizeof line, "MAIL FROM:<a@b.c> ENVID=%0100d", 0);
+    assert_int_equal(tsp_parse(line, &c), PT_OK);
+    assert_int_equal(strlen(c.envid), 100);
+    snprintf(line, sizeof line, "MAIL FROM:<a@b.c> ENVID=%0101d", 0);
+    tsp_expect_error(line, "501 5.5.4 Invalid ENVID");
+    /* ORCPT at 500 characters, and 501 (command line limit is 512) */
+    int n = snprintf(line, sizeof line, "RCPT TO:<x@y.z> ORCPT=rfc822;");
+    memset(line + n, 'a', 493);
+    line[n + 493] = 0;
+    assert_int_equal(tsp_parse(line, &c), PT_OK);
+    line[n + 493] = 'a';
+    line[n + 494] = 0;
+    tsp_expect_error(line, "501 5.5.4 Invalid ORCPT");
+
+    tsp_expect_error("MAIL FROM:<a@b> RET=ALL", "501 5.5.4 Invalid RET");
+    tsp_expect_error("MAIL FROM:<a@b> RET", "501 5.5.4 Invalid RET");
+    tsp_expect_error("MAIL FROM:<a@b> RET=FULL RET=HDRS", "501 5.5.4 Duplicate");
+    tsp_expect_error("MAIL FROM:<a@b> ENVID=a+2", "501 5.5.4 Invalid ENVID");   /* short hex */
+    tsp_expect_error("MAIL FROM:<a@b> ENVID=a+zz", "501 5.5.4 Invalid ENVID");
+    tsp_expect_error("MAIL FROM:<a@b> ENVID=a+0A", "501 5.5.4 Invalid ENVID");  /* decodes to LF */
+    tsp_expect_error("MAIL FROM:<a@b> ENVID=\xc3\xa9", "501 5.5.4 Invalid ENVID"); /* 8-bit */
+    tsp_expect_error("MAIL FROM:<a@b> ENVID", "501 5.5.4 Invalid ENVID");
+    tsp_expect_error("MAIL FROM:<a@b> ENVID=a ENVID=b", "501 5.5.4 Duplicate");
+    tsp_expect_error("MAIL FROM:<a@b> REQUIRETLS=yes", "501 5.5.4");
+    tsp_expect_error("MAIL FROM:<a@b> REQUIRETLS REQUIRETLS", "501 5.5.4 Duplicate");
+    tsp_expect_error("MAIL FROM:<a@b> NOTIFY=NEVER", "555 5.5.4 Unsupported parameter");
+    tsp_expect_error("RCPT TO:<x@y> NOTIFY=NEVER,SUCCESS", "501 5.5.4 Invalid NOTIFY");
+    tsp_expect_error("RCPT TO:<x@y> NOTIFY=FAILURE,NEVER", "501 5.5.4 Invalid NOTIFY");
+    tsp_expect_error("RCPT TO:<x@y> NOTIFY=SUCCESS,SUCCESS", "501 5.5.4 Invalid NOTIFY");
+    tsp_expect_error("RCPT TO:<x@y> NOTIFY=SOMETIMES", "501 5.5.4 Invalid NOTIFY");
+    tsp_expect_error("RCPT TO:<x@y> NOTIFY=SUCCESS,", "501 5.5.4 Invalid NOTIFY");
+    tsp_expect_error("RCPT TO:<x@y> NOTIFY=,DELAY", "501 5.5.4 Invalid NOTIFY");
+    tsp_expect_error("RCPT TO:<x@y> NOTIFY", "501 5.5.4 Invalid NOTIFY");
+    tsp_expect_error("RCPT TO:<x@y> NOTIFY=DELAY NOTIFY=DELAY", "501 5.5.4 Duplicate");
+    tsp_expect_error("RCPT TO:<x@y> ORCPT=rfc822", "501 5.5.4 Invalid ORCPT");  /* no ';' */
+    tsp_expect_error("RCPT TO:<x@y> ORCPT=;a@b", "501 5.5.4 Invalid ORCPT");    /* no type */
+    tsp_expect_error("RCPT TO:<x@y> ORCPT=rfc822;", "501 5.5.4 Invalid ORCPT"); /* no address */
+    tsp_expect_error("RCPT TO:<x@y> ORCPT=rfc(822;a@b", "501 5.5.4 Invalid ORCPT");
+    tsp_expect_error("RCPT TO:<x@y> ORCPT=rfc822;a+@b", "501 5.5.4 Invalid ORCPT");
+    tsp_expect_error("RCPT TO:<x@y> ORCPT=rfc822;a+7Fb", "501 5.5.4 Invalid ORCPT"); /* DEL */
+    tsp_expect_error("RCPT TO:<x@y> ORCPT=rfc822;a ORCPT=rfc822;b", "501 5.5.4 Duplicate");
+    tsp_expect_error("RCPT TO:<x@y> RET=FULL", "555 5.5.4 Unsupported parameter");
+    tsp_expect_error("RCPT TO:<x@y> REQUIRETLS", "555 5.5.4 Unsupported parameter");
 }
 
 /* Builds "<prefix><local@domain>" with a local part of nl octets and a domain of
@@ -494,6 +567,7 @@ int main(void)
         cmocka_unit_test(test_cmd_mail_good),
         cmocka_unit_test(test_cmd_mail_bad),
         cmocka_unit_test(test_cmd_rcpt),
+        cmocka_unit_test(test_cmd_dsn_params),
         cmocka_unit_test(test_cmd_bdat_and_literals),
         cmocka_unit_test(test_cmd_path_length),
         cmocka_unit_test(test_cmd_control_bytes),
