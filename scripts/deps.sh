@@ -3,7 +3,7 @@
 # one is missing. Usage: scripts/deps.sh build|test|bench
 set -eu
 build="gcc make pkg-config libuv1-dev librocksdb-dev liblua5.4-dev libc-ares-dev libssl-dev libjansson-dev libmicrohttpd-dev"
-test="$build libcmocka-dev clang libclang-rt-14-dev python3 python3-pytest python3-aiosmtpd python3-dnslib python3-dkim swaks openssl"
+test="$build redis-server libcmocka-dev clang libclang-rt-14-dev python3 python3-pytest python3-aiosmtpd python3-dnslib python3-dkim swaks openssl"
 bench="$test postfix opendkim"
 case "${1:-build}" in
   build) want=$build ;;

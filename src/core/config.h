@@ -80,6 +80,12 @@ struct cfg_queue {
     double max_retry_age;            /* 72h */
     double dead_letter_after;        /* 7d */
     uint64_t max_queue_depth;        /* 1000000 */
+    char *backend;                   /* "rocksdb" | "redis" */
+    char *redis_url;                 /* backend = "redis": required */
+    char *key_prefix;                /* "petrel:" */
+    int wait_replicas;               /* 0 */
+    double lease;                    /* 60s */
+    uint64_t max_redis_bytes;        /* 0 = 90% of Redis's maxmemory when it has one */
 };
 
 struct cfg_delivery {

@@ -335,6 +335,24 @@ static void entry_persist(struct dthread *t, const struct entry *e)
     buf_free(&rec);
 }
 
+/* Puts e (waiting for a retry at e->next_attempt) back in the queue: the local
+ * retry heap, or with a shared queue (Redis) the shared due index, which any node
+ * takes it from when it is due (this node forgets it). */
+static void entry_wait(struct dthread *t, struct dqueue *q, struct entry *e)
+{
+    entry_persist(t, e);
+    if (!spool_shared(t->s->rt->spool)) {
+        sched_heap_push(t, e);
+        sched_timer_arm(t);
+        return;
+    }
+    q->nentries--;
+    metrics_add(M_QUEUE_DEPTH, e->domain, NULL, -1);
+    atomic_fetch_sub(&t->s->depth, 1);
+    entry_free(e);
+    queue_maybe_free(t, q);
+}
+
 /* ---- outcomes ---------------------------------------------------------- */
 
 /* Acts on an outcome verdict for e (taken back from the pool). */
@@ -348,9 +366,7 @@ static void settle(struct dthread *t, struct dqueue *q, struct entry *e, enum ou
         sched_ready_push(q, e);
         break;
     case OUTCOME_RETRY:
-        entry_persist(t, e);
-        sched_heap_push(t, e);
-        sched_timer_arm(t);
+        entry_wait(t, q, e);
         break;
     }
 }
@@ -376,10 +392,11 @@ static struct entry *pool_take(void *owner, void *queue, struct buf *content)
             sched_entry_remove(t, q, e);
             continue;
         }
-        /* out of memory or a read error: try again later */
+        /* out of memory or a read error (Redis unreachable): try again later */
+        log_warn("%s: cannot read the content (%d): retry in %.0f s", e->id, rc,
+                 t->s->rt->cfg->queue.retry_interval);
         e->next_attempt = time_now() + t->s->rt->cfg->queue.retry_interval;
-        sched_heap_push(t, e);
-        sched_timer_arm(t);
+        entry_wait(t, q, e);
     }
     return NULL;
 }
