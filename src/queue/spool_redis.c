@@ -128,9 +128,10 @@ struct rs_spool {
 /* Redis's own clock for leases (all nodes agree on it). */
 #define LUA_NOW "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
 
-/* ARGV: prefix, id, domain, record, received_at, next_attempt, node, lease.
- * A put of a waiting entry (next_attempt ahead) releases it; any other put leases
- * it to the writer (ingest: the node that received it delivers it first). */
+/* ARGV: prefix, id, domain, record, received_at, next_attempt, node, lease, mode.
+ * mode "lease" (a durable commit: ingest, the node that received it delivers it
+ * first) leases it to the writer; "release" (a no-sync commit: retry state after a
+ * deferral) puts it back in the due index at next_attempt for any node. */
 static const char LUA_PUT_ENTRY[] =
     LUA_NOW
     "local p, id, dom, node = ARGV[1], ARGV[2], ARGV[3], ARGV[7]\n"
@@ -139,7 +140,7 @@ static const char LUA_PUT_ENTRY[] =
     "redis.call('HSET', p .. 'm:' .. id, dom, ARGV[4])\n"
     "redis.call('ZADD', p .. 'd:' .. dom, 'NX', ARGV[5], m)\n"
     "redis.call('SADD', p .. 'doms', dom)\n"
-    "if na > now + 1 then\n"
+    "if ARGV[9] == 'release' then\n"
     "  redis.call('ZADD', p .. 'due', na, m)\n"
     "  if redis.call('HGET', p .. 'own', m) == node then redis.call('HDEL', p .. 'own', m) end\n"
     "  redis.call('SREM', p .. 'l:' .. node, m)\n"
@@ -476,7 +477,7 @@ static struct redis_conn *wconn_get(struct rs_spool *s)
     return c;
 }
 
-static int append_op(struct rs_spool *s, struct redis_conn *c, const struct rs_op *o)
+static int append_op(struct rs_spool *s, struct redis_conn *c, const struct rs_op *o, bool durable)
 {
     char key[RS_PREFIX_MAX + 32], lease[32], ra[32], na[32];
     switch (o->kind) {
@@ -488,12 +489,12 @@ static int append_op(struct rs_spool *s, struct redis_conn *c, const struct rs_o
         snprintf(ra, sizeof ra, "%.3f", o->received_at);
         snprintf(na, sizeof na, "%.3f", o->next_attempt);
         const char *argv[] = { "EVAL", LUA_PUT_ENTRY, "0", s->prefix, o->id, o->domain,
-                               o->data, ra, na, s->node, lease };
-        size_t lens[11];
-        for (int i = 0; i < 11; i++)
+                               o->data, ra, na, s->node, lease, durable ? "lease" : "release" };
+        size_t lens[12];
+        for (int i = 0; i < 12; i++)
             lens[i] = strlen(argv[i]);
         lens[6] = o->len;
-        return redis_append(c, 11, argv, lens);
+        return redis_append(c, 12, argv, lens);
     }
     case RS_DEL_ENTRY: {
         const char *argv[] = { "EVAL", LUA_DEL_ENTRY, "0", s->prefix, o->id, o->domain, s->node };
@@ -538,7 +539,7 @@ static bool write_group(struct rs_spool *s, struct redis_conn *c, struct rs_batc
         ok[i] = false;
         redis_appendf(c, "MULTI");
         for (size_t k = 0; k < v[i]->n; k++)
-            append_op(s, c, &v[i]->ops[k]);
+            append_op(s, c, &v[i]->ops[k], v[i]->durable);
         redis_appendf(c, "EXEC");
         any_durable |= v[i]->durable;
     }

@@ -74,7 +74,7 @@ class RedisServer:
     def ping(self):
         try:
             return self.cmd("PING", timeout=1) == "PONG"
-        except OSError:
+        except (OSError, RuntimeError):   # not up yet, or LOADING
             return False
 
     def stop(self):
