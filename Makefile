@@ -4,7 +4,7 @@
 
 BUILD    ?= build
 CC       ?= cc
-PKGS      = libuv rocksdb lua5.4 libcares openssl jansson libmicrohttpd hiredis
+PKGS      = libuv rocksdb lua5.4 libcares openssl jansson libmicrohttpd libsystemd hiredis
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS   ?= -O2 -g
@@ -20,7 +20,7 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 PYTEST   ?= /usr/bin/python3 -m pytest
 
 .SECONDARY:
-.PHONY: all deps deps-test run test unit system fuzz asan bench clean check-config
+.PHONY: all deps deps-test run test unit system fuzz asan bench clean check-config man install
 
 all: $(BUILD)/petrel $(BUILD)/petrelctl $(BUILD)/petrel-sendmail
 
@@ -45,13 +45,53 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libpetrel.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDFLAGS) $(ALL_LIBS) -lcmocka
 
+# ---- man pages (one Markdown source each, man/*.md -> roff) and `make install` ----
+MAN_SRC  := $(wildcard man/*.md)
+MAN_OUT  := $(MAN_SRC:man/%.md=$(BUILD)/man/%)
+PREFIX   ?= /usr/local
+SBINDIR  ?= $(PREFIX)/sbin
+BINDIR   ?= $(PREFIX)/bin
+MANDIR   ?= $(PREFIX)/share/man
+DOCDIR   ?= $(PREFIX)/share/doc/petrel
+SYSCONFDIR ?= /etc
+UNITDIR  ?= $(PREFIX)/lib/systemd/system
+SENDMAIL_LINK ?= yes   # also install $(SBINDIR)/sendmail -> petrel-sendmail
+
+$(BUILD)/man/%: man/%.md scripts/mkman.py
+	@mkdir -p $(dir $@)
+	/usr/bin/python3 scripts/mkman.py $< $@
+
+man: $(MAN_OUT)
+
+install: all man
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) \
+	  $(DESTDIR)$(SYSCONFDIR)/petrel $(DESTDIR)$(SYSCONFDIR)/logrotate.d \
+	  $(DESTDIR)$(SYSCONFDIR)/fail2ban/filter.d
+	install -m 0755 $(BUILD)/petrel $(BUILD)/petrel-sendmail $(DESTDIR)$(SBINDIR)/
+	install -m 0755 $(BUILD)/petrelctl $(DESTDIR)$(BINDIR)/
+	if [ "$(strip $(SENDMAIL_LINK))" = yes ]; then ln -sf petrel-sendmail $(DESTDIR)$(SBINDIR)/sendmail; fi
+	sed 's|/usr/local/sbin/|$(SBINDIR)/|g' contrib/systemd/petrel.service > $(DESTDIR)$(UNITDIR)/petrel.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/petrel.service
+	# the default config never replaces one already there
+	[ -e $(DESTDIR)$(SYSCONFDIR)/petrel/petrel.lua ] || \
+	  install -m 0640 contrib/etc/petrel.lua $(DESTDIR)$(SYSCONFDIR)/petrel/petrel.lua
+	install -m 0644 contrib/logrotate/petrel $(DESTDIR)$(SYSCONFDIR)/logrotate.d/petrel
+	install -m 0644 contrib/fail2ban/filter.d/petrel.conf $(DESTDIR)$(SYSCONFDIR)/fail2ban/filter.d/petrel.conf
+	install -m 0644 $(BUILD)/man/petrel.lua.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 $(BUILD)/man/petrel.8 $(BUILD)/man/petrelctl.8 $(DESTDIR)$(MANDIR)/man8/
+	cp -R contrib $(DESTDIR)$(DOCDIR)/
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/
+
 deps:
 	@scripts/deps.sh build
 
 deps-test:
 	@scripts/deps.sh test
 
-run: deps
+# `make run` also installs what README's first try types (swaks)
+run:
+	@scripts/deps.sh run
 	@$(MAKE) --no-print-directory all
 	@mkdir -p var
 	exec $(BUILD)/petrel -c petrel.lua
@@ -107,3 +147,45 @@ clean:
 	rm -rf build build-asan build/fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- Fault runs (issue 10). Short versions run inside `make system` as
+# tests/system/test_faults_*.py; these are the long ones.
+.PHONY: chaos soak fuzz-long tsan
+
+# SIGKILL petrel CHAOS_KILLS times (+ CHAOS_TERMS SIGTERMs) under SMTP+HTTP load and a
+# flaky next hop; fails if an acknowledged message is lost or the spool is left non-empty.
+CHAOS_KILLS ?= 100
+CHAOS_TERMS ?= 5
+chaos: all
+	PETREL_BIN=$(abspath $(BUILD)/petrel) /usr/bin/python3 tests/chaos/chaos.py \
+	  --kills $(CHAOS_KILLS) --terms $(CHAOS_TERMS) $(CHAOS_ARGS)
+
+# Mixed load at SOAK_RATE msg/s for DURATION; table, soak.tsv, soak.png, summary.json
+# in build/soak/.
+DURATION ?= 1h
+SOAK_RATE ?= 20
+soak: all
+	PETREL_BIN=$(abspath $(BUILD)/petrel) /usr/bin/python3 tests/soak/soak.py \
+	  --duration $(DURATION) --rate $(SOAK_RATE) --out build/soak $(SOAK_ARGS)
+
+# Every fuzz target for FUZZ_LONG_SECONDS, its corpus kept (and grown) in
+# tests/fuzz/corpus/<target>/; crashes land in build/fuzz/<target>-crash-*.
+FUZZ_LONG_SECONDS ?= 3600
+fuzz-long: $(FUZZ_BIN)
+	@set -e; for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p tests/fuzz/corpus/$$n; \
+	  echo "== $$n ($(FUZZ_LONG_SECONDS)s, corpus tests/fuzz/corpus/$$n)"; \
+	  if ! $$f tests/fuzz/corpus/$$n -max_total_time=$(FUZZ_LONG_SECONDS) -print_final_stats=1 \
+	      -artifact_prefix=build/fuzz/$$n- > $$f.long.log 2>&1; then \
+	    tail -40 $$f.long.log; echo "FAILED: $$n (log: $$f.long.log)"; exit 1; fi; \
+	  grep -E "^stat::number_of_executed_units|^Done" $$f.long.log | tail -2; done
+
+# ThreadSanitizer build in build-tsan/, then the system tests that exercise the spool,
+# delivery and HTTP threads. A race report makes petrel exit 66, which fails the test.
+TSAN_TESTS ?= tests/system/test_durability.py tests/system/test_delivery.py \
+	tests/system/test_http.py tests/system/test_http_inject.py tests/system/test_faults_disk.py
+tsan:
+	@$(MAKE) --no-print-directory BUILD=build-tsan CC=gcc \
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=thread" LDFLAGS="-fsanitize=thread" all
+	PETREL_BIN=$(abspath build-tsan/petrel) PETRELCTL_BIN=$(abspath build-tsan/petrelctl) \
+	  TSAN_OPTIONS="halt_on_error=0 exitcode=66 second_deadlock_stack=1" \
+	  $(PYTEST) -q $(TSAN_TESTS) $(PYTEST_ARGS)

@@ -49,7 +49,6 @@ petrel.configure_queue {
   retry_interval = "5m",               -- first retry; doubles each time
   max_retry_interval = "1h",
   max_retry_age = "72h",               -- then the message bounces as expired
-  dead_letter_after = "7d",
   max_queue_depth = 1000000,           -- above it new mail gets 452 4.3.1
 }
 

@@ -20,6 +20,7 @@
 #include <openssl/x509.h>
 
 #include "ctl_ops.h"
+#include "util/base64.h"
 #include "util/buf.h"
 #include "util/parse.h"
 #include "util/result.h"
@@ -348,12 +349,11 @@ int ctl_ops_report(int argc, char **argv)
 
 static int kg_b64(const unsigned char *in, size_t n, char **out)
 {
-    size_t cap = 4 * ((n + 2) / 3) + 1;
+    size_t cap = base64_encoded_len(n) + 1;
     *out = malloc(cap);
     if (!*out)
         return PT_NOMEM;
-    EVP_EncodeBlock((unsigned char *)*out, in, (int)n);
-    return PT_OK;
+    return base64_encode(in, n, *out, cap);
 }
 
 /* Prints `name IN TXT ( "..." "..." )` with the value cut into 255-byte strings. */

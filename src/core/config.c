@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +49,6 @@
 #define DEF_RETRY_INTERVAL     (5 * 60.0)
 #define DEF_MAX_RETRY_INTERVAL (60 * 60.0)
 #define DEF_MAX_RETRY_AGE      (72 * 3600.0)
-#define DEF_DEAD_LETTER_AFTER  (7 * 86400.0)
 #define DEF_MAX_QUEUE_DEPTH    1000000
 #define DEF_DELIVERY_THREADS   0          /* = online CPUs, resolved after load */
 #define DEF_SMTP_PORT          25
@@ -98,6 +98,7 @@ struct opt {
     bool required, zero_ok;
     const char *const *choices;  /* OPT_CHOICE */
     const struct opt *sub;       /* OPT_AUTH, OPT_TLS_FILES */
+    const char *unimpl;          /* not NULL: the option is refused, this says why/what instead */
 };
 
 static const char *const tls_levels[] = { "may", "encrypt", "verify", NULL };
@@ -174,7 +175,9 @@ static const struct opt queue_opts[] = {
     { O("retry_interval", OPT_DURATION, CFG(queue.retry_interval)) },
     { O("max_retry_interval", OPT_DURATION, CFG(queue.max_retry_interval)) },
     { O("max_retry_age", OPT_DURATION, CFG(queue.max_retry_age)) },
-    { O("dead_letter_after", OPT_DURATION, CFG(queue.dead_letter_after)), .zero_ok = true },
+    /* DESIGN §4 names it; nothing keeps expired mail yet: refused, not ignored */
+    { .name = "dead_letter_after", .unimpl = "expired messages are bounced and removed at "
+      "max_retry_age; remove the option" },
     { O("max_queue_depth", OPT_U64, CFG(queue.max_queue_depth)), .lo = 1,
       .hi = 9007199254740992.0 },
     { O("backend", OPT_CHOICE, CFG(queue.backend)), .choices = queue_backends },
@@ -588,6 +591,8 @@ static void opt_set(lua_State *L, int v, const char *fn, const char *oname,
 {
     void *slot = target + o->off;
     char buf[OPT_NAME_MAX + 8];
+    if (o->unimpl)
+        lua_api_error(L, "%s: option '%s' is not implemented yet (%s)", fn, oname, o->unimpl);
     switch (o->kind) {
     case OPT_STR:
     case OPT_LSTR:
@@ -791,6 +796,7 @@ static int api_start_http_listener(lua_State *L)
         return lua_api_error(L, "%s: too many HTTP listeners (at most %d)", fn,
                              CFG_MAX_LISTENERS);
     struct cfg_http_listener *h = &cfg->http[cfg->n_http++];
+    h->line = lua_api_line(L);
     default_cidrs(L, trusted, 2, &h->trusted_hosts, &h->n_trusted_hosts);
     opts_apply(L, 1, fn, "", http_listener_opts, h);
     if (h->tls)
@@ -1091,7 +1097,6 @@ static int config_defaults(struct config *cfg)
     cfg->queue.retry_interval = DEF_RETRY_INTERVAL;
     cfg->queue.max_retry_interval = DEF_MAX_RETRY_INTERVAL;
     cfg->queue.max_retry_age = DEF_MAX_RETRY_AGE;
-    cfg->queue.dead_letter_after = DEF_DEAD_LETTER_AFTER;
     cfg->queue.max_queue_depth = DEF_MAX_QUEUE_DEPTH;
     cfg->queue.backend = strdup(DEF_QUEUE_BACKEND);
     cfg->queue.key_prefix = strdup(DEF_KEY_PREFIX);
@@ -1167,6 +1172,61 @@ static int config_finish(struct config *cfg)
     return PT_OK;
 }
 
+/* Appends "FILE:LINE: warning: message\n" to cfg->warnings. */
+static int warn(struct config *cfg, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int warn(struct config *cfg, int line, const char *fmt, ...)
+{
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    size_t old = cfg->warnings ? strlen(cfg->warnings) : 0;
+    size_t add = strlen(cfg->path) + strlen(msg) + 40;
+    char *w = realloc(cfg->warnings, old + add);
+    if (!w)
+        return PT_NOMEM;
+    snprintf(w + old, add, "%s:%d: warning: %s\n", cfg->path, line, msg);
+    cfg->warnings = w;
+    return PT_OK;
+}
+
+/* Rules between options of different calls, checked once the whole file ran: an
+ * option whose feature cannot work as configured is an error naming what is
+ * missing; a setting clients will trip on is a warning. */
+static int config_validate(struct config *cfg, char *err, size_t errlen)
+{
+    for (int i = 0; i < cfg->n_listeners; i++) {
+        const struct cfg_listener *l = &cfg->listeners[i];
+        if (l->n_auth_mechanisms && !cfg->auth_users_file) {
+            snprintf(err, errlen, "%s:%d: start_smtp_listener: option 'auth_mechanisms' needs "
+                     "petrel.configure_auth { users_file = ... } (without users AUTH is never "
+                     "offered)", cfg->path, l->line);
+            return PT_INVALID;
+        }
+        if (l->n_auth_mechanisms && !l->tls && l->auth_require_tls &&
+            warn(cfg, l->line, "start_smtp_listener %s: AUTH is never offered: "
+                 "auth_require_tls = true and the listener has no tls; add tls = { cert_file = "
+                 "..., key_file = ... } or set auth_require_tls = false", l->listen))
+            return PT_NOMEM;
+        if (l->port == 465 && (!l->tls || !l->tls->implicit) &&
+            warn(cfg, l->line, "start_smtp_listener %s: clients expect implicit TLS (SMTPS) on "
+                 "port 465 but this listener %s; set tls = { cert_file = ..., key_file = ..., "
+                 "implicit = true }", l->listen, l->tls ? "speaks STARTTLS" : "has no tls"))
+            return PT_NOMEM;
+    }
+    for (int i = 0; i < cfg->n_http; i++) {
+        const struct cfg_http_listener *h = &cfg->http[i];
+        if (h->tls && (cfg->tls.ciphers || !cfg->tls.prefer_server_ciphers) &&
+            warn(cfg, h->line, "start_http_listener %s: configure_tls 'ciphers' and "
+                 "'prefer_server_ciphers' apply to SMTP only; HTTPS uses the GnuTLS NORMAL "
+                 "priorities (with min_tls_version)", h->listen))
+            return PT_NOMEM;
+    }
+    return PT_OK;
+}
+
 struct config *config_load(const char *path, char *err, size_t errlen)
 {
     struct config *cfg = calloc(1, sizeof *cfg);
@@ -1189,6 +1249,13 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     L = NULL;
     if (config_finish(cfg) != PT_OK)
         goto nomem;
+    int rc = config_validate(cfg, err, errlen);
+    if (rc == PT_NOMEM)
+        goto nomem;
+    if (rc != PT_OK) {
+        config_free(cfg);
+        return NULL;
+    }
     return cfg;
 nomem:
     if (L)
@@ -1252,6 +1319,7 @@ void config_free(struct config *cfg)
     header_checks_free(cfg->header_checks_set);
     free(cfg->logging.path);
     free(cfg->logging.level);
+    free(cfg->warnings);
     free(cfg);
 }
 

@@ -51,6 +51,7 @@ struct cfg_http_listener {
     struct cidr *trusted_hosts; int n_trusted_hosts; /* default 127.0.0.1, ::1 */
     char **api_keys; int n_api_keys;
     struct cfg_tls_files *tls;
+    int line;                        /* config line of the call, for messages */
 };
 
 struct cfg_auth_client { char *username, *password, *password_file; };
@@ -78,7 +79,6 @@ struct cfg_queue {
     double retry_interval;           /* 5m */
     double max_retry_interval;       /* 1h */
     double max_retry_age;            /* 72h */
-    double dead_letter_after;        /* 7d */
     uint64_t max_queue_depth;        /* 1000000 */
     char *backend;                   /* "rocksdb" | "redis" */
     char *redis_url;                 /* backend = "redis": required */
@@ -128,10 +128,13 @@ struct config {
                                                 NULL when there are none */
     struct { char *path, *level; } logging;       /* "./var/log/petrel.jsonl", "info" */
     int n_hooks;                     /* petrel.on registrations seen (for information) */
+    char *warnings;                  /* "FILE:LINE: warning: ...\n" lines; NULL = none */
 };
 
 /* Loads and validates path. On error returns NULL and writes "FILE:LINE: message"
- * (naming the option) into err. The returned snapshot is owned by the caller. */
+ * (naming the option) into err. Settings that work but will surprise (e.g. port
+ * 465 without implicit TLS) are listed in cfg->warnings for the caller to print.
+ * The returned snapshot is owned by the caller. */
 struct config *config_load(const char *path, char *err, size_t errlen);
 void config_free(struct config *cfg);
 

@@ -22,10 +22,12 @@
 
 #include "cluster/node.h"
 #include "core/config.h"
+#include "core/fdlimit.h"
 #include "core/runtime.h"
 #include "core/worker.h"
 #include "http/http_server.h"
 #include "obs/log.h"
+#include "obs/notify.h"
 #include "queue/entry.h"
 #include "queue/sched.h"
 #include "queue/spool.h"
@@ -134,8 +136,12 @@ static void warn_restart_only(const struct config *old, const struct config *cfg
 {
     char what[512] = "";
     size_t n = 0;
-#define NOTE(cond, name) \
-    do { if (cond) n += (size_t)snprintf(what + n, n < sizeof what ? sizeof what - n : 0, "%s%s", n ? ", " : "", name); } while (0)
+#define NOTE(cond, name)                                                               \
+    do {                                                                               \
+        if (cond)                                                                      \
+            n += (size_t)snprintf(what + n, n < sizeof what ? sizeof what - n : 0, "%s%s", \
+                                  n ? ", " : "", name);                                \
+    } while (0)
     NOTE(old->smtp_threads != cfg->smtp_threads, "configure_process.smtp_threads");
     NOTE(str_differs(old->process_user, cfg->process_user), "configure_process.user");
     NOTE(str_differs(old->queue.spool_dir, cfg->queue.spool_dir), "configure_queue.spool_dir");
@@ -159,13 +165,14 @@ static void warn_restart_only(const struct config *old, const struct config *cfg
     }
     NOTE(http, "start_http_listener");
     /* The delivery threads keep the startup generation in this build. */
-    bool dl = old->n_routes != cfg->n_routes || route_differs(&old->delivery.dflt, &cfg->delivery.dflt) ||
-              old->delivery.smtp_port != cfg->delivery.smtp_port ||
-              old->delivery.max_connections_per_domain != cfg->delivery.max_connections_per_domain ||
-              old->delivery.max_message_rate != cfg->delivery.max_message_rate ||
-              old->delivery.max_deliveries_per_connection != cfg->delivery.max_deliveries_per_connection ||
-              old->delivery.connect_timeout != cfg->delivery.connect_timeout ||
-              str_differs(old->delivery.helo_name, cfg->delivery.helo_name);
+    const struct cfg_delivery *od = &old->delivery, *nd = &cfg->delivery;
+    bool dl = old->n_routes != cfg->n_routes || route_differs(&od->dflt, &nd->dflt) ||
+              od->smtp_port != nd->smtp_port ||
+              od->max_connections_per_domain != nd->max_connections_per_domain ||
+              od->max_message_rate != nd->max_message_rate ||
+              od->max_deliveries_per_connection != nd->max_deliveries_per_connection ||
+              od->connect_timeout != nd->connect_timeout ||
+              str_differs(od->helo_name, nd->helo_name);
     for (int i = 0; !dl && i < cfg->n_routes; i++)
         dl = route_differs(&old->routes[i], &cfg->routes[i]);
     NOTE(dl, "configure_delivery/configure_transport (delivery side)");
@@ -202,12 +209,15 @@ static int reload_locked(struct reloader *r, char *err, size_t errlen)
         config_free(cfg);
         return PT_INVALID;
     }
+    fdlimit_apply(cfg);
     const struct config *old = r->rt->gen->cfg;  /* swapped only here, under r->lock */
     warn_restart_only(old, cfg);
+    for (const char *w = cfg->warnings; w && *w; w += strcspn(w, "\n") + 1)
+        log_warn("reload: %.*s", (int)strcspn(w, "\n"), w);
     struct cfg_gen *gen = runtime_gen_build(cfg, r->last_id + 1, r->wg->n, r->n_http, err, errlen);
     if (!gen)
         return PT_INVALID;
-    struct listen_plan plan;
+    struct worker_listen_plan plan;
     if (workers_prepare(r->wg, gen->cfg, &plan, err, errlen) != PT_OK) {
         runtime_gen_release(gen);
         return PT_INVALID;
@@ -247,14 +257,21 @@ static int reload(void *arg, char *err, size_t errlen)
     return rc;
 }
 
+static void on_watchdog(uv_timer_t *t)
+{
+    notify_watchdog();
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     if (signum == SIGHUP) {
         char err[1024];
-        reload(h->data, err, sizeof err);
+        notify_reloading();
+        notify_reloaded(reload(h->data, err, sizeof err) == PT_OK);
         return;
     }
     log_info("signal %d: shutting down", signum);
+    notify_stopping();
     uv_stop(h->loop);
 }
 
@@ -290,6 +307,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
+    if (cfg->warnings)
+        fputs(cfg->warnings, stderr);
     if (check) {
         printf("config ok\n");
         config_free(cfg);
@@ -311,8 +330,6 @@ int main(int argc, char **argv)
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     /* Say so when the config asks for something this build does not do yet,
      * rather than silently ignoring it. */
-    if (cfg->n_header_checks)
-        fprintf(stderr, "petrel: warning: configure_header_checks: not applied by this build\n");
     enum log_level lvl;
     if (log_level_parse(cfg->logging.level, &lvl) == PT_OK)
         log_set_level(lvl);
@@ -321,6 +338,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "petrel: %s\n", err);
         return 1;
     }
+    fdlimit_apply(cfg); /* max_connections within ulimit -n (warns when it clamps) */
     struct runtime rt = { 0 };
     if (gethostname(rt.hostname, sizeof rt.hostname - 1) != 0)
         snprintf(rt.hostname, sizeof rt.hostname, "localhost");
@@ -373,7 +391,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    struct listen_plan plan;
+    struct worker_listen_plan plan;
     if (workers_prepare(wg, cfg, &plan, err, sizeof err) != PT_OK) {
         fprintf(stderr, "petrel: %s\n", err);
         return 1;
@@ -428,7 +446,18 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "petrel ready\n");
     fflush(stderr);
+    notify_ready();
+    /* systemd WatchdogSec=: a keep-alive at a third of the interval from the main
+     * loop, so a stuck main loop is restarted */
+    uv_timer_t watchdog;
+    uv_timer_init(loop, &watchdog);
+    double wd = notify_watchdog_interval();
+    if (wd > 0) {
+        uint64_t ms = (uint64_t)(wd * 1000 / 3);
+        uv_timer_start(&watchdog, on_watchdog, ms ? ms : 1, ms ? ms : 1);
+    }
     uv_run(loop, UV_RUN_DEFAULT);
+    uv_timer_stop(&watchdog);
 
     /* graceful stop: HTTP and SMTP inbound first (finish transactions), then
      * delivery, then disk; no reload from here on */
@@ -454,6 +483,7 @@ int main(int argc, char **argv)
     log_close();
     for (int i = 0; i < 3; i++)
         uv_close((uv_handle_t *)&sigs[i], NULL);
+    uv_close((uv_handle_t *)&watchdog, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
     frontdoor_free(fd);
     free(workers);

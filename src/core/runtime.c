@@ -122,7 +122,8 @@ struct cfg_gen *runtime_gen_build(struct config *cfg, uint64_t id, int n_smtp, i
         const struct cfg_listener *l = &cfg->listeners[i];
         if (!l->tls)
             continue;
-        const char *minv = l->tls->min_tls_version ? l->tls->min_tls_version : cfg->tls.min_tls_version;
+        const char *minv = l->tls->min_tls_version ? l->tls->min_tls_version
+                                                   : cfg->tls.min_tls_version;
         g->listener_tls[i] = tls_server_ctx_new(l->tls->cert_file, l->tls->key_file, minv,
                                                 cfg->tls.ciphers, cfg->tls.prefer_server_ciphers,
                                                 e, sizeof e);
@@ -132,7 +133,8 @@ struct cfg_gen *runtime_gen_build(struct config *cfg, uint64_t id, int n_smtp, i
             goto fail;
         }
     }
-    g->client_tls = tls_client_ctx_new(cfg->tls.min_tls_version, cfg->tls.ciphers, NULL, e, sizeof e);
+    g->client_tls = tls_client_ctx_new(cfg->tls.min_tls_version, cfg->tls.ciphers, NULL, e,
+                                       sizeof e);
     if (!g->client_tls) {
         snprintf(err, errlen, "%s:0: configure_tls: %s", cfg->path, e);
         goto fail;
@@ -189,7 +191,8 @@ void runtime_gen_release(struct cfg_gen *g)
 }
 
 /* Each thread keeps one reference to the generation it used last, so that the
- * common case needs no lock: that generation cannot be freed under us. */
+ * common case needs no lock: that generation cannot be freed under us. The key is
+ * process-wide by nature (thread-local storage); what it points to is immutable. */
 static pthread_key_t tl_key;
 static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
 

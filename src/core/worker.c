@@ -122,8 +122,8 @@ static int slot_of(const struct worker_group *g, const char *host, uint16_t port
     return -1;
 }
 
-int workers_prepare(struct worker_group *g, const struct config *cfg, struct listen_plan *p,
-                    char *err, size_t errlen)
+int workers_prepare(struct worker_group *g, const struct config *cfg,
+                    struct worker_listen_plan *p, char *err, size_t errlen)
 {
     memset(p, 0, sizeof *p);
     for (int i = 0; i < WORKER_MAX_SLOTS; i++)
@@ -181,7 +181,7 @@ int workers_prepare(struct worker_group *g, const struct config *cfg, struct lis
     return PT_OK;
 }
 
-void workers_abort(struct worker_group *g, struct listen_plan *p)
+void workers_abort(struct worker_group *g, struct worker_listen_plan *p)
 {
     for (int a = 0; a < p->n_add; a++)
         for (int i = 0; i < g->n; i++)
@@ -242,7 +242,7 @@ struct sync_point {
     int remaining;
 };
 
-void workers_commit(struct worker_group *g, struct listen_plan *p)
+void workers_commit(struct worker_group *g, struct worker_listen_plan *p)
 {
     struct sync_point sp = { .remaining = g->n };
     pthread_mutex_init(&sp.lock, NULL);

@@ -65,7 +65,7 @@ struct worker_group {
 
 /* What workers_prepare bound and what it will close, applied by workers_commit
  * or undone by workers_abort. */
-struct listen_plan {
+struct worker_listen_plan {
     int n_add;
     int add_slot[CFG_MAX_LISTENERS];
     int *fds;                           /* n_add x group->n sockets, row per added slot */
@@ -77,14 +77,14 @@ struct listen_plan {
  * address is not yet listened on, and notes the addresses cfg no longer has.
  * Nothing changes for the workers yet. On failure closes what it bound and
  * writes "FILE:LINE: start_smtp_listener: ..." into err. */
-int workers_prepare(struct worker_group *g, const struct config *cfg, struct listen_plan *p,
-                    char *err, size_t errlen);
+int workers_prepare(struct worker_group *g, const struct config *cfg,
+                    struct worker_listen_plan *p, char *err, size_t errlen);
 /* Applies p: workers listen on the new sockets and close the dropped ones.
  * Before the threads run this is done directly; afterwards through each worker's
  * mailbox, and it returns once every worker has done it. */
-void workers_commit(struct worker_group *g, struct listen_plan *p);
+void workers_commit(struct worker_group *g, struct worker_listen_plan *p);
 /* Closes the sockets p bound (the reload failed after workers_prepare). */
-void workers_abort(struct worker_group *g, struct listen_plan *p);
+void workers_abort(struct worker_group *g, struct worker_listen_plan *p);
 
 /* Prepares the loop and the mailbox (before privileges are dropped);
  * worker_run starts the thread. */

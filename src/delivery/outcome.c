@@ -141,6 +141,11 @@ enum outcome_next outcome_apply(struct runtime *rt, struct entry *e,
     if (nb)
         bounce_send(rt, e, bounced, nb, false);
     free(bounced);
+    if (last_defer)  /* one diagnostic line per deferred attempt, naming where it went */
+        log_info("%s: deferred for %s at %s[%s]%s%s: %s", e->id, e->domain,
+                 where && where->site ? where->site : "-", where && where->peer ? where->peer : "-",
+                 where && where->tls ? " over " : "", where && where->tls ? where->tls : "",
+                 last_defer);
     return settle(rt, e, last_defer, where);
 }
 

@@ -10,6 +10,7 @@
 #include "delivery/dns.h"
 #include "delivery/outcome.h"
 #include "delivery/pool.h"
+#include "delivery/route.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "queue/entry.h"
@@ -26,7 +27,7 @@ struct pool_conn {
     struct pool_thread *pt;
     struct pool *p;
     void *queue;
-    const struct cfg_route *route;
+    const struct route *route;
     const char *domain, *label;
     struct smtp_client *client;
 };
@@ -113,11 +114,8 @@ static void on_dns(void *arg, const struct dns_result *res)
         conn_free(c);
         return;
     }
-    const struct cfg_route *r = c->route;
-    const struct cfg_route *d = &cfg->delivery.dflt;
-    const char *level = r && r->tls ? r->tls : d->tls ? d->tls : "may";
-    const char *ca = r && r->ca_file ? r->ca_file : d->ca_file;
-    const struct cfg_auth_client *auth = r ? r->auth : NULL; /* credentials go to relays only */
+    const struct route *r = c->route;
+    const struct cfg_auth_client *auth = r->auth;
     char pass[512] = "";
     if (auth && auth->password)
         snprintf(pass, sizeof pass, "%s", auth->password);
@@ -125,12 +123,12 @@ static void on_dns(void *arg, const struct dns_result *res)
         read_secret(auth->password_file, pass, sizeof pass);
     struct smtp_client_params p = {
         .hosts = res,
-        .tls = strcmp(level, "verify") == 0 ? CTLS_VERIFY
-             : strcmp(level, "encrypt") == 0 ? CTLS_ENCRYPT : CTLS_MAY,
-        .tls_ctx = runtime_client_tls(pt->rt, ca),
+        .tls = strcmp(r->tls, "verify") == 0 ? CTLS_VERIFY
+             : strcmp(r->tls, "encrypt") == 0 ? CTLS_ENCRYPT : CTLS_MAY,
+        .tls_ctx = runtime_client_tls(pt->rt, r->ca_file),
         .auth_user = auth ? auth->username : NULL,
         .auth_pass = auth ? pass : NULL,
-        .port = r ? r->relay_port : cfg->delivery.smtp_port,
+        .port = r->port,
         .helo = cfg->delivery.helo_name ? cfg->delivery.helo_name : pt->rt->hostname,
         .connect_timeout = cfg->delivery.connect_timeout,
         .command_timeout = cfg->delivery.connect_timeout * 5 > 600 ? 600 : cfg->delivery.connect_timeout * 5,
@@ -145,7 +143,7 @@ static void on_dns(void *arg, const struct dns_result *res)
     }
 }
 
-void pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct cfg_route *route,
+void pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct route *route,
                const char *domain, const char *label)
 {
     struct pool_conn *c = calloc(1, sizeof *c);
@@ -164,10 +162,11 @@ void pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct
     p->nconn++;
     metrics_add(M_CONNECTIONS, METRICS_OUTBOUND, label, 1);
     p->nresolving++;
-    if (route && route->relay_no_mx)
+    if (route->way == ROUTE_WAY_RELAY && route->no_mx)
         dns_resolve_host(pt->dns, route->relay_host, on_dns, c);
     else
-        dns_resolve_mx(pt->dns, route ? route->relay_host : domain, on_dns, c);
+        dns_resolve_mx(pt->dns, route->way == ROUTE_WAY_RELAY ? route->relay_host : domain,
+                       on_dns, c);
 }
 
 struct pool_conn *pool_idle_pop(struct pool *p)

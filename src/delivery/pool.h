@@ -12,12 +12,12 @@
 
 #include "util/buf.h"
 
-struct cfg_route;
 struct client_result;
 struct dns;
 struct entry;
 struct outcome_where;
 struct pool_conn;
+struct route;
 struct runtime;
 
 /* The connections of one destination queue; embedded in the queue, zeroed at
@@ -57,10 +57,11 @@ struct pool_thread {
 };
 
 /* Opens one more connection for queue (pool p): resolves the route's relay host
- * (route NULL = the MX of domain), then takes an entry. label names the queue in
+ * (or, for an MX route, the MX of domain), then takes an entry; TLS policy, CA
+ * and credentials are the route's. label names the queue in
  * the connections gauge. route, domain and label are borrowed and must live as
  * long as the queue. */
-void pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct cfg_route *route,
+void pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct route *route,
                const char *domain, const char *label);
 /* An idle connection of p, taken off the idle list; NULL if none. Hand it an entry
  * with pool_deliver, or close it with pool_quit. */

@@ -17,6 +17,7 @@
 #include <openssl/pem.h>
 
 #include "dkim/dkim.h"
+#include "util/base64.h"
 #include "util/buf.h"
 #include "util/headers.h"
 #include "util/result.h"
@@ -414,9 +415,10 @@ static int sign_data(const struct dkim_key *k, const unsigned char *data, size_t
 
 static char *b64(const unsigned char *p, size_t n)
 {
-    char *s = malloc(4 * ((n + 2) / 3) + 1);
+    size_t len = base64_encoded_len(n) + 1;
+    char *s = malloc(len);
     if (s)
-        EVP_EncodeBlock((unsigned char *)s, p, (int)n);
+        base64_encode(p, n, s, len);
     return s;
 }
 

@@ -25,6 +25,7 @@
 #include "http/inject.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "policy/accept.h"
 #include "policy/header_checks.h"
 #include "policy/hooks.h"
 #include "policy/limits.h"
@@ -253,19 +254,18 @@ static void new_id(void *arg, char out[ENTRY_ID_LEN + 1])
     entry_new_id(out);
 }
 
-/* Drops recipients whose domain routes to "error:..." (the SMTP listener refuses them
- * at RCPT); each goes to rejected (v1) or to the batch's failures (kumo). */
+/* Drops the recipients the SMTP listener would refuse at RCPT (policy/accept.h: a
+ * domain routed to "error:..."); each goes to rejected (v1) or to the batch's
+ * failures (kumo). */
 static int apply_routes(struct inject_job *j, const struct config *cfg)
 {
     for (size_t m = 0; m < j->batch.nmsgs; m++) {
         struct inject_msg *msg = &j->batch.msgs[m];
         size_t keep = 0;
         for (size_t i = 0; i < msg->nrcpt; i++) {
-            char ldom[256];
-            const char *dom = smtp_addr_domain(msg->rcpts[i]);
-            smtp_domain_lower(dom ? dom : "", ldom, sizeof ldom);
-            const struct cfg_route *r = config_route_for(cfg, ldom);
-            if (!r || r->kind != ROUTE_ERROR) {
+            const char *refusal;
+            int code;
+            if (accept_recipient(cfg, msg->rcpts[i], &refusal, &code) == PT_OK) {
                 msg->rcpts[keep++] = msg->rcpts[i];
                 continue;
             }
@@ -278,7 +278,7 @@ static int apply_routes(struct inject_job *j, const struct config *cfg)
                                                (j->batch.nfailed + 1) * sizeof *f);
             if (f)
                 j->batch.failed = f;
-            char *why = f ? strdup(r->error_text) : NULL;
+            char *why = f ? strdup(refusal) : NULL;
             if (!why) {  /* keep what is left owned by msg, then give up */
                 for (; i < msg->nrcpt; i++)
                     msg->rcpts[keep++] = msg->rcpts[i];
@@ -560,7 +560,11 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
     if (atomic_load(&s->stopping))
         return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
                              "shutting down, try again later");
-    if (sched_depth(s->rt->sched) >= cfg->queue.max_queue_depth)
+    int room = accept_queue_state(cfg, s->rt->sched, s->rt->spool);
+    if (room == PT_ERROR)
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "Retry-After", "60",
+                             "spool disk full, try again later");
+    if (room != PT_OK)
         return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "Retry-After", "60",
                              "queue is full, try again later");
     struct inject_job *j = calloc(1, sizeof *j);
@@ -692,7 +696,8 @@ static enum MHD_Result get_queue(struct http_server *s, struct MHD_Connection *c
     for (size_t i = 0; i < n; i++) {
         total += q[i].count;
         json_array_append_new(arr, json_pack(
-            "{s:s, s:I, s:o, s:o, s:b, s:i}", "domain", q[i].key, "count",
+            "{s:s, s:s, s:I, s:o, s:o, s:b, s:i}", "domain", q[i].key, "route", q[i].route,
+            "count",
             (json_int_t)q[i].count, "oldest_age_s",
             q[i].oldest > 0 ? json_real(now > q[i].oldest ? now - q[i].oldest : 0) : json_null(),
             "next_attempt", json_time(q[i].suspended ? q[i].suspended_until : q[i].next_attempt),

@@ -15,8 +15,10 @@
 
 #include "http/inject.h"
 #include "smtp/smtp_parse.h"
+#include "util/base64.h"
 #include "util/buf.h"
 #include "util/headers.h"
+#include "util/mime.h"
 #include "util/result.h"
 #include "util/timeutil.h"
 
@@ -309,21 +311,10 @@ static int addr_list(const json_t *root, const char *key, bool required, struct 
 
 /* ---- header text ---- */
 
-/* Base64 of p[0..n) (OpenSSL's encoder); with wrap, lines of INJECT_B64_LINE each
- * ending in CRLF. */
+/* Base64 of p[0..n); with wrap, lines of INJECT_B64_LINE each ending in CRLF. */
 static void put_b64(struct bufw *w, const unsigned char *p, size_t n, bool wrap)
 {
-    enum { RAW = INJECT_B64_LINE / 4 * 3 };  /* input octets per line */
-    unsigned char line[INJECT_B64_LINE + 3];
-    for (size_t i = 0; i < n && !w->rc; i += RAW) {
-        size_t take = n - i < RAW ? n - i : RAW;
-        int k = EVP_EncodeBlock(line, p + i, (int)take);
-        if (wrap) {
-            line[k++] = '\r';
-            line[k++] = '\n';
-        }
-        bufw_put(w, (const char *)line, (size_t)k);
-    }
+    base64_put(w, p, n, wrap ? INJECT_B64_LINE : 0);
 }
 
 /* RFC 2047 B encoded-words for UTF-8 text, blank-separated, never splitting a
@@ -568,35 +559,23 @@ static void put_text_part(struct bufw *w, const char *subtype, const char *s, si
     buf_free(&norm);
 }
 
-/* Base64 (RFC 4648 4, padding required) with blanks and line ends ignored; OpenSSL
- * decodes, after a check that '=' only pads the end. */
+/* Base64 (RFC 4648 4, padding required) with blanks and line ends ignored. */
 static int b64_decode(const char *s, size_t n, struct buf *out)
 {
-    struct buf clean;
-    buf_init(&clean, 0);
-    int rc = buf_reserve(&clean, n);
-    for (size_t i = 0; i < n && rc == PT_OK; i++)
-        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
-            clean.data[clean.len++] = s[i];
-    size_t len = clean.len, pads = 0;
-    while (pads < len && pads < 3 && clean.data && clean.data[len - 1 - pads] == '=')
-        pads++;
-    if (rc == PT_OK && (len % 4 || pads > 2 || memchr(clean.data, '=', len - pads) ||
-                        len > (size_t)INT32_MAX))
-        rc = PT_INVALID;
-    if (rc == PT_OK && len)
-        rc = buf_reserve(out, len / 4 * 3);
-    if (rc == PT_OK && len) {
-        int got = EVP_DecodeBlock((unsigned char *)out->data + out->len,
-                                  (const unsigned char *)clean.data, (int)len);
-        if (got < 0 || (size_t)got != len / 4 * 3)
-            rc = PT_INVALID;  /* a character outside the alphabet */
-        else
-            out->len += (size_t)got - pads;
+    size_t chars = 0, got = 0;
+    for (size_t i = 0; i < n; i++)
+        chars += s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n';
+    int rc = chars ? buf_reserve(out, chars / 4 * 3) : PT_OK;   /* TOOLONG: over out->max */
+    if (rc == PT_OK && chars) {
+        rc = base64_decode(s, n, BASE64_SKIP_SPACE, (unsigned char *)out->data + out->len,
+                           out->cap - out->len - 1, &got);
+        if (rc == PT_TOOLONG)
+            rc = PT_INVALID;   /* the decoder never needs more than chars / 4 * 3 */
     }
-    if (rc == PT_OK && out->data)
+    if (rc == PT_OK && out->data) {
+        out->len += got;
         out->data[out->len] = 0;
-    buf_free(&clean);
+    }
     return rc;
 }
 
@@ -936,12 +915,11 @@ static void v1_attachment_part(struct bufw *w, const struct attachment *a)
 static void v1_main_part(struct bufw *w, const struct v1 *m, const char *alt, bool nested)
 {
     if (m->text && m->html) {
-        bufw_printf(w, "Content-Type: multipart/alternative; boundary=\"%s\"\r\n\r\n--%s\r\n",
-                 alt, alt);
+        mime_multipart_begin(w, "alternative", NULL, alt, NULL);
         put_text_part(w, "plain", m->text, m->text_len, true);
-        bufw_printf(w, "--%s\r\n", alt);
+        mime_multipart_next(w, alt);
         put_text_part(w, "html", m->html, m->html_len, true);
-        bufw_printf(w, "--%s--\r\n", alt);
+        mime_multipart_end(w, alt);
     } else if (m->html) {
         put_text_part(w, "html", m->html, m->html_len, nested);
     } else {
@@ -986,14 +964,13 @@ static int v1_content(const struct v1 *m, const char *hostname, const char *id, 
     if (m->natt == 0) {
         v1_main_part(&w, m, alt, false);
     } else {
-        bufw_printf(&w, "Content-Type: multipart/mixed; boundary=\"%s\"\r\n\r\n--%s\r\n",
-                 mixed, mixed);
+        mime_multipart_begin(&w, "mixed", NULL, mixed, NULL);
         v1_main_part(&w, m, alt, true);
         for (size_t i = 0; i < m->natt; i++) {
-            bufw_printf(&w, "--%s\r\n", mixed);
+            mime_multipart_next(&w, mixed);
             v1_attachment_part(&w, &m->att[i]);
         }
-        bufw_printf(&w, "--%s--\r\n", mixed);
+        mime_multipart_end(&w, mixed);
     }
     if (w.rc == PT_TOOLONG)
         return fail(err, errlen, "message larger than %u octets", INJECT_CONTENT_MAX);

@@ -453,15 +453,17 @@ void log_reopen_path(const char *path)
 {
     char *copy = path ? strdup(path) : NULL;
     pthread_mutex_lock(&lg.lock);
-    if (copy && lg.running && (!lg.path || strcmp(copy, lg.path) != 0)) {
+    const char *cur = lg.new_path ? lg.new_path : lg.path;
+    if (copy && lg.running && (!cur || strcmp(copy, cur) != 0)) {
         free(lg.new_path);
         lg.new_path = copy;
         copy = NULL;
     }
     free(copy);
     if (lg.running) {
+        if (!lg.reopen)   /* one pending already: its cut stays, later lines go to the new file */
+            lg.reopen_at = lg.queue.len;
         lg.reopen = true;
-        lg.reopen_at = lg.queue.len;
         pthread_cond_signal(&lg.wake);
     }
     pthread_mutex_unlock(&lg.lock);

@@ -4,6 +4,7 @@
  * waits with a deadline and never touches scheduler state itself.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,60 +58,154 @@ static void min_time(double *slot, double t)
 
 /* ---- snapshot ------------------------------------------------------------ */
 
-/* On the delivery thread: this thread's queues into sn. */
+/* This thread's rows, one per (recipient domain, route), found by an
+ * open-addressing index over the rows. */
+struct rows {
+    struct sched_queue_info *v;
+    const struct route **via;       /* v[i]'s route */
+    size_t n, cap;
+    size_t *slot;                   /* 1 + row index, 0 = empty */
+    size_t nslot;
+    bool failed;
+};
+
+static uint64_t row_hash(const char *domain, const struct route *r)
+{
+    return sched_hash(domain) ^ ((uint64_t)(uintptr_t)r * 0x9e3779b97f4a7c15ull);
+}
+
+static bool rows_grow(struct rows *rs)
+{
+    size_t cap = rs->cap ? rs->cap * 2 : 16;
+    struct sched_queue_info *v = realloc(rs->v, cap * sizeof *v);
+    if (v)
+        rs->v = v;
+    const struct route **via = realloc(rs->via, cap * sizeof *via);
+    if (via)
+        rs->via = via;
+    size_t *slot = calloc(cap * 2, sizeof *slot);
+    if (!v || !via || !slot) {
+        free(slot);
+        return false;
+    }
+    free(rs->slot);
+    rs->slot = slot;
+    rs->nslot = cap * 2;
+    rs->cap = cap;
+    for (size_t i = 0; i < rs->n; i++) {
+        size_t h = row_hash(rs->v[i].key, rs->via[i]) % rs->nslot;
+        while (rs->slot[h])
+            h = (h + 1) % rs->nslot;
+        rs->slot[h] = i + 1;
+    }
+    return true;
+}
+
+/* The row of (domain, r) on thread t, made if new; NULL when out of memory. */
+static struct sched_queue_info *row_of(struct rows *rs, struct dthread *t, const char *domain,
+                                       const struct route *r, const struct dqueue *q)
+{
+    if (rs->failed)
+        return NULL;
+    if (rs->nslot) {
+        size_t h = row_hash(domain, r) % rs->nslot;
+        for (; rs->slot[h]; h = (h + 1) % rs->nslot) {
+            size_t i = rs->slot[h] - 1;
+            if (rs->via[i] == r && strcmp(rs->v[i].key, domain) == 0)
+                return &rs->v[i];
+        }
+    }
+    if (rs->n == rs->cap && !rows_grow(rs)) {
+        rs->failed = true;
+        return NULL;
+    }
+    struct sched_queue_info *qi = &rs->v[rs->n];
+    memset(qi, 0, sizeof *qi);
+    snprintf(qi->key, sizeof qi->key, "%s", domain);
+    snprintf(qi->route, sizeof qi->route, "%s", r ? r->name : "");
+    qi->connections = q ? q->pool.nconn : 0;
+    for (const struct suspension *su = t->suspended; su; su = su->next)
+        if (strcmp(su->key, domain) == 0 || (r && route_named(r, su->key))) {
+            qi->suspended = true;
+            if (su->until > qi->suspended_until)
+                qi->suspended_until = su->until;
+        }
+    rs->via[rs->n] = r;
+    size_t h = row_hash(domain, r) % rs->nslot;
+    while (rs->slot[h])
+        h = (h + 1) % rs->nslot;
+    rs->slot[h] = ++rs->n;
+    return qi;
+}
+
+static void row_add(struct rows *rs, struct dthread *t, const struct entry *e,
+                    const struct dqueue *q, double next)
+{
+    struct sched_queue_info *qi = row_of(rs, t, e->domain, e->via, q);
+    if (!qi)
+        return;
+    qi->count++;
+    min_time(&qi->oldest, e->received_at);
+    min_time(&qi->next_attempt, next);
+}
+
+/* On the delivery thread: this thread's queues into sn. Entries in flight are
+ * counted (q->nentries) but have no time. */
 static void snapshot_run(struct dthread *t, struct sched_call *call)
 {
     struct thread_call *sn = (struct thread_call *)call;
-    struct sched_queue_info *loc = NULL;
-    size_t n = 0, cap = 0;
-    bool failed = t->stopping;
+    struct rows rs = { .failed = t->stopping };
     double now = time_now();
-    for (int h = 0; h < SCHED_Q_BUCKETS && !failed; h++)
-        for (struct dqueue *q = t->buckets[h]; q && !failed; q = q->hnext) {
-            q->snap = 0;
-            if (!q->nentries && !q->pool.nconn)
-                continue;
-            if (n == cap) {
-                size_t ncap = cap ? cap * 2 : 16;
-                struct sched_queue_info *p = realloc(loc, ncap * sizeof *p);
-                if (!p) {
-                    failed = true;
-                    break;
-                }
-                loc = p;
-                cap = ncap;
-            }
-            struct sched_queue_info *qi = &loc[n++];
-            memset(qi, 0, sizeof *qi);
-            snprintf(qi->key, sizeof qi->key, "%s", q->key);
-            qi->count = q->nentries;
-            qi->connections = q->pool.nconn;
-            const struct suspension *su = sched_suspension_of(t, q->key);
-            qi->suspended = su != NULL;
-            qi->suspended_until = su ? su->until : 0;
-            q->snap = n;
+    for (int h = 0; h < SCHED_Q_BUCKETS && !rs.failed; h++)
+        for (struct dqueue *q = t->buckets[h]; q && !rs.failed; q = q->hnext) {
+            uint32_t waiting = 0;
             for (int p = 0; p < SCHED_PRIOS; p++)
-                for (struct entry *e = q->ready[p]; e; e = e->next) {
-                    min_time(&qi->oldest, e->received_at);
-                    min_time(&qi->next_attempt, now);
-                }
+                for (struct entry *e = q->ready[p]; e; e = e->next, waiting++)
+                    row_add(&rs, t, e, q, now);
+            if (!q->route->qkey && (q->pool.nconn || q->nentries)) {
+                /* an MX queue is one domain: its row also shows what is in flight */
+                struct sched_queue_info *qi = row_of(&rs, t, q->domain, q->route, q);
+                if (qi)
+                    qi->count += q->nentries - waiting;  /* heap/held ones are added below */
+            }
         }
-    for (uint32_t i = 0; i < t->nheap && !failed; i++) {  /* waiting for a retry */
+    for (uint32_t i = 0; i < t->nheap && !rs.failed; i++) {
         const struct entry *e = t->heap[i];
-        const char *key = route_queue_key(route_of(t->s->routes, e), e);
-        struct dqueue *q = sched_queue_find(t, key);
-        if (q && q->snap) {
-            min_time(&loc[q->snap - 1].oldest, e->received_at);
-            min_time(&loc[q->snap - 1].next_attempt, e->next_attempt);
+        char kb[ROUTE_QKEY_MAX];
+        const struct dqueue *q = sched_queue_find(t, route_queue_key(e->via, e->domain, kb));
+        if (q && !q->route->qkey) {      /* counted with its MX queue above */
+            struct sched_queue_info *qi = row_of(&rs, t, e->domain, e->via, q);
+            if (qi) {
+                min_time(&qi->oldest, e->received_at);
+                min_time(&qi->next_attempt, e->next_attempt);
+            }
+        } else {
+            row_add(&rs, t, e, q, e->next_attempt);
+        }
+    }
+    for (const struct entry *e = t->held; e && !rs.failed; e = e->next) {
+        char kb[ROUTE_QKEY_MAX];
+        const struct dqueue *q = sched_queue_find(t, route_queue_key(e->via, e->domain, kb));
+        const struct suspension *su = sched_suspension_for(t, e);
+        double next = su ? su->until : e->next_attempt;
+        if (q && !q->route->qkey) {
+            struct sched_queue_info *qi = row_of(&rs, t, e->domain, e->via, q);
+            if (qi) {
+                min_time(&qi->oldest, e->received_at);
+                min_time(&qi->next_attempt, next);
+            }
+        } else {
+            row_add(&rs, t, e, q, next);
         }
     }
     pthread_mutex_lock(&sn->lock);
-    if (!failed && n) {
-        struct sched_queue_info *p = realloc(sn->q, (sn->n + n) * sizeof *p);
+    bool failed = rs.failed;
+    if (!failed && rs.n) {
+        struct sched_queue_info *p = realloc(sn->q, (sn->n + rs.n) * sizeof *p);
         if (p) {
-            memcpy(p + sn->n, loc, n * sizeof *p);
+            memcpy(p + sn->n, rs.v, rs.n * sizeof *p);
             sn->q = p;
-            sn->n += n;
+            sn->n += rs.n;
         } else {
             failed = true;
         }
@@ -119,13 +214,16 @@ static void snapshot_run(struct dthread *t, struct sched_call *call)
     sn->pending--;
     pthread_cond_signal(&sn->cond);
     call_release(sn);
-    free(loc);
+    free(rs.v);
+    free(rs.via);
+    free(rs.slot);
 }
 
 static int info_cmp(const void *a, const void *b)
 {
-    return strcmp(((const struct sched_queue_info *)a)->key,
-                  ((const struct sched_queue_info *)b)->key);
+    const struct sched_queue_info *x = a, *y = b;
+    int c = strcmp(x->key, y->key);
+    return c ? c : strcmp(x->route, y->route);
 }
 
 static struct thread_call *call_new(void (*run)(struct dthread *, struct sched_call *))
@@ -195,52 +293,86 @@ int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **
 
 /* ---- admin actions ------------------------------------------------------ */
 
-static bool admin_match(struct dthread *t, const struct entry *e,
-                        const struct sched_admin_req *rq)
+static bool admin_match(const struct entry *e, const struct sched_admin_req *rq)
 {
     if (rq->id)
         return strcmp(e->id, rq->id) == 0;
     if (!rq->domain)
         return true;
-    return strcmp(e->domain, rq->domain) == 0 ||
-           strcmp(route_queue_key(route_of(t->s->routes, e), e), rq->domain) == 0;
+    return strcmp(e->domain, rq->domain) == 0 || route_named(e->via, rq->domain);
 }
 
-/* Waiting entries (retry heap, and unless heap_only the ready lists) that match:
- * counted into *pending_rcpts, and with take also unlinked and returned (by ->next). */
-static struct entry *admin_scan(struct dthread *t, const struct sched_admin_req *rq,
-                                bool heap_only, bool take, uint64_t *pending_rcpts)
+/* One Admin record per pending recipient of e (DESIGN §6 keys; code null). */
+static void admin_log(const struct entry *e, const char *what)
+{
+    for (uint32_t i = 0; i < e->nrcpt; i++)
+        if (e->rcpts[i].state == RCPT_PENDING)
+            outcome_log(e, LOG_ADMIN, e->rcpts[i].addr, -1, what, NULL);
+}
+
+enum { IN_HEAP = 1, IN_READY = 2, IN_HELD = 4, IN_ALL = 7 };
+
+/* Waiting entries in the lists `where` that match rq: their pending recipients
+ * counted into *n and given an Admin record saying what (unless NULL); with take
+ * also unlinked and returned (by ->next). */
+static struct entry *admin_scan(struct dthread *t, const struct sched_admin_req *rq, int where,
+                                bool take, const char *what, uint64_t *n)
 {
     struct entry *list = NULL;
-    uint32_t keep = 0;
-    for (uint32_t i = 0; i < t->nheap; i++) {
-        struct entry *e = t->heap[i];
-        if (!admin_match(t, e, rq)) {
-            t->heap[keep++] = e;
-            continue;
+    if (where & IN_HEAP) {
+        uint32_t keep = 0;
+        for (uint32_t i = 0; i < t->nheap; i++) {
+            struct entry *e = t->heap[i];
+            if (!admin_match(e, rq)) {
+                t->heap[keep++] = e;
+                continue;
+            }
+            *n += entry_pending(e);
+            if (what)
+                admin_log(e, what);
+            if (take) {
+                e->next = list;
+                list = e;
+            } else {
+                t->heap[keep++] = e;
+            }
         }
-        *pending_rcpts += entry_pending(e);
-        if (take) {
-            e->next = list;
-            list = e;
-        } else {
-            t->heap[keep++] = e;
+        if (keep != t->nheap) {
+            t->nheap = keep;
+            sched_heap_rebuild(t);
         }
     }
-    if (keep != t->nheap) {
-        t->nheap = keep;
-        sched_heap_rebuild(t);
-    }
-    for (int h = 0; h < SCHED_Q_BUCKETS && !heap_only; h++)
+    if (where & IN_HELD)
+        for (struct entry **pp = &t->held; *pp;) {
+            struct entry *e = *pp;
+            if (!admin_match(e, rq)) {
+                pp = &e->next;
+                continue;
+            }
+            *n += entry_pending(e);
+            if (what)
+                admin_log(e, what);
+            if (take) {
+                *pp = e->next;
+                e->next = list;
+                list = e;
+            } else {
+                pp = &e->next;
+            }
+        }
+    for (int h = 0; h < SCHED_Q_BUCKETS && (where & IN_READY); h++)
         for (struct dqueue *q = t->buckets[h]; q; q = q->hnext)
             for (int p = 0; p < SCHED_PRIOS; p++) {
                 struct entry **pp = &q->ready[p];
                 q->ready_tail[p] = NULL;
                 while (*pp) {
                     struct entry *e = *pp;
-                    bool match = admin_match(t, e, rq);
-                    if (match)
-                        *pending_rcpts += entry_pending(e);
+                    bool match = admin_match(e, rq);
+                    if (match) {
+                        *n += entry_pending(e);
+                        if (what)
+                            admin_log(e, what);
+                    }
                     if (match && take) {
                         *pp = e->next;
                         q->nready--;
@@ -270,24 +402,46 @@ static void admin_finish(struct dthread *t, struct entry *e, const struct sched_
     sched_entry_remove(t, sched_queue_of(t, e), e);
 }
 
+/* The Admin records' response: what was done, by whom, until when and why. */
+static void admin_what(const struct sched_admin_req *rq, char *out, size_t n)
+{
+    static const char *const verbs[] = {
+        [SCHED_SUSPEND] = "suspended", [SCHED_RESUME] = "resumed", [SCHED_FLUSH] = "flushed",
+        [SCHED_BOUNCE] = "bounced", [SCHED_DELETE] = "deleted",
+    };
+    char until[64] = "";
+    if (rq->op == SCHED_SUSPEND) {
+        char ts[48];
+        time_rfc3339(rq->until, ts, sizeof ts);
+        snprintf(until, sizeof until, " until %s", ts);
+    }
+    snprintf(out, n, "%s by the administrator%s%s%s", verbs[rq->op], until,
+             rq->reason ? ": " : "", rq->reason ? rq->reason : "");
+}
+
 static uint64_t admin_run(struct dthread *t, const struct sched_admin_req *rq)
 {
     uint64_t n = 0;
     struct entry *list = NULL;
+    char what[400];
+    admin_what(rq, what, sizeof what);
     switch (rq->op) {
     case SCHED_SUSPEND: {
-        struct suspension *su = sched_suspension_of(t, rq->domain);
-        if (!su && (su = calloc(1, sizeof *su)) != NULL) {
-            snprintf(su->key, sizeof su->key, "%s", rq->domain);
-            su->next = t->suspended;
-            t->suspended = su;
+        if (!sched_suspension_set(t, rq->domain, rq->until)) {
+            log_error("queue %s: out of memory suspending it", rq->domain);
+            break;
         }
-        if (su)
-            su->until = rq->until;
-        admin_scan(t, rq, false, false, &n);
+        admin_scan(t, rq, IN_HEAP | IN_HELD, false, what, &n);
+        list = admin_scan(t, rq, IN_READY, true, what, &n);
+        while (list) {               /* ready mail waits now */
+            struct entry *e = list;
+            list = e->next;
+            e->next = t->held;
+            t->held = e;
+        }
         break;
     }
-    case SCHED_RESUME: {
+    case SCHED_RESUME:
         for (struct suspension **pp = &t->suspended; *pp; pp = &(*pp)->next)
             if (strcmp((*pp)->key, rq->domain) == 0) {
                 struct suspension *su = *pp;
@@ -295,28 +449,27 @@ static uint64_t admin_run(struct dthread *t, const struct sched_admin_req *rq)
                 free(su);
                 break;
             }
-        admin_scan(t, rq, false, false, &n);
-        struct dqueue *q = sched_queue_find(t, rq->domain);
-        if (q)
-            sched_dispatch(t, q);
+        admin_scan(t, rq, IN_ALL, false, what, &n);
+        sched_release_held(t);
         break;
-    }
     case SCHED_FLUSH: {
         double now = time_now();
-        list = admin_scan(t, rq, true, true, &n);
+        list = admin_scan(t, rq, IN_HEAP, true, what, &n);
         while (list) {
             struct entry *e = list;
             list = e->next;
             e->next_attempt = now;
             struct dqueue *q = sched_queue_of(t, e);
-            sched_ready_push(q, e);
-            sched_dispatch(t, q);
+            if (!q)
+                sched_heap_push(t, e);
+            else if (sched_make_ready(t, q, e))
+                sched_dispatch(t, q);
         }
         break;
     }
     case SCHED_BOUNCE:
     case SCHED_DELETE:
-        list = admin_scan(t, rq, false, true, &n);
+        list = admin_scan(t, rq, IN_ALL, true, what, &n);
         while (list) {
             struct entry *e = list;
             list = e->next;
@@ -362,6 +515,8 @@ int sched_admin(struct sched *s, const struct sched_admin_req *req, double timeo
         snprintf(sn->reason, sizeof sn->reason, "%s", req->reason);
         sn->req.reason = sn->reason;
     }
+    if (req->op == SCHED_SUSPEND || req->op == SCHED_RESUME)
+        sched_persist_suspension(s, sn->req.domain, req->until, req->op == SCHED_SUSPEND);
     int rc = call_threads(s, sn, timeout_s);
     *affected = sn->affected;
     call_release(sn);

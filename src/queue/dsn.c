@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "queue/dsn.h"
+#include "util/mime.h"
 #include "util/result.h"
 #include "util/timeutil.h"
 
@@ -229,17 +230,6 @@ static void put_status(struct bufw *w, const struct dsn_info *info, const char *
     }
 }
 
-/* True when the delimiter "--b" occurs anywhere in the part bodies. */
-static bool boundary_clashes(const char *b, struct buf *parts, int nparts)
-{
-    char delim[96];
-    int dl = snprintf(delim, sizeof delim, "--%s", b);
-    for (int i = 0; i < nparts; i++)
-        if (parts[i].data && memmem(parts[i].data, parts[i].len, delim, (size_t)dl))
-            return true;
-    return false;
-}
-
 static bool has_8bit(const struct buf *b)
 {
     for (size_t i = 0; i < b->len; i++)
@@ -275,7 +265,7 @@ int dsn_build(const struct dsn_info *info, struct buf *out)
     int tries = 0;
     do
         snprintf(boundary, sizeof boundary, "=_petrel-dsn-%.32s-%d", idtok, tries);
-    while (!rc && boundary_clashes(boundary, parts, 3) && ++tries < DSN_BOUNDARY_TRIES);
+    while (!rc && mime_boundary_clashes(boundary, parts, 3) && ++tries < DSN_BOUNDARY_TRIES);
     if (!rc && tries == DSN_BOUNDARY_TRIES)
         rc = PT_INVALID;
 
@@ -291,12 +281,9 @@ int dsn_build(const struct dsn_info *info, struct buf *out)
     bufw_printf(&w, "Date: %s\r\n", now);
     bufw_printf(&w, "Message-ID: <%s.dsn@%s>\r\n", idtok, mta);
     bufw_puts(&w, "Auto-Submitted: auto-replied\r\n"
-               "MIME-Version: 1.0\r\n"
-               "Content-Type: multipart/report; report-type=delivery-status;\r\n");
-    bufw_printf(&w, "\tboundary=\"%s\"\r\n", boundary);
-    bufw_puts(&w, "\r\nThis is a MIME-encapsulated delivery status notification.\r\n\r\n");
-
-    bufw_printf(&w, "--%s\r\n", boundary);
+               "MIME-Version: 1.0\r\n");
+    mime_multipart_begin(&w, "report", "report-type=delivery-status", boundary,
+                         "This is a MIME-encapsulated delivery status notification.");
     bufw_puts(&w, "Content-Description: Notification\r\n");
     if (has_8bit(&parts[0]))
         bufw_puts(&w, "Content-Type: text/plain; charset=utf-8\r\n"
@@ -306,16 +293,19 @@ int dsn_build(const struct dsn_info *info, struct buf *out)
     bufw_puts(&w, "\r\n");
     bufw_put(&w, parts[0].data, parts[0].len);
 
-    bufw_printf(&w, "\r\n--%s\r\n", boundary);
+    bufw_puts(&w, "\r\n");
+    mime_multipart_next(&w, boundary);
     bufw_puts(&w, "Content-Description: Delivery report\r\n"
                "Content-Type: message/delivery-status\r\n\r\n");
     bufw_put(&w, parts[1].data, parts[1].len);
 
-    bufw_printf(&w, "\r\n--%s\r\n", boundary);
+    bufw_puts(&w, "\r\n");
+    mime_multipart_next(&w, boundary);
     bufw_puts(&w, "Content-Description: Undelivered Message Headers\r\n"
                "Content-Type: text/rfc822-headers\r\n\r\n");
     bufw_put(&w, parts[2].data, parts[2].len);
-    bufw_printf(&w, "\r\n--%s--\r\n", boundary);
+    bufw_puts(&w, "\r\n");
+    mime_multipart_end(&w, boundary);
 
     for (int i = 0; i < 3; i++)
         buf_free(&parts[i]);

@@ -106,7 +106,8 @@ void entry_free(struct entry *e)
     if (!e)
         return;
     free(e->last_response);
-    free(e->route);
+    if (!e->route_static)
+        free(e->route);
     free(e->hdr_edits);
     free(e->dkim_sign);
     free(e);
@@ -137,7 +138,19 @@ void entry_set_last_response(struct entry *e, const char *text)
 
 int entry_set_route(struct entry *e, const char *route)
 {
+    if (e->route_static) {
+        e->route = NULL;
+        e->route_static = false;
+    }
     return set_owned(&e->route, route);
+}
+
+void entry_set_route_static(struct entry *e, const char *name)
+{
+    if (!e->route_static)
+        free(e->route);
+    e->route = (char *)name;
+    e->route_static = true;
 }
 
 int entry_set_hdr_edits(struct entry *e, const char *edits)

@@ -5,12 +5,15 @@
 #ifndef PETREL_QUEUE_ENTRY_H
 #define PETREL_QUEUE_ENTRY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "util/buf.h"
 
 #define ENTRY_ID_LEN 16        /* hex characters */
+
+struct route;
 
 enum rcpt_state { RCPT_PENDING = 0, RCPT_DELIVERED = 1, RCPT_BOUNCED = 2 };
 enum entry_protocol { PROTO_SMTP = 0, PROTO_HTTP = 1 };
@@ -22,16 +25,20 @@ struct entry_rcpt {
     uint8_t state;
 };
 
-/* Field order keeps the struct at 128 bytes on LP64 (test_entry checks it): the
+/* Field order keeps the struct at 136 bytes on LP64 (test_entry checks it): the
  * small fields share the id's padding. */
 struct entry {
     char id[ENTRY_ID_LEN + 1];
     uint8_t protocol, priority, flags;
+    bool route_static;         /* in-memory only: route is borrowed, not freed with the entry */
     uint16_t ndomains;         /* how many entries the message was split into */
     char *domain;              /* destination domain (queue name), lowercased */
     char *sender;              /* "" for the null sender */
-    char *route;               /* route override set by policy, NULL = by domain
-                                  (malloc'ed separately: set with entry_set_route) */
+    char *route;               /* route name: the policy's route_to target, then the
+                                  route resolved at ingest (delivery/route.h); NULL =
+                                  by domain (spooled by an older version). malloc'ed
+                                  separately (entry_set_route), or borrowed
+                                  (entry_set_route_static) */
     char *last_response;       /* last deferral reply, NULL if none (malloc'ed separately:
                                   set with entry_set_last_response) */
     char *hdr_edits;           /* header edits of hooks (util/headers.h), applied when sent;
@@ -48,6 +55,8 @@ struct entry {
     uint64_t size;             /* content bytes */
     /* in-memory only (not serialized): */
     struct entry *next;        /* scheduler list link */
+    const struct route *via;   /* the route named by `route` (delivery/route.h), once
+                                  resolved; borrowed from the route table */
 };
 
 /* Builds an entry; the struct, the rcpts array and the strings are one allocation
@@ -62,6 +71,9 @@ void entry_free(struct entry *e);                 /* NULL ok */
 void entry_set_last_response(struct entry *e, const char *text); /* copies; NULL clears */
 /* Sets (copies) or clears (NULL) the route override. PT_OK or PT_NOMEM (then NULL). */
 int entry_set_route(struct entry *e, const char *route);
+/* Sets the route name to name, borrowed: it must outlive the entry (a route
+ * table's name). No allocation. */
+void entry_set_route_static(struct entry *e, const char *name);
 /* Sets (copies) or clears (NULL) the header edits. PT_OK, PT_TOOLONG (over 64 KiB) or
  * PT_NOMEM (then NULL). */
 int entry_set_hdr_edits(struct entry *e, const char *edits);

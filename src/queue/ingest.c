@@ -7,6 +7,7 @@
 #include <strings.h>
 
 #include "core/runtime.h"
+#include "delivery/route.h"
 #include "obs/log.h"
 #include "queue/ingest.h"
 #include "queue/sched.h"
@@ -116,6 +117,14 @@ int ingest_submit(struct runtime *rt, const struct ingest_msg *m, ingest_cb cb, 
         e->size = m->content_len;
         if (m->policy && (rc = m->policy(m->policy_arg, e)) != PT_OK)
             goto fail;
+        /* the route is decided here, once, and stored with the entry */
+        const struct route *r = route_resolve(sched_routes(rt->sched), e->domain, e->route);
+        if (!r) {
+            rc = PT_NOMEM;
+            goto fail;
+        }
+        entry_set_route_static(e, r->name);
+        e->via = r;
         buf_reset(&rec);
         if ((rc = entry_encode(e, &rec)) != PT_OK)
             goto fail;

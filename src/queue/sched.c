@@ -78,8 +78,8 @@ void sched_heap_push(struct dthread *t, struct entry *e)
          * restart; better than aborting every delivery in flight */
         log_error("%s: out of memory in the retry heap; delivery resumes after a restart",
                   e->id);
-        const struct cfg_route *r = route_of(t->s->routes, e);
-        struct dqueue *q = sched_queue_find(t, route_queue_key(r, e));
+        char kb[ROUTE_QKEY_MAX];
+        struct dqueue *q = sched_queue_find(t, route_queue_key(e->via, e->domain, kb));
         if (q) {
             q->nentries--;
             metrics_add(M_QUEUE_DEPTH, e->domain, NULL, -1);
@@ -195,7 +195,7 @@ struct dqueue *sched_queue_find(struct dthread *t, const char *key)
     return NULL;
 }
 
-static struct dqueue *queue_get(struct dthread *t, const char *key, const struct cfg_route *r)
+static struct dqueue *queue_get(struct dthread *t, const char *key, const struct route *r)
 {
     struct dqueue *q = sched_queue_find(t, key);
     if (q)
@@ -206,7 +206,9 @@ static struct dqueue *queue_get(struct dthread *t, const char *key, const struct
         free(q);
         return NULL;
     }
-    q->route = r && r->kind == ROUTE_RELAY ? r : NULL;
+    q->route = r;
+    const char *slash = q->key[0] == '@' ? strrchr(q->key, '/') : NULL;
+    q->domain = slash ? slash + 1 : q->key;   /* "@name/domain": an MX-way route */
     q->hnext = t->buckets[h];
     t->buckets[h] = q;
     return q;
@@ -214,8 +216,8 @@ static struct dqueue *queue_get(struct dthread *t, const char *key, const struct
 
 struct dqueue *sched_queue_of(struct dthread *t, const struct entry *e)
 {
-    const struct cfg_route *r = route_of(t->s->routes, e);
-    return queue_get(t, route_queue_key(r, e), r);
+    char kb[ROUTE_QKEY_MAX];
+    return queue_get(t, route_queue_key(e->via, e->domain, kb), e->via);
 }
 
 static void queue_maybe_free(struct dthread *t, struct dqueue *q)
@@ -272,6 +274,43 @@ struct suspension *sched_suspension_of(const struct dthread *t, const char *key)
         if (strcmp(su->key, key) == 0)
             return su;
     return NULL;
+}
+
+struct suspension *sched_suspension_for(const struct dthread *t, const struct entry *e)
+{
+    for (struct suspension *su = t->suspended; su; su = su->next)
+        if (strcmp(su->key, e->domain) == 0 || route_named(e->via, su->key))
+            return su;
+    return NULL;
+}
+
+bool sched_make_ready(struct dthread *t, struct dqueue *q, struct entry *e)
+{
+    if (t->suspended && sched_suspension_for(t, e)) {
+        e->next = t->held;
+        t->held = e;
+        return false;
+    }
+    sched_ready_push(q, e);
+    return true;
+}
+
+void sched_release_held(struct dthread *t)
+{
+    struct entry *list = t->held;
+    t->held = NULL;
+    double now = time_now();
+    while (list) {
+        struct entry *e = list;
+        list = e->next;
+        struct dqueue *q = sched_queue_of(t, e);
+        if (e->next_attempt > now || !q) {
+            sched_heap_push(t, e);
+        } else if (sched_make_ready(t, q, e)) {
+            sched_dispatch(t, q);
+        }
+    }
+    sched_timer_arm(t);
 }
 
 /* ---- spool bookkeeping ------------------------------------------------- */
@@ -363,7 +402,7 @@ static void settle(struct dthread *t, struct dqueue *q, struct entry *e, enum ou
         sched_entry_remove(t, q, e);
         break;
     case OUTCOME_AGAIN:
-        sched_ready_push(q, e);
+        sched_make_ready(t, q, e);
         break;
     case OUTCOME_RETRY:
         entry_wait(t, q, e);
@@ -436,8 +475,8 @@ static const struct pool_ops pool_ops = {
 void sched_dispatch(struct dthread *t, struct dqueue *q)
 {
     int max = t->s->rt->cfg->delivery.max_connections_per_domain;
-    if (q->nready == 0 || sched_suspension_of(t, q->key) || !rate_ok(t, q))
-        return;                     /* a throttled or suspended queue: the timer */
+    if (q->nready == 0 || !rate_ok(t, q))
+        return;                     /* a throttled queue: the timer */
     struct pool_conn *c;
     while (!t->stopping && q->pool.idle && q->nready > q->pool.nresolving && rate_ok(t, q) &&
            (c = pool_idle_pop(&q->pool)) != NULL) {
@@ -453,7 +492,8 @@ void sched_dispatch(struct dthread *t, struct dqueue *q)
      * take: don't open 10 connections for 2 messages */
     while (!t->stopping && q->nready > q->pool.nresolving && q->pool.nconn < max &&
            q->pool.nresolving < shaping_available(&q->rate, rate_per_s(t), time_now()))
-        pool_open(&t->pool, &q->pool, q, q->route, q->key, q->key);
+        pool_open(&t->pool, &q->pool, q, q->route, q->domain,
+                  q->route->label && q->route->qkey ? q->route->label : q->domain);
 }
 
 /* ---- entry intake ------------------------------------------------------ */
@@ -469,8 +509,7 @@ static void thread_insert(struct dthread *t, struct entry *e, bool run)
     }
     q->nentries++;
     metrics_add(M_QUEUE_DEPTH, e->domain, NULL, 1);
-    const struct cfg_route *r = route_of(t->s->routes, e);
-    if (r && r->kind == ROUTE_DISCARD) {
+    if (e->via->way == ROUTE_WAY_DISCARD) {
         e->attempts++;
         for (uint32_t i = 0; i < e->nrcpt; i++) {
             if (e->rcpts[i].state != RCPT_PENDING)
@@ -483,8 +522,7 @@ static void thread_insert(struct dthread *t, struct entry *e, bool run)
         return;
     }
     if (e->next_attempt <= time_now()) {
-        sched_ready_push(q, e);
-        if (run)
+        if (sched_make_ready(t, q, e) && run)
             sched_dispatch(t, q);
     } else {
         sched_heap_push(t, e);
@@ -497,6 +535,7 @@ static void on_timer(uv_timer_t *timer)
 {
     struct dthread *t = timer->data;
     double now = time_now();
+    bool ended = false;
     for (struct suspension **pp = &t->suspended; *pp;) {
         struct suspension *su = *pp;
         if (su->until > now) {
@@ -504,12 +543,13 @@ static void on_timer(uv_timer_t *timer)
             continue;
         }
         *pp = su->next;
-        log_info("queue %s: suspension ended", su->key);
-        struct dqueue *q = sched_queue_find(t, su->key);
-        if (q)
-            sched_dispatch(t, q);
+        if (t->index == 0)
+            log_info("queue %s: suspension ended", su->key);
         free(su);
+        ended = true;
     }
+    if (ended)
+        sched_release_held(t);
     while (t->nheap && t->heap[0]->next_attempt <= now) {
         struct entry *e = heap_pop(t);
         struct dqueue *q = sched_queue_of(t, e);
@@ -518,8 +558,8 @@ static void on_timer(uv_timer_t *timer)
             sched_heap_push(t, e);   /* out of memory: later */
             break;
         }
-        sched_ready_push(q, e);
-        sched_dispatch(t, q);
+        if (sched_make_ready(t, q, e))
+            sched_dispatch(t, q);
     }
     /* queues whose next max_message_rate token is due (dispatch may throttle
      * them again, onto the fresh list) */
@@ -586,6 +626,71 @@ static void thread_main(void *arg)
     uv_run(&t->loop, UV_RUN_DEFAULT);
 }
 
+/* ---- suspensions kept in the spool -------------------------------------- */
+
+bool sched_suspension_set(struct dthread *t, const char *key, double until)
+{
+    struct suspension *su = sched_suspension_of(t, key);
+    if (!su && (su = calloc(1, sizeof *su)) != NULL) {
+        snprintf(su->key, sizeof su->key, "%s", key);
+        su->next = t->suspended;
+        t->suspended = su;
+    }
+    if (su)
+        su->until = until;
+    return su != NULL;
+}
+
+struct restore_ctx {
+    struct sched *s;
+    struct spool_batch *expired;
+    double now;
+};
+
+static int restore_one(void *arg, const char *dest, double until)
+{
+    struct restore_ctx *rc = arg;
+    if (until <= rc->now) {
+        if (!rc->expired)
+            rc->expired = spool_batch_new();
+        if (rc->expired)
+            spool_batch_del_suspension(rc->expired, dest);
+        return 0;
+    }
+    char ts[48];
+    time_rfc3339(until, ts, sizeof ts);
+    log_info("queue %s: suspended until %s (kept from before the restart)", dest, ts);
+    for (int i = 0; i < rc->s->n; i++)
+        if (!sched_suspension_set(&rc->s->t[i], dest, until))
+            log_error("queue %s: out of memory restoring its suspension", dest);
+    return 0;
+}
+
+/* Before recovery: every thread holds what was suspended when petrel stopped. */
+static void restore_suspensions(struct sched *s)
+{
+    struct restore_ctx rc = { .s = s, .now = time_now() };
+    if (spool_scan_suspensions(s->rt->spool, restore_one, &rc) != PT_OK)
+        log_error("spool: could not read the stored queue suspensions");
+    if (rc.expired)
+        spool_commit_nosync(s->rt->spool, rc.expired);
+}
+
+void sched_persist_suspension(struct sched *s, const char *dest, double until, bool on)
+{
+    struct spool_batch *b = spool_batch_new();
+    int rc = b ? (on ? spool_batch_put_suspension(b, dest, until)
+                     : spool_batch_del_suspension(b, dest)) : PT_NOMEM;
+    if (rc == PT_OK) {
+        rc = spool_commit_nosync(s->rt->spool, b);
+        b = NULL;
+    }
+    spool_batch_free(b);
+    if (rc != PT_OK)
+        log_error("queue %s: could not %s the suspension in the spool (%d): it holds until a "
+                  "restart only", dest, on ? "keep" : "remove", rc);
+}
+
 /* ---- API --------------------------------------------------------------- */
 
 struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
@@ -626,13 +731,30 @@ struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
             .loop = &t->loop, .dns = t->dns, .rt = rt, .ops = &pool_ops, .owner = t,
         };
     }
+    restore_suspensions(s);
     return s;
+}
+
+struct route_table *sched_routes(struct sched *s)
+{
+    return s->routes;
 }
 
 void sched_enqueue(struct sched *s, struct entry *e)
 {
-    const struct cfg_route *r = route_of(s->routes, e);
-    const char *key = route_queue_key(r, e);
+    if (!e->via) {  /* from the spool: the stored route name back to its route */
+        const struct route *r = route_lookup(s->routes, e->route, e->domain, e->id);
+        if (!r) {
+            log_error("%s: out of memory routing the entry; delivery resumes after a restart",
+                      e->id);
+            entry_free(e);
+            return;
+        }
+        entry_set_route_static(e, r->name);
+        e->via = r;
+    }
+    char kb[ROUTE_QKEY_MAX];
+    const char *key = route_queue_key(e->via, e->domain, kb);
     struct dthread *t = &s->t[sched_hash(key) % (uint64_t)s->n];
     atomic_fetch_add(&s->depth, 1);
     if (!s->started) {
@@ -685,6 +807,11 @@ void sched_free(struct sched *s)
         for (uint32_t k = 0; k < t->nheap; k++)
             entry_free(t->heap[k]);
         free(t->heap);
+        while (t->held) {
+            struct entry *e = t->held;
+            t->held = e->next;
+            entry_free(e);
+        }
         while (t->suspended) {
             struct suspension *su = t->suspended;
             t->suspended = su->next;

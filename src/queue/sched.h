@@ -13,19 +13,30 @@ struct entry;
 struct sched;
 
 struct sched *sched_new(struct runtime *rt, char *err, size_t errlen);
-/* Takes e (durable already). Before sched_start, inserts directly (recovery);
- * afterwards posts to the owning delivery thread. Thread-safe. */
+/* Takes e (durable already). e->via is its route (set by ingest), or NULL: then
+ * its stored route name is looked up (recovery). Before sched_start, inserts
+ * directly (recovery); afterwards posts to the owning delivery thread.
+ * Thread-safe. */
 void sched_enqueue(struct sched *s, struct entry *e);
 int sched_start(struct sched *s);
 /* Stops dispatching, closes connections, joins the threads, frees entries. */
 void sched_stop(struct sched *s);
 void sched_free(struct sched *s);
+/* The routes (delivery/route.h), for ingest to resolve an entry's route once.
+ * Borrowed; lives until sched_free. */
+struct route_table;
+struct route_table *sched_routes(struct sched *s);
 /* Entries in the queue (all threads); cheap, approximate under concurrency. */
 uint64_t sched_depth(const struct sched *s);
 
-/* One destination queue in an admin snapshot (GET /api/queue). */
+/* One destination queue in an admin snapshot (GET /api/queue): the mail for one
+ * recipient domain on one route. The queue is named by the domain, as in the log
+ * (`queue`) and the metrics; mail of several domains on one relay route shares
+ * that route's connections. */
 struct sched_queue_info {
-    char key[300];           /* destination: the domain, or the relay host */
+    char key[300];           /* the recipient domain */
+    char route[300];         /* the route's name (delivery/route.h): "@mx", a
+                                transport key, "@relayhost" or a "[host]:port" */
     uint32_t count;          /* entries (messages) for it, including those in flight */
     double oldest;           /* earliest received_at of its waiting entries; 0 = none */
     double next_attempt;     /* earliest next attempt of its waiting entries; 0 = none */
@@ -41,9 +52,13 @@ int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **
                    size_t *n);
 
 /* Admin actions on waiting mail (entries in flight finish their attempt first and
- * are not counted). A destination is a domain or a relay-host queue key. */
+ * are not counted). A destination (`domain`) matches mail whose recipient domain
+ * it is, and mail whose route it names: the route's name (a transport key such as
+ * "*" or ".corp.example", "@mx", "@relayhost"), its relay host as written
+ * ("[smtp.example.com]:587"). Each affected recipient gets an Admin log record. */
 enum sched_admin_op {
-    SCHED_SUSPEND,   /* no new delivery to domain until `until` (wall clock) */
+    SCHED_SUSPEND,   /* no new delivery to domain until `until` (wall clock); held
+                        mail stays held across restarts (kept in the spool) */
     SCHED_RESUME,    /* end domain's suspension, deliver what is ready */
     SCHED_FLUSH,     /* retry now what waits for a retry (domain, or NULL = all) */
     SCHED_BOUNCE,    /* message id, or all of domain: Bounce records and a DSN */

@@ -17,8 +17,8 @@
 #define SCHED_Q_BUCKETS 4096
 #define SCHED_PRIOS 3
 
-struct cfg_route;
 struct entry;
+struct route;
 struct route_table;
 struct runtime;
 struct spool_batch;
@@ -26,8 +26,10 @@ struct spool_batch;
 /* One destination queue: ready entries by priority, its connections and budget. */
 struct dqueue {
     struct dqueue *hnext;
-    char *key;
-    const struct cfg_route *route;  /* relay route or NULL = MX of key */
+    char *key;                      /* route_queue_key */
+    const char *domain;             /* MX routes: the domain to look up (in key) */
+    const struct route *route;      /* every entry of the queue goes by it; for an MX
+                                       route the queue is one domain (key) */
     struct entry *ready[SCHED_PRIOS], *ready_tail[SCHED_PRIOS];
     uint32_t nready;
     uint32_t nentries;              /* all entries of this queue owned by the thread */
@@ -63,6 +65,7 @@ struct dthread {
     uv_check_t flush;
     struct dqueue *throttled;       /* queues waiting for a max_message_rate token */
     struct suspension *suspended;   /* admin suspensions (every thread keeps them all) */
+    struct entry *held;             /* due, but held by a suspension (linked by next) */
 };
 
 struct sched {
@@ -97,5 +100,19 @@ void sched_timer_arm(struct dthread *t);
 /* Removes e (finished) from q and the spool, and frees it. */
 void sched_entry_remove(struct dthread *t, struct dqueue *q, struct entry *e);
 struct suspension *sched_suspension_of(const struct dthread *t, const char *key);
+/* Suspends key until (made or extended). false when out of memory. */
+bool sched_suspension_set(struct dthread *t, const char *key, double until);
+/* The active suspension that holds e: one named by its domain or by a name of its
+ * route (route_named); NULL if none. */
+struct suspension *sched_suspension_for(const struct dthread *t, const struct entry *e);
+/* e is due: onto q's ready list (true), or onto the held list while a suspension
+ * covers it (false). The caller dispatches q when true. */
+bool sched_make_ready(struct dthread *t, struct dqueue *q, struct entry *e);
+/* After a suspension ended or was lifted: held entries no longer covered go back
+ * to their queue (or to the heap if their retry time is still ahead). */
+void sched_release_held(struct dthread *t);
+/* Keeps (on) or forgets a suspension of dest in the spool, from the asking thread
+ * (no fsync: a lost suspension loses no mail). Failures are logged. */
+void sched_persist_suspension(struct sched *s, const char *dest, double until, bool on);
 
 #endif

@@ -128,3 +128,20 @@ void spool_stats(struct spool *s, struct spool_stats *out)
 {
     s->ops->stats(s->impl, out);
 }
+
+int spool_batch_put_suspension(struct spool_batch *b, const char *dest, double until)
+{
+    return batch_ops->batch_put_suspension(b, dest, until);
+}
+
+int spool_batch_del_suspension(struct spool_batch *b, const char *dest)
+{
+    return batch_ops->batch_del_suspension(b, dest);
+}
+
+int spool_scan_suspensions(struct spool *s, spool_suspension_cb cb, void *arg)
+{
+    if (!s || !cb)
+        return PT_INVALID;
+    return s->ops->scan_suspensions(s->impl, cb, arg);
+}

@@ -66,6 +66,17 @@ int spool_scan_entries(struct spool *s, spool_scan_cb cb, void *arg);
  * malformed id. */
 int spool_scan_id(struct spool *s, const char *id, spool_scan_cb cb, void *arg);
 
+/* Admin suspensions (POST /api/queue/suspend), kept so that they survive a restart.
+ * dest: a destination as the admin API takes it, 1..255 bytes; until: wall clock.
+ * A put replaces an earlier one for dest. Commit with spool_commit_nosync (a lost
+ * suspension loses no mail). */
+int spool_batch_put_suspension(struct spool_batch *b, const char *dest, double until);
+int spool_batch_del_suspension(struct spool_batch *b, const char *dest);
+typedef int (*spool_suspension_cb)(void *arg, const char *dest, double until);
+/* Calls cb for every stored suspension (at start; malformed records are skipped).
+ * PT_OK, the non-zero value cb stopped with, or PT_ERROR on a read error. */
+int spool_scan_suspensions(struct spool *s, spool_suspension_cb cb, void *arg);
+
 struct spool_stats {
     uint64_t durable_commits;   /* batches handed to spool_commit_durable */
     uint64_t fsyncs;            /* synced writes performed */

@@ -23,6 +23,9 @@ struct spool_ops {
     int (*has_entries)(void *s, const char *id);
     int (*scan_entries)(void *s, spool_scan_cb cb, void *arg);
     int (*scan_id)(void *s, const char *id, spool_scan_cb cb, void *arg);
+    int (*batch_put_suspension)(void *b, const char *dest, double until);
+    int (*batch_del_suspension)(void *b, const char *dest);
+    int (*scan_suspensions)(void *s, spool_suspension_cb cb, void *arg);
     void (*stats)(void *s, struct spool_stats *out);
     void (*close)(void *s);
 };

@@ -69,7 +69,8 @@
 #define RS_WAIT_TIMEOUT_MS   5000    /* WAIT N timeout: then 451 */
 #define RS_PREFIX_MAX        64
 
-enum rs_op_kind { RS_PUT_CONTENT, RS_PUT_ENTRY, RS_DEL_ENTRY, RS_DEL_CONTENT };
+enum rs_op_kind { RS_PUT_CONTENT, RS_PUT_ENTRY, RS_DEL_ENTRY, RS_DEL_CONTENT, RS_PUT_SUSP,
+                  RS_DEL_SUSP };
 
 struct rs_op {
     enum rs_op_kind kind;
@@ -310,7 +311,7 @@ static void rs_batch_free(void *p)
 
 static struct rs_op *op_add(struct rs_batch *b, enum rs_op_kind kind, const char *id)
 {
-    if (strlen(id) != ENTRY_ID_LEN)
+    if (id && strlen(id) != ENTRY_ID_LEN)
         return NULL;
     if (b->n == b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 4;
@@ -323,7 +324,8 @@ static struct rs_op *op_add(struct rs_batch *b, enum rs_op_kind kind, const char
     struct rs_op *o = &b->ops[b->n++];
     memset(o, 0, sizeof *o);
     o->kind = kind;
-    memcpy(o->id, id, ENTRY_ID_LEN + 1);
+    if (id)
+        memcpy(o->id, id, ENTRY_ID_LEN + 1);
     return o;
 }
 
@@ -385,6 +387,38 @@ static int rs_del_entry(void *p, const char *id, const char *domain)
 static int rs_del_content(void *p, const char *id)
 {
     return op_add(p, RS_DEL_CONTENT, id) ? PT_OK : PT_NOMEM;
+}
+
+/* Suspensions are shared: the cluster thread of every node applies them. */
+static int rs_put_susp(void *p, const char *dest, double until)
+{
+    size_t n = dest ? strlen(dest) : 0;
+    if (n == 0 || n > 255 || !isfinite(until))
+        return n > 255 ? PT_TOOLONG : PT_INVALID;
+    char *dom = strdup(dest);
+    struct rs_op *o = dom ? op_add(p, RS_PUT_SUSP, NULL) : NULL;
+    if (!o) {
+        free(dom);
+        return PT_NOMEM;
+    }
+    o->domain = dom;
+    o->next_attempt = until;
+    return PT_OK;
+}
+
+static int rs_del_susp(void *p, const char *dest)
+{
+    size_t n = dest ? strlen(dest) : 0;
+    if (n == 0 || n > 255)
+        return n > 255 ? PT_TOOLONG : PT_INVALID;
+    char *dom = strdup(dest);
+    struct rs_op *o = dom ? op_add(p, RS_DEL_SUSP, NULL) : NULL;
+    if (!o) {
+        free(dom);
+        return PT_NOMEM;
+    }
+    o->domain = dom;
+    return PT_OK;
 }
 
 /* ---- commit thread ----------------------------------------------------- */
@@ -503,6 +537,13 @@ static int append_op(struct rs_spool *s, struct redis_conn *c, const struct rs_o
     case RS_DEL_CONTENT:
         snprintf(key, sizeof key, "%sc:%s", s->prefix, o->id);
         return redis_appendf(c, "DEL %s", key);
+    case RS_PUT_SUSP:
+        snprintf(key, sizeof key, "%ssusp", s->prefix);
+        snprintf(na, sizeof na, "%.3f", o->next_attempt);
+        return redis_appendf(c, "HSET %s %s %s", key, o->domain, na);
+    case RS_DEL_SUSP:
+        snprintf(key, sizeof key, "%ssusp", s->prefix);
+        return redis_appendf(c, "HDEL %s %s", key, o->domain);
     }
     return PT_INVALID;
 }
@@ -825,6 +866,25 @@ static int rs_scan_id(void *sp, const char *id, spool_scan_cb cb, void *arg)
     for (size_t i = 0; rc == PT_OK && i + 1 < r->elements; i += 2)
         if (cb(arg, id, r->element[i]->str, r->element[i + 1]->str, r->element[i + 1]->len))
             break;
+    freeReplyObject(r);
+    return rc;
+}
+
+static int rs_scan_susp(void *sp, spool_suspension_cb cb, void *arg)
+{
+    struct rs_spool *s = sp;
+    char key[RS_PREFIX_MAX + 16];
+    snprintf(key, sizeof key, "%ssusp", s->prefix);
+    const char *argv[] = { "HGETALL", key };
+    redisReply *r = read_cmdv(s, 2, argv, NULL);
+    if (!r)
+        return PT_ERROR;
+    int rc = r->type == REDIS_REPLY_ARRAY ? PT_OK : PT_ERROR;
+    for (size_t i = 0; rc == PT_OK && i + 1 < r->elements; i += 2) {
+        double until = strtod(r->element[i + 1]->str, NULL);
+        if (isfinite(until) && (rc = cb(arg, r->element[i]->str, until)) != 0)
+            break;
+    }
     freeReplyObject(r);
     return rc;
 }
@@ -1274,5 +1334,7 @@ const struct spool_ops spool_redis_ops = {
     .commit_durable = rs_commit_durable, .commit_nosync = rs_commit_nosync,
     .writable = rs_writable, .get_content = rs_get_content, .has_entries = rs_has_entries,
     .scan_entries = rs_scan_entries, .scan_id = rs_scan_id, .stats = rs_stats,
+    .batch_put_suspension = rs_put_susp, .batch_del_suspension = rs_del_susp,
+    .scan_suspensions = rs_scan_susp,
     .close = rs_close,
 };

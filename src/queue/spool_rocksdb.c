@@ -8,6 +8,7 @@
  *
  *   "m" <id:16 hex>                      -> message content, raw bytes
  *   "q" <id:16 hex> "/" <domain:1..255>  -> entry record (entry_encode() output)
+ *   "s" <destination:1..255>             -> admin suspension: f64 until, little-endian
  *
  * All entries sort after all contents, so a recovery scan reads only entry blocks, and
  * the entries of one id are adjacent, so rdb_has_entries() is one bounded seek. Ids
@@ -807,6 +808,92 @@ static void rdb_close(struct rdb_spool *s)
     spool_destroy(s);
 }
 
+/* ---- admin suspensions ("s" keys; after the entry range, so recovery never reads
+ * them) ---- */
+
+#define SPOOL_SUSP_KEY_MAX (1 + SPOOL_DOMAIN_MAX)
+
+static int key_suspension(char *k, size_t *klen, const char *dest)
+{
+    size_t n = dest ? strnlen(dest, SPOOL_DOMAIN_MAX + 1) : 0;
+    if (n == 0)
+        return PT_INVALID;
+    if (n > SPOOL_DOMAIN_MAX)
+        return PT_TOOLONG;
+    k[0] = 's';
+    memcpy(k + 1, dest, n);
+    *klen = 1 + n;
+    return PT_OK;
+}
+
+static int rdb_batch_put_suspension(struct rdb_batch *b, const char *dest, double until)
+{
+    char k[SPOOL_SUSP_KEY_MAX];
+    size_t klen;
+    int rc = key_suspension(k, &klen, dest);
+    if (rc != PT_OK)
+        return rc;
+    uint64_t bits;
+    unsigned char v[8];
+    memcpy(&bits, &until, sizeof bits);
+    for (int i = 0; i < 8; i++)
+        v[i] = (unsigned char)(bits >> (8 * i));
+    rocksdb_writebatch_put(b->wb, k, klen, (const char *)v, sizeof v);
+    return PT_OK;
+}
+
+static int rdb_batch_del_suspension(struct rdb_batch *b, const char *dest)
+{
+    char k[SPOOL_SUSP_KEY_MAX];
+    size_t klen;
+    int rc = key_suspension(k, &klen, dest);
+    if (rc != PT_OK)
+        return rc;
+    rocksdb_writebatch_delete(b->wb, k, klen);
+    return PT_OK;
+}
+
+static int rdb_scan_suspensions(struct rdb_spool *s, spool_suspension_cb cb, void *arg)
+{
+    if (!s || !cb)
+        return PT_INVALID;
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_iterate_lower_bound(ro, "s", 1);
+    rocksdb_readoptions_set_iterate_upper_bound(ro, "t", 1);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, ro);
+    int rc = PT_OK;
+    char dest[SPOOL_DOMAIN_MAX + 1];
+    for (rocksdb_iter_seek(it, "s", 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t klen, vlen;
+        const char *k = rocksdb_iter_key(it, &klen);
+        const unsigned char *v = (const unsigned char *)rocksdb_iter_value(it, &vlen);
+        if (klen < 2 || klen > SPOOL_SUSP_KEY_MAX || vlen != 8 || memchr(k + 1, 0, klen - 1))
+            continue;
+        memcpy(dest, k + 1, klen - 1);
+        dest[klen - 1] = '\0';
+        uint64_t bits = 0;
+        for (int i = 0; i < 8; i++)
+            bits |= (uint64_t)v[i] << (8 * i);
+        double until;
+        memcpy(&until, &bits, sizeof until);
+        if (!(until == until))   /* NaN: not ours */
+            continue;
+        if ((rc = cb(arg, dest, until)) != 0)
+            break;
+    }
+    if (rc == PT_OK) {
+        char *err = NULL;
+        rocksdb_iter_get_error(it, &err);
+        if (err) {
+            rocksdb_free(err);
+            rc = PT_ERROR;
+        }
+    }
+    rocksdb_iter_destroy(it);
+    rocksdb_readoptions_destroy(ro);
+    return rc;
+}
+
 /* ---- backend table ------------------------------------------------------- */
 
 static void *ops_batch_new(void) { return rdb_batch_new(); }
@@ -843,6 +930,18 @@ static int ops_scan_id(void *s, const char *id, spool_scan_cb cb, void *arg)
 {
     return rdb_scan_id(s, id, cb, arg);
 }
+static int ops_put_suspension(void *b, const char *dest, double until)
+{
+    return rdb_batch_put_suspension(b, dest, until);
+}
+static int ops_del_suspension(void *b, const char *dest)
+{
+    return rdb_batch_del_suspension(b, dest);
+}
+static int ops_scan_suspensions(void *s, spool_suspension_cb cb, void *arg)
+{
+    return rdb_scan_suspensions(s, cb, arg);
+}
 static void ops_stats(void *s, struct spool_stats *out) { rdb_stats(s, out); }
 static void ops_close(void *s) { rdb_close(s); }
 
@@ -859,5 +958,7 @@ const struct spool_ops spool_rocksdb_ops = {
     .commit_durable = ops_commit_durable, .commit_nosync = ops_commit_nosync,
     .writable = ops_writable, .get_content = ops_get_content, .has_entries = ops_has_entries,
     .scan_entries = ops_scan_entries, .scan_id = ops_scan_id, .stats = ops_stats,
+    .batch_put_suspension = ops_put_suspension, .batch_del_suspension = ops_del_suspension,
+    .scan_suspensions = ops_scan_suspensions,
     .close = ops_close,
 };

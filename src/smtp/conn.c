@@ -354,6 +354,15 @@ void conn_close(struct conn *c, bool graceful)
         c->reading = false;
     }
     uv_timer_stop(&c->timer);
+    if (graceful && c->tls && !c->tls_failed) {
+        /* an orderly close ends TLS with a close_notify after what is queued (RFC
+         * 8446 6.1): without it the peer cannot tell our close from a truncation */
+        if (c->out.len && tls_write(c->tls, c->out.data, c->out.len) != PT_OK)
+            c->tls_failed = true;
+        buf_reset(&c->out);
+        if (!c->tls_failed && tls_shutdown(c->tls) == PT_OK)
+            tls_take_output(c->tls, &c->wire);
+    }
     if (graceful && conn_write_pending(c)) {
         c->close_after_write = true;
         /* bound the time a stuck peer can hold us */

@@ -38,8 +38,9 @@ void smtp_bdat_init(struct smtp_bdat *b);
  * total; a discarded one does not. */
 void smtp_bdat_chunk(struct smtp_bdat *b, uint64_t size, bool last, bool discard);
 
-/* Takes at most b->remaining octets of in[0..len), appending them to out unless
- * discarding (CRLF, bare LF and bare CR all become CRLF, even across chunks).
+/* Takes at most b->remaining octets of in[0..len) (b, in and out are borrowed),
+ * appending them to out unless discarding (CRLF, bare LF and bare CR all become
+ * CRLF, even across chunks).
  *  PT_AGAIN: all of in was taken (*consumed = len) and the chunk needs more.
  *  PT_OK:    the chunk is complete; *consumed octets were taken, the rest of in
  *            is the next pipelined command. A 0-octet chunk is complete at once.

@@ -18,6 +18,7 @@
 #include "smtp/smtp_reply.h"
 #include "util/cidr.h"
 #include "tls/tls.h"
+#include "util/base64.h"
 #include "util/result.h"
 
 #define CLIENT_STATES(X) \
@@ -530,7 +531,7 @@ static void after_ehlo(struct smtp_client *c)
         char raw[1024], b64[1400];
         if (has_mech(&c->caps, "PLAIN")) {
             int n = snprintf(raw, sizeof raw, "%c%s%c%s", 0, c->auth_user, 0, c->auth_pass);
-            if (n < 0 || (size_t)n >= sizeof raw || sasl_base64_encode(raw, (size_t)n, b64, sizeof b64) != PT_OK) {
+            if (n < 0 || (size_t)n >= sizeof raw || base64_encode(raw, (size_t)n, b64, sizeof b64) != PT_OK) {
                 host_fail(c, "AUTH credentials too long");
                 return;
             }
@@ -554,7 +555,7 @@ static void after_ehlo(struct smtp_client *c)
 static void auth_send_b64(struct smtp_client *c, const char *s)
 {
     char b64[1400];
-    if (sasl_base64_encode(s, strlen(s), b64, sizeof b64) != PT_OK) {
+    if (base64_encode(s, strlen(s), b64, sizeof b64) != PT_OK) {
         host_fail(c, "AUTH credentials too long");
         return;
     }

@@ -1,7 +1,8 @@
 /* SMTP server session: state machine (enum + enter_state + command table), reply
- * batching for PIPELINING, DATA through the pure smtp_data reader, relay control
- * and limits from the listener. A session waiting for the spool is paused and
- * kept alive until its commit returns (ownership: the commit holds a reference).
+ * batching for PIPELINING, DATA and BDAT through the pure smtp_data and smtp_bdat
+ * readers, relay control and limits from the listener. A session waiting for the
+ * spool is paused and kept alive until its commit returns (ownership: the commit
+ * holds a reference).
  * SPDX-License-Identifier: Apache-2.0 */
 #include <arpa/inet.h>
 #include <stdatomic.h>
@@ -14,6 +15,7 @@
 #include "core/worker.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "policy/accept.h"
 #include "policy/header_checks.h"
 #include "policy/hooks.h"
 #include "policy/limits.h"
@@ -281,11 +283,12 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
         reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
         return;
     }
-    if (!spool_writable(rt->spool)) {
+    int room = accept_queue_state(s->gen->cfg, rt->sched, rt->spool);
+    if (room == PT_ERROR) {
         reply(s, "452 4.3.1 Insufficient system storage: spool disk full, try again later");
         return;
     }
-    if (sched_depth(rt->sched) >= s->gen->cfg->queue.max_queue_depth) {
+    if (room != PT_OK) {
         reply(s, "452 4.3.1 Insufficient system storage: queue is full, try again later");
         return;
     }
@@ -312,23 +315,22 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
         reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
         return;
     }
-    const char *dom = smtp_addr_domain(c->path);
-    if (!dom || !*dom) {
-        reply(s, "550 5.1.1 Recipient address must include a domain: this relay has no local mailboxes");
-        log_simple(s, LOG_REJECTION, c->path, 550, "Recipient address must include a domain", -1);
+    const char *refusal;
+    int code;
+    int verdict = accept_recipient(cfg, c->path, &refusal, &code);
+    if (verdict == PT_NOTFOUND) {
+        reply(s, refusal);
+        log_simple(s, LOG_REJECTION, c->path, code, "Recipient address must include a domain", -1);
         return;
     }
-    if (!relay_allowed(s)) {
+    if (!relay_allowed(s)) {    /* before the routes: an outsider learns nothing of them */
         reply(s, "554 5.7.1 Relay access denied");
         log_simple(s, LOG_REJECTION, c->path, 554, "Relay access denied", -1);
         return;
     }
-    char ldom[SMTP_DOMAIN_MAX + 1];
-    smtp_domain_lower(dom, ldom, sizeof ldom);
-    const struct cfg_route *r = config_route_for(cfg, ldom);
-    if (r && r->kind == ROUTE_ERROR) {
-        reply(s, r->error_text);
-        log_simple(s, LOG_REJECTION, c->path, r->error_code, r->error_text, -1);
+    if (verdict != PT_OK) {
+        reply(s, refusal);
+        log_simple(s, LOG_REJECTION, c->path, code, refusal, -1);
         return;
     }
     if (s->nrcpt == s->rcpt_cap) {

@@ -33,10 +33,16 @@ class CapsTxn:
 
 
 class CapsSink:
-    """EHLO answers `250-<name>` then one line per extension of `exts`."""
+    """EHLO answers `250-<name>` then one line per extension of `exts`.
+    rcpt_reply(address) -> reply text or None (250); final_reply: the reply to the
+    end of a message (DATA's dot or BDAT LAST) instead of 250, nothing recorded. As
+    RFC 3030 asks, a BDAT after a failed MAIL or with no accepted recipient gets
+    554 5.5.1 and its octets are read and dropped."""
 
-    def __init__(self, ip, port, exts=("PIPELINING", "8BITMIME", "CHUNKING"), name="caps.sink"):
+    def __init__(self, ip, port, exts=("PIPELINING", "8BITMIME", "CHUNKING"), name="caps.sink",
+                 rcpt_reply=None, final_reply=None):
         self.ip, self.port, self.exts, self.name = ip, port, list(exts), name
+        self.rcpt_reply, self.final_reply = rcpt_reply, final_reply
         self.commands = []        # every command line, in arrival order (bytes, no CRLF)
         self.txns = []
         self.lock = threading.Lock()
@@ -131,8 +137,13 @@ class CapsSink:
                     send("250 2.1.0 ok")
                 elif verb == b"RCPT":
                     m = re.match(rb"RCPT TO:<([^>]*)>", cmd, re.I)
-                    rcpts.append(m.group(1).decode("utf-8", "replace") if m else "")
-                    send("250 2.1.5 ok")
+                    addr = m.group(1).decode("utf-8", "replace") if m else ""
+                    refuse = self.rcpt_reply(addr) if self.rcpt_reply else None
+                    if refuse:
+                        send(refuse)
+                    else:
+                        rcpts.append(addr)
+                        send("250 2.1.5 ok")
                 elif verb == b"DATA":
                     send("354 go ahead")
                     lines_ = []
@@ -142,14 +153,24 @@ class CapsSink:
                             break
                         lines_.append(ln[1:] if ln.startswith(b".") else ln)
                     data = b"".join(x + b"\r\n" for x in lines_)
-                    self._record(mail, rcpts, data, "DATA")
+                    if self.final_reply:
+                        send(self.final_reply)
+                    else:
+                        self._record(mail, rcpts, data, "DATA")
+                        send("250 2.0.0 queued")
                     mail, rcpts = None, []
-                    send("250 2.0.0 queued")
                 elif verb == b"BDAT":
                     parts = cmd.split(b" ")
                     n = int(parts[1])
                     chunks.append(octets(n))
-                    if len(parts) > 2 and parts[2].upper() == b"LAST":
+                    last = len(parts) > 2 and parts[2].upper() == b"LAST"
+                    if mail is None or not rcpts:
+                        send("554 5.5.1 no valid recipients")
+                        mail, rcpts, chunks = None, [], []
+                    elif last and self.final_reply:
+                        send(self.final_reply)
+                        mail, rcpts, chunks = None, [], []
+                    elif last:
                         self._record(mail, rcpts, b"".join(chunks), "BDAT")
                         mail, rcpts, chunks = None, [], []
                         send("250 2.0.0 queued")

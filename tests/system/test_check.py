@@ -70,7 +70,7 @@ kumo.start_smtp_listener {{
 petrel.start_smtp_listener {{ listen = "127.0.0.1:{p2}", max_message_size = 1048576 }}
 petrel.configure_queue {{
   spool_dir = "{tmp_path / 'spool'}", retry_interval = 30, max_retry_interval = "1h",
-  max_retry_age = "72h", dead_letter_after = "7d", max_queue_depth = 1000,
+  max_retry_age = "72h", max_queue_depth = 1000,
 }}
 petrel.configure_delivery {{
   threads = 2, smtp_port = 2525, max_connections_per_domain = 4,
@@ -237,3 +237,46 @@ def test_check_does_not_bind_or_start(tmp_path):
         s.bind(("127.0.0.1", port))
     finally:
         s.close()
+
+
+# ---------------------------------------------------------------- honesty: no option ignored
+
+def test_check_refuses_dead_letter_after_not_implemented(tmp_path):
+    """Parsed and never used before: now refused at FILE:LINE, saying so."""
+    path = write_cfg(tmp_path, 'petrel.configure_queue { dead_letter_after = "7d" }')
+    res = check(path)
+    assert_config_error(res, path, BAD_LINE, "dead_letter_after")
+    assert "not implemented yet" in res.stderr.decode()
+
+
+def test_check_auth_mechanisms_without_configure_auth_is_an_error(tmp_path):
+    path = write_cfg(tmp_path, f'petrel.start_smtp_listener {{ listen = "127.0.0.1:{free_port()}", '
+                               'auth_mechanisms = { "PLAIN" }, auth_require_tls = false }')
+    res = check(path)
+    assert_config_error(res, path, BAD_LINE, "auth_mechanisms")
+    assert "configure_auth" in res.stderr.decode()
+    # with a users file named, the same listener is fine
+    users = tmp_path / "users"
+    users.write_text("")
+    with open(path, "a") as f:
+        f.write(f'petrel.configure_auth {{ users_file = "{users}" }}\n')
+    res = check(path)
+    assert res.returncode == 0, res.stderr.decode()
+    assert "config ok" in res.stdout.decode()
+
+
+def test_check_port_465_without_implicit_tls_warns_with_the_fix(tmp_path):
+    path = write_cfg(tmp_path, 'petrel.start_smtp_listener { listen = "127.0.0.1:465", '
+                               'tls = { cert_file = "c.pem", key_file = "k.pem" } }')
+    res = check(path)
+    err = res.stderr.decode()
+    assert res.returncode == 0, err
+    assert "config ok" in res.stdout.decode()
+    assert f"{path}:{BAD_LINE}: warning:" in err and "465" in err, err
+    assert "implicit = true" in err, err
+    # with implicit = true: no warning
+    path = write_cfg(tmp_path, 'petrel.start_smtp_listener { listen = "127.0.0.1:465", '
+                               'tls = { cert_file = "c.pem", key_file = "k.pem", implicit = true } }',
+                     name="ok.lua")
+    res = check(path)
+    assert res.returncode == 0 and "warning" not in res.stderr.decode(), res.stderr.decode()

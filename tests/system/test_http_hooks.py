@@ -166,3 +166,24 @@ def test_limit_sending_over_http_is_429(world):
     time.sleep(0.5)
     assert len(dest.messages()) == 2
     assert len(p.records("Reception")) == 2
+
+
+def test_sign_dkim_in_http_message_received(world, tmp_path):
+    import subprocess
+    dest = world.mx_domain("dest.test", "127.0.0.2")
+    world.mx_domain("nokey.test", "127.0.0.4")
+    key = tmp_path / "k.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ED25519", "-out", str(key)], check=True,
+                   capture_output=True)
+    hook = (f'petrel.on("http_message_received", function(domain, meta)\n'
+            f'  local file = "{key}"\n'
+            f'  if domain == "nokey.test" then file = file .. ".missing" end\n'
+            f'  kumo.sign_dkim("sender.test", "s1", file)\nend)')
+    p, (url,) = http_petrel(world, extra=hook)
+    r = post(url, "/v1/message", {"from": "a@sender.test", "to": ["b@dest.test", "c@nokey.test"],
+                                  "subject": "s", "text": "t"})
+    assert r.status == 200, r
+    assert r.json()["accepted"] == 1 and r.json()["rejected"] == ["c@nokey.test"], r.json()
+    dest.wait_count(1)
+    log = [x for x in p.stderr_text().splitlines() if "http_message_received hook failed" in x]
+    assert log and "sign_dkim(sender.test, s1)" in log[-1] and "k.pem.missing" in log[-1], log

@@ -263,3 +263,54 @@ def test_haproxy_in_front_of_two_nodes(world, tmp_path, send_proxy):
             assert {r["type"] for r in n.records()} <= {"Reception", "Delivery", "Rejection"}
     finally:
         hp.stop()
+
+
+def test_implicit_tls_behind_proxy_header(world, tmp_path):
+    """SMTPS behind a load balancer: the PROXY header comes in clear, then the TLS
+    handshake; the ClientHello sent in the same packet as the header must not be lost."""
+    import ssl
+    from certs import PKI, listener_tls
+    pki = PKI(tmp_path / "pki")
+    port = free_port()
+    p = world.petrel(listener=proxy_listener(port, tls=listener_tls(pki, implicit=True)))
+    ctx = pki.client_context(verify=True)
+    for together in (True, False):
+        raw = socket.create_connection((p.host, p.port), timeout=10)
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(inc, out, server_hostname="petrel.test")
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        hello = out.read()
+        if together:
+            raw.sendall(v2("127.0.0.3") + hello)          # one segment: header + ClientHello
+        else:
+            raw.sendall(v2("127.0.0.3"))
+            time.sleep(0.2)
+            raw.sendall(hello)
+
+        def pump_until(fn):
+            while True:
+                try:
+                    return fn()
+                except ssl.SSLWantReadError:
+                    data = out.read()
+                    if data:
+                        raw.sendall(data)
+                    chunk = raw.recv(65536)
+                    assert chunk, "petrel closed the connection"
+                    inc.write(chunk)
+
+        pump_until(tls.do_handshake)
+        raw.sendall(out.read())
+        buf = b""
+        while b"\r\n" not in buf:
+            buf += pump_until(lambda: tls.read(4096))
+        assert buf.startswith(b"220 "), buf
+        tls.write(b"EHLO client.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<b@example.com>\r\n")
+        raw.sendall(out.read())
+        while buf.count(b"\r\n") < 4 or b"\r\n250 2.1.5" not in buf:
+            buf += pump_until(lambda: tls.read(4096))
+        assert b"250 2.1.5" in buf, buf                  # 127.0.0.3 relays: header applied
+        raw.close()

@@ -19,6 +19,9 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
+from certs import PKI, listener_tls
 from harness import (PETREL_BIN, PETRELCTL_BIN, make_message, msgid_of, wait_for,
                      free_port, lua_value)
 
@@ -174,11 +177,13 @@ def test_reload_with_unreadable_tls_key_keeps_old_config(world, tmp_path):
 
 # ---------------------------------------------------------------- listeners
 
-def test_listener_added_accepts_and_removed_one_refuses(world):
-    p, dest, _ = world.basic()
+@pytest.mark.parametrize("threads", [1, 3], ids=["1-worker", "3-workers"])
+def test_listener_added_accepts_and_removed_one_refuses(world, threads):
+    procs = f"petrel.configure_process {{ smtp_threads = {threads} }}\n"
+    p, dest, _ = world.basic(extra=procs)
     port2 = free_port()
     second = {"listen": f"127.0.0.1:{port2}", "name": "second", "hostname": "second.test"}
-    write_config(world, p, listeners=[second])
+    write_config(world, p, listeners=[second], extra=procs)
     sighup(p)
     s = smtplib.SMTP("127.0.0.1", port2, local_hostname="client.test", timeout=10)
     code, resp = s.ehlo()
@@ -190,7 +195,8 @@ def test_listener_added_accepts_and_removed_one_refuses(world):
     # an open session on the first listener survives its removal
     old = p.smtp()
     # only the second listener now: the first port refuses
-    text = world.config(p.workdir, port2, listener={"name": "second", "hostname": "second.test"})
+    text = world.config(p.workdir, port2, listener={"name": "second", "hostname": "second.test"},
+                        extra=procs)
     with open(p.cfg_path, "w") as f:
         f.write(text)
     sighup(p)
@@ -199,11 +205,15 @@ def test_listener_added_accepts_and_removed_one_refuses(world):
     p.send("alice@sender.test", ["bob@dest.test"], data, smtp=old)
     old.quit()
     dest.wait_message(msgid_of(data))
-    s = smtplib.SMTP("127.0.0.1", port2, local_hostname="client.test", timeout=10)
-    assert s.ehlo()[0] == 250
-    s.quit()
+    for _ in range(6):   # several connections: every worker's socket of the kept listener
+        s = smtplib.SMTP("127.0.0.1", port2, local_hostname="client.test", timeout=10)
+        assert s.ehlo()[0] == 250
+        s.quit()
+    for _ in range(6):   # and every worker closed its socket of the removed one
+        assert connect_refused("127.0.0.1", p.port)
     # a changed option on a kept listener applies to new sessions
-    text = world.config(p.workdir, port2, listener={"name": "second", "hostname": "renamed.test"})
+    text = world.config(p.workdir, port2, listener={"name": "second", "hostname": "renamed.test"},
+                        extra=procs)
     with open(p.cfg_path, "w") as f:
         f.write(text)
     sighup(p)
@@ -227,6 +237,45 @@ def test_reload_to_a_port_in_use_fails_and_keeps_listening(world):
         world.assert_serving(p)
     finally:
         busy.close()
+
+
+def peer_cert_cn(port, ca_file, implicit=False):
+    """CN of the certificate petrel presents on port (STARTTLS or implicit TLS)."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.check_hostname = False
+    if implicit:
+        s = smtplib.SMTP_SSL("127.0.0.1", port, local_hostname="client.test", timeout=10,
+                             context=ctx)
+        s.ehlo()
+    else:
+        s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10)
+        s.ehlo()
+        s.starttls(context=ctx)
+        s.ehlo()
+    cert = s.sock.getpeercert()
+    s.quit()
+    return dict(x[0] for x in cert["subject"])["commonName"]
+
+
+def test_listener_tls_certificate_changed_by_reload(world, tmp_path):
+    pki = PKI(tmp_path / "pki")
+    old_cert, old_key = pki.leaf("old.petrel.test", ips=["127.0.0.1"])
+    new_cert, new_key = pki.leaf("new.petrel.test", ips=["127.0.0.1"])
+    p, dest, _ = world.basic(listener={"tls": {"cert_file": old_cert, "key_file": old_key}})
+    assert peer_cert_cn(p.port, pki.ca_file) == "old.petrel.test"
+    write_config(world, p, listener={"tls": {"cert_file": new_cert, "key_file": new_key}})
+    sighup(p)
+    assert peer_cert_cn(p.port, pki.ca_file) == "new.petrel.test"
+    # an implicit-TLS listener added by a reload speaks TLS from the first byte
+    port2 = free_port()
+    write_config(world, p, listener={"tls": {"cert_file": new_cert, "key_file": new_key}},
+                 listeners=[{"listen": f"127.0.0.1:{port2}", "name": "smtps",
+                             "tls": {"cert_file": old_cert, "key_file": old_key,
+                                     "implicit": True}}])
+    sighup(p)
+    assert peer_cert_cn(port2, pki.ca_file, implicit=True) == "old.petrel.test"
+    world.assert_serving(p)
 
 
 # ---------------------------------------------------------------- logrotate
@@ -288,8 +337,10 @@ def test_sighup_reopens_diagnostic_log_file(world, tmp_path):
 
 # ---------------------------------------------------------------- under load
 
-def test_sighup_under_load_loses_and_duplicates_nothing(world):
-    p, dest, _ = world.basic(extra=HOOK.format(gen="0"))
+@pytest.mark.parametrize("threads", [1, 3], ids=["1-worker", "3-workers"])
+def test_sighup_under_load_loses_and_duplicates_nothing(world, threads):
+    procs = f"petrel.configure_process {{ smtp_threads = {threads} }}\n"
+    p, dest, _ = world.basic(extra=procs + HOOK.format(gen="0"))
     stop = threading.Event()
     sent, errors = [], []
     lock = threading.Lock()
@@ -318,7 +369,7 @@ def test_sighup_under_load_loses_and_duplicates_nothing(world):
     try:
         wait_for(lambda: len(sent) >= 20, 30, "the generator to get going")
         for gen in range(1, 11):
-            write_config(world, p, extra=HOOK.format(gen=gen))
+            write_config(world, p, extra=procs + HOOK.format(gen=gen))
             sighup(p)
             # the next message in a new session carries the new generation's header
             mid = p.send_message(subject=f"probe {gen}")

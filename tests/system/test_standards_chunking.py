@@ -315,3 +315,80 @@ def test_smtplib_data_still_works_after_ehlo_change(world):
     finally:
         s.quit()
     dest.wait_message(msgid_of(data))
+
+
+def test_random_bdat_sequences_one_reply_each(world):
+    """Property: in any pipelined mix of EHLO, MAIL, RCPT, BDAT (accepted, refused,
+    zero-sized, over the limit), NOOP and RSET, every command gets exactly one reply,
+    in order; chunk octets full of command lines never produce a reply of their own;
+    every message acknowledged with 250 ... queued arrives, byte for byte."""
+    import random
+    p, dest, _ = world.basic(listener={"max_message_size": "4KB"})
+    rng = random.Random(11)
+    expect_queued = []
+    for conn_no in range(60):
+        cmds = [b"EHLO client.test\r\n"]
+        payloads = []          # (index of the BDAT LAST command, full message) if accepted
+        n_cmds = 1
+        state, msg = "ready", b""
+        for _ in range(rng.randint(3, 12)):
+            r = rng.random()
+            if r < 0.2:
+                cmds.append(b"MAIL FROM:<alice@sender.test>\r\n")
+                state, msg = ("mail" if state == "ready" else state), msg
+            elif r < 0.4:
+                cmds.append(b"RCPT TO:<bob@dest.test>\r\n")
+                if state in ("mail", "rcpt"):
+                    state = "rcpt"
+            elif r < 0.85:
+                size = rng.choice([0, 1, 5, 300, 2000, 5000])
+                body = (b"NOOP\r\nRSET\r\nQUIT\r\n" * 400)[:size]
+                last = rng.random() < 0.5
+                cmds.append(f"BDAT {size}{' LAST' if last else ''}\r\n".encode() + body)
+                if state in ("rcpt", "bdat"):
+                    if len(msg) + size > 4096:
+                        state, msg = "ready", b""
+                    elif last:
+                        payloads.append((n_cmds, msg + body))
+                        state, msg = "ready", b""
+                    else:
+                        state, msg = "bdat", msg + body
+            elif r < 0.93:
+                cmds.append(b"NOOP\r\n")
+            else:
+                cmds.append(b"RSET\r\n")
+                state, msg = "ready", b""
+            n_cmds += 1
+        cmds.append(b"QUIT\r\n")
+        n_cmds += 1
+        with p.raw(timeout=30) as c:
+            c.send(b"".join(cmds))
+            replies = c.replies(n_cmds, timeout=30)
+            assert replies[-1][0] == 221, (conn_no, replies)
+            assert c.wait_closed(10), conn_no
+            assert c.buf == b"", (conn_no, c.buf[:200])   # no extra reply after QUIT's
+        for idx, content in payloads:
+            code, text = replies[idx]
+            assert code in (250, 554), (conn_no, idx, replies)   # 554: a 999+ octet line
+            if code == 250:
+                assert "queued as" in text, (conn_no, idx, replies)
+                expect_queued.append(content)
+    p.assert_alive()
+    assert len(expect_queued) >= 5, "the seed should produce a few accepted messages"
+    wait = __import__("harness").wait_for
+    wait(lambda: len(dest.messages()) >= len(expect_queued), 30,
+         f"{len(expect_queued)} messages at the sink")
+    import re
+
+    def normalized(c):
+        # every CRLF, bare CR or bare LF is one CRLF; a last partial line is ended
+        c = re.sub(rb"\r\n|\r|\n", b"\r\n", c)
+        return c + b"\r\n" if c and not c.endswith(b"\r\n") else c
+
+    def client_part(t):
+        rest = split_first_header(t.data)[1]
+        # our own Date:/Message-ID: (the payloads have no header of their own)
+        return re.sub(rb"^Date: [^\r]*\r\nMessage-ID: <[0-9a-f]+@petrel\.test>\r\n", b"", rest)
+    got = sorted(client_part(t) for t in dest.messages())
+    want = sorted(normalized(c) for c in expect_queued)
+    assert got == want

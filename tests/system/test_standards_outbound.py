@@ -5,6 +5,7 @@ envelope to a hop without SMTPUTF8 are never sent: they bounce locally with 5.6.
 5.6.7. The next hop is standards_sinks.CapsSink, which records the raw commands.
 """
 
+import os
 import re
 import subprocess
 
@@ -155,3 +156,142 @@ def test_chunking_option_validated(world, tmp_path):
     # not applied yet (the scheduler does not pass it): refused, never ignored
     r = check(base + "petrel.configure_delivery {\n  chunking = false,\n}\n")
     assert r.returncode == 1 and re.search(r"c\.lua:\d+: .*chunking", r.stderr), r
+
+
+def _private_postfix(tmp_path, sink_port):
+    """Debian's Postfix as a private next hop (own config, queue and log under
+    tmp_path, loopback, stopped by its master's PID), through bench.py's helper."""
+    import os
+    import shutil
+    import sys
+    import pytest
+    if not shutil.which("postfix") and not os.path.exists("/usr/sbin/postfix"):
+        pytest.skip("postfix is not installed (scripts/deps.sh bench)")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    from bench import Postfix
+    import tempfile
+    # pytest's tmp dirs are 0700: the postfix user could not reach its data dir
+    work = tempfile.mkdtemp(prefix="petrel-test-postfix-")
+    pf = Postfix(work, sink_port, conns=2)
+    pf.workdir = work
+    try:
+        pf.start()
+    except Exception:
+        pf.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return pf
+
+
+def test_bdat_to_real_postfix(world, tmp_path):
+    """Postfix 3.x offers CHUNKING: petrel sends BDAT and Postfix's own log counts
+    it (its disconnect line: "... bdat=1 ... commands=N"); the message arrives
+    intact behind Postfix."""
+    final = world.sink("127.0.0.1", world.other_port())
+    pf = _private_postfix(tmp_path, final.port)
+    try:
+        p = world.petrel(transport={"dest.test": {"relayhost": f"[127.0.0.1]:{pf.port}"}})
+        data = make_message(subject="through postfix", body=DOTTY + "Grüße\r\n")
+        send_raw(p, "alice@sender.test", ["bob@dest.test"], data, " BODY=8BITMIME")
+        t = final.wait_message(msgid_of(data), timeout=30)
+        assert data.split(b"\r\n\r\n", 1)[1] in t.data
+        p.wait_record("Delivery", recipient="bob@dest.test")
+        maillog = os.path.join(pf.dir, "maillog")
+
+        def bdat_logged():
+            try:
+                with open(maillog, errors="replace") as f:
+                    return [ln for ln in f if "disconnect from" in ln and " bdat=" in ln]
+            except OSError:
+                return []
+        p.stop()   # the connection to Postfix closes: it logs the disconnect line
+        lines = wait_for(bdat_logged, 20, lambda: f"a disconnect line with bdat= in {maillog}")
+        assert re.search(r" bdat=1\b", lines[0]) and " data=" not in lines[0], lines
+    finally:
+        pf.stop()
+        import shutil
+        shutil.rmtree(pf.workdir, ignore_errors=True)
+
+
+def test_large_message_bdat_both_ways(world):
+    """3 MB in three BDAT chunks in, one BDAT out, byte for byte (streaming through
+    the connection's bounded input buffer; lines starting with dots untouched)."""
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING"])
+    p = world.petrel()
+    line = b".%07d " + b"abcdefghij" * 7 + b"\r\n"
+    body = b"".join(line.replace(b"%07d", b"%07d" % i) for i in range(38000))
+    data = make_message(subject="large bdat", body=body)
+    third = len(data) // 3
+    chunks = [data[:third], data[third:2 * third], data[2 * third:]]
+    with p.raw(timeout=60) as c:
+        assert c.cmd("EHLO client.test")[0] == 250
+        assert c.cmd("MAIL FROM:<alice@sender.test>")[0] == 250
+        assert c.cmd("RCPT TO:<bob@dest.test>")[0] == 250
+        for i, ch in enumerate(chunks):
+            c.send(f"BDAT {len(ch)}{' LAST' if i == 2 else ''}\r\n".encode() + ch)
+        replies = c.replies(3, timeout=60)
+        assert [r[0] for r in replies] == [250, 250, 250], replies
+    t = hop.wait_message(msgid_of(data), timeout=60)
+    assert t.via == "BDAT"
+    assert split_first_header(t.data)[1] == data
+
+
+def test_bdat_with_refused_recipients(world):
+    """Pipelined MAIL, RCPTs and BDAT: a refused recipient bounces with its own
+    reply while the others are delivered; when every recipient is refused the BDAT
+    reply (554) does not overwrite theirs and the connection stays usable."""
+    world.mx_domain("sender.test", "127.0.0.3")
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING"])
+    hop.rcpt_reply = lambda a: "550 5.1.1 no such user" if a.startswith("nobody") else None
+    p = world.petrel()
+    d1 = make_message(subject="one refused")
+    p.send("alice@sender.test", ["bob@dest.test", "nobody@dest.test"], d1)
+    t = hop.wait_message(msgid_of(d1))
+    assert t.rcpt_tos == ["bob@dest.test"] and t.via == "BDAT"
+    rec = p.wait_record("Bounce", recipient="nobody@dest.test")
+    assert rec["code"] == 550 and "5.1.1" in rec["response"], rec
+    p.wait_record("Delivery", recipient="bob@dest.test")
+
+    d2 = make_message(subject="all refused")
+    p.send("alice@sender.test", ["nobody2@dest.test"], d2)
+    rec = p.wait_record("Bounce", recipient="nobody2@dest.test")
+    assert rec["code"] == 550 and "no such user" in rec["response"], rec
+    d3 = make_message(subject="after all refused")
+    p.send("alice@sender.test", ["carol@dest.test"], d3)
+    hop.wait_message(msgid_of(d3))
+    assert len(bdat_lines(hop)) == 3, hop.command_lines()
+
+
+def test_bdat_final_reply_decides(world):
+    """The reply to BDAT LAST is the delivery result: 452 defers, 554 bounces."""
+    world.mx_domain("sender.test", "127.0.0.3")
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING"])
+    hop.final_reply = "452 4.3.1 try later"
+    p = world.petrel()
+    d1 = make_message(subject="deferred")
+    p.send("alice@sender.test", ["bob@dest.test"], d1)
+    rec = p.wait_record("TransientFailure", recipient="bob@dest.test")
+    assert rec["code"] == 452 and "4.3.1" in rec["response"], rec
+    hop.final_reply = "554 5.6.0 content refused"
+    rec = p.wait_record("Bounce", recipient="bob@dest.test", timeout=30)
+    assert rec["code"] == 554 and "5.6.0" in rec["response"], rec
+    assert hop.messages() == []
+
+
+def test_petrel_to_petrel_bdat(world):
+    """One petrel relays to another (which offers CHUNKING): BDAT both ways between
+    the real daemons, the message intact (dot lines, 8-bit body) at the final sink."""
+    final = world.sink("127.0.0.1", world.other_port())
+    b_ip = world.new_ip()
+    b = world.petrel(listener={"listen": f"{b_ip}:{world.mx_port}", "hostname": "b.petrel.test"},
+                     transport={"dest.test": {"relayhost": f"[127.0.0.1]:{final.port}"}})
+    world.dns.add_mx("dest.test", "mx.dest.test", 10)
+    world.dns.add_a("mx.dest.test", b_ip)
+    a = world.petrel()
+    data = make_message(subject="a to b", body=DOTTY + "Grüße\r\n")
+    send_raw(a, "alice@sender.test", ["bob@dest.test"], data, " BODY=8BITMIME")
+    t = final.wait_message(msgid_of(data), timeout=30)
+    assert t.data.endswith(data), t.data[:600]
+    # b received it by BDAT (its session went through the chunk state), with BODY=8BITMIME
+    assert "S_RCPT -> S_CHUNK" in b.stderr_text(), b.stderr_tail(40)
+    assert t.data.count(b"Received: from ") >= 2

@@ -94,7 +94,6 @@ static void test_defaults(void **state)
     assert_true(c->queue.retry_interval == 300);
     assert_true(c->queue.max_retry_interval == 3600);
     assert_true(c->queue.max_retry_age == 72 * 3600);
-    assert_true(c->queue.dead_letter_after == 7 * 86400);
     assert_int_equal(c->queue.max_queue_depth, 1000000);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     assert_int_equal(c->delivery.threads, cpus < 1 ? 1 : cpus);
@@ -218,7 +217,7 @@ static const char every_option[] =
     "}\n"
     "petrel.configure_queue {\n"
     "  spool_dir = \"/srv/spool\", retry_interval = \"30s\", max_retry_interval = \"2h\",\n"
-    "  max_retry_age = \"5d\", dead_letter_after = 0, max_queue_depth = 5000,\n"
+    "  max_retry_age = \"5d\", max_queue_depth = 5000,\n"
     "}\n"
     "petrel.configure_delivery {\n"
     "  threads = 3, relayhost = \"[smtp.example.com]:587\", smtp_port = 2526,\n"
@@ -304,7 +303,6 @@ static void test_every_option(void **state)
     assert_true(c->queue.retry_interval == 30);
     assert_true(c->queue.max_retry_interval == 7200);
     assert_true(c->queue.max_retry_age == 5 * 86400);
-    assert_true(c->queue.dead_letter_after == 0);
     assert_int_equal(c->queue.max_queue_depth, 5000);
 
     struct cfg_delivery *d = &c->delivery;
@@ -795,9 +793,95 @@ static const char seed_000[] =
     "    end\n"
     "end)\n";
 
+/* seed_000 with its dead_letter_after line removed and a configure_auth added:
+ * what a user ends up with after following --check's two errors. */
+static char *seed_000_fixed(void)
+{
+    const char *dl = strstr(seed_000, "    dead_letter_after = \"7d\",\n");
+    assert_non_null(dl);
+    size_t n = strlen(seed_000), cut = strlen("    dead_letter_after = \"7d\",\n");
+    const char *add = "kumo.configure_auth { users_file = \"/etc/kumomta/users\" }\n";
+    char *t = malloc(n + strlen(add) + 1);
+    assert_non_null(t);
+    memcpy(t, seed_000, (size_t)(dl - seed_000));
+    strcpy(t + (dl - seed_000), dl + cut);
+    strcat(t, add);
+    return t;
+}
+
+static int line_of(const char *text, const char *needle)
+{
+    const char *at = strstr(text, needle);
+    assert_non_null(at);
+    int line = 1;
+    for (const char *p = text; p < at; p++)
+        line += *p == '\n';
+    return line;
+}
+
+/* As written, the seed asks for two things that would not work: --check says so. */
+static void test_seed_000_check_errors(void **state)
+{
+    /* dead_letter_after: parsed and never applied before; now refused at the line
+     * of its call (Lua does not know the lines of table fields) */
+    load_err(seed_000, line_of(seed_000, "kumo.configure_queue {"),
+             "configure_queue: option 'dead_letter_after' is not implemented yet (expired "
+             "messages are bounced and removed at max_retry_age; remove the option)");
+    /* without it: auth_mechanisms with no configure_auth never offers AUTH */
+    char *t = seed_000_fixed();
+    char *end = strstr(t, "kumo.configure_auth");
+    *end = 0;
+    load_err(t, line_of(t, "kumo.start_smtp_listener {\n    listen = \"[::]:587\""),
+             "start_smtp_listener: option 'auth_mechanisms' needs petrel.configure_auth { "
+             "users_file = ... } (without users AUTH is never offered)");
+    free(t);
+}
+
+/* Warnings: port 465 without implicit TLS, AUTH never offered without TLS; the
+ * config still loads. */
+static void test_check_warnings(void **state)
+{
+    char *t = seed_000_fixed();
+    struct config *c = load_ok(t);
+    assert_non_null(c->warnings);
+    char want[256];
+    snprintf(want, sizeof want, ":%d: warning: start_smtp_listener [::]:465: clients expect "
+             "implicit TLS (SMTPS) on port 465 but this listener speaks STARTTLS; set tls = {",
+             line_of(t, "kumo.start_smtp_listener {\n    listen = \"[::]:465\""));
+    if (!strstr(c->warnings, want))
+        fail_msg("no '%s' in:\n%s", want, c->warnings);
+    snprintf(want, sizeof want, ":%d: warning: start_smtp_listener [::]:587: AUTH is never offered",
+             line_of(t, "kumo.start_smtp_listener {\n    listen = \"[::]:587\""));
+    if (!strstr(c->warnings, want))
+        fail_msg("no '%s' in:\n%s", want, c->warnings);
+    config_free(c);
+    free(t);
+    /* implicit = true on 465, no port 465, tls with auth: no warning */
+    c = load_ok("petrel.start_smtp_listener { listen = \"127.0.0.1:465\",\n"
+                "  tls = { cert_file = \"c\", key_file = \"k\", implicit = true },\n"
+                "  auth_mechanisms = { \"PLAIN\" } }\n"
+                "petrel.configure_auth { users_file = \"u\" }\n");
+    assert_null(c->warnings);
+    config_free(c);
+    c = load_ok("petrel.start_smtp_listener { listen = \"127.0.0.1:465\" }\n");
+    assert_non_null(c->warnings);
+    assert_non_null(strstr(c->warnings, "but this listener has no tls"));
+    config_free(c);
+    /* HTTPS ignores configure_tls ciphers: said */
+    c = load_ok("petrel.configure_tls { ciphers = \"ECDHE-RSA-AES256-GCM-SHA384\" }\n"
+                "petrel.start_http_listener { listen = \"127.0.0.1:8443\",\n"
+                "  tls = { cert_file = \"c\", key_file = \"k\" } }\n");
+    assert_non_null(c->warnings);
+    assert_non_null(strstr(c->warnings, ":2: warning: start_http_listener 127.0.0.1:8443: "
+                                        "configure_tls 'ciphers'"));
+    config_free(c);
+}
+
 static void test_seed_000(void **state)
 {
-    struct config *c = load_ok(seed_000);
+    char *t = seed_000_fixed();
+    struct config *c = load_ok(t);
+    free(t);
     assert_int_equal(c->n_listeners, 3);
     assert_string_equal(c->listeners[0].name, "relay-in");
     assert_string_equal(c->listeners[0].host, "::");
@@ -1124,6 +1208,8 @@ int main(void)
         cmocka_unit_test(test_err_lua),
         cmocka_unit_test(test_err_hooks),
         cmocka_unit_test(test_seed_000),
+        cmocka_unit_test(test_seed_000_check_errors),
+        cmocka_unit_test(test_check_warnings),
         cmocka_unit_test(test_seed_003),
         cmocka_unit_test(test_seed_004),
         cmocka_unit_test(test_bundled_config),

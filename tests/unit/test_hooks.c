@@ -449,6 +449,24 @@ static void test_http_request_hook(void **state)
     unload(&w);
 }
 
+/* Errors raised from C without a position (coroutine.yield outside a coroutine,
+ * a library function) still name the hook's Lua line. */
+static void test_errors_always_name_the_line(void **state)
+{
+    struct world w = load(
+        "petrel.on('smtp_message_received', function(domain, meta)\n"
+        "  if domain == 'yield.test' then coroutine.yield(1) end\n"
+        "  if domain == 'lib.test' then string.rep() end\n"
+        "end)\n");
+    struct hook_effects fx;
+    run_message(&w, "yield.test", ":3: attempt to yield from outside a coroutine", &fx);
+    hook_effects_free(&fx);
+    run_message(&w, "lib.test", ":4: bad argument #1 to 'rep'", &fx);
+    hook_effects_free(&fx);
+    assert_int_equal(lua_gettop(w.L), 0);
+    unload(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -460,6 +478,7 @@ int main(void)
         cmocka_unit_test(test_greeting_hook_and_tenant_rule),
         cmocka_unit_test(test_sign_dkim_and_limit_sending_record),
         cmocka_unit_test(test_http_request_hook),
+        cmocka_unit_test(test_errors_always_name_the_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

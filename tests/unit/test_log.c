@@ -426,6 +426,73 @@ static void test_event_reopen(void **state)
     free(cur);
 }
 
+/* A reload that changes configure_logging.path: queued records go to the old
+ * file, later ones to the new path (its directories created). */
+static void test_event_reopen_path(void **state)
+{
+    char path[128], other[140], err[256];
+    snprintf(path, sizeof path, "%s/p1/events.log", tmpdir);
+    snprintf(other, sizeof other, "%s/p2/sub/events.log", tmpdir);
+    assert_int_equal(log_open(path, err, sizeof err), PT_OK);
+    struct log_record r = null_record;
+    r.type = LOG_ADMIN;
+    r.id = "first";
+    log_event(&r);
+    log_reopen_path(other);
+    r.id = "second";
+    log_event(&r);
+    log_reopen_path(other);          /* the same path again: a plain reopen */
+    r.id = "third";
+    log_event(&r);
+    log_close();
+    size_t len;
+    char *a = read_all(path, &len);
+    assert_non_null(a);
+    assert_int_equal(count_lines(a, len), 1);
+    assert_non_null(strstr(a, "\"first\""));
+    free(a);
+    char *b = read_all(other, &len);
+    assert_non_null(b);
+    assert_int_equal(count_lines(b, len), 2);
+    assert_non_null(strstr(b, "\"second\""));
+    assert_non_null(strstr(b, "\"third\""));
+    free(b);
+}
+
+/* stderr on a regular file: after mv, log_diag_reopen makes new lines go to a new
+ * file of the old name. */
+static void test_diag_reopen(void **state)
+{
+    char path[128], moved[140];
+    snprintf(path, sizeof path, "%s/diag.err", tmpdir);
+    snprintf(moved, sizeof moved, "%s.1", path);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
+    assert_true(saved >= 0 && fd >= 0);
+    dup2(fd, STDERR_FILENO);
+    close(fd);
+    log_diag_track_stderr();
+    log_warn("line before rotation");
+    assert_int_equal(rename(path, moved), 0);
+    int rc = log_diag_reopen();
+    log_warn("line after rotation");
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    log_diag_track_stderr();         /* a terminal or pipe again: nothing to reopen */
+    assert_int_equal(rc, PT_OK);
+    size_t len;
+    char *old = read_all(moved, &len);
+    char *cur = read_all(path, &len);
+    assert_non_null(old);
+    assert_non_null(cur);
+    assert_non_null(strstr(old, "line before rotation"));
+    assert_null(strstr(old, "line after rotation"));
+    assert_non_null(strstr(cur, "line after rotation"));
+    free(old);
+    free(cur);
+}
+
 /* Runs fn with stderr captured; returns what was written (caller frees). */
 static char *capture_stderr(void (*fn)(void))
 {
@@ -546,6 +613,8 @@ int main(void)
         cmocka_unit_test(test_event_without_open),
         cmocka_unit_test(test_event_threads),
         cmocka_unit_test(test_event_reopen),
+        cmocka_unit_test(test_event_reopen_path),
+        cmocka_unit_test(test_diag_reopen),
         cmocka_unit_test(test_event_drop),
         cmocka_unit_test(test_open_error),
         cmocka_unit_test(test_diag),

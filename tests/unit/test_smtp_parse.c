@@ -451,6 +451,36 @@ static void test_domain_helpers(void **state)
     assert_string_equal(out, "");
 }
 
+/* BDAT leaves its argument to smtp_bdat_args; BINARYMIME is not offered; the
+ * address literals of RFC 5321 4.1.3 (general literals are refused). */
+static void test_cmd_bdat_and_literals(void **state)
+{
+    struct smtp_cmd cmd;
+    (void)state;
+    assert_int_equal(tsp_parse("BDAT 1024 LAST", &cmd), PT_OK);
+    assert_int_equal(cmd.verb, SMTP_VERB_BDAT);
+    assert_int_equal(cmd.arg_len, 9);
+    assert_memory_equal(cmd.arg, "1024 LAST", 9);
+    assert_int_equal(tsp_parse("bdat 0", &cmd), PT_OK);
+    assert_int_equal(cmd.verb, SMTP_VERB_BDAT);
+    assert_int_equal(cmd.arg_len, 1);
+    assert_int_equal(tsp_parse("BDAT", &cmd), PT_OK);
+    assert_int_equal(cmd.arg_len, 0);
+
+    tsp_expect_error("MAIL FROM:<a@b> BODY=BINARYMIME", "501 5.5.4 Invalid BODY parameter");
+    tsp_expect_path("RCPT TO:<u@[192.0.2.1]>", SMTP_VERB_RCPT, "u@[192.0.2.1]");
+    tsp_expect_path("RCPT TO:<u@[IPv6:2001:db8:0:0:0:0:0:1]>", SMTP_VERB_RCPT,
+                    "u@[IPv6:2001:db8:0:0:0:0:0:1]");
+    tsp_expect_path("RCPT TO:<u@[IPv6:::ffff:192.0.2.1]>", SMTP_VERB_RCPT,
+                    "u@[IPv6:::ffff:192.0.2.1]");
+    tsp_expect_path("RCPT TO:<\"a b\"@[127.0.0.1]>", SMTP_VERB_RCPT, "\"a b\"@[127.0.0.1]");
+    tsp_expect_error("RCPT TO:<u@[x-tag:content]>", "501 5.1.3");
+    tsp_expect_error("RCPT TO:<u@[192.0.2]>", "501 5.1.3");
+    tsp_expect_error("RCPT TO:<u@[2001:db8::1]>", "501 5.1.3"); /* IPv6 needs the tag */
+    tsp_expect_error("RCPT TO:<u@[IPv6:2001:db8::1>", "501 5.1.3");
+    tsp_expect_error("RCPT TO:<u@192.0.2.1]>", "501 5.1.3");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -464,6 +494,7 @@ int main(void)
         cmocka_unit_test(test_cmd_mail_good),
         cmocka_unit_test(test_cmd_mail_bad),
         cmocka_unit_test(test_cmd_rcpt),
+        cmocka_unit_test(test_cmd_bdat_and_literals),
         cmocka_unit_test(test_cmd_path_length),
         cmocka_unit_test(test_cmd_control_bytes),
         cmocka_unit_test(test_domain_helpers),
