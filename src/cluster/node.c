@@ -67,7 +67,7 @@ static void hook_suspension(void *arg, const char *domain, double until, const c
         .reason = reason,
     };
     uint64_t n;
-    if (sched_admin(rt->sched, &rq, NODE_ADMIN_TIMEOUT_S, &n) != PT_OK)
+    if (sched_admin_local(rt->sched, &rq, NODE_ADMIN_TIMEOUT_S, &n) != PT_OK)
         log_warn("queue %s: cannot apply the cluster's %s here yet", domain,
                  until > 0 ? "suspension" : "resumption");
 }
