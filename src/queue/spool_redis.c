@@ -763,10 +763,17 @@ static int rs_commit_nosync(void *sp, void *bp)
     return enqueue(sp, b);
 }
 
+/* Redis has no disk-full state of its own: its limits are spool_redis_full's. */
 static int rs_writable(void *sp)
 {
-    struct rs_spool *s = sp;
-    return atomic_load(&s->guard_ok);
+    (void)sp;
+    return 1;
+}
+
+bool spool_redis_full(struct spool *sp)
+{
+    struct rs_spool *s = spool_impl(sp, &spool_redis_ops);
+    return s && !atomic_load(&s->guard_ok);
 }
 
 /* ---- reads (any thread) ------------------------------------------------ */

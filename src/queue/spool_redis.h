@@ -5,6 +5,7 @@
 #ifndef PETREL_QUEUE_SPOOL_REDIS_H
 #define PETREL_QUEUE_SPOOL_REDIS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -67,6 +68,11 @@ int spool_redis_resume(struct spool *s, const char *domain, spool_redis_rec_cb c
 int spool_redis_flush(struct spool *s, const char *domain, spool_redis_rec_cb cb, void *arg);
 int spool_redis_take(struct spool *s, const char *id, const char *domain, spool_redis_rec_cb cb,
                      void *arg);
+
+/* true while the shared queue holds max_queue_depth entries or more, or Redis's
+ * used_memory is at the max_redis_bytes guard (both as of the last poll, every
+ * half second): new mail gets 452 4.3.1 then. Thread-safe, lock-free. */
+bool spool_redis_full(struct spool *s);
 
 /* Cluster counters for /metrics and tests. */
 struct spool_redis_stats {

@@ -204,3 +204,53 @@ def test_admin_api_reads_the_shared_queue(world, redis):
     doc = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/message/{ids[0]}",
                                            timeout=10))
     assert doc and "dest.test" in json.dumps(doc)
+
+
+def mail_reply(p):
+    with p.smtp() as s:
+        code, resp = s.mail("alice@sender.test")
+        return code, resp
+
+
+def test_max_queue_depth_counts_the_whole_cluster(world, redis):
+    world.mx_domain("dest.test", "127.0.0.2", sink=False)
+    p = world.petrel(queue=redis_queue(redis, max_queue_depth=3, retry_interval="1h"))
+    for i in range(3):
+        p.send_message(to=[f"q{i}@dest.test"])
+    wait_for(lambda: mail_reply(p)[0] == 452, 10, "452 once the shared queue is full")
+    code, resp = mail_reply(p)
+    assert b"4.3.1" in resp and b"queue is full" in resp, resp
+    # the queue drains (hop back): mail is accepted again
+    sink = world.sink("127.0.0.2")
+    redis.cmd("DEL", "petrel:susp")
+    for m in redis.cmd("ZRANGE", "petrel:due", 0, -1):
+        redis.cmd("ZADD", "petrel:due", 0, m)     # due now for any node
+    sink.wait_count(3, 20)
+    wait_for(lambda: mail_reply(p)[0] == 250, 10, "250 again once the queue drained")
+
+
+def test_max_redis_bytes_guard_gives_452_before_maxmemory(world, tmp_path):
+    require_redis()
+    # Redis with a maxmemory: the default guard is 90% of it
+    r = RedisServer(str(tmp_path / "rm"), extra={"maxmemory": "4mb",
+                                                 "maxmemory-policy": "noeviction"}).start()
+    try:
+        world.mx_domain("dest.test", "127.0.0.2", sink=False)
+        p = world.petrel(queue=redis_queue(r, retry_interval="1h"))
+        big = ("x" * 900 + "\r\n") * 66
+        refused = None
+        for i in range(200):
+            data = make_message("alice@sender.test", [f"m{i}@dest.test"], body=big)
+            try:
+                p.send("alice@sender.test", [f"m{i}@dest.test"], data)
+            except AssertionError as e:
+                refused = str(e)
+                break
+            time.sleep(0.02)
+        assert refused and "452" in refused and "4.3.1" in refused, refused
+        used = int([ln for ln in r.cmd("INFO", "memory").splitlines()
+                    if ln.startswith("used_memory:")][0].split(":")[1])
+        assert used < 4 * 1024 * 1024, "Redis reached maxmemory before petrel said 452"
+        assert "redis queue full" in p.stderr_text()
+    finally:
+        r.stop()
