@@ -118,6 +118,7 @@ struct rs_spool {
     size_t n_susp;
     /* readers */
     pthread_key_t rkey;
+    _Atomic double read_fail_at;     /* monotonic time of the last failed reader connect */
     /* counters */
     _Atomic uint64_t durable_commits, groups, claimed, taken_over, lost_leases, depth,
         used_memory, maxmemory;
@@ -791,10 +792,16 @@ static struct redis_conn *reader(struct rs_spool *s)
         return c;
     redis_close(c);
     pthread_setspecific(s->rkey, NULL);
+    /* Redis down: fail fast instead of one connect timeout per read (reads come
+     * from delivery loops too) */
+    if (mono() - atomic_load(&s->read_fail_at) < RS_RECONNECT_GAP)
+        return NULL;
     char err[300];
     c = redis_connect(&s->url, RS_CONNECT_TIMEOUT, err, sizeof err);
-    if (!c)
+    if (!c) {
+        atomic_store(&s->read_fail_at, mono());
         return NULL;
+    }
     pthread_setspecific(s->rkey, c);
     return c;
 }
