@@ -425,6 +425,11 @@ redisReply *redis_cmdv(struct redis_conn *c, int argc, const char **argv, const 
     return r;
 }
 
+void redis_set_timeout(struct redis_conn *c, double timeout_s)
+{
+    c->timeout = timeout_s;
+}
+
 bool redis_dead(const struct redis_conn *c)
 {
     return c->dead;

@@ -52,6 +52,8 @@ int redis_read(struct redis_conn *c, redisReply **out);
 /* One command and its reply; NULL when the connection failed (then dead). */
 redisReply *redis_cmdf(struct redis_conn *c, const char *fmt, ...);
 redisReply *redis_cmdv(struct redis_conn *c, int argc, const char **argv, const size_t *lens);
+/* Deadline of each later read or write (connect_timeout until then). */
+void redis_set_timeout(struct redis_conn *c, double timeout_s);
 /* true once an I/O error happened: close and reconnect. */
 bool redis_dead(const struct redis_conn *c);
 /* The last error, for logs. */

@@ -508,6 +508,7 @@ static struct redis_conn *wconn_get(struct rs_spool *s)
     }
     if (!atomic_exchange(&s->reachable, 1))
         log_info("redis queue reachable again");
+    redis_set_timeout(c, RS_CMD_TIMEOUT);
     s->wconn = c;
     return c;
 }
@@ -802,6 +803,7 @@ static struct redis_conn *reader(struct rs_spool *s)
         atomic_store(&s->read_fail_at, mono());
         return NULL;
     }
+    redis_set_timeout(c, RS_READ_TIMEOUT);
     pthread_setspecific(s->rkey, c);
     return c;
 }
@@ -1311,6 +1313,7 @@ struct spool *spool_redis_open(const struct spool_redis_opts *o, char *err, size
         rs_destroy(s);
         return NULL;
     }
+    redis_set_timeout(c, RS_CMD_TIMEOUT);
     s->wconn = c;
     atomic_store(&s->reachable, 1);
     char text[600];

@@ -254,3 +254,35 @@ def test_max_redis_bytes_guard_gives_452_before_maxmemory(world, tmp_path):
         assert "redis queue full" in p.stderr_text()
     finally:
         r.stop()
+
+
+def test_redis_that_stops_answering_gets_451_then_recovers(world, redis):
+    """A Redis that hangs (SIGSTOP: connections open, no replies, like a network cut)
+    costs at most the command timeout and a 451, never a 250; after SIGCONT mail is
+    accepted and delivered again."""
+    import os
+    import signal as sig
+    p, dest, _ = world.basic(queue=redis_queue(redis))
+    os.kill(redis.proc.pid, sig.SIGSTOP)
+    try:
+        data = make_message("alice@sender.test", ["bob@dest.test"])
+        t0 = time.monotonic()
+        with p.smtp(timeout=40) as s:
+            s.mail("alice@sender.test")
+            s.rcpt("bob@dest.test")
+            code, resp = s.data(data)
+        print("reply while stopped:", code, resp, f"after {time.monotonic() - t0:.1f}s")
+        assert code == 451, (code, resp)
+        assert time.monotonic() - t0 < 30
+    finally:
+        os.kill(redis.proc.pid, sig.SIGCONT)
+
+    def accepted():
+        try:
+            p.send("alice@sender.test", ["bob@dest.test"], data)
+            return True
+        except (AssertionError, smtplib.SMTPException, OSError):
+            return False
+    wait_for(accepted, 30, "mail to be accepted again after SIGCONT")
+    dest.wait_message(msgid_of(data), 30)
+    p.assert_alive()
