@@ -414,6 +414,7 @@ class Petrel:
         self.cfg = os.path.join(self.dir, "petrel.lua")
         self.port = free_port()
         self.sink_port, self.conns, self.retry, self.max_queue = sink_port, conns, retry, max_queue
+        self.queue_extra = []   # cluster scenario: backend = "redis", redis_url = ...
         self.proc = None
         self.stderr_lines = []
 
@@ -423,6 +424,7 @@ class Petrel:
             q += [f'retry_interval = "{self.retry[0]}"', f'max_retry_interval = "{self.retry[1]}"']
         if self.max_queue:
             q += [f"max_queue_depth = {self.max_queue}"]
+        q += self.queue_extra
         tls_in = (f'\n  tls = {{ cert_file = "{self.tls[0]}", key_file = "{self.tls[1]}" }},'
                   if self.tls else "")
         cfg = f"""-- written by bench/bench.py
@@ -595,7 +597,7 @@ SCENARIOS = {
 }
 SCEN_DEFAULTS = dict(gen=None, size=2048, conns=20, rcpts=1, domains=1, pct_4xx=0, tls=False,
                      dkim=False, relays=None)
-DEFAULT_SCENARIOS = ["headline", "50k", "rcpt100", "4xx", "starttls", "dkim", "latency"]
+DEFAULT_SCENARIOS = ["headline", "50k", "rcpt100", "4xx", "starttls", "dkim", "latency", "cluster"]
 
 
 def scen_params(name):
@@ -1011,6 +1013,149 @@ def throughput_scenario(args, relays, scen, n, keys):
     return entry
 
 
+# ---------------------------------------------------------------- cluster (Redis queue)
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisProc:
+    """A private redis-server: AOF with appendfsync always (what petrel's redis backend
+    requires), loopback, free port, temp dir on the workdir's disk; stopped by PID."""
+
+    def __init__(self, workdir):
+        self.dir = os.path.join(workdir, "redis")
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.dir,
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+             "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_banner(self.port, 20, banner=False)
+        time.sleep(0.2)
+        return self
+
+    def usage(self):
+        return tree_usage(self.proc.pid)[:2]
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+CLUSTER_SETUPS = [("local spool, 1 node", "rocksdb", 1), ("redis, 1 node", "redis", 1),
+                  ("redis, 3 nodes", "redis", 3)]
+
+
+def cluster_run(args, backend, nnodes, n, sink, run_idx):
+    """n 2 KB messages split over nnodes petrel processes (one generator each, 20
+    connections in all), all relaying to the sink; end to end rate and CPU."""
+    workdir = tempfile.mkdtemp(prefix=f"cluster-{backend}-{nnodes}-{run_idx}-", dir=args.workdir)
+    redis = RedisProc(workdir).start() if backend == "redis" else None
+    nodes = []
+    res = {"run": run_idx}
+    try:
+        for i in range(nnodes):
+            node = Petrel(os.path.join(workdir, f"n{i}"), sink.port, max(1, 20 // nnodes))
+            if redis:
+                node.queue_extra = ['backend = "redis"',
+                                    f'redis_url = "redis://127.0.0.1:{redis.port}/0"']
+            node.start()
+            nodes.append(node)
+        sink.reset()
+        cpu0 = [nd.usage()[0] for nd in nodes]
+        rcpu0 = redis.usage()[0] if redis else 0.0
+        t0 = now_ns()
+        errors = []
+
+        def gen(node, k):
+            try:
+                run_load(load_cmd("smtp-source", node.port, k, max(1, 20 // nnodes), 2048),
+                         timeout=args.timeout)
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                errors.append(str(e))
+        share = [n // nnodes + (1 if i < n % nnodes else 0) for i in range(nnodes)]
+        threads = [threading.Thread(target=gen, args=(nodes[i], share[i])) for i in range(nnodes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise BenchError(errors[0])
+        st = sink.wait_rcpts(n, args.timeout, lambda: all(nd.alive() for nd in nodes))
+        cpu = sum(nd.usage()[0] - c for nd, c in zip(nodes, cpu0))
+        rcpu = (redis.usage()[0] - rcpu0) if redis else 0.0
+        time.sleep(0.5)
+        st2 = sink.stats()
+        e2e_s = (st["last"] - t0) / 1e9
+        res.update({"messages": n, "nodes": nnodes, "backend": backend, "e2e_s": e2e_s,
+                    "e2e_rate": n / e2e_s, "cpu_ms_per_msg": cpu / n * 1000,
+                    "redis_cpu_ms_per_msg": rcpu / n * 1000,
+                    "total_cpu_ms_per_msg": (cpu + rcpu) / n * 1000,
+                    "duplicates": st2["rcpts"] - n})
+    finally:
+        for nd in nodes:
+            res.setdefault("stops", []).append(nd.stop())
+        if redis:
+            redis.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return res
+
+
+def cluster_scenario(args):
+    """The shared Redis queue (issue 13): one and three nodes beside the local spool."""
+    entry = {"title": "2 KB x 20 conn, local spool vs Redis queue", "messages": args.messages_cluster,
+             "setups": {}}
+    if not os.access(REDIS_SERVER, os.X_OK):
+        entry["error"] = "redis-server not installed (scripts/deps.sh test)"
+        return entry
+    sink = Sink()
+    try:
+        for title, backend, nnodes in CLUSTER_SETUPS:
+            runs = []
+            try:
+                for i in range(args.runs):
+                    r = cluster_run(args, backend, nnodes, args.messages_cluster, sink, i)
+                    log(f"cluster {title} run {i}: e2e {r['e2e_rate']:.0f}/s petrel cpu "
+                        f"{r['cpu_ms_per_msg']:.2f} ms/msg redis cpu "
+                        f"{r['redis_cpu_ms_per_msg']:.2f} ms/msg dup {r['duplicates']}")
+                    runs.append(r)
+                entry["setups"][title] = {"runs": runs, "summary": {
+                    k: summary([r.get(k) for r in runs])
+                    for k in ("e2e_rate", "cpu_ms_per_msg", "redis_cpu_ms_per_msg",
+                              "total_cpu_ms_per_msg", "duplicates")}}
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                log(f"cluster {title}: {e}")
+                entry["setups"][title] = {"runs": runs, "error": str(e)}
+    finally:
+        sink.stop()
+    return entry
+
+
+def print_cluster(entry):
+    print(f"\ncluster: {entry['title']}, {entry['messages']} messages")
+    if entry.get("error"):
+        print(f"  {entry['error']}")
+        return
+    print(f"  {'setup':24} {'e2e msgs/s':>21} {'petrel CPU ms/msg':>21} {'redis CPU ms/msg':>21}")
+    for title, d in entry["setups"].items():
+        if d.get("error"):
+            print(f"  {title:24} error: {d['error'][:80]}")
+            continue
+        sm = d["summary"]
+        print(f"  {title:24} {fmt(sm['e2e_rate']):>21} {fmt(sm['cpu_ms_per_msg'], prec=2):>21} "
+              f"{fmt(sm['redis_cpu_ms_per_msg'], prec=2):>21}")
+
+
 def latency_scenario(args, relays, keys):
     sinkdir = tempfile.mkdtemp(prefix="sink-", dir=args.workdir)
     idlog = os.path.join(sinkdir, "ids.txt")
@@ -1052,6 +1197,8 @@ def main():
                     help="messages of 100 recipients (default 500 = 50,000 deliveries)")
     ap.add_argument("--messages-4xx", type=int, default=5000)
     ap.add_argument("--messages-tls", type=int, default=3000)
+    ap.add_argument("--messages-cluster", type=int, default=5000,
+                    help="cluster scenario: messages per setup (local spool, Redis 1 and 3 nodes)")
     ap.add_argument("--latency-messages", type=int, default=200)
     ap.add_argument("--latency-gap-ms", type=int, default=20)
     ap.add_argument("--generator", choices=("smtp-source", "blast"), default="smtp-source",
@@ -1078,7 +1225,7 @@ def main():
     if args.quick:
         args.runs = 1
         for k in ("messages", "messages_50k", "messages_rcpt100", "messages_4xx", "messages_tls",
-                  "messages_dkim"):
+                  "messages_dkim", "messages_cluster"):
             setattr(args, k, max(100, getattr(args, k) // 10))
         args.latency_messages = min(args.latency_messages, 50)
     if os.geteuid() != 0:
@@ -1099,8 +1246,9 @@ def main():
             sys.exit(f"{tool} missing: run `scripts/deps.sh bench` (installs postfix)")
     scen_list = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for scen in scen_list:
-        if scen != "latency" and scen not in SCENARIOS:
-            sys.exit(f"unknown scenario {scen}; known: {', '.join(list(SCENARIOS) + ['latency'])}")
+        if scen not in ("latency", "cluster") and scen not in SCENARIOS:
+            sys.exit(f"unknown scenario {scen}; known: "
+                     f"{', '.join(list(SCENARIOS) + ['latency', 'cluster'])}")
     t_start = time.monotonic()
     results = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -1122,6 +1270,9 @@ def main():
         for scen in scen_list:
             if scen == "latency":
                 results["scenarios"]["latency"] = latency_scenario(args, relays, keys)
+            elif scen == "cluster":
+                if "petrel" in relays:
+                    results["cluster"] = cluster_scenario(args)
             elif scen in SCENARIOS:
                 results["scenarios"][scen] = throughput_scenario(args, relays, scen, counts[scen], keys)
         if args.scale:
@@ -1149,6 +1300,8 @@ def main():
           f"Postfix {m['postfix_version']}, workdir fs {m['workdir_fs']}, load {m['loadavg_start'][0]:.2f}")
     print(f"command: {results['command']}   ({results['elapsed_s']:.0f} s; medians of {args.runs} runs [min-max])\n")
     print_table(results)
+    if "cluster" in results:
+        print_cluster(results["cluster"])
     print(f"\nresults: {os.path.relpath(out, ROOT)}")
     return 1 if results.get("interrupted") else 0
 

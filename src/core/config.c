@@ -18,6 +18,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "cluster/redis.h"
 #include "core/authban.h"
 #include "core/config.h"
 #include "policy/header_checks.h"
@@ -42,6 +43,9 @@
 #define DEF_COMMAND_TIMEOUT    (5 * 60.0)
 #define DEF_DATA_TIMEOUT       (10 * 60.0)
 #define DEF_SPOOL_DIR          "./var/spool"
+#define DEF_QUEUE_BACKEND      "rocksdb"    /* one machine: the embedded spool */
+#define DEF_KEY_PREFIX         "petrel:"
+#define DEF_LEASE              60.0         /* s: a dead node's mail waits at most this */
 #define DEF_RETRY_INTERVAL     (5 * 60.0)
 #define DEF_MAX_RETRY_INTERVAL (60 * 60.0)
 #define DEF_MAX_RETRY_AGE      (72 * 3600.0)
@@ -102,6 +106,7 @@ struct opt {
 static const char *const tls_levels[] = { "may", "encrypt", "verify", NULL };
 static const char *const tls_versions[] = { "1.2", "1.3", NULL };
 static const char *const dkim_algorithms[] = { "rsa-sha256", "ed25519-sha256", NULL };
+static const char *const queue_backends[] = { "rocksdb", "redis", NULL };
 static const char *const log_levels[] = { "debug", "info", "warn", "error", NULL };
 static const char *const sasl_mechanisms[] = { "PLAIN", "LOGIN", "CRAM-MD5", NULL };
 
@@ -179,6 +184,12 @@ static const struct opt queue_opts[] = {
       "max_retry_age; remove the option" },
     { O("max_queue_depth", OPT_U64, CFG(queue.max_queue_depth)), .lo = 1,
       .hi = 9007199254740992.0 },
+    { O("backend", OPT_CHOICE, CFG(queue.backend)), .choices = queue_backends },
+    { O("redis_url", OPT_STR, CFG(queue.redis_url)) },
+    { O("key_prefix", OPT_STR, CFG(queue.key_prefix)) },
+    { O("wait_replicas", OPT_INT, CFG(queue.wait_replicas)), .lo = 0, .hi = 64 },
+    { O("lease", OPT_DURATION, CFG(queue.lease)) },
+    { O("max_redis_bytes", OPT_SIZE, CFG(queue.max_redis_bytes)) },
     { .name = NULL },
 };
 
@@ -813,7 +824,30 @@ static int configure(lua_State *L, const char *fn, const struct opt *spec)
 
 static int api_configure_queue(lua_State *L)
 {
-    return configure(L, "configure_queue", queue_opts);
+    configure(L, "configure_queue", queue_opts);
+    struct cfg_queue *q = &cfg_of(L)->queue;
+    char why[200];
+    struct redis_url u;
+    if (q->redis_url && redis_url_parse(q->redis_url, &u, why, sizeof why) != PT_OK)
+        return lua_api_error(L, "configure_queue: option 'redis_url': %s (e.g. "
+                             "\"redis://127.0.0.1:6379/0\")", why);
+    if (q->key_prefix && strlen(q->key_prefix) > 64)
+        return lua_api_error(L, "configure_queue: option 'key_prefix': at most 64 bytes");
+    if (q->lease < 3)
+        return lua_api_error(L, "configure_queue: option 'lease': at least 3s (renewed every "
+                             "third of it)");
+    if (strcmp(q->backend, "redis") == 0 && !q->redis_url)
+        return lua_api_error(L, "configure_queue: backend = \"redis\" needs redis_url");
+    return 0;
+}
+
+/* Cluster-wide limits with the local spool: not in this build yet, so refused
+ * rather than silently ignored. */
+static int api_configure_redis(lua_State *L)
+{
+    check_args(L, "configure_redis");
+    return lua_api_error(L, "configure_redis: cluster-wide limits are not supported by this "
+                         "build yet (configure_queue { backend = \"redis\" } shares the queue)");
 }
 
 static int api_configure_delivery(lua_State *L)
@@ -1046,6 +1080,7 @@ static const luaL_Reg config_fns[] = {
     { "start_smtp_listener", api_start_smtp_listener },
     { "start_http_listener", api_start_http_listener },
     { "configure_queue", api_configure_queue },
+    { "configure_redis", api_configure_redis },
     { "configure_delivery", api_configure_delivery },
     { "configure_transport", api_configure_transport },
     { "configure_dns", api_configure_dns },
@@ -1068,6 +1103,9 @@ static int config_defaults(struct config *cfg)
     cfg->queue.max_retry_age = DEF_MAX_RETRY_AGE;
     cfg->queue.delay_warning_after = DEF_DELAY_WARNING_AFTER;
     cfg->queue.max_queue_depth = DEF_MAX_QUEUE_DEPTH;
+    cfg->queue.backend = strdup(DEF_QUEUE_BACKEND);
+    cfg->queue.key_prefix = strdup(DEF_KEY_PREFIX);
+    cfg->queue.lease = DEF_LEASE;
 
     cfg->delivery.threads = DEF_DELIVERY_THREADS;
     cfg->delivery.dflt.kind = ROUTE_DEFAULT;
@@ -1087,7 +1125,8 @@ static int config_defaults(struct config *cfg)
     cfg->tls.prefer_server_ciphers = DEF_PREFER_SERVER_CIPHERS;
     cfg->logging.path = strdup(DEF_LOG_PATH);
     cfg->logging.level = strdup(DEF_LOG_LEVEL);
-    return cfg->queue.spool_dir && cfg->delivery.dflt.tls && cfg->tls.min_tls_version &&
+    return cfg->queue.spool_dir && cfg->queue.backend && cfg->queue.key_prefix &&
+           cfg->delivery.dflt.tls && cfg->tls.min_tls_version &&
            cfg->logging.path && cfg->logging.level ? PT_OK : PT_NOMEM;
 }
 
@@ -1255,6 +1294,9 @@ void config_free(struct config *cfg)
         free_tls_files(h->tls);
     }
     free(cfg->queue.spool_dir);
+    free(cfg->queue.backend);
+    free(cfg->queue.redis_url);
+    free(cfg->queue.key_prefix);
     free_route(&cfg->delivery.dflt);
     free(cfg->delivery.helo_name);
     for (int i = 0; i < cfg->n_routes; i++)

@@ -81,6 +81,12 @@ struct cfg_queue {
     double max_retry_age;            /* 72h */
     double delay_warning_after;      /* 0 = off (nil); one delay DSN per recipient after it */
     uint64_t max_queue_depth;        /* 1000000 */
+    char *backend;                   /* "rocksdb" | "redis" */
+    char *redis_url;                 /* backend = "redis": required */
+    char *key_prefix;                /* "petrel:" */
+    int wait_replicas;               /* 0 */
+    double lease;                    /* 60s */
+    uint64_t max_redis_bytes;        /* 0 = 90% of Redis's maxmemory when it has one */
 };
 
 struct cfg_delivery {

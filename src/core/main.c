@@ -20,6 +20,7 @@
 
 #include <uv.h>
 
+#include "cluster/node.h"
 #include "core/config.h"
 #include "core/fdlimit.h"
 #include "core/runtime.h"
@@ -144,6 +145,11 @@ static void warn_restart_only(const struct config *old, const struct config *cfg
     NOTE(old->smtp_threads != cfg->smtp_threads, "configure_process.smtp_threads");
     NOTE(str_differs(old->process_user, cfg->process_user), "configure_process.user");
     NOTE(str_differs(old->queue.spool_dir, cfg->queue.spool_dir), "configure_queue.spool_dir");
+    NOTE(str_differs(old->queue.backend, cfg->queue.backend) ||
+         str_differs(old->queue.redis_url, cfg->queue.redis_url) ||
+         str_differs(old->queue.key_prefix, cfg->queue.key_prefix) ||
+         old->queue.wait_replicas != cfg->queue.wait_replicas || old->queue.lease != cfg->queue.lease,
+         "configure_queue.backend/redis_url/key_prefix/wait_replicas/lease");
     NOTE(old->delivery.threads != cfg->delivery.threads, "configure_delivery.threads");
     bool http = old->n_http != cfg->n_http;
     for (int i = 0; !http && i < cfg->n_http; i++) {
@@ -363,14 +369,15 @@ int main(int argc, char **argv)
         return 1;
     }
     cfg = gen->cfg;    /* the startup generation's, owned by it */
-    rt.spool = spool_open(cfg->queue.spool_dir, err, sizeof err);
+    rt.spool = cluster_node_open_spool(cfg, err, sizeof err);
     if (!rt.spool) {
-        fprintf(stderr, "petrel: spool %s: %s\n", cfg->queue.spool_dir, err);
+        fprintf(stderr, "petrel: %s\n", err);
         return 1;
     }
     struct spool_stats sst;
     spool_stats(rt.spool, &sst);
-    log_info("spool %s open; CRC32C on %s", cfg->queue.spool_dir, sst.crc32c);
+    if (!spool_shared(rt.spool))
+        log_info("spool %s open; CRC32C on %s", cfg->queue.spool_dir, sst.crc32c);
     rt.sched = sched_new(&rt, err, sizeof err);
     if (!rt.sched) {
         fprintf(stderr, "petrel: %s\n", err);
@@ -379,7 +386,8 @@ int main(int argc, char **argv)
     double t0 = time_now();
     struct recover_ctx rc = { .sched = rt.sched };
     spool_scan_entries(rt.spool, recover_one, &rc);
-    log_info("recovered %llu queued entries from %s in %.3f s%s",
+    if (!spool_shared(rt.spool))
+        log_info("recovered %llu queued entries from %s in %.3f s%s",
              (unsigned long long)rc.n, cfg->queue.spool_dir, time_now() - t0,
              rc.bad ? " (some undecodable entries skipped)" : "");
 
@@ -436,6 +444,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "petrel: cannot start delivery threads\n");
         return 1;
     }
+    cluster_node_attach(&rt);
 
     uv_loop_t *loop = uv_default_loop();
     uv_signal_t sigs[3];
@@ -480,6 +489,7 @@ int main(int argc, char **argv)
         worker_request_stop(&workers[i]);
     for (int i = 0; i < nworkers; i++)
         worker_join(&workers[i]);
+    cluster_node_detach(&rt);
     sched_stop(rt.sched);
     sched_free(rt.sched);
     struct spool_stats st;

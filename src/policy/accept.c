@@ -4,6 +4,7 @@
 #include "policy/accept.h"
 #include "queue/sched.h"
 #include "queue/spool.h"
+#include "queue/spool_redis.h"
 #include "smtp/smtp_parse.h"
 #include "util/result.h"
 
@@ -11,6 +12,8 @@ int accept_queue_state(const struct config *cfg, const struct sched *sched, stru
 {
     if (!spool_writable(spool))
         return PT_ERROR;
+    if (spool_shared(spool))   /* the cluster's depth and Redis memory (spool_redis.h) */
+        return spool_redis_full(spool) ? PT_TOOLONG : PT_OK;
     return sched_depth(sched) >= cfg->queue.max_queue_depth ? PT_TOOLONG : PT_OK;
 }
 

@@ -17,6 +17,8 @@
 #include "queue/entry.h"
 #include "queue/sched.h"
 #include "queue/sched_int.h"
+#include "queue/spool.h"
+#include "queue/spool_redis.h"
 #include "queue/suspend.h"
 #include "util/result.h"
 #include "util/timeutil.h"
@@ -291,8 +293,8 @@ static int call_threads(struct sched *s, struct thread_call *sn, double timeout_
     return sn->pending > 0 || sn->failed ? PT_ERROR : PT_OK;
 }
 
-int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **out,
-                   size_t *n)
+static int snapshot_local(struct sched *s, double timeout_s, struct sched_queue_info **out,
+                          size_t *n)
 {
     *out = NULL;
     *n = 0;
@@ -515,8 +517,8 @@ static void admin_answer(struct dthread *t, struct sched_call *call)
     call_release(sn);
 }
 
-int sched_admin(struct sched *s, const struct sched_admin_req *req, double timeout_s,
-                uint64_t *affected)
+int sched_admin_local(struct sched *s, const struct sched_admin_req *req, double timeout_s,
+                      uint64_t *affected)
 {
     *affected = 0;
     if (!s->started)
@@ -542,5 +544,113 @@ int sched_admin(struct sched *s, const struct sched_admin_req *req, double timeo
     int rc = call_threads(s, sn, timeout_s);
     *affected = sn->affected;
     call_release(sn);
+    return rc;
+}
+
+/* ---- the shared queue (Redis backend) -------------------------------------
+ * The queue's contents live in Redis, so answers come from there; this node's
+ * delivery threads add what only they know (connections) and act on the entries
+ * they hold. Entries another node holds (delivering, or waiting for a connection
+ * there) are left to that node, as in-flight entries are locally. */
+
+int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **out, size_t *n)
+{
+    if (!spool_shared(s->rt->spool))
+        return snapshot_local(s, timeout_s, out, n);
+    *out = NULL;
+    *n = 0;
+    struct sched_queue_info *loc = NULL;
+    size_t nloc = 0;
+    int rc = snapshot_local(s, timeout_s, &loc, &nloc);
+    if (rc != PT_OK)
+        return rc;
+    struct spool_redis_queue *rq = NULL;
+    size_t nrq = 0;
+    uint64_t total = 0;
+    rc = spool_redis_queues(s->rt->spool, &rq, &nrq, &total);
+    if (rc != PT_OK) {
+        free(loc);
+        return rc;
+    }
+    struct sched_queue_info *q = calloc(nrq ? nrq : 1, sizeof *q);
+    if (!q) {
+        free(loc);
+        free(rq);
+        return PT_NOMEM;
+    }
+    for (size_t i = 0; i < nrq; i++) {
+        snprintf(q[i].key, sizeof q[i].key, "%s", rq[i].domain);
+        q[i].count = (uint32_t)rq[i].count;
+        q[i].oldest = rq[i].oldest;
+        q[i].next_attempt = rq[i].next_attempt;
+        q[i].suspended = rq[i].suspended_until > 0;
+        q[i].suspended_until = rq[i].suspended_until;
+        for (size_t k = 0; k < nloc; k++)
+            if (strcmp(loc[k].key, q[i].key) == 0)
+                q[i].connections = loc[k].connections;
+    }
+    free(loc);
+    free(rq);
+    qsort(q, nrq, sizeof *q, info_cmp);
+    *out = q;
+    *n = nrq;
+    return PT_OK;
+}
+
+struct shared_count {
+    struct sched *s;
+    uint64_t rcpts;
+    bool enqueue;               /* hand the entries to this node's threads */
+};
+
+static void shared_rec(void *arg, const void *rec, size_t len)
+{
+    struct shared_count *sc = arg;
+    struct entry *e;
+    if (entry_decode(rec, len, &e) != PT_OK)
+        return;
+    if (!sc->enqueue) {
+        sc->rcpts += entry_pending(e);
+        entry_free(e);
+        return;
+    }
+    e->next_attempt = time_now();
+    sched_enqueue(sc->s, e);
+}
+
+int sched_admin(struct sched *s, const struct sched_admin_req *req, double timeout_s,
+                uint64_t *affected)
+{
+    if (!spool_shared(s->rt->spool))
+        return sched_admin_local(s, req, timeout_s, affected);
+    *affected = 0;
+    if (!s->started)
+        return PT_ERROR;
+    struct spool *sp = s->rt->spool;
+    struct shared_count sc = { .s = s };
+    int rc = PT_OK;
+    switch (req->op) {
+    case SCHED_SUSPEND:
+        rc = spool_redis_suspend(sp, req->domain, req->until, req->reason, shared_rec, &sc);
+        break;
+    case SCHED_RESUME:
+        rc = spool_redis_resume(sp, req->domain, shared_rec, &sc);
+        break;
+    case SCHED_FLUSH:
+        rc = spool_redis_flush(sp, req->domain, shared_rec, &sc);
+        break;
+    case SCHED_BOUNCE:
+    case SCHED_DELETE:
+        /* leased to this node and queued here, then bounced or deleted by the
+         * local action below (each delivery thread's mailbox keeps the order) */
+        sc.enqueue = true;
+        rc = spool_redis_take(sp, req->id, req->domain, shared_rec, &sc);
+        break;
+    }
+    if (rc != PT_OK)
+        return rc;
+    uint64_t local = 0;
+    rc = sched_admin_local(s, req, timeout_s, &local);
+    *affected = sc.rcpts + local;
     return rc;
 }

@@ -359,6 +359,24 @@ static void entry_persist(struct dthread *t, const struct entry *e)
     buf_free(&rec);
 }
 
+/* Puts e (waiting for a retry at e->next_attempt) back in the queue: the local
+ * retry heap, or with a shared queue (Redis) the shared due index, which any node
+ * takes it from when it is due (this node forgets it). */
+static void entry_wait(struct dthread *t, struct dqueue *q, struct entry *e)
+{
+    entry_persist(t, e);
+    if (!spool_shared(t->s->rt->spool)) {
+        sched_heap_push(t, e);
+        sched_timer_arm(t);
+        return;
+    }
+    q->nentries--;
+    metrics_add(M_QUEUE_DEPTH, e->domain, NULL, -1);
+    atomic_fetch_sub(&t->s->depth, 1);
+    entry_free(e);
+    queue_maybe_free(t, q);
+}
+
 /* ---- outcomes ---------------------------------------------------------- */
 
 /* Acts on an outcome verdict for e (taken back from the pool). */
@@ -372,9 +390,7 @@ static void settle(struct dthread *t, struct dqueue *q, struct entry *e, enum ou
         sched_make_ready(t, q, e);
         break;
     case OUTCOME_RETRY:
-        entry_persist(t, e);
-        sched_heap_push(t, e);
-        sched_timer_arm(t);
+        entry_wait(t, q, e);
         break;
     }
 }
@@ -403,10 +419,10 @@ static void pool_unprepared(void *owner, void *queue, struct entry *e, int rc)
         sched_entry_remove(t, queue, e);
         return;
     }
+    /* out of memory or a read error (Redis unreachable): try again later */
     log_warn("%s: could not prepare the content (%d); trying again later", e->id, rc);
     e->next_attempt = time_now() + t->s->rt->cfg->queue.retry_interval;
-    sched_heap_push(t, e);
-    sched_timer_arm(t);
+    entry_wait(t, queue, e);
 }
 
 static void pool_giveback(void *owner, void *queue, struct entry *e)

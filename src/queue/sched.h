@@ -78,6 +78,11 @@ struct sched_admin_req {
  * did not answer: stopping), PT_NOMEM. Thread-safe; not from a delivery thread. */
 int sched_admin(struct sched *s, const struct sched_admin_req *req, double timeout_s,
                 uint64_t *affected);
+/* The same on this node's delivery threads only (with a shared queue, sched_admin
+ * also acts on the entries in Redis; the cluster thread applies other nodes'
+ * suspensions here with this one). */
+int sched_admin_local(struct sched *s, const struct sched_admin_req *req, double timeout_s,
+                      uint64_t *affected);
 
 
 

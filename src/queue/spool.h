@@ -1,4 +1,5 @@
-/* Durable spool behind a narrow interface (RocksDB backend in spool_rocksdb.c).
+/* Durable spool behind a narrow interface (RocksDB backend in spool_rocksdb.c, the
+ * shared Redis queue in spool_redis.c; spool.c dispatches).
  * Content is stored once per message id; entries (one per destination domain)
  * reference it. spool_commit_durable() group-commits: one WAL fsync per batch of
  * concurrent commits, from the spool thread. Nothing is acknowledged before its
@@ -20,6 +21,12 @@ struct spool_batch;
 struct spool *spool_open(const char *dir, char *err, size_t errlen);
 /* Stops the spool thread after completing queued commits, closes the database. */
 void spool_close(struct spool *s);
+/* "rocksdb" or "redis". */
+const char *spool_backend_name(const struct spool *s);
+/* 1 when the queue is shared by several nodes (Redis): an entry this node does not
+ * deliver now goes back to the shared queue (a deferral written with
+ * spool_commit_nosync releases it) instead of waiting in this node's memory. */
+int spool_shared(const struct spool *s);
 
 struct spool_batch *spool_batch_new(void);
 void spool_batch_free(struct spool_batch *b);     /* NULL ok */

@@ -11,19 +11,19 @@
  *   "s" <destination:1..255>             -> admin suspension: f64 until, little-endian
  *
  * All entries sort after all contents, so a recovery scan reads only entry blocks, and
- * the entries of one id are adjacent, so spool_has_entries() is one bounded seek. Ids
+ * the entries of one id are adjacent, so rdb_has_entries() is one bounded seek. Ids
  * start with a millisecond clock, so scan order is roughly arrival order. Other
  * first bytes are free for future record kinds.
  *
- * Group commit: spool_commit_durable() appends the batch to a queue under a mutex and
+ * Group commit: rdb_commit_durable() appends the batch to a queue under a mutex and
  * returns. The spool thread takes everything queued so far, writes each batch with
  * sync off and then flushes and syncs the WAL once (rocksdb FlushWAL(sync)); batches
  * queued meanwhile form the next group. The WAL is flushed by hand
  * (manual_wal_flush): a write lands in RocksDB's WAL buffer without a syscall, so a
  * group costs one write(2) and one fdatasync however many batches it has, and its
- * batches are never copied into one. spool_commit_nosync() pushes its write to the
+ * batches are never copied into one. rdb_commit_nosync() pushes its write to the
  * OS at once (FlushWAL without sync). Syncing outside RocksDB's write queue keeps
- * spool_commit_nosync() callers (event loops) from waiting behind our fsync; the
+ * rdb_commit_nosync() callers (event loops) from waiting behind our fsync; the
  * cost is that a group is readable a few hundred microseconds before it is durable,
  * which is harmless because nothing is acknowledged (and nobody looks for the
  * message) before the callback.
@@ -70,6 +70,7 @@
 #include "obs/log.h"
 #include "queue/crc32c.h"
 #include "queue/spool.h"
+#include "queue/spool_backend.h"
 #include "util/buf.h"
 #include "util/result.h"
 
@@ -101,14 +102,14 @@
 #define SPOOL_SCAN_READAHEAD    (2u << 20)  /* recovery scan: large sequential reads */
 #define SPOOL_DIR_MODE          0750
 
-struct spool_batch {
+struct rdb_batch {
     rocksdb_writebatch_t *wb;
     spool_done_cb cb;
     void *arg;
-    struct spool_batch *next;   /* pending queue link */
+    struct rdb_batch *next;   /* pending queue link */
 };
 
-struct spool {
+struct rdb_spool {
     rocksdb_t *db;
     pthread_rwlock_t dblock;            /* read: any use of db; write: reopen */
     char *dir;
@@ -123,8 +124,8 @@ struct spool {
     int thread_started;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    struct spool_batch *head, *tail;    /* pending durable batches, under lock */
-    struct spool_batch *dhead, *dtail;  /* read-only mode: deferred no-sync batches, under lock */
+    struct rdb_batch *head, *tail;    /* pending durable batches, under lock */
+    struct rdb_batch *dhead, *dtail;  /* read-only mode: deferred no-sync batches, under lock */
     size_t ndeferred;                   /* under lock */
     int closing;                        /* under lock */
 
@@ -181,9 +182,9 @@ static int key_entry(char *k, size_t *klen, const char *id, const char *domain)
 
 /* ---- batches ---- */
 
-struct spool_batch *spool_batch_new(void)
+static struct rdb_batch *rdb_batch_new(void)
 {
-    struct spool_batch *b = calloc(1, sizeof(*b));
+    struct rdb_batch *b = calloc(1, sizeof(*b));
     if (!b)
         return NULL;
     b->wb = rocksdb_writebatch_create();
@@ -194,7 +195,7 @@ struct spool_batch *spool_batch_new(void)
     return b;
 }
 
-void spool_batch_free(struct spool_batch *b)
+static void rdb_batch_free(struct rdb_batch *b)
 {
     if (!b)
         return;
@@ -202,7 +203,7 @@ void spool_batch_free(struct spool_batch *b)
     free(b);
 }
 
-int spool_batch_put_content(struct spool_batch *b, const char *id, const void *data, size_t len)
+static int rdb_batch_put_content(struct rdb_batch *b, const char *id, const void *data, size_t len)
 {
     char k[SPOOL_KEY_MAX];
     if (!b || !id_valid(id) || (!data && len))
@@ -212,7 +213,7 @@ int spool_batch_put_content(struct spool_batch *b, const char *id, const void *d
     return PT_OK;
 }
 
-int spool_batch_put_entry(struct spool_batch *b, const char *id, const char *domain,
+static int rdb_batch_put_entry(struct rdb_batch *b, const char *id, const char *domain,
                           const void *rec, size_t len)
 {
     char k[SPOOL_KEY_MAX];
@@ -226,7 +227,7 @@ int spool_batch_put_entry(struct spool_batch *b, const char *id, const char *dom
     return PT_OK;
 }
 
-int spool_batch_del_entry(struct spool_batch *b, const char *id, const char *domain)
+static int rdb_batch_del_entry(struct rdb_batch *b, const char *id, const char *domain)
 {
     char k[SPOOL_KEY_MAX];
     size_t klen;
@@ -239,7 +240,7 @@ int spool_batch_del_entry(struct spool_batch *b, const char *id, const char *dom
     return PT_OK;
 }
 
-int spool_batch_del_content(struct spool_batch *b, const char *id)
+static int rdb_batch_del_content(struct rdb_batch *b, const char *id)
 {
     char k[SPOOL_KEY_MAX];
     if (!b || !id_valid(id))
@@ -252,21 +253,21 @@ int spool_batch_del_content(struct spool_batch *b, const char *id)
 /* ---- group commit ---- */
 
 /* Writes the group (a list of batches) into the WAL buffer, then one WAL sync. */
-static struct spool_batch *spool_batch_pop_free(struct spool_batch *b)
+static struct rdb_batch *spool_batch_pop_free(struct rdb_batch *b)
 {
-    struct spool_batch *next = b->next;
-    spool_batch_free(b);
+    struct rdb_batch *next = b->next;
+    rdb_batch_free(b);
     return next;
 }
 
 /* Keeps b (taken) for try_resume; drops it beyond SPOOL_DEFER_MAX. */
-static void spool_defer(struct spool *s, struct spool_batch *b)
+static void spool_defer(struct rdb_spool *s, struct rdb_batch *b)
 {
     b->next = NULL;
     pthread_mutex_lock(&s->lock);
     if (s->ndeferred >= SPOOL_DEFER_MAX) {
         pthread_mutex_unlock(&s->lock);
-        spool_batch_free(b);
+        rdb_batch_free(b);
         return;
     }
     if (s->dtail)
@@ -279,7 +280,7 @@ static void spool_defer(struct spool *s, struct spool_batch *b)
 }
 
 /* A write or WAL flush failed (err, freed here): read-only mode until a reopen. */
-static void spool_write_failed(struct spool *s, char *err)
+static void spool_write_failed(struct rdb_spool *s, char *err)
 {
     if (!atomic_exchange(&s->readonly, 1))
         log_error("spool: write failed, refusing new mail until it can write again "
@@ -287,18 +288,18 @@ static void spool_write_failed(struct spool *s, char *err)
     rocksdb_free(err);
 }
 
-static void db_read_lock(struct spool *s)
+static void db_read_lock(struct rdb_spool *s)
 {
     pthread_rwlock_rdlock(&s->dblock);
 }
 
-static void db_unlock(struct spool *s)
+static void db_unlock(struct rdb_spool *s)
 {
     pthread_rwlock_unlock(&s->dblock);
 }
 
 /* Writes the group (a list of batches) into the WAL buffer, then one WAL sync. */
-static int write_group(struct spool *s, struct spool_batch *group)
+static int write_group(struct rdb_spool *s, struct rdb_batch *group)
 {
     char *err = NULL;
     db_read_lock(s);
@@ -306,7 +307,7 @@ static int write_group(struct spool *s, struct spool_batch *group)
         db_unlock(s);
         return PT_ERROR;
     }
-    for (struct spool_batch *b = group; b && !err; b = b->next)
+    for (struct rdb_batch *b = group; b && !err; b = b->next)
         rocksdb_write(s->db, s->wopts, b->wb, &err);
     if (!err) {
         rocksdb_flush_wal(s->db, 1, &err);
@@ -325,7 +326,7 @@ static int free_space_ok(const char *dir)
 }
 
 /* Read-only mode: with enough free space, reopens the database for writing. */
-static void try_resume(struct spool *s)
+static void try_resume(struct rdb_spool *s)
 {
     if (!free_space_ok(s->dir))
         return;
@@ -349,7 +350,7 @@ static void try_resume(struct spool *s)
     }
     /* Deferred no-sync batches first, in order, before anyone else may write. */
     pthread_mutex_lock(&s->lock);
-    struct spool_batch *d = s->dhead;
+    struct rdb_batch *d = s->dhead;
     size_t nd = s->ndeferred;
     s->dhead = s->dtail = NULL;
     s->ndeferred = 0;
@@ -374,7 +375,7 @@ static void try_resume(struct spool *s)
 
 static void *spool_thread(void *arg)
 {
-    struct spool *s = arg;
+    struct rdb_spool *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->lock);
         while (!s->head && !s->closing) {
@@ -391,7 +392,7 @@ static void *spool_thread(void *arg)
                 pthread_mutex_lock(&s->lock);
             }
         }
-        struct spool_batch *group = s->head;
+        struct rdb_batch *group = s->head;
         s->head = s->tail = NULL;
         pthread_mutex_unlock(&s->lock);
         if (!group)
@@ -399,20 +400,20 @@ static void *spool_thread(void *arg)
 
         int status = write_group(s, group);
         while (group) {
-            struct spool_batch *next = group->next;
+            struct rdb_batch *next = group->next;
             if (group->cb)
                 group->cb(group->arg, status);
-            spool_batch_free(group);
+            rdb_batch_free(group);
             group = next;
         }
     }
     return NULL;
 }
 
-int spool_commit_durable(struct spool *s, struct spool_batch *b, spool_done_cb cb, void *arg)
+static int rdb_commit_durable(struct rdb_spool *s, struct rdb_batch *b, spool_done_cb cb, void *arg)
 {
     if (!s || !b) {
-        spool_batch_free(b);
+        rdb_batch_free(b);
         return PT_ERROR;
     }
     b->cb = cb;
@@ -421,7 +422,7 @@ int spool_commit_durable(struct spool *s, struct spool_batch *b, spool_done_cb c
     pthread_mutex_lock(&s->lock);
     if (s->closing) {
         pthread_mutex_unlock(&s->lock);
-        spool_batch_free(b);
+        rdb_batch_free(b);
         return PT_ERROR;
     }
     int was_idle = s->head == NULL;
@@ -437,11 +438,11 @@ int spool_commit_durable(struct spool *s, struct spool_batch *b, spool_done_cb c
     return PT_OK;
 }
 
-int spool_commit_nosync(struct spool *s, struct spool_batch *b)
+static int rdb_commit_nosync(struct rdb_spool *s, struct rdb_batch *b)
 {
     char *err = NULL;
     if (!s || !b) {
-        spool_batch_free(b);
+        rdb_batch_free(b);
         return PT_ERROR;
     }
     db_read_lock(s);
@@ -460,18 +461,18 @@ int spool_commit_nosync(struct spool *s, struct spool_batch *b)
         return PT_OK;
     }
     db_unlock(s);
-    spool_batch_free(b);
+    rdb_batch_free(b);
     return PT_OK;
 }
 
-int spool_writable(struct spool *s)
+static int rdb_writable(struct rdb_spool *s)
 {
     return s && !atomic_load(&s->readonly);
 }
 
 /* ---- reads ---- */
 
-int spool_get_content(struct spool *s, const char *id, struct buf *out)
+static int rdb_get_content(struct rdb_spool *s, const char *id, struct buf *out)
 {
     char k[SPOOL_KEY_MAX];
     char *err = NULL;
@@ -503,7 +504,7 @@ int spool_get_content(struct spool *s, const char *id, struct buf *out)
 
 /* On a read error this answers "yes": the caller then keeps the content, and an
  * orphaned content costs disk space, while a wrongly deleted one loses mail. */
-int spool_has_entries(struct spool *s, const char *id)
+static int rdb_has_entries(struct rdb_spool *s, const char *id)
 {
     char lo[SPOOL_KEY_MAX], hi[SPOOL_KEY_MAX];
     if (!s || !id_valid(id))
@@ -543,7 +544,7 @@ int spool_has_entries(struct spool *s, const char *id)
  * do not parse (not written by this file) are skipped: one bad record must not stop
  * the recovery of a million good ones. Returns PT_OK, the non-zero value cb stopped
  * the scan with, or PT_ERROR on a read error. */
-static int scan_range(struct spool *s, const char *lo, size_t lolen, const char *hi,
+static int scan_range(struct rdb_spool *s, const char *lo, size_t lolen, const char *hi,
                       size_t hilen, size_t readahead, spool_scan_cb cb, void *arg)
 {
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
@@ -594,14 +595,14 @@ static int scan_range(struct spool *s, const char *lo, size_t lolen, const char 
     return rc;
 }
 
-int spool_scan_entries(struct spool *s, spool_scan_cb cb, void *arg)
+static int rdb_scan_entries(struct rdb_spool *s, spool_scan_cb cb, void *arg)
 {
     if (!s || !cb)
         return PT_INVALID;
     return scan_range(s, "q", 1, "r", 1, SPOOL_SCAN_READAHEAD, cb, arg);
 }
 
-int spool_scan_id(struct spool *s, const char *id, spool_scan_cb cb, void *arg)
+static int rdb_scan_id(struct rdb_spool *s, const char *id, spool_scan_cb cb, void *arg)
 {
     char lo[SPOOL_KEY_MAX], hi[SPOOL_KEY_MAX];
     if (!s || !cb || !id_valid(id))
@@ -612,7 +613,7 @@ int spool_scan_id(struct spool *s, const char *id, spool_scan_cb cb, void *arg)
     return scan_range(s, lo, n, hi, n, 0, cb, arg);
 }
 
-static uint64_t prop_u64(struct spool *s, const char *name)
+static uint64_t prop_u64(struct rdb_spool *s, const char *name)
 {
     uint64_t v = 0;
     db_read_lock(s);
@@ -622,7 +623,7 @@ static uint64_t prop_u64(struct spool *s, const char *name)
     return v;
 }
 
-void spool_stats(struct spool *s, struct spool_stats *out)
+static void rdb_stats(struct rdb_spool *s, struct spool_stats *out)
 {
     memset(out, 0, sizeof(*out));
     if (!s)
@@ -718,7 +719,7 @@ static int check_format(const char *dir, char *err, size_t errlen)
     return PT_OK;
 }
 
-static void configure(struct spool *s)
+static void configure(struct rdb_spool *s)
 {
     rocksdb_options_t *o = s->opts;
     rocksdb_options_set_create_if_missing(o, 1);
@@ -758,7 +759,7 @@ static void configure(struct spool *s)
     rocksdb_options_set_block_based_table_factory(o, s->topts);
 }
 
-static void spool_destroy(struct spool *s)
+static void spool_destroy(struct rdb_spool *s)
 {
     if (s->db) {
         char *err = NULL;
@@ -786,7 +787,7 @@ static void spool_destroy(struct spool *s)
     free(s);
 }
 
-struct spool *spool_open(const char *dir, char *err, size_t errlen)
+static struct rdb_spool *rdb_open(const char *dir, char *err, size_t errlen)
 {
     char *dberr = NULL;
     char scratch[1];
@@ -810,7 +811,7 @@ struct spool *spool_open(const char *dir, char *err, size_t errlen)
     if (recovery && *recovery)
         log_warn("spool %s: recovering with %s (%s): damaged WAL records are dropped", dir,
                  mode_name, SPOOL_RECOVERY_ENV);
-    struct spool *s = calloc(1, sizeof(*s));
+    struct rdb_spool *s = calloc(1, sizeof(*s));
     if (!s) {
         snprintf(err, errlen, "spool: out of memory");
         return NULL;
@@ -879,7 +880,7 @@ struct spool *spool_open(const char *dir, char *err, size_t errlen)
 }
 
 /* Must not be called from a spool_done_cb (that runs on the thread being joined). */
-void spool_close(struct spool *s)
+static void rdb_close(struct rdb_spool *s)
 {
     if (!s)
         return;
@@ -911,7 +912,7 @@ static int key_suspension(char *k, size_t *klen, const char *dest)
     return PT_OK;
 }
 
-int spool_batch_put_suspension(struct spool_batch *b, const char *dest, double until)
+static int rdb_batch_put_suspension(struct rdb_batch *b, const char *dest, double until)
 {
     char k[SPOOL_SUSP_KEY_MAX];
     size_t klen;
@@ -927,7 +928,7 @@ int spool_batch_put_suspension(struct spool_batch *b, const char *dest, double u
     return PT_OK;
 }
 
-int spool_batch_del_suspension(struct spool_batch *b, const char *dest)
+static int rdb_batch_del_suspension(struct rdb_batch *b, const char *dest)
 {
     char k[SPOOL_SUSP_KEY_MAX];
     size_t klen;
@@ -938,7 +939,7 @@ int spool_batch_del_suspension(struct spool_batch *b, const char *dest)
     return PT_OK;
 }
 
-int spool_scan_suspensions(struct spool *s, spool_suspension_cb cb, void *arg)
+static int rdb_scan_suspensions(struct rdb_spool *s, spool_suspension_cb cb, void *arg)
 {
     if (!s || !cb)
         return PT_INVALID;
@@ -978,3 +979,72 @@ int spool_scan_suspensions(struct spool *s, spool_suspension_cb cb, void *arg)
     rocksdb_readoptions_destroy(ro);
     return rc;
 }
+
+/* ---- backend table ------------------------------------------------------- */
+
+static void *ops_batch_new(void) { return rdb_batch_new(); }
+static void ops_batch_free(void *b) { rdb_batch_free(b); }
+static int ops_put_content(void *b, const char *id, const void *d, size_t n)
+{
+    return rdb_batch_put_content(b, id, d, n);
+}
+static int ops_put_entry(void *b, const char *id, const char *dom, const void *r, size_t n)
+{
+    return rdb_batch_put_entry(b, id, dom, r, n);
+}
+static int ops_del_entry(void *b, const char *id, const char *dom)
+{
+    return rdb_batch_del_entry(b, id, dom);
+}
+static int ops_del_content(void *b, const char *id) { return rdb_batch_del_content(b, id); }
+static int ops_commit_durable(void *s, void *b, spool_done_cb cb, void *arg)
+{
+    return rdb_commit_durable(s, b, cb, arg);
+}
+static int ops_commit_nosync(void *s, void *b) { return rdb_commit_nosync(s, b); }
+static int ops_writable(void *s) { return rdb_writable(s); }
+static int ops_get_content(void *s, const char *id, struct buf *out)
+{
+    return rdb_get_content(s, id, out);
+}
+static int ops_has_entries(void *s, const char *id) { return rdb_has_entries(s, id); }
+static int ops_scan_entries(void *s, spool_scan_cb cb, void *arg)
+{
+    return rdb_scan_entries(s, cb, arg);
+}
+static int ops_scan_id(void *s, const char *id, spool_scan_cb cb, void *arg)
+{
+    return rdb_scan_id(s, id, cb, arg);
+}
+static int ops_put_suspension(void *b, const char *dest, double until)
+{
+    return rdb_batch_put_suspension(b, dest, until);
+}
+static int ops_del_suspension(void *b, const char *dest)
+{
+    return rdb_batch_del_suspension(b, dest);
+}
+static int ops_scan_suspensions(void *s, spool_suspension_cb cb, void *arg)
+{
+    return rdb_scan_suspensions(s, cb, arg);
+}
+static void ops_stats(void *s, struct spool_stats *out) { rdb_stats(s, out); }
+static void ops_close(void *s) { rdb_close(s); }
+
+void *spool_rocksdb_open(const char *dir, char *err, size_t errlen)
+{
+    return rdb_open(dir, err, errlen);
+}
+
+const struct spool_ops spool_rocksdb_ops = {
+    .name = "rocksdb",
+    .batch_new = ops_batch_new, .batch_free = ops_batch_free,
+    .batch_put_content = ops_put_content, .batch_put_entry = ops_put_entry,
+    .batch_del_entry = ops_del_entry, .batch_del_content = ops_del_content,
+    .commit_durable = ops_commit_durable, .commit_nosync = ops_commit_nosync,
+    .writable = ops_writable, .get_content = ops_get_content, .has_entries = ops_has_entries,
+    .scan_entries = ops_scan_entries, .scan_id = ops_scan_id, .stats = ops_stats,
+    .batch_put_suspension = ops_put_suspension, .batch_del_suspension = ops_del_suspension,
+    .scan_suspensions = ops_scan_suspensions,
+    .close = ops_close,
+};
