@@ -187,7 +187,8 @@ static double rep_pct(const struct rep_delays *d, double p)
 static json_t *rep_top_json(struct rep_table *t, const char *keyname, size_t top)
 {
     json_t *a = json_array();
-    qsort(t->v, t->len, sizeof *t->v, rep_count_cmp);
+    if (t->len)  /* qsort(NULL, 0) is undefined */
+        qsort(t->v, t->len, sizeof *t->v, rep_count_cmp);
     for (size_t i = 0; i < t->len && i < top; i++)
         json_array_append_new(a, json_pack("{s:s, s:I}", keyname, t->v[i].key, "count",
                                            (json_int_t)t->v[i].n));
@@ -203,7 +204,8 @@ static json_t *rep_json(struct report *r)
     json_object_set_new(o, "top_destinations", rep_top_json(&r->dest, "domain", REPORT_TOP));
     json_object_set_new(o, "top_senders", rep_top_json(&r->senders, "sender", REPORT_TOP));
     json_t *reasons = json_array();
-    qsort(r->reasons.v, r->reasons.len, sizeof *r->reasons.v, rep_count_cmp);
+    if (r->reasons.len)
+        qsort(r->reasons.v, r->reasons.len, sizeof *r->reasons.v, rep_count_cmp);
     for (size_t i = 0; i < r->reasons.len; i++) {
         char *tab = strchr(r->reasons.v[i].key, '\t');
         *tab = 0;
@@ -213,7 +215,8 @@ static json_t *rep_json(struct report *r)
         *tab = '\t';
     }
     json_object_set_new(o, "bounce_reasons", reasons);
-    qsort(r->delays.v, r->delays.len, sizeof *r->delays.v, rep_double_cmp);
+    if (r->delays.len)
+        qsort(r->delays.v, r->delays.len, sizeof *r->delays.v, rep_double_cmp);
     json_object_set_new(o, "delivery_delay_seconds",
                         json_pack("{s:f, s:f, s:f, s:f, s:f}", "p50", rep_pct(&r->delays, 50),
                                   "p90", rep_pct(&r->delays, 90), "p95", rep_pct(&r->delays, 95),

@@ -329,8 +329,20 @@ static void sm_complete_headers(struct sm_buf *m, const char *sender, const char
     char line[1024], host[256];
     sm_hostname(host, sizeof host);
     if (!sm_has_header(m, hlen, "From")) {
-        if (fullname && *fullname)
-            snprintf(line, sizeof line, "From: \"%s\" <%s>\r\n", fullname, sender);
+        if (fullname && *fullname) {
+            /* a quoted-string: no line breaks (header injection), " and \ escaped */
+            char q[400];
+            size_t k = 0;
+            for (const char *f = fullname; *f && k + 3 < sizeof q; f++) {
+                if (*f == '\r' || *f == '\n')
+                    continue;
+                if (*f == '"' || *f == '\\')
+                    q[k++] = '\\';
+                q[k++] = *f;
+            }
+            q[k] = 0;
+            snprintf(line, sizeof line, "From: \"%s\" <%s>\r\n", q, sender);
+        }
         else
             snprintf(line, sizeof line, "From: <%s>\r\n", sender);
         sm_puts(&add, line);

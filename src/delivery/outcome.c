@@ -42,7 +42,7 @@ static const char *site_host(const struct outcome_where *where, char *host, size
     return host;
 }
 
-void outcome_fail_pending(struct runtime *rt, struct entry *e, const char *type, int code,
+void outcome_fail_pending(struct runtime *rt, uv_loop_t *loop, struct entry *e, const char *type, int code,
                           const char *status, const char *diag, const struct outcome_where *where)
 {
     uint32_t np = entry_pending(e);
@@ -64,12 +64,12 @@ void outcome_fail_pending(struct runtime *rt, struct entry *e, const char *type,
             rc[nb++] = (struct dsn_rcpt){ r->addr, status, diag, remote };
     }
     if (type)
-        bounce_send(rt, e, rc, nb, strcmp(type, LOG_EXPIRATION) == 0);
+        bounce_send(rt, loop, e, rc, nb, strcmp(type, LOG_EXPIRATION) == 0);
     free(rc);
 }
 
 /* After the recipients' results: finished, expired, or the next retry time. */
-static enum outcome_next settle(struct runtime *rt, struct entry *e, const char *last_defer,
+static enum outcome_next settle(struct runtime *rt, uv_loop_t *loop, struct entry *e, const char *last_defer,
                                 const struct outcome_where *where)
 {
     const struct config *cfg = rt->cfg;
@@ -80,7 +80,7 @@ static enum outcome_next settle(struct runtime *rt, struct entry *e, const char 
     double now = time_now();
     double deadline = e->received_at + cfg->queue.max_retry_age;
     if (now >= deadline) {
-        outcome_fail_pending(rt, e, LOG_EXPIRATION, -1, "4.4.7",
+        outcome_fail_pending(rt, loop, e, LOG_EXPIRATION, -1, "4.4.7",
                              e->last_response ? e->last_response : "delivery time expired",
                              where);
         return OUTCOME_DONE;
@@ -117,7 +117,7 @@ static void one_result(struct entry *e, struct entry_rcpt *r, int code, const ch
     }
 }
 
-enum outcome_next outcome_apply(struct runtime *rt, struct entry *e,
+enum outcome_next outcome_apply(struct runtime *rt, uv_loop_t *loop, struct entry *e,
                                 const struct client_result *res, uint32_t nres,
                                 const struct outcome_where *where)
 {
@@ -139,17 +139,17 @@ enum outcome_next outcome_apply(struct runtime *rt, struct entry *e,
                    &last_defer);
     }
     if (nb)
-        bounce_send(rt, e, bounced, nb, false);
+        bounce_send(rt, loop, e, bounced, nb, false);
     free(bounced);
     if (last_defer)  /* one diagnostic line per deferred attempt, naming where it went */
         log_info("%s: deferred for %s at %s[%s]%s%s: %s", e->id, e->domain,
                  where && where->site ? where->site : "-", where && where->peer ? where->peer : "-",
                  where && where->tls ? " over " : "", where && where->tls ? where->tls : "",
                  last_defer);
-    return settle(rt, e, last_defer, where);
+    return settle(rt, loop, e, last_defer, where);
 }
 
-enum outcome_next outcome_uniform(struct runtime *rt, struct entry *e, int code,
+enum outcome_next outcome_uniform(struct runtime *rt, uv_loop_t *loop, struct entry *e, int code,
                                   const char *enhanced, const char *text)
 {
     e->attempts++;
@@ -162,7 +162,7 @@ enum outcome_next outcome_uniform(struct runtime *rt, struct entry *e, int code,
             one_result(e, &e->rcpts[i], code, enhanced, text, NULL, NULL, bounced, &nb,
                        &last_defer);
     if (nb)
-        bounce_send(rt, e, bounced, nb, false);
+        bounce_send(rt, loop, e, bounced, nb, false);
     free(bounced);
-    return settle(rt, e, last_defer, NULL);
+    return settle(rt, loop, e, last_defer, NULL);
 }

@@ -1,6 +1,8 @@
 /* Connection pool; see pool.h. A connection first resolves (MX or relay host),
- * then starts the SMTP client with its first entry; after each transaction it
- * takes the next ready entry of its queue, or waits IDLE_KEEP_S for one.
+ * then takes an entry, has its content prepared on libuv's worker pool (spool
+ * read, header edits, DKIM signature, and the route's password file for the first
+ * one) and starts the SMTP client with it; after each transaction it takes the
+ * next ready entry of its queue the same way, or waits IDLE_KEEP_S for one.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,16 +12,22 @@
 #include "delivery/dns.h"
 #include "delivery/outcome.h"
 #include "delivery/pool.h"
+#include "delivery/prepare.h"
 #include "delivery/route.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "queue/entry.h"
 #include "smtp/smtp_client.h"
 #include "tls/tls.h"
+#include "util/result.h"
 
 #define IDLE_KEEP_S 2.0   /* an idle outbound connection waits this long for more mail */
+#define PREP_HOLD_S 60.0  /* a connection waiting for its next entry's content: held
+                             open this long at most (the preparation takes ms) */
 
-/* One outbound connection slot: resolving, then an SMTP client. */
+/* One outbound connection slot: resolving, preparing its next entry, then an SMTP
+ * client. While a preparation runs (working) the slot is not freed: a client that
+ * closes meanwhile only clears `client`, and the job's end frees the slot. */
 struct pool_conn {
     struct pool_conn *prev, *next;  /* the thread's live connections */
     struct pool_conn *idle_next;
@@ -30,6 +38,15 @@ struct pool_conn {
     const struct route *route;
     const char *domain, *label;
     struct smtp_client *client;
+    struct entry *sending;          /* the entry the client has (until its done) */
+    /* the preparation in flight (at most one): */
+    uv_work_t work;
+    bool working;
+    struct entry *job;              /* taken from the queue; content goes with it */
+    struct buf content;
+    int job_rc;
+    struct dns_result *hosts;       /* first entry only: where the client will go */
+    char pass[512];                 /* first entry only: the route's password */
 };
 
 static const struct smtp_client_ops client_ops;
@@ -60,11 +77,13 @@ static void conn_free(struct pool_conn *c)
     c->p->nconn--;
     metrics_add(M_CONNECTIONS, METRICS_OUTBOUND, c->label, -1);
     void *queue = c->queue;
+    free(c->hosts);
+    explicit_bzero(c->pass, sizeof c->pass);
     free(c);
     pt->ops->closed(pt->owner, queue);
 }
 
-/* First line of a password_file (the file may change while we run). */
+/* First line of a password_file (the file may change while we run). Worker pool. */
 static void read_secret(const char *path, char *out, size_t n)
 {
     out[0] = 0;
@@ -78,11 +97,121 @@ static void read_secret(const char *path, char *out, size_t n)
     fclose(f);
 }
 
+/* ---- preparation on the worker pool -------------------------------------- */
+
+static void prepare_work(uv_work_t *w)
+{
+    struct pool_conn *c = w->data;
+    buf_init(&c->content, 0);
+    c->job_rc = prepare_content(c->pt->rt, c->job, &c->content);
+    const struct cfg_auth_client *auth = c->route->auth;
+    if (c->hosts && auth && !auth->password && auth->password_file)
+        read_secret(auth->password_file, c->pass, sizeof c->pass);
+}
+
+static void prepare_done(uv_work_t *w, int status);
+
+/* Takes the next entry of c's queue and prepares it; false = nothing to send. */
+static bool feed(struct pool_conn *c)
+{
+    struct pool_thread *pt = c->pt;
+    struct entry *e = pt->ops->take(pt->owner, c->queue);
+    if (!e)
+        return false;
+    c->job = e;
+    c->working = true;
+    if (c->client)                   /* no idle timeout while the content is prepared */
+        smtp_client_idle(c->client, PREP_HOLD_S);
+    c->work.data = c;
+    int rc = uv_queue_work(pt->loop, &c->work, prepare_work, prepare_done);
+    if (rc != 0) {                   /* cannot happen with a live loop; be safe */
+        c->working = false;
+        c->job = NULL;
+        pt->ops->giveback(pt->owner, c->queue, e);
+        return false;
+    }
+    return true;
+}
+
+/* The connection has nothing (more) to send: idle it, close it, or free it. */
+static void nothing_to_send(struct pool_conn *c)
+{
+    if (!c->client) {
+        conn_free(c);
+    } else if (!c->pt->stopping) {
+        c->idle = true;  /* keep the connection warm for the next message */
+        c->idle_next = c->p->idle;
+        c->p->idle = c;
+        smtp_client_idle(c->client, IDLE_KEEP_S);
+    } else {
+        smtp_client_quit(c->client);
+    }
+}
+
+static void start_client(struct pool_conn *c, struct entry *e)
+{
+    struct pool_thread *pt = c->pt;
+    const struct config *cfg = pt->rt->cfg;
+    const struct route *r = c->route;
+    const struct cfg_auth_client *auth = r->auth;
+    if (auth && auth->password)
+        snprintf(c->pass, sizeof c->pass, "%s", auth->password);
+    struct smtp_client_params p = {
+        .hosts = c->hosts,
+        .tls = strcmp(r->tls, "verify") == 0 ? CTLS_VERIFY
+             : strcmp(r->tls, "encrypt") == 0 ? CTLS_ENCRYPT : CTLS_MAY,
+        .tls_ctx = runtime_client_tls(pt->rt, r->ca_file),
+        .auth_user = auth ? auth->username : NULL,
+        .auth_pass = auth ? c->pass : NULL,
+        .port = r->port,
+        .helo = cfg->delivery.helo_name ? cfg->delivery.helo_name : pt->rt->hostname,
+        .connect_timeout = cfg->delivery.connect_timeout,
+        .command_timeout = cfg->delivery.connect_timeout * 5 > 600 ? 600 : cfg->delivery.connect_timeout * 5,
+    };
+    c->client = smtp_client_start(pt->loop, &p, &client_ops, c, e, &c->content);
+    explicit_bzero(c->pass, sizeof c->pass);
+    free(c->hosts);
+    c->hosts = NULL;
+    if (!c->client) {
+        c->sending = NULL;
+        buf_free(&c->content);
+        pt->ops->fail(pt->owner, c->queue, e, 451, "4.3.0",
+                      "451 4.3.0 out of memory starting a delivery");
+        conn_free(c);
+    }
+}
+
+static void prepare_done(uv_work_t *w, int status)
+{
+    struct pool_conn *c = w->data;
+    struct pool_thread *pt = c->pt;
+    struct entry *e = c->job;
+    c->job = NULL;
+    c->working = false;
+    bool gone = pt->stopping || status != 0 || (!c->client && !c->hosts);
+    if (gone || c->job_rc != PT_OK) {
+        buf_free(&c->content);
+        if (gone)
+            pt->ops->giveback(pt->owner, c->queue, e);  /* not attempted */
+        else
+            pt->ops->unprepared(pt->owner, c->queue, e, c->job_rc);
+        if (gone || !feed(c))
+            nothing_to_send(c);
+        return;
+    }
+    c->sending = e;
+    if (c->client)
+        smtp_client_deliver(c->client, e, &c->content);
+    else
+        start_client(c, e);
+}
+
+/* ---- connections ------------------------------------------------------- */
+
 static void on_dns(void *arg, const struct dns_result *res)
 {
     struct pool_conn *c = arg;
     struct pool_thread *pt = c->pt;
-    const struct config *cfg = pt->rt->cfg;
     c->p->nresolving--;
     if (pt->stopping) {
         conn_free(c);
@@ -108,47 +237,23 @@ static void on_dns(void *arg, const struct dns_result *res)
         conn_free(c);
         return;
     }
-    struct buf content;
-    struct entry *e = pt->ops->take(pt->owner, c->queue, &content);
-    if (!e) {
+    if (!(c->hosts = malloc(sizeof *c->hosts))) {
+        pt->ops->fail(pt->owner, c->queue, NULL, 451, "4.3.0",
+                      "451 4.3.0 out of memory starting a delivery");  /* a deferral */
         conn_free(c);
         return;
     }
-    const struct route *r = c->route;
-    const struct cfg_auth_client *auth = r->auth;
-    char pass[512] = "";
-    if (auth && auth->password)
-        snprintf(pass, sizeof pass, "%s", auth->password);
-    else if (auth && auth->password_file)
-        read_secret(auth->password_file, pass, sizeof pass);
-    struct smtp_client_params p = {
-        .hosts = res,
-        .tls = strcmp(r->tls, "verify") == 0 ? CTLS_VERIFY
-             : strcmp(r->tls, "encrypt") == 0 ? CTLS_ENCRYPT : CTLS_MAY,
-        .tls_ctx = runtime_client_tls(pt->rt, r->ca_file),
-        .auth_user = auth ? auth->username : NULL,
-        .auth_pass = auth ? pass : NULL,
-        .port = r->port,
-        .helo = cfg->delivery.helo_name ? cfg->delivery.helo_name : pt->rt->hostname,
-        .connect_timeout = cfg->delivery.connect_timeout,
-        .command_timeout = cfg->delivery.connect_timeout * 5 > 600 ? 600 : cfg->delivery.connect_timeout * 5,
-    };
-    c->client = smtp_client_start(pt->loop, &p, &client_ops, c, e, &content);
-    explicit_bzero(pass, sizeof pass);
-    if (!c->client) {
-        buf_free(&content);
-        pt->ops->fail(pt->owner, c->queue, e, 451, "4.3.0",
-                      "451 4.3.0 out of memory starting a delivery");
+    *c->hosts = *res;
+    if (!feed(c))
         conn_free(c);
-    }
 }
 
-void pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct route *route,
+bool pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct route *route,
                const char *domain, const char *label)
 {
     struct pool_conn *c = calloc(1, sizeof *c);
     if (!c)
-        return;                     /* out of memory: the retry timer tries again */
+        return false;
     c->pt = pt;
     c->p = p;
     c->queue = queue;
@@ -167,24 +272,30 @@ void pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct
     else
         dns_resolve_mx(pt->dns, route->way == ROUTE_WAY_RELAY ? route->relay_host : domain,
                        on_dns, c);
+    return true;
 }
 
-struct pool_conn *pool_idle_pop(struct pool *p)
+bool pool_reuse(struct pool *p)
 {
     struct pool_conn *c = p->idle;
-    if (c)
-        idle_remove(c);
-    return c;
-}
-
-void pool_deliver(struct pool_conn *c, struct entry *e, struct buf *content)
-{
-    smtp_client_deliver(c->client, e, content);
-}
-
-void pool_quit(struct pool_conn *c)
-{
+    if (!c)
+        return false;
+    idle_remove(c);
+    if (feed(c))
+        return true;
     smtp_client_quit(c->client);
+    return false;
+}
+
+void pool_for_each_entry(struct pool_thread *pt,
+                         void (*fn)(void *arg, void *queue, const struct entry *e), void *arg)
+{
+    for (struct pool_conn *c = pt->conns; c; c = c->next) {
+        if (c->job)
+            fn(arg, c->queue, c->job);
+        if (c->sending)
+            fn(arg, c->queue, c->sending);
+    }
 }
 
 void pool_abort_all(struct pool_thread *pt)
@@ -202,22 +313,14 @@ static void client_on_done(void *owner, struct smtp_client *client, struct entry
     struct pool_thread *pt = c->pt;
     const struct config *cfg = pt->rt->cfg;
     struct outcome_where where = { site, peer, tls };
+    c->sending = NULL;
     pt->ops->done(pt->owner, c->queue, e, res, nres, &where);
     if (!usable)
         return;
     if (!pt->stopping &&
         smtp_client_deliveries(client) < (uint32_t)cfg->delivery.max_deliveries_per_connection) {
-        struct buf content;
-        struct entry *next = pt->ops->take(pt->owner, c->queue, &content);
-        if (next) {
-            smtp_client_deliver(client, next, &content);
-            return;
-        }
-        /* nothing ready now: keep the connection warm for the next message */
-        c->idle = true;
-        c->idle_next = c->p->idle;
-        c->p->idle = c;
-        smtp_client_idle(client, IDLE_KEEP_S);
+        if (!feed(c))
+            nothing_to_send(c);
         return;
     }
     smtp_client_quit(client);
@@ -225,7 +328,10 @@ static void client_on_done(void *owner, struct smtp_client *client, struct entry
 
 static void client_on_closed(void *owner, struct smtp_client *client)
 {
-    conn_free(owner);
+    struct pool_conn *c = owner;
+    c->client = NULL;
+    if (!c->working)
+        conn_free(c);               /* else prepare_done gives its entry back and frees */
 }
 
 static void client_on_tls_failure(void *owner, const char *site, const char *why)

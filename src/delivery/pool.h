@@ -1,7 +1,9 @@
 /* Connection pool: the outbound connections of each destination queue (resolve,
- * connect, reuse while idle, close), with the SMTP parameters of its route. Knows
- * nothing of queues or retries: entries come from and results go to its owner
- * through pool_ops. Runs on one delivery loop; never blocks it.
+ * prepare the next entry's content off the loop, connect, reuse while idle,
+ * close), with the SMTP parameters of its route. Knows nothing of queues or
+ * retries: entries come from and results go to its owner through pool_ops. Runs on
+ * one delivery loop and never blocks it: content, DKIM and password files are
+ * read on libuv's worker pool.
  * SPDX-License-Identifier: Apache-2.0 */
 #ifndef PETREL_DELIVERY_POOL_H
 #define PETREL_DELIVERY_POOL_H
@@ -31,14 +33,21 @@ struct pool {
 /* Calls back to the owner (the scheduler) on the loop thread; queue is the pointer
  * given to pool_open. */
 struct pool_ops {
-    /* The next entry of queue that may go now, its content prepared into content
-     * (uninitialized on entry); NULL = none. Both are taken by the pool. */
-    struct entry *(*take)(void *owner, void *queue, struct buf *content);
-    /* One entry's attempt is over (res as smtp_client_ops.on_done; borrowed). */
+    /* The next entry of queue that may go now (shaping allowing), taken by the
+     * pool; NULL = none. Its content is then prepared on the worker pool. */
+    struct entry *(*take)(void *owner, void *queue);
+    /* e (taken back) could not be prepared: rc PT_NOTFOUND = its content is gone
+     * from the spool; anything else = try again later. */
+    void (*unprepared)(void *owner, void *queue, struct entry *e, int rc);
+    /* e (taken back) was not attempted: its connection went away or we stop. */
+    void (*giveback)(void *owner, void *queue, struct entry *e);
+    /* One entry's attempt is over (res as smtp_client_ops.on_done; borrowed; e
+     * taken back). */
     void (*done)(void *owner, void *queue, struct entry *e, const struct client_result *res,
                  uint32_t nres, const struct outcome_where *where);
     /* No attempt possible: the same synthetic result (code, enhanced, whole reply)
-     * for e, or for every ready entry of queue when e is NULL (DNS failure). */
+     * for e (taken back), or for every ready entry of queue when e is NULL (DNS
+     * failure). */
     void (*fail)(void *owner, void *queue, struct entry *e, int code, const char *enhanced,
                  const char *text);
     /* A connection of queue is gone (after its last done). */
@@ -58,17 +67,19 @@ struct pool_thread {
 
 /* Opens one more connection for queue (pool p): resolves the route's relay host
  * (or, for an MX route, the MX of domain), then takes an entry; TLS policy, CA
- * and credentials are the route's. label names the queue in
+ * and credentials are the route's. false = out of memory (nothing started). label names the queue in
  * the connections gauge. route, domain and label are borrowed and must live as
  * long as the queue. */
-void pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct route *route,
+bool pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct route *route,
                const char *domain, const char *label);
-/* An idle connection of p, taken off the idle list; NULL if none. Hand it an entry
- * with pool_deliver, or close it with pool_quit. */
-struct pool_conn *pool_idle_pop(struct pool *p);
-/* Next transaction: e and content are taken. */
-void pool_deliver(struct pool_conn *c, struct entry *e, struct buf *content);
-void pool_quit(struct pool_conn *c);
+/* Hands the next entry of the queue to an idle connection of p, if there is one:
+ * true = one more entry on its way; false = no idle connection, or nothing to take
+ * (then that connection is closed). */
+bool pool_reuse(struct pool *p);
+/* Calls fn for every entry the pool holds (being prepared or in a transaction),
+ * with its queue; for a snapshot. fn must not call back into the pool. */
+void pool_for_each_entry(struct pool_thread *pt,
+                         void (*fn)(void *arg, void *queue, const struct entry *e), void *arg);
 /* Shutdown: aborts every connection (entries in flight get done with a network
  * error, then closed). */
 void pool_abort_all(struct pool_thread *pt);

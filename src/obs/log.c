@@ -525,21 +525,13 @@ int log_level_parse(const char *s, enum log_level *out)
     return PT_INVALID;
 }
 
-void log_diag(enum log_level l, const char *fmt, ...)
+static void diag_write(const char *level, const char *fmt, va_list ap)
 {
-    if ((int)l < atomic_load_explicit(&diag_level, memory_order_relaxed))
-        return;
-    if ((unsigned)l > LOG_L_ERROR)
-        l = LOG_L_ERROR;
     char line[LOG_DIAG_MAX];
     time_rfc3339(time_now(), line, 40);
     size_t n = strlen(line);
-    n += (size_t)snprintf(line + n, sizeof line - n, " %s: ", level_names[l]);
-
-    va_list ap;
-    va_start(ap, fmt);
+    n += (size_t)snprintf(line + n, sizeof line - n, " %s: ", level);
     int m = vsnprintf(line + n, sizeof line - n, fmt, ap);
-    va_end(ap);
     if (m < 0)
         m = 0;
     if ((size_t)m >= sizeof line - n) {   /* truncated: mark it, keep the line whole */
@@ -555,6 +547,26 @@ void log_diag(enum log_level l, const char *fmt, ...)
     /* One write per line so lines from different threads never interleave. */
     ssize_t w = write(STDERR_FILENO, line, n);
     (void)w;
+}
+
+void log_diag(enum log_level l, const char *fmt, ...)
+{
+    if ((int)l < atomic_load_explicit(&diag_level, memory_order_relaxed))
+        return;
+    if ((unsigned)l > LOG_L_ERROR)
+        l = LOG_L_ERROR;
+    va_list ap;
+    va_start(ap, fmt);
+    diag_write(level_names[l], fmt, ap);
+    va_end(ap);
+}
+
+void log_notice(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    diag_write("notice", fmt, ap);
+    va_end(ap);
 }
 
 /* The file stderr was opened on at start, when it is a regular file (a service

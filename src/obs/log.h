@@ -63,6 +63,9 @@ void log_diag(enum log_level l, const char *fmt, ...) __attribute__((format(prin
  * was moved). PT_OK when there is nothing to reopen. */
 void log_diag_track_stderr(void);
 int log_diag_reopen(void);
+/* A line every level shows, labelled "notice": what an operator asked for and must
+ * see answered (e.g. "reload ok"). Thread-safe. */
+void log_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define log_debug(...) log_diag(LOG_L_DEBUG, __VA_ARGS__)
 #define log_info(...) log_diag(LOG_L_INFO, __VA_ARGS__)
 #define log_warn(...) log_diag(LOG_L_WARN, __VA_ARGS__)

@@ -149,8 +149,26 @@ static void row_add(struct rows *rs, struct dthread *t, const struct entry *e,
     min_time(&qi->next_attempt, next);
 }
 
+struct in_flight {
+    struct rows *rs;
+    struct dthread *t;
+};
+
+static void count_in_flight(void *arg, void *queue, const struct entry *e)
+{
+    struct in_flight *f = arg;
+    const struct dqueue *q = queue;
+    if (!q->route->qkey)
+        return;                          /* counted with its MX queue */
+    struct sched_queue_info *qi = row_of(f->rs, f->t, e->domain, e->via, q);
+    if (qi) {
+        qi->count++;
+        min_time(&qi->oldest, e->received_at);
+    }
+}
+
 /* On the delivery thread: this thread's queues into sn. Entries in flight are
- * counted (q->nentries) but have no time. */
+ * counted but have no next attempt. */
 static void snapshot_run(struct dthread *t, struct sched_call *call)
 {
     struct thread_call *sn = (struct thread_call *)call;
@@ -169,6 +187,8 @@ static void snapshot_run(struct dthread *t, struct sched_call *call)
                     qi->count += q->nentries - waiting;  /* heap/held ones are added below */
             }
         }
+    struct in_flight f = { &rs, t };
+    pool_for_each_entry(&t->pool, count_in_flight, &f);  /* relay queues' own count */
     for (uint32_t i = 0; i < t->nheap && !rs.failed; i++) {
         const struct entry *e = t->heap[i];
         char kb[ROUTE_QKEY_MAX];
@@ -398,7 +418,7 @@ static void admin_finish(struct dthread *t, struct entry *e, const struct sched_
         log_info("%s: %u recipient(s) for %s deleted by the administrator%s%s", e->id,
                  entry_pending(e), e->domain, rq->reason ? ": " : "",
                  rq->reason ? rq->reason : "");
-    outcome_fail_pending(t->s->rt, e, bounce ? LOG_BOUNCE : NULL, 550, "5.0.0", diag, NULL);
+    outcome_fail_pending(t->s->rt, &t->loop, e, bounce ? LOG_BOUNCE : NULL, 550, "5.0.0", diag, NULL);
     sched_entry_remove(t, sched_queue_of(t, e), e);
 }
 

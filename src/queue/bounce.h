@@ -8,15 +8,18 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <uv.h>
+
 #include "queue/dsn.h"
 
 struct runtime;
 struct entry;
 
 /* Queues one DSN for rc[0..n) of e (expired: the "could not be delivered in time"
- * wording). Reads the original's headers from the spool. Everything is borrowed
- * for the call; failures are logged (the DSN is lost, the entry is not). */
-void bounce_send(struct runtime *rt, const struct entry *e, const struct dsn_rcpt *rc, size_t n,
-                 bool expired);
+ * wording). The original's headers are read from the spool in the call; the report
+ * is built and queued on loop's worker pool (loop NULL: in the call). Everything is borrowed for the call
+ * (copied); failures are logged (the DSN is lost, the entry is not). */
+void bounce_send(struct runtime *rt, uv_loop_t *loop, const struct entry *e,
+                 const struct dsn_rcpt *rc, size_t n, bool expired);
 
 #endif

@@ -13,7 +13,6 @@
 #include "core/runtime.h"
 #include "delivery/dns.h"
 #include "delivery/outcome.h"
-#include "delivery/prepare.h"
 #include "delivery/route.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
@@ -396,38 +395,44 @@ static void settle(struct dthread *t, struct dqueue *q, struct entry *e, enum ou
 
 /* ---- dispatch: what the connection pool asks of us --------------------- */
 
-/* Pops the next ready entry of q that may go now, with its content; entries
- * whose content is gone are dropped (logged). */
-static struct entry *pool_take(void *owner, void *queue, struct buf *content)
+/* Pops the next ready entry of q that may go now (taking its shaping token). */
+static struct entry *pool_take(void *owner, void *queue)
 {
     struct dthread *t = owner;
     struct dqueue *q = queue;
-    struct entry *e;
-    while (q->nready && rate_ok(t, q) && (e = ready_pop(q)) != NULL) {
+    if (!q->nready || !rate_ok(t, q))
+        return NULL;
+    struct entry *e = ready_pop(q);
+    if (e)
         shaping_acquire(&q->rate, rate_per_s(t), time_now());
-        buf_init(content, 0);
-        int rc = prepare_content(t->s->rt, e, content);
-        if (rc == PT_OK)
-            return e;
-        if (rc == PT_NOTFOUND) {
-            log_error("%s: content missing from the spool; dropping the entry for %s", e->id,
-                      e->domain);
-            sched_entry_remove(t, q, e);
-            continue;
-        }
-        /* out of memory or a read error: try again later */
-        e->next_attempt = time_now() + t->s->rt->cfg->queue.retry_interval;
-        sched_heap_push(t, e);
-        sched_timer_arm(t);
+    return e;
+}
+
+static void pool_unprepared(void *owner, void *queue, struct entry *e, int rc)
+{
+    struct dthread *t = owner;
+    if (rc == PT_NOTFOUND) {
+        log_error("%s: content missing from the spool; dropping the entry for %s", e->id,
+                  e->domain);
+        sched_entry_remove(t, queue, e);
+        return;
     }
-    return NULL;
+    log_warn("%s: could not prepare the content (%d); trying again later", e->id, rc);
+    e->next_attempt = time_now() + t->s->rt->cfg->queue.retry_interval;
+    sched_heap_push(t, e);
+    sched_timer_arm(t);
+}
+
+static void pool_giveback(void *owner, void *queue, struct entry *e)
+{
+    sched_make_ready(owner, queue, e);
 }
 
 static void pool_done(void *owner, void *queue, struct entry *e, const struct client_result *res,
                       uint32_t nres, const struct outcome_where *where)
 {
     struct dthread *t = owner;
-    settle(t, queue, e, outcome_apply(t->s->rt, e, res, nres, where));
+    settle(t, queue, e, outcome_apply(t->s->rt, &t->loop, e, res, nres, where));
 }
 
 static void pool_fail(void *owner, void *queue, struct entry *e, int code, const char *enhanced,
@@ -436,11 +441,11 @@ static void pool_fail(void *owner, void *queue, struct entry *e, int code, const
     struct dthread *t = owner;
     struct dqueue *q = queue;
     if (e) {
-        settle(t, q, e, outcome_uniform(t->s->rt, e, code, enhanced, text));
+        settle(t, q, e, outcome_uniform(t->s->rt, &t->loop, e, code, enhanced, text));
         return;
     }
     while ((e = ready_pop(q)) != NULL)
-        settle(t, q, e, outcome_uniform(t->s->rt, e, code, enhanced, text));
+        settle(t, q, e, outcome_uniform(t->s->rt, &t->loop, e, code, enhanced, text));
 }
 
 static void pool_closed(void *owner, void *queue)
@@ -452,7 +457,8 @@ static void pool_closed(void *owner, void *queue)
 }
 
 static const struct pool_ops pool_ops = {
-    .take = pool_take, .done = pool_done, .fail = pool_fail, .closed = pool_closed,
+    .take = pool_take, .unprepared = pool_unprepared, .giveback = pool_giveback,
+    .done = pool_done, .fail = pool_fail, .closed = pool_closed,
 };
 
 void sched_dispatch(struct dthread *t, struct dqueue *q)
@@ -460,23 +466,19 @@ void sched_dispatch(struct dthread *t, struct dqueue *q)
     int max = t->s->rt->cfg->delivery.max_connections_per_domain;
     if (q->nready == 0 || !rate_ok(t, q))
         return;                     /* a throttled queue: the timer */
-    struct pool_conn *c;
     while (!t->stopping && q->pool.idle && q->nready > q->pool.nresolving && rate_ok(t, q) &&
-           (c = pool_idle_pop(&q->pool)) != NULL) {
-        struct buf content;
-        struct entry *e = pool_take(t, q, &content);
-        if (!e) {
-            pool_quit(c);
-            continue;
-        }
-        pool_deliver(c, e, &content);
-    }
+           pool_reuse(&q->pool))
+        ;
     /* a new connection only for ready entries that no resolving connection will
      * take: don't open 10 connections for 2 messages */
     while (!t->stopping && q->nready > q->pool.nresolving && q->pool.nconn < max &&
            q->pool.nresolving < shaping_available(&q->rate, rate_per_s(t), time_now()))
-        pool_open(&t->pool, &q->pool, q, q->route, q->domain,
-                  q->route->label && q->route->qkey ? q->route->label : q->domain);
+        if (!pool_open(&t->pool, &q->pool, q, q->route, q->domain,
+                       q->route->label && q->route->qkey ? q->route->label : q->domain)) {
+            if (q->pool.nconn == 0)   /* out of memory and nobody to take them: defer */
+                pool_fail(t, q, NULL, 451, "4.3.0", "451 4.3.0 out of memory opening a connection");
+            break;
+        }
 }
 
 /* ---- entry intake ------------------------------------------------------ */

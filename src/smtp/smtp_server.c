@@ -1,6 +1,7 @@
 /* SMTP server session: state machine (enum + enter_state + command table), reply
  * batching for PIPELINING, DATA and BDAT through the pure smtp_data and smtp_bdat
- * readers, relay control and limits from the listener. A session waiting for the
+ * readers, relay control and limits from the listener, an optional PROXY protocol
+ * header first (its source is then the client everywhere). A session waiting for the
  * spool is paused and kept alive until its commit returns (ownership: the commit
  * holds a reference).
  * SPDX-License-Identifier: Apache-2.0 */
@@ -1256,9 +1257,8 @@ void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot,
         session_close(s, false);
         return;
     }
-    if (!cidr_match_any(s->l->proxy_trusted_hosts,
-                                              s->l->n_proxy_trusted_hosts,
-                                              (struct sockaddr *)&s->peer)) {
+    if (!cidr_match_any(s->l->proxy_trusted_hosts, s->l->n_proxy_trusted_hosts,
+                        (struct sockaddr *)&s->peer)) {
         log_warn("smtp %s: refused: peer not in proxy_trusted_hosts of PROXY listener %s",
                  s->client_ip, s->l->name);
         session_close(s, false);

@@ -162,8 +162,9 @@ def test_helm_chart_parses_and_config_checks(tmp_path):
     for t in sorted(glob.glob(os.path.join(CHART, "templates", "*.yaml"))):
         docs += parse_template(t)
     kinds = {d["kind"]: d for d in docs}
-    assert {"StatefulSet", "Service", "ConfigMap", "Secret", "PodDisruptionBudget",
-            "HorizontalPodAutoscaler"} <= set(kinds)
+    assert {"StatefulSet", "Deployment", "Service", "ConfigMap", "Secret",
+            "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= set(kinds)
+    assert "volumeClaimTemplates" not in kinds["Deployment"]["spec"]
     c = kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"

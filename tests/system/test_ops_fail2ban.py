@@ -4,8 +4,10 @@ and no other record may match. petrel writes AuthFailure records per §11; where
 build does not (yet), the real-log check is an expected failure and the filter is
 still checked against records in petrel's exact format."""
 
+import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -23,10 +25,8 @@ def f2b(log):
     r = subprocess.run([F2B, "--print-all-matched", "-v", str(log), FILTER], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    import re
     m = re.search(r"^Lines: \d+ lines, \d+ ignored, (\d+) matched", r.stdout, re.M)
     assert m, r.stdout
-    hosts = re.findall(r"^\|\s+(?:\d+\) )?\[\d+\] .*?\"peer_address\":\"([^\"]+)\"", r.stdout, re.M)
     return int(m.group(1)), r.stdout
 
 
@@ -41,7 +41,6 @@ def petrel_with_auth(world, tmp_path):
 
 
 def fail_auth(p, n):
-    import base64
     for i in range(n):
         with p.raw() as c:
             assert c.cmd("EHLO client.test")[0] == 250

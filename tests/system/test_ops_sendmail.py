@@ -66,6 +66,14 @@ def test_body_only_and_fullname(world):
     assert t.header("From") == '"Backup Job" <backup@sender.test>'
     assert t.header("Date") and t.header("Message-ID")
     assert t.data.split(b"\r\n\r\n", 1)[1].startswith(b"backup finished\r\nno errors")
+    # -F is often fed from application data: no header injection, quotes escaped
+    rc, err = sendmail(p, ["-F", 'Eve "x"\nBcc: victim@dest.test', "-f", "e@sender.test",
+                           "bob@dest.test"], b"injected?\n")
+    assert rc == 0, err
+    t = wait_for(lambda: next((x for x in dest.messages() if b"injected?" in x.data), None),
+                 15, "the -F message")
+    assert t.header("Bcc") is None and t.rcpt_tos == ["bob@dest.test"]
+    assert t.header("From") == '"Eve \\"x\\"Bcc: victim@dest.test" <e@sender.test>'
 
 
 def test_git_send_email_style_and_dot_end(world):

@@ -314,3 +314,33 @@ def test_implicit_tls_behind_proxy_header(world, tmp_path):
             buf += pump_until(lambda: tls.read(4096))
         assert b"250 2.1.5" in buf, buf                  # 127.0.0.3 relays: header applied
         raw.close()
+
+
+def test_auth_ban_follows_the_header_address(world, tmp_path):
+    import base64
+    from harness import PETRELCTL_BIN
+    import subprocess as sp
+    pw = sp.run([PETRELCTL_BIN, "hash-password"], input=b"right-pw\n", capture_output=True,
+                check=True).stdout.decode().strip()
+    users = tmp_path / "users.txt"
+    users.write_text(f"alice:{pw}\n")
+    port = free_port()
+    p = world.petrel(listener=proxy_listener(port, auth_mechanisms=["PLAIN"],
+                                             auth_require_tls=False),
+                     extra=f'petrel.configure_auth {{ users_file = "{users}", max_failures = 2, '
+                           f'failure_window = "10m", ban_time = "10m" }}')
+    tok = base64.b64encode(b"\0alice\0wrong").decode()
+    with connect(p, v2("192.0.2.9")) as c:
+        assert c.reply()[0] == 220
+        assert c.cmd("EHLO client.test")[0] == 250
+        assert c.cmd(f"AUTH PLAIN {tok}")[0] == 535
+        code, _ = c.cmd(f"AUTH PLAIN {tok}")
+        if code == 535:
+            code, _ = c.reply()
+        assert code == 421
+    with connect(p, v1("192.0.2.9")) as c:          # the same client: banned
+        code, text = c.reply()
+        assert code == 421 and "authentication failures" in text, text
+    with connect(p, v1("192.0.2.10")) as c:         # its neighbour behind the same proxy: not
+        assert c.reply()[0] == 220
+    p.wait_record("Rejection", peer_address="192.0.2.9")

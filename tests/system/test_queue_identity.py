@@ -243,3 +243,19 @@ def test_suspension_survives_a_restart(world):
     p.restart()                          # the resumed one is not restored
     mid3 = send(p, "dan@other.test")
     other.wait_message(mid3)
+
+
+def test_queue_counts_mail_in_flight_on_a_relay_route(world):
+    """A message in the middle of its transaction with a relay still counts in its
+    domain's row (the route's queue serves several domains)."""
+    rp = world.other_port()
+    relay = world.sink("127.0.0.7", rp, delay=3.0)        # slow to answer the final dot
+    p, (url,) = http_petrel(world, transport={"*": {"relayhost": f"[127.0.0.7]:{rp}"}})
+    mid = send(p, "bob@slow.test")
+    wait_for(lambda: relay.active > 0, 10, "the transaction to start")
+    time.sleep(0.3)
+    rows = [q for q in queues(url) if q["domain"] == "slow.test"]
+    assert rows and rows[0]["count"] == 1 and rows[0]["route"] == "*", queues(url)
+    assert request(url, "/api/queue").json()["total"] == 1
+    relay.wait_message(mid)
+    wait_for(lambda: request(url, "/api/queue").json()["total"] == 0, 10, "an empty queue")

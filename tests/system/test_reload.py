@@ -116,6 +116,45 @@ def test_hook_change_next_session_sees_it_open_session_keeps_old(world):
     assert header_of(dest.wait_message(msgid_of(d_old)), "X-Gen") == "one"
 
 
+def test_reload_ok_shown_at_log_level_error(world):
+    """An operator asked: the answer shows whatever the log level."""
+    p, dest, _ = world.basic(logging={"level": "error"})
+    write_config(world, p, logging={"level": "error"}, extra=HOOK.format(gen="quiet"))
+    sighup(p)
+    assert re.search(r"notice: reload ok", p.stderr_text())
+    mid = p.send_message(subject="quiet")
+    assert header_of(dest.wait_message(mid), "X-Gen") == "quiet"
+
+
+def sha512_crypt(password):
+    r = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=(password + "\n").encode(),
+                       capture_output=True, timeout=30, check=True)
+    return r.stdout.decode().strip()
+
+
+def test_users_file_read_again_on_reload(world, tmp_path):
+    users = tmp_path / "users.txt"
+    users.write_text(f"alice:{sha512_crypt('Alice-pw1')}\n")
+    listener = {"auth_mechanisms": ["PLAIN"], "auth_require_tls": False}
+    auth = f'petrel.configure_auth {{ users_file = "{users}" }}\n'
+    p, dest, _ = world.basic(listener=listener, extra=auth)
+
+    def login(user, pw):
+        s = p.smtp()
+        try:
+            return s.login(user, pw)[0]
+        except smtplib.SMTPAuthenticationError as e:
+            return e.smtp_code
+        finally:
+            s.close()
+    assert login("alice", "Alice-pw1") == 235
+    assert login("bob", "Bob-pw2") == 535
+    users.write_text(f"alice:{sha512_crypt('Alice-pw1')}\nbob:{sha512_crypt('Bob-pw2')}\n")
+    sighup(p)
+    assert login("bob", "Bob-pw2") == 235
+    assert login("alice", "Alice-pw1") == 235
+
+
 # ---------------------------------------------------------------- bad config
 
 def test_bad_config_is_logged_with_file_line_and_old_one_keeps_serving(world):
@@ -308,6 +347,22 @@ def test_logrotate_mv_then_sighup_reopens_event_log_nothing_lost(world):
     assert not set(old) & set(new)
 
 
+def test_reload_moves_event_log_to_new_path(world, tmp_path):
+    p, dest, _ = world.basic()
+    before = p.send_message(subject="before")
+    p.wait_records("Reception", 1)
+    new_log = tmp_path / "elsewhere" / "events.jsonl"
+    write_config(world, p, logging={"path": str(new_log)})
+    sighup(p)
+    after = p.send_message(subject="after")
+    dest.wait_message(after)
+    wait_for(lambda: new_log.exists() and '"Reception"' in new_log.read_text(), 10,
+             "a Reception record in the new log path")
+    new_ids = {json.loads(l)["id"] for l in new_log.read_text().splitlines()}
+    old_ids = {r["id"] for r in p.records("Reception")}
+    assert len(old_ids) == 1 and not old_ids & new_ids, (old_ids, new_ids)
+
+
 def test_sighup_reopens_diagnostic_log_file(world, tmp_path):
     """petrel started with stderr on a file (as a service manager does): after mv
     and SIGHUP, diagnostic lines go to a new file of the same name."""
@@ -392,3 +447,17 @@ def test_sighup_under_load_loses_and_duplicates_nothing(world, threads):
     assert sum(got.values()) == len(sent)
     p.assert_alive()
     assert "reload failed" not in p.stderr_text()
+
+
+def test_sighup_burst_coalesces_and_sigterm_still_stops_promptly(world):
+    """A burst of SIGHUPs is not a backlog of reloads: SIGTERM right after it still
+    stops petrel within the usual 10 s, and it kept serving throughout."""
+    p, dest, _ = world.basic(extra="petrel.configure_process { smtp_threads = 2 }\n")
+    for _ in range(300):
+        os.kill(p.pid, signal.SIGHUP)
+        time.sleep(0.002)
+    wait_for(lambda: reloads_logged(p) >= 1, 15, "a reload")
+    world.assert_serving(p)
+    n = reloads_logged(p)
+    assert n < 300, n          # coalesced
+    p.stop()                   # exit 0 within 10 s, or the test fails
