@@ -14,6 +14,7 @@
 #include "delivery/pool.h"
 #include "delivery/prepare.h"
 #include "delivery/route.h"
+#include "delivery/tlspol.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "queue/entry.h"
@@ -46,6 +47,7 @@ struct pool_conn {
     struct buf content;
     int job_rc;
     struct dns_result *hosts;       /* first entry only: where the client will go */
+    bool policy_verify;             /* MTA-STS enforce: verify the MX name whatever the route says */
     char pass[512];                 /* first entry only: the route's password */
 };
 
@@ -158,7 +160,7 @@ static void start_client(struct pool_conn *c, struct entry *e)
         snprintf(c->pass, sizeof c->pass, "%s", auth->password);
     struct smtp_client_params p = {
         .hosts = c->hosts,
-        .tls = strcmp(r->tls, "verify") == 0 ? CTLS_VERIFY
+        .tls = c->policy_verify || strcmp(r->tls, "verify") == 0 ? CTLS_VERIFY
              : strcmp(r->tls, "encrypt") == 0 ? CTLS_ENCRYPT : CTLS_MAY,
         .tls_ctx = runtime_client_tls(pt->rt, r->ca_file),
         .auth_user = auth ? auth->username : NULL,
@@ -208,6 +210,44 @@ static void prepare_done(uv_work_t *w, int status)
 
 /* ---- connections ------------------------------------------------------- */
 
+/* The MX destination's TLS policy (MTA-STS, DANE) is known: keep the hosts it allows
+ * and the TLS it needs, or defer the queue's ready entries with its reply. */
+static void on_policy(void *arg, const struct tlspol_result *res)
+{
+    struct pool_conn *c = arg;
+    struct pool_thread *pt = c->pt;
+    c->p->nresolving--;
+    if (pt->stopping) {
+        conn_free(c);
+        return;
+    }
+    if (res->code != 0) {
+        log_warn("smtp-out %s: %s", c->domain, res->text);
+        pt->ops->fail(pt->owner, c->queue, NULL, res->code, res->enhanced, res->text);
+        conn_free(c);
+        return;
+    }
+    *c->hosts = *res->hosts;
+    for (int i = 0; i < res->hosts->nhosts; i++)
+        if (res->need[i] != TLSPOL_ANY)
+            c->policy_verify = true;   /* only MTA-STS (VERIFY) until DANE is wired */
+    if (!feed(c))
+        conn_free(c);
+}
+
+/* Starts the policy check of c's MX hosts; false = none to make (go on at once). */
+static bool check_policy(struct pool_conn *c)
+{
+    struct pool_thread *pt = c->pt;
+    if (!pt->tlspol && !pt->stopping)
+        pt->tlspol = tlspol_new(pt->loop, pt->dns, pt->rt->cfg);
+    if (!pt->tlspol)
+        return false;
+    c->p->nresolving++;               /* still opening: it takes an entry soon */
+    tlspol_check(pt->tlspol, c->domain, c->hosts, on_policy, c);
+    return true;
+}
+
 static void on_dns(void *arg, const struct dns_result *res)
 {
     struct pool_conn *c = arg;
@@ -244,6 +284,8 @@ static void on_dns(void *arg, const struct dns_result *res)
         return;
     }
     *c->hosts = *res;
+    if (c->route->way == ROUTE_WAY_MX && tlspol_enabled(pt->rt->cfg) && check_policy(c))
+        return;
     if (!feed(c))
         conn_free(c);
 }
@@ -300,6 +342,8 @@ void pool_for_each_entry(struct pool_thread *pt,
 
 void pool_abort_all(struct pool_thread *pt)
 {
+    tlspol_free(pt->tlspol);          /* before dns_free: its lookups complete then */
+    pt->tlspol = NULL;
     for (struct pool_conn *c = pt->conns; c; c = c->next)
         if (c->client)
             smtp_client_abort(c->client);

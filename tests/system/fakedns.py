@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 
-from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, TXT, A, DNSRecord
 
 MODES = ("nxdomain", "servfail", "refused", "drop", "garbage", "malformed")
 
@@ -57,6 +57,19 @@ class FakeDNS:
 
     def add_aaaa(self, name, ip):
         self._add(name, QTYPE.AAAA, AAAA(ip))
+
+    def add_txt(self, name, *strings):
+        """One TXT record of name made of the given character-strings."""
+        self._add(name, QTYPE.TXT, TXT([x.encode() if isinstance(x, str) else x
+                                        for x in strings]))
+
+    def set_txt(self, name, *records):
+        """Replaces the TXT records of name: each record a str (one string)."""
+        with self._lock:
+            recs = self._records.setdefault(_norm(name), [])
+            recs[:] = [r for r in recs if r[0] != QTYPE.TXT]
+            for text in records:
+                recs.append((QTYPE.TXT, TXT([text.encode()])))
 
     def add_cname(self, name, target):
         self._add(name, QTYPE.CNAME, CNAME(target))
