@@ -826,9 +826,6 @@ static int api_configure_delivery(lua_State *L)
     if (!cfg_of(L)->delivery.chunking)
         return lua_api_error(L, "configure_delivery: chunking = false is not supported yet "
                              "(BDAT is always used towards a next hop offering CHUNKING)");
-    if (cfg_of(L)->delivery.dane)
-        return lua_api_error(L, "configure_delivery: dane = true is not implemented yet "
-                             "(no TLSA lookups are made); remove it");
     if (cfg_of(L)->delivery.tls_rpt)
         return lua_api_error(L, "configure_delivery: tls_rpt = true is not implemented yet "
                              "(no TLS-RPT reports are sent); remove it");

@@ -26,6 +26,22 @@
 #define PREP_HOLD_S 60.0  /* a connection waiting for its next entry's content: held
                              open this long at most (the preparation takes ms) */
 
+/* What the TLS policies (tlspol) require of each host, kept from the check to the
+ * client's start. */
+struct conn_policy {
+    enum client_tls_policy host_tls[DNS_MAX_HOSTS];
+    struct dane_host *dane[DNS_MAX_HOSTS];
+};
+
+static void policy_free(struct conn_policy *cp)
+{
+    if (!cp)
+        return;
+    for (int i = 0; i < DNS_MAX_HOSTS; i++)
+        free(cp->dane[i]);
+    free(cp);
+}
+
 /* One outbound connection slot: resolving, preparing its next entry, then an SMTP
  * client. While a preparation runs (working) the slot is not freed: a client that
  * closes meanwhile only clears `client`, and the job's end frees the slot. */
@@ -47,7 +63,8 @@ struct pool_conn {
     struct buf content;
     int job_rc;
     struct dns_result *hosts;       /* first entry only: where the client will go */
-    bool policy_verify;             /* MTA-STS enforce: verify the MX name whatever the route says */
+    struct conn_policy *policy;     /* first entry only: TLS each host needs (MTA-STS,
+                                       DANE); NULL = the route's alone */
     char pass[512];                 /* first entry only: the route's password */
 };
 
@@ -80,6 +97,7 @@ static void conn_free(struct pool_conn *c)
     metrics_add(M_CONNECTIONS, METRICS_OUTBOUND, c->label, -1);
     void *queue = c->queue;
     free(c->hosts);
+    policy_free(c->policy);
     explicit_bzero(c->pass, sizeof c->pass);
     free(c);
     pt->ops->closed(pt->owner, queue);
@@ -160,7 +178,7 @@ static void start_client(struct pool_conn *c, struct entry *e)
         snprintf(c->pass, sizeof c->pass, "%s", auth->password);
     struct smtp_client_params p = {
         .hosts = c->hosts,
-        .tls = c->policy_verify || strcmp(r->tls, "verify") == 0 ? CTLS_VERIFY
+        .tls = strcmp(r->tls, "verify") == 0 ? CTLS_VERIFY
              : strcmp(r->tls, "encrypt") == 0 ? CTLS_ENCRYPT : CTLS_MAY,
         .tls_ctx = runtime_client_tls(pt->rt, r->ca_file),
         .auth_user = auth ? auth->username : NULL,
@@ -170,7 +188,13 @@ static void start_client(struct pool_conn *c, struct entry *e)
         .connect_timeout = cfg->delivery.connect_timeout,
         .command_timeout = cfg->delivery.connect_timeout * 5 > 600 ? 600 : cfg->delivery.connect_timeout * 5,
     };
+    for (int i = 0; c->policy && i < DNS_MAX_HOSTS; i++) {
+        p.host_tls[i] = c->policy->host_tls[i];
+        p.dane[i] = c->policy->dane[i];
+    }
     c->client = smtp_client_start(pt->loop, &p, &client_ops, c, e, &c->content);
+    policy_free(c->policy);
+    c->policy = NULL;
     explicit_bzero(c->pass, sizeof c->pass);
     free(c->hosts);
     c->hosts = NULL;
@@ -228,9 +252,28 @@ static void on_policy(void *arg, const struct tlspol_result *res)
         return;
     }
     *c->hosts = *res->hosts;
+    bool any = false;
     for (int i = 0; i < res->hosts->nhosts; i++)
-        if (res->need[i] != TLSPOL_ANY)
-            c->policy_verify = true;   /* only MTA-STS (VERIFY) until DANE is wired */
+        any |= res->need[i] != TLSPOL_ANY;
+    if (any && !(c->policy = calloc(1, sizeof *c->policy))) {
+        pt->ops->fail(pt->owner, c->queue, NULL, 451, "4.3.0",
+                      "451 4.3.0 out of memory starting a delivery");
+        conn_free(c);
+        return;
+    }
+    for (int i = 0; any && i < res->hosts->nhosts; i++) {
+        switch (res->need[i]) {
+        case TLSPOL_ENCRYPT: c->policy->host_tls[i] = CTLS_ENCRYPT; break;
+        case TLSPOL_VERIFY: c->policy->host_tls[i] = CTLS_VERIFY; break;
+        case TLSPOL_DANE:
+            /* authenticated by TLSA, never in clear; a copy the client copies again */
+            c->policy->host_tls[i] = CTLS_VERIFY;
+            if (res->dane[i] && (c->policy->dane[i] = malloc(sizeof *c->policy->dane[i])))
+                *c->policy->dane[i] = *res->dane[i];
+            break;
+        default: c->policy->host_tls[i] = CTLS_NONE; break;
+        }
+    }
     if (!feed(c))
         conn_free(c);
 }

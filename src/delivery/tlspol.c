@@ -130,6 +130,9 @@ struct tlspol *tlspol_new(uv_loop_t *loop, struct dns *dns, const struct config 
     tp->refs = 1;
     atomic_init(&tp->stop, false);
     sts_fetch_global_init();
+    if (cfg->delivery.dane && !dns_trusted(dns))
+        log_warn("configure_delivery: dane = true, but configure_dns has no resolvers: the "
+                 "AD bit of resolv.conf's resolvers is not trusted, so DANE never applies");
     return tp;
 }
 
