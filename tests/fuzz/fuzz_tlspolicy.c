@@ -1,5 +1,6 @@
 /* libFuzzer target for the outbound TLS policy parsers: the first byte picks the
- * MTA-STS TXT record, the MTA-STS policy (+ MX matching), the cache file, or a raw
+ * MTA-STS TXT record, the MTA-STS policy (+ MX matching), the cache file, the
+ * TLS-RPT TXT record, or a raw
  * DNS answer through dnsrec (TXT join) and the DANE verdict. Random bytes must never
  * crash, read out of bounds or break the headers' contracts.
  * SPDX-License-Identifier: Apache-2.0 */
@@ -11,10 +12,12 @@
 #include "delivery/dane.h"
 #include "delivery/dnsrec.h"
 #include "delivery/mtasts.h"
+#include "delivery/tlsrpt.h"
 #include "util/result.h"
 
 static struct mtasts_policy pol;
 static struct dane_host host;
+static struct tlsrpt_rua rua;
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -24,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *s = (const char *)data + 1;
     size_t n = size - 1;
     char id[MTASTS_ID_MAX + 1], why[128];
-    switch (sel % 4) {
+    switch (sel % 5) {
     case 0: {
         int rc = mtasts_parse_txt(s, n, id);
         if (rc != PT_OK && rc != PT_INVALID && rc != PT_NOTFOUND)
@@ -57,6 +60,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int rc = mtasts_cache_parse(s, n, id, &fetched, &pol);
         if (rc != PT_OK && rc != PT_INVALID)
             abort();
+        break;
+    }
+    case 3: {
+        int rc = tlsrpt_parse_txt(s, n, &rua);
+        if (rc != PT_OK && rc != PT_INVALID && rc != PT_NOTFOUND)
+            abort();
+        if (rua.n < 0 || rua.n > TLSRPT_MAX_RUA || (rc == PT_OK && rua.n == 0))
+            abort();
+        for (int i = 0; i < rua.n; i++)
+            if (!memchr(rua.uri[i], '\0', TLSRPT_URI_MAX))
+                abort();
         break;
     }
     default: {
