@@ -356,7 +356,7 @@ static void on_txt(void *arg, const unsigned char *abuf, int alen)
         int nsts = 0;
         char id[MTASTS_ID_MAX + 1] = "";
         bool ok = false;
-        static char txt[4096];    /* loop thread only */
+        char txt[4096];
         for (int i = 0; i < set.n; i++) {
             size_t tn;
             if (dnsrec_txt_join(abuf + set.rr[i].off, set.rr[i].len, txt, sizeof txt, &tn) !=
