@@ -268,3 +268,34 @@ def test_cached_policy_survives_restart(world, pki, sts):
     send(p, "cached2@dest.test")
     assert_deferred(p, dest, "cached2@dest.test", "STARTTLS", n=1)
     assert len(srv.requests) == n_before
+
+
+def test_hanging_policy_host_neither_blocks_delivery_loop_nor_shutdown(world, pki):
+    """A policy host that accepts and never answers: the fetch runs on a worker (the
+    relay keeps accepting and delivering other mail meanwhile) and SIGTERM still
+    stops petrel promptly."""
+    import socket
+    import time
+    _next[0] += 1
+    ip = f"127.0.2.{_next[0]}"
+    hang = socket.socket()
+    hang.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hang.bind((ip, 443))
+    hang.listen(8)
+    try:
+        world.dns.set_txt("_mta-sts.slow.test", "v=STSv1; id=1;")
+        world.dns.add_a("mta-sts.slow.test", ip)
+        world.mx_domain("slow.test", "127.0.0.4")
+        other = world.mx_domain("dest.test", "127.0.0.2")
+        p = petrel(world, pki)
+        send(p, "a@slow.test")
+        hang.settimeout(10)
+        conn, _ = hang.accept()                      # the fetch is in flight
+        mid = send(p, "b@dest.test")
+        other.wait_message(mid, timeout=10)
+        t0 = time.monotonic()
+        p.stop()
+        assert time.monotonic() - t0 < 8
+        conn.close()
+    finally:
+        hang.close()
