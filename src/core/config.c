@@ -61,6 +61,9 @@
 #define DEF_MAX_DELIVERIES_PER_CONN 100
 #define DEF_CONNECT_TIMEOUT    30.0
 #define DEF_CHUNKING           true       /* BDAT saves the dot-stuffing pass (RFC 3030) */
+#define DEF_MTA_STS            true       /* honour published MTA-STS policies (RFC 8461) */
+#define DEF_DANE               false      /* needs a DNSSEC-validating configured resolver */
+#define DEF_TLS_RPT            false      /* send TLS-RPT reports (RFC 8460) */
 #define DEF_MIN_TLS_VERSION    "1.2"
 #define DEF_PREFER_SERVER_CIPHERS true
 #define DEF_DKIM_HEADERS       { "From", "To", "Subject", "Date", "Message-ID" }
@@ -209,6 +212,9 @@ static const struct opt delivery_opts[] = {
     { O("connect_timeout", OPT_DURATION, CFG(delivery.connect_timeout)) },
     { O("helo_name", OPT_STR, CFG(delivery.helo_name)) },
     { O("chunking", OPT_BOOL, CFG(delivery.chunking)) },
+    { O("mta_sts", OPT_BOOL, CFG(delivery.mta_sts)) },
+    { O("dane", OPT_BOOL, CFG(delivery.dane)) },
+    { O("tls_rpt", OPT_BOOL, CFG(delivery.tls_rpt)) },
     { .name = NULL },
 };
 
@@ -858,6 +864,9 @@ static int api_configure_delivery(lua_State *L)
     if (!cfg_of(L)->delivery.chunking)
         return lua_api_error(L, "configure_delivery: chunking = false is not supported yet "
                              "(BDAT is always used towards a next hop offering CHUNKING)");
+    if (cfg_of(L)->delivery.tls_rpt)
+        return lua_api_error(L, "configure_delivery: tls_rpt = true is not implemented yet "
+                             "(no TLS-RPT reports are sent); remove it");
     return 0;
 }
 
@@ -1116,6 +1125,9 @@ static int config_defaults(struct config *cfg)
     cfg->delivery.max_deliveries_per_connection = DEF_MAX_DELIVERIES_PER_CONN;
     cfg->delivery.connect_timeout = DEF_CONNECT_TIMEOUT;
     cfg->delivery.chunking = DEF_CHUNKING;
+    cfg->delivery.mta_sts = DEF_MTA_STS;
+    cfg->delivery.dane = DEF_DANE;
+    cfg->delivery.tls_rpt = DEF_TLS_RPT;
 
     cfg->auth_max_failures = DEF_AUTH_MAX_FAILURES;
     cfg->auth_failure_window = DEF_AUTH_FAILURE_WINDOW;

@@ -99,6 +99,9 @@ struct cfg_delivery {
     double connect_timeout;          /* 30s */
     char *helo_name;                 /* default: host name */
     bool chunking;                   /* true: BDAT to a next hop offering CHUNKING */
+    bool mta_sts;                    /* true: MTA-STS policies of MX destinations honoured */
+    bool dane;                       /* true: DANE TLSA checks (configured resolvers' AD) */
+    bool tls_rpt;                    /* true: TLS-RPT aggregate reports sent */
 };
 
 struct cfg_dkim_key {

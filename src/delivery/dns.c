@@ -115,6 +115,18 @@ struct dns_sock {
     uv_poll_t poll;
 };
 
+/* One dns_query_raw call; owned by struct dns until its callback returns. */
+struct dns_raw {
+    struct dns_raw *next;      /* raw_done */
+    struct dns *d;
+    dns_raw_cb cb;
+    void *arg;
+    bool starting;             /* inside ares_send: an answer now is parked */
+    bool answered;
+    unsigned char *abuf;       /* parked answer (NULL = the query failed) */
+    int alen;
+};
+
 struct dns {
     uv_loop_t *loop;
     ares_channel ch;
@@ -128,6 +140,8 @@ struct dns {
     struct ent *oldest[ENT_NKINDS], *newest[ENT_NKINDS];
     uint32_t ncached[ENT_NKINDS];
     struct dns_req *done_head, *done_tail;
+    struct dns_raw *raw_done;  /* raw queries answered inside ares_send: owed callbacks */
+    bool trusted;              /* resolvers came from the config (dns_new n > 0) */
     struct {
         dns_cb cb;
         void *arg;
@@ -1120,6 +1134,14 @@ static bool dispatch_one(struct dns *d)
         d->oom[d->noom].cb(d->oom[d->noom].arg, &oom_result);
         return true;
     }
+    struct dns_raw *w = d->raw_done;
+    if (w) {
+        d->raw_done = w->next;
+        w->cb(w->arg, w->abuf, w->abuf ? w->alen : 0);
+        free(w->abuf);
+        free(w);
+        return true;
+    }
     struct dns_req *r = d->done_head;
     if (!r)
         return false;
@@ -1139,9 +1161,11 @@ static void on_idle(uv_idle_t *h)
     int n = d->noom;
     for (struct dns_req *r = d->done_head; r; r = r->next)
         n++;
+    for (struct dns_raw *w = d->raw_done; w; w = w->next)
+        n++;
     while (n-- > 0 && !d->closing && dispatch_one(d))
         ;
-    if (!d->closing && !d->done_head && d->noom == 0)
+    if (!d->closing && !d->done_head && !d->raw_done && d->noom == 0)
         uv_idle_stop(h);
 }
 
@@ -1198,6 +1222,7 @@ struct dns *dns_new(uv_loop_t *loop, const char *const *resolvers, int n, char *
         return NULL;
     }
     d->loop = loop;
+    d->trusted = n > 0;
     if (getrandom(&d->rng, sizeof d->rng, GRND_NONBLOCK) != (ssize_t)sizeof d->rng)
         d->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)d;
 
@@ -1338,4 +1363,74 @@ void dns_resolve_host(struct dns *d, const char *host, dns_cb cb, void *arg)
     req_attach(r, ENT_ADDR, name, 0);
     req_addr_done(r);
     arm_timer(d);
+}
+
+/* ---- raw queries (TXT, TLSA) ------------------------------------------------------ */
+
+static void raw_park(struct dns *d, struct dns_raw *w, const unsigned char *abuf, int alen)
+{
+    w->abuf = NULL;
+    if (abuf && alen > 0 && (w->abuf = malloc((size_t)alen)) != NULL) {
+        memcpy(w->abuf, abuf, (size_t)alen);
+        w->alen = alen;
+    }
+    w->next = d->raw_done;
+    d->raw_done = w;
+    if (!d->closing)
+        uv_idle_start(&d->idle, on_idle);
+}
+
+static void on_raw_answer(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    struct dns_raw *w = arg;
+    struct dns *d = w->d;
+    (void)timeouts;
+    bool ok = status == ARES_SUCCESS || status == ARES_ENODATA || status == ARES_ENOTFOUND ||
+              status == ARES_ESERVFAIL || status == ARES_EREFUSED || status == ARES_EFORMERR;
+    if (!ok || status == ARES_EDESTRUCTION || status == ARES_ECANCELLED)
+        abuf = NULL;
+    w->answered = true;
+    if (w->starting || d->closing) {
+        raw_park(d, w, abuf, alen);
+        return;
+    }
+    w->cb(w->arg, abuf, abuf ? alen : 0);
+    free(w);
+}
+
+void dns_query_raw(struct dns *d, const char *name, int type, dns_raw_cb cb, void *arg)
+{
+    struct dns_raw *w = calloc(1, sizeof *w);
+    if (!w) {
+        cb(arg, NULL, 0);   /* documented: only when out of memory */
+        return;
+    }
+    w->d = d;
+    w->cb = cb;
+    w->arg = arg;
+    char norm[DNS_NAME_MAX + 1];
+    unsigned char *q = NULL;
+    int qlen = 0;
+    if (d->closing || !name || name_normalize(name, norm) != PT_OK ||
+        ares_create_query(norm, DNS_CLASS_IN, type, 0, 1, &q, &qlen, 1232) != ARES_SUCCESS ||
+        qlen < 12) {
+        if (q)
+            ares_free_string(q);
+        raw_park(d, w, NULL, 0);
+        return;
+    }
+    q[3] |= 0x20;   /* AD in the query: ask the resolver for its validation verdict
+                       (RFC 6840 §5.7) */
+    w->starting = true;
+    ares_send(d->ch, q, qlen, on_raw_answer, w);
+    ares_free_string(q);
+    if (w->answered)
+        return;     /* parked; runs from the idle handler */
+    w->starting = false;
+    arm_timer(d);
+}
+
+bool dns_trusted(const struct dns *d)
+{
+    return d->trusted;
 }

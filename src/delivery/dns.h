@@ -7,6 +7,7 @@
 #ifndef PETREL_DELIVERY_DNS_H
 #define PETREL_DELIVERY_DNS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <uv.h>
@@ -52,6 +53,19 @@ void dns_resolve_mx(struct dns *d, const char *domain, dns_cb cb, void *arg);
 /* Address lookup for one host (relayhost): one host entry. An IP literal resolves
  * immediately (callback still asynchronous). */
 void dns_resolve_host(struct dns *d, const char *host, dns_cb cb, void *arg);
+
+/* A raw query for name (TXT, TLSA...) with the AD bit set in the query, so that a
+ * validating resolver reports its verdict in the answer's AD bit. cb gets the whole
+ * response (borrowed for the call: parse it with delivery/dnsrec.h), including
+ * NXDOMAIN and SERVFAIL answers; abuf NULL when there was no answer (timeout,
+ * network, an invalid name, shutdown). The callback runs later on the loop, never
+ * from inside dns_query_raw (except when out of memory for the request itself), and
+ * runs exactly once, also when dns_free cancels the query. */
+typedef void (*dns_raw_cb)(void *arg, const unsigned char *abuf, int alen);
+void dns_query_raw(struct dns *d, const char *name, int type, dns_raw_cb cb, void *arg);
+/* Whether the resolvers are the configured ones (configure_dns.resolvers), not the
+ * system's resolv.conf: only their AD bit is trusted (DANE). */
+bool dns_trusted(const struct dns *d);
 
 /* Pure helper (unit-tested): orders hosts[0..n) by pref, shuffling equal prefs
  * with rnd (a random source returning uniform uint32). */

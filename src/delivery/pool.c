@@ -14,6 +14,7 @@
 #include "delivery/pool.h"
 #include "delivery/prepare.h"
 #include "delivery/route.h"
+#include "delivery/tlspol.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "queue/entry.h"
@@ -24,6 +25,22 @@
 #define IDLE_KEEP_S 2.0   /* an idle outbound connection waits this long for more mail */
 #define PREP_HOLD_S 60.0  /* a connection waiting for its next entry's content: held
                              open this long at most (the preparation takes ms) */
+
+/* What the TLS policies (tlspol) require of each host, kept from the check to the
+ * client's start. */
+struct conn_policy {
+    enum client_tls_policy host_tls[DNS_MAX_HOSTS];
+    struct dane_host *dane[DNS_MAX_HOSTS];
+};
+
+static void policy_free(struct conn_policy *cp)
+{
+    if (!cp)
+        return;
+    for (int i = 0; i < DNS_MAX_HOSTS; i++)
+        free(cp->dane[i]);
+    free(cp);
+}
 
 /* One outbound connection slot: resolving, preparing its next entry, then an SMTP
  * client. While a preparation runs (working) the slot is not freed: a client that
@@ -46,6 +63,8 @@ struct pool_conn {
     struct buf content;
     int job_rc;
     struct dns_result *hosts;       /* first entry only: where the client will go */
+    struct conn_policy *policy;     /* first entry only: TLS each host needs (MTA-STS,
+                                       DANE); NULL = the route's alone */
     char pass[512];                 /* first entry only: the route's password */
 };
 
@@ -78,6 +97,7 @@ static void conn_free(struct pool_conn *c)
     metrics_add(M_CONNECTIONS, METRICS_OUTBOUND, c->label, -1);
     void *queue = c->queue;
     free(c->hosts);
+    policy_free(c->policy);
     explicit_bzero(c->pass, sizeof c->pass);
     free(c);
     pt->ops->closed(pt->owner, queue);
@@ -168,7 +188,13 @@ static void start_client(struct pool_conn *c, struct entry *e)
         .connect_timeout = cfg->delivery.connect_timeout,
         .command_timeout = cfg->delivery.connect_timeout * 5 > 600 ? 600 : cfg->delivery.connect_timeout * 5,
     };
+    for (int i = 0; c->policy && i < DNS_MAX_HOSTS; i++) {
+        p.host_tls[i] = c->policy->host_tls[i];
+        p.dane[i] = c->policy->dane[i];
+    }
     c->client = smtp_client_start(pt->loop, &p, &client_ops, c, e, &c->content);
+    policy_free(c->policy);
+    c->policy = NULL;
     explicit_bzero(c->pass, sizeof c->pass);
     free(c->hosts);
     c->hosts = NULL;
@@ -208,6 +234,63 @@ static void prepare_done(uv_work_t *w, int status)
 
 /* ---- connections ------------------------------------------------------- */
 
+/* The MX destination's TLS policy (MTA-STS, DANE) is known: keep the hosts it allows
+ * and the TLS it needs, or defer the queue's ready entries with its reply. */
+static void on_policy(void *arg, const struct tlspol_result *res)
+{
+    struct pool_conn *c = arg;
+    struct pool_thread *pt = c->pt;
+    c->p->nresolving--;
+    if (pt->stopping) {
+        conn_free(c);
+        return;
+    }
+    if (res->code != 0) {
+        log_warn("smtp-out %s: %s", c->domain, res->text);
+        pt->ops->fail(pt->owner, c->queue, NULL, res->code, res->enhanced, res->text);
+        conn_free(c);
+        return;
+    }
+    *c->hosts = *res->hosts;
+    bool any = false;
+    for (int i = 0; i < res->hosts->nhosts; i++)
+        any |= res->need[i] != TLSPOL_ANY;
+    if (any && !(c->policy = calloc(1, sizeof *c->policy))) {
+        pt->ops->fail(pt->owner, c->queue, NULL, 451, "4.3.0",
+                      "451 4.3.0 out of memory starting a delivery");
+        conn_free(c);
+        return;
+    }
+    for (int i = 0; any && i < res->hosts->nhosts; i++) {
+        switch (res->need[i]) {
+        case TLSPOL_ENCRYPT: c->policy->host_tls[i] = CTLS_ENCRYPT; break;
+        case TLSPOL_VERIFY: c->policy->host_tls[i] = CTLS_VERIFY; break;
+        case TLSPOL_DANE:
+            /* authenticated by TLSA, never in clear; a copy the client copies again */
+            c->policy->host_tls[i] = CTLS_VERIFY;
+            if (res->dane[i] && (c->policy->dane[i] = malloc(sizeof *c->policy->dane[i])))
+                *c->policy->dane[i] = *res->dane[i];
+            break;
+        default: c->policy->host_tls[i] = CTLS_NONE; break;
+        }
+    }
+    if (!feed(c))
+        conn_free(c);
+}
+
+/* Starts the policy check of c's MX hosts; false = none to make (go on at once). */
+static bool check_policy(struct pool_conn *c)
+{
+    struct pool_thread *pt = c->pt;
+    if (!pt->tlspol && !pt->stopping)
+        pt->tlspol = tlspol_new(pt->loop, pt->dns, pt->rt->cfg);
+    if (!pt->tlspol)
+        return false;
+    c->p->nresolving++;               /* still opening: it takes an entry soon */
+    tlspol_check(pt->tlspol, c->domain, c->hosts, on_policy, c);
+    return true;
+}
+
 static void on_dns(void *arg, const struct dns_result *res)
 {
     struct pool_conn *c = arg;
@@ -244,6 +327,8 @@ static void on_dns(void *arg, const struct dns_result *res)
         return;
     }
     *c->hosts = *res;
+    if (c->route->way == ROUTE_WAY_MX && tlspol_enabled(pt->rt->cfg) && check_policy(c))
+        return;
     if (!feed(c))
         conn_free(c);
 }
@@ -300,6 +385,8 @@ void pool_for_each_entry(struct pool_thread *pt,
 
 void pool_abort_all(struct pool_thread *pt)
 {
+    tlspol_free(pt->tlspol);          /* before dns_free: its lookups complete then */
+    pt->tlspol = NULL;
     for (struct pool_conn *c = pt->conns; c; c = c->next)
         if (c->client)
             smtp_client_abort(c->client);

@@ -20,6 +20,7 @@ struct entry;
 struct outcome_where;
 struct pool_conn;
 struct route;
+struct tlspol;
 struct runtime;
 
 /* The connections of one destination queue; embedded in the queue, zeroed at
@@ -63,6 +64,8 @@ struct pool_thread {
     void *owner;
     struct pool_conn *conns;    /* every live connection (for shutdown) */
     bool stopping;
+    struct tlspol *tlspol;      /* MTA-STS/DANE agent, made on first use; freed by
+                                   pool_abort_all (which must precede dns_free) */
 };
 
 /* Opens one more connection for queue (pool p): resolves the route's relay host

@@ -260,6 +260,8 @@ bool conn_write_pending(const struct conn *c)
     return c->writing || c->out.len || c->wire.len;
 }
 
+static int start_with(struct conn *c, struct tls_session *t);
+
 int conn_start_tls(struct conn *c, struct tls_ctx *ctx, bool server, const char *sni,
                    const char *verify_host)
 {
@@ -268,6 +270,20 @@ int conn_start_tls(struct conn *c, struct tls_ctx *ctx, bool server, const char 
     struct tls_session *t = tls_session_new(ctx, server, sni, verify_host);
     if (!t)
         return PT_NOMEM;
+    return start_with(c, t);
+}
+
+int conn_start_tls_session(struct conn *c, struct tls_session *t)
+{
+    if (c->tls || c->closing) {
+        tls_session_free(t);
+        return PT_ERROR;
+    }
+    return start_with(c, t);
+}
+
+static int start_with(struct conn *c, struct tls_session *t)
+{
     /* what is queued in clear (the "220 Ready" reply) goes out first, in clear */
     if (c->out.len) {
         buf_append(&c->wire, c->out.data, c->out.len);

@@ -66,6 +66,9 @@ void conn_close(struct conn *c, bool graceful);
  * client, verify_host != NULL checks the chain and that name. */
 int conn_start_tls(struct conn *c, struct tls_ctx *ctx, bool server, const char *sni,
                    const char *verify_host);
+/* The same with a client session made by the caller (e.g. tls_session_new_dane);
+ * t is taken (freed on failure too). */
+int conn_start_tls_session(struct conn *c, struct tls_session *t);
 /* Hands back bytes read before conn_start_tls as if just read from the socket
  * (implicit TLS behind a PROXY header: the ClientHello may arrive with the
  * header). p is copied. May call ops->on_eof, like a read. */

@@ -56,6 +56,9 @@ struct smtp_client {
     bool requiretls;            /* opened for a REQUIRETLS entry: the hop must offer it */
     bool rtls_refused;          /* a host failed a REQUIRETLS need (TLS, verification,
                                    no REQUIRETLS): when none is left, 5.7.30 */
+    enum client_tls_policy base_tls;    /* the connection's floor: the route's, raised or lowered by the entry */
+    enum client_tls_policy host_tls[DNS_MAX_HOSTS];
+    struct dane_host *dane[DNS_MAX_HOSTS]; /* owned copies; NULL = no DANE */
     struct tls_ctx *tls_ctx;
     char *auth_user, *auth_pass;
     int plain_host, plain_addr;     /* address to retry without STARTTLS (policy may) */
@@ -217,6 +220,8 @@ static void client_free(struct smtp_client *c)
     free(c->exp);
     if (c->auth_pass)
         explicit_bzero(c->auth_pass, strlen(c->auth_pass));
+    for (int i = 0; i < DNS_MAX_HOSTS; i++)
+        free(c->dane[i]);
     free(c->auth_user);
     free(c->auth_pass);
     free(c);
@@ -746,9 +751,20 @@ static void on_reply(struct smtp_client *c, const struct smtp_reply *rp)
         enter_state(c, C_TLS);
         {
             const char *host = c->hosts.hosts[c->cur_host].name;
-            if (conn_start_tls(&c->conn, c->tls_ctx, false, host,
-                               c->tls_policy == CTLS_VERIFY ? host : NULL) != PT_OK)
+            const struct dane_host *d = c->dane[c->cur_host];
+            if (d && d->n > 0) {
+                struct tls_dane_rec recs[DANE_MAX_TLSA];
+                for (int i = 0; i < d->n; i++)
+                    recs[i] = (struct tls_dane_rec){ d->tlsa[i].usage, d->tlsa[i].selector,
+                                                     d->tlsa[i].mtype, d->tlsa[i].data,
+                                                     d->tlsa[i].len };
+                struct tls_session *t = tls_session_new_dane(c->tls_ctx, host, recs, d->n);
+                if (!t || conn_start_tls_session(&c->conn, t) != PT_OK)
+                    host_fail(c, "cannot start DANE TLS with %s", c->site);
+            } else if (conn_start_tls(&c->conn, c->tls_ctx, false, host,
+                                      c->tls_policy == CTLS_VERIFY ? host : NULL) != PT_OK) {
                 host_fail(c, "cannot start TLS with %s", c->site);
+            }
         }
         return;
     case C_AUTH:
@@ -929,6 +945,8 @@ static void try_next_host(struct smtp_client *c)
         }
         c->cur_host = c->host_i;
         c->cur_addr = c->addr_i;
+        c->tls_policy = c->tls_ctx && c->host_tls[c->cur_host] > c->base_tls
+                            ? c->host_tls[c->cur_host] : c->base_tls;
         c->txn_started = false;
         struct sockaddr_storage ss = h->addrs[c->addr_i++];
         if (ss.ss_family == AF_INET)
@@ -1005,8 +1023,15 @@ struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_
     c->connect_timeout = p->connect_timeout;
     c->command_timeout = p->command_timeout;
     c->route_policy = p->tls;
-    c->tls_policy = p->tls_ctx ? entry_tls_need(e, p->tls) : CTLS_NONE;
     c->requiretls = (e->flags & ENTRY_F_REQUIRETLS) != 0;
+    c->tls_policy = c->base_tls = p->tls_ctx ? entry_tls_need(e, p->tls) : CTLS_NONE;
+    for (int i = 0; i < DNS_MAX_HOSTS && i < p->hosts->nhosts; i++) {
+        c->host_tls[i] = p->host_tls[i];
+        if (p->dane[i] && (c->dane[i] = malloc(sizeof *c->dane[i])) != NULL)
+            *c->dane[i] = *p->dane[i];
+        else if (p->dane[i])
+            c->host_tls[i] = CTLS_VERIFY;  /* out of memory: never less than asked */
+    }
     c->tls_ctx = p->tls_ctx;
     c->plain_host = c->plain_addr = -1;
     c->no_chunking = p->no_chunking;
@@ -1018,6 +1043,10 @@ struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_
     buf_init(&c->content, 0);
     if (txn_setup(c, e, content) != PT_OK) {
         txn_clear(c);
+        for (int i = 0; i < DNS_MAX_HOSTS; i++)
+            free(c->dane[i]);
+        free(c->auth_user);
+        free(c->auth_pass);
         free(c);
         return NULL;
     }

@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "delivery/dane.h"
 #include "delivery/dns.h"
 #include "util/buf.h"
 
@@ -47,6 +48,12 @@ struct smtp_client_params {
     double command_timeout;         /* each later reply */
     bool no_chunking;               /* false (the default): BDAT when the hop offers
                                        CHUNKING; true: always DATA */
+    /* Per host of hosts (TLS policies, delivery/tlspol.h): the least TLS policy that
+     * host needs (CTLS_NONE = tls above), and its DANE TLSA records (NULL = none;
+     * borrowed for the call, copied): with records the host is authenticated by
+     * them, not by the CA store. */
+    enum client_tls_policy host_tls[DNS_MAX_HOSTS];
+    const struct dane_host *dane[DNS_MAX_HOSTS];
 };
 
 struct smtp_client_ops {

@@ -367,6 +367,13 @@ struct tls_ctx *tls_client_ctx_new(const char *min_version, const char *ciphers,
         return NULL;
     SSL_CTX *c = ctx->ssl_ctx;
     SSL_CTX_set_verify(c, SSL_VERIFY_NONE, NULL); /* sessions that verify turn it on */
+    /* DANE (RFC 7672) is per session (tls_session_new_dane); the context only
+     * allows it. Sessions that do not enable it are unaffected. */
+    if (SSL_CTX_dane_enable(c) <= 0) {
+        err_from_queue(err, errlen, "TLS: cannot enable DANE");
+        tls_ctx_free(ctx);
+        return NULL;
+    }
     ERR_clear_error();
     if (ca_file) {
         if (SSL_CTX_load_verify_file(c, ca_file) != 1) {
@@ -501,6 +508,49 @@ struct tls_session *tls_session_new(struct tls_ctx *ctx, bool server, const char
     if (name && *name && !is_ip_literal(name) && SSL_set_tlsext_host_name(s->ssl, name) != 1)
         goto fail;
     drive_handshake(s); /* ClientHello into s->out; a failure shows at the first read */
+    return s;
+fail:
+    ERR_clear_error();
+    tls_session_free(s);
+    return NULL;
+}
+
+struct tls_session *tls_session_new_dane(struct tls_ctx *ctx, const char *host,
+                                         const struct tls_dane_rec *recs, int n)
+{
+    if (!ctx || ctx->server || !host || !*host || is_ip_literal(host) || n <= 0)
+        return NULL;
+    struct tls_session *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    buf_init(&s->in, TLS_IN_MAX);
+    buf_init(&s->out, 0);
+    buf_init(&s->pending, TLS_PENDING_MAX);
+    enter_state(s, TLS_STATE_HANDSHAKE);
+    BIO *bio = NULL;
+    if (!(s->ssl = SSL_new(ctx->ssl_ctx)) || !(bio = BIO_new(bio_method)))
+        goto fail;
+    BIO_set_data(bio, s);
+    BIO_set_init(bio, 1);
+    SSL_set_bio(s->ssl, bio, bio);
+    SSL_set_connect_state(s->ssl);
+    /* host is the reference name for DANE-TA(2) chains; DANE-EE(3) matches the key
+     * alone, no name or validity checks (RFC 7672 §3.1.1) */
+    if (SSL_dane_enable(s->ssl, host) <= 0)
+        goto fail;
+    SSL_dane_set_flags(s->ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+    int usable = 0;
+    for (int i = 0; i < n; i++)
+        if (SSL_dane_tlsa_add(s->ssl, recs[i].usage, recs[i].selector, recs[i].mtype,
+                              recs[i].data, recs[i].len) > 0)
+            usable++;
+    if (usable == 0)
+        goto fail;
+    s->verify = true;
+    SSL_set_verify(s->ssl, SSL_VERIFY_PEER, NULL);
+    if (SSL_set_tlsext_host_name(s->ssl, host) != 1)
+        goto fail;
+    drive_handshake(s);
     return s;
 fail:
     ERR_clear_error();

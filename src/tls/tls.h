@@ -75,6 +75,20 @@ struct tls_session *tls_session_new(struct tls_ctx *ctx, bool server, const char
                                     const char *verify_host);
 void tls_session_free(struct tls_session *s); /* NULL ok; sends nothing */
 
+/* One TLSA record (RFC 6698) for tls_session_new_dane; data borrowed for the call. */
+struct tls_dane_rec {
+    unsigned char usage, selector, mtype;
+    const unsigned char *data;
+    size_t len;
+};
+/* A client session authenticated by DANE (RFC 7672) instead of the CA store: the
+ * peer must match one of recs[0..n) (copied); host (the MX name) is the SNI and the
+ * name a DANE-TA(2) chain must carry; DANE-EE(3) matches the key alone. A failure
+ * shows at tls_read as a verification error. NULL when no record is usable, on a
+ * bad host name or out of memory. */
+struct tls_session *tls_session_new_dane(struct tls_ctx *ctx, const char *host,
+                                         const struct tls_dane_rec *recs, int n);
+
 /* Queues ciphertext received from the network (copied). Nothing is decrypted until
  * tls_read. PT_TOOLONG if more than TLS_IN_MAX bytes would wait undecrypted (read
  * first), PT_ERROR after a fatal error, PT_NOMEM. Bytes after close_notify are dropped. */

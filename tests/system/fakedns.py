@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 
-from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, TLSA, TXT, A, DNSRecord
 
 MODES = ("nxdomain", "servfail", "refused", "drop", "garbage", "malformed")
 
@@ -31,6 +31,7 @@ class FakeDNS:
         self._records = {}        # name -> list of (qtype, rdata)
         self._modes = {}          # (name, qtype or None) -> mode
         self.queries = []         # (name, qtype string, "udp"|"tcp")
+        self.ad = False           # True: set the AD bit (as a validating resolver would)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = []
@@ -57,6 +58,23 @@ class FakeDNS:
 
     def add_aaaa(self, name, ip):
         self._add(name, QTYPE.AAAA, AAAA(ip))
+
+    def add_txt(self, name, *strings):
+        """One TXT record of name made of the given character-strings."""
+        self._add(name, QTYPE.TXT, TXT([x.encode() if isinstance(x, str) else x
+                                        for x in strings]))
+
+    def set_txt(self, name, *records):
+        """Replaces the TXT records of name: each record a str (one string)."""
+        with self._lock:
+            recs = self._records.setdefault(_norm(name), [])
+            recs[:] = [r for r in recs if r[0] != QTYPE.TXT]
+            for text in records:
+                recs.append((QTYPE.TXT, TXT([text.encode()])))
+
+    def add_tlsa(self, name, usage, selector, mtype, data):
+        """One TLSA record (RFC 6698) of name; data = the association bytes."""
+        self._add(name, QTYPE.TLSA, TLSA(usage, selector, mtype, data))
 
     def add_cname(self, name, target):
         self._add(name, QTYPE.CNAME, CNAME(target))
@@ -216,6 +234,8 @@ class FakeDNS:
         if mode == "garbage":
             return data[:2] + os.urandom(random.randint(1, 200))
         reply = req.reply(ra=1, aa=1)
+        # reply() copies the query's flags: AD only when this "resolver" validated
+        reply.header.ad = 1 if self.ad else 0
         if mode == "nxdomain":
             reply.header.rcode = RCODE.NXDOMAIN
             return reply.pack()
