@@ -6,6 +6,7 @@
 #include "core/runtime.h"
 #include "delivery/prepare.h"
 #include "dkim/dkim.h"
+#include "dkim/dkim_cache.h"
 #include "obs/log.h"
 #include "queue/entry.h"
 #include "queue/spool.h"
@@ -28,10 +29,12 @@ static int apply_hdr_edits(const struct entry *e, struct buf *content)
     return PT_OK;
 }
 
-/* DKIM: signs content with every configured key for the most specific domain that
- * covers the From: domain (two keys for one domain = dual signing). A failure is
- * logged and the message goes out unsigned by that key rather than not at all. */
-static void dkim_apply(const struct runtime *rt, const struct entry *e, struct buf *content)
+/* DKIM with the configured keys: every key for the most specific domain that covers
+ * the From: domain (two keys for one domain = dual signing), signatures appended to
+ * sig. A failure is logged and the message goes out unsigned by that key rather than
+ * not at all. */
+static void dkim_config_keys(const struct runtime *rt, const struct entry *e,
+                             const struct buf *content, double now, struct buf *sig)
 {
     char from[256];
     if (rt->n_dkim == 0 || !dkim_from_domain(content->data, content->len, from))
@@ -42,26 +45,72 @@ static void dkim_apply(const struct runtime *rt, const struct entry *e, struct b
         if (dkim_domain_covers(d, from) && strlen(d) > best)
             best = strlen(d);
     }
-    if (best == 0)
-        return;
-    struct buf sig;
-    buf_init(&sig, 0);
-    double now = time_now();
-    for (int i = 0; i < rt->n_dkim; i++) {
+    for (int i = 0; best && i < rt->n_dkim; i++) {
         const char *d = dkim_key_domain(rt->dkim[i]);
         if (strlen(d) != best || !dkim_domain_covers(d, from))
             continue;
-        int rc = dkim_sign(rt->dkim[i], content->data, content->len, now, &sig);
+        int rc = dkim_sign(rt->dkim[i], content->data, content->len, now, sig);
         if (rc != PT_OK)
             log_warn("%s: DKIM signing for %s failed (%d): sent unsigned by this key", e->id, d,
                      rc);
     }
-    if (sig.len && buf_append(&sig, content->data, content->len) == PT_OK) {
-        buf_free(content);
-        *content = sig;
-        return;
+}
+
+/* DKIM with the keys a hook asked for (sign_dkim: e->dkim_sign lines
+ * "domain\tselector\tkey_file\n"), through the process-wide key cache. Unlike the
+ * configured keys, a key that cannot be loaded or used now is an error: the hook
+ * asked for this signature, so the message is deferred, never sent unsigned. */
+static int dkim_hook_keys(const struct entry *e, const struct buf *content, double now,
+                          struct buf *sig)
+{
+    const char *p = e->dkim_sign;
+    while (p && *p) {
+        size_t n = strcspn(p, "\n");
+        char line[1024], err[256];
+        if (n >= sizeof line)
+            return PT_INVALID;
+        memcpy(line, p, n);
+        line[n] = 0;
+        p += n + (p[n] == '\n');
+        char *sel = strchr(line, '\t'), *file = sel ? strchr(sel + 1, '\t') : NULL;
+        if (!sel || !file)
+            return PT_INVALID;
+        *sel++ = 0;
+        *file++ = 0;
+        const struct dkim_key *k = dkim_key_cache_get(line, sel, file, err, sizeof err);
+        if (!k) {
+            log_warn("%s: sign_dkim (%s, selector %s): %s: delivery deferred", e->id, line, sel,
+                     err);
+            return PT_ERROR;
+        }
+        int rc = dkim_sign(k, content->data, content->len, now, sig);
+        if (rc != PT_OK) {
+            log_warn("%s: sign_dkim (%s, selector %s) failed (%d): delivery deferred", e->id,
+                     line, sel, rc);
+            return rc;
+        }
+    }
+    return PT_OK;
+}
+
+/* Prepends the signatures of the configured keys and of the hooks' keys. */
+static int dkim_apply(const struct runtime *rt, const struct entry *e, struct buf *content)
+{
+    struct buf sig;
+    buf_init(&sig, 0);
+    double now = time_now();
+    dkim_config_keys(rt, e, content, now, &sig);
+    int rc = dkim_hook_keys(e, content, now, &sig);
+    if (rc == PT_OK && sig.len) {
+        rc = buf_append(&sig, content->data, content->len);
+        if (rc == PT_OK) {
+            buf_free(content);
+            *content = sig;
+            return PT_OK;
+        }
     }
     buf_free(&sig);
+    return rc;
 }
 
 int prepare_content(const struct runtime *rt, const struct entry *e, struct buf *out)
@@ -74,6 +123,11 @@ int prepare_content(const struct runtime *rt, const struct entry *e, struct buf 
         buf_init(out, 0);
         return rc == PT_NOTFOUND ? PT_NOTFOUND : rc;
     }
-    dkim_apply(rt, e, out);
+    rc = dkim_apply(rt, e, out);
+    if (rc != PT_OK) {
+        buf_free(out);
+        buf_init(out, 0);
+        return rc == PT_NOTFOUND ? PT_ERROR : rc;
+    }
     return PT_OK;
 }

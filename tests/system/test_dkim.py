@@ -8,11 +8,12 @@ other domains go out unsigned; a bad key is a startup error naming the file.
 import base64
 import os
 import subprocess
+import time
 
 import dkim
 import pytest
 
-from harness import Lua, make_message, msgid_of
+from harness import Lua, make_message, msgid_of, wait_for
 
 
 def genkey(path, kind):
@@ -101,3 +102,48 @@ def test_bad_key_is_a_startup_error(world, keys, tmp_path):
         assert p.proc.wait(10) != 0
         p.expected_exit = True
         assert name in p.stderr_text(), p.stderr_text()
+
+
+def test_sign_dkim_hook_signs_per_message_and_defers_when_the_key_goes(world, keys, tmp_path):
+    """sign_dkim(domain, selector, key_file) from a hook: that message leaves signed
+    with that key (no configure_dkim_signing at all), only the messages the hook chose;
+    a key file gone at delivery time defers the message, never sends it unsigned."""
+    from test_http import http_petrel
+    from test_http_inject import post
+    dest = world.mx_domain("dest.test", "127.0.0.2")
+    world.mx_domain("sender.test", "127.0.0.3")
+    moving = tmp_path / "moving.pem"
+    moving.write_bytes(open(keys["rsa"], "rb").read())
+    p, (url,) = http_petrel(world, extra=Lua(f'''
+petrel.on("smtp_message_received", function(domain, meta)
+  if meta.headers.Subject == "sign me" then
+    petrel.sign_dkim("sender.test", "s1", "{keys["rsa"]}")
+  elseif meta.headers.Subject == "moving key" then
+    petrel.sign_dkim("sender.test", "s1", "{moving}")
+  end
+end)
+'''), queue={"retry_interval": "1s", "max_retry_interval": "1s"})
+    signed = make_message(sender="alice@sender.test", to=["u@dest.test"], subject="sign me")
+    plain = make_message(sender="alice@sender.test", to=["u@dest.test"], subject="leave me")
+    p.send("alice@sender.test", ["u@dest.test"], signed)
+    p.send("alice@sender.test", ["u@dest.test"], plain)
+    got = dest.wait_message(msgid_of(signed)).data
+    ok, sigs = verify_all(got, keys)
+    assert len(sigs) == 1 and ok == [True], (ok, sigs)
+    assert b"s=s1" in got and b"d=sender.test" in got
+    assert b"dkim-signature" not in dest.wait_message(msgid_of(plain)).data.lower()
+    # held by a suspension while the key disappears; a restart empties the key cache
+    assert post(url, "/api/queue/suspend", {"domain": "dest.test", "duration": "10m"}).status == 200
+    moving_msg = make_message(sender="alice@sender.test", to=["u@dest.test"], subject="moving key")
+    p.send("alice@sender.test", ["u@dest.test"], moving_msg)
+    p.stop()
+    moving.unlink()
+    p.start()
+    assert post(url, "/api/queue/resume", {"domain": "dest.test"}).status == 200
+    wait_for(lambda: "sign_dkim (sender.test, selector s1)" in p.stderr_text(), 30,
+             "the deferral for the missing key")
+    time.sleep(1)
+    assert not dest.find(msgid_of(moving_msg))
+    moving.write_bytes(open(keys["rsa"], "rb").read())
+    got = dest.wait_message(msgid_of(moving_msg), timeout=30).data
+    assert verify_all(got, keys)[0] == [True]
