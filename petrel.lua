@@ -104,10 +104,11 @@ petrel.configure_logging {
 }
 
 -- Hooks (examples). Handlers of one event run in the order registered; inside
--- them the actions (add_header, remove_header, set_queue_priority, route_to, log_info)
--- act on the message being handled. An error in smtp_message_received answers
--- 451 4.3.0. This build runs smtp_server_greeting and smtp_message_received;
--- smtp_delivery_result (below) is accepted but not run yet.
+-- them the actions (add_header, remove_header, set_queue_priority, route_to,
+-- sign_dkim, limit_sending, log_info) act on the message being handled. An error in
+-- smtp_message_received answers 451 4.3.0. All five events run: smtp_server_greeting,
+-- smtp_message_received, http_message_received, http_request and
+-- smtp_delivery_result (after every delivery attempt, on the delivery thread).
 --
 -- petrel.on("smtp_message_received", function(domain, meta)
 --   if meta.headers["X-Type"] == "transactional" then

@@ -94,14 +94,6 @@ static int gen_lua_states(struct cfg_gen *g, int n_smtp, int n_http, char *err, 
     for (; g->n_http_L < n_http; g->n_http_L++)
         if (!(g->http_L[g->n_http_L] = gen_lua(g->cfg, err, errlen)))
             return PT_ERROR;
-    /* Say so when the config hooks an event this build does not raise yet. */
-    static const char *const not_run[] = {
-        "smtp_delivery_result", NULL,
-    };
-    for (int i = 0; g->n_smtp_L && not_run[i]; i++)
-        if (hooks_any(g->smtp_L[0], not_run[i]))
-            log_warn("petrel.on: %s hooks are registered but this build does not run them yet",
-                     not_run[i]);
     return PT_OK;
 }
 

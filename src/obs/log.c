@@ -186,6 +186,10 @@ int log_format(const struct log_record *r, struct buf *out)
     if (!rc) rc = json_str(out, r->tls);
     if (!rc) rc = buf_append(out, ",\"protocol\":", 12);
     if (!rc) rc = json_str(out, r->protocol);
+    if (!rc && r->user) {
+        rc = buf_append(out, ",\"user\":", 8);
+        if (!rc) rc = json_str(out, r->user);
+    }
     if (!rc) rc = buf_append(out, "}\n", 2);
     if (rc) {   /* never leave half a record behind */
         out->len = start;

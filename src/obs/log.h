@@ -16,6 +16,7 @@
 #define LOG_EXPIRATION "Expiration"
 #define LOG_REJECTION "Rejection"
 #define LOG_ADMIN "Admin"
+#define LOG_AUTH_FAILURE "AuthFailure"   /* DESIGN §11: read by contrib/fail2ban */
 
 /* Every field is written; NULL strings and negative numbers become JSON null.
  * Strings are escaped (invalid UTF-8 replaced by U+FFFD). Borrowed. */
@@ -31,6 +32,8 @@ struct log_record {
     int attempts;              /* <0 = null */
     const char *tls;
     const char *protocol;      /* "smtp" | "http" | NULL */
+    const char *user;          /* AuthFailure: the user name tried; the key is written
+                                  only when set */
 };
 
 /* Opens path for appending (creating parent dirs) and starts the writer thread. */

@@ -411,3 +411,8 @@ const char *sasl_user(const struct sasl *s)
 {
     return s->state == SASL_DONE ? s->user : NULL;
 }
+
+const char *sasl_tried_user(const struct sasl *s)
+{
+    return s->user[0] ? s->user : NULL;
+}

@@ -68,6 +68,9 @@ bool sasl_in_progress(const struct sasl *s);
 bool sasl_was_cancelled(const struct sasl *s);
 /* The authenticated user after PT_OK (borrowed from s), else NULL. */
 const char *sasl_user(const struct sasl *s);
+/* The user name the client gave so far (also after a failure: for the AuthFailure
+ * record), or NULL. Borrowed from s. */
+const char *sasl_tried_user(const struct sasl *s);
 /* Ends any exchange and forgets the user; wipes every secret (explicit_bzero).
  * users and hostname are kept. */
 void sasl_reset(struct sasl *s);

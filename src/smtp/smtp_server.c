@@ -603,10 +603,19 @@ static void cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c)
         hangup(s, "454 4.7.0 TLS not available due to temporary reason");
 }
 
-static void auth_failed(struct smtp_session *s)
+/* reply: what we answered. One AuthFailure record per failed AUTH (DESIGN §11),
+ * relay_hosts clients included: fail2ban decides for itself. */
+static void auth_failed(struct smtp_session *s, const char *reply_text)
 {
     struct runtime *rt = s->w->rt;
     metrics_inc(M_AUTH_FAILURES, NULL, NULL, 1);
+    const char *user = sasl_tried_user(&s->sasl);
+    struct log_record r = {
+        .type = LOG_AUTH_FAILURE, .peer_address = s->client_ip, .code = 535,
+        .response = reply_text, .size = -1, .delay = -1, .attempts = -1, .protocol = "smtp",
+        .tls = conn_tls_describe(&s->conn), .user = user && *user ? user : NULL,
+    };
+    log_event(&r);
     if (in_relay_hosts(s))
         return;
     s->auth_failures++;
@@ -640,7 +649,7 @@ static void auth_result(struct smtp_session *s, int rc, const char *out)
         break;
     case PT_ERROR:
         reply(s, "535 5.7.8 Authentication credentials invalid");
-        auth_failed(s);
+        auth_failed(s, "535 5.7.8 Authentication credentials invalid");
         break;
     case PT_NOTFOUND:
         reply(s, "504 5.5.4 Unrecognized authentication type");
