@@ -48,6 +48,8 @@ struct smtp_client {
     char site[300];
     char peer[64];
     char last_error[512];
+    char last_tls[128];             /* TLS of the last host given up on (host_fail), for
+                                       the result when no later host was reached */
     bool need_rset, aborting, txn_started;
     bool no_chunking;
     enum client_tls_policy tls_policy; /* of this connection (route's, raised or lowered
@@ -155,8 +157,11 @@ static void txn_done(struct smtp_client *c, bool usable)
     c->nres = 0;
     txn_clear(c);
     c->deliveries++;
+    const char *tls = conn_tls_describe(&c->conn);
+    if (!tls && c->last_tls[0])
+        tls = c->last_tls;
     c->ops->on_done(c->owner, c, e, res, nres, usable, c->site[0] ? c->site : NULL,
-                    c->peer[0] ? c->peer : NULL, conn_tls_describe(&c->conn));
+                    c->peer[0] ? c->peer : NULL, tls);
     for (uint32_t i = 0; i < nres; i++)
         free(res[i].text);
     free(res);
@@ -617,6 +622,8 @@ static void host_fail(struct smtp_client *c, const char *fmt, ...)
     vsnprintf(c->last_error, sizeof c->last_error, fmt, ap);
     va_end(ap);
     log_info("smtp-out %s: %s", c->site, c->last_error);
+    const char *tls = conn_tls_describe(&c->conn);
+    snprintf(c->last_tls, sizeof c->last_tls, "%s", tls ? tls : "");
     if (!c->conn.tls || c->conn.tls_done)
         conn_send(&c->conn, "QUIT\r\n", 6);
     conn_close(&c->conn, true);
@@ -956,6 +963,7 @@ static void try_next_host(struct smtp_client *c)
         snprintf(c->site, sizeof c->site, "%s:%u", h->name, c->port);
         cidr_addr_str((struct sockaddr *)&ss, c->peer, sizeof c->peer);
         buf_free(&c->conn.in);
+        c->last_tls[0] = 0;  /* a new host: only its own TLS counts from here */
         if (conn_init(&c->conn, c->loop, &client_conn_ops, c) != PT_OK)
             break;
         smtp_reply_init(&c->rp);

@@ -29,8 +29,6 @@ from certs import PKI  # noqa: E402
 from tls_sinks import tls_sink  # noqa: E402
 
 
-@pytest.mark.xfail(strict=True, reason="needs smtp_client.c (src/smtp, not the delivery "
-                   "wing's) to keep the TLS description of a host it gave up on after AUTH")
 def test_failed_auth_over_tls_names_the_tls(world, tmp_path):
     pki = PKI(tmp_path / "pki")
     rp = world.other_port()
