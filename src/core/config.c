@@ -859,11 +859,6 @@ static int api_configure_redis(lua_State *L)
 static int api_configure_delivery(lua_State *L)
 {
     configure(L, "configure_delivery", delivery_opts);
-    /* The SMTP client takes it as smtp_client_params.no_chunking, which the
-     * scheduler does not pass yet: refuse what would be silently ignored. */
-    if (!cfg_of(L)->delivery.chunking)
-        return lua_api_error(L, "configure_delivery: chunking = false is not supported yet "
-                             "(BDAT is always used towards a next hop offering CHUNKING)");
     if (cfg_of(L)->delivery.tls_rpt)
         return lua_api_error(L, "configure_delivery: tls_rpt = true is not implemented yet "
                              "(no TLS-RPT reports are sent); remove it");

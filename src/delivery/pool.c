@@ -187,6 +187,7 @@ static void start_client(struct pool_conn *c, struct entry *e)
         .helo = cfg->delivery.helo_name ? cfg->delivery.helo_name : pt->rt->hostname,
         .connect_timeout = cfg->delivery.connect_timeout,
         .command_timeout = cfg->delivery.connect_timeout * 5 > 600 ? 600 : cfg->delivery.connect_timeout * 5,
+        .no_chunking = !cfg->delivery.chunking,
     };
     for (int i = 0; c->policy && i < DNS_MAX_HOSTS; i++) {
         p.host_tls[i] = c->policy->host_tls[i];

@@ -71,7 +71,7 @@ struct sched {
     struct runtime *rt;
     int n;
     struct dthread *t;
-    bool started;
+    atomic_bool started;           /* written by sched_start/stop, read by the spool thread */
     _Atomic uint64_t depth;
     struct route_table *routes;
 };

@@ -153,9 +153,19 @@ def test_chunking_option_validated(world, tmp_path):
     assert r.returncode == 0 and "config ok" in r.stdout, r
     r = check(base + 'petrel.configure_delivery { chunking = "yes" }\n')
     assert r.returncode == 1 and re.search(r"c\.lua:2: .*chunking", r.stderr), r
-    # not applied yet (the scheduler does not pass it): refused, never ignored
     r = check(base + "petrel.configure_delivery {\n  chunking = false,\n}\n")
-    assert r.returncode == 1 and re.search(r"c\.lua:\d+: .*chunking", r.stderr), r
+    assert r.returncode == 0 and "config ok" in r.stdout, r
+
+
+def test_chunking_false_sends_data_to_a_hop_offering_chunking(world):
+    world.mx_domain("sender.test", "127.0.0.3")
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING"])
+    p = world.petrel(delivery={"chunking": False})
+    data = make_message(subject="data out", body=DOTTY)
+    p.send("alice@sender.test", ["bob@dest.test"], data)
+    t = hop.wait_message(msgid_of(data))
+    assert t.via == "DATA", hop.command_lines()
+    assert split_first_header(t.data)[1] == data
 
 
 def _private_postfix(tmp_path, sink_port):
