@@ -113,6 +113,8 @@ def test_untrusted_missing_malformed_and_slow_are_dropped(world):
     with connect(p, b"PROXY TCP4 ") as c:
         assert c.wait_closed(10)
         assert time.monotonic() - t0 >= 2.5
+    # the log thread writes the timeout's line just after the close: wait for it
+    wait_for(lambda: "no PROXY header within" in new_stderr(p, since), 10, "the timeout line")
     err = new_stderr(p, since)
     assert "refused: peer not in proxy_trusted_hosts" in err and "127.0.0.2" in err, err
     assert err.count("malformed or missing PROXY header") >= 4, err
