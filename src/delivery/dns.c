@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "delivery/dns.h"
+#include "delivery/dnsrec.h"
 #include "util/result.h"
 
 /* Tunables: every default in one place. */
@@ -330,32 +331,6 @@ static int malformed(struct dns_result *out, const char *why)
     return PT_INVALID;
 }
 
-static int skip_name(const unsigned char *b, int len, int *off)
-{
-    int p = *off;
-    while (p < len) {
-        unsigned c = b[p];
-        if (c == 0) {
-            *off = p + 1;
-            return PT_OK;
-        }
-        if ((c & 0xc0) == 0xc0) {
-            if (p + 2 > len)
-                return PT_INVALID;
-            *off = p + 2;
-            return PT_OK;
-        }
-        if (c & 0xc0)
-            return PT_INVALID;
-        p += 1 + (int)c;
-    }
-    return PT_INVALID;
-}
-
-static unsigned get16(const unsigned char *p)
-{
-    return (unsigned)p[0] << 8 | p[1];
-}
 
 /* Walks the question and answer sections, checking every length against alen, and
  * returns the smallest TTL among answer records of type or CNAME (how many: *nrec).
@@ -364,22 +339,22 @@ static unsigned get16(const unsigned char *p)
 static int scan_answer(const unsigned char *b, int len, unsigned type, uint32_t *min_ttl,
                        int *nrec)
 {
-    unsigned qd = get16(b + 4), an = get16(b + 6);
+    unsigned qd = dnsrec_get16(b + 4), an = dnsrec_get16(b + 6);
     int off = 12;
     for (unsigned i = 0; i < qd; i++) {
-        if (skip_name(b, len, &off) != PT_OK || off + 4 > len)
+        if (dnsrec_skip_name(b, len, &off) != PT_OK || off + 4 > len)
             return PT_INVALID;
         off += 4;
     }
     uint32_t ttl = UINT32_MAX;
     int n = 0;
     for (unsigned i = 0; i < an; i++) {
-        if (skip_name(b, len, &off) != PT_OK || off + 10 > len)
+        if (dnsrec_skip_name(b, len, &off) != PT_OK || off + 10 > len)
             return PT_INVALID;
-        unsigned rtype = get16(b + off);
+        unsigned rtype = dnsrec_get16(b + off);
         uint32_t rttl = (uint32_t)b[off + 4] << 24 | (uint32_t)b[off + 5] << 16 |
                         (uint32_t)b[off + 6] << 8 | b[off + 7];
-        unsigned rdlen = get16(b + off + 8);
+        unsigned rdlen = dnsrec_get16(b + off + 8);
         off += 10;
         if (rdlen > (unsigned)(len - off))
             return PT_INVALID;

@@ -6,7 +6,7 @@
 #include "delivery/dnsrec.h"
 #include "util/result.h"
 
-static int skip_name(const unsigned char *b, int len, int *off)
+int dnsrec_skip_name(const unsigned char *b, int len, int *off)
 {
     int p = *off;
     while (p < len) {
@@ -28,7 +28,7 @@ static int skip_name(const unsigned char *b, int len, int *off)
     return PT_INVALID;
 }
 
-static unsigned get16(const unsigned char *p)
+unsigned dnsrec_get16(const unsigned char *p)
 {
     return (unsigned)p[0] << 8 | p[1];
 }
@@ -40,18 +40,18 @@ int dnsrec_parse(const unsigned char *b, int len, unsigned type, struct dnsrec_s
         return PT_INVALID;
     out->rcode = b[3] & 0x0f;
     out->ad = (b[3] & 0x20) != 0;
-    unsigned qd = get16(b + 4), an = get16(b + 6);
+    unsigned qd = dnsrec_get16(b + 4), an = dnsrec_get16(b + 6);
     int off = 12;
     for (unsigned i = 0; i < qd; i++) {
-        if (skip_name(b, len, &off) != PT_OK || off + 4 > len)
+        if (dnsrec_skip_name(b, len, &off) != PT_OK || off + 4 > len)
             return PT_INVALID;
         off += 4;
     }
     for (unsigned i = 0; i < an; i++) {
-        if (skip_name(b, len, &off) != PT_OK || off + 10 > len)
+        if (dnsrec_skip_name(b, len, &off) != PT_OK || off + 10 > len)
             return PT_INVALID;
-        unsigned rtype = get16(b + off), rclass = get16(b + off + 2);
-        unsigned rdlen = get16(b + off + 8);
+        unsigned rtype = dnsrec_get16(b + off), rclass = dnsrec_get16(b + off + 2);
+        unsigned rdlen = dnsrec_get16(b + off + 8);
         off += 10;
         if (rdlen > (unsigned)(len - off))
             return PT_INVALID;

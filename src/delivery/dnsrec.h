@@ -20,6 +20,12 @@ struct dnsrec_set {
     struct { uint16_t off, len; } rr[DNSREC_MAX]; /* RDATA of each record, in abuf */
 };
 
+/* Wire-format helpers shared with dns.c: skips the (possibly compressed) name at
+ * *off, checking every label against len (PT_OK with *off past it, or PT_INVALID);
+ * a big-endian 16-bit field. */
+int dnsrec_skip_name(const unsigned char *b, int len, int *off);
+unsigned dnsrec_get16(const unsigned char *p);
+
 /* Parses a response (abuf[0..alen), borrowed; the offsets in out point into it).
  * PT_OK when the framing is sound (out->rcode says NXDOMAIN, SERVFAIL...), PT_INVALID
  * when it is not a well-formed response. */

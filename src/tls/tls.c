@@ -469,11 +469,10 @@ static int drive_handshake(struct tls_session *s)
     return fail(s, e, "TLS handshake failed");
 }
 
-struct tls_session *tls_session_new(struct tls_ctx *ctx, bool server, const char *sni,
-                                    const char *verify_host)
+/* A session in HANDSHAKE state with its SSL on our memory BIO; NULL when out of
+ * memory (nothing left allocated). */
+static struct tls_session *session_alloc(struct tls_ctx *ctx)
 {
-    if (!ctx || server != ctx->server)
-        return NULL;
     struct tls_session *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
@@ -481,13 +480,26 @@ struct tls_session *tls_session_new(struct tls_ctx *ctx, bool server, const char
     buf_init(&s->out, 0);
     buf_init(&s->pending, TLS_PENDING_MAX);
     enter_state(s, TLS_STATE_HANDSHAKE);
-
     BIO *bio = NULL;
-    if (!(s->ssl = SSL_new(ctx->ssl_ctx)) || !(bio = BIO_new(bio_method)))
-        goto fail;
+    if (!(s->ssl = SSL_new(ctx->ssl_ctx)) || !(bio = BIO_new(bio_method))) {
+        ERR_clear_error();
+        tls_session_free(s);
+        return NULL;
+    }
     BIO_set_data(bio, s);
     BIO_set_init(bio, 1);
     SSL_set_bio(s->ssl, bio, bio); /* one BIO as rbio and wbio: SSL takes the reference */
+    return s;
+}
+
+struct tls_session *tls_session_new(struct tls_ctx *ctx, bool server, const char *sni,
+                                    const char *verify_host)
+{
+    if (!ctx || server != ctx->server)
+        return NULL;
+    struct tls_session *s = session_alloc(ctx);
+    if (!s)
+        return NULL;
     if (server) {
         SSL_set_accept_state(s->ssl);
         return s;
@@ -520,19 +532,9 @@ struct tls_session *tls_session_new_dane(struct tls_ctx *ctx, const char *host,
 {
     if (!ctx || ctx->server || !host || !*host || is_ip_literal(host) || n <= 0)
         return NULL;
-    struct tls_session *s = calloc(1, sizeof *s);
+    struct tls_session *s = session_alloc(ctx);
     if (!s)
         return NULL;
-    buf_init(&s->in, TLS_IN_MAX);
-    buf_init(&s->out, 0);
-    buf_init(&s->pending, TLS_PENDING_MAX);
-    enter_state(s, TLS_STATE_HANDSHAKE);
-    BIO *bio = NULL;
-    if (!(s->ssl = SSL_new(ctx->ssl_ctx)) || !(bio = BIO_new(bio_method)))
-        goto fail;
-    BIO_set_data(bio, s);
-    BIO_set_init(bio, 1);
-    SSL_set_bio(s->ssl, bio, bio);
     SSL_set_connect_state(s->ssl);
     /* host is the reference name for DANE-TA(2) chains; DANE-EE(3) matches the key
      * alone, no name or validity checks (RFC 7672 §3.1.1) */
