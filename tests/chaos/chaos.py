@@ -21,9 +21,7 @@ import json
 import os
 import random
 import re
-import signal
 import smtplib
-import socket
 import sys
 import tempfile
 import threading
@@ -34,6 +32,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "system"))
 
 from fakedns import FakeDNS  # noqa: E402
 from harness import Petrel, free_port, lua_config, lua_value  # noqa: E402
+from tcpserver import ThreadedTCPServer  # noqa: E402
 
 DOMAINS = ("alpha.test", "beta.test", "gamma.test")
 MID_RE = re.compile(rb"^Message-ID:\s*<([^>]+)>", re.I | re.M)
@@ -41,35 +40,19 @@ MID_RE = re.compile(rb"^Message-ID:\s*<([^>]+)>", re.I | re.M)
 
 # ---------------------------------------------------------------- the flaky next hop
 
-class FlakyHop:
+class FlakyHop(ThreadedTCPServer):
     """A threaded SMTP server recording every Message-ID it accepted (with the time),
     injecting faults while `faults` is on: a 421 greeting, a 451 to RCPT, a connection
     dropped in the middle of DATA, a 451 after the final dot."""
 
     def __init__(self, ip, port, rng, p_refuse=0.05, p_rcpt4xx=0.03, p_drop=0.05, p_data4xx=0.05):
-        self.ip, self.port, self.rng = ip, port, rng
+        super().__init__(ip, port, 128)
+        self.rng = rng
         self.p = dict(refuse=p_refuse, rcpt4xx=p_rcpt4xx, drop=p_drop, data4xx=p_data4xx)
         self.faults = True
         self.injected = collections.Counter()
         self.deliveries = collections.defaultdict(list)    # msgid -> [time, ...]
         self.lock = threading.Lock()
-        self.stop_ev = threading.Event()
-
-    def start(self):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((self.ip, self.port))
-        s.listen(128)
-        s.settimeout(0.2)
-        self.srv = s
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.stop_ev.set()
-        self.thread.join(3)
-        self.srv.close()
 
     def _roll(self, what):
         with self.lock:
@@ -77,16 +60,6 @@ class FlakyHop:
             if hit:
                 self.injected[what] += 1
         return hit
-
-    def _accept(self):
-        while not self.stop_ev.is_set():
-            try:
-                c, _ = self.srv.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(c,), daemon=True).start()
 
     def _session(self, sock):
         sock.settimeout(30)

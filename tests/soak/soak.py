@@ -22,8 +22,6 @@ import os
 import random
 import re
 import smtplib
-import socket
-import ssl
 import sys
 import tempfile
 import threading
@@ -35,6 +33,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "system"))
 from certs import PKI, listener_tls  # noqa: E402
 from fakedns import FakeDNS  # noqa: E402
 from harness import Petrel, free_port, lua_config, lua_value  # noqa: E402
+from tcpserver import ThreadedTCPServer  # noqa: E402
 
 DOMAINS = [f"d{i}.soak.test" for i in range(5)]
 MID_RE = re.compile(rb"^Message-ID:\s*<([^>]+)>", re.I | re.M)
@@ -47,41 +46,15 @@ def parse_duration(text):
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
-class Hop:
+class Hop(ThreadedTCPServer):
     """Next hop: accepts, answers 451 / 550 to a share of transactions, records ids."""
 
     def __init__(self, ip, port, rng, p4=0.05, p5=0.01):
-        self.ip, self.port, self.rng, self.p4, self.p5 = ip, port, rng, p4, p5
+        super().__init__(ip, port, 256)
+        self.rng, self.p4, self.p5 = rng, p4, p5
         self.lock = threading.Lock()
         self.delivered = collections.Counter()
         self.answers = collections.Counter()
-        self.stop_ev = threading.Event()
-
-    def start(self):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((self.ip, self.port))
-        s.listen(256)
-        s.settimeout(0.2)
-        self.srv = s
-        self.t = threading.Thread(target=self._accept, daemon=True)
-        self.t.start()
-        return self
-
-    def stop(self):
-        self.stop_ev.set()
-        self.t.join(3)
-        self.srv.close()
-
-    def _accept(self):
-        while not self.stop_ev.is_set():
-            try:
-                c, _ = self.srv.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(c,), daemon=True).start()
 
     def _session(self, sock):
         sock.settimeout(60)

@@ -20,7 +20,8 @@ import time
 import pytest
 
 from certs import PKI
-from harness import make_message, msgid_of, wait_for
+from harness import make_message, wait_for
+from tcpserver import ThreadedTCPServer
 
 SMUGGLE_ENDS = [
     b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r.\r\n", b"\r\n.\n", b"\r\n.\r", b"\n.\r",
@@ -28,13 +29,13 @@ SMUGGLE_ENDS = [
 ]
 
 
-class RecordingHop:
+class RecordingHop(ThreadedTCPServer):
     """A next hop on ip:port speaking just enough SMTP, recording the raw bytes of
     each session, the MAIL commands and the raw DATA payloads (up to the first
     exact CRLF.CRLF). Optional STARTTLS with a pipelined injected reply."""
 
     def __init__(self, ip, port, tls_ctx=None, inject=b""):
-        self.ip, self.port = ip, port
+        super().__init__(ip, port, 16)
         self.tls_ctx, self.inject = tls_ctx, inject
         self.sessions = []            # raw bytes per connection
         self.mails = []               # MAIL FROM lines seen in command mode
@@ -42,33 +43,6 @@ class RecordingHop:
         self.premature = []           # bytes sent by the client before our EHLO reply in TLS
         self.errors = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-
-    def start(self):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((self.ip, self.port))
-        s.listen(16)
-        s.settimeout(0.2)
-        self._srv = s
-        self._t = threading.Thread(target=self._accept, daemon=True)
-        self._t.start()
-        return self
-
-    def stop(self):
-        self._stop.set()
-        self._t.join(3)
-        self._srv.close()
-
-    def _accept(self):
-        while not self._stop.is_set():
-            try:
-                c, _ = self._srv.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(c,), daemon=True).start()
 
     def _session(self, sock):
         idx = None
