@@ -636,3 +636,19 @@ def run_petrel(*args, timeout=15, cwd=None):
     return subprocess.run([PETREL_BIN, *args], capture_output=True, timeout=timeout,
                           cwd=cwd, stdin=subprocess.DEVNULL)
 
+
+def raw_send(p, sender, rcpts, data, mail_params="", rcpt_params=None):
+    """One message through a raw session (no client library in between): MAIL with
+    mail_params (e.g. " RET=HDRS"), each RCPT with rcpt_params[addr]; asserts 250s."""
+    rcpt_params = rcpt_params or {}
+    with p.raw() as c:
+        assert c.cmd("EHLO client.test")[0] == 250
+        code, text = c.cmd(f"MAIL FROM:<{sender}>{mail_params}".encode())
+        assert code == 250, (code, text)
+        for r in rcpts:
+            code, text = c.cmd(f"RCPT TO:<{r}>{rcpt_params.get(r, '')}".encode())
+            assert code == 250, (r, code, text)
+        assert c.cmd("DATA")[0] == 354
+        c.send(data.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+        code, text = c.reply()
+        assert code == 250, (code, text)

@@ -9,7 +9,7 @@ REQUIRETLS (RFC 8689) is refused outside TLS (530).
 
 import time
 
-from harness import make_message, msgid_of, parse_dsn, wait_for
+from harness import raw_send, make_message, msgid_of, parse_dsn, wait_for
 from standards_sinks import CapsSink
 
 
@@ -28,22 +28,6 @@ def lines(sink, verb):
 
 def dsns(sink):
     return [t for t in sink.messages() if t.mail_from == ""]
-
-
-def send_with(p, sender, rcpts, data, mail_params="", rcpt_params=None):
-    """A raw session: MAIL with mail_params, each RCPT with rcpt_params[addr]."""
-    rcpt_params = rcpt_params or {}
-    with p.raw() as c:
-        assert c.cmd("EHLO client.test")[0] == 250
-        code, text = c.cmd(f"MAIL FROM:<{sender}>{mail_params}".encode())
-        assert code == 250, (code, text)
-        for r in rcpts:
-            code, text = c.cmd(f"RCPT TO:<{r}>{rcpt_params.get(r, '')}".encode())
-            assert code == 250, (r, code, text)
-        assert c.cmd("DATA")[0] == 354
-        c.send(data.replace(b"\r\n.", b"\r\n..") + b".\r\n")
-        code, text = c.reply()
-        assert code == 250, (code, text)
 
 
 def test_ehlo_advertises_dsn_and_not_requiretls_in_clear(world):
@@ -87,7 +71,7 @@ def test_params_relayed_verbatim_to_a_dsn_hop(world):
     p = world.petrel()
     rcpts = ["bob@dest.test", "carol@dest.test", "dave@dest.test"]
     data = make_message(to=rcpts, subject="dsn params out")
-    send_with(p, "alice@sender.test", rcpts, data, " RET=HDRS ENVID=env+2B1+3D",
+    raw_send(p, "alice@sender.test", rcpts, data, " RET=HDRS ENVID=env+2B1+3D",
               rcpt_params={
                   "bob@dest.test": " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob+2Bx@Orig.test",
                   "carol@dest.test": " NOTIFY=NEVER"})
@@ -110,7 +94,7 @@ def test_hop_without_dsn_gets_no_params_and_petrel_reports_relayed(world):
     p = world.petrel()
     rcpts = ["bob@dest.test", "carol@dest.test"]
     data = make_message(to=rcpts, subject="relayed report")
-    send_with(p, "alice@sender.test", rcpts, data, " RET=FULL ENVID=QQ314159",
+    raw_send(p, "alice@sender.test", rcpts, data, " RET=FULL ENVID=QQ314159",
               rcpt_params={"bob@dest.test": " NOTIFY=SUCCESS ORCPT=rfc822;bob@orig.test"})
     hop.wait_message(msgid_of(data))
     mail = lines(hop, b"MAIL")
@@ -148,7 +132,7 @@ def test_real_postfix_as_next_hop_receives_dsn_parameters(world, tmp_path):
     try:
         p = world.petrel(transport={"dest.test": {"relayhost": f"[127.0.0.1]:{pf.port}"}})
         data = make_message(to=["bob@dest.test"], subject="dsn through postfix")
-        send_with(p, "alice@sender.test", ["bob@dest.test"], data, " RET=HDRS ENVID=PF+2B7",
+        raw_send(p, "alice@sender.test", ["bob@dest.test"], data, " RET=HDRS ENVID=PF+2B7",
                   rcpt_params={"bob@dest.test":
                                " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob+2BOrig@dest.test"})
         final.wait_message(msgid_of(data), timeout=30)

@@ -10,7 +10,7 @@ the null sender.
 import re
 import time
 
-from harness import make_message, parse_dsn, run_petrel, wait_for
+from harness import raw_send, make_message, parse_dsn, run_petrel, wait_for
 
 
 def dsns(sink):
@@ -20,21 +20,6 @@ def dsns(sink):
 def wait_dsns(sink, n=1, timeout=25):
     return wait_for(lambda: len(dsns(sink)) >= n and dsns(sink), timeout,
                     lambda: f"{n} DSN(s) at {sink}; it has {sink.messages()!r}")
-
-
-def send_with(p, sender, rcpts, data, mail_params="", rcpt_params=None):
-    rcpt_params = rcpt_params or {}
-    with p.raw() as c:
-        assert c.cmd("EHLO client.test")[0] == 250
-        code, text = c.cmd(f"MAIL FROM:<{sender}>{mail_params}".encode())
-        assert code == 250, (code, text)
-        for r in rcpts:
-            code, text = c.cmd(f"RCPT TO:<{r}>{rcpt_params.get(r, '')}".encode())
-            assert code == 250, (r, code, text)
-        assert c.cmd("DATA")[0] == 354
-        c.send(data.replace(b"\r\n.", b"\r\n..") + b".\r\n")
-        code, text = c.reply()
-        assert code == 250, (code, text)
 
 
 REFUSE = {"never@dest.test": "550 5.1.1 no such user (sink)",
@@ -48,7 +33,7 @@ def test_notify_never_and_without_failure_send_no_dsn(world):
     sender = world.mx_domain("sender.test", "127.0.0.3")
     p = world.petrel()
     data = make_message(to=["never@dest.test", "succ@dest.test"], subject="no dsn wanted")
-    send_with(p, "alice@sender.test", ["never@dest.test", "succ@dest.test"], data,
+    raw_send(p, "alice@sender.test", ["never@dest.test", "succ@dest.test"], data,
               rcpt_params={"never@dest.test": " NOTIFY=NEVER",
                            "succ@dest.test": " NOTIFY=SUCCESS,DELAY"})
     p.wait_records("Bounce", 2)
@@ -56,7 +41,7 @@ def test_notify_never_and_without_failure_send_no_dsn(world):
     assert not dsns(sender), dsns(sender)
     # the same failure without NOTIFY does send one (the test would catch a dead path)
     data = make_message(to=["bad@dest.test"], subject="dsn wanted")
-    send_with(p, "alice@sender.test", ["bad@dest.test"], data)
+    raw_send(p, "alice@sender.test", ["bad@dest.test"], data)
     wait_dsns(sender)
 
 
@@ -66,7 +51,7 @@ def test_failure_dsn_fields_and_ret_hdrs(world):
     p = world.petrel()
     body = "SECRET-BODY-LINE one\r\nSECRET-BODY-LINE two\r\n"
     data = make_message(to=["hdrs@dest.test"], subject="ret hdrs", body=body)
-    send_with(p, "alice@sender.test", ["hdrs@dest.test"], data, " RET=HDRS ENVID=ENV+2B42",
+    raw_send(p, "alice@sender.test", ["hdrs@dest.test"], data, " RET=HDRS ENVID=ENV+2B42",
               rcpt_params={"hdrs@dest.test": " NOTIFY=FAILURE ORCPT=rfc822;Orig+2BHdrs@dest.test"})
     t = wait_dsns(sender)[0]
     d = parse_dsn(t.data)
@@ -85,7 +70,7 @@ def test_ret_full_returns_the_whole_message(world):
     p = world.petrel()
     body = "FULL-BODY-LINE one\r\n.dotted line\r\nFULL-BODY-LINE two\r\n"
     data = make_message(to=["bad@dest.test"], subject="ret full", body=body)
-    send_with(p, "alice@sender.test", ["bad@dest.test"], data, " RET=FULL")
+    raw_send(p, "alice@sender.test", ["bad@dest.test"], data, " RET=FULL")
     t = wait_dsns(sender)[0]
     d = parse_dsn(t.data)
     parts = d["msg"].get_payload()
@@ -105,7 +90,7 @@ def test_local_failure_is_not_labelled_smtp(world):
     world.dns.set_null_mx("nullmx.test")
     p = world.petrel()
     data = make_message(to=["x@nullmx.test"], subject="null mx")
-    send_with(p, "alice@sender.test", ["x@nullmx.test"], data)
+    raw_send(p, "alice@sender.test", ["x@nullmx.test"], data)
     t = wait_dsns(sender)[0]
     r = parse_dsn(t.data)["recipients"][0]
     assert r["action"] == "failed", r
@@ -120,12 +105,12 @@ def test_delay_dsn_sent_once(world):
                             "max_retry_interval": "1s"})
     rcpts = ["slow@dest.test", "quiet@dest.test", "asked@dest.test"]
     data = make_message(to=rcpts, subject="delayed")
-    send_with(p, "alice@sender.test", rcpts, data, " ENVID=D1",
+    raw_send(p, "alice@sender.test", rcpts, data, " ENVID=D1",
               rcpt_params={"quiet@dest.test": " NOTIFY=FAILURE",
                            "asked@dest.test": " NOTIFY=DELAY ORCPT=rfc822;asked@orig.test"})
     # the null sender never gets one
     nd = make_message("", ["slow@dest.test"], subject="null sender delayed")
-    send_with(p, "", ["slow@dest.test"], nd)
+    raw_send(p, "", ["slow@dest.test"], nd)
     t = wait_dsns(sender)[0]
     # several more retries go by: still exactly one delay DSN
     p.wait_records("TransientFailure", 18, timeout=30)

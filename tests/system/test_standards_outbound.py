@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 
-from harness import PETREL_BIN, make_message, msgid_of, parse_dsn, split_first_header, wait_for
+from harness import raw_send, PETREL_BIN, make_message, msgid_of, parse_dsn, split_first_header, wait_for
 from standards_sinks import CapsSink
 
 
@@ -28,20 +28,6 @@ def mail_lines(sink):
 
 def bdat_lines(sink):
     return [c for c in sink.command_lines() if c.upper().startswith(b"BDAT ")]
-
-
-def send_raw(p, sender, rcpts, data, mail_params=""):
-    with p.raw() as c:
-        assert c.cmd("EHLO client.test")[0] == 250
-        code, text = c.cmd(f"MAIL FROM:<{sender}>{mail_params}".encode())
-        assert code == 250, (code, text)
-        for r in rcpts:
-            code, text = c.cmd(f"RCPT TO:<{r}>".encode())
-            assert code == 250, (r, code, text)
-        assert c.cmd("DATA")[0] == 354
-        c.send(data.replace(b"\r\n.", b"\r\n..") + b".\r\n")
-        code, text = c.reply()
-        assert code == 250, (code, text)
 
 
 DOTTY = "first\r\n.leading dot\r\n..two dots\r\n.\r\nlast\r\n"
@@ -95,8 +81,8 @@ def test_body_8bitmime_only_for_8bit_content(world):
     p = world.petrel()
     seven = make_message(subject="seven bit")
     eight = make_message(subject="eight bit", body="Grüße aus Köln\r\n")
-    send_raw(p, "alice@sender.test", ["bob@dest.test"], seven)
-    send_raw(p, "alice@sender.test", ["bob@dest.test"], eight, " BODY=8BITMIME")
+    raw_send(p, "alice@sender.test", ["bob@dest.test"], seven)
+    raw_send(p, "alice@sender.test", ["bob@dest.test"], eight, " BODY=8BITMIME")
     t7 = hop.wait_message(msgid_of(seven))
     t8 = hop.wait_message(msgid_of(eight))
     assert b"BODY=" not in t7.mail_line.upper(), t7.mail_line
@@ -110,8 +96,8 @@ def test_8bit_to_hop_without_8bitmime_bounces_5_6_3(world):
     p = world.petrel()
     eight = make_message(subject="eight bit, no 8BITMIME", body="naïve café\r\n")
     seven = make_message(subject="seven bit still goes")
-    send_raw(p, "alice@sender.test", ["bob@dest.test"], eight, " BODY=8BITMIME")
-    send_raw(p, "alice@sender.test", ["bob@dest.test"], seven)
+    raw_send(p, "alice@sender.test", ["bob@dest.test"], eight, " BODY=8BITMIME")
+    raw_send(p, "alice@sender.test", ["bob@dest.test"], seven)
     hop.wait_message(msgid_of(seven))
     rec = p.wait_record("Bounce", recipient="bob@dest.test")
     assert rec["code"] in (550, 554) and "5.6.3" in (rec["response"] or ""), rec
@@ -132,8 +118,8 @@ def test_utf8_envelope_to_hop_without_smtputf8_bounces_5_6_7(world):
     p = world.petrel()
     d1 = make_message(to=["bøb@dest.test"], subject="utf8 rcpt, no SMTPUTF8")
     d2 = make_message(to=["bøb@utf8.test"], subject="utf8 rcpt, SMTPUTF8")
-    send_raw(p, "alice@sender.test", ["bøb@dest.test"], d1, " SMTPUTF8")
-    send_raw(p, "alice@sender.test", ["bøb@utf8.test"], d2, " SMTPUTF8")
+    raw_send(p, "alice@sender.test", ["bøb@dest.test"], d1, " SMTPUTF8")
+    raw_send(p, "alice@sender.test", ["bøb@utf8.test"], d2, " SMTPUTF8")
     t = utf8.wait_message(msgid_of(d2))
     assert b" SMTPUTF8" in t.mail_line.upper(), t.mail_line
     assert t.rcpt_tos == ["bøb@utf8.test"]
@@ -202,7 +188,7 @@ def test_bdat_to_real_postfix(world, tmp_path):
     try:
         p = world.petrel(transport={"dest.test": {"relayhost": f"[127.0.0.1]:{pf.port}"}})
         data = make_message(subject="through postfix", body=DOTTY + "Grüße\r\n")
-        send_raw(p, "alice@sender.test", ["bob@dest.test"], data, " BODY=8BITMIME")
+        raw_send(p, "alice@sender.test", ["bob@dest.test"], data, " BODY=8BITMIME")
         t = final.wait_message(msgid_of(data), timeout=30)
         assert data.split(b"\r\n\r\n", 1)[1] in t.data
         p.wait_record("Delivery", recipient="bob@dest.test")
@@ -299,7 +285,7 @@ def test_petrel_to_petrel_bdat(world):
     world.dns.add_a("mx.dest.test", b_ip)
     a = world.petrel()
     data = make_message(subject="a to b", body=DOTTY + "Grüße\r\n")
-    send_raw(a, "alice@sender.test", ["bob@dest.test"], data, " BODY=8BITMIME")
+    raw_send(a, "alice@sender.test", ["bob@dest.test"], data, " BODY=8BITMIME")
     t = final.wait_message(msgid_of(data), timeout=30)
     assert t.data.endswith(data), t.data[:600]
     # b received it by BDAT (its session went through the chunk state), with BODY=8BITMIME
