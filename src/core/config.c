@@ -844,6 +844,16 @@ static int api_configure_queue(lua_State *L)
                              "third of it)");
     if (strcmp(q->backend, "redis") == 0 && !q->redis_url)
         return lua_api_error(L, "configure_queue: backend = \"redis\" needs redis_url");
+    /* the Redis options do nothing with the local spool: refused, never ignored */
+    const char *redis_only = strcmp(q->backend, "redis") == 0 ? NULL
+                           : q->redis_url ? "redis_url"
+                           : q->wait_replicas ? "wait_replicas"
+                           : q->max_redis_bytes ? "max_redis_bytes"
+                           : q->lease != DEF_LEASE ? "lease"
+                           : strcmp(q->key_prefix, DEF_KEY_PREFIX) != 0 ? "key_prefix" : NULL;
+    if (redis_only)
+        return lua_api_error(L, "configure_queue: option '%s' applies only with backend = "
+                             "\"redis\"", redis_only);
     return 0;
 }
 

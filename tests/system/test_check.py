@@ -124,6 +124,11 @@ BAD_STATEMENTS = [
     ('petrel.configure_logging { level = "loud" }', ["level"]),
     ('petrel.configure_dns { resolvers = "127.0.0.1" }', ["resolvers"]),
     ('petrel.configure_transport { ["x.example"] = "teleport" }', ["x.example", "teleport"]),
+    # Redis options with the local spool would do nothing: refused
+    ('petrel.configure_queue { redis_url = "redis://127.0.0.1:6379/0" }', ["redis_url"]),
+    ('petrel.configure_queue { wait_replicas = 1 }', ["wait_replicas"]),
+    ('petrel.configure_queue { lease = "30s" }', ["lease"]),
+    ('petrel.configure_queue { key_prefix = "x:" }', ["key_prefix"]),
 ]
 
 
