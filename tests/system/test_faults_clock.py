@@ -26,7 +26,7 @@ def clock(tmp_path, monkeypatch):
     wrapper = tmp_path / "petrel-faketime"
     wrapper.write_text(
         f"#!/bin/sh\nexport LD_PRELOAD={LIB} FAKETIME_TIMESTAMP_FILE={spec} "
-        f"FAKETIME_NO_CACHE=1 DONT_FAKE_MONOTONIC=1\nexec {harness.PETREL_BIN} \"$@\"\n")
+        f"FAKETIME_NO_CACHE=1 DONT_FAKE_MONOTONIC=1\n# an ASan build wants its runtime first; the shim is preloaded before it\nexport ASAN_OPTIONS=${{ASAN_OPTIONS:+$ASAN_OPTIONS:}}verify_asan_link_order=0\nexec {harness.PETREL_BIN} \"$@\"\n")
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setattr(harness, "PETREL_BIN", str(wrapper))
     return spec

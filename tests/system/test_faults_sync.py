@@ -27,7 +27,7 @@ def failsync(tmp_path, monkeypatch):
         pytest.skip(f"cannot build the shim: {r.stderr.decode()[-500:]}")
     flag = tmp_path / "fail-now"
     wrapper = tmp_path / "petrel-failsync"
-    wrapper.write_text(f"#!/bin/sh\nexport LD_PRELOAD={so} FAILSYNC_FLAG={flag}\n"
+    wrapper.write_text(f"#!/bin/sh\nexport LD_PRELOAD={so} FAILSYNC_FLAG={flag}\n# an ASan build wants its runtime first; the shim is preloaded before it\nexport ASAN_OPTIONS=${{ASAN_OPTIONS:+$ASAN_OPTIONS:}}verify_asan_link_order=0\n"
                        f"exec {harness.PETREL_BIN} \"$@\"\n")
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setattr(harness, "PETREL_BIN", str(wrapper))
