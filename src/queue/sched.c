@@ -328,15 +328,7 @@ void sched_entry_remove(struct dthread *t, struct dqueue *q, struct entry *e)
         }
     } else {
         flush_deletes(t);
-        struct spool_batch *b = spool_batch_new();
-        if (b) {
-            spool_batch_del_entry(b, e->id, e->domain);
-            spool_commit_nosync(sp, b);
-            if (!spool_has_entries(sp, e->id) && (b = spool_batch_new()) != NULL) {
-                spool_batch_del_content(b, e->id);
-                spool_commit_nosync(sp, b);
-            }
-        }
+        spool_remove_entry(sp, e->id, e->domain);
     }
     q->nentries--;
     metrics_add(M_QUEUE_DEPTH, e->domain, NULL, -1);

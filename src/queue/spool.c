@@ -99,6 +99,26 @@ int spool_commit_nosync(struct spool *s, struct spool_batch *b)
     return s->ops->commit_nosync(s->impl, b);
 }
 
+int spool_remove_entry(struct spool *s, const char *id, const char *domain)
+{
+    if (s->ops->remove_entry)
+        return s->ops->remove_entry(s->impl, id, domain);
+    struct spool_batch *b = spool_batch_new();
+    if (!b)
+        return PT_NOMEM;
+    int rc = spool_batch_del_entry(b, id, domain);
+    if (rc != PT_OK) {
+        spool_batch_free(b);
+        return rc;
+    }
+    spool_commit_nosync(s, b);
+    if (!spool_has_entries(s, id) && (b = spool_batch_new()) != NULL) {
+        spool_batch_del_content(b, id);
+        spool_commit_nosync(s, b);
+    }
+    return PT_OK;
+}
+
 int spool_writable(struct spool *s)
 {
     return s->ops->writable(s->impl);

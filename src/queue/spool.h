@@ -42,11 +42,15 @@ typedef void (*spool_done_cb)(void *arg, int status);
 /* Queues b (taken) for a durable, group-committed write; cb runs when done.
  * Returns PT_OK, or PT_ERROR if the spool is closing (b is freed, cb not called). */
 int spool_commit_durable(struct spool *s, struct spool_batch *b, spool_done_cb cb, void *arg);
-/* Writes b (taken) now, without fsync (deletions and retry-state updates, whose
+/* Writes b (taken) soon, without forcing an fsync (deletions and retry-state updates, whose
  * loss only means an earlier retry or a duplicate delivery). In read-only mode
  * (see spool_writable) b is kept and written when the spool can write again.
  * Thread-safe. */
 int spool_commit_nosync(struct spool *s, struct spool_batch *b);
+
+/* Deletes the entry of (id, domain) and, once no other entry of id remains, the
+ * content, without a sync (as spool_commit_nosync). Thread-safe. */
+int spool_remove_entry(struct spool *s, const char *id, const char *domain);
 
 /* 1 while the spool takes writes; 0 in read-only mode after a write error (disk
  * full) until space returns (the spool thread retries by itself): refuse new mail

@@ -18,6 +18,8 @@ struct spool_ops {
     int (*batch_del_content)(void *b, const char *id);
     int (*commit_durable)(void *s, void *b, spool_done_cb cb, void *arg);
     int (*commit_nosync)(void *s, void *b);
+    /* optional (NULL: spool.c composes it from del_entry, has_entries, del_content) */
+    int (*remove_entry)(void *s, const char *id, const char *domain);
     int (*writable)(void *s);
     int (*get_content)(void *s, const char *id, struct buf *out);
     int (*has_entries)(void *s, const char *id);

@@ -15,33 +15,35 @@
  * start with a millisecond clock, so scan order is roughly arrival order. Other
  * first bytes are free for future record kinds.
  *
- * Group commit: rdb_commit_durable() appends the batch to a queue under a mutex and
- * returns. The spool thread takes everything queued so far, writes each batch with
- * sync off and then flushes and syncs the WAL once (rocksdb FlushWAL(sync)); batches
- * queued meanwhile form the next group. The WAL is flushed by hand
- * (manual_wal_flush): a write lands in RocksDB's WAL buffer without a syscall, so a
- * group costs one write(2) and one fdatasync however many batches it has, and its
- * batches are never copied into one. rdb_commit_nosync() pushes its write to the
- * OS at once (FlushWAL without sync). Syncing outside RocksDB's write queue keeps
- * rdb_commit_nosync() callers (event loops) from waiting behind our fsync; the
- * cost is that a group is readable a few hundred microseconds before it is durable,
- * which is harmless because nothing is acknowledged (and nobody looks for the
- * message) before the callback.
+ * One writer: every write goes through the spool thread. rdb_commit_durable() and
+ * rdb_commit_nosync() append the batch to one queue under a mutex and return; the
+ * spool thread takes everything queued so far, writes each batch with sync off and
+ * then flushes the WAL once (rocksdb FlushWAL), with a sync when the group holds a
+ * durable batch; batches queued meanwhile form the next group. The WAL is flushed by
+ * hand (manual_wal_flush): a write lands in RocksDB's WAL buffer without a syscall,
+ * so a group costs one write(2) and at most one fdatasync however many batches it
+ * has, and its batches are never copied into one. Event loops never wait for an
+ * fsync (they only append to the queue), and a no-sync batch (deletions after
+ * delivery, retry state) rides along with the next group. A group is readable a few
+ * hundred microseconds before it is durable, which is harmless because nothing is
+ * acknowledged (and nobody looks for the message) before the callback.
+ * One writer is also what keeps a write error safe: RocksDB's WAL writer must never
+ * be used again after an error (Debian's build asserts and aborts), and with two
+ * writing threads the second could pass the read-only check just before the first
+ * failed.
  *
  * Write errors (disk full): the first failed write or WAL flush puts the spool in
- * read-only mode. From then on no write reaches RocksDB (its WAL writer must never
- * be used again after an error: Debian's build asserts and aborts), durable commits
- * fail at once (the SMTP and HTTP fronts answer 4xx/5xx), and reads go on, so
- * deliveries continue. Every SPOOL_RETRY_S the spool thread checks the free space
- * and, with at least SPOOL_RESUME_FREE, closes and reopens the database (RocksDB's
- * own recovery wants a write buffer's worth of free space, 64 MB, and its C API has
- * no Resume): the reopen replays the WAL, drops a torn tail (never acknowledged)
- * and starts a fresh WAL. The same happens when the database cannot be opened for
- * writing at start: it is opened read-only and reopened when space returns.
- * No-sync batches (deletions after delivery, retry state) that arrive in read-only
- * mode are kept in order (up to SPOOL_DEFER_MAX, beyond that dropped: a duplicate
- * delivery at worst) and written first after the reopen, so delivered mail is
- * deleted after all.
+ * read-only mode. From then on no write reaches RocksDB, durable commits fail at once
+ * (the SMTP and HTTP fronts answer 4xx/5xx), and reads go on, so deliveries
+ * continue. Every SPOOL_RETRY_S the spool thread checks the free space and, with at
+ * least SPOOL_RESUME_FREE, closes and reopens the database (RocksDB's own recovery
+ * wants a write buffer's worth of free space, 64 MB, and its C API has no Resume):
+ * the reopen replays the WAL, drops a torn tail (never acknowledged) and starts a
+ * fresh WAL. The same happens when the database cannot be opened for writing at
+ * start: it is opened read-only and reopened when space returns.
+ * No-sync batches that meet read-only mode are kept in order (up to
+ * SPOOL_DEFER_MAX, beyond that dropped: a duplicate delivery at worst) and written
+ * first after the reopen, so delivered mail is deleted after all.
  * Every use of s->db holds dblock for reading; only the reopen holds it for writing.
  *
  * Damage at open: the WAL is replayed tolerating only a torn tail (an incomplete last
@@ -104,8 +106,11 @@
 
 struct rdb_batch {
     rocksdb_writebatch_t *wb;
-    spool_done_cb cb;
+    spool_done_cb cb;           /* durable batches only */
     void *arg;
+    int durable;
+    char last_of[SPOOL_ID_LEN + 1];  /* "": none; else delete this id's content once
+                                      * no entry of it remains (rdb_remove_entry) */
     struct rdb_batch *next;   /* pending queue link */
 };
 
@@ -124,10 +129,12 @@ struct rdb_spool {
     int thread_started;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    struct rdb_batch *head, *tail;    /* pending durable batches, under lock */
+    struct rdb_batch *head, *tail;    /* pending batches (durable and not), under lock */
     struct rdb_batch *dhead, *dtail;  /* read-only mode: deferred no-sync batches, under lock */
     size_t ndeferred;                   /* under lock */
     int closing;                        /* under lock */
+    int thread_done;                    /* under lock: the spool thread has returned */
+    double next_resume;                 /* spool thread: read-only mode's next check */
 
     const char *crc;                    /* what RocksDB's CRC32C runs on (crc32c.h) */
     _Atomic uint64_t durable_commits;
@@ -252,7 +259,6 @@ static int rdb_batch_del_content(struct rdb_batch *b, const char *id)
 
 /* ---- group commit ---- */
 
-/* Writes the group (a list of batches) into the WAL buffer, then one WAL sync. */
 static struct rdb_batch *spool_batch_pop_free(struct rdb_batch *b)
 {
     struct rdb_batch *next = b->next;
@@ -298,20 +304,25 @@ static void db_unlock(struct rdb_spool *s)
     pthread_rwlock_unlock(&s->dblock);
 }
 
-/* Writes the group (a list of batches) into the WAL buffer, then one WAL sync. */
+/* Writes the group (a list of batches) into the WAL buffer, then one WAL flush,
+ * synced when a batch of the group is durable. Spool thread only. */
 static int write_group(struct rdb_spool *s, struct rdb_batch *group)
 {
     char *err = NULL;
+    int sync = 0;
     db_read_lock(s);
-    if (atomic_load(&s->readonly)) {
+    if (atomic_load(&s->readonly) || !s->db) {
         db_unlock(s);
         return PT_ERROR;
     }
-    for (struct rdb_batch *b = group; b && !err; b = b->next)
+    for (struct rdb_batch *b = group; b && !err; b = b->next) {
+        sync |= b->durable;
         rocksdb_write(s->db, s->wopts, b->wb, &err);
+    }
     if (!err) {
-        rocksdb_flush_wal(s->db, 1, &err);
-        atomic_fetch_add_explicit(&s->fsyncs, 1, memory_order_relaxed);
+        rocksdb_flush_wal(s->db, (unsigned char)sync, &err);
+        if (sync)
+            atomic_fetch_add_explicit(&s->fsyncs, 1, memory_order_relaxed);
     }
     if (err)
         spool_write_failed(s, err);   /* the callbacks carry it to the owners (451) */
@@ -325,7 +336,16 @@ static int free_space_ok(const char *dir)
     return statvfs(dir, &v) == 0 && (uint64_t)v.f_bavail * v.f_frsize >= SPOOL_RESUME_FREE;
 }
 
-/* Read-only mode: with enough free space, reopens the database for writing. */
+static double mono_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Read-only mode, spool thread: with enough free space, reopens the database for
+ * writing and puts the deferred no-sync batches at the head of the queue (they are
+ * older than anything queued since), so they are written first. */
 static void try_resume(struct rdb_spool *s)
 {
     if (!free_space_ok(s->dir))
@@ -348,29 +368,54 @@ static void try_resume(struct rdb_spool *s)
         pthread_rwlock_unlock(&s->dblock);
         return;
     }
-    /* Deferred no-sync batches first, in order, before anyone else may write. */
     pthread_mutex_lock(&s->lock);
-    struct rdb_batch *d = s->dhead;
     size_t nd = s->ndeferred;
+    if (s->dhead) {
+        s->dtail->next = s->head;
+        if (!s->head)
+            s->tail = s->dtail;
+        s->head = s->dhead;
+    }
     s->dhead = s->dtail = NULL;
     s->ndeferred = 0;
     pthread_mutex_unlock(&s->lock);
-    for (; d && !err; d = spool_batch_pop_free(d))
-        rocksdb_write(s->db, s->wopts, d->wb, &err);
-    if (!err)
-        rocksdb_flush_wal(s->db, 0, &err);
-    while (d)
-        d = spool_batch_pop_free(d);
-    if (err) {
-        log_error("spool: writing %zu deferred updates failed: %s", nd, err);
-        rocksdb_free(err);
-        pthread_rwlock_unlock(&s->dblock);
-        return;                 /* still read-only: the next check reopens again */
-    }
     atomic_store(&s->readonly, 0);
     pthread_rwlock_unlock(&s->dblock);
-    log_warn("spool: writing again (free space returned; %zu deferred updates written); "
-             "taking mail", nd);
+    log_warn("spool: writing again (free space returned; %zu deferred updates queued "
+             "first); taking mail", nd);
+}
+
+static void enqueue(struct rdb_spool *s, struct rdb_batch *b)
+{
+    b->next = NULL;
+    int was_idle = s->head == NULL;
+    if (s->tail)
+        s->tail->next = b;
+    else
+        s->head = b;
+    s->tail = b;
+    if (was_idle)
+        pthread_cond_signal(&s->cond);
+}
+
+static int rdb_has_entries(struct rdb_spool *s, const char *id);
+
+/* After a written batch of rdb_remove_entry: its content goes once no entry of the
+ * id remains (the spool thread is the only writer, so the answer is current). */
+static void remove_content_if_last(struct rdb_spool *s, const char *id)
+{
+    if (rdb_has_entries(s, id))
+        return;
+    struct rdb_batch *b = rdb_batch_new();
+    if (!b)
+        return;                 /* an orphaned content: disk space, never lost mail */
+    if (rdb_batch_del_content(b, id) != PT_OK) {
+        rdb_batch_free(b);
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    enqueue(s, b);
+    pthread_mutex_unlock(&s->lock);
 }
 
 static void *spool_thread(void *arg)
@@ -386,24 +431,40 @@ static void *spool_thread(void *arg)
             struct timespec t;
             clock_gettime(CLOCK_REALTIME, &t);
             t.tv_sec += SPOOL_RETRY_S;
-            if (pthread_cond_timedwait(&s->cond, &s->lock, &t) == ETIMEDOUT) {
-                pthread_mutex_unlock(&s->lock);
-                try_resume(s);
-                pthread_mutex_lock(&s->lock);
-            }
+            if (pthread_cond_timedwait(&s->cond, &s->lock, &t) == ETIMEDOUT)
+                break;
+        }
+        if (atomic_load(&s->readonly) && !s->closing && mono_now() >= s->next_resume) {
+            pthread_mutex_unlock(&s->lock);
+            try_resume(s);
+            s->next_resume = mono_now() + SPOOL_RETRY_S;
+            continue;
         }
         struct rdb_batch *group = s->head;
         s->head = s->tail = NULL;
+        if (!group && s->closing)
+            s->thread_done = 1;
         pthread_mutex_unlock(&s->lock);
-        if (!group)
-            break;              /* closing and drained */
+        if (!group) {
+            if (s->closing)
+                break;          /* closing and drained */
+            continue;
+        }
 
         int status = write_group(s, group);
         while (group) {
             struct rdb_batch *next = group->next;
-            if (group->cb)
-                group->cb(group->arg, status);
-            rdb_batch_free(group);
+            if (group->durable) {
+                if (group->cb)
+                    group->cb(group->arg, status);
+                rdb_batch_free(group);
+            } else if (status != PT_OK) {
+                spool_defer(s, group);   /* deletes and puts are idempotent: later */
+            } else {
+                if (group->last_of[0])
+                    remove_content_if_last(s, group->last_of);
+                rdb_batch_free(group);
+            }
             group = next;
         }
     }
@@ -418,51 +479,65 @@ static int rdb_commit_durable(struct rdb_spool *s, struct rdb_batch *b, spool_do
     }
     b->cb = cb;
     b->arg = arg;
-    b->next = NULL;
+    b->durable = 1;
     pthread_mutex_lock(&s->lock);
     if (s->closing) {
         pthread_mutex_unlock(&s->lock);
         rdb_batch_free(b);
         return PT_ERROR;
     }
-    int was_idle = s->head == NULL;
-    if (s->tail)
-        s->tail->next = b;
-    else
-        s->head = b;
-    s->tail = b;
     atomic_fetch_add_explicit(&s->durable_commits, 1, memory_order_relaxed);
-    if (was_idle)
-        pthread_cond_signal(&s->cond);
+    enqueue(s, b);
     pthread_mutex_unlock(&s->lock);
     return PT_OK;
 }
 
+/* Queued for the spool thread like a durable batch, without a callback and without
+ * forcing a sync. After the spool thread has returned (close), nothing else runs:
+ * written here. */
 static int rdb_commit_nosync(struct rdb_spool *s, struct rdb_batch *b)
 {
-    char *err = NULL;
     if (!s || !b) {
         rdb_batch_free(b);
         return PT_ERROR;
     }
-    db_read_lock(s);
-    if (atomic_load(&s->readonly)) {
-        db_unlock(s);
-        spool_defer(s, b);
-        return PT_OK;           /* written after the reopen (see the top of the file) */
-    }
-    rocksdb_write(s->db, s->wopts, b->wb, &err);
-    if (!err)
-        rocksdb_flush_wal(s->db, 0, &err);
-    if (err) {
-        spool_write_failed(s, err);
-        db_unlock(s);
-        spool_defer(s, b);      /* deletes and puts are idempotent: write it again later */
+    b->durable = 0;
+    pthread_mutex_lock(&s->lock);
+    if (!s->thread_done && s->thread_started) {
+        enqueue(s, b);
+        pthread_mutex_unlock(&s->lock);
         return PT_OK;
+    }
+    pthread_mutex_unlock(&s->lock);
+    char *err = NULL;
+    db_read_lock(s);
+    if (!atomic_load(&s->readonly) && s->db) {
+        rocksdb_write(s->db, s->wopts, b->wb, &err);
+        if (!err)
+            rocksdb_flush_wal(s->db, 0, &err);
+        if (err)
+            spool_write_failed(s, err);
     }
     db_unlock(s);
     rdb_batch_free(b);
     return PT_OK;
+}
+
+/* Deletes the entry of (id, domain), and the content with it when no other entry of
+ * id remains, without a sync. */
+static int rdb_remove_entry(struct rdb_spool *s, const char *id, const char *domain)
+{
+    struct rdb_batch *b = rdb_batch_new();
+    if (!b)
+        return PT_NOMEM;
+    int rc = rdb_batch_del_entry(b, id, domain);
+    if (rc != PT_OK) {
+        rdb_batch_free(b);
+        return rc;
+    }
+    memcpy(b->last_of, id, SPOOL_ID_LEN);
+    b->last_of[SPOOL_ID_LEN] = '\0';
+    return rdb_commit_nosync(s, b);
 }
 
 static int rdb_writable(struct rdb_spool *s)
@@ -1002,6 +1077,10 @@ static int ops_commit_durable(void *s, void *b, spool_done_cb cb, void *arg)
     return rdb_commit_durable(s, b, cb, arg);
 }
 static int ops_commit_nosync(void *s, void *b) { return rdb_commit_nosync(s, b); }
+static int ops_remove_entry(void *s, const char *id, const char *dom)
+{
+    return rdb_remove_entry(s, id, dom);
+}
 static int ops_writable(void *s) { return rdb_writable(s); }
 static int ops_get_content(void *s, const char *id, struct buf *out)
 {
@@ -1042,6 +1121,7 @@ const struct spool_ops spool_rocksdb_ops = {
     .batch_put_content = ops_put_content, .batch_put_entry = ops_put_entry,
     .batch_del_entry = ops_del_entry, .batch_del_content = ops_del_content,
     .commit_durable = ops_commit_durable, .commit_nosync = ops_commit_nosync,
+    .remove_entry = ops_remove_entry,
     .writable = ops_writable, .get_content = ops_get_content, .has_entries = ops_has_entries,
     .scan_entries = ops_scan_entries, .scan_id = ops_scan_id, .stats = ops_stats,
     .batch_put_suspension = ops_put_suspension, .batch_del_suspension = ops_del_suspension,

@@ -155,6 +155,47 @@ static int count_cb(void *arg, const char *id, const char *domain, const void *r
 
 /* ---- tests ---- */
 
+/* A no-sync write goes through the spool thread: visible soon, not at once. Waits
+ * up to 5 s for the spool's state to satisfy pred. */
+static int eventually(int (*pred)(struct spool *, const char *), struct spool *s, const char *id)
+{
+    for (int i = 0; i < 500; i++) {
+        if (pred(s, id))
+            return 1;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+static int has_content(struct spool *s, const char *id)
+{
+    struct buf out;
+    buf_init(&out, 0);
+    int ok = spool_get_content(s, id, &out) == PT_OK;
+    buf_free(&out);
+    return ok;
+}
+
+static int no_content(struct spool *s, const char *id)
+{
+    return !has_content(s, id);
+}
+
+static const char *g_want;   /* the record the only entry must hold */
+
+static int single_record_is(struct spool *s, const char *id)
+{
+    struct seen seen = {0};
+    return spool_scan_entries(s, collect_cb, &seen) == PT_OK && seen.n == 1 &&
+           strcmp(seen.rec[0], g_want) == 0;
+}
+
+static int no_entries(struct spool *s, const char *id)
+{
+    return !spool_has_entries(s, id);
+}
+
 static void test_roundtrip(void **state)
 {
     struct tmpdir t;
@@ -206,7 +247,7 @@ static void test_roundtrip(void **state)
     b = spool_batch_new();
     assert_int_equal(spool_batch_del_entry(b, id, "example.org"), PT_OK);
     assert_int_equal(spool_commit_nosync(s, b), PT_OK);
-    assert_false(spool_has_entries(s, id));
+    assert_true(eventually(no_entries, s, id));
     b = spool_batch_new();
     assert_int_equal(spool_batch_del_content(b, id), PT_OK);
     assert_int_equal(commit_wait(s, b), PT_OK);
@@ -265,32 +306,46 @@ static void test_nosync_visible(void **state)
     assert_int_equal(spool_batch_put_entry(b, id, "d.example", "r1", 2), PT_OK);
     assert_int_equal(spool_commit_nosync(s, b), PT_OK);
 
+    assert_true(eventually(has_content, s, id));
     struct buf out;
     buf_init(&out, 0);
     assert_int_equal(spool_get_content(s, id, &out), PT_OK);
     assert_int_equal(out.len, 4);
     assert_memory_equal(out.data, "body", 4);
     assert_true(spool_has_entries(s, id));
-    struct seen seen = {0};
-    assert_int_equal(spool_scan_entries(s, collect_cb, &seen), PT_OK);
-    assert_int_equal(seen.n, 1);
-    assert_string_equal(seen.rec[0], "r1");
+    g_want = "r1";
+    assert_true(eventually(single_record_is, s, id));
 
-    /* Overwrite (retry-state update) is visible too. */
+    /* Overwrite (retry-state update) is visible too, and in order. */
     b = spool_batch_new();
     assert_int_equal(spool_batch_put_entry(b, id, "d.example", "r2", 2), PT_OK);
     assert_int_equal(spool_commit_nosync(s, b), PT_OK);
-    seen.n = 0;
-    assert_int_equal(spool_scan_entries(s, collect_cb, &seen), PT_OK);
-    assert_int_equal(seen.n, 1);
-    assert_string_equal(seen.rec[0], "r2");
+    g_want = "r2";
+    assert_true(eventually(single_record_is, s, id));
 
     /* A cb that stops the scan has its value returned. */
     b = spool_batch_new();
     assert_int_equal(spool_batch_put_entry(b, id, "e.example", "r3", 2), PT_OK);
     assert_int_equal(spool_commit_nosync(s, b), PT_OK);
+    assert_true(eventually(spool_has_entries, s, id));
+    struct seen seen = {.n = 7};
+    for (int i = 0; i < 500 && spool_scan_entries(s, collect_cb, &seen) != -1; i++) {
+        seen.n = 7;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     seen.n = 7;
     assert_int_equal(spool_scan_entries(s, collect_cb, &seen), -1);
+
+    /* spool_remove_entry: the content stays while another entry of the id remains
+     * and goes with the last one. */
+    assert_int_equal(spool_remove_entry(s, id, "d.example"), PT_OK);
+    g_want = "r3";
+    assert_true(eventually(single_record_is, s, id));
+    assert_true(has_content(s, id));
+    assert_int_equal(spool_remove_entry(s, id, "e.example"), PT_OK);
+    assert_true(eventually(no_content, s, id));
+    assert_false(spool_has_entries(s, id));
 
     spool_close(s);
     buf_free(&out);
