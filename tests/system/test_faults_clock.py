@@ -47,9 +47,6 @@ def queued_with_one_attempt(world):
     return p, rcpts, time.monotonic(), {r: attempts(p, r) for r in rcpts}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 finding for src/queue/sched.c: next_attempt "
-                   "is a wall-clock time (time_now, CLOCK_REALTIME), so after a jump forward "
-                   "the next timer recomputation fires every retry now due by the new clock")
 def test_clock_jump_forward_fires_nothing_early(world, clock):
     p, rcpts, t_first, base = queued_with_one_attempt(world)
     clock.write_text("+5m\n")                 # forward, within max_retry_age
@@ -65,9 +62,6 @@ def test_clock_jump_forward_fires_nothing_early(world, clock):
     p.assert_alive()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 finding for src/queue/sched.c: retry times "
-                   "are wall-clock deadlines, so a clock set back 1 h delays every waiting "
-                   "retry by 1 h (use the monotonic clock for next-attempt timers)")
 def test_clock_jump_back_does_not_freeze_retries(world, clock):
     p, rcpts, t_first, base = queued_with_one_attempt(world)
     clock.write_text("-1h\n")
