@@ -1,6 +1,7 @@
 /* Worker threads and their listening sockets (SO_REUSEPORT: the kernel spreads
- * connections over the workers), the listener slots that reloads add and close,
- * plus the shared front-door connection counters.
+ * connections over the workers; each worker accepts its own, pausing on EMFILE),
+ * the listener slots that reloads add and close, plus the shared front-door
+ * connection counters.
  * Never binds or reads a file on a worker loop: sockets are bound by the caller of
  * workers_prepare (main thread or reload) and handed over by message.
  * SPDX-License-Identifier: Apache-2.0 */
