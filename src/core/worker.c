@@ -1,14 +1,17 @@
 /* Worker threads and their listening sockets (SO_REUSEPORT: the kernel spreads
- * connections over the workers), the listener slots that reloads add and close,
- * plus the shared front-door connection counters.
+ * connections over the workers; each worker accepts its own, pausing on EMFILE),
+ * the listener slots that reloads add and close, plus the shared front-door
+ * connection counters.
  * Never binds or reads a file on a worker loop: sockets are bound by the caller of
  * workers_prepare (main thread or reload) and handed over by message.
  * SPDX-License-Identifier: Apache-2.0 */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 #include "core/runtime.h"
 #include "core/worker.h"
@@ -190,11 +193,22 @@ void workers_abort(struct worker_group *g, struct worker_listen_plan *p)
     memset(p, 0, sizeof *p);
 }
 
-static void on_connection(uv_stream_t *server, int status);
+static void on_readable(uv_poll_t *h, int status, int events);
 
 static void listener_closed(uv_handle_t *h)
 {
-    free(h->data);
+    struct worker_listener *wl = h->data;
+    if (--wl->handles == 0)
+        free(wl);
+}
+
+/* Stops watching and closes wl's socket now (pending connections are reset); wl
+ * is freed once its handles have closed. */
+static void listener_close(struct worker_listener *wl)
+{
+    uv_close((uv_handle_t *)&wl->h, listener_closed);
+    uv_close((uv_handle_t *)&wl->pause, listener_closed);
+    close(wl->fd);
 }
 
 /* On the worker's loop (or before its thread runs). */
@@ -212,11 +226,20 @@ static void worker_listen(struct worker *w, int slot, int fd, const struct worke
     wl->slot = slot;
     snprintf(wl->host, sizeof wl->host, "%s", g->slot[slot].host);
     wl->port = g->slot[slot].port;
-    uv_tcp_init(&w->loop, &wl->h);
-    wl->h.data = wl;
-    if (uv_tcp_open(&wl->h, fd) || uv_listen((uv_stream_t *)&wl->h, 1024, on_connection)) {
+    wl->fd = fd;
+    if (uv_poll_init_socket(&w->loop, &wl->h, fd) != 0) {
         log_error("worker %d: cannot listen on %s", w->index, g->slot[slot].listen);
-        uv_close((uv_handle_t *)&wl->h, listener_closed);
+        free(wl);
+        close(fd);
+        return;
+    }
+    wl->h.data = wl;
+    wl->handles = 2;
+    uv_timer_init(&w->loop, &wl->pause);
+    wl->pause.data = wl;
+    if (uv_poll_start(&wl->h, UV_READABLE, on_readable) != 0) {
+        log_error("worker %d: cannot listen on %s", w->index, g->slot[slot].listen);
+        listener_close(wl);
         return;
     }
     w->ls[slot] = wl;
@@ -226,7 +249,7 @@ static void worker_unlisten(struct worker *w, int slot)
 {
     if (!w->ls[slot])
         return;
-    uv_close((uv_handle_t *)&w->ls[slot]->h, listener_closed); /* the fd closes now */
+    listener_close(w->ls[slot]);  /* the fd closes now */
     w->ls[slot] = NULL;
 }
 
@@ -298,21 +321,65 @@ void workers_commit(struct worker_group *g, struct worker_listen_plan *p)
 
 /* ---- the worker loop --------------------------------------------------- */
 
-static void on_connection(uv_stream_t *server, int status)
+#define ACCEPT_BATCH 64        /* connections accepted per wakeup (then others' turn) */
+#define EMFILE_PAUSE_MS 250    /* out of descriptors: accepting waits this long */
+#define EMFILE_WARN_MS 10000   /* one warning per listener per 10 s */
+
+static void on_resume(uv_timer_t *t)
 {
-    struct worker_listener *wl = server->data;
+    struct worker_listener *wl = t->data;
+    if (!wl->w->stopping)
+        uv_poll_start(&wl->h, UV_READABLE, on_readable);
+}
+
+/* Out of descriptors (EMFILE, ENFILE) or kernel memory: the connection stays in the
+ * kernel's backlog and accepting pauses, so that this loop goes on serving (and
+ * closing) its sessions, which gives descriptors back. libuv's own accept loop
+ * would spin on accept() here for as long as the backlog is not empty. */
+static void listener_pause(struct worker_listener *wl, int err)
+{
+    uv_poll_stop(&wl->h);
+    uv_timer_start(&wl->pause, on_resume, EMFILE_PAUSE_MS, 0);
+    uint64_t now = uv_now(&wl->w->loop);
+    if (wl->warned == 0 || now - wl->warned >= EMFILE_WARN_MS) {
+        wl->warned = now;
+        log_warn("listener %s:%u: cannot accept: %s; accepting again in %d ms "
+                 "(raise ulimit -n or lower max_connections)", wl->host, wl->port,
+                 strerror(err), EMFILE_PAUSE_MS);
+    }
+}
+
+static void on_readable(uv_poll_t *h, int status, int events)
+{
+    (void)events;
+    struct worker_listener *wl = h->data;
     struct worker *w = wl->w;
     if (status < 0 || w->stopping)
         return;
-    struct cfg_gen *gen = runtime_gen_acquire(w->rt);
-    int li = config_listener_index(gen->cfg, wl->host, wl->port);
-    if (li < 0) {
-        /* removed by a reload whose close message is on its way: left unaccepted,
-         * the connection is reset when the socket closes */
-        runtime_gen_release(gen);
-        return;
+    for (int n = 0; n < ACCEPT_BATCH; n++) {
+        struct cfg_gen *gen = runtime_gen_acquire(w->rt);
+        int li = config_listener_index(gen->cfg, wl->host, wl->port);
+        if (li < 0) {
+            /* removed by a reload whose close message is on its way: left unaccepted,
+             * the connection is reset when the socket closes */
+            runtime_gen_release(gen);
+            uv_poll_stop(&wl->h);
+            return;
+        }
+        int fd = accept4(wl->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            int err = errno;
+            runtime_gen_release(gen);
+            if (err == EINTR || err == ECONNABORTED)
+                continue;
+            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
+                listener_pause(wl, err);
+            return;                     /* EAGAIN: all taken */
+        }
+        smtp_server_accept(w, gen, li, wl->slot, fd);
+        if (w->stopping)
+            return;
     }
-    smtp_server_accept(w, gen, li, wl->slot, server);
 }
 
 #define DRAIN_TICK_MS 50

@@ -24,7 +24,12 @@ struct worker;
 #define WORKER_MAX_SLOTS (4 * CFG_MAX_LISTENERS)
 
 struct worker_listener {        /* one listening socket of one worker */
-    uv_tcp_t h;
+    uv_poll_t h;                /* readable: connections to accept (worker.c accepts
+                                   them itself, so that it can pause on EMFILE) */
+    uv_timer_t pause;           /* out of descriptors: accepting resumes when it fires */
+    int fd;                     /* the listening socket, owned */
+    int handles;                /* open libuv handles; freed when both have closed */
+    uint64_t warned;            /* uv_now of the last EMFILE warning */
     struct worker *w;
     int slot;
     char host[256];

@@ -194,16 +194,18 @@ static void snapshot_run(struct dthread *t, struct sched_call *call)
     pool_for_each_entry(&t->pool, count_in_flight, &f);  /* relay queues' own count */
     for (uint32_t i = 0; i < t->nheap && !rs.failed; i++) {
         const struct entry *e = t->heap[i];
+        /* when it will go, as the wall clock reads now (its timer is monotonic) */
+        double next = time_wall_at(time_tick_mono(e->due));
         char kb[ROUTE_QKEY_MAX];
         const struct dqueue *q = sched_queue_find(t, route_queue_key(e->via, e->domain, kb));
         if (q && !q->route->qkey) {      /* counted with its MX queue above */
             struct sched_queue_info *qi = row_of(&rs, t, e->domain, e->via, q);
             if (qi) {
                 min_time(&qi->oldest, e->received_at);
-                min_time(&qi->next_attempt, e->next_attempt);
+                min_time(&qi->next_attempt, next);
             }
         } else {
-            row_add(&rs, t, e, q, e->next_attempt);
+            row_add(&rs, t, e, q, next);
         }
     }
     for (const struct entry *e = t->held; e && !rs.failed; e = e->next) {
@@ -483,6 +485,7 @@ static uint64_t admin_run(struct dthread *t, const struct sched_admin_req *rq)
             struct entry *e = list;
             list = e->next;
             e->next_attempt = now;
+            sched_due_set(e);
             struct dqueue *q = sched_queue_of(t, e);
             if (!q)
                 sched_heap_push(t, e);

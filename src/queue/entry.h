@@ -47,8 +47,8 @@ struct entry_rcpt {
     uint8_t dflags;            /* ENTRY_R_* bits */
 };
 
-/* Field order keeps the struct at 136 bytes on LP64 (test_entry checks it): the
- * small fields share the id's padding. */
+/* Field order keeps the struct at 144 bytes on LP64 (test_entry checks it): the
+ * small fields share the id's padding, due shares heap_idx's 8 bytes. */
 struct entry {
     char id[ENTRY_ID_LEN + 1];
     uint8_t protocol, priority, flags;
@@ -74,8 +74,11 @@ struct entry {
     uint32_t nrcpt;
     uint32_t attempts;
     uint32_t heap_idx;         /* in-memory only (not serialized): scheduler heap slot */
+    uint32_t due;              /* in-memory only: next_attempt on the monotonic clock
+                                  (util/timeutil.h time_tick), set by the scheduler
+                                  when next_attempt is set; what the timers use */
     double received_at;        /* wall clock */
-    double next_attempt;       /* wall clock */
+    double next_attempt;       /* wall clock: stored, shown; see due */
     uint64_t size;             /* content bytes */
     /* in-memory only (not serialized): */
     struct entry *next;        /* scheduler list link */

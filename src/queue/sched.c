@@ -3,6 +3,10 @@
  * entries and calls. It decides what is due and hands it to the connection pool;
  * routing, shaping, content, outcomes and admin calls live in their own files.
  * In RAM only compact entries. Never blocks its loop; never aborts on OOM.
+ * Due-ness and every timer run on the monotonic clock (entry.due, suspension
+ * until_mono, the shaping buckets): a wall-clock time (next_attempt, a
+ * suspension's until) is converted once when it is set, so a jump of the wall
+ * clock neither fires every retry at once nor freezes the queue.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <math.h>
 #include <pthread.h>
@@ -36,6 +40,24 @@ double sched_backoff(double retry_interval, double max_retry_interval, uint32_t 
         attempts = 1;
     double d = retry_interval * ldexp(1.0, (int)(attempts > 60 ? 60 : attempts - 1));
     return d > max_retry_interval ? max_retry_interval : d;
+}
+
+void sched_due_set(struct entry *e)
+{
+    double now = time_mono(), at = now + (e->next_attempt - time_now());
+    /* a time already past is due now (rounded down); a future one is rounded up,
+     * so that a retry never comes early */
+    if (at <= now)
+        e->due = at > 0 ? (uint32_t)(at / TIME_TICK_S) : 0;
+    else
+        e->due = time_tick(at);
+}
+
+/* e waits secs from now (an out-of-memory or read-error deferral). */
+static void retry_in(struct entry *e, double secs)
+{
+    e->next_attempt = time_now() + secs;
+    e->due = time_tick(time_mono() + secs);
 }
 
 uint64_t sched_hash(const char *s)
@@ -96,7 +118,7 @@ void sched_heap_push(struct dthread *t, struct entry *e)
     e->heap_idx = i;
     while (i > 0) {
         uint32_t p = (i - 1) / 2;
-        if (t->heap[p]->next_attempt <= t->heap[i]->next_attempt)
+        if (t->heap[p]->due <= t->heap[i]->due)
             break;
         heap_swap(t, i, p);
         i = p;
@@ -107,9 +129,9 @@ static void heap_sift_down(struct dthread *t, uint32_t i)
 {
     for (;;) {
         uint32_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < t->nheap && t->heap[l]->next_attempt < t->heap[m]->next_attempt)
+        if (l < t->nheap && t->heap[l]->due < t->heap[m]->due)
             m = l;
-        if (r < t->nheap && t->heap[r]->next_attempt < t->heap[m]->next_attempt)
+        if (r < t->nheap && t->heap[r]->due < t->heap[m]->due)
             m = r;
         if (m == i)
             break;
@@ -153,10 +175,11 @@ void sched_timer_arm(struct dthread *t)
 {
     if (t->stopping || !t->s->started)
         return;
-    double when = t->nheap ? t->heap[0]->next_attempt : INFINITY;
+    /* all on the monotonic clock */
+    double when = t->nheap ? time_tick_mono(t->heap[0]->due) : INFINITY;
     for (const struct suspension *su = t->suspended; su; su = su->next)
-        if (su->until < when)
-            when = su->until;
+        if (su->until_mono < when)
+            when = su->until_mono;
     for (const struct dqueue *q = t->throttled; q; q = q->tnext) {
         double w = shaping_next_time(&q->rate, rate_per_s(t));
         if (w < when)
@@ -166,7 +189,7 @@ void sched_timer_arm(struct dthread *t)
         uv_timer_stop(&t->timer);
         return;
     }
-    double wait = when - time_now();
+    double wait = when - time_mono();
     uint64_t ms = wait <= 0 ? 0 : (uint64_t)(wait * 1000.0) + 1;
     uv_timer_start(&t->timer, on_timer, ms, 0);
 }
@@ -175,7 +198,7 @@ void sched_timer_arm(struct dthread *t)
  * it waits on the throttled list and the timer dispatches it when a token is due. */
 static bool rate_ok(struct dthread *t, struct dqueue *q)
 {
-    if (shaping_available(&q->rate, rate_per_s(t), time_now()) > 0)
+    if (shaping_available(&q->rate, rate_per_s(t), time_mono()) > 0)
         return true;
     if (!q->throttled) {
         q->throttled = true;
@@ -284,12 +307,12 @@ void sched_release_held(struct dthread *t)
 {
     struct entry *list = t->held;
     t->held = NULL;
-    double now = time_now();
+    double now = time_mono();
     while (list) {
         struct entry *e = list;
         list = e->next;
         struct dqueue *q = sched_queue_of(t, e);
-        if (e->next_attempt > now || !q) {
+        if (time_tick_mono(e->due) > now || !q) {
             sched_heap_push(t, e);
         } else if (sched_make_ready(t, q, e)) {
             sched_dispatch(t, q);
@@ -356,6 +379,7 @@ static void entry_persist(struct dthread *t, const struct entry *e)
  * takes it from when it is due (this node forgets it). */
 static void entry_wait(struct dthread *t, struct dqueue *q, struct entry *e)
 {
+    sched_due_set(e);
     entry_persist(t, e);
     if (!spool_shared(t->s->rt->spool)) {
         sched_heap_push(t, e);
@@ -398,7 +422,7 @@ static struct entry *pool_take(void *owner, void *queue)
         return NULL;
     struct entry *e = ready_pop(q);
     if (e)
-        shaping_acquire(&q->rate, rate_per_s(t), time_now());
+        shaping_acquire(&q->rate, rate_per_s(t), time_mono());
     return e;
 }
 
@@ -413,7 +437,7 @@ static void pool_unprepared(void *owner, void *queue, struct entry *e, int rc)
     }
     /* out of memory or a read error (Redis unreachable): try again later */
     log_warn("%s: could not prepare the content (%d); trying again later", e->id, rc);
-    e->next_attempt = time_now() + t->s->rt->cfg->queue.retry_interval;
+    retry_in(e, t->s->rt->cfg->queue.retry_interval);
     entry_wait(t, queue, e);
 }
 
@@ -449,7 +473,7 @@ static void on_adjust(void *arg, const char *domain, double fraction)
         log_debug("adjust_domain_rate: no queue for %s on this thread", domain);
         return;
     }
-    double now = time_now();
+    double now = time_mono();
     shaping_adjust(&q->rate, rate_per_s(t), fraction, now);
     double r = shaping_rate_now(&q->rate, rate_per_s(t), now);
     if (r > 0)
@@ -511,7 +535,7 @@ void sched_dispatch(struct dthread *t, struct dqueue *q)
     /* a new connection only for ready entries that no resolving connection will
      * take: don't open 10 connections for 2 messages */
     while (!t->stopping && q->nready > q->pool.nresolving && q->pool.nconn < max &&
-           q->pool.nresolving < shaping_available(&q->rate, rate_per_s(t), time_now()))
+           q->pool.nresolving < shaping_available(&q->rate, rate_per_s(t), time_mono()))
         if (!pool_open(&t->pool, &q->pool, q, q->route, q->domain,
                        q->route->label && q->route->qkey ? q->route->label : q->domain)) {
             if (q->pool.nconn == 0)   /* out of memory and nobody to take them: defer */
@@ -545,7 +569,7 @@ static void thread_insert(struct dthread *t, struct entry *e, bool run)
         sched_entry_remove(t, q, e);
         return;
     }
-    if (e->next_attempt <= time_now()) {
+    if (time_tick_mono(e->due) <= time_mono()) {
         if (sched_make_ready(t, q, e) && run)
             sched_dispatch(t, q);
     } else {
@@ -558,11 +582,11 @@ static void thread_insert(struct dthread *t, struct entry *e, bool run)
 static void on_timer(uv_timer_t *timer)
 {
     struct dthread *t = timer->data;
-    double now = time_now();
+    double now = time_mono();
     bool ended = false;
     for (struct suspension **pp = &t->suspended; *pp;) {
         struct suspension *su = *pp;
-        if (su->until > now) {
+        if (su->until_mono > now) {
             pp = &su->next;
             continue;
         }
@@ -574,11 +598,11 @@ static void on_timer(uv_timer_t *timer)
     }
     if (ended)
         sched_release_held(t);
-    while (t->nheap && t->heap[0]->next_attempt <= now) {
+    while (t->nheap && time_tick_mono(t->heap[0]->due) <= now) {
         struct entry *e = heap_pop(t);
         struct dqueue *q = sched_queue_of(t, e);
         if (!q) {
-            e->next_attempt = now + t->s->rt->cfg->queue.retry_interval;
+            retry_in(e, t->s->rt->cfg->queue.retry_interval);
             sched_heap_push(t, e);   /* out of memory: later */
             break;
         }
@@ -715,6 +739,7 @@ void sched_enqueue(struct sched *s, struct entry *e)
         entry_set_route_static(e, r->name);
         e->via = r;
     }
+    sched_due_set(e);          /* new, recovered or claimed: from its stored time */
     char kb[ROUTE_QKEY_MAX];
     const char *key = route_queue_key(e->via, e->domain, kb);
     struct dthread *t = &s->t[sched_hash(key) % (uint64_t)s->n];

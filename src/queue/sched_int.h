@@ -91,6 +91,9 @@ struct dqueue *sched_queue_find(struct dthread *t, const char *key);
 /* The queue of e (created if needed; NULL only when out of memory). */
 struct dqueue *sched_queue_of(struct dthread *t, const struct entry *e);
 void sched_ready_push(struct dqueue *q, struct entry *e);
+/* Sets e->due (monotonic) from e->next_attempt (wall), as the wall clock reads
+ * now: call whenever next_attempt is set. A past time is due at once. */
+void sched_due_set(struct entry *e);
 void sched_heap_push(struct dthread *t, struct entry *e);
 /* Restores the heap order after entries were dropped or their times changed. */
 void sched_heap_rebuild(struct dthread *t);

@@ -41,8 +41,10 @@ bool suspend_set(struct dthread *t, const char *key, double until)
         su->next = t->suspended;
         t->suspended = su;
     }
-    if (su)
+    if (su) {
         su->until = until;
+        su->until_mono = time_mono_at(until);
+    }
     return su != NULL;
 }
 

@@ -15,7 +15,9 @@ struct sched;
 struct suspension {
     struct suspension *next;
     char key[300];
-    double until;
+    double until;        /* wall clock: stored and shown */
+    double until_mono;   /* the same on the monotonic clock (util/timeutil.h),
+                            converted when set: what the timer uses */
 };
 
 /* The suspension of exactly key, or NULL. */
@@ -23,7 +25,7 @@ struct suspension *suspend_of(const struct dthread *t, const char *key);
 /* The active suspension that holds e: one named by its domain or by a name of its
  * route (route_named); NULL if none. */
 struct suspension *suspend_for(const struct dthread *t, const struct entry *e);
-/* Suspends key until (made or extended). false when out of memory. */
+/* Suspends key until (wall clock; made or extended). false when out of memory. */
 bool suspend_set(struct dthread *t, const char *key, double until);
 /* Before recovery: every thread gets the suspensions kept in the spool (expired
  * ones are deleted there). */

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "smtp/conn.h"
 #include "tls/tls.h"
@@ -140,9 +141,12 @@ static void conn_update_reading(struct conn *c)
     }
 }
 
-int conn_accept(struct conn *c, uv_stream_t *server)
+int conn_accept_fd(struct conn *c, int fd)
 {
-    return uv_accept(server, (uv_stream_t *)&c->tcp) ? PT_ERROR : PT_OK;
+    if (uv_tcp_open(&c->tcp, fd) == 0)
+        return PT_OK;
+    close(fd);
+    return PT_ERROR;
 }
 
 static void conn_on_connect(uv_connect_t *req, int status)

@@ -49,7 +49,9 @@ struct conn {
 /* Initializes c on loop (tcp + timer handles). The caller owns c's memory and
  * must keep it until ops->on_closed. */
 int conn_init(struct conn *c, uv_loop_t *loop, const struct conn_ops *ops, void *owner);
-int conn_accept(struct conn *c, uv_stream_t *server);
+/* Takes fd, a connection accepted by the caller (non-blocking): c owns it from
+ * here, also on PT_ERROR (then closed). */
+int conn_accept_fd(struct conn *c, int fd);
 int conn_connect(struct conn *c, const struct sockaddr *sa);
 int conn_start(struct conn *c);               /* start reading */
 void conn_pause(struct conn *c, bool paused);  /* stop/resume handing input to on_data */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "core/authban.h"
 #include "core/runtime.h"
@@ -1293,17 +1294,18 @@ static void refuse_after_tls(struct smtp_session *s)
 
 static void session_begin(struct smtp_session *s);
 
-void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot,
-                        uv_stream_t *server)
+void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot, int fd)
 {
     struct smtp_session *s = calloc(1, sizeof *s);
     if (!s) {
         runtime_gen_release(gen);
+        close(fd);
         return;
     }
     if (conn_init(&s->conn, &w->loop, &session_ops, s) != PT_OK) {
         runtime_gen_release(gen);
         free(s);
+        close(fd);
         return;
     }
     s->w = w;
@@ -1322,7 +1324,7 @@ void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot,
         w->sessions->prev = s;
     w->sessions = s;
     w->nsessions++;
-    if (conn_accept(&s->conn, server) != PT_OK) {
+    if (conn_accept_fd(&s->conn, fd) != PT_OK) {
         session_close(s, false);
         return;
     }

@@ -11,12 +11,12 @@
 struct worker;
 struct mbox_msg;
 
-/* Accepts one pending connection of worker w on the listener at index li of
- * gen's config (listener slot slot). The session takes the reference to gen and
- * keeps it until it ends (also when the accept fails). */
+/* Starts a session of worker w on fd, a connection the worker accepted on the
+ * listener at index li of gen's config (listener slot slot). The session takes
+ * fd and the reference to gen and keeps them until it ends (also when it cannot
+ * start: then both are released at once). */
 struct cfg_gen;
-void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot,
-                        uv_stream_t *server);
+void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot, int fd);
 /* Handles a spool completion posted to the worker's mailbox. */
 void smtp_server_on_spooled(struct worker *w, struct mbox_msg *msg);
 /* Graceful stop: idle sessions get 421 and close; sessions in DATA finish it

@@ -1,6 +1,7 @@
 /* Clocks and timestamp formatting. Locale-independent (own day and month names)
  * and never fails: a timestamp that cannot be represented prints as the epoch.
  * SPDX-License-Identifier: Apache-2.0 */
+#include <math.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -22,6 +23,36 @@ uint64_t time_mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+double time_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+double time_mono_at(double wall)
+{
+    return time_mono() + (wall - time_now());
+}
+
+double time_wall_at(double mono)
+{
+    return time_now() + (mono - time_mono());
+}
+
+uint32_t time_tick(double mono)
+{
+    if (!(mono > 0))
+        return isnan(mono) ? UINT32_MAX : 0;
+    double t = ceil(mono / TIME_TICK_S - 1e-6);   /* 0.3 s is 3 ticks, not 4 */
+    return t >= (double)UINT32_MAX ? UINT32_MAX : (uint32_t)t;
+}
+
+double time_tick_mono(uint32_t tick)
+{
+    return (double)tick * TIME_TICK_S;
 }
 
 /* Splits t into UTC calendar fields and milliseconds (truncated, so a timestamp

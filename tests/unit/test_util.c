@@ -2,6 +2,7 @@
  * parsers (durations, sizes, host:port) and time formatting.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <arpa/inet.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -312,6 +313,38 @@ static void test_time_clocks(void **state)
     assert_int_equal(out[19], '.');
 }
 
+static void test_time_mono(void **state)
+{
+    (void)state;
+    double m = time_mono();
+    assert_true(m > 0);
+    assert_true(time_mono() >= m);
+    /* wall <-> monotonic at the same instant, both ways */
+    double w = time_now();
+    assert_true(fabs(time_mono_at(w + 60) - (m + 60)) < 0.5);
+    assert_true(fabs(time_wall_at(time_mono() - 30) - (w - 30)) < 0.5);
+}
+
+static void test_time_ticks(void **state)
+{
+    (void)state;
+    /* rounded up: a deadline never comes early */
+    assert_int_equal(time_tick(0.3), 3);
+    assert_int_equal(time_tick(0.31), 4);
+    assert_int_equal(time_tick(12345.6), 123456);
+    assert_true(time_tick_mono(time_tick(777.77)) >= 777.77);
+    assert_true(time_tick_mono(time_tick(777.77)) - 777.77 < TIME_TICK_S + 1e-9);
+    /* the ends of the range */
+    assert_int_equal(time_tick(0), 0);
+    assert_int_equal(time_tick(-5), 0);
+    assert_int_equal(time_tick(1e12), UINT32_MAX);
+    assert_int_equal(time_tick(NAN), UINT32_MAX);
+    assert_int_equal(time_tick(INFINITY), UINT32_MAX);
+    /* 13 years of uptime fit */
+    assert_true(time_tick(13.0 * 365 * 86400) < UINT32_MAX);
+    assert_true(fabs(time_tick_mono(time_tick(1e8)) - 1e8) < 1e-6);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -323,6 +356,8 @@ int main(void)
         cmocka_unit_test(test_parse_hostport),
         cmocka_unit_test(test_time_formats),
         cmocka_unit_test(test_time_clocks),
+        cmocka_unit_test(test_time_mono),
+        cmocka_unit_test(test_time_ticks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
