@@ -4,10 +4,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cluster/limits.h"
 #include "cluster/node.h"
 #include "core/config.h"
 #include "core/runtime.h"
 #include "obs/log.h"
+#include "policy/limits.h"
 #include "queue/entry.h"
 #include "queue/sched.h"
 #include "queue/spool.h"
@@ -70,6 +72,45 @@ static void hook_suspension(void *arg, const char *domain, double until, const c
     if (sched_admin_local(rt->sched, &rq, NODE_ADMIN_TIMEOUT_S, &n) != PT_OK)
         log_warn("queue %s: cannot apply the cluster's %s here yet", domain,
                  until > 0 ? "suspension" : "resumption");
+}
+
+/* A suspension made through another node's API (local spool + configure_redis). */
+static void limits_suspension(void *arg, const char *domain, double until, const char *reason)
+{
+    struct runtime *rt = arg;
+    struct sched_admin_req rq = {
+        .op = until > 0 ? SCHED_SUSPEND : SCHED_RESUME, .domain = domain, .until = until,
+        .reason = reason,
+    };
+    uint64_t n;
+    if (sched_admin_local(rt->sched, &rq, NODE_ADMIN_TIMEOUT_S, &n) != PT_OK)
+        log_warn("queue %s: cannot apply the cluster's %s here yet", domain,
+                 until > 0 ? "suspension" : "resumption");
+    else
+        log_info("queue %s: %s by another node", domain, until > 0 ? "suspended" : "resumed");
+}
+
+int cluster_node_limits_start(struct runtime *rt, char *err, size_t errlen)
+{
+    const struct config *cfg = rt->cfg;
+    bool shared_queue = strcmp(cfg->queue.backend, "redis") == 0;
+    const char *url = cfg->redis.url ? cfg->redis.url : shared_queue ? cfg->queue.redis_url : NULL;
+    if (!url)
+        return PT_OK;
+    const char *prefix = cfg->redis.url && cfg->redis.key_prefix ? cfg->redis.key_prefix
+                                                                   : cfg->queue.key_prefix;
+    struct cluster_limits_opts o = {
+        .url = url, .key_prefix = prefix, .share_suspensions = !shared_queue,
+        .sending = limits_shared(), .bans = rt->ban, .suspension = limits_suspension, .arg = rt,
+    };
+    rt->climits = cluster_limits_start(&o, err, errlen);
+    return rt->climits ? PT_OK : PT_ERROR;
+}
+
+void cluster_node_limits_stop(struct runtime *rt)
+{
+    cluster_limits_stop(rt->climits);
+    rt->climits = NULL;
 }
 
 void cluster_node_attach(struct runtime *rt)

@@ -14,6 +14,13 @@ struct spool;
 /* The spool the config asks for: RocksDB in spool_dir, or the shared Redis queue
  * (backend = "redis"). NULL with "what: why" in err. */
 struct spool *cluster_node_open_spool(const struct config *cfg, char *err, size_t errlen);
+/* Starts the cluster-wide limits when the config asks for them (configure_redis,
+ * or backend = "redis"): rt->climits, shared with rt->ban and limit_sending;
+ * suspensions too with the local spool. Before any thread uses them; PT_OK (also
+ * when Redis is unreachable: degraded until it is back) or an error in err. */
+int cluster_node_limits_start(struct runtime *rt, char *err, size_t errlen);
+/* Stops them (after the delivery and SMTP threads are gone). */
+void cluster_node_limits_stop(struct runtime *rt);
 /* Starts taking due entries from the shared queue into rt->sched (after
  * sched_start). */
 void cluster_node_attach(struct runtime *rt);

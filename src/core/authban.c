@@ -35,6 +35,8 @@ struct authban {
     size_t nbuckets;                 /* power of two */
     struct authban_rec *head, *tail;
     uint64_t k0, k1;                 /* hash key: addresses come from the network */
+    void (*observer)(void *arg, const char *ip, double until);
+    void *observer_arg;
 };
 
 /* ---- Keys ---------------------------------------------------------------------- */
@@ -243,8 +245,51 @@ bool authban_failure(struct authban *b, const char *ip, double now)
         r->first = r->count = 0;
         banned = true;
     }
+    void (*obs)(void *, const char *, double) = b->observer;
+    void *arg = b->observer_arg;
     pthread_mutex_unlock(&b->lock);
+    if (banned && obs)
+        obs(arg, ip, now + b->ban);
     return banned;
+}
+
+void authban_set_observer(struct authban *b, void (*fn)(void *arg, const char *ip, double until),
+                          void *arg)
+{
+    if (!b)
+        return;
+    pthread_mutex_lock(&b->lock);
+    b->observer = fn;
+    b->observer_arg = arg;
+    pthread_mutex_unlock(&b->lock);
+}
+
+void authban_ban(struct authban *b, const char *ip, double until)
+{
+    unsigned char key[AUTHBAN_KEY_LEN];
+    if (!b || !authban_key(ip, key) || !isfinite(until))
+        return;
+    pthread_mutex_lock(&b->lock);
+    struct authban_rec **slot = authban_slot(b, key), *r = *slot;
+    if (!r) {
+        if (b->n >= b->max_ips)
+            authban_drop(b, b->tail);
+        size_t size = sizeof *r + (size_t)b->max_failures * sizeof r->times[0];
+        if (!(r = calloc(1, size))) {
+            pthread_mutex_unlock(&b->lock);
+            return;
+        }
+        memcpy(r->key, key, sizeof key);
+        slot = authban_slot(b, key);
+        *slot = r;
+        b->n++;
+    } else {
+        authban_unlink(b, r);
+    }
+    authban_push_front(b, r);
+    if (r->banned_until < until)
+        r->banned_until = until;
+    pthread_mutex_unlock(&b->lock);
 }
 
 void authban_forgive(struct authban *b, const char *ip, int n, double now)

@@ -44,6 +44,14 @@ bool authban_failure(struct authban *b, const char *ip, double now);
 void authban_forgive(struct authban *b, const char *ip, int n, double now);
 /* True while ip is banned at now: refuse it with 421 before any AUTH. */
 bool authban_is_banned(struct authban *b, const char *ip, double now);
+/* Cluster sharing (cluster/limits.h): fn (NULL = none) is called, outside the
+ * lock, when a failure starts a ban, with ip as given and the ban's end (now +
+ * ban_s). Set it before other threads use b. */
+void authban_set_observer(struct authban *b, void (*fn)(void *arg, const char *ip, double until),
+                          void *arg);
+/* A ban made elsewhere: ip is banned until `until` (same clock as now), unless it
+ * already is for longer. */
+void authban_ban(struct authban *b, const char *ip, double until);
 /* Addresses currently tracked (for tests and metrics). */
 size_t authban_count(struct authban *b);
 

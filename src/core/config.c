@@ -857,13 +857,29 @@ static int api_configure_queue(lua_State *L)
     return 0;
 }
 
-/* Cluster-wide limits with the local spool: not in this build yet, so refused
- * rather than silently ignored. */
+static const struct opt redis_opts[] = {
+    { O("url", OPT_STR, CFG(redis.url)) },
+    { O("key_prefix", OPT_STR, CFG(redis.key_prefix)) },
+    { .name = NULL },
+};
+
+/* Cluster-wide limits, AUTH bans and suspensions shared through Redis with the
+ * local spool (cluster/limits.h). */
 static int api_configure_redis(lua_State *L)
 {
-    check_args(L, "configure_redis");
-    return lua_api_error(L, "configure_redis: cluster-wide limits are not supported by this "
-                         "build yet (configure_queue { backend = \"redis\" } shares the queue)");
+    configure(L, "configure_redis", redis_opts);
+    struct config *c = cfg_of(L);
+    char why[200];
+    struct redis_url u;
+    if (!c->redis.url)
+        return lua_api_error(L, "configure_redis: option 'url' is required (e.g. "
+                             "\"redis://127.0.0.1:6379/0\")");
+    if (redis_url_parse(c->redis.url, &u, why, sizeof why) != PT_OK)
+        return lua_api_error(L, "configure_redis: option 'url': %s (e.g. "
+                             "\"redis://127.0.0.1:6379/0\")", why);
+    if (c->redis.key_prefix && strlen(c->redis.key_prefix) > 64)
+        return lua_api_error(L, "configure_redis: option 'key_prefix': at most 64 bytes");
+    return 0;
 }
 
 static int api_configure_delivery(lua_State *L)
@@ -1314,6 +1330,8 @@ void config_free(struct config *cfg)
     free(cfg->queue.backend);
     free(cfg->queue.redis_url);
     free(cfg->queue.key_prefix);
+    free(cfg->redis.url);
+    free(cfg->redis.key_prefix);
     free_route(&cfg->delivery.dflt);
     free(cfg->delivery.helo_name);
     for (int i = 0; i < cfg->n_routes; i++)

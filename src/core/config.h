@@ -117,6 +117,9 @@ struct config {
     struct cfg_http_listener http[CFG_MAX_LISTENERS]; int n_http;
     struct cfg_queue queue;
     struct cfg_delivery delivery;
+    /* configure_redis: cluster-wide limits, bans and suspensions with the local spool;
+     * url NULL = none (backend = "redis" implies the queue's url and prefix) */
+    struct { char *url, *key_prefix; } redis;
     struct cfg_route *routes; int n_routes;       /* configure_transport */
     char **dns_resolvers; int n_dns_resolvers;    /* "127.0.0.1:5353"; NULL = resolv.conf */
     struct { char *min_tls_version, *ciphers; bool prefer_server_ciphers; } tls;

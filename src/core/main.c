@@ -374,6 +374,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "petrel: %s\n", err);
         return 1;
     }
+    if (cluster_node_limits_start(&rt, err, sizeof err) != PT_OK) {
+        fprintf(stderr, "petrel: cluster limits: %s\n", err);
+        return 1;
+    }
     struct spool_stats sst;
     spool_stats(rt.spool, &sst);
     if (!spool_shared(rt.spool))
@@ -491,6 +495,7 @@ int main(int argc, char **argv)
         worker_join(&workers[i]);
     cluster_node_detach(&rt);
     sched_stop(rt.sched);
+    cluster_node_limits_stop(&rt);
     sched_free(rt.sched);
     struct spool_stats st;
     spool_stats(rt.spool, &st);

@@ -54,6 +54,7 @@ struct runtime {
     struct sched *sched;
     char hostname[256];        /* default Reporting-MTA / helo name */
     struct authban *ban;       /* AUTH failure tracker (kept across reloads) */
+    struct cluster_limits *climits; /* configure_redis: shared limits; NULL = local */
     /* current generation: gen is guarded by gen_lock and holds one reference;
      * gen_id mirrors gen->id for the lock-free check of runtime_gen_acquire */
     pthread_mutex_t gen_lock;

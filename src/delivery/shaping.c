@@ -5,6 +5,7 @@
  * SPDX-License-Identifier: Apache-2.0 */
 #include <math.h>
 
+#include "cluster/limits.h"
 #include "delivery/shaping.h"
 
 double shaping_rate_per_s(int max_message_rate_per_min)
@@ -62,37 +63,85 @@ static void observe(struct shaping_slot *s, double now)
     s->win_count++;
 }
 
+/* The cluster's share of this node while Redis is unreachable (1/N), else 1. */
+static double share_of(const struct shaping_slot *s)
+{
+    int n = s->cl ? cluster_limits_degraded(s->cl) : 0;
+    return n > 1 ? 1.0 / n : 1.0;
+}
+
+/* Whole messages the cluster allows now (bound and reachable), else UINT32_MAX. */
+static uint32_t cluster_avail(struct shaping_slot *s, double r, double now)
+{
+    if (!s->cl || r <= 0 || cluster_limits_degraded(s->cl))
+        return UINT32_MAX;
+    double at;
+    uint32_t n = cluster_limits_rate_avail(s->cl, s->key, r, now, &at);
+    if (n == 0)
+        s->cl_retry = at;
+    return n;
+}
+
 uint32_t shaping_available(struct shaping_slot *s, double per_s, double now)
 {
-    double r = effective(s, per_s, now);
+    double r = effective(s, per_s, now) * share_of(s);
     if (r <= 0)
         return UINT32_MAX;
     refill(s, r, now);
-    return s->tokens < 1.0 ? 0 : s->tokens >= 4294967295.0 ? UINT32_MAX : (uint32_t)s->tokens;
+    uint32_t local = s->tokens < 1.0 ? 0 : s->tokens >= 4294967295.0 ? UINT32_MAX
+                                                                        : (uint32_t)s->tokens;
+    if (local == 0)
+        return 0;
+    uint32_t shared = cluster_avail(s, r / share_of(s), now);
+    return shared < local ? shared : local;
 }
 
 bool shaping_acquire(struct shaping_slot *s, double per_s, double now)
 {
     observe(s, now);
-    double r = effective(s, per_s, now);
+    double r = effective(s, per_s, now) * share_of(s);
     if (r <= 0)
         return true;
     refill(s, r, now);
-    if (s->tokens < 1.0) {
+    if (s->tokens < 1.0 || cluster_avail(s, r / share_of(s), now) == 0) {
         s->win_count--;              /* not sent */
         return false;
     }
     s->tokens -= 1.0;
+    if (s->cl && !cluster_limits_degraded(s->cl))
+        cluster_limits_rate_take(s->cl, s->key);
     return true;
 }
 
 double shaping_next_time(const struct shaping_slot *s, double per_s)
 {
     double c = cap_at(s, s->refilled_at);
-    double r = c > 0 && (per_s <= 0 || c < per_s) ? c : per_s;
-    if (r <= 0)
-        return 0;
-    return s->refilled_at + (1.0 - s->tokens) / r;
+    double r = (c > 0 && (per_s <= 0 || c < per_s) ? c : per_s) * share_of(s);
+    double local = r <= 0 ? 0 : s->refilled_at + (1.0 - s->tokens) / r;
+    return s->cl && s->cl_retry > local ? s->cl_retry : local;
+}
+
+void shaping_bind(struct shaping_slot *s, struct cluster_limits *cl, const char *key)
+{
+    s->cl = cl;
+    s->key = key;
+}
+
+bool shaping_conn_take(struct shaping_slot *s, int max, double now)
+{
+    double at;
+    if (!s->cl)
+        return true;
+    if (cluster_limits_conn_acquire(s->cl, s->key, max, now, &at))
+        return true;
+    s->cl_retry = at;
+    return false;
+}
+
+void shaping_conn_give(struct shaping_slot *s)
+{
+    if (s->cl)
+        cluster_limits_conn_release(s->cl, s->key);
 }
 
 void shaping_adjust(struct shaping_slot *s, double per_s, double fraction, double now)

@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct cluster_limits;
+
 #define SHAPING_RECOVER_S 60.0      /* an adjusted rate doubles back every minute */
 #define SHAPING_MIN_RATE (1.0 / 60) /* adjust_domain_rate never goes below 1/min */
 
@@ -22,7 +24,19 @@ struct shaping_slot {
                                         cap_lift (0 = no cap) */
     double win_start, seen_rate;     /* observed sending rate (1 s windows) */
     uint32_t win_count;
+    struct cluster_limits *cl;       /* shaping_bind: counted across the cluster */
+    const char *key;                 /* the destination's name there (borrowed) */
+    double cl_retry;                 /* the cluster said: not before this (mono) */
 };
+
+/* Counts the slot's rate and connections across the cluster (cl NULL = local
+ * only): key names the destination alike on every node and must outlive s. */
+void shaping_bind(struct shaping_slot *s, struct cluster_limits *cl, const char *key);
+/* One more connection (of at most max, counted cluster-wide when bound): true =
+ * open it and call shaping_conn_give when it is gone; false = wait until
+ * shaping_next_time. Always true when not bound. */
+bool shaping_conn_take(struct shaping_slot *s, int max, double now);
+void shaping_conn_give(struct shaping_slot *s);
 
 /* Messages per second for max_message_rate (per minute); 0 = unlimited. */
 double shaping_rate_per_s(int max_message_rate_per_min);

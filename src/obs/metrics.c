@@ -53,6 +53,9 @@ static const struct metric_def defs[M__COUNT] = {
         "Open SMTP connections by direction and domain.", MT_GAUGE, 2, {"direction", "domain"}},
     [M_SPOOL_BYTES] = {"petrel_spool_bytes",
         "Bytes of message data in the spool.", MT_GAUGE, 0, {NULL}},
+    [M_CLUSTER_LIMITS_DEGRADED] = {"petrel_cluster_limits_degraded",
+        "1 while Redis is unreachable and each node applies 1/N of the shared limits.",
+        MT_GAUGE, 0, {NULL}},
 };
 
 static const char *const type_names[] = {

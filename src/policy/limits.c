@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdbool.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,9 @@ struct slot {
 struct limits {
     pthread_mutex_t lock;
     size_t cap;
+    void (*observer)(void *arg, const char *name, double t);
+    void *observer_arg;
+    atomic_int share;                /* 0 or 1 = the whole budget */
     struct slot slots[];
 };
 
@@ -71,15 +75,9 @@ static size_t hash(const char *s)
     return h;
 }
 
-int limits_take(struct limits *l, const char *key, double n, double period, double now)
+/* The slot of k (made, evicting the oldest of its probe run, if absent). Under lock. */
+static struct slot *slot_of(struct limits *l, const char *k, double now)
 {
-    if (!l || !key || strlen(key) > LIMITS_KEY_MAX || !(n >= 1) || !(period > 0) ||
-        !isfinite(n) || !isfinite(period))
-        return PT_INVALID;
-    char k[sizeof l->slots[0].key];
-    snprintf(k, sizeof k, "%.0f|%s", period, key);
-    double t = period / n, tau = period - t;
-    pthread_mutex_lock(&l->lock);
     size_t h = hash(k), probes = l->cap < PROBE_MAX ? l->cap : PROBE_MAX;
     struct slot *hit = NULL, *oldest = NULL;
     for (size_t i = 0; i < probes && !hit; i++) {
@@ -95,14 +93,62 @@ int limits_take(struct limits *l, const char *key, double n, double period, doub
         hit->used = true;
         hit->tat = now;
     }
+    return hit;
+}
+
+int limits_take(struct limits *l, const char *key, double n, double period, double now)
+{
+    if (!l || !key || strlen(key) > LIMITS_KEY_MAX || !(n >= 1) || !(period > 0) ||
+        !isfinite(n) || !isfinite(period))
+        return PT_INVALID;
+    char k[sizeof l->slots[0].key];
+    snprintf(k, sizeof k, "%.0f|%s", period, key);
+    int share = atomic_load(&l->share);
+    if (share > 1)
+        n = n / share >= 1 ? floor(n / share) : 1;
+    double t = period / n, tau = period - t;
+    pthread_mutex_lock(&l->lock);
+    struct slot *hit = slot_of(l, k, now);
     double tat = hit->tat > now ? hit->tat : now;
     int rc = PT_OK;
     if (tat - now > tau + 1e-9)
         rc = PT_TOOLONG;
     else
         hit->tat = tat + t;
+    void (*obs)(void *, const char *, double) = l->observer;
+    void *arg = l->observer_arg;
     pthread_mutex_unlock(&l->lock);
+    if (rc == PT_OK && obs)
+        obs(arg, k, t);
     return rc;
+}
+
+void limits_set_observer(struct limits *l, void (*fn)(void *arg, const char *name, double t),
+                         void *arg)
+{
+    if (!l)
+        return;
+    pthread_mutex_lock(&l->lock);
+    l->observer = fn;
+    l->observer_arg = arg;
+    pthread_mutex_unlock(&l->lock);
+}
+
+void limits_merge(struct limits *l, const char *name, double tat)
+{
+    if (!l || !name || strlen(name) >= sizeof l->slots[0].key || !isfinite(tat))
+        return;
+    pthread_mutex_lock(&l->lock);
+    struct slot *s = slot_of(l, name, tat);
+    if (s->tat < tat)
+        s->tat = tat;
+    pthread_mutex_unlock(&l->lock);
+}
+
+void limits_set_share(struct limits *l, int share)
+{
+    if (l)
+        atomic_store(&l->share, share);
 }
 
 int limits_record(struct buf *lines, const char *key, double n, double period)

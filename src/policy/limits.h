@@ -28,6 +28,17 @@ struct limits *limits_shared(void);
  * PT_INVALID for a bad argument. Thread-safe. */
 int limits_take(struct limits *l, const char *key, double n, double period, double now);
 
+/* Cluster sharing (cluster/limits.h). fn (NULL = none) is called after every
+ * message a take lets pass, outside the lock, with the slot's name "PERIOD|KEY"
+ * and the time one message costs (period/n); set it before other threads use l. */
+void limits_set_observer(struct limits *l, void (*fn)(void *arg, const char *name, double t),
+                         void *arg);
+/* What the cluster used of name ("PERIOD|KEY"): its tat becomes at least tat
+ * (same clock as limits_take's now). */
+void limits_merge(struct limits *l, const char *name, double tat);
+/* While the cluster is unreachable: every limit counts n/share (at least 1). */
+void limits_set_share(struct limits *l, int share);
+
 /* limit_sending records as hooks keep them: lines "PERIOD\tN\tKEY\n". */
 int limits_record(struct buf *lines, const char *key, double n, double period);
 /* Takes one message for every line of lines[0..len); on the first refusal stops

@@ -14,6 +14,7 @@
 #include "delivery/outcome.h"
 #include "delivery/route.h"
 #include "obs/log.h"
+#include "cluster/limits.h"
 #include "queue/entry.h"
 #include "queue/sched.h"
 #include "queue/sched_int.h"
@@ -624,8 +625,12 @@ static void shared_rec(void *arg, const void *rec, size_t len)
 int sched_admin(struct sched *s, const struct sched_admin_req *req, double timeout_s,
                 uint64_t *affected)
 {
-    if (!spool_shared(s->rt->spool))
+    if (!spool_shared(s->rt->spool)) {
+        if (req->op == SCHED_SUSPEND || req->op == SCHED_RESUME)
+            cluster_limits_suspend(s->rt->climits, req->domain,
+                                   req->op == SCHED_SUSPEND ? req->until : 0, req->reason);
         return sched_admin_local(s, req, timeout_s, affected);
+    }
     *affected = 0;
     if (!s->started)
         return PT_ERROR;

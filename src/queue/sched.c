@@ -194,18 +194,24 @@ void sched_timer_arm(struct dthread *t)
     uv_timer_start(&t->timer, on_timer, ms, 0);
 }
 
-/* Whether q may send n more messages now (n = 1 unless asked for more); if not,
- * it waits on the throttled list and the timer dispatches it when a token is due. */
-static bool rate_ok(struct dthread *t, struct dqueue *q)
+/* q waits on the throttled list; the timer dispatches it at shaping_next_time. */
+static void throttle(struct dthread *t, struct dqueue *q)
 {
-    if (shaping_available(&q->rate, rate_per_s(t), time_mono()) > 0)
-        return true;
     if (!q->throttled) {
         q->throttled = true;
         q->tnext = t->throttled;
         t->throttled = q;
         sched_timer_arm(t);
     }
+}
+
+/* Whether q may send n more messages now (n = 1 unless asked for more); if not,
+ * it waits on the throttled list and the timer dispatches it when a token is due. */
+static bool rate_ok(struct dthread *t, struct dqueue *q)
+{
+    if (shaping_available(&q->rate, rate_per_s(t), time_mono()) > 0)
+        return true;
+    throttle(t, q);
     return false;
 }
 
@@ -233,6 +239,7 @@ static struct dqueue *queue_get(struct dthread *t, const char *key, const struct
     q->route = r;
     const char *slash = q->key[0] == '@' ? strrchr(q->key, '/') : NULL;
     q->domain = slash ? slash + 1 : q->key;   /* "@name/domain": an MX-way route */
+    shaping_bind(&q->rate, t->s->rt->climits, q->key);
     q->hnext = t->buckets[h];
     t->buckets[h] = q;
     return q;
@@ -514,6 +521,7 @@ static void pool_fail(void *owner, void *queue, struct entry *e, int code, const
 static void pool_closed(void *owner, void *queue)
 {
     struct dthread *t = owner;
+    shaping_conn_give(&((struct dqueue *)queue)->rate);
     if (!t->stopping)
         sched_dispatch(t, queue);
     queue_maybe_free(t, queue);
@@ -535,13 +543,19 @@ void sched_dispatch(struct dthread *t, struct dqueue *q)
     /* a new connection only for ready entries that no resolving connection will
      * take: don't open 10 connections for 2 messages */
     while (!t->stopping && q->nready > q->pool.nresolving && q->pool.nconn < max &&
-           q->pool.nresolving < shaping_available(&q->rate, rate_per_s(t), time_mono()))
+           q->pool.nresolving < shaping_available(&q->rate, rate_per_s(t), time_mono())) {
+        if (!shaping_conn_take(&q->rate, max, time_mono())) {
+            throttle(t, q);           /* the cluster's connections are all in use */
+            break;
+        }
         if (!pool_open(&t->pool, &q->pool, q, q->route, q->domain,
                        q->route->label && q->route->qkey ? q->route->label : q->domain)) {
+            shaping_conn_give(&q->rate);
             if (q->pool.nconn == 0)   /* out of memory and nobody to take them: defer */
                 pool_fail(t, q, NULL, 451, "4.3.0", "451 4.3.0 out of memory opening a connection");
             break;
         }
+    }
 }
 
 /* ---- entry intake ------------------------------------------------------ */
@@ -620,7 +634,7 @@ static void on_timer(uv_timer_t *timer)
         if (shaping_next_time(&q->rate, rate_per_s(t)) <= now)
             sched_dispatch(t, q);
         else
-            rate_ok(t, q);          /* not yet: back on the list */
+            throttle(t, q);         /* not yet: back on the list */
         queue_maybe_free(t, q);
         q = next;
     }
