@@ -133,7 +133,10 @@ def test_check_validates_redis_options(world, tmp_path):
                    'redis_url = "rediss://u:p%40ss@[::1]:6380/3" }\n')
     r = check(cfg)
     assert r.returncode == 0, r.stderr
+    # configure_redis (cluster-wide limits, test_cluster_limits.py) checks its url alike
     cfg.write_text('petrel.configure_redis { url = "redis://127.0.0.1:6379/0" }\n')
+    assert check(cfg).returncode == 0
+    cfg.write_text('petrel.configure_redis { url = "http://x" }\n')
     r = check(cfg)
     assert r.returncode == 1 and "c.lua:1:" in r.stderr and "configure_redis" in r.stderr
 
