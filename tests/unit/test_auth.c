@@ -634,6 +634,41 @@ static void test_ban_threads(void **state)
     authban_free(b);
 }
 
+/* Cluster sharing: a ban started here is reported once; a ban made elsewhere
+ * refuses here until its end, and never shortens a longer one. */
+static int ban_seen;
+static double ban_until;
+
+static void ban_observer(void *arg, const char *ip, double until)
+{
+    (void)arg;
+    assert_string_equal(ip, "192.0.2.7");
+    ban_seen++;
+    ban_until = until;
+}
+
+static void test_ban_shared(void **state)
+{
+    struct authban *b = authban_new(2, 600, 300);
+    authban_set_observer(b, ban_observer, NULL);
+    assert_false(authban_failure(b, "192.0.2.7", 10.0));
+    assert_int_equal(ban_seen, 0);
+    assert_true(authban_failure(b, "192.0.2.7", 11.0));
+    assert_int_equal(ban_seen, 1);
+    assert_true(ban_until > 310.9 && ban_until < 311.1);
+    authban_ban(b, "198.51.100.9", 50.0);
+    assert_true(authban_is_banned(b, "198.51.100.9", 49.0));
+    assert_false(authban_is_banned(b, "198.51.100.9", 50.5));
+    authban_ban(b, "192.0.2.7", 20.0);          /* shorter: the local ban stays */
+    assert_true(authban_is_banned(b, "192.0.2.7", 300.0));
+    authban_ban(b, "2001:db8::1", 100.0);       /* per /64 as local bans */
+    assert_true(authban_is_banned(b, "2001:db8::2", 99.0));
+    authban_ban(b, "not an address", 100.0);
+    assert_false(authban_is_banned(b, "not an address", 99.0));
+    authban_set_observer(b, NULL, NULL);
+    authban_free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -653,6 +688,7 @@ int main(void)
         cmocka_unit_test(test_ban_keys),
         cmocka_unit_test(test_ban_bounded),
         cmocka_unit_test(test_ban_threads),
+        cmocka_unit_test(test_ban_shared),
     };
     return cmocka_run_group_tests(tests, setup_users, teardown_users);
 }

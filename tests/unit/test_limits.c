@@ -109,6 +109,45 @@ static void test_threads_share_one_count(void **state)
     limits_free(shared_l);
 }
 
+/* Cluster sharing: the observer sees every message let through, a merged tat
+ * from another node refuses here, and a share of N divides the budget. */
+static int seen;
+static char seen_name[200];
+static double seen_t;
+
+static void observer(void *arg, const char *name, double t)
+{
+    (void)arg;
+    seen++;
+    snprintf(seen_name, sizeof seen_name, "%s", name);
+    seen_t = t;
+}
+
+static void test_cluster_sharing(void **state)
+{
+    struct limits *l = limits_new(64);
+    limits_set_observer(l, observer, NULL);
+    assert_int_equal(limits_take(l, "k", 3, 3600, 100.0), PT_OK);
+    assert_int_equal(seen, 1);
+    assert_string_equal(seen_name, "3600|k");
+    assert_true(seen_t > 1199.9 && seen_t < 1200.1);
+    /* another node used the rest: tat 3 messages ahead */
+    limits_merge(l, "3600|k", 100.0 + 3 * 1200.0);
+    assert_int_equal(limits_take(l, "k", 3, 3600, 101.0), PT_TOOLONG);
+    assert_int_equal(seen, 1);                 /* refusals are not charged */
+    /* a key never seen here, merged first */
+    limits_merge(l, "60|fresh", 100.0 + 60.0);
+    assert_int_equal(limits_take(l, "fresh", 2, 60, 100.0), PT_TOOLONG);
+    /* degraded with 2 nodes: 4 per minute counts as 2 */
+    limits_set_share(l, 2);
+    assert_int_equal(limits_take(l, "half", 4, 60, 100.0), PT_OK);
+    assert_int_equal(limits_take(l, "half", 4, 60, 100.0), PT_OK);
+    assert_int_equal(limits_take(l, "half", 4, 60, 100.0), PT_TOOLONG);
+    limits_set_share(l, 1);
+    limits_set_observer(l, NULL, NULL);
+    limits_free(l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -116,6 +155,7 @@ int main(void)
         cmocka_unit_test(test_bounded_table),
         cmocka_unit_test(test_records),
         cmocka_unit_test(test_threads_share_one_count),
+        cmocka_unit_test(test_cluster_sharing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
