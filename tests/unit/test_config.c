@@ -628,7 +628,11 @@ static void test_err_lua(void **state)
     load_err("\n\nerror(\"no position\", 0)\n", 3, "no position");
     load_err("error({})\n", 1, "(error object is a table value)");
     load_err_prefix("petrel.configure_redis { url = \"x\" }\n", 1,
-             "configure_redis: cluster-wide limits are not supported by this build yet");
+             "configure_redis: option 'url': must start with redis:// or rediss://");
+    load_err_prefix("\npetrel.configure_redis { key_prefix = \"p:\" }\n", 2,
+             "configure_redis: option 'url' is required");
+    load_err_prefix("petrel.configure_redis { url = \"redis://h/1\", bogus = 1 }\n", 1,
+             "configure_redis: unknown option 'bogus'");
     /* An API error raised from inside a function reports the calling line. */
     load_err("local function listen(addr)\n"
              "  petrel.start_smtp_listener { listen = addr, foo = 1 }\n"
