@@ -30,7 +30,10 @@ def redis_queue(r, **kw):
 
 
 def shared_keys(r, prefix="petrel:"):
-    return sorted(k for k in r.cmd("KEYS", prefix + "*") if not k.startswith(prefix + "l:"))
+    """The queue's keys (not the node leases "l:", nor the cluster limits' "lim:":
+    their node heartbeat lives as long as a node runs)."""
+    return sorted(k for k in r.cmd("KEYS", prefix + "*")
+                  if not k.startswith(prefix + "l:") and not k.startswith(prefix + "lim:"))
 
 
 def http_extra(port):
