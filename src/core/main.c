@@ -150,6 +150,8 @@ static void warn_restart_only(const struct config *old, const struct config *cfg
          str_differs(old->queue.key_prefix, cfg->queue.key_prefix) ||
          old->queue.wait_replicas != cfg->queue.wait_replicas || old->queue.lease != cfg->queue.lease,
          "configure_queue.backend/redis_url/key_prefix/wait_replicas/lease");
+    NOTE(str_differs(old->redis.url, cfg->redis.url) ||
+         str_differs(old->redis.key_prefix, cfg->redis.key_prefix), "configure_redis");
     NOTE(old->delivery.threads != cfg->delivery.threads, "configure_delivery.threads");
     bool http = old->n_http != cfg->n_http;
     for (int i = 0; !http && i < cfg->n_http; i++) {
