@@ -117,6 +117,34 @@ def test_message_rate_is_shared_by_two_nodes(world, redis):
     assert redis.cmd("EXISTS", "petrel:lim:rate:dest.test") == 1
 
 
+def script_loads(redis):
+    """SCRIPT LOAD calls Redis has seen."""
+    info = redis.cmd("INFO", "commandstats")
+    info = info.decode() if isinstance(info, bytes) else info
+    for line in info.splitlines():
+        if line.startswith("cmdstat_script|load:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def test_scripts_flushed_from_redis_are_loaded_again(world, redis):
+    """SCRIPT FLUSH (a Redis restart without its script cache): EVALSHA gets
+    NOSCRIPT, the scripts are loaded again, mail flows, nothing degrades."""
+    dest = world.mx_domain("dest.test", "127.0.0.2")
+    nodes = start_nodes(world, redis, delivery={"max_message_rate": 600,
+                                                "max_connections_per_domain": 2})
+    sent = inject(nodes[0], "a", 3)
+    wait_for(lambda: all(dest.find(m) for m in sent), 20, "the first messages")
+    loads = script_loads(redis)
+    assert redis.cmd("SCRIPT", "FLUSH") == "OK"
+    sent += inject(nodes[1], "b", 3) + inject(nodes[0], "c", 3)
+    wait_for(lambda: all(dest.find(m) for m in sent), 20, "the messages after SCRIPT FLUSH")
+    assert script_loads(redis) > loads, "the scripts were not loaded again"
+    for p in nodes:
+        assert metric(p, "petrel_cluster_limits_degraded") == 0
+        assert "redis unreachable" not in p.stderr_text()
+
+
 def test_connection_limit_one_across_two_nodes(world, redis):
     dest = world.mx_domain("dest.test", "127.0.0.2", delay=0.2)
     nodes = start_nodes(world, redis, delivery={"max_connections_per_domain": 1})
