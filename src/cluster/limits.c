@@ -347,9 +347,11 @@ static void set_degraded(struct cluster_limits *cl, const char *why)
 
 static void drop_conn(struct cluster_limits *cl, const char *why)
 {
+    char text[256];
+    snprintf(text, sizeof text, "%s", why);   /* why may be the connection's own */
     redis_close(cl->rc);
     cl->rc = NULL;
-    set_degraded(cl, why);
+    set_degraded(cl, text);
 }
 
 static void key_name(const struct cluster_limits *cl, const char *kind, const char *name,
