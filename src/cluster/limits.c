@@ -117,6 +117,12 @@ struct susp { char domain[256]; double until; char reason[200]; };
 
 struct cluster_limits {
     pthread_mutex_t lock;
+    pthread_mutex_t hook_lock;       /* held while the suspension hook runs */
+    pthread_cond_t polled;           /* a suspension poll is done (under lock) */
+    uint64_t susp_polls;
+    bool poll_now;                   /* under lock: poll at once */
+    cluster_limits_suspension_fn suspension;
+    void *suspension_arg;
     pthread_cond_t cond;
     pthread_t tid;
     bool stop;
@@ -678,9 +684,47 @@ static void poll_bans(struct cluster_limits *cl, redisReply *r)
             authban_ban(cl->o.bans, r->element[i]->str, strtod(r->element[i + 1]->str, NULL));
 }
 
+void cluster_limits_set_suspension_hook(struct cluster_limits *cl, cluster_limits_suspension_fn fn,
+                                        void *arg)
+{
+    if (!cl)
+        return;
+    pthread_mutex_lock(&cl->hook_lock);
+    cl->suspension = fn;
+    cl->suspension_arg = arg;
+    cl->nknown = 0;                  /* a new hook learns every suspension afresh */
+    pthread_mutex_unlock(&cl->hook_lock);
+    if (!fn || !cl->o.share_suspensions)
+        return;
+    /* the cluster's suspensions apply before this node says it is ready: wait
+     * (at most 2 s, e.g. while Redis is unreachable) for one poll */
+    pthread_mutex_lock(&cl->lock);
+    uint64_t seen = cl->susp_polls;
+    cl->poll_now = true;
+    pthread_cond_signal(&cl->cond);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += 2;
+    while (cl->susp_polls == seen && !cl->stop)
+        if (pthread_cond_timedwait(&cl->polled, &cl->lock, &ts) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&cl->lock);
+}
+
+/* Under hook_lock. */
+static void poll_susp_locked(struct cluster_limits *cl, redisReply *r);
+
 static void poll_susp(struct cluster_limits *cl, redisReply *r)
 {
-    if (!r || r->type != REDIS_REPLY_ARRAY || !cl->o.suspension)
+    pthread_mutex_lock(&cl->hook_lock);
+    if (cl->suspension)
+        poll_susp_locked(cl, r);
+    pthread_mutex_unlock(&cl->hook_lock);
+}
+
+static void poll_susp_locked(struct cluster_limits *cl, redisReply *r)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY)
         return;
     double wnow = time_now();
     for (size_t i = 0; i + 1 < r->elements; i += 2) {
@@ -697,14 +741,15 @@ static void poll_susp(struct cluster_limits *cl, redisReply *r)
             k++;
         if (k < cl->nknown && fabs(cl->known[k].until - until) < 0.001)
             continue;
+        if (k == cl->nknown && k >= CL_MAX_SUSP)
+            continue;
+        if (!cl->suspension(cl->suspension_arg, dom, until, *reason ? reason : NULL))
+            continue;                /* not applied: asked again at the next poll */
         if (k == cl->nknown) {
-            if (k >= CL_MAX_SUSP)
-                continue;
             cl->nknown++;
             snprintf(cl->known[k].domain, sizeof cl->known[k].domain, "%s", dom);
         }
         cl->known[k].until = until;
-        cl->o.suspension(cl->o.arg, dom, until, *reason ? reason : NULL);
     }
     for (size_t k = 0; k < cl->nknown;) {
         bool still = false;
@@ -714,8 +759,11 @@ static void poll_susp(struct cluster_limits *cl, redisReply *r)
             k++;
             continue;
         }
-        if (still || cl->known[k].until > wnow)   /* lifted early */
-            cl->o.suspension(cl->o.arg, cl->known[k].domain, 0, NULL);
+        if ((still || cl->known[k].until > wnow) &&   /* lifted early */
+            !cl->suspension(cl->suspension_arg, cl->known[k].domain, 0, NULL)) {
+            k++;                     /* asked again at the next poll */
+            continue;
+        }
         cl->known[k] = cl->known[--cl->nknown];
     }
 }
@@ -782,6 +830,10 @@ static int do_periodic(struct cluster_limits *cl, double now)
     if (n & 4) {
         poll_susp(cl, READ());
         freeReplyObject(r);
+        pthread_mutex_lock(&cl->lock);
+        cl->susp_polls++;
+        pthread_cond_broadcast(&cl->polled);
+        pthread_mutex_unlock(&cl->lock);
     }
     if (beat) {
         freeReplyObject(READ());
@@ -806,6 +858,10 @@ static void *limits_thread(void *arg)
     pthread_mutex_lock(&cl->lock);
     while (!cl->stop) {
         double now = time_mono();
+        if (cl->poll_now) {
+            cl->poll_now = false;
+            cl->next_poll = 0;
+        }
         if (!cl->rc) {
             if (now >= next_connect) {
                 pthread_mutex_unlock(&cl->lock);
@@ -906,10 +962,12 @@ struct cluster_limits *cluster_limits_start(const struct cluster_limits_opts *o,
              (unsigned long)ts.tv_nsec);
     cl->live_nodes = 1;
     pthread_mutex_init(&cl->lock, NULL);
+    pthread_mutex_init(&cl->hook_lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&cl->cond, &ca);
+    pthread_cond_init(&cl->polled, &ca);
     pthread_condattr_destroy(&ca);
     metrics_set(M_CLUSTER_LIMITS_DEGRADED, NULL, NULL, 0);
     try_connect(cl);
@@ -965,7 +1023,9 @@ void cluster_limits_stop(struct cluster_limits *cl)
             free(k);
         }
     pthread_mutex_destroy(&cl->lock);
+    pthread_mutex_destroy(&cl->hook_lock);
     pthread_cond_destroy(&cl->cond);
+    pthread_cond_destroy(&cl->polled);
     free(cl->charges);
     free(cl->bans);
     free(cl->susp);

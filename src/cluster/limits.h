@@ -27,11 +27,13 @@ struct cluster_limits_opts {
     bool share_suspensions;       /* local spool: mirror admin suspensions */
     struct limits *sending;       /* limit_sending table to share; NULL = none */
     struct authban *bans;         /* AUTH ban tracker to share; NULL = none */
-    /* A suspension set (until > 0, wall clock) or lifted (until = 0) somewhere in
-     * the cluster; called on the limits thread (it may block briefly). */
-    void (*suspension)(void *arg, const char *domain, double until, const char *reason);
-    void *arg;
 };
+
+/* A suspension set (until > 0, wall clock) or lifted (until = 0) somewhere in the
+ * cluster; called on the limits thread (it may block briefly). false = not
+ * applied (asked again at the next poll). */
+typedef bool (*cluster_limits_suspension_fn)(void *arg, const char *domain, double until,
+                                             const char *reason);
 
 /* Starts the limits thread; tries Redis once (within 2 s) before returning, and
  * starts degraded if it cannot reach it. NULL only when out of memory or the
@@ -59,6 +61,10 @@ void cluster_limits_rate_take(struct cluster_limits *cl, const char *key);
 bool cluster_limits_conn_acquire(struct cluster_limits *cl, const char *key, int max, double now,
                                  double *retry_at);
 void cluster_limits_conn_release(struct cluster_limits *cl, const char *key);
+/* Installs the suspension hook (NULL = none, after a call in progress has
+ * returned). Suspensions are shared only while one is installed. */
+void cluster_limits_set_suspension_hook(struct cluster_limits *cl, cluster_limits_suspension_fn fn,
+                                        void *arg);
 /* Publishes an admin suspension (until > 0) or its end (until = 0) to the other
  * nodes. Never blocks. */
 void cluster_limits_suspend(struct cluster_limits *cl, const char *domain, double until,

@@ -75,7 +75,7 @@ static void hook_suspension(void *arg, const char *domain, double until, const c
 }
 
 /* A suspension made through another node's API (local spool + configure_redis). */
-static void limits_suspension(void *arg, const char *domain, double until, const char *reason)
+static bool limits_suspension(void *arg, const char *domain, double until, const char *reason)
 {
     struct runtime *rt = arg;
     struct sched_admin_req rq = {
@@ -83,11 +83,13 @@ static void limits_suspension(void *arg, const char *domain, double until, const
         .reason = reason,
     };
     uint64_t n;
-    if (sched_admin_local(rt->sched, &rq, NODE_ADMIN_TIMEOUT_S, &n) != PT_OK)
+    if (sched_admin_local(rt->sched, &rq, NODE_ADMIN_TIMEOUT_S, &n) != PT_OK) {
         log_warn("queue %s: cannot apply the cluster's %s here yet", domain,
                  until > 0 ? "suspension" : "resumption");
-    else
-        log_info("queue %s: %s by another node", domain, until > 0 ? "suspended" : "resumed");
+        return false;
+    }
+    log_info("queue %s: %s through the cluster", domain, until > 0 ? "suspended" : "resumed");
+    return true;
 }
 
 int cluster_node_limits_start(struct runtime *rt, char *err, size_t errlen)
@@ -101,7 +103,7 @@ int cluster_node_limits_start(struct runtime *rt, char *err, size_t errlen)
                                                                    : cfg->queue.key_prefix;
     struct cluster_limits_opts o = {
         .url = url, .key_prefix = prefix, .share_suspensions = !shared_queue,
-        .sending = limits_shared(), .bans = rt->ban, .suspension = limits_suspension, .arg = rt,
+        .sending = limits_shared(), .bans = rt->ban,
     };
     rt->climits = cluster_limits_start(&o, err, errlen);
     return rt->climits ? PT_OK : PT_ERROR;
@@ -115,6 +117,8 @@ void cluster_node_limits_stop(struct runtime *rt)
 
 void cluster_node_attach(struct runtime *rt)
 {
+    if (rt->climits && !spool_shared(rt->spool))
+        cluster_limits_set_suspension_hook(rt->climits, limits_suspension, rt);
     if (!spool_shared(rt->spool))
         return;
     struct spool_redis_hooks h = {
@@ -126,6 +130,7 @@ void cluster_node_attach(struct runtime *rt)
 
 void cluster_node_detach(struct runtime *rt)
 {
+    cluster_limits_set_suspension_hook(rt->climits, NULL, NULL);
     if (spool_shared(rt->spool))
         spool_redis_attach(rt->spool, NULL);
 }

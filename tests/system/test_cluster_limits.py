@@ -218,6 +218,18 @@ def test_suspension_through_one_node_stops_the_other(world, redis):
     dest.wait_count(2, 20)
 
 
+def test_node_started_later_honours_an_existing_suspension(world, redis):
+    dest = world.mx_domain("dest.test", "127.0.0.2")
+    (a,) = start_nodes(world, redis, n=1)
+    api(a, "/api/queue/suspend", {"domain": "dest.test", "duration": "1h"})
+    (b,) = start_nodes(world, redis, n=1)
+    b.send_message(to=["late@dest.test"])
+    time.sleep(2.0)
+    assert dest.messages() == [], "a node started later ignored the cluster's suspension"
+    api(b, "/api/queue/resume", {"domain": "dest.test"})
+    dest.wait_count(1, 20)
+
+
 def delivered_between(p, t_from, t_to):
     n = 0
     for r in p.records("Delivery"):
