@@ -1,8 +1,10 @@
-/* Shaping: whether a destination may send one more message now, and when it may
- * next. Today a local token bucket per destination (max_message_rate), with an
- * optional cap set by adjust_domain_rate that recovers over time; the scheduler
- * only calls this interface so a shared backend (Redis GCRA) can replace the
- * bucket without touching it. Never blocks, never allocates.
+/* Shaping: whether a destination may send one more message (or open one more
+ * connection) now, and when it may next. A local token bucket per destination
+ * (max_message_rate) with an optional cap set by adjust_domain_rate that recovers
+ * over time; a slot bound to the cluster limits (cluster/limits.h) also needs the
+ * cluster's allowance and connection slots, or takes 1/N locally while Redis is
+ * unreachable. The scheduler only calls this interface. Never blocks, never
+ * allocates (the cluster side takes a mutex and hands work to its own thread).
  * SPDX-License-Identifier: Apache-2.0 */
 #ifndef PETREL_DELIVERY_SHAPING_H
 #define PETREL_DELIVERY_SHAPING_H
