@@ -3,8 +3,9 @@
  * (max_message_rate) with an optional cap set by adjust_domain_rate that recovers
  * over time; a slot bound to the cluster limits (cluster/limits.h) also needs the
  * cluster's allowance and connection slots, or takes 1/N locally while Redis is
- * unreachable. The scheduler only calls this interface. Never blocks, never
- * allocates (the cluster side takes a mutex and hands work to its own thread).
+ * unreachable. The scheduler only calls this interface. Never blocks (the
+ * cluster side takes a mutex, allocates once per destination and hands the Redis
+ * work to its own thread).
  * SPDX-License-Identifier: Apache-2.0 */
 #ifndef PETREL_DELIVERY_SHAPING_H
 #define PETREL_DELIVERY_SHAPING_H
