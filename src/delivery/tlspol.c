@@ -521,7 +521,15 @@ static void req_finish(struct tlspol_req *r)
         res.need[k] = need;
         res.dane[k] = need == TLSPOL_DANE ? d : NULL;
     }
+    res.sts = r->have_pol && r->pol.mode != MTASTS_NONE ? &r->pol : NULL;
+    for (int i = 0; r->dane && i < r->mx.nhosts; i++)
+        if (r->dane[i].verdict == DANE_AUTH || r->dane[i].verdict == DANE_ENCRYPT ||
+            r->dane[i].verdict == DANE_FAIL)
+            res.rpt_type = "tlsa";
+    if (!res.rpt_type && res.sts)
+        res.rpt_type = "sts";
     if (hosts->nhosts == 0) {
+        res.rpt_failure = dane_failed ? "dnssec-invalid" : "validation-failure";
         res.code = 451;
         snprintf(res.enhanced, sizeof res.enhanced, "4.7.5");
         if (sts_skipped && !dane_failed)
