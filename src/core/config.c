@@ -220,6 +220,7 @@ static const struct opt delivery_opts[] = {
     { O("tls_rpt_interval", OPT_DURATION, CFG(delivery.tls_rpt_interval)) },
     { O("tls_rpt_org", OPT_STR, CFG(delivery.tls_rpt_org)) },
     { O("tls_rpt_from", OPT_STR, CFG(delivery.tls_rpt_from)) },
+    { O("eight_bit_downgrade", OPT_BOOL, CFG(delivery.eight_bit_downgrade)) },
     { .name = NULL },
 };
 

@@ -62,6 +62,7 @@ struct pool_conn {
     bool working;
     struct entry *job;              /* taken from the queue; content goes with it */
     struct buf content;
+    struct buf content7;            /* its 7-bit form, or empty (prepare.h) */
     int job_rc;
     struct dns_result *hosts;       /* first entry only: where the client will go */
     struct conn_policy *policy;     /* first entry only: TLS each host needs (MTA-STS,
@@ -127,7 +128,8 @@ static void prepare_work(uv_work_t *w)
 {
     struct pool_conn *c = w->data;
     buf_init(&c->content, 0);
-    c->job_rc = prepare_content(c->pt->rt, c->job, &c->content);
+    buf_init(&c->content7, 0);
+    c->job_rc = prepare_content(c->pt->rt, c->job, &c->content, &c->content7);
     const struct cfg_auth_client *auth = c->route->auth;
     if (c->hosts && auth && !auth->password && auth->password_file)
         read_secret(auth->password_file, c->pass, sizeof c->pass);
@@ -197,7 +199,7 @@ static void start_client(struct pool_conn *c, struct entry *e)
         p.host_tls[i] = c->policy->host_tls[i];
         p.dane[i] = c->policy->dane[i];
     }
-    c->client = smtp_client_start(pt->loop, &p, &client_ops, c, e, &c->content);
+    c->client = smtp_client_start(pt->loop, &p, &client_ops, c, e, &c->content, &c->content7);
     policy_free(c->policy);
     c->policy = NULL;
     explicit_bzero(c->pass, sizeof c->pass);
@@ -206,6 +208,7 @@ static void start_client(struct pool_conn *c, struct entry *e)
     if (!c->client) {
         c->sending = NULL;
         buf_free(&c->content);
+        buf_free(&c->content7);
         pt->ops->fail(pt->owner, c->queue, e, 451, "4.3.0",
                       "451 4.3.0 out of memory starting a delivery");
         conn_free(c);
@@ -222,6 +225,7 @@ static void prepare_done(uv_work_t *w, int status)
     bool gone = pt->stopping || status != 0 || (!c->client && !c->hosts);
     if (gone || c->job_rc != PT_OK) {
         buf_free(&c->content);
+        buf_free(&c->content7);
         if (gone)
             pt->ops->giveback(pt->owner, c->queue, e);  /* not attempted */
         else
@@ -232,7 +236,7 @@ static void prepare_done(uv_work_t *w, int status)
     }
     c->sending = e;
     if (c->client)
-        smtp_client_deliver(c->client, e, &c->content);
+        smtp_client_deliver(c->client, e, &c->content, &c->content7);
     else
         start_client(c, e);
 }

@@ -69,6 +69,7 @@ struct smtp_client {
     /* current transaction */
     struct entry *e;
     struct buf content;
+    struct buf content7;        /* its 7-bit form (RFC 6152 §3), or empty: none */
     uint32_t *idx;              /* indexes of the pending recipients */
     struct client_result *res;
     uint32_t nres, nsent_rcpt, accepted;
@@ -140,6 +141,7 @@ static void txn_clear(struct smtp_client *c)
     c->mail_failed = false;
     c->e = NULL;
     buf_free(&c->content);
+    buf_free(&c->content7);
 }
 
 /* Hands the finished transaction to the scheduler. The transaction is detached
@@ -312,12 +314,22 @@ static bool envelope_utf8(const struct smtp_client *c)
 
 /* Content the next hop cannot take as it is: every recipient fails permanently
  * here, nothing is sent (RFC 6152 §3: never 8-bit to a hop without 8BITMIME; RFC
- * 6531 §3.4: a UTF-8 envelope needs SMTPUTF8). Conversion to quoted-printable is
- * not done: the message bounces with 5.6.3. Returns true if it failed the entry. */
+ * 6531 §3.4: a UTF-8 envelope needs SMTPUTF8). 8-bit content goes in its 7-bit
+ * form when it has one (prepared and signed before), else it bounces with 5.6.3.
+ * Returns true if it failed the entry. */
 static bool txn_refuse_unsendable(struct smtp_client *c)
 {
     const char *why = NULL, *enh = NULL;
     int code = 0;
+    if (c->body_8bit && !(c->caps.flags & SMTP_CAP_8BITMIME) && c->content7.len &&
+        !(envelope_utf8(c) && !(c->caps.flags & SMTP_CAP_SMTPUTF8))) {
+        log_info("smtp-out %s: no 8BITMIME: %s sent converted to 7 bit (RFC 6152 §3)",
+                 c->site, c->e->id);
+        buf_free(&c->content);
+        c->content = c->content7;
+        buf_init(&c->content7, 0);
+        c->body_8bit = false;
+    }
     if (envelope_utf8(c) && !(c->caps.flags & SMTP_CAP_SMTPUTF8)) {
         code = 553;
         enh = "5.6.7";
@@ -326,7 +338,8 @@ static bool txn_refuse_unsendable(struct smtp_client *c)
         code = 554;
         enh = "5.6.3";
         why = "554 5.6.3 the next hop does not offer 8BITMIME, needed for this 8-bit message "
-              "(conversion to 7 bit is not supported)";
+              "(it cannot be converted to 7 bit: an 8-bit header, a binary or message/* "
+              "part, an existing DKIM signature, or eight_bit_downgrade = false)";
     }
     if (!why)
         return false;
@@ -999,11 +1012,14 @@ static const struct conn_ops client_conn_ops = {
     .on_closed = on_closed, .on_connect = on_connect, .on_tls = on_tls,
 };
 
-static int txn_setup(struct smtp_client *c, struct entry *e, struct buf *content)
+static int txn_setup(struct smtp_client *c, struct entry *e, struct buf *content,
+                     struct buf *content7)
 {
     c->e = e;
     c->content = *content;
     buf_init(content, 0);
+    c->content7 = *content7;
+    buf_init(content7, 0);
     c->body_8bit = has_8bit(&c->content);
     uint32_t n = entry_pending(e);
     c->idx = calloc(n ? n : 1, sizeof *c->idx);
@@ -1018,7 +1034,8 @@ static int txn_setup(struct smtp_client *c, struct entry *e, struct buf *content
 
 struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_params *p,
                                       const struct smtp_client_ops *ops, void *owner,
-                                      struct entry *e, struct buf *content)
+                                      struct entry *e, struct buf *content,
+                                      struct buf *content7)
 {
     struct smtp_client *c = calloc(1, sizeof *c);
     if (!c)
@@ -1049,7 +1066,8 @@ struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_
     }
     c->loop = loop;
     buf_init(&c->content, 0);
-    if (txn_setup(c, e, content) != PT_OK) {
+    buf_init(&c->content7, 0);
+    if (txn_setup(c, e, content, content7) != PT_OK) {
         txn_clear(c);
         for (int i = 0; i < DNS_MAX_HOSTS; i++)
             free(c->dane[i]);
@@ -1063,9 +1081,10 @@ struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_
     return c;
 }
 
-void smtp_client_deliver(struct smtp_client *c, struct entry *e, struct buf *content)
+void smtp_client_deliver(struct smtp_client *c, struct entry *e, struct buf *content,
+                         struct buf *content7)
 {
-    if (txn_setup(c, e, content) != PT_OK) {
+    if (txn_setup(c, e, content, content7) != PT_OK) {
         txn_fail_all(c, 451, "4.3.0", "451 4.3.0 out of memory");
         txn_done(c, true);
         return;
