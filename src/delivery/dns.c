@@ -758,8 +758,9 @@ static void req_addr_done(struct dns_req *r)
         req_finish(r);
 }
 
-/* Fills host slot from an answered address entry; IPv4 first, but IPv6 keeps up to
- * half the slots when there are both. */
+/* Fills host slot from an answered address entry, the families interleaved IPv6
+ * first (RFC 8305 §4: v6, v4, v6, v4...; the client races them, smtp/happy.h); IPv6
+ * keeps up to half the slots when there are both. */
 static void req_on_addr(struct dns_req *r, int slot, const struct ent *e)
 {
     struct dns_host *h = &r->res.hosts[slot];
@@ -768,10 +769,12 @@ static void req_on_addr(struct dns_req *r, int slot, const struct ent *e)
         int n6 = e->n6 < DNS_MAX_ADDRS / 2 ? e->n6 : DNS_MAX_ADDRS / 2;
         int n4 = e->n4 < DNS_MAX_ADDRS - n6 ? e->n4 : DNS_MAX_ADDRS - n6;
         n6 = e->n6 < DNS_MAX_ADDRS - n4 ? e->n6 : DNS_MAX_ADDRS - n4;
-        for (int i = 0; i < n4; i++)
-            set_v4(&h->addrs[h->naddr++], &e->a4[i]);
-        for (int i = 0; i < n6; i++)
-            set_v6(&h->addrs[h->naddr++], &e->a6[i]);
+        for (int i = 0; i < n4 || i < n6; i++) {
+            if (i < n6)
+                set_v6(&h->addrs[h->naddr++], &e->a6[i]);
+            if (i < n4)
+                set_v4(&h->addrs[h->naddr++], &e->a4[i]);
+        }
     } else {
         if (e->status == DNS_TEMPFAIL)
             r->any_tempfail = true;

@@ -8,11 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "obs/log.h"
 #include "queue/entry.h"
 #include "smtp/conn.h"
 #include "smtp/smtp_auth.h"
+#include "smtp/happy.h"
 #include "smtp/smtp_client.h"
 #include "smtp/smtp_data.h"
 #include "smtp/smtp_reply.h"
@@ -65,6 +67,8 @@ struct smtp_client {
     char *auth_user, *auth_pass;
     int plain_host, plain_addr;     /* address to retry without STARTTLS (policy may) */
     int cur_host, cur_addr;
+    struct happy *happy;            /* a connect race over the host's addresses, or NULL */
+    int happy_base;                 /* index of the race's first address in the host */
     uint32_t deliveries;
     /* current transaction */
     struct entry *e;
@@ -223,6 +227,7 @@ static void try_next_host(struct smtp_client *c);
 
 static void client_free(struct smtp_client *c)
 {
+    happy_cancel(c->happy);
     txn_clear(c);
     free(c->exp);
     if (c->auth_pass)
@@ -938,6 +943,8 @@ static const struct conn_ops client_conn_ops;
 static void on_closed(struct conn *conn)
 {
     struct smtp_client *c = conn->owner;
+    happy_cancel(c->happy);
+    c->happy = NULL;
     bool retry_host = !c->txn_started && !c->aborting && c->state != C_DEAD;
     if (retry_host) {
         c->state = C_CONNECTING;
@@ -952,7 +959,47 @@ static void on_closed(struct conn *conn)
     client_free(c);
 }
 
-/* Connects to the next address of the current host, or the next host. When none
+static void set_port(struct sockaddr_storage *ss, uint16_t port)
+{
+    if (ss->ss_family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_port = htons(port);
+    else
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+}
+
+/* The connect race of the current host is over (smtp/happy.h). */
+static void on_happy(void *arg, int fd, int index, int err)
+{
+    struct smtp_client *c = arg;
+    c->happy = NULL;
+    if (c->conn.closing) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    if (fd < 0) {
+        snprintf(c->last_error, sizeof c->last_error, "connect to %s[%s]: %s", c->site,
+                 c->peer, uv_strerror(err));
+        conn_close(&c->conn, false);
+        return;
+    }
+    struct dns_host *h = &c->hosts.hosts[c->cur_host];
+    c->cur_addr = c->happy_base + index;
+    c->addr_i = c->cur_addr + 1;       /* a later failure goes on after the winner */
+    struct sockaddr_storage ss = h->addrs[c->cur_addr];
+    set_port(&ss, c->port);
+    cidr_addr_str((struct sockaddr *)&ss, c->peer, sizeof c->peer);
+    if (conn_accept_fd(&c->conn, fd) != PT_OK) {
+        snprintf(c->last_error, sizeof c->last_error, "connect to %s[%s]: cannot use the "
+                 "socket", c->site, c->peer);
+        conn_close(&c->conn, false);
+        return;
+    }
+    on_connect(&c->conn, 0);
+}
+
+/* Connects to the next address of the current host, or the next host: with more
+ * than one address left, they race (Happy Eyeballs, smtp/happy.h). When none
  * is left, the transaction fails with the last error (a deferral). */
 static void try_next_host(struct smtp_client *c)
 {
@@ -968,11 +1015,9 @@ static void try_next_host(struct smtp_client *c)
         c->tls_policy = c->tls_ctx && c->host_tls[c->cur_host] > c->base_tls
                             ? c->host_tls[c->cur_host] : c->base_tls;
         c->txn_started = false;
+        int left = h->naddr - c->addr_i;
         struct sockaddr_storage ss = h->addrs[c->addr_i++];
-        if (ss.ss_family == AF_INET)
-            ((struct sockaddr_in *)&ss)->sin_port = htons(c->port);
-        else
-            ((struct sockaddr_in6 *)&ss)->sin6_port = htons(c->port);
+        set_port(&ss, c->port);
         snprintf(c->site, sizeof c->site, "%s:%u", h->name, c->port);
         cidr_addr_str((struct sockaddr *)&ss, c->peer, sizeof c->peer);
         buf_free(&c->conn.in);
@@ -982,6 +1027,19 @@ static void try_next_host(struct smtp_client *c)
         smtp_reply_init(&c->rp);
         enter_state(c, C_CONNECTING);
         conn_set_timeout(&c->conn, c->connect_timeout);
+        if (left > 1) {
+            struct sockaddr_storage race[HAPPY_MAX];
+            int n = 0;
+            for (int i = c->cur_addr; i < h->naddr && n < HAPPY_MAX; i++) {
+                race[n] = h->addrs[i];
+                set_port(&race[n++], c->port);
+            }
+            c->happy_base = c->cur_addr;
+            if ((c->happy = happy_start(c->loop, race, n, HAPPY_DELAY_MS, on_happy, c))) {
+                c->addr_i = h->naddr;      /* all raced; on_happy says which won */
+                return;
+            }
+        }
         if (conn_connect(&c->conn, (struct sockaddr *)&ss) == PT_OK)
             return;
         snprintf(c->last_error, sizeof c->last_error, "connect to %s[%s]: failed", c->site, c->peer);
