@@ -577,6 +577,13 @@ void tlspol_check(struct tlspol *tp, const char *domain, const struct dns_result
     snprintf(r->domain, sizeof r->domain, "%s", domain);
     const struct config *cfg = tp->cfg;
     bool dane = cfg->delivery.dane && dns_trusted(tp->dns) && !tp->closing;
+    if (dane && !mx->mx_secure) {
+        /* RFC 7672 §2.2.1: an MX RRset that is not authenticated cannot lead to
+         * DANE (an attacker could name any host): MTA-STS / the route's TLS apply */
+        log_debug("DANE %s: the MX answer is not DNSSEC-authenticated (no AD): DANE "
+                  "does not apply", domain);
+        dane = false;
+    }
     if (dane && mx->nhosts > 0 && !(r->dane = calloc((size_t)mx->nhosts, sizeof *r->dane)))
         dane = false;
     r->pending = 1;                          /* held while starting */
