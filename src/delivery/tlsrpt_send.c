@@ -13,12 +13,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <curl/curl.h>
 #include <jansson.h>
+#include <strings.h>
 #include <uv.h>
 
 #include "core/runtime.h"
 #include "delivery/dns.h"
 #include "delivery/dnsrec.h"
+#include "delivery/sts_fetch.h"
 #include "delivery/tlsrpt.h"
 #include "delivery/tlsrpt_agg.h"
 #include "delivery/tlsrpt_send.h"
@@ -32,6 +36,7 @@
 
 #define TICK_MS 1000          /* how often the counters are saved when they changed */
 #define STATE_MAX (8 << 20)   /* a state file larger than this is not loaded */
+#define POST_TIMEOUT_MS 30000 /* an https: rua POST (RFC 8460 §5.4) */
 
 struct tlsrpt_send {
     struct runtime *rt;
@@ -61,6 +66,9 @@ struct report {
     int64_t start, end;
     struct buf gz;
     struct tlsrpt_rua rua;
+    char resolve[TLSRPT_MAX_RUA][320]; /* curl RESOLVE "host:port:addr" of https rua */
+    int step;                   /* the rua whose host is being resolved */
+    uint16_t step_port;
     struct report *next;
 };
 
@@ -296,18 +304,123 @@ static void queued(void *arg, int status)
         log_error("tls-rpt: could not queue a report");
 }
 
-/* Queues r's mail to each mailto: rua. Worker pool. */
+/* The host and port of an https: URI (no user info); PT_OK or PT_INVALID. */
+static int https_host(const char *uri, char *host, size_t hostlen, uint16_t *port)
+{
+    const char *a = uri + 8, *end = a + strcspn(a, "/?#");
+    if (memchr(a, '@', (size_t)(end - a)) || end == a)
+        return PT_INVALID;
+    const char *h = a, *he, *colon;
+    if (*a == '[') {
+        h = a + 1;
+        he = memchr(h, ']', (size_t)(end - h));
+        if (!he)
+            return PT_INVALID;
+        colon = he + 1 < end && he[1] == ':' ? he + 1 : NULL;
+    } else {
+        colon = memchr(a, ':', (size_t)(end - a));
+        he = colon ? colon : end;
+    }
+    *port = 443;
+    if (colon) {
+        char *e;
+        long v = strtol(colon + 1, &e, 10);
+        if (e != end || v < 1 || v > 65535)
+            return PT_INVALID;
+        *port = (uint16_t)v;
+    }
+    if (he == h || (size_t)(he - h) >= hostlen)
+        return PT_INVALID;
+    memcpy(host, h, (size_t)(he - h));
+    host[he - h] = '\0';
+    return PT_OK;
+}
+
+static bool ip_literal(const char *host)
+{
+    unsigned char a[16];
+    return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+}
+
+static size_t discard(char *p, size_t size, size_t n, void *arg)
+{
+    return size * n;
+}
+
+/* RFC 8460 §5.4: the gzip'ed report POSTed as application/tlsrpt+gzip, the server
+ * verified against configure_delivery.ca_file (or the system store). Worker pool. */
+static void post_https(const struct tlsrpt_send *s, const struct report *r, const char *uri,
+                       const char *resolve)
+{
+    sts_fetch_global_init();
+    CURL *c = curl_easy_init();
+    struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/tlsrpt+gzip");
+    struct curl_slist *res = resolve[0] ? curl_slist_append(NULL, resolve) : NULL;
+    if (!c || !hdr || (resolve[0] && !res)) {
+        log_error("tls-rpt %s: out of memory posting the report to %s", r->domain, uri);
+        goto out;
+    }
+    char ebuf[CURL_ERROR_SIZE] = "";
+    const char *ca = s->rt->cfg->delivery.dflt.ca_file;
+    curl_easy_setopt(c, CURLOPT_URL, uri);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    if (ca)
+        curl_easy_setopt(c, CURLOPT_CAINFO, ca);
+    if (res)
+        curl_easy_setopt(c, CURLOPT_RESOLVE, res);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)POST_TIMEOUT_MS);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, r->gz.data);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->gz.len);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "petrel-tls-rpt");
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    if (rc != CURLE_OK)
+        log_warn("tls-rpt %s: POST of report %s to %s failed: %s", r->domain, r->id, uri,
+                 ebuf[0] ? ebuf : curl_easy_strerror(rc));
+    else if (status / 100 != 2)
+        log_warn("tls-rpt %s: POST of report %s to %s: HTTP %ld", r->domain, r->id, uri,
+                 status);
+    else
+        log_info("tls-rpt %s: report %s posted to %s (HTTP %ld)", r->domain, r->id, uri,
+                 status);
+out:
+    curl_slist_free_all(hdr);
+    curl_slist_free_all(res);
+    if (c)
+        curl_easy_cleanup(c);
+}
+
+/* Sends r to each rua: mail for mailto:, a POST for https:. Worker pool. */
 static void send_work(uv_work_t *w)
 {
     struct report *r = w->data;
     const struct tlsrpt_send *s = r->s;
     for (int i = 0; i < r->rua.n; i++) {
         const char *uri = r->rua.uri[i];
-        if (strncasecmp(uri, "mailto:", 7) != 0) {
-            log_warn("tls-rpt %s: rua %s: only mailto: reports are supported; skipped",
-                     r->domain, uri);
+        if (strncasecmp(uri, "https://", 8) == 0) {
+            char host[256];
+            uint16_t port;
+            if (https_host(uri, host, sizeof host, &port) != PT_OK)
+                log_warn("tls-rpt %s: rua %s is not a usable https URI; skipped", r->domain,
+                         uri);
+            else if (!ip_literal(host) && !r->resolve[i][0])
+                log_warn("tls-rpt %s: rua %s: %s has no address; skipped", r->domain, uri,
+                         host);
+            else
+                post_https(s, r, uri, r->resolve[i]);
             continue;
         }
+        if (strncasecmp(uri, "mailto:", 7) != 0)
+            continue;
         char to[TLSRPT_URI_MAX];
         snprintf(to, sizeof to, "%s", uri + 7);
         to[strcspn(to, "?")] = '\0';   /* RFC 6068 headers (?subject=) are not ours */
@@ -352,6 +465,55 @@ static void send_done(uv_work_t *w, int status)
 
 /* ---- rua lookup (loop) --------------------------------------------------------- */
 
+static void resolve_next(struct report *r);
+
+static void on_rua_host(void *arg, const struct dns_result *res)
+{
+    struct report *r = arg;
+    if (res->status == DNS_OK && res->nhosts > 0 && res->hosts[0].naddr > 0) {
+        char ip[64], host[256];
+        uint16_t port;
+        const struct sockaddr_storage *ss = &res->hosts[0].addrs[0];
+        if (ss->ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, ip, sizeof ip);
+        else
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, ip, sizeof ip);
+        if (https_host(r->rua.uri[r->step], host, sizeof host, &port) == PT_OK)
+            snprintf(r->resolve[r->step], sizeof r->resolve[r->step],
+                     ss->ss_family == AF_INET6 ? "%s:%u:[%s]" : "%s:%u:%s", host,
+                     (unsigned)port, ip);
+    }
+    r->step++;
+    resolve_next(r);
+}
+
+/* Resolves the host of each https: rua through petrel's resolver (libcurl gets the
+ * address, never its own lookup), then queues the sending. */
+static void resolve_next(struct report *r)
+{
+    struct tlsrpt_send *s = r->s;
+    if (!s->dns) {                      /* stopping */
+        s->pending--;
+        report_free(r);
+        return;
+    }
+    for (; r->step < r->rua.n; r->step++) {
+        const char *u = r->rua.uri[r->step];
+        char host[256];
+        uint16_t port;
+        if (strncasecmp(u, "https://", 8) != 0 ||
+            https_host(u, host, sizeof host, &port) != PT_OK || ip_literal(host))
+            continue;
+        dns_resolve_host(s->dns, host, on_rua_host, r);
+        return;
+    }
+    r->work.data = r;
+    if (uv_queue_work(&s->loop, &r->work, send_work, send_done) != 0) {
+        s->pending--;
+        report_free(r);
+    }
+}
+
 static void on_rua(void *arg, const unsigned char *abuf, int alen)
 {
     struct report *r = arg;
@@ -387,11 +549,8 @@ static void on_rua(void *arg, const unsigned char *abuf, int alen)
         report_free(r);
         return;
     }
-    r->work.data = r;
-    if (uv_queue_work(&s->loop, &r->work, send_work, send_done) != 0) {
-        s->pending--;
-        report_free(r);
-    }
+    r->step = 0;
+    resolve_next(r);
 }
 
 static void take_done(uv_work_t *w, int status)

@@ -3,8 +3,8 @@
  * worker pool, so a restart loses nothing), and at the end of each
  * configure_delivery.tls_rpt_interval it builds one gzip'ed JSON report per policy
  * domain, looks up `_smtp._tls.DOMAIN` TXT through petrel's resolver and queues the
- * report as a multipart/report mail to each mailto: rua. https: rua are logged and
- * skipped. Never touches a delivery or SMTP loop.
+ * report as a multipart/report mail to each mailto: rua and POSTs it (libcurl, on
+ * the worker pool) to each https: rua. Never touches a delivery or SMTP loop.
  * SPDX-License-Identifier: Apache-2.0 */
 #ifndef PETREL_DELIVERY_TLSRPT_SEND_H
 #define PETREL_DELIVERY_TLSRPT_SEND_H

@@ -187,3 +187,61 @@ def test_check_accepts_good_values(tmp_path):
                     'tls_rpt_org = "Example Org", tls_rpt_from = "tlsrpt@example.com" }\n')
     res = run_petrel("-c", str(path), "--check", cwd=str(tmp_path))
     assert res.returncode == 0, res.stderr.decode()
+
+
+class PostServer:
+    """An HTTPS server recording every POST (path, headers, body)."""
+
+    def __init__(self, ip, ctx):
+        import http.server
+        import threading
+        self.posts = []
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                outer.posts.append((self.path, dict(self.headers), self.rfile.read(n)))
+                self.send_response(201)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer((ip, 0), H)
+        self.port = self.httpd.server_address[1]
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_https_rua_gets_the_report_posted(world, pki):
+    """RFC 8460 §5.4: an https: rua gets a POST of the gzip'ed JSON with
+    Content-Type application/tlsrpt+gzip; the host is resolved through petrel's
+    resolver (the fake DNS) and verified against configure_delivery.ca_file."""
+    cert, key = pki.leaf("rpt.reports.test")
+    srv = PostServer("127.0.2.9", pki.server_context(cert, key))
+    try:
+        world.dns.add_a("rpt.reports.test", "127.0.2.9")
+        p, dest, bad, reports = rpt_world(
+            world, pki, txt=f"v=TLSRPTv1; rua=https://rpt.reports.test:{srv.port}/v1/tlsrpt",
+            interval="3s", ca_file=pki.ca_file)
+        dest.wait_message(send(p, "h@dest.test"), timeout=30)
+        def dest_post():
+            return next((x for x in list(srv.posts) if json.loads(gzip.decompress(x[2]))
+                         ["policies"][0]["policy"]["policy-domain"] == "dest.test"), None)
+        path, headers, body = wait_for(dest_post, timeout=40, what="the POST of the report")
+        assert path == "/v1/tlsrpt"
+        assert headers.get("Content-Type") == "application/tlsrpt+gzip"
+        rep = json.loads(gzip.decompress(body))
+        [pol] = rep["policies"]
+        assert pol["policy"]["policy-type"] == "tlsa"
+        assert pol["summary"]["total-successful-session-count"] >= 1
+        assert not reports.messages()
+    finally:
+        srv.stop()
