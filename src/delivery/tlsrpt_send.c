@@ -434,7 +434,7 @@ static void send_work(uv_work_t *w)
             const char *rcpts[1] = { to };
             struct ingest_msg m = {
                 .sender = s->from, .rcpts = rcpts, .nrcpt = 1,
-                .content = msg.data, .content_len = msg.len, .protocol = 0,
+                .content = msg.data, .content_len = msg.len, .protocol = PROTO_SMTP,
                 .priority = PRIO_NORMAL, .flags = ENTRY_F_DSN, .received_at = time_now(),
             };
             entry_new_id(m.id);
