@@ -245,3 +245,46 @@ def test_https_rua_gets_the_report_posted(world, pki):
         assert not reports.messages()
     finally:
         srv.stop()
+
+
+def test_sts_policy_report(world, pki):
+    """An MTA-STS (enforce) destination: policy-type sts with the policy lines and the
+    mx patterns; a good host counts successes; a host whose certificate is not from
+    the trusted CA counts certificate-not-trusted failures."""
+    from test_mta_sts import PolicyServer, policy
+    servers = []
+    try:
+        for i, (dom, good) in enumerate((("stsok.test", True), ("stsbad.test", False))):
+            ip = f"127.0.2.{30 + i}"
+            cert, key = pki.leaf(f"mta-sts.{dom}")
+            srv = PolicyServer(ip, pki.server_context(cert, key))
+            servers.append(srv)
+            srv.serve(policy("enforce", f"*.{dom}"))
+            world.dns.set_txt(f"_mta-sts.{dom}", "v=STSv1; id=r1;")
+            world.dns.add_a(f"mta-sts.{dom}", ip)
+            world.dns.set_txt(f"_smtp._tls.{dom}", "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test")
+            c, k = pki.leaf(f"mx.{dom}") if good else pki.self_signed(f"mx.{dom}")
+            tls_mx_domain(world, dom, tls_context=pki.server_context(c, k))
+        reports = world.mx_domain("reports.test")
+        world.mx_domain("sender.test", "127.0.0.3")
+        p = world.petrel(delivery={"ca_file": pki.ca_file, "tls_rpt": True,
+                                   "tls_rpt_interval": "4s", "tls_rpt_org": "Org"})
+        send(p, "a@stsok.test")
+        send(p, "b@stsbad.test")
+        p.wait_record("Delivery", recipient="a@stsok.test", timeout=30)
+        p.wait_record("TransientFailure", recipient="b@stsbad.test", timeout=30)
+        ok, _ = report_json(wait_report(reports, "stsok.test"))
+        [pol] = ok["policies"]
+        assert pol["policy"]["policy-type"] == "sts"
+        assert "mode: enforce" in pol["policy"]["policy-string"]
+        assert pol["policy"]["mx-host"] == ["*.stsok.test"]
+        assert pol["summary"]["total-successful-session-count"] >= 1
+        bad, _ = report_json(wait_report(reports, "stsbad.test"))
+        [bpol] = bad["policies"]
+        assert bpol["policy"]["policy-type"] == "sts"
+        assert bpol["summary"]["total-failure-session-count"] >= 1
+        assert {d["result-type"] for d in bpol["failure-details"]} == \
+            {"certificate-not-trusted"}, bpol["failure-details"]
+    finally:
+        for s in servers:
+            s.stop()
