@@ -296,6 +296,11 @@ static void on_policy(void *arg, const struct tlspol_result *res)
     }
     if (res->rpt_type)
         rpt_policy(c, res);
+    if (res->rpt_note && pt->rt->tlsrpt && res->code == 0) {
+        tlsrpt_agg_failure(pt->rt->tlsrpt, c->domain, res->rpt_type, res->rpt_note, NULL,
+                           NULL);
+        c->rpt_type = NULL;            /* the session itself has no policy to report */
+    }
     if (res->code != 0) {
         if (res->rpt_type && pt->rt->tlsrpt)
             tlsrpt_agg_failure(pt->rt->tlsrpt, c->domain, res->rpt_type,

@@ -44,6 +44,10 @@ struct tlspol_result {
     const char *rpt_type;
     const struct mtasts_policy *sts;
     const char *rpt_failure;
+    /* code == 0, but an MTA-STS policy is published and could not be fetched or
+     * was invalid: this result-type ("sts-policy-fetch-error", ...) is one failed
+     * session; the delivery goes on without the policy. NULL otherwise. */
+    const char *rpt_note;
 };
 typedef void (*tlspol_cb)(void *arg, const struct tlspol_result *res);
 

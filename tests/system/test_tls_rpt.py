@@ -288,3 +288,29 @@ def test_sts_policy_report(world, pki):
     finally:
         for s in servers:
             s.stop()
+
+
+def test_sts_policy_fetch_error_is_reported(world, pki):
+    """_mta-sts TXT published, but the policy host answers 404: the message goes out
+    without a policy (RFC 8461 §5) and the report counts sts-policy-fetch-error."""
+    from test_mta_sts import PolicyServer
+    cert, key = pki.leaf("mta-sts.nopol.test")
+    srv = PolicyServer("127.0.2.40", pki.server_context(cert, key))   # 404 for all
+    try:
+        world.dns.set_txt("_mta-sts.nopol.test", "v=STSv1; id=x1;")
+        world.dns.add_a("mta-sts.nopol.test", "127.0.2.40")
+        world.dns.set_txt("_smtp._tls.nopol.test", "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test")
+        dest = world.mx_domain("nopol.test")
+        reports = world.mx_domain("reports.test")
+        world.mx_domain("sender.test", "127.0.0.3")
+        p = world.petrel(delivery={"ca_file": pki.ca_file, "tls_rpt": True,
+                                   "tls_rpt_interval": "4s"})
+        dest.wait_message(send(p, "c@nopol.test"), timeout=30)
+        rep, _ = report_json(wait_report(reports, "nopol.test"))
+        [pol] = rep["policies"]
+        assert pol["policy"]["policy-type"] == "sts"
+        assert pol["summary"]["total-failure-session-count"] >= 1
+        assert pol["summary"]["total-successful-session-count"] == 0
+        assert {d["result-type"] for d in pol["failure-details"]} == {"sts-policy-fetch-error"}
+    finally:
+        srv.stop()
