@@ -64,6 +64,8 @@
 #define DEF_MTA_STS            true       /* honour published MTA-STS policies (RFC 8461) */
 #define DEF_DANE               false      /* needs a DNSSEC-validating configured resolver */
 #define DEF_TLS_RPT            false      /* send TLS-RPT reports (RFC 8460) */
+#define DEF_TLS_RPT_INTERVAL   86400.0    /* RFC 8460 §4.1: daily reports */
+#define DEF_EIGHT_BIT_DOWNGRADE true      /* RFC 6152 §3: convert rather than bounce */
 #define DEF_MIN_TLS_VERSION    "1.2"
 #define DEF_PREFER_SERVER_CIPHERS true
 #define DEF_DKIM_HEADERS       { "From", "To", "Subject", "Date", "Message-ID" }
@@ -215,6 +217,10 @@ static const struct opt delivery_opts[] = {
     { O("mta_sts", OPT_BOOL, CFG(delivery.mta_sts)) },
     { O("dane", OPT_BOOL, CFG(delivery.dane)) },
     { O("tls_rpt", OPT_BOOL, CFG(delivery.tls_rpt)) },
+    { O("tls_rpt_interval", OPT_DURATION, CFG(delivery.tls_rpt_interval)) },
+    { O("tls_rpt_org", OPT_STR, CFG(delivery.tls_rpt_org)) },
+    { O("tls_rpt_from", OPT_STR, CFG(delivery.tls_rpt_from)) },
+    { O("eight_bit_downgrade", OPT_BOOL, CFG(delivery.eight_bit_downgrade)) },
     { .name = NULL },
 };
 
@@ -882,12 +888,33 @@ static int api_configure_redis(lua_State *L)
     return 0;
 }
 
+/* A plain addr-spec "local@domain": what a report's From: and MAIL FROM carry. */
+static bool tls_rpt_from_ok(const char *s)
+{
+    const char *at = strrchr(s, '@');
+    if (!at || at == s || !at[1] || strlen(s) > 254)
+        return false;
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || strchr("<>\"(),;:\\[]", *p))
+            return false;
+    return strchr(at + 1, '@') == NULL && at[1] != '.';
+}
+
 static int api_configure_delivery(lua_State *L)
 {
     configure(L, "configure_delivery", delivery_opts);
-    if (cfg_of(L)->delivery.tls_rpt)
-        return lua_api_error(L, "configure_delivery: tls_rpt = true is not implemented yet "
-                             "(no TLS-RPT reports are sent); remove it");
+    const struct cfg_delivery *d = &cfg_of(L)->delivery;
+    if (d->tls_rpt_interval < 1.0)
+        return lua_api_error(L, "configure_delivery: option 'tls_rpt_interval' must be at "
+                             "least 1s (e.g. \"24h\")");
+    if (d->tls_rpt_org && (!d->tls_rpt_org[0] || strlen(d->tls_rpt_org) > 200 ||
+                           strpbrk(d->tls_rpt_org, "\r\n")))
+        return lua_api_error(L, "configure_delivery: option 'tls_rpt_org' must be a "
+                             "non-empty single line of at most 200 bytes");
+    if (d->tls_rpt_from && !tls_rpt_from_ok(d->tls_rpt_from))
+        return lua_api_error(L, "configure_delivery: option 'tls_rpt_from' must be a mail "
+                             "address like \"postmaster@example.com\" (no <>, spaces or "
+                             "quotes)");
     return 0;
 }
 
@@ -1149,6 +1176,8 @@ static int config_defaults(struct config *cfg)
     cfg->delivery.mta_sts = DEF_MTA_STS;
     cfg->delivery.dane = DEF_DANE;
     cfg->delivery.tls_rpt = DEF_TLS_RPT;
+    cfg->delivery.tls_rpt_interval = DEF_TLS_RPT_INTERVAL;
+    cfg->delivery.eight_bit_downgrade = DEF_EIGHT_BIT_DOWNGRADE;
 
     cfg->auth_max_failures = DEF_AUTH_MAX_FAILURES;
     cfg->auth_failure_window = DEF_AUTH_FAILURE_WINDOW;
@@ -1334,6 +1363,8 @@ void config_free(struct config *cfg)
     free(cfg->redis.key_prefix);
     free_route(&cfg->delivery.dflt);
     free(cfg->delivery.helo_name);
+    free(cfg->delivery.tls_rpt_org);
+    free(cfg->delivery.tls_rpt_from);
     for (int i = 0; i < cfg->n_routes; i++)
         free_route(&cfg->routes[i]);
     free(cfg->routes);

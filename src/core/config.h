@@ -102,6 +102,11 @@ struct cfg_delivery {
     bool mta_sts;                    /* true: MTA-STS policies of MX destinations honoured */
     bool dane;                       /* true: DANE TLSA checks (configured resolvers' AD) */
     bool tls_rpt;                    /* true: TLS-RPT aggregate reports sent */
+    double tls_rpt_interval;         /* 24h: one report per policy domain this often */
+    char *tls_rpt_org;               /* organization-name; NULL = the host name */
+    char *tls_rpt_from;              /* report sender; NULL = postmaster@host name */
+    bool eight_bit_downgrade;        /* true: 8-bit to a hop without 8BITMIME is converted
+                                        to quoted-printable (RFC 6152 §3); false: 5.6.3 */
 };
 
 struct cfg_dkim_key {

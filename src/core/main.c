@@ -24,6 +24,7 @@
 #include "core/config.h"
 #include "core/fdlimit.h"
 #include "core/runtime.h"
+#include "delivery/tlsrpt_send.h"
 #include "core/worker.h"
 #include "http/http_server.h"
 #include "obs/log.h"
@@ -145,6 +146,11 @@ static void warn_restart_only(const struct config *old, const struct config *cfg
     NOTE(old->smtp_threads != cfg->smtp_threads, "configure_process.smtp_threads");
     NOTE(str_differs(old->process_user, cfg->process_user), "configure_process.user");
     NOTE(str_differs(old->queue.spool_dir, cfg->queue.spool_dir), "configure_queue.spool_dir");
+    NOTE(old->delivery.tls_rpt != cfg->delivery.tls_rpt ||
+         old->delivery.tls_rpt_interval != cfg->delivery.tls_rpt_interval ||
+         str_differs(old->delivery.tls_rpt_org, cfg->delivery.tls_rpt_org) ||
+         str_differs(old->delivery.tls_rpt_from, cfg->delivery.tls_rpt_from),
+         "configure_delivery.tls_rpt*");
     NOTE(str_differs(old->queue.backend, cfg->queue.backend) ||
          str_differs(old->queue.redis_url, cfg->queue.redis_url) ||
          str_differs(old->queue.key_prefix, cfg->queue.key_prefix) ||
@@ -446,6 +452,11 @@ int main(int argc, char **argv)
     wg->running = true;
     rl.stopped = false;          /* reloads from here on */
     pthread_mutex_unlock(&rl.lock);
+    struct tlsrpt_send *rpt = tlsrpt_send_start(&rt, err, sizeof err);
+    if (!rpt && err[0]) {
+        fprintf(stderr, "petrel: %s\n", err);
+        return 1;
+    }
     if (sched_start(rt.sched) != PT_OK) {
         fprintf(stderr, "petrel: cannot start delivery threads\n");
         return 1;
@@ -498,6 +509,7 @@ int main(int argc, char **argv)
     cluster_node_detach(&rt);
     sched_stop(rt.sched);
     cluster_node_limits_stop(&rt);
+    tlsrpt_send_stop(rpt);       /* after delivery (it counts), before the spool */
     sched_free(rt.sched);
     struct spool_stats st;
     spool_stats(rt.spool, &st);

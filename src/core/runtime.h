@@ -22,6 +22,7 @@ struct users;
 struct authban;
 struct dkim_key;
 struct lua_State;
+struct tlsrpt_agg;
 
 #define RT_MAX_CA 16
 
@@ -55,6 +56,7 @@ struct runtime {
     char hostname[256];        /* default Reporting-MTA / helo name */
     struct authban *ban;       /* AUTH failure tracker (kept across reloads) */
     struct cluster_limits *climits; /* configure_redis: shared limits; NULL = local */
+    struct tlsrpt_agg *tlsrpt; /* TLS-RPT counters; NULL = tls_rpt off */
     /* current generation: gen is guarded by gen_lock and holds one reference;
      * gen_id mirrors gen->id for the lock-free check of runtime_gen_acquire */
     pthread_mutex_t gen_lock;

@@ -80,6 +80,7 @@ struct ent {
     struct waiter *waiters;
     struct subquery q[2];
     bool nodata;               /* ENT_MX: no MX records -> A/AAAA of the domain */
+    bool ad;                   /* ENT_MX: the answer had the AD bit */
     int ntargets;              /* ENT_MX */
     struct mx_target *targets;
     bool part_tempfail;        /* ENT_ADDR: one family failed temporarily */
@@ -758,8 +759,9 @@ static void req_addr_done(struct dns_req *r)
         req_finish(r);
 }
 
-/* Fills host slot from an answered address entry; IPv4 first, but IPv6 keeps up to
- * half the slots when there are both. */
+/* Fills host slot from an answered address entry, the families interleaved IPv6
+ * first (RFC 8305 §4: v6, v4, v6, v4...; the client races them, smtp/happy.h); IPv6
+ * keeps up to half the slots when there are both. */
 static void req_on_addr(struct dns_req *r, int slot, const struct ent *e)
 {
     struct dns_host *h = &r->res.hosts[slot];
@@ -768,10 +770,12 @@ static void req_on_addr(struct dns_req *r, int slot, const struct ent *e)
         int n6 = e->n6 < DNS_MAX_ADDRS / 2 ? e->n6 : DNS_MAX_ADDRS / 2;
         int n4 = e->n4 < DNS_MAX_ADDRS - n6 ? e->n4 : DNS_MAX_ADDRS - n6;
         n6 = e->n6 < DNS_MAX_ADDRS - n4 ? e->n6 : DNS_MAX_ADDRS - n4;
-        for (int i = 0; i < n4; i++)
-            set_v4(&h->addrs[h->naddr++], &e->a4[i]);
-        for (int i = 0; i < n6; i++)
-            set_v6(&h->addrs[h->naddr++], &e->a6[i]);
+        for (int i = 0; i < n4 || i < n6; i++) {
+            if (i < n6)
+                set_v6(&h->addrs[h->naddr++], &e->a6[i]);
+            if (i < n4)
+                set_v4(&h->addrs[h->naddr++], &e->a4[i]);
+        }
     } else {
         if (e->status == DNS_TEMPFAIL)
             r->any_tempfail = true;
@@ -791,6 +795,7 @@ static void req_on_mx(struct dns_req *r, const struct ent *e)
         req_fail(r, e->status, r->name, e->error);
         return;
     }
+    res->mx_secure = e->ad;
     if (e->nodata) {
         r->fallback = true;
         res->nhosts = 1;
@@ -963,8 +968,10 @@ static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf, 
     uint32_t ttl = 0;
 
     if (abuf && alen > 0 && status != ARES_EDESTRUCTION && status != ARES_ECANCELLED) {
-        if (e->kind == ENT_MX)
+        if (e->kind == ENT_MX) {
             dns_parse_mx_answer(abuf, alen, s, &ttl);
+            e->ad = alen >= 4 && (abuf[3] & 0x20) != 0;
+        }
         else
             dns_parse_addr_answer(abuf, alen, q->family, s, &ttl);
     } else {
@@ -992,7 +999,19 @@ static void ent_start(struct dns *d, struct ent *e)
     e->q[0] = (struct subquery){.d = d, .e = e, .family = AF_UNSPEC};
     if (e->kind == ENT_MX) {
         e->pending = 1;
-        ares_query(d->ch, e->name, DNS_CLASS_IN, DNS_TYPE_MX, on_answer, &e->q[0]);
+        /* with AD in the query, as dns_query_raw: the MX RRset's DNSSEC status
+         * decides whether DANE applies (RFC 7672 §2.2.1) */
+        unsigned char *q = NULL;
+        int qlen = 0;
+        if (ares_create_query(e->name, DNS_CLASS_IN, DNS_TYPE_MX, 0, 1, &q, &qlen, 1232) ==
+                ARES_SUCCESS && qlen >= 12) {
+            q[3] |= 0x20;
+            ares_send(d->ch, q, qlen, on_answer, &e->q[0]);
+        } else {
+            ares_query(d->ch, e->name, DNS_CLASS_IN, DNS_TYPE_MX, on_answer, &e->q[0]);
+        }
+        if (q)
+            ares_free_string(q);
         return;
     }
     e->q[0].family = AF_INET;

@@ -34,6 +34,10 @@ struct dns_result {
     int nhosts;
     struct dns_host hosts[DNS_MAX_HOSTS]; /* delivery order */
     char error[160];           /* human text for logs when status != DNS_OK */
+    bool mx_secure;            /* dns_resolve_mx: the MX answer (or the NODATA answer
+                                  before the A/AAAA fallback) had the AD bit: a
+                                  validating resolver authenticated it (RFC 7672
+                                  §2.2.1; trust it only when dns_trusted) */
 };
 
 struct dns;

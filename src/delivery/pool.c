@@ -15,6 +15,7 @@
 #include "delivery/prepare.h"
 #include "delivery/route.h"
 #include "delivery/tlspol.h"
+#include "delivery/tlsrpt_agg.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "queue/entry.h"
@@ -61,11 +62,15 @@ struct pool_conn {
     bool working;
     struct entry *job;              /* taken from the queue; content goes with it */
     struct buf content;
+    struct buf content7;            /* its 7-bit form, or empty (prepare.h) */
     int job_rc;
     struct dns_result *hosts;       /* first entry only: where the client will go */
     struct conn_policy *policy;     /* first entry only: TLS each host needs (MTA-STS,
                                        DANE); NULL = the route's alone */
     char pass[512];                 /* first entry only: the route's password */
+    const char *rpt_type;           /* TLS-RPT policy type of the destination ("sts",
+                                       "tlsa") or NULL: sessions are not counted */
+    bool rpt_counted;               /* this client's successful session is counted */
 };
 
 static const struct smtp_client_ops client_ops;
@@ -123,7 +128,8 @@ static void prepare_work(uv_work_t *w)
 {
     struct pool_conn *c = w->data;
     buf_init(&c->content, 0);
-    c->job_rc = prepare_content(c->pt->rt, c->job, &c->content);
+    buf_init(&c->content7, 0);
+    c->job_rc = prepare_content(c->pt->rt, c->job, &c->content, &c->content7);
     const struct cfg_auth_client *auth = c->route->auth;
     if (c->hosts && auth && !auth->password && auth->password_file)
         read_secret(auth->password_file, c->pass, sizeof c->pass);
@@ -193,7 +199,7 @@ static void start_client(struct pool_conn *c, struct entry *e)
         p.host_tls[i] = c->policy->host_tls[i];
         p.dane[i] = c->policy->dane[i];
     }
-    c->client = smtp_client_start(pt->loop, &p, &client_ops, c, e, &c->content);
+    c->client = smtp_client_start(pt->loop, &p, &client_ops, c, e, &c->content, &c->content7);
     policy_free(c->policy);
     c->policy = NULL;
     explicit_bzero(c->pass, sizeof c->pass);
@@ -202,6 +208,7 @@ static void start_client(struct pool_conn *c, struct entry *e)
     if (!c->client) {
         c->sending = NULL;
         buf_free(&c->content);
+        buf_free(&c->content7);
         pt->ops->fail(pt->owner, c->queue, e, 451, "4.3.0",
                       "451 4.3.0 out of memory starting a delivery");
         conn_free(c);
@@ -218,6 +225,7 @@ static void prepare_done(uv_work_t *w, int status)
     bool gone = pt->stopping || status != 0 || (!c->client && !c->hosts);
     if (gone || c->job_rc != PT_OK) {
         buf_free(&c->content);
+        buf_free(&c->content7);
         if (gone)
             pt->ops->giveback(pt->owner, c->queue, e);  /* not attempted */
         else
@@ -228,12 +236,52 @@ static void prepare_done(uv_work_t *w, int status)
     }
     c->sending = e;
     if (c->client)
-        smtp_client_deliver(c->client, e, &c->content);
+        smtp_client_deliver(c->client, e, &c->content, &c->content7);
     else
         start_client(c, e);
 }
 
 /* ---- connections ------------------------------------------------------- */
+
+/* TLS-RPT: the destination's policy (its lines as RFC 8460 §4.2 policy-string)
+ * goes to the counters; the connection's sessions are counted under its type. */
+static void rpt_policy(struct pool_conn *c, const struct tlspol_result *res)
+{
+    struct tlsrpt_agg *agg = c->pt->rt->tlsrpt;
+    c->rpt_type = agg ? res->rpt_type : NULL;
+    if (!agg)
+        return;
+    enum { MAXL = 16 };
+    char buf[MAXL][300];
+    const char *lines[MAXL], *mx[MAXL];
+    int n = 0, nmx = 0;
+    if (strcmp(res->rpt_type, "tlsa") == 0) {
+        const struct dane_host *d = NULL;
+        for (int i = 0; !d && i < res->hosts->nhosts; i++)
+            d = res->dane[i];
+        for (int i = 0; d && i < d->n && n < MAXL; i++) {
+            const struct dane_tlsa *t = &d->tlsa[i];
+            int o = snprintf(buf[n], sizeof buf[n], "%u %u %u ", t->usage, t->selector,
+                             t->mtype);
+            for (int k = 0; k < t->len && o + 3 < (int)sizeof buf[n]; k++)
+                o += snprintf(buf[n] + o, sizeof buf[n] - (size_t)o, "%02x", t->data[k]);
+            lines[n] = buf[n];
+            n++;
+        }
+    } else if (res->sts) {
+        const struct mtasts_policy *p = res->sts;
+        snprintf(buf[n++], sizeof buf[0], "version: STSv1");
+        snprintf(buf[n++], sizeof buf[0], "mode: %s", mtasts_mode_name(p->mode));
+        for (int i = 0; i < p->nmx && n < MAXL - 1; i++) {
+            snprintf(buf[n++], sizeof buf[0], "mx: %s", p->mx[i]);
+            mx[nmx++] = p->mx[i];
+        }
+        snprintf(buf[n++], sizeof buf[0], "max_age: %u", (unsigned)p->max_age);
+        for (int i = 0; i < n; i++)
+            lines[i] = buf[i];
+    }
+    tlsrpt_agg_policy(agg, c->domain, res->rpt_type, lines, n, mx, nmx);
+}
 
 /* The MX destination's TLS policy (MTA-STS, DANE) is known: keep the hosts it allows
  * and the TLS it needs, or defer the queue's ready entries with its reply. */
@@ -246,7 +294,18 @@ static void on_policy(void *arg, const struct tlspol_result *res)
         conn_free(c);
         return;
     }
+    if (res->rpt_type)
+        rpt_policy(c, res);
+    if (res->rpt_note && pt->rt->tlsrpt && res->code == 0) {
+        tlsrpt_agg_failure(pt->rt->tlsrpt, c->domain, res->rpt_type, res->rpt_note, NULL,
+                           NULL);
+        c->rpt_type = NULL;            /* the session itself has no policy to report */
+    }
     if (res->code != 0) {
+        if (res->rpt_type && pt->rt->tlsrpt)
+            tlsrpt_agg_failure(pt->rt->tlsrpt, c->domain, res->rpt_type,
+                               res->rpt_failure ? res->rpt_failure : "validation-failure",
+                               NULL, res->text);
         log_warn("smtp-out %s: %s", c->domain, res->text);
         pt->ops->fail(pt->owner, c->queue, NULL, res->code, res->enhanced, res->text);
         conn_free(c);
@@ -402,6 +461,10 @@ static void client_on_done(void *owner, struct smtp_client *client, struct entry
     const struct config *cfg = pt->rt->cfg;
     struct outcome_where where = { site, peer, tls };
     c->sending = NULL;
+    if (c->rpt_type && tls && !c->rpt_counted && pt->rt->tlsrpt) {
+        c->rpt_counted = true;       /* one session, however many transactions */
+        tlsrpt_agg_success(pt->rt->tlsrpt, c->domain, c->rpt_type);
+    }
     pt->ops->done(pt->owner, c->queue, e, res, nres, &where);
     if (!usable)
         return;
@@ -424,6 +487,18 @@ static void client_on_closed(void *owner, struct smtp_client *client)
 
 static void client_on_tls_failure(void *owner, const char *site, const char *why)
 {
+    struct pool_conn *c = owner;
+    struct tlsrpt_agg *agg = c->pt->rt->tlsrpt;
+    if (c->rpt_type && agg) {
+        char host[300];
+        snprintf(host, sizeof host, "%s", site ? site : "");
+        char *colon = strrchr(host, ':');
+        if (colon && host[0] != '[')
+            *colon = '\0';
+        tlsrpt_agg_failure(agg, c->domain, c->rpt_type,
+                           tlsrpt_agg_result_type(why, strcmp(c->rpt_type, "tlsa") == 0),
+                           host[0] ? host : NULL, why);
+    }
     log_warn("smtp-out %s: TLS policy failure: %s", site, why);
     metrics_inc(M_TLS_FAILURES, METRICS_OUTBOUND, NULL, 1);
 }

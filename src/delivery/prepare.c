@@ -2,6 +2,7 @@
  * hooks, so that the signature covers what is sent.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <string.h>
+#include <strings.h>
 
 #include "core/runtime.h"
 #include "delivery/prepare.h"
@@ -11,6 +12,7 @@
 #include "queue/entry.h"
 #include "queue/spool.h"
 #include "util/headers.h"
+#include "util/mime.h"
 #include "util/result.h"
 #include "util/timeutil.h"
 
@@ -113,7 +115,40 @@ static int dkim_apply(const struct runtime *rt, const struct entry *e, struct bu
     return rc;
 }
 
-int prepare_content(const struct runtime *rt, const struct entry *e, struct buf *out)
+/* Whether the header block of msg has a DKIM-Signature field. */
+static bool has_dkim_signature(const char *msg, size_t len)
+{
+    size_t pos = 0;
+    struct hdr_field f;
+    while (hdr_next(msg, len, &pos, &f))
+        if (f.name_len == 14 && strncasecmp(f.name, "DKIM-Signature", 14) == 0)
+            return true;
+    return false;
+}
+
+/* The 7-bit form of content into alt7 (see prepare.h), unsigned; empty when none. */
+static void downgrade(const struct runtime *rt, const struct entry *e,
+                      const struct buf *content, struct buf *alt7)
+{
+    if (!rt->cfg->delivery.eight_bit_downgrade || !mime_has_8bit(content->data, content->len))
+        return;
+    if (has_dkim_signature(content->data, content->len)) {
+        log_info("%s: 8-bit message already DKIM-signed: not converted to 7 bit (a hop "
+                 "without 8BITMIME bounces it with 5.6.3)", e->id);
+        return;
+    }
+    int rc = mime_downgrade_7bit(content->data, content->len, alt7);
+    if (rc != PT_OK) {
+        if (rc == PT_INVALID)
+            log_info("%s: 8-bit message cannot be converted to 7 bit (8-bit header, binary "
+                     "or message/* part): a hop without 8BITMIME bounces it with 5.6.3", e->id);
+        buf_free(alt7);
+        buf_init(alt7, 0);
+    }
+}
+
+int prepare_content(const struct runtime *rt, const struct entry *e, struct buf *out,
+                    struct buf *alt7)
 {
     int rc = spool_get_content(rt->spool, e->id, out);
     if (rc == PT_OK && e->hdr_edits)
@@ -123,10 +158,15 @@ int prepare_content(const struct runtime *rt, const struct entry *e, struct buf 
         buf_init(out, 0);
         return rc == PT_NOTFOUND ? PT_NOTFOUND : rc;
     }
+    downgrade(rt, e, out, alt7);
     rc = dkim_apply(rt, e, out);
+    if (rc == PT_OK && alt7->len)
+        rc = dkim_apply(rt, e, alt7);
     if (rc != PT_OK) {
         buf_free(out);
         buf_init(out, 0);
+        buf_free(alt7);
+        buf_init(alt7, 0);
         return rc == PT_NOTFOUND ? PT_ERROR : rc;
     }
     return PT_OK;

@@ -12,9 +12,16 @@ struct runtime;
 struct entry;
 
 /* Fills out (initialized by the caller, empty) with e's content as it is to be
- * sent. PT_OK; PT_NOTFOUND: the content is gone from the spool (drop the entry);
- * PT_NOMEM or another error: try again later (out is emptied). rt and e are
- * borrowed for the call; e is only read. Thread-safe. */
-int prepare_content(const struct runtime *rt, const struct entry *e, struct buf *out);
+ * sent, and alt7 (initialized, empty) with its 7-bit form for a next hop without
+ * 8BITMIME (RFC 6152 §3, util/mime.h), converted before petrel's DKIM signatures
+ * so that they cover what is sent; alt7 stays empty when the content is 7-bit,
+ * configure_delivery.eight_bit_downgrade is false, the message already carries a
+ * DKIM-Signature (converting would break it: such mail bounces with 5.6.3 at a hop
+ * without 8BITMIME) or cannot be converted. PT_OK; PT_NOTFOUND: the content is
+ * gone from the spool (drop the entry); PT_NOMEM or another error: try again later
+ * (out and alt7 are emptied). rt and e are borrowed for the call; e is only read.
+ * Thread-safe. */
+int prepare_content(const struct runtime *rt, const struct entry *e, struct buf *out,
+                    struct buf *alt7);
 
 #endif

@@ -40,6 +40,8 @@ struct sts_ent {
     uint64_t txt_checked;          /* loop time, ms */
     char txt_id[MTASTS_ID_MAX + 1]; /* of the lookup in flight; "" = no valid record */
     char ip[64];                   /* of mta-sts.DOMAIN for the fetch; "" = none */
+    const char *rpt_error;         /* the last fetch failed (TLS-RPT result-type) and
+                                      no valid policy is known; NULL otherwise */
     struct tlspol_req *waiters;
     char domain[256];
 };
@@ -57,6 +59,7 @@ struct tlspol_req {
     int pending;
     bool have_pol;
     struct mtasts_policy pol;
+    const char *sts_error;         /* a policy is published but could not be had (TLS-RPT) */
     struct dns_result mx;
     struct dane_host *dane;        /* mx.nhosts of them, NULL without DANE */
     struct tlsa_slot slots[DNS_MAX_HOSTS];
@@ -91,6 +94,7 @@ struct sts_job {
     /* out */
     char note[600];                /* what happened, for the log */
     bool note_warn;
+    const char *rpt_error;         /* TLS-RPT result-type of a failed fetch, or NULL */
 };
 
 static void req_step_done(struct tlspol_req *r);
@@ -222,6 +226,7 @@ static void job_run(uv_work_t *w)
     if (!j->ip[0]) {
         snprintf(j->note, sizeof j->note, "no address for mta-sts.%s", j->domain);
         j->note_warn = true;
+        j->rpt_error = "sts-policy-fetch-error";
         return;
     }
     struct buf body;
@@ -240,6 +245,9 @@ static void job_run(uv_work_t *w)
     if (rc != PT_OK) {
         snprintf(j->note, sizeof j->note, "policy fetch failed: %s", err);
         j->note_warn = true;
+        j->rpt_error = rc == PT_INVALID ? "sts-policy-invalid"
+                     : strcasestr(err, "certificate") ? "sts-webpki-invalid"
+                                                      : "sts-policy-fetch-error";
         buf_free(&body);
         return;
     }
@@ -266,6 +274,7 @@ static void sts_finish(struct sts_ent *e)
         w->have_pol = valid;
         if (valid)
             w->pol = e->pol;
+        w->sts_error = valid || !e->txt_id[0] ? NULL : e->rpt_error;
         req_step_done(w);
         w = next;
     }
@@ -283,6 +292,7 @@ static void job_done(uv_work_t *w, int status)
         e->fetched = j->fetched;
         e->pol = j->pol;
     }
+    e->rpt_error = sts_valid(e) ? NULL : j->rpt_error;
     if (j->note[0]) {
         if (j->note_warn)
             log_warn("MTA-STS %s: %s%s", e->domain, j->note,
@@ -521,7 +531,19 @@ static void req_finish(struct tlspol_req *r)
         res.need[k] = need;
         res.dane[k] = need == TLSPOL_DANE ? d : NULL;
     }
+    res.sts = r->have_pol && r->pol.mode != MTASTS_NONE ? &r->pol : NULL;
+    for (int i = 0; r->dane && i < r->mx.nhosts; i++)
+        if (r->dane[i].verdict == DANE_AUTH || r->dane[i].verdict == DANE_ENCRYPT ||
+            r->dane[i].verdict == DANE_FAIL)
+            res.rpt_type = "tlsa";
+    if (!res.rpt_type && res.sts)
+        res.rpt_type = "sts";
+    if (!res.rpt_type && r->sts_error) {
+        res.rpt_type = "sts";
+        res.rpt_note = r->sts_error;
+    }
     if (hosts->nhosts == 0) {
+        res.rpt_failure = dane_failed ? "dnssec-invalid" : "validation-failure";
         res.code = 451;
         snprintf(res.enhanced, sizeof res.enhanced, "4.7.5");
         if (sts_skipped && !dane_failed)
@@ -569,6 +591,13 @@ void tlspol_check(struct tlspol *tp, const char *domain, const struct dns_result
     snprintf(r->domain, sizeof r->domain, "%s", domain);
     const struct config *cfg = tp->cfg;
     bool dane = cfg->delivery.dane && dns_trusted(tp->dns) && !tp->closing;
+    if (dane && !mx->mx_secure) {
+        /* RFC 7672 §2.2.1: an MX RRset that is not authenticated cannot lead to
+         * DANE (an attacker could name any host): MTA-STS / the route's TLS apply */
+        log_debug("DANE %s: the MX answer is not DNSSEC-authenticated (no AD): DANE "
+                  "does not apply", domain);
+        dane = false;
+    }
     if (dane && mx->nhosts > 0 && !(r->dane = calloc((size_t)mx->nhosts, sizeof *r->dane)))
         dane = false;
     r->pending = 1;                          /* held while starting */

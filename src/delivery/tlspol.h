@@ -37,6 +37,17 @@ struct tlspol_result {
     const struct dane_host *dane[DNS_MAX_HOSTS]; /* TLSA of hosts[i] when need[i] is
                                                     TLSPOL_DANE, else NULL */
     const char *sts_mode;           /* "enforce" | "testing" | NULL (no MTA-STS policy) */
+    /* TLS-RPT (RFC 8460): the policy type of the destination, "tlsa" (a host has
+     * usable TLSA records), "sts" (an MTA-STS policy) or NULL (none); the MTA-STS
+     * policy when there is one (borrowed for the callback); when code != 0, the
+     * §4.3 result-type of the failure. */
+    const char *rpt_type;
+    const struct mtasts_policy *sts;
+    const char *rpt_failure;
+    /* code == 0, but an MTA-STS policy is published and could not be fetched or
+     * was invalid: this result-type ("sts-policy-fetch-error", ...) is one failed
+     * session; the delivery goes on without the policy. NULL otherwise. */
+    const char *rpt_note;
 };
 typedef void (*tlspol_cb)(void *arg, const struct tlspol_result *res);
 

@@ -1,7 +1,7 @@
 /* TLS-RPT (RFC 8460), the pure part: the `_smtp._tls` TXT record (v=TLSRPTv1; rua=),
  * the aggregate report JSON of §4 built from per-policy counts, its gzip form and
- * the report file name of §5.3. No I/O; NOT yet wired to delivery (tls_rpt = true is
- * refused by the config until reports are collected and sent).
+ * the report file name of §5.3. No I/O; the counters are in tlsrpt_agg.c, the
+ * sending in tlsrpt_send.c.
  * SPDX-License-Identifier: Apache-2.0 */
 #ifndef PETREL_DELIVERY_TLSRPT_H
 #define PETREL_DELIVERY_TLSRPT_H

@@ -8,11 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "obs/log.h"
 #include "queue/entry.h"
 #include "smtp/conn.h"
 #include "smtp/smtp_auth.h"
+#include "smtp/happy.h"
 #include "smtp/smtp_client.h"
 #include "smtp/smtp_data.h"
 #include "smtp/smtp_reply.h"
@@ -65,10 +67,13 @@ struct smtp_client {
     char *auth_user, *auth_pass;
     int plain_host, plain_addr;     /* address to retry without STARTTLS (policy may) */
     int cur_host, cur_addr;
+    struct happy *happy;            /* a connect race over the host's addresses, or NULL */
+    int happy_base;                 /* index of the race's first address in the host */
     uint32_t deliveries;
     /* current transaction */
     struct entry *e;
     struct buf content;
+    struct buf content7;        /* its 7-bit form (RFC 6152 §3), or empty: none */
     uint32_t *idx;              /* indexes of the pending recipients */
     struct client_result *res;
     uint32_t nres, nsent_rcpt, accepted;
@@ -140,6 +145,7 @@ static void txn_clear(struct smtp_client *c)
     c->mail_failed = false;
     c->e = NULL;
     buf_free(&c->content);
+    buf_free(&c->content7);
 }
 
 /* Hands the finished transaction to the scheduler. The transaction is detached
@@ -221,6 +227,7 @@ static void try_next_host(struct smtp_client *c);
 
 static void client_free(struct smtp_client *c)
 {
+    happy_cancel(c->happy);
     txn_clear(c);
     free(c->exp);
     if (c->auth_pass)
@@ -312,12 +319,22 @@ static bool envelope_utf8(const struct smtp_client *c)
 
 /* Content the next hop cannot take as it is: every recipient fails permanently
  * here, nothing is sent (RFC 6152 §3: never 8-bit to a hop without 8BITMIME; RFC
- * 6531 §3.4: a UTF-8 envelope needs SMTPUTF8). Conversion to quoted-printable is
- * not done: the message bounces with 5.6.3. Returns true if it failed the entry. */
+ * 6531 §3.4: a UTF-8 envelope needs SMTPUTF8). 8-bit content goes in its 7-bit
+ * form when it has one (prepared and signed before), else it bounces with 5.6.3.
+ * Returns true if it failed the entry. */
 static bool txn_refuse_unsendable(struct smtp_client *c)
 {
     const char *why = NULL, *enh = NULL;
     int code = 0;
+    if (c->body_8bit && !(c->caps.flags & SMTP_CAP_8BITMIME) && c->content7.len &&
+        !(envelope_utf8(c) && !(c->caps.flags & SMTP_CAP_SMTPUTF8))) {
+        log_info("smtp-out %s: no 8BITMIME: %s sent converted to 7 bit (RFC 6152 §3)",
+                 c->site, c->e->id);
+        buf_free(&c->content);
+        c->content = c->content7;
+        buf_init(&c->content7, 0);
+        c->body_8bit = false;
+    }
     if (envelope_utf8(c) && !(c->caps.flags & SMTP_CAP_SMTPUTF8)) {
         code = 553;
         enh = "5.6.7";
@@ -326,7 +343,8 @@ static bool txn_refuse_unsendable(struct smtp_client *c)
         code = 554;
         enh = "5.6.3";
         why = "554 5.6.3 the next hop does not offer 8BITMIME, needed for this 8-bit message "
-              "(conversion to 7 bit is not supported)";
+              "(it cannot be converted to 7 bit: an 8-bit header, a binary or message/* "
+              "part, an existing DKIM signature, or eight_bit_downgrade = false)";
     }
     if (!why)
         return false;
@@ -925,6 +943,8 @@ static const struct conn_ops client_conn_ops;
 static void on_closed(struct conn *conn)
 {
     struct smtp_client *c = conn->owner;
+    happy_cancel(c->happy);
+    c->happy = NULL;
     bool retry_host = !c->txn_started && !c->aborting && c->state != C_DEAD;
     if (retry_host) {
         c->state = C_CONNECTING;
@@ -939,7 +959,47 @@ static void on_closed(struct conn *conn)
     client_free(c);
 }
 
-/* Connects to the next address of the current host, or the next host. When none
+static void set_port(struct sockaddr_storage *ss, uint16_t port)
+{
+    if (ss->ss_family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_port = htons(port);
+    else
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+}
+
+/* The connect race of the current host is over (smtp/happy.h). */
+static void on_happy(void *arg, int fd, int index, int err)
+{
+    struct smtp_client *c = arg;
+    c->happy = NULL;
+    if (c->conn.closing) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    if (fd < 0) {
+        snprintf(c->last_error, sizeof c->last_error, "connect to %s[%s]: %s", c->site,
+                 c->peer, uv_strerror(err));
+        conn_close(&c->conn, false);
+        return;
+    }
+    struct dns_host *h = &c->hosts.hosts[c->cur_host];
+    c->cur_addr = c->happy_base + index;
+    c->addr_i = c->cur_addr + 1;       /* a later failure goes on after the winner */
+    struct sockaddr_storage ss = h->addrs[c->cur_addr];
+    set_port(&ss, c->port);
+    cidr_addr_str((struct sockaddr *)&ss, c->peer, sizeof c->peer);
+    if (conn_accept_fd(&c->conn, fd) != PT_OK) {
+        snprintf(c->last_error, sizeof c->last_error, "connect to %s[%s]: cannot use the "
+                 "socket", c->site, c->peer);
+        conn_close(&c->conn, false);
+        return;
+    }
+    on_connect(&c->conn, 0);
+}
+
+/* Connects to the next address of the current host, or the next host: with more
+ * than one address left, they race (Happy Eyeballs, smtp/happy.h). When none
  * is left, the transaction fails with the last error (a deferral). */
 static void try_next_host(struct smtp_client *c)
 {
@@ -955,11 +1015,9 @@ static void try_next_host(struct smtp_client *c)
         c->tls_policy = c->tls_ctx && c->host_tls[c->cur_host] > c->base_tls
                             ? c->host_tls[c->cur_host] : c->base_tls;
         c->txn_started = false;
+        int left = h->naddr - c->addr_i;
         struct sockaddr_storage ss = h->addrs[c->addr_i++];
-        if (ss.ss_family == AF_INET)
-            ((struct sockaddr_in *)&ss)->sin_port = htons(c->port);
-        else
-            ((struct sockaddr_in6 *)&ss)->sin6_port = htons(c->port);
+        set_port(&ss, c->port);
         snprintf(c->site, sizeof c->site, "%s:%u", h->name, c->port);
         cidr_addr_str((struct sockaddr *)&ss, c->peer, sizeof c->peer);
         buf_free(&c->conn.in);
@@ -969,6 +1027,19 @@ static void try_next_host(struct smtp_client *c)
         smtp_reply_init(&c->rp);
         enter_state(c, C_CONNECTING);
         conn_set_timeout(&c->conn, c->connect_timeout);
+        if (left > 1) {
+            struct sockaddr_storage race[HAPPY_MAX];
+            int n = 0;
+            for (int i = c->cur_addr; i < h->naddr && n < HAPPY_MAX; i++) {
+                race[n] = h->addrs[i];
+                set_port(&race[n++], c->port);
+            }
+            c->happy_base = c->cur_addr;
+            if ((c->happy = happy_start(c->loop, race, n, HAPPY_DELAY_MS, on_happy, c))) {
+                c->addr_i = h->naddr;      /* all raced; on_happy says which won */
+                return;
+            }
+        }
         if (conn_connect(&c->conn, (struct sockaddr *)&ss) == PT_OK)
             return;
         snprintf(c->last_error, sizeof c->last_error, "connect to %s[%s]: failed", c->site, c->peer);
@@ -999,11 +1070,14 @@ static const struct conn_ops client_conn_ops = {
     .on_closed = on_closed, .on_connect = on_connect, .on_tls = on_tls,
 };
 
-static int txn_setup(struct smtp_client *c, struct entry *e, struct buf *content)
+static int txn_setup(struct smtp_client *c, struct entry *e, struct buf *content,
+                     struct buf *content7)
 {
     c->e = e;
     c->content = *content;
     buf_init(content, 0);
+    c->content7 = *content7;
+    buf_init(content7, 0);
     c->body_8bit = has_8bit(&c->content);
     uint32_t n = entry_pending(e);
     c->idx = calloc(n ? n : 1, sizeof *c->idx);
@@ -1018,7 +1092,8 @@ static int txn_setup(struct smtp_client *c, struct entry *e, struct buf *content
 
 struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_params *p,
                                       const struct smtp_client_ops *ops, void *owner,
-                                      struct entry *e, struct buf *content)
+                                      struct entry *e, struct buf *content,
+                                      struct buf *content7)
 {
     struct smtp_client *c = calloc(1, sizeof *c);
     if (!c)
@@ -1049,7 +1124,8 @@ struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_
     }
     c->loop = loop;
     buf_init(&c->content, 0);
-    if (txn_setup(c, e, content) != PT_OK) {
+    buf_init(&c->content7, 0);
+    if (txn_setup(c, e, content, content7) != PT_OK) {
         txn_clear(c);
         for (int i = 0; i < DNS_MAX_HOSTS; i++)
             free(c->dane[i]);
@@ -1063,9 +1139,10 @@ struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_
     return c;
 }
 
-void smtp_client_deliver(struct smtp_client *c, struct entry *e, struct buf *content)
+void smtp_client_deliver(struct smtp_client *c, struct entry *e, struct buf *content,
+                         struct buf *content7)
 {
-    if (txn_setup(c, e, content) != PT_OK) {
+    if (txn_setup(c, e, content, content7) != PT_OK) {
         txn_fail_all(c, 451, "4.3.0", "451 4.3.0 out of memory");
         txn_done(c, true);
         return;

@@ -2,8 +2,9 @@
  * (HELO fallback), then one transaction per entry — MAIL, RCPT for every pending
  * recipient, DATA (BDAT when CHUNKING is offered) — pipelined when offered, reusing
  * the connection for the next entry the scheduler hands over. Never sends 8-bit
- * content to a hop without 8BITMIME or a UTF-8 envelope to one without SMTPUTF8
- * (those recipients fail with 5.6.3 / 5.6.7). Passes DSN parameters (RFC 3461) to a
+ * content to a hop without 8BITMIME (its prepared 7-bit form goes instead, when it
+ * has one) or a UTF-8 envelope to one without SMTPUTF8 (those recipients fail with
+ * 5.6.3 / 5.6.7). Passes DSN parameters (RFC 3461) to a
  * hop that offers DSN. A REQUIRETLS entry (RFC 8689) goes only over TLS with a
  * verified certificate to a hop offering REQUIRETLS (else it fails with 5.7.30); a
  * "TLS-Required: No" entry may go in clear. Reports per-recipient results;
@@ -71,12 +72,16 @@ struct smtp_client_ops {
     void (*on_closed)(void *owner, struct smtp_client *c);
 };
 
-/* Starts a connection and the first transaction for e with its content (taken). */
+/* Starts a connection and the first transaction for e with its content and the
+ * content's 7-bit form (both taken; content7 empty = none), which is sent instead
+ * of 8-bit content to a hop without 8BITMIME. */
 struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_params *p,
                                       const struct smtp_client_ops *ops, void *owner,
-                                      struct entry *e, struct buf *content);
+                                      struct entry *e, struct buf *content,
+                                      struct buf *content7);
 /* Next transaction on an idle (after on_done with usable) connection. */
-void smtp_client_deliver(struct smtp_client *c, struct entry *e, struct buf *content);
+void smtp_client_deliver(struct smtp_client *c, struct entry *e, struct buf *content,
+                         struct buf *content7);
 /* Keeps an idle connection open for secs, then QUITs (on_closed follows). */
 void smtp_client_idle(struct smtp_client *c, double secs);
 /* Politely ends an idle connection (QUIT). on_closed follows. */

@@ -5,7 +5,8 @@ It answers every name itself, so petrel pointed at it (configure_dns { resolvers
 NXDOMAIN; a name that has some record but not the asked type gets NODATA (NOERROR,
 empty answer). Per-name fault modes: nxdomain, servfail, refused, drop (no answer),
 garbage (random bytes that keep the query id), malformed (a valid header and question
-but a broken answer record). Every query is logged in `queries`.
+but a broken answer record). Every query is logged in `queries`. With `ad = True` answers carry the AD bit (a
+validating resolver's verdict), except the types/names given to set_insecure.
 """
 
 import os
@@ -32,6 +33,7 @@ class FakeDNS:
         self._modes = {}          # (name, qtype or None) -> mode
         self.queries = []         # (name, qtype string, "udp"|"tcp")
         self.ad = False           # True: set the AD bit (as a validating resolver would)
+        self._insecure = set()    # (name or None, qtype): answered without AD even so
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = []
@@ -103,6 +105,13 @@ class FakeDNS:
     def clear_mode(self, name, qtype=None):
         with self._lock:
             self._modes.pop((_norm(name), qtype), None)
+
+    def set_insecure(self, qtype, name=None):
+        """Answers of qtype (e.g. "MX"), for name or every name, come without the AD
+        bit even when self.ad is set: an insecure (unsigned) zone behind a validating
+        resolver."""
+        with self._lock:
+            self._insecure.add((_norm(name) if name else None, qtype))
 
     # ---- query log -----------------------------------------------------
     def queried(self, name, qtype=None):
@@ -229,13 +238,14 @@ class FakeDNS:
             self.queries.append((name, qtype, proto))
             mode = self._modes.get((name, qtype)) or self._modes.get((name, None))
             recs = list(self._records.get(name, []))
+            insecure = (name, qtype) in self._insecure or (None, qtype) in self._insecure
         if mode == "drop":
             return None
         if mode == "garbage":
             return data[:2] + os.urandom(random.randint(1, 200))
         reply = req.reply(ra=1, aa=1)
         # reply() copies the query's flags: AD only when this "resolver" validated
-        reply.header.ad = 1 if self.ad else 0
+        reply.header.ad = 1 if self.ad and not insecure else 0
         if mode == "nxdomain":
             reply.header.rcode = RCODE.NXDOMAIN
             return reply.pack()

@@ -102,3 +102,28 @@ def test_tlsa_lookup_failure_defers(world, pki):
     world.dns.set_mode(f"_{world.mx_port}._tcp.mx.dest.test", "servfail", "TLSA")
     send(p, "servfail@dest.test")
     assert_deferred(p, dest, "servfail@dest.test", r"DANE")
+
+
+def test_insecure_mx_answer_means_no_dane(world, pki):
+    """RFC 7672 §2.2.1: the TLSA answer is authenticated (AD) but the MX RRset is
+    not: DANE does not apply to that MX, so a non-matching TLSA does not defer and
+    the TLSA record is not even asked; delivery goes on with opportunistic TLS."""
+    p, dest = dane_world(world, pki, [(3, 1, 1, b"\x01" * 32)])
+    world.dns.set_insecure("MX", "dest.test")
+    mid = send(p, "insecure-mx@dest.test")
+    t = dest.wait_message(mid, timeout=20)
+    assert t.tls is not None          # opportunistic TLS still used
+    assert not world.dns.queried(f"_{world.mx_port}._tcp.mx.dest.test", "TLSA")
+
+
+def test_insecure_mx_plain_hop_delivers_in_clear(world, pki):
+    """The same with a hop that has no STARTTLS and an unusable-but-secure TLSA set
+    (which under DANE would mean mandatory TLS): without an authenticated MX answer
+    the message is delivered in clear, as under the route's tls = "may"; with the
+    MX answer authenticated it would defer (test_unusable_tlsa_means_mandatory_tls)."""
+    p, dest = dane_world(world, pki, [(1, 1, 1, b"\x02" * 32)], plain=True)
+    world.dns.set_insecure("MX")
+    mid = send(p, "insecure-plain@dest.test")
+    dest.wait_message(mid, timeout=20)
+    rec = p.wait_record("Delivery", recipient="insecure-plain@dest.test")
+    assert "tls" in rec and rec["tls"] is None, rec

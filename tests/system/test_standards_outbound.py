@@ -1,6 +1,7 @@
 """Outbound standards (issue 11): BDAT (RFC 3030) towards a next hop that offers
 CHUNKING, with and without PIPELINING, DATA otherwise; `BODY=8BITMIME` declared only
-for 8-bit content (RFC 6152); 8-bit content to a hop without 8BITMIME and a UTF-8
+for 8-bit content (RFC 6152); 8-bit content to a hop without 8BITMIME (with
+`eight_bit_downgrade = false`; the conversion is in test_standards_8bit.py) and a UTF-8
 envelope to a hop without SMTPUTF8 are never sent: they bounce locally with 5.6.3 /
 5.6.7. The next hop is standards_sinks.CapsSink, which records the raw commands.
 """
@@ -91,9 +92,10 @@ def test_body_8bitmime_only_for_8bit_content(world):
 
 
 def test_8bit_to_hop_without_8bitmime_bounces_5_6_3(world):
+    """eight_bit_downgrade = false: no conversion (test_standards_8bit.py has it)."""
     sender = world.mx_domain("sender.test", "127.0.0.3")
     hop = caps_hop(world, "dest.test", ["PIPELINING"])
-    p = world.petrel()
+    p = world.petrel(delivery={"eight_bit_downgrade": False})
     eight = make_message(subject="eight bit, no 8BITMIME", body="naïve café\r\n")
     seven = make_message(subject="seven bit still goes")
     raw_send(p, "alice@sender.test", ["bob@dest.test"], eight, " BODY=8BITMIME")

@@ -570,8 +570,8 @@ static void test_mx_two_prefs(void **state)
     assert_string_equal(r->hosts[1].name, "mx2.two.test");
     assert_int_equal(r->hosts[1].pref, 20);
     assert_int_equal(r->hosts[1].naddr, 2);
-    assert_addr(&r->hosts[1], 0, "192.0.2.2"); /* IPv4 first */
-    assert_addr(&r->hosts[1], 1, "2001:db8::2");
+    assert_addr(&r->hosts[1], 0, "2001:db8::2"); /* interleaved, IPv6 first (RFC 8305) */
+    assert_addr(&r->hosts[1], 1, "192.0.2.2");
     assert_int_equal(((struct sockaddr_in *)&r->hosts[1].addrs[0])->sin_port, 0);
     free(r);
 }

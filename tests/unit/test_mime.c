@@ -49,11 +49,101 @@ static void test_boundary_clashes(void **state)
     buf_free(&parts[1]);
 }
 
+static int down(const char *in, struct buf *out)
+{
+    buf_init(out, 0);
+    return mime_downgrade_7bit(in, strlen(in), out);
+}
+
+static void test_downgrade_text_qp(void **state)
+{
+    (void)state;
+    struct buf o;
+    assert_int_equal(down("Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                          "Content-Transfer-Encoding: 8bit\r\n\r\ncaf\xc3\xa9 =\r\nend \r\n",
+                          &o), PT_OK);
+    assert_string_equal(o.data, "Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                                "MIME-Version: 1.0\r\n"   /* a CTE needs it */
+                                "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+                                "caf=C3=A9 =3D\r\nend=20\r\n");
+    buf_free(&o);
+    /* 7-bit: copied byte for byte */
+    assert_int_equal(down("Subject: x\r\n\r\nplain\r\n", &o), PT_OK);
+    assert_string_equal(o.data, "Subject: x\r\n\r\nplain\r\n");
+    buf_free(&o);
+    /* no MIME headers: added, charset from the body */
+    assert_int_equal(down("Subject: x\r\n\r\n\xc3\xa9\r\n", &o), PT_OK);
+    assert_non_null(strstr(o.data, "MIME-Version: 1.0\r\nContent-Type: text/plain; "
+                                   "charset=utf-8\r\nContent-Transfer-Encoding: "
+                                   "quoted-printable\r\n\r\n=C3=A9\r\n"));
+    buf_free(&o);
+    assert_int_equal(down("Subject: x\r\n\r\n\xe9\r\n", &o), PT_OK);
+    assert_non_null(strstr(o.data, "charset=unknown-8bit"));
+    buf_free(&o);
+}
+
+static void test_downgrade_soft_breaks(void **state)
+{
+    (void)state;
+    struct buf in, o;
+    buf_init(&in, 0);
+    buf_appends(&in, "Content-Type: text/plain\r\n\r\n");
+    for (int i = 0; i < 100; i++)
+        buf_appends(&in, "\xc3\xa9");
+    buf_appends(&in, "\r\n");
+    buf_init(&o, 0);
+    assert_int_equal(mime_downgrade_7bit(in.data, in.len, &o), PT_OK);
+    for (char *l = o.data, *e; (e = strstr(l, "\r\n")) != NULL; l = e + 2)
+        assert_true(e - l <= 76);
+    buf_free(&in);
+    buf_free(&o);
+}
+
+static void test_downgrade_multipart(void **state)
+{
+    (void)state;
+    struct buf o;
+    assert_int_equal(down("Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\npre\r\n"
+                          "--b\r\nContent-Type: text/plain\r\n\r\n\xc3\xa9\r\n"
+                          "--b\r\nContent-Type: image/png\r\n\r\n\x89PNG\r\n"
+                          "--b--\r\nepi\r\n", &o), PT_OK);
+    assert_string_equal(o.data, "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\npre\r\n"
+                                "--b\r\nContent-Type: text/plain\r\n"
+                                "Content-Transfer-Encoding: quoted-printable\r\n\r\n=C3=A9\r\n"
+                                "--b\r\nContent-Type: image/png\r\n"
+                                "Content-Transfer-Encoding: base64\r\n\r\niVBORw==\r\n\r\n"
+                                "--b--\r\nepi\r\n");
+    buf_free(&o);
+}
+
+static void test_downgrade_refused(void **state)
+{
+    (void)state;
+    struct buf o;
+    const char *bad[] = {
+        "Subject: caf\xc3\xa9\r\n\r\nx\r\n",                                  /* header */
+        "Content-Transfer-Encoding: binary\r\n\r\n\xc3\xa9\r\n",                  /* binary */
+        "Content-Transfer-Encoding: base64\r\n\r\n\xc3\xa9\r\n",                  /* encoded */
+        "Content-Type: message/rfc822\r\n\r\nSubject: y\r\n\r\n\xc3\xa9\r\n",   /* message */
+        "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n\xc3\xa9\r\n", /* open */
+        "Content-Type: multipart/mixed\r\n\r\n\xc3\xa9\r\n",                     /* no boundary */
+        "Content-Type: multipart/mixed; boundary=b\r\n\r\n\xc3\xa9\r\n--b\r\n\r\nx\r\n--b--\r\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_int_equal(down(bad[i], &o), PT_INVALID);
+        buf_free(&o);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_framing),
         cmocka_unit_test(test_boundary_clashes),
+        cmocka_unit_test(test_downgrade_text_qp),
+        cmocka_unit_test(test_downgrade_soft_breaks),
+        cmocka_unit_test(test_downgrade_multipart),
+        cmocka_unit_test(test_downgrade_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,6 +15,7 @@
 #include <zlib.h>
 
 #include "delivery/tlsrpt.h"
+#include "delivery/tlsrpt_agg.h"
 #include "util/result.h"
 
 static int txt(const char *s, struct tlsrpt_rua *r)
@@ -121,9 +122,67 @@ static void test_report(void **state)
     assert_string_equal(name, "petrel.test!example.com!1!2!r1.json.gz");
 }
 
+/* The counters: notes, the saved form, a reload, the take that empties them. */
+static void test_agg(void **state)
+{
+    (void)state;
+    struct tlsrpt_agg *a = tlsrpt_agg_new();
+    assert_non_null(a);
+    const char *lines[] = { "3 1 1 abcd" };
+    tlsrpt_agg_policy(a, "dest.test", "tlsa", lines, 1, NULL, 0);
+    tlsrpt_agg_success(a, "dest.test", "tlsa");
+    tlsrpt_agg_success(a, "dest.test", "tlsa");
+    tlsrpt_agg_failure(a, "dest.test", "tlsa", "tlsa-invalid", "mx.dest.test", "no match");
+    tlsrpt_agg_failure(a, "dest.test", "tlsa", "tlsa-invalid", "mx.dest.test", "no match");
+    tlsrpt_agg_failure(a, "other.test", "sts", "starttls-not-supported", NULL, NULL);
+    uint64_t gen;
+    char *t = tlsrpt_agg_dump(a, 1000, &gen);
+    assert_non_null(t);
+    assert_int_equal(gen, tlsrpt_agg_gen(a));
+    struct tlsrpt_agg *b = tlsrpt_agg_new();
+    int64_t start = 0;
+    assert_int_equal(tlsrpt_agg_load(b, t, strlen(t), &start), PT_OK);
+    assert_int_equal(start, 1000);
+    char *taken = tlsrpt_agg_take(b, start);
+    assert_non_null(taken);
+    assert_null(tlsrpt_agg_take(b, start));       /* emptied */
+    json_error_t err;
+    json_t *root = json_loads(taken, 0, &err);
+    json_t *p = json_object_get(json_object_get(root, "policies"), "dest.test tlsa");
+    assert_int_equal(json_integer_value(json_object_get(p, "success")), 2);
+    assert_int_equal(json_integer_value(json_object_get(p, "failure")), 2);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(p, "strings"), 0)),
+                        "3 1 1 abcd");
+    json_t *d = json_object_get(json_object_get(p, "details"), "tlsa-invalid mx.dest.test no match");
+    assert_int_equal(json_integer_value(json_object_get(d, "count")), 2);
+    json_decref(root);
+    free(taken);
+    free(t);
+    /* not a state file: refused, the counters empty */
+    const char *v2 = "{\"version\":2}";
+    const char *shape = "{\"version\":1,\"start\":1,\"policies\":{\"x\":{\"domain\":1}}}";
+    assert_int_equal(tlsrpt_agg_load(b, v2, strlen(v2), &start), PT_INVALID);
+    assert_int_equal(tlsrpt_agg_load(b, shape, strlen(shape), &start), PT_INVALID);
+    assert_null(tlsrpt_agg_take(b, 0));
+    tlsrpt_agg_free(a);
+    tlsrpt_agg_free(b);
+    assert_string_equal(tlsrpt_agg_result_type("STARTTLS not offered", true),
+                        "starttls-not-supported");
+    assert_string_equal(tlsrpt_agg_result_type("certificate verify failed: no matching DANE "
+                                               "TLSA records", true), "tlsa-invalid");
+    assert_string_equal(tlsrpt_agg_result_type("certificate verify failed: certificate has "
+                                               "expired", false), "certificate-expired");
+    assert_string_equal(tlsrpt_agg_result_type("certificate verify failed: hostname mismatch",
+                                               false), "certificate-host-mismatch");
+    assert_string_equal(tlsrpt_agg_result_type("certificate verify failed: self-signed "
+                                               "certificate", false), "certificate-not-trusted");
+    assert_string_equal(tlsrpt_agg_result_type(NULL, false), "validation-failure");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_agg),
         cmocka_unit_test(test_txt),
         cmocka_unit_test(test_report),
     };
