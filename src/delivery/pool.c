@@ -174,6 +174,8 @@ static void start_client(struct pool_conn *c, struct entry *e)
     const struct config *cfg = pt->rt->cfg;
     const struct route *r = c->route;
     const struct cfg_auth_client *auth = r->auth;
+    double ctimeout = c->p->connect_timeout > 0 ? c->p->connect_timeout
+                                                : cfg->delivery.connect_timeout;
     if (auth && auth->password)
         snprintf(c->pass, sizeof c->pass, "%s", auth->password);
     struct smtp_client_params p = {
@@ -185,8 +187,8 @@ static void start_client(struct pool_conn *c, struct entry *e)
         .auth_pass = auth ? c->pass : NULL,
         .port = r->port,
         .helo = cfg->delivery.helo_name ? cfg->delivery.helo_name : pt->rt->hostname,
-        .connect_timeout = cfg->delivery.connect_timeout,
-        .command_timeout = cfg->delivery.connect_timeout * 5 > 600 ? 600 : cfg->delivery.connect_timeout * 5,
+        .connect_timeout = ctimeout,
+        .command_timeout = ctimeout * 5 > 600 ? 600 : ctimeout * 5,
         .no_chunking = !cfg->delivery.chunking,
     };
     for (int i = 0; c->policy && i < DNS_MAX_HOSTS; i++) {
@@ -406,7 +408,9 @@ static void client_on_done(void *owner, struct smtp_client *client, struct entry
     if (!usable)
         return;
     if (!pt->stopping &&
-        smtp_client_deliveries(client) < (uint32_t)cfg->delivery.max_deliveries_per_connection) {
+        smtp_client_deliveries(client) < (uint32_t)(c->p->max_deliveries > 0
+                                                    ? c->p->max_deliveries
+                                                    : cfg->delivery.max_deliveries_per_connection)) {
         if (!feed(c))
             nothing_to_send(c);
         return;

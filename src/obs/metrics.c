@@ -53,6 +53,9 @@ static const struct metric_def defs[M__COUNT] = {
         "Open SMTP connections by direction and domain.", MT_GAUGE, 2, {"direction", "domain"}},
     [M_SPOOL_BYTES] = {"petrel_spool_bytes",
         "Bytes of message data in the spool.", MT_GAUGE, 0, {NULL}},
+    [M_SHAPING_ACTIONS] = {"petrel_shaping_actions_total",
+        "Shaping automation triggers by action (configure_shaping automation).", MT_COUNTER, 1,
+        {"action"}},
 };
 
 static const char *const type_names[] = {

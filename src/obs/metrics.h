@@ -18,6 +18,7 @@ enum metric_id {
     M_AUTH_FAILURES,    /* petrel_auth_failures_total                       counter */
     M_CONNECTIONS,      /* petrel_connections{direction,domain}             gauge */
     M_SPOOL_BYTES,      /* petrel_spool_bytes                               gauge */
+    M_SHAPING_ACTIONS,  /* petrel_shaping_actions_total{action}             counter */
     M__COUNT
 };
 
