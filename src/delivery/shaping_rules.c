@@ -116,6 +116,32 @@ void shaping_reply_flatten(const char *text, char *out, size_t outlen)
     out[o] = 0;
 }
 
+static bool rule_equal(const struct shaping_rule *a, const struct shaping_rule *b)
+{
+    return strcmp(a->key, b->key) == 0 && a->connection_limit == b->connection_limit &&
+           a->message_rate == b->message_rate && a->connection_rate == b->connection_rate &&
+           a->max_deliveries_per_connection == b->max_deliveries_per_connection &&
+           a->connect_timeout == b->connect_timeout;
+}
+
+bool shaping_rules_equal(const struct shaping_rules *a, const struct shaping_rules *b)
+{
+    if (!a || !b)
+        return a == b;
+    if (!rule_equal(&a->dflt, &b->dflt) || a->n_rules != b->n_rules || a->n_autos != b->n_autos)
+        return false;
+    for (int i = 0; i < a->n_rules; i++)
+        if (!rule_equal(&a->rules[i], &b->rules[i]))
+            return false;
+    for (int i = 0; i < a->n_autos; i++) {
+        const struct shaping_auto *x = &a->autos[i], *y = &b->autos[i];
+        if (strcmp(x->match, y->match) != 0 || x->action != y->action ||
+            x->duration != y->duration || x->factor != y->factor || x->value != y->value)
+            return false;
+    }
+    return true;
+}
+
 void shaping_rules_free(struct shaping_rules *rules)
 {
     if (!rules)

@@ -73,6 +73,9 @@ double shaping_rule_connect_timeout(const struct shaping_rules *rules,
  * a space, a trailing one is dropped), into out (always terminated). */
 void shaping_reply_flatten(const char *text, char *out, size_t outlen);
 
+/* Whether two rule sets say the same (a reload compares them). */
+bool shaping_rules_equal(const struct shaping_rules *a, const struct shaping_rules *b);
+
 void shaping_rules_free(struct shaping_rules *rules);
 
 #endif

@@ -80,6 +80,11 @@ def test_site_shares_one_budget_rate_and_connections(world):
     print(f"site rate: configured 10/s, measured {rate:.2f}/s over {span:.1f} s")
     assert 8.5 <= rate <= 11.5, f"site rate {rate:.2f}/s, configured 10/s"
     assert {r for x in txns for r in x.rcpt_tos} == set(rcpts)
+    # the site's budget is shared fairly enough: both domains progress all along
+    first_half = sorted(txns, key=lambda x: x.time)[: n // 2]
+    n_a = sum(1 for x in first_half if x.rcpt_tos[0].endswith("@a.test"))
+    print(f"first half of the deliveries: {n_a} to a.test, {n // 2 - n_a} to b.test")
+    assert n // 8 <= n_a <= n // 2 - n // 8, f"{n_a} of {n // 2} to a.test: one domain starved"
     assert 1 <= sink.max_active <= 2, f"{sink.max_active} concurrent sessions (limit 2)"
 
 
@@ -266,8 +271,47 @@ def test_check_refuses_bad_shaping_input(world, tmp_path):
         r = run_petrel("--check", "-c", str(f))
         err = r.stderr.decode()
         assert r.returncode == 1 and f"{f}:2:" in err and "not implemented yet" in err, err
+    for hook in ('petrel.on("smtp_message_received", function(d, meta)\n'
+                 '  petrel.set_egress_pool("pool-a")\nend)',
+                 'kumo.on("smtp_message_received", function(d, meta)\n'
+                 '  kumo.set_tenant("acme") -- per customer\nend)'):
+        f = tmp_path / "hook.lua"
+        f.write_text("-- set_tenant in a comment is fine\n" + hook + "\n")
+        r = run_petrel("--check", "-c", str(f))
+        err = r.stderr.decode()
+        assert r.returncode == 1 and f"{f}:3:" in err and "not implemented yet" in err, err
     good = tmp_path / "good.lua"
     good.write_text('kumo.configure_shaping { default = { max_connection_rate = "5/s", '
                     'connect_timeout = "10s" }, ["site:*.google.com"] = { max_message_rate = 600 } }\n')
     r = run_petrel("--check", "-c", str(good))
     assert r.returncode == 0 and b"config ok" in r.stdout, r.stderr
+
+
+def test_connection_rate_and_deliveries_per_connection(world):
+    """max_deliveries_per_connection = 1 makes every message a new connection, and
+    max_connection_rate = 4/s paces those connections."""
+    sink = world.mx_domain("conn.test")
+    world.mx_domain("sender.test", "127.0.0.3")
+    p = world.petrel(extra=shaping({"conn.test": {"max_connection_rate": "4/s",
+                                                  "max_deliveries_per_connection": 1}}))
+    send_many(p, "alice@sender.test", [f"u{i}@conn.test" for i in range(24)])
+    txns = sink.wait_count(24, timeout=30)
+    assert len({x.conn for x in txns}) == 24, "a connection carried more than one message"
+    times = sorted(x.time for x in txns)
+    rate = (len(times) - 1 - 4) / (times[-1] - times[4])
+    print(f"connection rate: configured 4/s, measured {rate:.2f}/s")
+    assert 3.4 <= rate <= 4.6, f"{rate:.2f} connections/s, configured 4/s"
+
+
+def test_rule_connect_timeout(world):
+    """A rule's connect_timeout replaces configure_delivery's for its destination."""
+    world.raw_sink("127.0.1.95", "hang")
+    world.dns.add_mx("hang.test", "mx.hang.test")
+    world.dns.add_a("mx.hang.test", "127.0.1.95")
+    world.mx_domain("sender.test", "127.0.0.3")
+    p = world.petrel(delivery={"connect_timeout": "20s"},
+                     extra=shaping({"hang.test": {"connect_timeout": "1s"}}))
+    t0 = time.time()
+    p.send_message("alice@sender.test", ["x@hang.test"])
+    p.wait_record("TransientFailure", timeout=10, recipient="x@hang.test")
+    assert time.time() - t0 < 8, "the rule's connect_timeout (1s) was not used (20s)"
