@@ -158,7 +158,7 @@ static void nothing_to_send(struct pool_conn *c)
 {
     if (!c->client) {
         conn_free(c);
-    } else if (!c->pt->stopping) {
+    } else if (!c->pt->stopping && !c->p->close_idle) {
         c->idle = true;  /* keep the connection warm for the next message */
         c->idle_next = c->p->idle;
         c->p->idle = c;

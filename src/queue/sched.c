@@ -436,8 +436,11 @@ static struct entry *pool_take(void *owner, void *queue)
 {
     struct dthread *t = owner;
     struct dqueue *q = queue;
-    if (!q->nready || !rate_ok(t, q))
+    if (!q->nready || !rate_ok(t, q)) {
+        /* the domains of a site take turns on its connection slots */
+        q->pool.close_idle = shape_contended(q, time_mono());
         return NULL;
+    }
     struct entry *e = ready_pop(q);
     if (e)
         shape_take(q, time_mono());
@@ -525,9 +528,13 @@ static void pool_fail(void *owner, void *queue, struct entry *e, int code, const
     bool all = e == NULL;
     char enh[16];
     snprintf(enh, sizeof enh, "%s", enhanced ? enhanced : "");
+    int c = code;
+    bool shaped = false;
     while (all ? (e = ready_pop(q)) != NULL : e != NULL) {
-        int c = code;
-        shape_result_one(t, q, e, &c, enh, text);
+        if (!shaped) {              /* one reply for all: one automation trigger */
+            shape_result_one(t, q, e, &c, enh, text);
+            shaped = true;
+        }
         enum outcome_next next = outcome_uniform(t->s->rt, &t->loop, e, c, enh, text);
         if (t->hooks)
             run_hook(t, q, e, c, enh, text, NULL);

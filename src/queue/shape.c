@@ -29,6 +29,8 @@
                                     another thread's queue looks again this often */
 #define SHAPE_SUSPEND_POLL_S 0.5 /* a suspended queue checks its mail's age this often,
                                     so that none waits past max_retry_age */
+#define SHAPE_CONTENDED_S 0.5  /* a refused slot makes the site's idle connections
+                                   close for this long (its domains take turns) */
 #define SHAPE_REPLY_MAX 1024     /* a reply as automation matches it */
 
 /* One rule's budget: a site's (shared, in the scheduler's list) or a queue's own. */
@@ -42,6 +44,8 @@ struct shape_budget {
     int conn_limit;
     struct shaping_slot msgs, conns;     /* message and connection budgets */
     int nconn;                           /* connections counted against conn_limit */
+    double contended_until;              /* a queue was refused a slot: until then,
+                                            connections close rather than idle */
     /* automation: each in force while its until (monotonic) is ahead */
     double rate_until, rate_set;
     double climit_until;
@@ -186,12 +190,25 @@ bool shape_conn_open(struct dqueue *q, double now)
 {
     struct shape_budget *b = q->shape.b;
     pthread_mutex_lock(&b->lock);
-    bool ok = b->nconn < climit_now(b, now) &&
-              (b->conn_rate <= 0 || shaping_acquire(&b->conns, b->conn_rate, now));
+    bool ok = b->nconn < climit_now(b, now);
+    if (!ok && b->site)
+        b->contended_until = now + SHAPE_CONTENDED_S;
+    ok = ok && (b->conn_rate <= 0 || shaping_acquire(&b->conns, b->conn_rate, now));
     if (ok)
         b->nconn++;
     pthread_mutex_unlock(&b->lock);
     return ok;
+}
+
+bool shape_contended(struct dqueue *q, double now)
+{
+    struct shape_budget *b = q->shape.b;
+    if (!b || !b->site)
+        return false;
+    pthread_mutex_lock(&b->lock);
+    bool c = b->contended_until > now;
+    pthread_mutex_unlock(&b->lock);
+    return c;
 }
 
 void shape_conn_closed(struct dqueue *q)

@@ -46,6 +46,9 @@ void shape_take(struct dqueue *q, double now);
  * gone), false = not now. */
 bool shape_conn_open(struct dqueue *q, double now);
 void shape_conn_closed(struct dqueue *q);
+/* Whether another queue of q's site waits for a connection slot (was refused one
+ * lately): then q's connections should not idle on their slots. */
+bool shape_contended(struct dqueue *q, double now);
 /* When (monotonic) q should be looked at again while throttled: its next token,
  * the end of its suspension (or a check of its mail's age meanwhile), or a short
  * poll while another queue of its site holds every connection. */

@@ -315,3 +315,21 @@ def test_rule_connect_timeout(world):
     p.send_message("alice@sender.test", ["x@hang.test"])
     p.wait_record("TransientFailure", timeout=10, recipient="x@hang.test")
     assert time.time() - t0 < 8, "the rule's connect_timeout (1s) was not used (20s)"
+
+
+def test_site_dns_failure_holds_nobody_else(world):
+    """A domain whose MX lookup fails (here: never answered) keeps its own queue and
+    budget; mail for a domain of the configured site flows meanwhile."""
+    sink, _ = site_world(world)
+    world.dns.set_mode("broken.test", "drop")
+    p, (url,) = http_petrel(world, extra=shaping({
+        "site:*.big.example": {"max_message_rate": "5/s", "connection_limit": 1},
+    }))
+    p.send_message("alice@sender.test", ["x@broken.test"])
+    mid = p.send_message("alice@sender.test", ["y@a.test"])
+    sink.wait_message(mid, timeout=10)
+    rec = p.wait_record("TransientFailure", timeout=30, recipient="x@broken.test")
+    assert "DNS" in rec["response"], rec
+    q = api_queue(url, "broken.test")
+    assert q is not None and q["site"] is None, q
+    assert api_queue(url, "a.test") is None or api_queue(url, "a.test")["site"] == "*.big.example"
