@@ -587,32 +587,6 @@ void sched_dispatch(struct dthread *t, struct dqueue *q)
     }
 }
 
-/* While a shaping suspension holds q, its mail still expires at max_retry_age
- * (an Expiration record and a DSN), on time. */
-static void expire_ready(struct dthread *t, struct dqueue *q)
-{
-    double now = time_now(), age = t->s->rt->cfg->queue.max_retry_age;
-    for (int p = 0; p < SCHED_PRIOS; p++) {
-        struct entry **pp = &q->ready[p], *last = NULL;
-        while (*pp) {
-            struct entry *e = *pp;
-            if (e->received_at + age > now) {
-                last = e;
-                pp = &e->next;
-                continue;
-            }
-            *pp = e->next;
-            e->next = NULL;
-            q->nready--;
-            outcome_fail_pending(t->s->rt, &t->loop, e, LOG_EXPIRATION, -1, "4.4.7",
-                                 e->last_response ? e->last_response : "delivery time expired",
-                                 NULL);
-            sched_entry_remove(t, q, e);
-        }
-        q->ready_tail[p] = last;
-    }
-}
-
 /* ---- entry intake ------------------------------------------------------ */
 
 static void thread_insert(struct dthread *t, struct entry *e, bool run)
@@ -686,7 +660,7 @@ static void on_timer(uv_timer_t *timer)
     while (q) {
         struct dqueue *next = q->tnext;
         if (shape_suspended_until(q, now) > 0)
-            expire_ready(t, q);      /* q stays (throttled) while this runs */
+            shape_expire(t, q);      /* q stays (throttled) while this runs */
         q->throttled = false;
         q->tnext = NULL;
         if (shape_available(q, now) > 0)

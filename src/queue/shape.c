@@ -1,6 +1,7 @@
 /* The scheduler's side of traffic shaping: rule binding (with the site lookup),
- * budgets and the in-process automation (TSA). See shape.h. Must never block a
- * delivery loop: the only waits are budget locks held for a few arithmetic steps.
+ * budgets, the in-process automation (TSA) and the expiry of suspended mail. See
+ * shape.h. Must never block a delivery loop: the only waits are budget locks held
+ * for a few arithmetic steps.
  * SPDX-License-Identifier: Apache-2.0 */
 #include <math.h>
 #include <pthread.h>
@@ -262,6 +263,32 @@ double shape_suspended_until(struct dqueue *q, double now)
     double w = b->susp_until > now ? b->susp_wall : 0;
     pthread_mutex_unlock(&b->lock);
     return w;
+}
+
+/* While a shaping suspension holds q, its mail still expires at max_retry_age
+ * (an Expiration record and a DSN), on time. */
+void shape_expire(struct dthread *t, struct dqueue *q)
+{
+    double now = time_now(), age = t->s->rt->cfg->queue.max_retry_age;
+    for (int p = 0; p < SCHED_PRIOS; p++) {
+        struct entry **pp = &q->ready[p], *last = NULL;
+        while (*pp) {
+            struct entry *e = *pp;
+            if (e->received_at + age > now) {
+                last = e;
+                pp = &e->next;
+                continue;
+            }
+            *pp = e->next;
+            e->next = NULL;
+            q->nready--;
+            outcome_fail_pending(t->s->rt, &t->loop, e, LOG_EXPIRATION, -1, "4.4.7",
+                                 e->last_response ? e->last_response : "delivery time expired",
+                                 NULL);
+            sched_entry_remove(t, q, e);
+        }
+        q->ready_tail[p] = last;
+    }
 }
 
 /* ---- automation -------------------------------------------------------- */

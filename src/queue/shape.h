@@ -56,6 +56,10 @@ double shape_next_time(struct dqueue *q, double now);
 /* The wall time a suspension of q's budget ends, 0 when not suspended: a retry of
  * its mail need not wait beyond it. */
 double shape_suspended_until(struct dqueue *q, double now);
+/* While a suspension holds q: its ready mail past max_retry_age expires now
+ * (Expiration records, a DSN) and leaves the queue. q must not be freed by it
+ * (the caller keeps it on the throttled list meanwhile). */
+void shape_expire(struct dthread *t, struct dqueue *q);
 /* Applies the automation rules to one attempt's replies (res[0..nres), the
  * recipients' results) for entry e of q: a `bounce` match turns that result into
  * a permanent one in place (5xx); other actions change q's budget for their
