@@ -10,6 +10,7 @@ import time
 from harness import (PETRELCTL_BIN, check_record_keys, lua_value, make_message, run_petrel,
                      wait_for)
 from test_http import http_petrel, request
+from test_http_inject import post
 
 
 def shaping(rules):
@@ -45,6 +46,17 @@ def send_many(p, sender, rcpts, subject="m", headers=None):
         s.quit()
 
 
+def held(url, domains, send):
+    """Runs send() while the domains are suspended by the admin API, then resumes
+    them: every message is ready at once, so the pace measured is the shaping's,
+    not the injection's."""
+    for d in domains:
+        assert post(url, "/api/queue/suspend", {"domain": d, "duration": "5m"}).status == 200
+    send()
+    for d in domains:
+        assert post(url, "/api/queue/resume", {"domain": d}).status == 200
+
+
 def site_world(world, ip="127.0.1.50"):
     """a.test and b.test whose MX hosts (mx1/mx2.big.example) match *.big.example,
     both at one sink (so it sees the site's combined traffic); other.test elsewhere."""
@@ -66,10 +78,15 @@ def test_site_shares_one_budget_rate_and_connections(world):
     }))
     n = 120
     rcpts = [f"u{i}@{'a' if i % 2 else 'b'}.test" for i in range(n)]
-    t = threading.Thread(target=send_many, args=(p, "alice@sender.test", rcpts[: n // 2]))
-    t.start()
-    send_many(p, "alice@sender.test", rcpts[n // 2:])
-    t.join()
+
+    def send():
+        t = threading.Thread(target=send_many, args=(p, "alice@sender.test", rcpts[: n // 2]))
+        t.start()
+        send_many(p, "alice@sender.test", rcpts[n // 2:])
+        t.join()
+    held(url, ["a.test", "b.test"], send)
+    wait_for(lambda: api_queue(url, "a.test") and api_queue(url, "a.test")["site"], 5,
+             "the site of a.test resolved")
     q = api_queue(url, "a.test") or api_queue(url, "b.test")
     assert q is not None and q["site"] == "*.big.example", q
     assert q["shaping"]["connection_limit"] == 2 and abs(q["shaping"]["rate"] - 10) < 0.01, q
@@ -236,11 +253,15 @@ def test_priorities_high_before_bulk_with_bulk_progressing(world):
     world.mx_domain("sender.test", "127.0.0.3")
     hook = ('petrel.on("smtp_message_received", function(domain, meta)\n'
             '  petrel.set_queue_priority(meta.headers["X-Prio"] or "normal")\nend)')
-    p = world.petrel(extra=shaping({"prio.test": {"max_message_rate": "10/s"}}) + "\n" + hook)
-    send_many(p, "alice@sender.test", [f"b{i}@prio.test" for i in range(60)], subject="bulk",
-              headers={"X-Prio": "bulk"})
-    send_many(p, "alice@sender.test", [f"h{i}@prio.test" for i in range(30)], subject="high",
-              headers={"X-Prio": "high"})
+    p, (url,) = http_petrel(world, extra=shaping({"prio.test": {"max_message_rate": "10/s"}})
+                            + "\n" + hook)
+
+    def send():     # bulk first: the high mail comes later and still goes first
+        send_many(p, "alice@sender.test", [f"b{i}@prio.test" for i in range(60)],
+                  subject="bulk", headers={"X-Prio": "bulk"})
+        send_many(p, "alice@sender.test", [f"h{i}@prio.test" for i in range(30)],
+                  subject="high", headers={"X-Prio": "high"})
+    held(url, ["prio.test"], send)
     txns = sink.wait_count(90, timeout=30)
     order = [("h" if x.rcpt_tos[0].startswith("h") else "b") for x in
              sorted(txns, key=lambda x: x.time)]
@@ -307,9 +328,10 @@ def test_connection_rate_and_deliveries_per_connection(world):
     max_connection_rate = 4/s paces those connections."""
     sink = world.mx_domain("conn.test")
     world.mx_domain("sender.test", "127.0.0.3")
-    p = world.petrel(extra=shaping({"conn.test": {"max_connection_rate": "4/s",
-                                                  "max_deliveries_per_connection": 1}}))
-    send_many(p, "alice@sender.test", [f"u{i}@conn.test" for i in range(24)])
+    p, (url,) = http_petrel(world, extra=shaping({"conn.test": {
+        "max_connection_rate": "4/s", "max_deliveries_per_connection": 1}}))
+    held(url, ["conn.test"],
+         lambda: send_many(p, "alice@sender.test", [f"u{i}@conn.test" for i in range(24)]))
     txns = sink.wait_count(24, timeout=30)
     assert len({x.conn for x in txns}) == 24, "a connection carried more than one message"
     times = sorted(x.time for x in txns)
