@@ -223,19 +223,23 @@ static int ctl_queue(const char *url, const char *key)
     if (!doc)
         return 1;
     json_t *qs = json_object_get(doc, "queues");
-    printf("%-40s %8s %10s  %-24s %5s\n", "DESTINATION", "MESSAGES", "OLDEST", "NEXT ATTEMPT",
-           "CONNS");
+    printf("%-32s %-20s %8s %10s  %-24s %5s\n", "DESTINATION", "SITE", "MESSAGES", "OLDEST",
+           "NEXT ATTEMPT", "CONNS");
     size_t i;
     json_t *q;
     json_array_foreach(qs, i, q) {
         char age[32] = "-";
         if (json_is_number(json_object_get(q, "oldest_age_s")))
             snprintf(age, sizeof age, "%.0fs", json_number_value(json_object_get(q, "oldest_age_s")));
-        printf("%-40s %8lld %10s  %-24s %5lld%s\n", str_or(json_object_get(q, "domain"), "?"),
+        json_t *sh = json_object_get(q, "shaping");
+        const char *reason = str_or(json_object_get(sh, "reason"), NULL);
+        printf("%-32s %-20s %8lld %10s  %-24s %5lld%s%s%s\n",
+               str_or(json_object_get(q, "domain"), "?"), str_or(json_object_get(q, "site"), "-"),
                (long long)json_integer_value(json_object_get(q, "count")), age,
                str_or(json_object_get(q, "next_attempt"), "-"),
                (long long)json_integer_value(json_object_get(q, "connections")),
-               json_is_true(json_object_get(q, "suspended")) ? "  suspended" : "");
+               json_is_true(json_object_get(q, "suspended")) ? "  suspended" : "",
+               reason ? "  shaping: " : "", reason ? reason : "");
     }
     printf("-- %lld messages in %zu queues\n",
            (long long)json_integer_value(json_object_get(doc, "total")), json_array_size(qs));

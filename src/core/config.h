@@ -12,6 +12,7 @@
 
 struct lua_State;
 struct header_checks;
+struct shaping_rules;
 
 #define CFG_MAX_LISTENERS 16
 
@@ -139,6 +140,9 @@ struct config {
     struct header_checks *header_checks_set; /* the rules compiled (policy/header_checks.h);
                                                 NULL when there are none */
     struct { char *path, *level; } logging;       /* "./var/log/petrel.jsonl", "info" */
+    struct shaping_rules *shaping;   /* configure_shaping (delivery/shaping_rules.h); never
+                                        NULL after load: the default rule takes
+                                        configure_delivery's values it does not set */
     int n_hooks;                     /* petrel.on registrations seen (for information) */
     char *warnings;                  /* "FILE:LINE: warning: ...\n" lines; NULL = none */
 };

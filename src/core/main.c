@@ -26,6 +26,7 @@
 #include "core/runtime.h"
 #include "delivery/tlsrpt_send.h"
 #include "core/worker.h"
+#include "delivery/shaping_rules.h"
 #include "http/http_server.h"
 #include "obs/log.h"
 #include "obs/notify.h"
@@ -184,6 +185,7 @@ static void warn_restart_only(const struct config *old, const struct config *cfg
     for (int i = 0; !dl && i < cfg->n_routes; i++)
         dl = route_differs(&old->routes[i], &cfg->routes[i]);
     NOTE(dl, "configure_delivery/configure_transport (delivery side)");
+    NOTE(!shaping_rules_equal(old->shaping, cfg->shaping), "configure_shaping");
     NOTE(old->queue.retry_interval != cfg->queue.retry_interval ||
          old->queue.max_retry_interval != cfg->queue.max_retry_interval ||
          old->queue.max_retry_age != cfg->queue.max_retry_age, "configure_queue retries");

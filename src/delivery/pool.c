@@ -164,7 +164,7 @@ static void nothing_to_send(struct pool_conn *c)
 {
     if (!c->client) {
         conn_free(c);
-    } else if (!c->pt->stopping) {
+    } else if (!c->pt->stopping && !c->p->close_idle) {
         c->idle = true;  /* keep the connection warm for the next message */
         c->idle_next = c->p->idle;
         c->p->idle = c;
@@ -180,6 +180,8 @@ static void start_client(struct pool_conn *c, struct entry *e)
     const struct config *cfg = pt->rt->cfg;
     const struct route *r = c->route;
     const struct cfg_auth_client *auth = r->auth;
+    double ctimeout = c->p->connect_timeout > 0 ? c->p->connect_timeout
+                                                : cfg->delivery.connect_timeout;
     if (auth && auth->password)
         snprintf(c->pass, sizeof c->pass, "%s", auth->password);
     struct smtp_client_params p = {
@@ -191,8 +193,8 @@ static void start_client(struct pool_conn *c, struct entry *e)
         .auth_pass = auth ? c->pass : NULL,
         .port = r->port,
         .helo = cfg->delivery.helo_name ? cfg->delivery.helo_name : pt->rt->hostname,
-        .connect_timeout = cfg->delivery.connect_timeout,
-        .command_timeout = cfg->delivery.connect_timeout * 5 > 600 ? 600 : cfg->delivery.connect_timeout * 5,
+        .connect_timeout = ctimeout,
+        .command_timeout = ctimeout * 5 > 600 ? 600 : ctimeout * 5,
         .no_chunking = !cfg->delivery.chunking,
     };
     for (int i = 0; c->policy && i < DNS_MAX_HOSTS; i++) {
@@ -469,7 +471,9 @@ static void client_on_done(void *owner, struct smtp_client *client, struct entry
     if (!usable)
         return;
     if (!pt->stopping &&
-        smtp_client_deliveries(client) < (uint32_t)cfg->delivery.max_deliveries_per_connection) {
+        smtp_client_deliveries(client) < (uint32_t)(c->p->max_deliveries > 0
+                                                    ? c->p->max_deliveries
+                                                    : cfg->delivery.max_deliveries_per_connection)) {
         if (!feed(c))
             nothing_to_send(c);
         return;

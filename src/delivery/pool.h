@@ -29,6 +29,10 @@ struct pool {
     int nconn;                  /* open or opening, resolving included */
     uint32_t nresolving;        /* opening: each will take a ready entry soon */
     struct pool_conn *idle;     /* connected, waiting for an entry (LIFO) */
+    int max_deliveries;         /* per connection; 0 = configure_delivery's */
+    double connect_timeout;     /* 0 = configure_delivery's */
+    bool close_idle;            /* set by the owner: a connection with nothing to send
+                                   closes instead of idling (others wait for its slot) */
 };
 
 /* Calls back to the owner (the scheduler) on the loop thread; queue is the pointer

@@ -695,13 +695,29 @@ static enum MHD_Result get_queue(struct http_server *s, struct MHD_Connection *c
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
         total += q[i].count;
+        /* shaping (DESIGN §9): the rule in force; rate in messages/s, null = unlimited
+         * or not known yet (the site lookup is pending) */
+        json_t *shaping = json_pack(
+            "{s:o, s:o, s:o, s:o}", "rate",
+            q[i].shaping_rate > 0 ? json_real(q[i].shaping_rate) : json_null(),
+            "connection_limit",
+            q[i].shaping_rate >= 0 ? json_integer(q[i].shaping_conn_limit) : json_null(),
+            "suspended_until",
+            q[i].shaping_suspended_until > 0 ? json_time(q[i].shaping_suspended_until)
+                                             : json_null(),
+            "reason", q[i].shaping_reason[0] ? json_string(q[i].shaping_reason) : json_null());
+        double next = q[i].suspended ? q[i].suspended_until : q[i].next_attempt;
+        if (q[i].shaping_suspended_until > next)
+            next = q[i].shaping_suspended_until;
         json_array_append_new(arr, json_pack(
-            "{s:s, s:s, s:I, s:o, s:o, s:b, s:i}", "domain", q[i].key, "route", q[i].route,
-            "count",
+            "{s:s, s:s, s:I, s:o, s:o, s:b, s:i, s:o, s:o}", "domain", q[i].key, "route",
+            q[i].route, "count",
             (json_int_t)q[i].count, "oldest_age_s",
             q[i].oldest > 0 ? json_real(now > q[i].oldest ? now - q[i].oldest : 0) : json_null(),
-            "next_attempt", json_time(q[i].suspended ? q[i].suspended_until : q[i].next_attempt),
-            "suspended", q[i].suspended, "connections", q[i].connections));
+            "next_attempt", json_time(next),
+            "suspended", q[i].suspended, "connections", q[i].connections,
+            "site", q[i].site[0] ? json_string(q[i].site) : json_null(),
+            "shaping", shaping ? shaping : json_null()));
     }
     free(q);
     return respond_json(c, MHD_HTTP_OK, json_pack("{s:I, s:o}", "total", total, "queues", arr),

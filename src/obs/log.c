@@ -190,6 +190,18 @@ int log_format(const struct log_record *r, struct buf *out)
         rc = buf_append(out, ",\"user\":", 8);
         if (!rc) rc = json_str(out, r->user);
     }
+    if (!rc && r->action) {
+        rc = buf_append(out, ",\"action\":", 10);
+        if (!rc) rc = json_str(out, r->action);
+        if (!rc) rc = buf_append(out, ",\"until\":", 9);
+        if (!rc && r->until > 0) {
+            char ts[64];
+            time_rfc3339(r->until, ts, sizeof ts);
+            rc = json_str(out, ts);
+        } else if (!rc) {
+            rc = json_str(out, NULL);
+        }
+    }
     if (!rc) rc = buf_append(out, "}\n", 2);
     if (rc) {   /* never leave half a record behind */
         out->len = start;

@@ -17,6 +17,7 @@
 #define LOG_REJECTION "Rejection"
 #define LOG_ADMIN "Admin"
 #define LOG_AUTH_FAILURE "AuthFailure"   /* DESIGN §11: read by contrib/fail2ban */
+#define LOG_SHAPING "Shaping"            /* DESIGN §9: an automation rule triggered */
 
 /* Every field is written; NULL strings and negative numbers become JSON null.
  * Strings are escaped (invalid UTF-8 replaced by U+FFFD). Borrowed. */
@@ -34,6 +35,9 @@ struct log_record {
     const char *protocol;      /* "smtp" | "http" | NULL */
     const char *user;          /* AuthFailure: the user name tried; the key is written
                                   only when set */
+    const char *action;        /* Shaping: the action; "action" and "until" (RFC 3339,
+                                  null when until is 0) are written only when set */
+    double until;
 };
 
 /* Opens path for appending (creating parent dirs) and starts the writer thread. */

@@ -56,6 +56,9 @@ static const struct metric_def defs[M__COUNT] = {
     [M_CLUSTER_LIMITS_DEGRADED] = {"petrel_cluster_limits_degraded",
         "1 while Redis is unreachable and each node applies 1/N of the shared limits.",
         MT_GAUGE, 0, {NULL}},
+    [M_SHAPING_ACTIONS] = {"petrel_shaping_actions_total",
+        "Shaping automation triggers by action (configure_shaping automation).", MT_COUNTER, 1,
+        {"action"}},
 };
 
 static const char *const type_names[] = {

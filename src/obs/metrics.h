@@ -19,6 +19,7 @@ enum metric_id {
     M_CONNECTIONS,      /* petrel_connections{direction,domain}             gauge */
     M_SPOOL_BYTES,      /* petrel_spool_bytes                               gauge */
     M_CLUSTER_LIMITS_DEGRADED, /* petrel_cluster_limits_degraded            gauge */
+    M_SHAPING_ACTIONS,  /* petrel_shaping_actions_total{action}             counter */
     M__COUNT
 };
 

@@ -18,6 +18,7 @@
 #include "queue/entry.h"
 #include "queue/sched.h"
 #include "queue/sched_int.h"
+#include "queue/shape.h"
 #include "queue/spool.h"
 #include "queue/spool_redis.h"
 #include "queue/suspend.h"
@@ -128,6 +129,9 @@ static struct sched_queue_info *row_of(struct rows *rs, struct dthread *t, const
     snprintf(qi->key, sizeof qi->key, "%s", domain);
     snprintf(qi->route, sizeof qi->route, "%s", r ? r->name : "");
     qi->connections = q ? q->pool.nconn : 0;
+    qi->shaping_rate = -1;
+    if (q)
+        shape_info(q, qi);
     for (const struct suspension *su = t->suspended; su; su = su->next)
         if (strcmp(su->key, domain) == 0 || (r && route_named(r, su->key))) {
             qi->suspended = true;

@@ -18,19 +18,23 @@
 #include "delivery/dns.h"
 #include "delivery/outcome.h"
 #include "delivery/route.h"
+#include "delivery/shaping_rules.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "policy/hooks_delivery.h"
 #include "queue/entry.h"
 #include "queue/sched.h"
 #include "queue/sched_int.h"
+#include "queue/shape.h"
 #include "queue/spool.h"
 #include "queue/suspend.h"
 #include "smtp/smtp_client.h"
 #include "util/result.h"
 #include "util/timeutil.h"
 
-#define PRIO_FAIRNESS 8   /* every 8th pick goes to a lower class that waits */
+#define PRIO_FAIRNESS 8   /* of every 8 picks, one serves bulk first and one normal
+                             first when they wait: bulk keeps at least 1/8 of the
+                             sends of a busy (rate-limited) queue (DESIGN §9) */
 
 enum { TMSG_ENTRY = 1, TMSG_STOP = 2, TMSG_CALL = 3 };
 
@@ -166,11 +170,6 @@ void sched_heap_rebuild(struct dthread *t)
 
 static void on_timer(uv_timer_t *timer);
 
-static double rate_per_s(const struct dthread *t)
-{
-    return shaping_rate_per_s(t->s->rt->cfg->delivery.max_message_rate);
-}
-
 void sched_timer_arm(struct dthread *t)
 {
     if (t->stopping || !t->s->started)
@@ -180,8 +179,9 @@ void sched_timer_arm(struct dthread *t)
     for (const struct suspension *su = t->suspended; su; su = su->next)
         if (su->until_mono < when)
             when = su->until_mono;
-    for (const struct dqueue *q = t->throttled; q; q = q->tnext) {
-        double w = shaping_next_time(&q->rate, rate_per_s(t));
+    double now = time_mono();
+    for (struct dqueue *q = t->throttled; q; q = q->tnext) {
+        double w = shape_next_time(q, now);
         if (w < when)
             when = w;
     }
@@ -189,12 +189,13 @@ void sched_timer_arm(struct dthread *t)
         uv_timer_stop(&t->timer);
         return;
     }
-    double wait = when - time_mono();
+    double wait = when - now;
     uint64_t ms = wait <= 0 ? 0 : (uint64_t)(wait * 1000.0) + 1;
     uv_timer_start(&t->timer, on_timer, ms, 0);
 }
 
-/* q waits on the throttled list; the timer dispatches it at shaping_next_time. */
+/* q waits on the throttled list: the timer dispatches it when its shaping allows
+ * (queue/shape.h: a token, the end of a suspension, a free connection). */
 static void throttle(struct dthread *t, struct dqueue *q)
 {
     if (!q->throttled) {
@@ -205,11 +206,10 @@ static void throttle(struct dthread *t, struct dqueue *q)
     }
 }
 
-/* Whether q may send n more messages now (n = 1 unless asked for more); if not,
- * it waits on the throttled list and the timer dispatches it when a token is due. */
+/* Whether q may send one more message now; if not, it is throttled. */
 static bool rate_ok(struct dthread *t, struct dqueue *q)
 {
-    if (shaping_available(&q->rate, rate_per_s(t), time_mono()) > 0)
+    if (shape_available(q, time_mono()) > 0)
         return true;
     throttle(t, q);
     return false;
@@ -239,7 +239,6 @@ static struct dqueue *queue_get(struct dthread *t, const char *key, const struct
     q->route = r;
     const char *slash = q->key[0] == '@' ? strrchr(q->key, '/') : NULL;
     q->domain = slash ? slash + 1 : q->key;   /* "@name/domain": an MX-way route */
-    shaping_bind(&q->rate, t->s->rt->climits, q->key);
     q->hnext = t->buckets[h];
     t->buckets[h] = q;
     return q;
@@ -260,6 +259,7 @@ static void queue_maybe_free(struct dthread *t, struct dqueue *q)
         pp = &(*pp)->hnext;
     if (*pp)
         *pp = q->hnext;
+    shape_q_free(q);
     free(q->key);
     free(q);
 }
@@ -280,12 +280,17 @@ static struct entry *ready_pop(struct dqueue *q)
 {
     if (q->nready == 0)
         return NULL;
-    int first = 0;
-    /* fairness: now and then serve a lower class first, so bulk never starves */
-    if (++q->picks % PRIO_FAIRNESS == 0)
-        first = (int)((q->picks / PRIO_FAIRNESS) % SCHED_PRIOS);
+    /* high before normal before bulk, except that one pick in PRIO_FAIRNESS serves
+     * bulk first and another normal first, so that neither starves */
+    static const int orders[3][SCHED_PRIOS] = {
+        { PRIO_HIGH, PRIO_NORMAL, PRIO_BULK },
+        { PRIO_BULK, PRIO_NORMAL, PRIO_HIGH },
+        { PRIO_NORMAL, PRIO_BULK, PRIO_HIGH },
+    };
+    uint32_t slot = ++q->picks % PRIO_FAIRNESS;
+    const int *order = orders[slot == 0 ? 1 : slot == PRIO_FAIRNESS / 2 ? 2 : 0];
     for (int k = 0; k < SCHED_PRIOS; k++) {
-        int p = (first + k) % SCHED_PRIOS;
+        int p = order[k];
         struct entry *e = q->ready[p];
         if (!e)
             continue;
@@ -412,9 +417,15 @@ static void settle(struct dthread *t, struct dqueue *q, struct entry *e, enum ou
     case OUTCOME_AGAIN:
         sched_make_ready(t, q, e);
         break;
-    case OUTCOME_RETRY:
+    case OUTCOME_RETRY: {
+        /* a shaping suspension holds the queue until its end, exactly: a retry
+         * never waits longer because of the backoff */
+        double until = shape_suspended_until(q, time_mono());
+        if (until > 0 && e->next_attempt > until)
+            e->next_attempt = until;
         entry_wait(t, q, e);
         break;
+    }
     }
 }
 
@@ -425,11 +436,14 @@ static struct entry *pool_take(void *owner, void *queue)
 {
     struct dthread *t = owner;
     struct dqueue *q = queue;
-    if (!q->nready || !rate_ok(t, q))
+    if (!q->nready || !rate_ok(t, q)) {
+        /* the domains of a site take turns on its connection slots */
+        q->pool.close_idle = shape_contended(q, time_mono());
         return NULL;
+    }
     struct entry *e = ready_pop(q);
     if (e)
-        shaping_acquire(&q->rate, rate_per_s(t), time_mono());
+        shape_take(q, time_mono());
     return e;
 }
 
@@ -480,18 +494,21 @@ static void on_adjust(void *arg, const char *domain, double fraction)
         log_debug("adjust_domain_rate: no queue for %s on this thread", domain);
         return;
     }
-    double now = time_mono();
-    shaping_adjust(&q->rate, rate_per_s(t), fraction, now);
-    double r = shaping_rate_now(&q->rate, rate_per_s(t), now);
-    if (r > 0)
-        log_info("queue %s: rate %+.0f%% by a hook: %.3g messages/s, recovering", domain,
-                 fraction * 100, r);
+    shape_adjust(q, fraction, time_mono());
 }
 
 static void pool_done(void *owner, void *queue, struct entry *e, const struct client_result *res,
                       uint32_t nres, const struct outcome_where *where)
 {
     struct dthread *t = owner;
+    struct client_result *mine = NULL;
+    if (t->s->rt->cfg->shaping->n_autos && nres > 0 &&
+        (mine = malloc(nres * sizeof *mine)) != NULL) {
+        /* automation sees every reply first: a `bounce` rule makes one permanent */
+        memcpy(mine, res, nres * sizeof *mine);
+        shape_result(t, queue, e, mine, nres, where);
+        res = mine;
+    }
     enum outcome_next next = outcome_apply(t->s->rt, &t->loop, e, res, nres, where);
     if (t->hooks && next != OUTCOME_AGAIN && nres > 0) {
         uint32_t k = 0;
@@ -499,6 +516,7 @@ static void pool_done(void *owner, void *queue, struct entry *e, const struct cl
             k++;
         run_hook(t, queue, e, res[k].code, res[k].enhanced, res[k].text, where->site);
     }
+    free(mine);
     settle(t, queue, e, next);
 }
 
@@ -508,10 +526,18 @@ static void pool_fail(void *owner, void *queue, struct entry *e, int code, const
     struct dthread *t = owner;
     struct dqueue *q = queue;
     bool all = e == NULL;
+    char enh[16];
+    snprintf(enh, sizeof enh, "%s", enhanced ? enhanced : "");
+    int c = code;
+    bool shaped = false;
     while (all ? (e = ready_pop(q)) != NULL : e != NULL) {
-        enum outcome_next next = outcome_uniform(t->s->rt, &t->loop, e, code, enhanced, text);
+        if (!shaped) {              /* one reply for all: one automation trigger */
+            shape_result_one(t, q, e, &c, enh, text);
+            shaped = true;
+        }
+        enum outcome_next next = outcome_uniform(t->s->rt, &t->loop, e, c, enh, text);
         if (t->hooks)
-            run_hook(t, q, e, code, enhanced, text, NULL);
+            run_hook(t, q, e, c, enh, text, NULL);
         settle(t, q, e, next);
         if (!all)
             break;
@@ -521,7 +547,7 @@ static void pool_fail(void *owner, void *queue, struct entry *e, int code, const
 static void pool_closed(void *owner, void *queue)
 {
     struct dthread *t = owner;
-    shaping_conn_give(&((struct dqueue *)queue)->rate);
+    shape_conn_closed(queue);
     if (!t->stopping)
         sched_dispatch(t, queue);
     queue_maybe_free(t, queue);
@@ -534,23 +560,26 @@ static const struct pool_ops pool_ops = {
 
 void sched_dispatch(struct dthread *t, struct dqueue *q)
 {
-    int max = t->s->rt->cfg->delivery.max_connections_per_domain;
-    if (q->nready == 0 || !rate_ok(t, q))
-        return;                     /* a throttled queue: the timer */
+    if (q->nready == 0 || !shape_bind(t, q) || !rate_ok(t, q))
+        return;                     /* a site lookup, or a throttled queue: the timer */
     while (!t->stopping && q->pool.idle && q->nready > q->pool.nresolving && rate_ok(t, q) &&
            pool_reuse(&q->pool))
         ;
     /* a new connection only for ready entries that no resolving connection will
      * take: don't open 10 connections for 2 messages */
-    while (!t->stopping && q->nready > q->pool.nresolving && q->pool.nconn < max &&
-           q->pool.nresolving < shaping_available(&q->rate, rate_per_s(t), time_mono())) {
-        if (!shaping_conn_take(&q->rate, max, time_mono())) {
-            throttle(t, q);           /* the cluster's connections are all in use */
+    double now = time_mono();
+    while (!t->stopping && q->nready > q->pool.nresolving &&
+           q->pool.nresolving < shape_available(q, now)) {
+        if (!shape_conn_open(q, now)) {
+            /* the connection limit (maybe taken by another queue of the site, whose
+             * closing would not wake this one) or max_connection_rate: look again */
+            if (q->pool.nconn == 0)
+                throttle(t, q);
             break;
         }
         if (!pool_open(&t->pool, &q->pool, q, q->route, q->domain,
                        q->route->label && q->route->qkey ? q->route->label : q->domain)) {
-            shaping_conn_give(&q->rate);
+            shape_conn_closed(q);
             if (q->pool.nconn == 0)   /* out of memory and nobody to take them: defer */
                 pool_fail(t, q, NULL, 451, "4.3.0", "451 4.3.0 out of memory opening a connection");
             break;
@@ -627,14 +656,17 @@ static void on_timer(uv_timer_t *timer)
      * them again, onto the fresh list) */
     struct dqueue *q = t->throttled;
     t->throttled = NULL;
+    now = time_mono();
     while (q) {
         struct dqueue *next = q->tnext;
+        if (shape_suspended_until(q, now) > 0)
+            shape_expire(t, q);      /* q stays (throttled) while this runs */
         q->throttled = false;
         q->tnext = NULL;
-        if (shaping_next_time(&q->rate, rate_per_s(t)) <= now)
-            sched_dispatch(t, q);
+        if (shape_available(q, now) > 0)
+            sched_dispatch(t, q);    /* a token (a connection may still be wanting) */
         else
-            throttle(t, q);         /* not yet: back on the list */
+            throttle(t, q);          /* not yet: back on the list */
         queue_maybe_free(t, q);
         q = next;
     }
@@ -696,6 +728,7 @@ struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
     if (!s)
         return NULL;
     s->rt = rt;
+    pthread_mutex_init(&s->sites_lock, NULL);
     s->n = rt->cfg->delivery.threads > 0 ? rt->cfg->delivery.threads : 1;
     s->t = calloc((size_t)s->n, sizeof *s->t);
     s->routes = route_table_new(rt->cfg);
@@ -830,6 +863,7 @@ void sched_free(struct sched *s)
                         e = n;
                     }
                 }
+                shape_q_free(q);
                 free(q->key);
                 free(q);
                 q = next;
@@ -845,6 +879,8 @@ void sched_free(struct sched *s)
     }
     free(s->t);
     route_table_free(s->routes);
+    shape_sites_free(s);
+    pthread_mutex_destroy(&s->sites_lock);
     free(s);
 }
 

@@ -45,6 +45,11 @@ struct sched_queue_info {
     int connections;         /* outbound connections, open or opening */
     bool suspended;          /* by the admin API, until suspended_until */
     double suspended_until;
+    char site[264];          /* the site glob governing it ("" = none: its own domain) */
+    double shaping_rate;     /* messages/s in force (0 = unlimited, <0 = not known yet) */
+    int shaping_conn_limit;  /* connection limit in force */
+    double shaping_suspended_until; /* wall clock; 0 = not suspended by automation */
+    char shaping_reason[300];/* the action and reply in force ("" = none) */
 };
 /* Asks every delivery thread for its queues (each answers from its own loop) and
  * waits at most timeout_s for all of them. PT_OK with a malloc'd array (caller

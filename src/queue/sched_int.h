@@ -6,6 +6,7 @@
 #ifndef PETREL_QUEUE_SCHED_INT_H
 #define PETREL_QUEUE_SCHED_INT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -13,6 +14,7 @@
 
 #include "delivery/pool.h"
 #include "delivery/shaping.h"
+#include "queue/shape.h"
 #include "util/mbox.h"
 
 #define SCHED_Q_BUCKETS 4096
@@ -38,7 +40,7 @@ struct dqueue {
     uint32_t nentries;              /* all entries of this queue owned by the thread */
     uint32_t picks;
     struct pool pool;
-    struct shaping_slot rate;       /* max_message_rate */
+    struct shape_q shape;           /* its shaping rule and budget (queue/shape.h) */
     bool throttled;                 /* on the thread's throttled list */
     struct dqueue *tnext;
     size_t snap;                    /* during a snapshot: 1 + its index in the answer */
@@ -74,6 +76,8 @@ struct sched {
     atomic_bool started;           /* written by sched_start/stop, read by the spool thread */
     _Atomic uint64_t depth;
     struct route_table *routes;
+    pthread_mutex_t sites_lock;    /* the site budgets (queue/shape.c) */
+    struct shape_budget *sites;
 };
 
 /* A function run on a delivery thread by message (admin.c's calls). The struct is
