@@ -53,6 +53,8 @@ struct pool_conn {
     struct pool *p;
     void *queue;
     const struct route *route;
+    struct cfg_gen *gen;            /* the generation it was opened under (a reference) */
+    struct cfg_gen *job_gen;        /* the preparation's generation (a reference) */
     const char *domain, *label;
     struct smtp_client *client;
     struct entry *sending;          /* the entry the client has (until its done) */
@@ -96,6 +98,7 @@ static void conn_free(struct pool_conn *c)
     c->p->nconn--;
     metrics_add(M_CONNECTIONS, METRICS_OUTBOUND, c->label, -1);
     void *queue = c->queue;
+    runtime_gen_release(c->gen);
     free(c->hosts);
     policy_free(c->policy);
     explicit_bzero(c->pass, sizeof c->pass);
@@ -123,7 +126,7 @@ static void prepare_work(uv_work_t *w)
 {
     struct pool_conn *c = w->data;
     buf_init(&c->content, 0);
-    c->job_rc = prepare_content(c->pt->rt, c->job, &c->content);
+    c->job_rc = prepare_content(c->pt->rt, c->job_gen, c->job, &c->content);
     const struct cfg_auth_client *auth = c->route->auth;
     if (c->hosts && auth && !auth->password && auth->password_file)
         read_secret(auth->password_file, c->pass, sizeof c->pass);
@@ -139,6 +142,7 @@ static bool feed(struct pool_conn *c)
     if (!e)
         return false;
     c->job = e;
+    c->job_gen = runtime_gen_ref(pt->gen);   /* this attempt's DKIM keys */
     c->working = true;
     if (c->client)                   /* no idle timeout while the content is prepared */
         smtp_client_idle(c->client, PREP_HOLD_S);
@@ -147,6 +151,8 @@ static bool feed(struct pool_conn *c)
     if (rc != 0) {                   /* cannot happen with a live loop; be safe */
         c->working = false;
         c->job = NULL;
+        runtime_gen_release(c->job_gen);
+        c->job_gen = NULL;
         pt->ops->giveback(pt->owner, c->queue, e);
         return false;
     }
@@ -171,7 +177,7 @@ static void nothing_to_send(struct pool_conn *c)
 static void start_client(struct pool_conn *c, struct entry *e)
 {
     struct pool_thread *pt = c->pt;
-    const struct config *cfg = pt->rt->cfg;
+    const struct config *cfg = c->gen->cfg;
     const struct route *r = c->route;
     const struct cfg_auth_client *auth = r->auth;
     if (auth && auth->password)
@@ -180,7 +186,7 @@ static void start_client(struct pool_conn *c, struct entry *e)
         .hosts = c->hosts,
         .tls = strcmp(r->tls, "verify") == 0 ? CTLS_VERIFY
              : strcmp(r->tls, "encrypt") == 0 ? CTLS_ENCRYPT : CTLS_MAY,
-        .tls_ctx = runtime_client_tls(pt->rt, r->ca_file),
+        .tls_ctx = runtime_gen_client_tls(c->gen, r->ca_file),
         .auth_user = auth ? auth->username : NULL,
         .auth_pass = auth ? c->pass : NULL,
         .port = r->port,
@@ -215,6 +221,8 @@ static void prepare_done(uv_work_t *w, int status)
     struct entry *e = c->job;
     c->job = NULL;
     c->working = false;
+    runtime_gen_release(c->job_gen);
+    c->job_gen = NULL;
     bool gone = pt->stopping || status != 0 || (!c->client && !c->hosts);
     if (gone || c->job_rc != PT_OK) {
         buf_free(&c->content);
@@ -344,6 +352,7 @@ bool pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct
     c->p = p;
     c->queue = queue;
     c->route = route;
+    c->gen = runtime_gen_ref(pt->gen);
     c->domain = domain;
     c->label = label;
     c->next = pt->conns;
@@ -361,12 +370,24 @@ bool pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct
     return true;
 }
 
-bool pool_reuse(struct pool *p)
+/* Whether c may take more entries: opened on its queue's route as it is now and
+ * under the current generation. */
+static bool conn_current(const struct pool_conn *c)
 {
-    struct pool_conn *c = p->idle;
+    return c->route == c->p->route && c->gen == c->pt->gen;
+}
+
+bool pool_reuse(struct pool_thread *pt, struct pool *p)
+{
+    struct pool_conn *c;
+    while ((c = p->idle) != NULL) {
+        idle_remove(c);
+        if (conn_current(c) && c->pt == pt)
+            break;
+        smtp_client_quit(c->client);   /* a reload changed its settings: a new one */
+    }
     if (!c)
         return false;
-    idle_remove(c);
     if (feed(c))
         return true;
     smtp_client_quit(c->client);
@@ -399,13 +420,13 @@ static void client_on_done(void *owner, struct smtp_client *client, struct entry
 {
     struct pool_conn *c = owner;
     struct pool_thread *pt = c->pt;
-    const struct config *cfg = pt->rt->cfg;
+    const struct config *cfg = c->gen->cfg;
     struct outcome_where where = { site, peer, tls };
     c->sending = NULL;
     pt->ops->done(pt->owner, c->queue, e, res, nres, &where);
     if (!usable)
         return;
-    if (!pt->stopping &&
+    if (!pt->stopping && conn_current(c) &&
         smtp_client_deliveries(client) < (uint32_t)cfg->delivery.max_deliveries_per_connection) {
         if (!feed(c))
             nothing_to_send(c);

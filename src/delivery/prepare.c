@@ -33,23 +33,23 @@ static int apply_hdr_edits(const struct entry *e, struct buf *content)
  * the From: domain (two keys for one domain = dual signing), signatures appended to
  * sig. A failure is logged and the message goes out unsigned by that key rather than
  * not at all. */
-static void dkim_config_keys(const struct runtime *rt, const struct entry *e,
+static void dkim_config_keys(const struct cfg_gen *g, const struct entry *e,
                              const struct buf *content, double now, struct buf *sig)
 {
     char from[256];
-    if (rt->n_dkim == 0 || !dkim_from_domain(content->data, content->len, from))
+    if (g->n_dkim == 0 || !dkim_from_domain(content->data, content->len, from))
         return;
     size_t best = 0;
-    for (int i = 0; i < rt->n_dkim; i++) {
-        const char *d = dkim_key_domain(rt->dkim[i]);
+    for (int i = 0; i < g->n_dkim; i++) {
+        const char *d = dkim_key_domain(g->dkim[i]);
         if (dkim_domain_covers(d, from) && strlen(d) > best)
             best = strlen(d);
     }
-    for (int i = 0; best && i < rt->n_dkim; i++) {
-        const char *d = dkim_key_domain(rt->dkim[i]);
+    for (int i = 0; best && i < g->n_dkim; i++) {
+        const char *d = dkim_key_domain(g->dkim[i]);
         if (strlen(d) != best || !dkim_domain_covers(d, from))
             continue;
-        int rc = dkim_sign(rt->dkim[i], content->data, content->len, now, sig);
+        int rc = dkim_sign(g->dkim[i], content->data, content->len, now, sig);
         if (rc != PT_OK)
             log_warn("%s: DKIM signing for %s failed (%d): sent unsigned by this key", e->id, d,
                      rc);
@@ -94,12 +94,12 @@ static int dkim_hook_keys(const struct entry *e, const struct buf *content, doub
 }
 
 /* Prepends the signatures of the configured keys and of the hooks' keys. */
-static int dkim_apply(const struct runtime *rt, const struct entry *e, struct buf *content)
+static int dkim_apply(const struct cfg_gen *g, const struct entry *e, struct buf *content)
 {
     struct buf sig;
     buf_init(&sig, 0);
     double now = time_now();
-    dkim_config_keys(rt, e, content, now, &sig);
+    dkim_config_keys(g, e, content, now, &sig);
     int rc = dkim_hook_keys(e, content, now, &sig);
     if (rc == PT_OK && sig.len) {
         rc = buf_append(&sig, content->data, content->len);
@@ -113,7 +113,8 @@ static int dkim_apply(const struct runtime *rt, const struct entry *e, struct bu
     return rc;
 }
 
-int prepare_content(const struct runtime *rt, const struct entry *e, struct buf *out)
+int prepare_content(const struct runtime *rt, const struct cfg_gen *g, const struct entry *e,
+                    struct buf *out)
 {
     int rc = spool_get_content(rt->spool, e->id, out);
     if (rc == PT_OK && e->hdr_edits)
@@ -123,7 +124,7 @@ int prepare_content(const struct runtime *rt, const struct entry *e, struct buf 
         buf_init(out, 0);
         return rc == PT_NOTFOUND ? PT_NOTFOUND : rc;
     }
-    rc = dkim_apply(rt, e, out);
+    rc = dkim_apply(g, e, out);
     if (rc != PT_OK) {
         buf_free(out);
         buf_init(out, 0);

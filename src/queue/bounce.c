@@ -19,6 +19,7 @@
 struct bounce_job {
     uv_work_t work;
     struct runtime *rt;
+    const char *reporting_mta;      /* in the strings */
     char id[ENTRY_ID_LEN + 1];
     const char *sender;
     double arrival;
@@ -45,7 +46,7 @@ static void build_and_queue(const struct bounce_job *j)
     struct buf out;
     buf_init(&out, 0);
     struct dsn_info info = {
-        .reporting_mta = rt->cfg->delivery.helo_name ? rt->cfg->delivery.helo_name : rt->hostname,
+        .reporting_mta = j->reporting_mta,
         .id = j->id, .sender = j->sender, .arrival = j->arrival, .expired = j->expired,
         .rcpts = j->rc, .nrcpt = j->n, .orig = j->orig, .orig_len = j->orig_len,
         .envid = j->envid, .ret_full = j->ret_full, .retry_until = j->retry_until,
@@ -110,8 +111,8 @@ static bool wants_full(const struct entry *e, const struct dsn_rcpt *rc, size_t 
     return false;
 }
 
-void bounce_send(struct runtime *rt, uv_loop_t *loop, const struct entry *e,
-                 const struct dsn_rcpt *rc, size_t n, bool expired)
+void bounce_send(struct runtime *rt, const struct config *cfg, uv_loop_t *loop,
+                 const struct entry *e, const struct dsn_rcpt *rc, size_t n, bool expired)
 {
     if (n == 0 || e->sender[0] == 0 || (e->flags & ENTRY_F_DSN))
         return;
@@ -128,7 +129,8 @@ void bounce_send(struct runtime *rt, uv_loop_t *loop, const struct entry *e,
             hlen = i + 4;
             break;
         }
-    size_t bytes = strlen(e->sender) + 1 + hlen + 1 + (e->envid ? strlen(e->envid) + 1 : 0);
+    const char *mta = cfg->delivery.helo_name ? cfg->delivery.helo_name : rt->hostname;
+    size_t bytes = strlen(mta) + 1 + strlen(e->sender) + 1 + hlen + 1 + (e->envid ? strlen(e->envid) + 1 : 0);
     for (size_t i = 0; i < n; i++) {
         const struct dsn_rcpt *r = &rc[i];
         bytes += (r->addr ? strlen(r->addr) + 1 : 0) + (r->status ? strlen(r->status) + 1 : 0) +
@@ -150,10 +152,11 @@ void bounce_send(struct runtime *rt, uv_loop_t *loop, const struct entry *e,
     j->protocol = e->protocol;
     j->expired = expired;
     j->ret_full = full;
-    j->retry_until = e->received_at + rt->cfg->queue.max_retry_age;
+    j->retry_until = e->received_at + cfg->queue.max_retry_age;
     j->n = n;
     j->rc = (struct dsn_rcpt *)((char *)j + sizeof *j);
     char *cur = (char *)j + head;
+    j->reporting_mta = put(&cur, mta);
     j->sender = put(&cur, e->sender);
     j->envid = put(&cur, e->envid);
     if (hlen)

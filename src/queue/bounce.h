@@ -13,6 +13,7 @@
 #include "queue/dsn.h"
 
 struct runtime;
+struct config;
 struct entry;
 struct entry_rcpt;
 
@@ -26,9 +27,10 @@ bool bounce_wanted(const struct entry *e, const struct entry_rcpt *r, enum dsn_a
  * its RET (FULL: the whole message back on failure, else the header block) and,
  * for delayed recipients, Will-Retry-Until = arrival + max_retry_age. The original
  * is read from the spool in the call; the report is built and queued on loop's
- * worker pool (loop NULL: in the call). Everything is borrowed for the call
+ * worker pool (loop NULL: in the call). cfg: the generation's config (reporting
+ * MTA, max_retry_age). Everything is borrowed for the call
  * (copied); failures are logged (the DSN is lost, the entry is not). */
-void bounce_send(struct runtime *rt, uv_loop_t *loop, const struct entry *e,
-                 const struct dsn_rcpt *rc, size_t n, bool expired);
+void bounce_send(struct runtime *rt, const struct config *cfg, uv_loop_t *loop,
+                 const struct entry *e, const struct dsn_rcpt *rc, size_t n, bool expired);
 
 #endif
