@@ -19,6 +19,7 @@
 #include "delivery/outcome.h"
 #include "queue/entry.h"
 #include "smtp/smtp_client.h"
+#include "util/result.h"
 #include "util/timeutil.h"
 
 static struct config *cfg;
@@ -114,6 +115,32 @@ static void test_expired_after_max_retry_age(void **state)
     entry_free(e);
 }
 
+/* dead_letter_after: the expired entry is flagged dead (kept), expired "now";
+ * the encoding keeps the flag and an entry without it decodes as before. */
+static void test_expired_kept_dead_with_dead_letter_after(void **state)
+{
+    (void)state;
+    struct entry *e = three();
+    e->received_at = time_now() - 2 * 3600;
+    cfg->queue.dead_letter_after = 7 * 86400;
+    double before = time_now();
+    assert_int_equal(outcome_uniform(&rt, rt.cfg, NULL, e, 451, "4.4.3", "451 4.4.3 later"),
+                     OUTCOME_DEAD);
+    cfg->queue.dead_letter_after = 0;
+    assert_true(e->flags & ENTRY_F_DEAD);
+    assert_true(e->next_attempt >= before && e->next_attempt <= time_now());
+    assert_int_equal(entry_pending(e), 0);
+    struct buf b;
+    buf_init(&b, 0);
+    assert_int_equal(entry_encode(e, &b), PT_OK);
+    struct entry *d;
+    assert_int_equal(entry_decode(b.data, b.len, &d), PT_OK);
+    assert_true(d->flags & ENTRY_F_DEAD);
+    entry_free(d);
+    buf_free(&b);
+    entry_free(e);
+}
+
 static void test_deadline_caps_the_next_attempt(void **state)
 {
     (void)state;
@@ -128,6 +155,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mixed_results_defer_with_backoff),
+        cmocka_unit_test(test_expired_kept_dead_with_dead_letter_after),
         cmocka_unit_test(test_not_attempted_changes_nothing),
         cmocka_unit_test(test_expired_after_max_retry_age),
         cmocka_unit_test(test_deadline_caps_the_next_attempt),
