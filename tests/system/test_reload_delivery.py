@@ -113,6 +113,38 @@ def test_retry_interval_changed_by_reload_applies_to_next_deferral(world):
     assert settled <= n + 2
 
 
+# ---------------------------------------------------------------- delivery hooks
+
+def dr_hook(tag):
+    return ('petrel.on("smtp_delivery_result", function(result, meta)\n'
+            f'  log_warn("DRGEN {tag} " .. meta.id .. " " .. result.code)\n'
+            'end)\n')
+
+
+def test_delivery_result_handler_changed_by_reload(world):
+    dest = world.mx_domain("dest.test", "127.0.0.2")
+    world.mx_domain("sender.test", "127.0.0.3")
+    p = world.petrel(extra=dr_hook("one"))
+    dest.wait_message(p.send_message(subject="first"))
+    first = p.wait_records("Delivery", 1)[-1]["id"]
+    wait_for(lambda: f"DRGEN one {first} 250" in p.stderr_text(), 10, "the first handler")
+    # the new file has another handler, and one more: both run, the old one never
+    write_config(world, p, extra=dr_hook("two") + dr_hook("three"))
+    sighup(p)
+    dest.wait_message(p.send_message(subject="second"))
+    second = p.wait_records("Delivery", 2)[-1]["id"]
+    wait_for(lambda: f"DRGEN three {second} 250" in p.stderr_text(), 10, "the new handlers")
+    assert f"DRGEN two {second} 250" in p.stderr_text()
+    assert f"DRGEN one {second}" not in p.stderr_text()
+    # and a reload that drops every handler runs none
+    write_config(world, p)
+    sighup(p)
+    dest.wait_message(p.send_message(subject="third"))
+    third = p.wait_records("Delivery", 3)[-1]["id"]
+    time.sleep(1.0)
+    assert f" {third} 250" not in p.stderr_text()
+
+
 # ---------------------------------------------------------------- under load
 
 def test_reload_with_deliveries_in_flight_loses_and_duplicates_nothing(world):
