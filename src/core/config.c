@@ -51,6 +51,8 @@
 #define DEF_MAX_RETRY_AGE      (72 * 3600.0)
 #define DEF_DELAY_WARNING_AFTER 0.0       /* off: senders asked for none (RFC 3461 leaves
                                              DELAY to the MTA); "4h" is Postfix's choice */
+#define DEF_DEAD_LETTER_AFTER  0.0       /* off: expired mail is removed after its DSN
+                                            (DESIGN's example keeps it "7d") */
 #define DEF_MAX_QUEUE_DEPTH    1000000
 #define DEF_DELIVERY_THREADS   0          /* = online CPUs, resolved after load */
 #define DEF_SMTP_PORT          25
@@ -1120,6 +1122,7 @@ static int config_defaults(struct config *cfg)
     cfg->queue.max_retry_interval = DEF_MAX_RETRY_INTERVAL;
     cfg->queue.max_retry_age = DEF_MAX_RETRY_AGE;
     cfg->queue.delay_warning_after = DEF_DELAY_WARNING_AFTER;
+    cfg->queue.dead_letter_after = DEF_DEAD_LETTER_AFTER;
     cfg->queue.max_queue_depth = DEF_MAX_QUEUE_DEPTH;
     cfg->queue.backend = strdup(DEF_QUEUE_BACKEND);
     cfg->queue.key_prefix = strdup(DEF_KEY_PREFIX);
