@@ -233,16 +233,21 @@ static int ctl_queue(const char *url, const char *key)
             snprintf(age, sizeof age, "%.0fs", json_number_value(json_object_get(q, "oldest_age_s")));
         json_t *sh = json_object_get(q, "shaping");
         const char *reason = str_or(json_object_get(sh, "reason"), NULL);
-        printf("%-32s %-20s %8lld %10s  %-24s %5lld%s%s%s\n",
+        long long dead = (long long)json_integer_value(json_object_get(q, "dead"));
+        char dl[48] = "";
+        if (dead)
+            snprintf(dl, sizeof dl, "  %lld dead", dead);
+        printf("%-32s %-20s %8lld %10s  %-24s %5lld%s%s%s%s\n",
                str_or(json_object_get(q, "domain"), "?"), str_or(json_object_get(q, "site"), "-"),
                (long long)json_integer_value(json_object_get(q, "count")), age,
                str_or(json_object_get(q, "next_attempt"), "-"),
                (long long)json_integer_value(json_object_get(q, "connections")),
-               json_is_true(json_object_get(q, "suspended")) ? "  suspended" : "",
+               json_is_true(json_object_get(q, "suspended")) ? "  suspended" : "", dl,
                reason ? "  shaping: " : "", reason ? reason : "");
     }
-    printf("-- %lld messages in %zu queues\n",
-           (long long)json_integer_value(json_object_get(doc, "total")), json_array_size(qs));
+    printf("-- %lld messages in %zu queues, %lld dead\n",
+           (long long)json_integer_value(json_object_get(doc, "total")), json_array_size(qs),
+           (long long)json_integer_value(json_object_get(doc, "dead")));
     json_decref(doc);
     return 0;
 }
@@ -266,9 +271,15 @@ static int ctl_show(const char *url, const char *key, const char *id)
     size_t i, k;
     json_t *d, *r;
     json_array_foreach(json_object_get(doc, "destinations"), i, d) {
-        printf("  %s: %lld attempts, next %s\n", str_or(json_object_get(d, "domain"), "?"),
-               (long long)json_integer_value(json_object_get(d, "attempts")),
-               str_or(json_object_get(d, "next_attempt"), "-"));
+        if (json_is_true(json_object_get(d, "dead")))
+            printf("  %s: %lld attempts, dead (expired %s)\n",
+                   str_or(json_object_get(d, "domain"), "?"),
+                   (long long)json_integer_value(json_object_get(d, "attempts")),
+                   str_or(json_object_get(d, "expired_at"), "-"));
+        else
+            printf("  %s: %lld attempts, next %s\n", str_or(json_object_get(d, "domain"), "?"),
+                   (long long)json_integer_value(json_object_get(d, "attempts")),
+                   str_or(json_object_get(d, "next_attempt"), "-"));
         if (json_is_string(json_object_get(d, "last_response")))
             printf("    last response: %s\n", json_string_value(json_object_get(d, "last_response")));
         json_array_foreach(json_object_get(d, "recipients"), k, r)

@@ -53,6 +53,8 @@
 #define DEF_MAX_RETRY_AGE      (72 * 3600.0)
 #define DEF_DELAY_WARNING_AFTER 0.0       /* off: senders asked for none (RFC 3461 leaves
                                              DELAY to the MTA); "4h" is Postfix's choice */
+#define DEF_DEAD_LETTER_AFTER  0.0       /* off: expired mail is removed after its DSN
+                                            (DESIGN's example keeps it "7d") */
 #define DEF_MAX_QUEUE_DEPTH    1000000
 #define DEF_DELIVERY_THREADS   0          /* = online CPUs, resolved after load */
 #define DEF_SMTP_PORT          25
@@ -186,9 +188,9 @@ static const struct opt queue_opts[] = {
     { O("max_retry_age", OPT_DURATION, CFG(queue.max_retry_age)) },
     /* nil (the default) = no delay warnings; "4h" = Postfix's delay_warning_time */
     { O("delay_warning_after", OPT_DURATION, CFG(queue.delay_warning_after)) },
-    /* DESIGN §4 names it; nothing keeps expired mail yet: refused, not ignored */
-    { .name = "dead_letter_after", .unimpl = "expired messages are bounced and removed at "
-      "max_retry_age; remove the option" },
+    /* nil (the default) = an expired entry is removed after its DSN; "7d" = kept as a
+     * dead letter (never delivered, shown by the API) that long, then purged */
+    { O("dead_letter_after", OPT_DURATION, CFG(queue.dead_letter_after)) },
     { O("max_queue_depth", OPT_U64, CFG(queue.max_queue_depth)), .lo = 1,
       .hi = 9007199254740992.0 },
     { O("backend", OPT_CHOICE, CFG(queue.backend)), .choices = queue_backends },
@@ -852,6 +854,10 @@ static int api_configure_queue(lua_State *L)
                              "third of it)");
     if (strcmp(q->backend, "redis") == 0 && !q->redis_url)
         return lua_api_error(L, "configure_queue: backend = \"redis\" needs redis_url");
+    /* a shared queue has no per-node dead-letter list yet: refused, never ignored */
+    if (strcmp(q->backend, "redis") == 0 && q->dead_letter_after > 0)
+        return lua_api_error(L, "configure_queue: option 'dead_letter_after' is not supported "
+                             "with backend = \"redis\" (expired mail is removed there)");
     /* the Redis options do nothing with the local spool: refused, never ignored */
     const char *redis_only = strcmp(q->backend, "redis") == 0 ? NULL
                            : q->redis_url ? "redis_url"
@@ -1401,6 +1407,7 @@ static int config_defaults(struct config *cfg)
     cfg->queue.max_retry_interval = DEF_MAX_RETRY_INTERVAL;
     cfg->queue.max_retry_age = DEF_MAX_RETRY_AGE;
     cfg->queue.delay_warning_after = DEF_DELAY_WARNING_AFTER;
+    cfg->queue.dead_letter_after = DEF_DEAD_LETTER_AFTER;
     cfg->queue.max_queue_depth = DEF_MAX_QUEUE_DEPTH;
     cfg->queue.backend = strdup(DEF_QUEUE_BACKEND);
     cfg->queue.key_prefix = strdup(DEF_KEY_PREFIX);

@@ -81,6 +81,8 @@ struct cfg_queue {
     double max_retry_interval;       /* 1h */
     double max_retry_age;            /* 72h */
     double delay_warning_after;      /* 0 = off (nil); one delay DSN per recipient after it */
+    double dead_letter_after;        /* 0 = off (nil): expired entries are removed; else
+                                        kept (dead, never delivered) this long after expiry */
     uint64_t max_queue_depth;        /* 1000000 */
     char *backend;                   /* "rocksdb" | "redis" */
     char *redis_url;                 /* backend = "redis": required */

@@ -25,6 +25,7 @@
 #include "core/fdlimit.h"
 #include "core/runtime.h"
 #include "delivery/tlsrpt_send.h"
+#include "delivery/route.h"
 #include "core/worker.h"
 #include "delivery/shaping_rules.h"
 #include "http/http_server.h"
@@ -122,17 +123,6 @@ static bool str_differs(const char *a, const char *b)
     return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
 }
 
-static bool route_differs(const struct cfg_route *a, const struct cfg_route *b)
-{
-    return a->kind != b->kind || str_differs(a->key, b->key) ||
-           str_differs(a->relayhost, b->relayhost) || str_differs(a->tls, b->tls) ||
-           str_differs(a->ca_file, b->ca_file) || (a->auth == NULL) != (b->auth == NULL) ||
-           (a->auth && (str_differs(a->auth->username, b->auth->username) ||
-                        str_differs(a->auth->password, b->auth->password) ||
-                        str_differs(a->auth->password_file, b->auth->password_file))) ||
-           str_differs(a->error_text, b->error_text);
-}
-
 /* Options a reload cannot apply to the running process: said once per reload. */
 static void warn_restart_only(const struct config *old, const struct config *cfg)
 {
@@ -173,28 +163,19 @@ static void warn_restart_only(const struct config *old, const struct config *cfg
                                    str_differs(a->tls->key_file, b->tls->key_file)));
     }
     NOTE(http, "start_http_listener");
-    /* The delivery threads keep the startup generation in this build. */
+    /* The delivery threads take each new generation (routes, retries, DKIM keys,
+     * timeouts, hooks); the MTA-STS/DANE agent is made once per thread, and the
+     * shaping rules (with configure_delivery's rate and connection defaults they
+     * carry) bind each destination queue once. */
+    NOTE(old->delivery.mta_sts != cfg->delivery.mta_sts || old->delivery.dane != cfg->delivery.dane,
+         "configure_delivery.mta_sts/dane");
     const struct cfg_delivery *od = &old->delivery, *nd = &cfg->delivery;
-    bool dl = old->n_routes != cfg->n_routes || route_differs(&od->dflt, &nd->dflt) ||
-              od->smtp_port != nd->smtp_port ||
-              od->max_connections_per_domain != nd->max_connections_per_domain ||
-              od->max_message_rate != nd->max_message_rate ||
-              od->max_deliveries_per_connection != nd->max_deliveries_per_connection ||
-              od->connect_timeout != nd->connect_timeout ||
-              str_differs(od->helo_name, nd->helo_name);
-    for (int i = 0; !dl && i < cfg->n_routes; i++)
-        dl = route_differs(&old->routes[i], &cfg->routes[i]);
-    NOTE(dl, "configure_delivery/configure_transport (delivery side)");
-    NOTE(!shaping_rules_equal(old->shaping, cfg->shaping), "configure_shaping");
-    NOTE(old->queue.retry_interval != cfg->queue.retry_interval ||
-         old->queue.max_retry_interval != cfg->queue.max_retry_interval ||
-         old->queue.max_retry_age != cfg->queue.max_retry_age, "configure_queue retries");
-    bool dk = old->n_dkim != cfg->n_dkim;
-    for (int i = 0; !dk && i < cfg->n_dkim; i++)
-        dk = str_differs(old->dkim[i].domain, cfg->dkim[i].domain) ||
-             str_differs(old->dkim[i].selector, cfg->dkim[i].selector) ||
-             str_differs(old->dkim[i].key_file, cfg->dkim[i].key_file);
-    NOTE(dk, "configure_dkim_signing");
+    NOTE(od->tls_rpt != nd->tls_rpt || od->tls_rpt_interval != nd->tls_rpt_interval ||
+         str_differs(od->tls_rpt_org, nd->tls_rpt_org) ||
+         str_differs(od->tls_rpt_from, nd->tls_rpt_from), "configure_delivery.tls_rpt*");
+    NOTE(!shaping_rules_equal(old->shaping, cfg->shaping),
+         "configure_shaping (and configure_delivery's max_message_rate, "
+         "max_connections_per_domain, max_deliveries_per_connection, connect_timeout)");
     bool dns = old->n_dns_resolvers != cfg->n_dns_resolvers;
     for (int i = 0; !dns && i < cfg->n_dns_resolvers; i++)
         dns = strcmp(old->dns_resolvers[i], cfg->dns_resolvers[i]) != 0;
@@ -221,7 +202,9 @@ static int reload_locked(struct reloader *r, char *err, size_t errlen)
     }
     fdlimit_apply(cfg);
     const struct config *old = r->rt->gen->cfg;  /* swapped only here, under r->lock */
-    struct cfg_gen *gen = runtime_gen_build(cfg, r->last_id + 1, r->wg->n, r->n_http, err, errlen);
+    int n_dlv = r->rt->cfg->delivery.threads > 0 ? r->rt->cfg->delivery.threads : 1;
+    struct cfg_gen *gen = runtime_gen_build(cfg, r->last_id + 1, r->wg->n, r->n_http, n_dlv, err,
+                                            errlen);
     if (!gen)
         return PT_INVALID;
     struct worker_listen_plan plan;
@@ -369,7 +352,8 @@ int main(int argc, char **argv)
     if (gethostname(rt.hostname, sizeof rt.hostname - 1) != 0)
         snprintf(rt.hostname, sizeof rt.hostname, "localhost");
     int nworkers = cfg->smtp_threads, n_http = cfg->n_http;
-    struct cfg_gen *gen = runtime_gen_build(cfg, 1, nworkers, n_http, err, sizeof err);
+    int n_dlv = cfg->delivery.threads > 0 ? cfg->delivery.threads : 1;
+    struct cfg_gen *gen = runtime_gen_build(cfg, 1, nworkers, n_http, n_dlv, err, sizeof err);
     if (!gen) {
         fprintf(stderr, "petrel: %s\n", err);
         return 1;
@@ -531,5 +515,6 @@ int main(int argc, char **argv)
     free(wg);
     pthread_mutex_destroy(&rl.lock);
     runtime_free(&rt);
+    route_intern_free_all();
     return 0;
 }

@@ -17,9 +17,11 @@
 #include "core/authban.h"
 #include "core/runtime.h"
 #include "core/users.h"
+#include "delivery/route.h"
 #include "dkim/dkim.h"
 #include "obs/log.h"
 #include "policy/hooks.h"
+#include "policy/hooks_delivery.h"
 #include "tls/tls.h"
 #include "util/result.h"
 
@@ -37,6 +39,10 @@ static void gen_free(struct cfg_gen *g)
         if (g->http_L[i])
             lua_close(g->http_L[i]);
     free(g->http_L);
+    for (int i = 0; i < g->n_dlv; i++)
+        hooks_delivery_free(g->dlv_hooks[i]);
+    free(g->dlv_hooks);
+    route_table_free(g->routes);
     for (int i = 0; i < CFG_MAX_LISTENERS; i++)
         tls_ctx_free(g->listener_tls[i]);
     for (int i = 0; i < g->n_client_ca; i++)
@@ -81,10 +87,12 @@ static struct lua_State *gen_lua(const struct config *cfg, char *err, size_t err
     return L;
 }
 
-static int gen_lua_states(struct cfg_gen *g, int n_smtp, int n_http, char *err, size_t errlen)
+static int gen_lua_states(struct cfg_gen *g, int n_smtp, int n_http, int n_dlv, char *err,
+                          size_t errlen)
 {
     if ((n_smtp && !(g->smtp_L = calloc((size_t)n_smtp, sizeof *g->smtp_L))) ||
-        (n_http && !(g->http_L = calloc((size_t)n_http, sizeof *g->http_L)))) {
+        (n_http && !(g->http_L = calloc((size_t)n_http, sizeof *g->http_L))) ||
+        (n_dlv && !(g->dlv_hooks = calloc((size_t)n_dlv, sizeof *g->dlv_hooks)))) {
         snprintf(err, errlen, "%s:0: out of memory", g->cfg->path);
         return PT_NOMEM;
     }
@@ -94,11 +102,21 @@ static int gen_lua_states(struct cfg_gen *g, int n_smtp, int n_http, char *err, 
     for (; g->n_http_L < n_http; g->n_http_L++)
         if (!(g->http_L[g->n_http_L] = gen_lua(g->cfg, err, errlen)))
             return PT_ERROR;
+    for (; g->n_dlv < n_dlv; g->n_dlv++) {
+        char e[512];
+        g->dlv_hooks[g->n_dlv] = hooks_delivery_new(g->cfg, e, sizeof e);
+        if (!g->dlv_hooks[g->n_dlv] && e[0]) {
+            snprintf(err, errlen, "%s:0: delivery hooks: %s", g->cfg->path, e);
+            return PT_ERROR;
+        }
+        if (!g->dlv_hooks[g->n_dlv])
+            break;              /* no smtp_delivery_result handler: none for any thread */
+    }
     return PT_OK;
 }
 
 struct cfg_gen *runtime_gen_build(struct config *cfg, uint64_t id, int n_smtp, int n_http,
-                                  char *err, size_t errlen)
+                                  int n_dlv, char *err, size_t errlen)
 {
     struct cfg_gen *g = calloc(1, sizeof *g);
     if (!g) {
@@ -166,7 +184,11 @@ struct cfg_gen *runtime_gen_build(struct config *cfg, uint64_t id, int n_smtp, i
         }
         g->n_dkim++;
     }
-    if (gen_lua_states(g, n_smtp, n_http, err, errlen) != PT_OK)
+    if (!(g->routes = route_table_new(cfg))) {
+        snprintf(err, errlen, "%s:0: out of memory", cfg->path);
+        goto fail;
+    }
+    if (gen_lua_states(g, n_smtp, n_http, n_dlv, err, errlen) != PT_OK)
         goto fail;
     return g;
 fail:
@@ -251,8 +273,6 @@ int runtime_init(struct runtime *rt, struct cfg_gen *gen)
     }
     rt->boot = runtime_gen_ref(gen);
     rt->cfg = gen->cfg;
-    rt->dkim = gen->dkim;
-    rt->n_dkim = gen->n_dkim;
     rt->gen = gen;
     atomic_store(&rt->gen_id, gen->id);
     return PT_OK;
@@ -291,7 +311,7 @@ struct tls_ctx *runtime_gen_client_tls(const struct cfg_gen *g, const char *ca_f
     return g->client_tls;
 }
 
-struct tls_ctx *runtime_client_tls(const struct runtime *rt, const char *ca_file)
+struct hooks_delivery *runtime_gen_dlv_hooks(const struct cfg_gen *g, int i)
 {
-    return runtime_gen_client_tls(rt->boot, ca_file);
+    return i >= 0 && i < g->n_dlv ? g->dlv_hooks[i] : NULL;
 }

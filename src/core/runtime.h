@@ -1,8 +1,10 @@
 /* The runtime: the process-wide services every thread borrows (spool, scheduler,
  * AUTH failure tracker) and the current config generation. A generation is an
  * immutable config plus everything derived from it (TLS contexts, users file,
- * DKIM keys, one Lua state per SMTP worker and per HTTP listener), reference
- * counted: a session holds the generation it started with; a reload swaps the
+ * DKIM keys, the route table, one Lua state per SMTP worker, per HTTP listener
+ * and per delivery thread), reference
+ * counted: a session, a delivery connection and a delivery attempt hold the
+ * generation they started with; a reload swaps the
  * pointer for new work and the old one is freed by its last holder.
  * A generation is never modified after runtime_gen_build returns.
  * SPDX-License-Identifier: Apache-2.0 */
@@ -23,6 +25,8 @@ struct authban;
 struct dkim_key;
 struct lua_State;
 struct tlsrpt_agg;
+struct route_table;
+struct hooks_delivery;
 
 #define RT_MAX_CA 16
 
@@ -42,14 +46,17 @@ struct cfg_gen {
      * HTTP listener i: never two threads at once. Closed with the generation. */
     struct lua_State **smtp_L; int n_smtp_L;
     struct lua_State **http_L; int n_http_L;
+    /* smtp_delivery_result handlers: dlv_hooks[i] only for delivery thread i
+     * (NULL = the config registers none). */
+    struct hooks_delivery **dlv_hooks; int n_dlv;
+    struct route_table *routes;  /* configure_transport / relayhost routes (interned) */
 };
 
 struct runtime {
-    /* The startup generation's config and keys, for the delivery threads, which
-     * keep the startup generation until they acquire generations themselves. */
+    /* The startup generation's config: only for what a reload cannot change
+     * (thread counts, spool, HTTP listeners, MTA-STS/DANE agent). Everything else
+     * comes from a generation (runtime_gen_acquire). */
     const struct config *cfg;
-    struct dkim_key **dkim;
-    int n_dkim;
     struct cfg_gen *boot;      /* startup generation: one reference held until exit */
     struct spool *spool;
     struct sched *sched;
@@ -70,15 +77,15 @@ struct runtime {
 };
 
 /* Builds a generation from cfg (taken, freed on failure too): every TLS context,
- * the users file, the DKIM keys, n_smtp Lua states for the SMTP workers and
- * n_http for the HTTP listeners. Reads files and runs the config file again: call
+ * the users file, the DKIM keys, the route table, n_smtp Lua states for the SMTP
+ * workers, n_http for the HTTP listeners and n_dlv delivery hook states. Reads files and runs the config file again: call
  * it off the event loops. On failure NULL and err holds "FILE:LINE: message". The
  * result has one reference (the caller's). */
 struct cfg_gen *runtime_gen_build(struct config *cfg, uint64_t id, int n_smtp, int n_http,
-                                  char *err, size_t errlen);
+                                  int n_dlv, char *err, size_t errlen);
 
 /* Installs gen (taken) as the first, startup generation and makes the
- * rt->cfg/dkim aliases point into it. Call once, before any thread starts. */
+ * rt->cfg alias point into it. Call once, before any thread starts. */
 int runtime_init(struct runtime *rt, struct cfg_gen *gen);
 /* Releases the current and startup generations and the tracker (at exit, after
  * every thread stopped). */
@@ -104,10 +111,10 @@ void runtime_gen_thread_done(void);
 /* Lua state of SMTP worker i / HTTP listener i in g (NULL if not built). */
 struct lua_State *runtime_gen_smtp_lua(const struct cfg_gen *g, int i);
 struct lua_State *runtime_gen_http_lua(const struct cfg_gen *g, int i);
+/* smtp_delivery_result state of delivery thread i in g (NULL = none). */
+struct hooks_delivery *runtime_gen_dlv_hooks(const struct cfg_gen *g, int i);
 
 /* Outbound TLS context for a CA bundle (NULL = the system store). Never NULL. */
 struct tls_ctx *runtime_gen_client_tls(const struct cfg_gen *g, const char *ca_file);
-/* The same in the startup generation (delivery threads). */
-struct tls_ctx *runtime_client_tls(const struct runtime *rt, const char *ca_file);
 
 #endif

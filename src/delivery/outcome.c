@@ -45,7 +45,7 @@ static const char *site_host(const struct outcome_where *where, char *host, size
     return host;
 }
 
-void outcome_fail_pending(struct runtime *rt, uv_loop_t *loop, struct entry *e, const char *type, int code,
+void outcome_fail_pending(struct runtime *rt, const struct config *cfg, uv_loop_t *loop, struct entry *e, const char *type, int code,
                           const char *status, const char *diag, const struct outcome_where *where)
 {
     uint32_t np = entry_pending(e);
@@ -69,7 +69,7 @@ void outcome_fail_pending(struct runtime *rt, uv_loop_t *loop, struct entry *e, 
                                           .local = true, .orcpt = entry_rcpt_orcpt(r) };
     }
     if (type)
-        bounce_send(rt, loop, e, rc, nb, strcmp(type, LOG_EXPIRATION) == 0);
+        bounce_send(rt, cfg, loop, e, rc, nb, strcmp(type, LOG_EXPIRATION) == 0);
     free(rc);
 }
 
@@ -88,11 +88,11 @@ static void defer_status(const char *text, char out[16])
 /* RFC 3461 4.1 DELAY: once the entry has waited delay_warning_after, one "delayed"
  * DSN for its pending recipients that want it, each marked so it never gets a
  * second (the mark is persisted with the entry: OUTCOME_RETRY). */
-static void delay_warning(struct runtime *rt, uv_loop_t *loop, struct entry *e,
+static void delay_warning(struct runtime *rt, const struct config *cfg, uv_loop_t *loop, struct entry *e,
                           const char *last_defer,
                           bool remote_defer, const struct outcome_where *where, double now)
 {
-    double after = rt->cfg->queue.delay_warning_after;
+    double after = cfg->queue.delay_warning_after;
     if (after <= 0 || now - e->received_at < after || e->sender[0] == 0 ||
         (e->flags & ENTRY_F_DSN))
         return;
@@ -118,17 +118,16 @@ static void delay_warning(struct runtime *rt, uv_loop_t *loop, struct entry *e,
     if (n) {
         log_info("%s: delayed for %.0f s; delay DSN for %zu recipient(s) to <%s>", e->id,
                  now - e->received_at, n, e->sender);
-        bounce_send(rt, loop, e, rc, n, false);
+        bounce_send(rt, cfg, loop, e, rc, n, false);
     }
     free(rc);
 }
 
 /* After the recipients' results: finished, expired, or the next retry time. */
-static enum outcome_next settle(struct runtime *rt, uv_loop_t *loop, struct entry *e,
+static enum outcome_next settle(struct runtime *rt, const struct config *cfg, uv_loop_t *loop, struct entry *e,
                                 const char *last_defer, bool remote_defer,
                                 const struct outcome_where *where)
 {
-    const struct config *cfg = rt->cfg;
     if (entry_pending(e) == 0)
         return OUTCOME_DONE;
     if (last_defer)
@@ -136,12 +135,16 @@ static enum outcome_next settle(struct runtime *rt, uv_loop_t *loop, struct entr
     double now = time_now();
     double deadline = e->received_at + cfg->queue.max_retry_age;
     if (now >= deadline) {
-        outcome_fail_pending(rt, loop, e, LOG_EXPIRATION, -1, "4.4.7",
+        outcome_fail_pending(rt, cfg, loop, e, LOG_EXPIRATION, -1, "4.4.7",
                              e->last_response ? e->last_response : "delivery time expired",
                              where);
-        return OUTCOME_DONE;
+        if (cfg->queue.dead_letter_after <= 0)
+            return OUTCOME_DONE;
+        e->flags |= ENTRY_F_DEAD;
+        e->next_attempt = now;
+        return OUTCOME_DEAD;
     }
-    delay_warning(rt, loop, e, last_defer, remote_defer, where, now);
+    delay_warning(rt, cfg, loop, e, last_defer, remote_defer, where, now);
     double next = now + sched_backoff(cfg->queue.retry_interval, cfg->queue.max_retry_interval,
                                       e->attempts);
     e->next_attempt = next < deadline ? next : deadline;
@@ -204,18 +207,18 @@ static int dsn_lists_init(struct dsn_lists *d, uint32_t n)
     return d->failed && d->ok ? PT_OK : PT_NOMEM;   /* NULL lists just send no DSN */
 }
 
-static void dsn_lists_send(struct runtime *rt, uv_loop_t *loop, struct entry *e,
+static void dsn_lists_send(struct runtime *rt, const struct config *cfg, uv_loop_t *loop, struct entry *e,
                            struct dsn_lists *d)
 {
     if (d->nfailed)
-        bounce_send(rt, loop, e, d->failed, d->nfailed, false);
+        bounce_send(rt, cfg, loop, e, d->failed, d->nfailed, false);
     if (d->nok)
-        bounce_send(rt, loop, e, d->ok, d->nok, false);
+        bounce_send(rt, cfg, loop, e, d->ok, d->nok, false);
     free(d->failed);
     free(d->ok);
 }
 
-enum outcome_next outcome_apply(struct runtime *rt, uv_loop_t *loop, struct entry *e,
+enum outcome_next outcome_apply(struct runtime *rt, const struct config *cfg, uv_loop_t *loop, struct entry *e,
                                 const struct client_result *res, uint32_t nres,
                                 const struct outcome_where *where)
 {
@@ -235,16 +238,16 @@ enum outcome_next outcome_apply(struct runtime *rt, uv_loop_t *loop, struct entr
     }
     const char *last_defer = d.last_defer;
     bool remote_defer = d.remote_defer;
-    dsn_lists_send(rt, loop, e, &d);
+    dsn_lists_send(rt, cfg, loop, e, &d);
     if (last_defer)  /* one diagnostic line per deferred attempt, naming where it went */
         log_info("%s: deferred for %s at %s[%s]%s%s: %s", e->id, e->domain,
                  where && where->site ? where->site : "-", where && where->peer ? where->peer : "-",
                  where && where->tls ? " over " : "", where && where->tls ? where->tls : "",
                  last_defer);
-    return settle(rt, loop, e, last_defer, remote_defer, where);
+    return settle(rt, cfg, loop, e, last_defer, remote_defer, where);
 }
 
-enum outcome_next outcome_uniform(struct runtime *rt, uv_loop_t *loop, struct entry *e, int code,
+enum outcome_next outcome_uniform(struct runtime *rt, const struct config *cfg, uv_loop_t *loop, struct entry *e, int code,
                                   const char *enhanced, const char *text)
 {
     e->attempts++;
@@ -257,6 +260,6 @@ enum outcome_next outcome_uniform(struct runtime *rt, uv_loop_t *loop, struct en
         if (e->rcpts[i].state == RCPT_PENDING)
             one_result(e, &e->rcpts[i], &cr, NULL, NULL, &d);
     const char *last_defer = d.last_defer;
-    dsn_lists_send(rt, loop, e, &d);
-    return settle(rt, loop, e, last_defer, false, NULL);
+    dsn_lists_send(rt, cfg, loop, e, &d);
+    return settle(rt, cfg, loop, e, last_defer, false, NULL);
 }

@@ -54,6 +54,8 @@ struct pool_conn {
     struct pool *p;
     void *queue;
     const struct route *route;
+    struct cfg_gen *gen;            /* the generation it was opened under (a reference) */
+    struct cfg_gen *job_gen;        /* the preparation's generation (a reference) */
     const char *domain, *label;
     struct smtp_client *client;
     struct entry *sending;          /* the entry the client has (until its done) */
@@ -101,6 +103,7 @@ static void conn_free(struct pool_conn *c)
     c->p->nconn--;
     metrics_add(M_CONNECTIONS, METRICS_OUTBOUND, c->label, -1);
     void *queue = c->queue;
+    runtime_gen_release(c->gen);
     free(c->hosts);
     policy_free(c->policy);
     explicit_bzero(c->pass, sizeof c->pass);
@@ -129,7 +132,7 @@ static void prepare_work(uv_work_t *w)
     struct pool_conn *c = w->data;
     buf_init(&c->content, 0);
     buf_init(&c->content7, 0);
-    c->job_rc = prepare_content(c->pt->rt, c->job, &c->content, &c->content7);
+    c->job_rc = prepare_content(c->pt->rt, c->job_gen, c->job, &c->content, &c->content7);
     const struct cfg_auth_client *auth = c->route->auth;
     if (c->hosts && auth && !auth->password && auth->password_file)
         read_secret(auth->password_file, c->pass, sizeof c->pass);
@@ -145,6 +148,7 @@ static bool feed(struct pool_conn *c)
     if (!e)
         return false;
     c->job = e;
+    c->job_gen = runtime_gen_ref(pt->gen);   /* this attempt's DKIM keys */
     c->working = true;
     if (c->client)                   /* no idle timeout while the content is prepared */
         smtp_client_idle(c->client, PREP_HOLD_S);
@@ -153,6 +157,8 @@ static bool feed(struct pool_conn *c)
     if (rc != 0) {                   /* cannot happen with a live loop; be safe */
         c->working = false;
         c->job = NULL;
+        runtime_gen_release(c->job_gen);
+        c->job_gen = NULL;
         pt->ops->giveback(pt->owner, c->queue, e);
         return false;
     }
@@ -177,7 +183,7 @@ static void nothing_to_send(struct pool_conn *c)
 static void start_client(struct pool_conn *c, struct entry *e)
 {
     struct pool_thread *pt = c->pt;
-    const struct config *cfg = pt->rt->cfg;
+    const struct config *cfg = c->gen->cfg;
     const struct route *r = c->route;
     const struct cfg_auth_client *auth = r->auth;
     double ctimeout = c->p->connect_timeout > 0 ? c->p->connect_timeout
@@ -188,7 +194,7 @@ static void start_client(struct pool_conn *c, struct entry *e)
         .hosts = c->hosts,
         .tls = strcmp(r->tls, "verify") == 0 ? CTLS_VERIFY
              : strcmp(r->tls, "encrypt") == 0 ? CTLS_ENCRYPT : CTLS_MAY,
-        .tls_ctx = runtime_client_tls(pt->rt, r->ca_file),
+        .tls_ctx = runtime_gen_client_tls(c->gen, r->ca_file),
         .auth_user = auth ? auth->username : NULL,
         .auth_pass = auth ? c->pass : NULL,
         .port = r->port,
@@ -224,6 +230,8 @@ static void prepare_done(uv_work_t *w, int status)
     struct entry *e = c->job;
     c->job = NULL;
     c->working = false;
+    runtime_gen_release(c->job_gen);
+    c->job_gen = NULL;
     bool gone = pt->stopping || status != 0 || (!c->client && !c->hosts);
     if (gone || c->job_rc != PT_OK) {
         buf_free(&c->content);
@@ -405,6 +413,7 @@ bool pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct
     c->p = p;
     c->queue = queue;
     c->route = route;
+    c->gen = runtime_gen_ref(pt->gen);
     c->domain = domain;
     c->label = label;
     c->next = pt->conns;
@@ -422,12 +431,24 @@ bool pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct
     return true;
 }
 
-bool pool_reuse(struct pool *p)
+/* Whether c may take more entries: opened on its queue's route as it is now and
+ * under the current generation. */
+static bool conn_current(const struct pool_conn *c)
 {
-    struct pool_conn *c = p->idle;
+    return c->route == c->p->route && c->gen == c->pt->gen;
+}
+
+bool pool_reuse(struct pool_thread *pt, struct pool *p)
+{
+    struct pool_conn *c;
+    while ((c = p->idle) != NULL) {
+        idle_remove(c);
+        if (conn_current(c) && c->pt == pt)
+            break;
+        smtp_client_quit(c->client);   /* a reload changed its settings: a new one */
+    }
     if (!c)
         return false;
-    idle_remove(c);
     if (feed(c))
         return true;
     smtp_client_quit(c->client);
@@ -460,7 +481,7 @@ static void client_on_done(void *owner, struct smtp_client *client, struct entry
 {
     struct pool_conn *c = owner;
     struct pool_thread *pt = c->pt;
-    const struct config *cfg = pt->rt->cfg;
+    const struct config *cfg = c->gen->cfg;
     struct outcome_where where = { site, peer, tls };
     c->sending = NULL;
     if (c->rpt_type && tls && !c->rpt_counted && pt->rt->tlsrpt) {
@@ -470,7 +491,7 @@ static void client_on_done(void *owner, struct smtp_client *client, struct entry
     pt->ops->done(pt->owner, c->queue, e, res, nres, &where);
     if (!usable)
         return;
-    if (!pt->stopping &&
+    if (!pt->stopping && conn_current(c) &&
         smtp_client_deliveries(client) < (uint32_t)(c->p->max_deliveries > 0
                                                     ? c->p->max_deliveries
                                                     : cfg->delivery.max_deliveries_per_connection)) {

@@ -22,6 +22,7 @@ struct pool_conn;
 struct route;
 struct tlspol;
 struct runtime;
+struct cfg_gen;
 
 /* The connections of one destination queue; embedded in the queue, zeroed at
  * creation. A queue with nconn > 0 must not be freed. */
@@ -33,6 +34,9 @@ struct pool {
     double connect_timeout;     /* 0 = configure_delivery's */
     bool close_idle;            /* set by the owner: a connection with nothing to send
                                    closes instead of idling (others wait for its slot) */
+    const struct route *route;  /* the queue's route now (set by the owner): a
+                                   connection opened on another one (a reload changed
+                                   it) takes no more entries */
 };
 
 /* Calls back to the owner (the scheduler) on the loop thread; queue is the pointer
@@ -64,6 +68,11 @@ struct pool_thread {
     uv_loop_t *loop;
     struct dns *dns;
     struct runtime *rt;
+    /* The owner's current config generation (the owner holds its reference and
+     * updates it between callbacks): each new connection and each attempt takes a
+     * reference of its own, so they keep the generation they started with; an
+     * idle connection of an older one is closed rather than reused. */
+    struct cfg_gen *gen;
     const struct pool_ops *ops;
     void *owner;
     struct pool_conn *conns;    /* every live connection (for shutdown) */
@@ -72,17 +81,18 @@ struct pool_thread {
                                    pool_abort_all (which must precede dns_free) */
 };
 
-/* Opens one more connection for queue (pool p): resolves the route's relay host
- * (or, for an MX route, the MX of domain), then takes an entry; TLS policy, CA
- * and credentials are the route's. false = out of memory (nothing started). label names the queue in
+/* Opens one more connection for queue (pool p) under pt->gen (helo name,
+ * timeouts, client TLS context): resolves the route's relay host (or, for an MX
+ * route, the MX of domain), then takes an entry; TLS policy, CA and credentials
+ * are the route's. false = out of memory (nothing started). label names the queue in
  * the connections gauge. route, domain and label are borrowed and must live as
  * long as the queue. */
 bool pool_open(struct pool_thread *pt, struct pool *p, void *queue, const struct route *route,
                const char *domain, const char *label);
-/* Hands the next entry of the queue to an idle connection of p, if there is one:
- * true = one more entry on its way; false = no idle connection, or nothing to take
- * (then that connection is closed). */
-bool pool_reuse(struct pool *p);
+/* Hands the next entry of the queue to an idle connection of p, if there is one
+ * of p->route and pt->gen (others are closed): true = one more entry on its way;
+ * false = no such idle connection, or nothing to take (then it is closed). */
+bool pool_reuse(struct pool_thread *pt, struct pool *p);
 /* Calls fn for every entry the pool holds (being prepared or in a transaction),
  * with its queue; for a snapshot. fn must not call back into the pool. */
 void pool_for_each_entry(struct pool_thread *pt,

@@ -35,23 +35,23 @@ static int apply_hdr_edits(const struct entry *e, struct buf *content)
  * the From: domain (two keys for one domain = dual signing), signatures appended to
  * sig. A failure is logged and the message goes out unsigned by that key rather than
  * not at all. */
-static void dkim_config_keys(const struct runtime *rt, const struct entry *e,
+static void dkim_config_keys(const struct cfg_gen *g, const struct entry *e,
                              const struct buf *content, double now, struct buf *sig)
 {
     char from[256];
-    if (rt->n_dkim == 0 || !dkim_from_domain(content->data, content->len, from))
+    if (g->n_dkim == 0 || !dkim_from_domain(content->data, content->len, from))
         return;
     size_t best = 0;
-    for (int i = 0; i < rt->n_dkim; i++) {
-        const char *d = dkim_key_domain(rt->dkim[i]);
+    for (int i = 0; i < g->n_dkim; i++) {
+        const char *d = dkim_key_domain(g->dkim[i]);
         if (dkim_domain_covers(d, from) && strlen(d) > best)
             best = strlen(d);
     }
-    for (int i = 0; best && i < rt->n_dkim; i++) {
-        const char *d = dkim_key_domain(rt->dkim[i]);
+    for (int i = 0; best && i < g->n_dkim; i++) {
+        const char *d = dkim_key_domain(g->dkim[i]);
         if (strlen(d) != best || !dkim_domain_covers(d, from))
             continue;
-        int rc = dkim_sign(rt->dkim[i], content->data, content->len, now, sig);
+        int rc = dkim_sign(g->dkim[i], content->data, content->len, now, sig);
         if (rc != PT_OK)
             log_warn("%s: DKIM signing for %s failed (%d): sent unsigned by this key", e->id, d,
                      rc);
@@ -96,12 +96,12 @@ static int dkim_hook_keys(const struct entry *e, const struct buf *content, doub
 }
 
 /* Prepends the signatures of the configured keys and of the hooks' keys. */
-static int dkim_apply(const struct runtime *rt, const struct entry *e, struct buf *content)
+static int dkim_apply(const struct cfg_gen *g, const struct entry *e, struct buf *content)
 {
     struct buf sig;
     buf_init(&sig, 0);
     double now = time_now();
-    dkim_config_keys(rt, e, content, now, &sig);
+    dkim_config_keys(g, e, content, now, &sig);
     int rc = dkim_hook_keys(e, content, now, &sig);
     if (rc == PT_OK && sig.len) {
         rc = buf_append(&sig, content->data, content->len);
@@ -127,10 +127,10 @@ static bool has_dkim_signature(const char *msg, size_t len)
 }
 
 /* The 7-bit form of content into alt7 (see prepare.h), unsigned; empty when none. */
-static void downgrade(const struct runtime *rt, const struct entry *e,
+static void downgrade(const struct cfg_gen *g, const struct entry *e,
                       const struct buf *content, struct buf *alt7)
 {
-    if (!rt->cfg->delivery.eight_bit_downgrade || !mime_has_8bit(content->data, content->len))
+    if (!g->cfg->delivery.eight_bit_downgrade || !mime_has_8bit(content->data, content->len))
         return;
     if (has_dkim_signature(content->data, content->len)) {
         log_info("%s: 8-bit message already DKIM-signed: not converted to 7 bit (a hop "
@@ -147,8 +147,8 @@ static void downgrade(const struct runtime *rt, const struct entry *e,
     }
 }
 
-int prepare_content(const struct runtime *rt, const struct entry *e, struct buf *out,
-                    struct buf *alt7)
+int prepare_content(const struct runtime *rt, const struct cfg_gen *g, const struct entry *e,
+                    struct buf *out, struct buf *alt7)
 {
     int rc = spool_get_content(rt->spool, e->id, out);
     if (rc == PT_OK && e->hdr_edits)
@@ -158,10 +158,10 @@ int prepare_content(const struct runtime *rt, const struct entry *e, struct buf 
         buf_init(out, 0);
         return rc == PT_NOTFOUND ? PT_NOTFOUND : rc;
     }
-    downgrade(rt, e, out, alt7);
-    rc = dkim_apply(rt, e, out);
+    downgrade(g, e, out, alt7);
+    rc = dkim_apply(g, e, out);
     if (rc == PT_OK && alt7->len)
-        rc = dkim_apply(rt, e, alt7);
+        rc = dkim_apply(g, e, alt7);
     if (rc != PT_OK) {
         buf_free(out);
         buf_init(out, 0);

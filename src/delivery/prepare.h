@@ -9,6 +9,7 @@
 #include "util/buf.h"
 
 struct runtime;
+struct cfg_gen;
 struct entry;
 
 /* Fills out (initialized by the caller, empty) with e's content as it is to be
@@ -19,9 +20,10 @@ struct entry;
  * DKIM-Signature (converting would break it: such mail bounces with 5.6.3 at a hop
  * without 8BITMIME) or cannot be converted. PT_OK; PT_NOTFOUND: the content is
  * gone from the spool (drop the entry); PT_NOMEM or another error: try again later
- * (out and alt7 are emptied). rt and e are borrowed for the call; e is only read.
- * Thread-safe. */
-int prepare_content(const struct runtime *rt, const struct entry *e, struct buf *out,
-                    struct buf *alt7);
+ * (out and alt7 are emptied). The configured DKIM keys and options are g's (the
+ * generation the attempt runs under). rt, g and e are borrowed for the call; e is
+ * only read. Thread-safe. */
+int prepare_content(const struct runtime *rt, const struct cfg_gen *g, const struct entry *e,
+                    struct buf *out, struct buf *alt7);
 
 #endif

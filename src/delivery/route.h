@@ -23,7 +23,9 @@ struct route_table;
 enum route_way { ROUTE_WAY_MX = 0, ROUTE_WAY_RELAY, ROUTE_WAY_DISCARD };
 
 /* One route with its effective settings (its own, else configure_delivery's).
- * Immutable; borrowed from the table, lives as long as it. */
+ * Immutable and interned: one copy per distinct definition in the process, valid
+ * until route_intern_free_all (at exit), whatever happens to the table (a reload
+ * frees the old generation's table; entries queued under it keep their route). */
 struct route {
     const char *name;           /* stored with the entry: a transport key, a route_to
                                    "[host]:port" spec, ROUTE_NAME_MX or _RELAYHOST */
@@ -64,6 +66,14 @@ const struct route *route_lookup(struct route_table *rt, const char *name, const
  * domain or buf. */
 const char *route_queue_key(const struct route *r, const char *domain,
                             char buf[ROUTE_QKEY_MAX]);
+/* The definition the table (a newer config) gives r's route: the table's route of
+ * the same name when it has one with the same queue key, else r itself (the name
+ * is gone from the config: the entries keep the route as it was). Thread-safe. */
+const struct route *route_current(struct route_table *rt, const struct route *r);
+/* Whether a and b are the same definition (every field). */
+bool route_same(const struct route *a, const struct route *b);
+/* Frees every interned route (at exit, when no entry, queue or table is left). */
+void route_intern_free_all(void);
 /* Whether an admin destination string names r: its name, label or relay host. */
 bool route_named(const struct route *r, const char *what);
 

@@ -691,10 +691,11 @@ static enum MHD_Result get_queue(struct http_server *s, struct MHD_Connection *c
         return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
                              "the delivery threads did not answer (stopping?)");
     double now = time_now();
-    json_int_t total = 0;
+    json_int_t total = 0, dead = 0;
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
         total += q[i].count;
+        dead += q[i].dead;
         /* shaping (DESIGN §9): the rule in force; rate in messages/s, null = unlimited
          * or not known yet (the site lookup is pending) */
         json_t *shaping = json_pack(
@@ -710,18 +711,19 @@ static enum MHD_Result get_queue(struct http_server *s, struct MHD_Connection *c
         if (q[i].shaping_suspended_until > next)
             next = q[i].shaping_suspended_until;
         json_array_append_new(arr, json_pack(
-            "{s:s, s:s, s:I, s:o, s:o, s:b, s:i, s:o, s:o}", "domain", q[i].key, "route",
+            "{s:s, s:s, s:I, s:o, s:o, s:b, s:i, s:o, s:o, s:I}", "domain", q[i].key, "route",
             q[i].route, "count",
             (json_int_t)q[i].count, "oldest_age_s",
             q[i].oldest > 0 ? json_real(now > q[i].oldest ? now - q[i].oldest : 0) : json_null(),
             "next_attempt", json_time(next),
             "suspended", q[i].suspended, "connections", q[i].connections,
             "site", q[i].site[0] ? json_string(q[i].site) : json_null(),
-            "shaping", shaping ? shaping : json_null()));
+            "shaping", shaping ? shaping : json_null(),
+            "dead", (json_int_t)q[i].dead));
     }
     free(q);
-    return respond_json(c, MHD_HTTP_OK, json_pack("{s:I, s:o}", "total", total, "queues", arr),
-                        NULL, NULL);
+    return respond_json(c, MHD_HTTP_OK, json_pack("{s:I, s:I, s:o}", "total", total, "dead", dead,
+                                                  "queues", arr), NULL, NULL);
 }
 
 static const char *const rcpt_states[] = { "pending", "delivered", "bounced" };
@@ -745,10 +747,16 @@ static int message_entry(void *arg, const char *id, const char *domain, const vo
         json_array_append_new(rc, json_pack("{s:s, s:s}", "address", e->rcpts[i].addr, "state",
                                             e->rcpts[i].state < 3 ? rcpt_states[e->rcpts[i].state]
                                                                   : "unknown"));
+    bool dead = (e->flags & ENTRY_F_DEAD) != 0;
     json_array_append_new(json_object_get(doc, "destinations"), json_pack(
-        "{s:s, s:I, s:o, s:o, s:o}", "domain", domain, "attempts", (json_int_t)e->attempts,
-        "next_attempt", json_time(e->next_attempt), "last_response",
-        e->last_response ? json_string(e->last_response) : json_null(), "recipients", rc));
+        "{s:s, s:I, s:o, s:o, s:b, s:s, s:o}", "domain", domain, "attempts",
+        (json_int_t)e->attempts, "next_attempt", dead ? json_null() : json_time(e->next_attempt),
+        "last_response", e->last_response ? json_string(e->last_response) : json_null(),
+        "dead", dead, "state", dead ? "dead" : "queued",
+        "expired_at", dead ? json_time(e->next_attempt) : json_null()));
+    json_object_set_new(json_array_get(json_object_get(doc, "destinations"),
+                                       json_array_size(json_object_get(doc, "destinations")) - 1),
+                        "recipients", rc);
     entry_free(e);
     return 0;
 }

@@ -39,7 +39,7 @@ static int act_adjust(lua_State *L)
     lua_getfield(L, LUA_REGISTRYINDEX, HD_CURRENT);
     struct hooks_delivery *hd = lua_touserdata(L, -1);
     lua_pop(L, 1);
-    if (!hd)
+    if (!hd || !hd->fn)
         return luaL_error(L, "adjust_domain_rate can only be called inside a hook");
     const char *domain = luaL_checkstring(L, 1);
     double f = luaL_checknumber(L, 2);
@@ -52,8 +52,7 @@ static int act_adjust(lua_State *L)
     return 0;
 }
 
-struct hooks_delivery *hooks_delivery_new(const struct config *cfg, hooks_rate_fn fn, void *arg,
-                                          char *err, size_t errlen)
+struct hooks_delivery *hooks_delivery_new(const struct config *cfg, char *err, size_t errlen)
 {
     err[0] = 0;
     lua_State *L = config_lua_worker(cfg, err, errlen);
@@ -75,8 +74,6 @@ struct hooks_delivery *hooks_delivery_new(const struct config *cfg, hooks_rate_f
         return NULL;
     }
     hd->L = L;
-    hd->fn = fn;
-    hd->arg = arg;
     if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_API_ACTIONS) != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_newtable(L);
@@ -135,9 +132,12 @@ static int run_p(lua_State *L)
     return 0;
 }
 
-void hooks_delivery_run(struct hooks_delivery *hd, const struct hooks_delivery_result *r)
+void hooks_delivery_run(struct hooks_delivery *hd, const struct hooks_delivery_result *r,
+                        hooks_rate_fn fn, void *arg)
 {
     lua_State *L = hd->L;
+    hd->fn = fn;
+    hd->arg = arg;
     lua_pushlightuserdata(L, hd);
     lua_setfield(L, LUA_REGISTRYINDEX, HD_CURRENT);
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_BUDGET);
@@ -153,5 +153,7 @@ void hooks_delivery_run(struct hooks_delivery *hd, const struct hooks_delivery_r
     }
     lua_pushnil(L);
     lua_setfield(L, LUA_REGISTRYINDEX, HD_CURRENT);
+    hd->fn = NULL;
+    hd->arg = NULL;
     lua_gc(L, LUA_GCSTEP, 0);
 }

@@ -28,12 +28,14 @@ typedef void (*hooks_rate_fn)(void *arg, const char *domain, double fraction);
 
 /* A thread's state, or NULL: when the config registers no smtp_delivery_result
  * handler (err empty: nothing to run), or on failure (err says why). cfg is
- * borrowed for the life of the state; fn/arg are called from inside runs. */
-struct hooks_delivery *hooks_delivery_new(const struct config *cfg, hooks_rate_fn fn, void *arg,
-                                          char *err, size_t errlen);
+ * borrowed for the life of the state (a config generation builds one per delivery
+ * thread and owns them). Reads and runs the config file: off the event loops. */
+struct hooks_delivery *hooks_delivery_new(const struct config *cfg, char *err, size_t errlen);
 void hooks_delivery_free(struct hooks_delivery *hd);   /* NULL ok */
 /* Runs every smtp_delivery_result handler, in order, as handler(result, meta). An
- * error (raised, over budget, a yield) is logged naming the hook and its line. */
-void hooks_delivery_run(struct hooks_delivery *hd, const struct hooks_delivery_result *r);
+ * error (raised, over budget, a yield) is logged naming the hook and its line.
+ * adjust_domain_rate calls fn(arg, ...) during the run. */
+void hooks_delivery_run(struct hooks_delivery *hd, const struct hooks_delivery_result *r,
+                        hooks_rate_fn fn, void *arg);
 
 #endif

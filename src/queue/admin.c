@@ -228,6 +228,11 @@ static void snapshot_run(struct dthread *t, struct sched_call *call)
             row_add(&rs, t, e, q, next);
         }
     }
+    for (const struct entry *e = t->dead; e && !rs.failed; e = e->next) {
+        struct sched_queue_info *qi = row_of(&rs, t, e->domain, e->via, NULL);
+        if (qi)
+            qi->dead++;
+    }
     pthread_mutex_lock(&sn->lock);
     bool failed = rs.failed;
     if (!failed && rs.n) {
@@ -429,7 +434,7 @@ static void admin_finish(struct dthread *t, struct entry *e, const struct sched_
         log_info("%s: %u recipient(s) for %s deleted by the administrator%s%s", e->id,
                  entry_pending(e), e->domain, rq->reason ? ": " : "",
                  rq->reason ? rq->reason : "");
-    outcome_fail_pending(t->s->rt, &t->loop, e, bounce ? LOG_BOUNCE : NULL, 550, "5.0.0", diag, NULL);
+    outcome_fail_pending(t->s->rt, t->gen->cfg, &t->loop, e, bounce ? LOG_BOUNCE : NULL, 550, "5.0.0", diag, NULL);
     sched_entry_remove(t, sched_queue_of(t, e), e);
 }
 
@@ -506,6 +511,20 @@ static uint64_t admin_run(struct dthread *t, const struct sched_admin_req *rq)
             struct entry *e = list;
             list = e->next;
             admin_finish(t, e, rq);
+        }
+        /* dead letters: bounced already; delete removes them */
+        for (struct entry **pp = &t->dead; rq->op == SCHED_DELETE && *pp;) {
+            struct entry *e = *pp;
+            if (!admin_match(e, rq)) {
+                pp = &e->next;
+                continue;
+            }
+            *pp = e->next;
+            t->ndead--;
+            n += e->nrcpt;
+            log_info("%s: dead letter for %s deleted by the administrator%s%s", e->id,
+                     e->domain, rq->reason ? ": " : "", rq->reason ? rq->reason : "");
+            sched_dead_remove(t, e);
         }
         break;
     }

@@ -1,9 +1,12 @@
 /* DSN submission; see bounce.h. The DSN is a new message (high priority,
  * flagged ENTRY_F_DSN so it never bounces itself) through the ordinary ingest.
- * The original's header block is read at once (the entry and its content may be
- * removed right after); building the report and queueing it run on libuv's worker
- * pool when a loop is given, from a copy of what they need.
+ * With a loop, reading the original from the spool, building the report and
+ * queueing it all run on libuv's worker pool, from a copy of the envelope; the
+ * message's content is held meanwhile (the scheduler may remove the entry right
+ * after the call: its content then goes when the last read is done).
  * SPDX-License-Identifier: Apache-2.0 */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +22,7 @@
 struct bounce_job {
     uv_work_t work;
     struct runtime *rt;
+    const char *reporting_mta;      /* in the strings */
     char id[ENTRY_ID_LEN + 1];
     const char *sender;
     double arrival;
@@ -28,9 +32,94 @@ struct bounce_job {
     double retry_until;
     size_t n;
     struct dsn_rcpt *rc;            /* right after the struct, then the strings */
-    const char *orig;               /* the original's header block, in the strings */
-    size_t orig_len;
+    struct buf orig;                /* the original as read from the spool */
 };
+
+/* ---- content holds --------------------------------------------------------
+ * Process-wide by nature: the entries of one message live on several delivery
+ * threads, and any of them may remove the message's last entry while another
+ * thread's DSN job still reads the content. A handful of records at a time. */
+struct hold {
+    struct hold *next;
+    char id[ENTRY_ID_LEN + 1];
+    int refs;                       /* DSN jobs still to read the content */
+    bool drop;                      /* the content is to go after the last read */
+    bool multi;                     /* ... once no entry of the id remains */
+    char *domain;                   /* multi: the removed entry's domain */
+};
+static pthread_mutex_t hold_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct hold *holds;
+static atomic_int nholds;           /* records in holds: the lock-free "none" answer */
+
+static struct hold **hold_find(const char *id)
+{
+    struct hold **pp = &holds;
+    while (*pp && strcmp((*pp)->id, id) != 0)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* One more reader of id's content; false when out of memory (read in the call). */
+static bool hold_take(const char *id)
+{
+    pthread_mutex_lock(&hold_lock);
+    struct hold **pp = hold_find(id), *h = *pp;
+    if (!h && (h = calloc(1, sizeof *h)) != NULL) {
+        memcpy(h->id, id, sizeof h->id);
+        h->next = holds;
+        holds = h;
+        atomic_fetch_add(&nholds, 1);
+    }
+    if (h)
+        h->refs++;
+    pthread_mutex_unlock(&hold_lock);
+    return h != NULL;
+}
+
+/* The read of id's content is done: the last one removes it if it was to go. */
+static void hold_release(struct runtime *rt, const char *id)
+{
+    pthread_mutex_lock(&hold_lock);
+    struct hold **pp = hold_find(id), *h = *pp;
+    if (h && --h->refs == 0) {
+        *pp = h->next;
+        atomic_fetch_sub(&nholds, 1);
+    } else {
+        h = NULL;
+    }
+    pthread_mutex_unlock(&hold_lock);
+    if (!h)
+        return;
+    if (h->drop && h->multi) {
+        spool_remove_entry(rt->spool, h->id, h->domain);   /* entry gone: content if last */
+    } else if (h->drop) {
+        struct spool_batch *b = spool_batch_new();
+        if (b && spool_batch_del_content(b, h->id) == PT_OK)
+            spool_commit_nosync(rt->spool, b);
+        else
+            spool_batch_free(b);
+    }
+    free(h->domain);
+    free(h);
+}
+
+bool bounce_content_defer(const char *id, const char *domain, bool multi)
+{
+    if (atomic_load(&nholds) == 0)
+        return false;               /* the common case: no DSN is being built */
+    pthread_mutex_lock(&hold_lock);
+    struct hold *h = *hold_find(id);
+    bool held = h != NULL;
+    if (held && !h->drop) {
+        h->drop = true;
+        h->multi = multi;
+        h->domain = multi ? strdup(domain) : NULL;
+        if (multi && !h->domain)
+            h->multi = false, h->drop = false, held = false;   /* no memory: remove now */
+    }
+    pthread_mutex_unlock(&hold_lock);
+    return held;
+}
 
 static void bounce_done(void *arg, int status)
 {
@@ -44,11 +133,19 @@ static void build_and_queue(const struct bounce_job *j)
     struct runtime *rt = j->rt;
     struct buf out;
     buf_init(&out, 0);
+    /* only the header block goes into the report, unless RET=FULL asks for all */
+    size_t hlen = j->orig.len;
+    for (size_t i = 0; !j->ret_full && i + 3 < j->orig.len; i++)
+        if (memcmp(j->orig.data + i, "\r\n\r\n", 4) == 0) {
+            hlen = i + 4;
+            break;
+        }
     struct dsn_info info = {
-        .reporting_mta = rt->cfg->delivery.helo_name ? rt->cfg->delivery.helo_name : rt->hostname,
+        .reporting_mta = j->reporting_mta,
         .id = j->id, .sender = j->sender, .arrival = j->arrival, .expired = j->expired,
-        .rcpts = j->rc, .nrcpt = j->n, .orig = j->orig, .orig_len = j->orig_len,
-        .envid = j->envid, .ret_full = j->ret_full, .retry_until = j->retry_until,
+        .rcpts = j->rc, .nrcpt = j->n, .orig = hlen ? (const char *)j->orig.data : "",
+        .orig_len = hlen, .envid = j->envid, .ret_full = j->ret_full,
+        .retry_until = j->retry_until,
     };
     if (dsn_build(&info, &out) == PT_OK) {
         struct ingest_msg m = {
@@ -65,14 +162,27 @@ static void build_and_queue(const struct bounce_job *j)
     buf_free(&out);
 }
 
+static void job_free(struct bounce_job *j)
+{
+    buf_free(&j->orig);
+    free(j);
+}
+
+/* Worker pool: the spool read, then the report. */
 static void work(uv_work_t *w)
 {
-    build_and_queue(w->data);
+    struct bounce_job *j = w->data;
+    spool_get_content(j->rt->spool, j->id, &j->orig);
+    hold_release(j->rt, j->id);
+    build_and_queue(j);
 }
 
 static void after_work(uv_work_t *w, int status)
 {
-    free(w->data);
+    struct bounce_job *j = w->data;
+    if (status != 0)                /* cancelled (cannot happen: we never cancel) */
+        hold_release(j->rt, j->id);
+    job_free(j);
 }
 
 static char *put(char **cursor, const char *s)
@@ -110,25 +220,13 @@ static bool wants_full(const struct entry *e, const struct dsn_rcpt *rc, size_t 
     return false;
 }
 
-void bounce_send(struct runtime *rt, uv_loop_t *loop, const struct entry *e,
-                 const struct dsn_rcpt *rc, size_t n, bool expired)
+void bounce_send(struct runtime *rt, const struct config *cfg, uv_loop_t *loop,
+                 const struct entry *e, const struct dsn_rcpt *rc, size_t n, bool expired)
 {
     if (n == 0 || e->sender[0] == 0 || (e->flags & ENTRY_F_DSN))
         return;
-    /* The original is read here, before the caller removes the entry (its content
-     * may go with it); only its header block goes into the report, unless RET=FULL
-     * asks for all of it. */
-    struct buf orig;
-    buf_init(&orig, 0);
-    spool_get_content(rt->spool, e->id, &orig);
-    bool full = wants_full(e, rc, n);
-    size_t hlen = orig.len;
-    for (size_t i = 0; !full && i + 3 < orig.len; i++)
-        if (memcmp(orig.data + i, "\r\n\r\n", 4) == 0) {
-            hlen = i + 4;
-            break;
-        }
-    size_t bytes = strlen(e->sender) + 1 + hlen + 1 + (e->envid ? strlen(e->envid) + 1 : 0);
+    const char *mta = cfg->delivery.helo_name ? cfg->delivery.helo_name : rt->hostname;
+    size_t bytes = strlen(mta) + 1 + strlen(e->sender) + 1 + (e->envid ? strlen(e->envid) + 1 : 0);
     for (size_t i = 0; i < n; i++) {
         const struct dsn_rcpt *r = &rc[i];
         bytes += (r->addr ? strlen(r->addr) + 1 : 0) + (r->status ? strlen(r->status) + 1 : 0) +
@@ -140,7 +238,6 @@ void bounce_send(struct runtime *rt, uv_loop_t *loop, const struct entry *e,
     struct bounce_job *j = malloc(head + bytes);
     if (!j) {
         log_error("%s: out of memory building the bounce to <%s>", e->id, e->sender);
-        buf_free(&orig);
         return;
     }
     memset(j, 0, sizeof *j);
@@ -149,28 +246,29 @@ void bounce_send(struct runtime *rt, uv_loop_t *loop, const struct entry *e,
     j->arrival = e->received_at;
     j->protocol = e->protocol;
     j->expired = expired;
-    j->ret_full = full;
-    j->retry_until = e->received_at + rt->cfg->queue.max_retry_age;
+    j->ret_full = wants_full(e, rc, n);
+    j->retry_until = e->received_at + cfg->queue.max_retry_age;
     j->n = n;
     j->rc = (struct dsn_rcpt *)((char *)j + sizeof *j);
+    buf_init(&j->orig, 0);
     char *cur = (char *)j + head;
+    j->reporting_mta = put(&cur, mta);
     j->sender = put(&cur, e->sender);
     j->envid = put(&cur, e->envid);
-    if (hlen)
-        memcpy(cur, orig.data, hlen);
-    cur[hlen] = 0;
-    j->orig = cur;
-    j->orig_len = hlen;
-    cur += hlen + 1;
-    buf_free(&orig);
     for (size_t i = 0; i < n; i++)
         j->rc[i] = (struct dsn_rcpt){
             .addr = put(&cur, rc[i].addr), .status = put(&cur, rc[i].status),
             .diagnostic = put(&cur, rc[i].diagnostic), .remote_mta = put(&cur, rc[i].remote_mta),
             .action = rc[i].action, .local = rc[i].local, .orcpt = put(&cur, rc[i].orcpt) };
     j->work.data = j;
-    if (loop && uv_queue_work(loop, &j->work, work, after_work) == 0)
-        return;
-    build_and_queue(j);   /* no loop (tests, tools): here and now */
-    free(j);
+    /* off the loop: the content is held until the worker has read it */
+    if (loop && hold_take(j->id)) {
+        if (uv_queue_work(loop, &j->work, work, after_work) == 0)
+            return;
+        hold_release(rt, j->id);
+    }
+    /* no loop (tests, tools) or no memory for the hold: here and now */
+    spool_get_content(rt->spool, j->id, &j->orig);
+    build_and_queue(j);
+    job_free(j);
 }

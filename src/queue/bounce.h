@@ -13,6 +13,7 @@
 #include "queue/dsn.h"
 
 struct runtime;
+struct config;
 struct entry;
 struct entry_rcpt;
 
@@ -25,10 +26,19 @@ bool bounce_wanted(const struct entry *e, const struct entry_rcpt *r, enum dsn_a
  * wording); the caller has filtered rc with bounce_wanted. Carries e's ENVID, honours
  * its RET (FULL: the whole message back on failure, else the header block) and,
  * for delayed recipients, Will-Retry-Until = arrival + max_retry_age. The original
- * is read from the spool in the call; the report is built and queued on loop's
- * worker pool (loop NULL: in the call). Everything is borrowed for the call
- * (copied); failures are logged (the DSN is lost, the entry is not). */
-void bounce_send(struct runtime *rt, uv_loop_t *loop, const struct entry *e,
-                 const struct dsn_rcpt *rc, size_t n, bool expired);
+ * is read from the spool, and the report built and queued, on loop's worker pool
+ * (loop NULL: in the call); meanwhile the message's content is held (see
+ * bounce_content_defer), so the caller may remove the entry right after. cfg: the
+ * generation's config (reporting MTA, max_retry_age). Everything is borrowed for
+ * the call (copied); failures are logged (the DSN is lost, the entry is not). */
+void bounce_send(struct runtime *rt, const struct config *cfg, uv_loop_t *loop,
+                 const struct entry *e, const struct dsn_rcpt *rc, size_t n, bool expired);
+
+/* Whoever removes an entry asks this first: true when a DSN job still reads the
+ * content of message id; its removal (content, or for a message split over
+ * several domains (multi) the check whether any entry of id remains) is then left
+ * to the last reader, and the caller deletes the entry alone. false: remove the
+ * content as usual. Thread-safe. */
+bool bounce_content_defer(const char *id, const char *domain, bool multi);
 
 #endif

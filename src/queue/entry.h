@@ -24,6 +24,8 @@ enum {
     ENTRY_F_RET_FULL = 1u << 2,   /* MAIL RET=FULL (RFC 3461 4.3): failure DSNs carry the message */
     ENTRY_F_RET_HDRS = 1u << 3,   /* MAIL RET=HDRS: failure DSNs carry its headers only */
     ENTRY_F_TLS_OPTIONAL = 1u << 4, /* "TLS-Required: No" header, no REQUIRETLS (RFC 8689 5) */
+    ENTRY_F_DEAD = 1u << 5,       /* expired and kept as a dead letter (dead_letter_after):
+                                     never delivered; next_attempt = when it expired */
 };
 /* NOTIFY of a recipient (RFC 3461 4.1); 0 = not given, which means FAILURE and
  * DELAY (the RFC's default, with the delay warning at our discretion). */
@@ -83,7 +85,7 @@ struct entry {
     /* in-memory only (not serialized): */
     struct entry *next;        /* scheduler list link */
     const struct route *via;   /* the route named by `route` (delivery/route.h), once
-                                  resolved; borrowed from the route table */
+                                  resolved; interned (valid across reloads) */
 };
 
 /* Builds an entry; the struct, the rcpts array and the strings are one allocation

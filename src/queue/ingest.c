@@ -77,6 +77,7 @@ int ingest_submit(struct runtime *rt, const struct ingest_msg *m, ingest_cb cb, 
     struct spool_batch *b = spool_batch_new();
     struct buf rec;
     buf_init(&rec, 0);
+    struct cfg_gen *g = NULL;
     int rc = PT_NOMEM;
     if (!dom || !group || !members || !orcpts || !notify || !job || !b)
         goto fail;
@@ -97,6 +98,8 @@ int ingest_submit(struct runtime *rt, const struct ingest_msg *m, ingest_cb cb, 
     rc = spool_batch_put_content(b, m->id, m->content, m->content_len);
     if (rc)
         goto fail;
+    /* routes of the current config; the routes are interned and outlive it */
+    g = runtime_gen_acquire(rt);
     for (size_t i = 0; i < n; i++) {
         if (group[i] != i)
             continue;
@@ -125,7 +128,7 @@ int ingest_submit(struct runtime *rt, const struct ingest_msg *m, ingest_cb cb, 
         if (m->policy && (rc = m->policy(m->policy_arg, e)) != PT_OK)
             goto fail;
         /* the route is decided here, once, and stored with the entry */
-        const struct route *r = route_resolve(sched_routes(rt->sched), e->domain, e->route);
+        const struct route *r = route_resolve(g->routes, e->domain, e->route);
         if (!r) {
             rc = PT_NOMEM;
             goto fail;
@@ -138,6 +141,7 @@ int ingest_submit(struct runtime *rt, const struct ingest_msg *m, ingest_cb cb, 
         if ((rc = spool_batch_put_entry(b, m->id, dom[i], rec.data, rec.len)) != PT_OK)
             goto fail;
     }
+    runtime_gen_release(g);
     free(dom);
     free(group);
     free(members);
@@ -164,6 +168,7 @@ fail:
         for (size_t i = 0; i < job->nentries; i++)
             entry_free(job->entries[i]);
     free(job);
+    runtime_gen_release(g);
     free(dom);
     free(group);
     free(members);

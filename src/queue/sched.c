@@ -22,6 +22,7 @@
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "policy/hooks_delivery.h"
+#include "queue/bounce.h"
 #include "queue/entry.h"
 #include "queue/sched.h"
 #include "queue/sched_int.h"
@@ -170,6 +171,33 @@ void sched_heap_rebuild(struct dthread *t)
 
 static void on_timer(uv_timer_t *timer);
 
+void sched_gen_refresh(struct dthread *t)
+{
+    struct runtime *rt = t->s->rt;
+    if (t->gen && t->gen->id == atomic_load_explicit(&rt->gen_id, memory_order_acquire))
+        return;
+    struct cfg_gen *old = t->gen;
+    t->gen = runtime_gen_acquire(rt);
+    t->pool.gen = t->gen;
+    if (old)
+        log_info("delivery thread %d: config generation %llu for new deliveries", t->index,
+                 (unsigned long long)t->gen->id);
+    runtime_gen_release(old);   /* connections and attempts hold their own */
+}
+
+/* q's route as the thread's generation defines it (a reload may have changed it). */
+static void queue_route_refresh(struct dthread *t, struct dqueue *q)
+{
+    if (q->gen_id == t->gen->id)
+        return;
+    const struct route *r = route_current(t->gen->routes, q->route);
+    if (r != q->route)
+        log_info("queue %s: route '%s' as the reloaded config defines it", q->key, r->name);
+    q->route = r;
+    q->pool.route = r;
+    q->gen_id = t->gen->id;
+}
+
 void sched_timer_arm(struct dthread *t)
 {
     if (t->stopping || !t->s->started)
@@ -237,6 +265,7 @@ static struct dqueue *queue_get(struct dthread *t, const char *key, const struct
         return NULL;
     }
     q->route = r;
+    q->pool.route = r;
     const char *slash = q->key[0] == '@' ? strrchr(q->key, '/') : NULL;
     q->domain = slash ? slash + 1 : q->key;   /* "@name/domain": an MX-way route */
     q->hnext = t->buckets[h];
@@ -350,9 +379,18 @@ static void on_check(uv_check_t *h)
     flush_deletes(h->data);
 }
 
-void sched_entry_remove(struct dthread *t, struct dqueue *q, struct entry *e)
+/* Deletes e's entry (and, when it is the message's last, its content) from the spool. */
+static void spool_forget(struct dthread *t, const struct entry *e)
 {
     struct spool *sp = t->s->rt->spool;
+    if (bounce_content_defer(e->id, e->domain, e->ndomains > 1)) {
+        /* a DSN job still reads the content: it goes after that read */
+        if (!t->deletes)
+            t->deletes = spool_batch_new();
+        if (t->deletes)
+            spool_batch_del_entry(t->deletes, e->id, e->domain);
+        return;
+    }
     if (e->ndomains <= 1) {
         /* the common case: batched with this loop turn's other deletions */
         if (!t->deletes)
@@ -365,6 +403,11 @@ void sched_entry_remove(struct dthread *t, struct dqueue *q, struct entry *e)
         flush_deletes(t);
         spool_remove_entry(sp, e->id, e->domain);
     }
+}
+
+void sched_entry_remove(struct dthread *t, struct dqueue *q, struct entry *e)
+{
+    spool_forget(t, e);
     q->nentries--;
     metrics_add(M_QUEUE_DEPTH, e->domain, NULL, -1);
     atomic_fetch_sub(&t->s->depth, 1);
@@ -405,10 +448,73 @@ static void entry_wait(struct dthread *t, struct dqueue *q, struct entry *e)
     queue_maybe_free(t, q);
 }
 
+/* ---- dead letters ------------------------------------------------------ */
+
+static void on_purge(uv_timer_t *timer);
+
+/* How often the dead letters are checked: a tenth of dead_letter_after, within
+ * [0.5 s, 60 s] (a purge comes at most that late). */
+static uint64_t purge_every_ms(const struct dthread *t)
+{
+    double d = t->gen ? t->gen->cfg->queue.dead_letter_after / 10 : 1;
+    d = d < 0.5 ? 0.5 : d > 60 ? 60 : d;
+    return (uint64_t)(d * 1000);
+}
+
+static void purge_arm(struct dthread *t)
+{
+    if (t->stopping || !t->ndead || uv_is_active((uv_handle_t *)&t->purge))
+        return;
+    uint64_t ms = purge_every_ms(t);
+    uv_timer_start(&t->purge, on_purge, ms, ms);
+}
+
+/* e (expired, flagged dead) joins the dead letters; it no longer counts as queued. */
+static void dead_add(struct dthread *t, struct entry *e)
+{
+    e->next = t->dead;
+    t->dead = e;
+    t->ndead++;
+    purge_arm(t);
+}
+
+void sched_dead_remove(struct dthread *t, struct entry *e)
+{
+    spool_forget(t, e);
+    entry_free(e);
+}
+
+/* Dead letters older than dead_letter_after go (all of them when the reloaded
+ * config no longer keeps any). Wall clock: the age survives restarts. */
+static void on_purge(uv_timer_t *timer)
+{
+    struct dthread *t = timer->data;
+    sched_gen_refresh(t);
+    double keep = t->gen->cfg->queue.dead_letter_after, now = time_now();
+    uint32_t n = 0;
+    for (struct entry **pp = &t->dead; *pp;) {
+        struct entry *e = *pp;
+        if (keep > 0 && now - e->next_attempt < keep) {
+            pp = &e->next;
+            continue;
+        }
+        *pp = e->next;
+        t->ndead--;
+        n++;
+        log_info("%s: dead letter for %s purged", e->id, e->domain);
+        sched_dead_remove(t, e);
+    }
+    flush_deletes(t);               /* a timer turn: the check phase may be far off */
+    if (!t->ndead)
+        uv_timer_stop(&t->purge);
+    else if (n == 0 && timer->repeat != purge_every_ms(t))
+        uv_timer_set_repeat(&t->purge, purge_every_ms(t));
+}
+
 /* ---- outcomes ---------------------------------------------------------- */
 
 /* Acts on an outcome verdict for e (taken back from the pool). */
-static void settle(struct dthread *t, struct dqueue *q, struct entry *e, enum outcome_next next)
+void sched_settle(struct dthread *t, struct dqueue *q, struct entry *e, enum outcome_next next)
 {
     switch (next) {
     case OUTCOME_DONE:
@@ -426,6 +532,16 @@ static void settle(struct dthread *t, struct dqueue *q, struct entry *e, enum ou
         entry_wait(t, q, e);
         break;
     }
+    case OUTCOME_DEAD:
+        entry_persist(t, e);           /* with its flag: dead after a restart too */
+        log_info("%s: expired; kept as a dead letter for %.0f s", e->id,
+                 t->gen->cfg->queue.dead_letter_after);
+        q->nentries--;
+        metrics_add(M_QUEUE_DEPTH, e->domain, NULL, -1);
+        atomic_fetch_sub(&t->s->depth, 1);
+        dead_add(t, e);
+        queue_maybe_free(t, q);
+        break;
     }
 }
 
@@ -458,7 +574,7 @@ static void pool_unprepared(void *owner, void *queue, struct entry *e, int rc)
     }
     /* out of memory or a read error (Redis unreachable): try again later */
     log_warn("%s: could not prepare the content (%d); trying again later", e->id, rc);
-    retry_in(e, t->s->rt->cfg->queue.retry_interval);
+    retry_in(e, t->gen->cfg->queue.retry_interval);
     entry_wait(t, queue, e);
 }
 
@@ -466,6 +582,8 @@ static void pool_giveback(void *owner, void *queue, struct entry *e)
 {
     sched_make_ready(owner, queue, e);
 }
+
+static void on_adjust(void *arg, const char *domain, double fraction);
 
 /* smtp_delivery_result: the handlers see one result per attempt, the first that
  * is not a success if there is one. */
@@ -478,7 +596,7 @@ static void run_hook(struct dthread *t, struct dqueue *q, const struct entry *e,
     };
     t->hook_q = q;
     t->hook_e = e;
-    hooks_delivery_run(t->hooks, &r);
+    hooks_delivery_run(runtime_gen_dlv_hooks(t->gen, t->index), &r, on_adjust, t);
     t->hook_q = NULL;
     t->hook_e = NULL;
 }
@@ -509,15 +627,15 @@ static void pool_done(void *owner, void *queue, struct entry *e, const struct cl
         shape_result(t, queue, e, mine, nres, where);
         res = mine;
     }
-    enum outcome_next next = outcome_apply(t->s->rt, &t->loop, e, res, nres, where);
-    if (t->hooks && next != OUTCOME_AGAIN && nres > 0) {
+    enum outcome_next next = outcome_apply(t->s->rt, t->gen->cfg, &t->loop, e, res, nres, where);
+    if (runtime_gen_dlv_hooks(t->gen, t->index) && next != OUTCOME_AGAIN && nres > 0) {
         uint32_t k = 0;
         while (k + 1 < nres && res[k].code / 100 == 2)
             k++;
         run_hook(t, queue, e, res[k].code, res[k].enhanced, res[k].text, where->site);
     }
     free(mine);
-    settle(t, queue, e, next);
+    sched_settle(t, queue, e, next);
 }
 
 static void pool_fail(void *owner, void *queue, struct entry *e, int code, const char *enhanced,
@@ -535,10 +653,11 @@ static void pool_fail(void *owner, void *queue, struct entry *e, int code, const
             shape_result_one(t, q, e, &c, enh, text);
             shaped = true;
         }
-        enum outcome_next next = outcome_uniform(t->s->rt, &t->loop, e, c, enh, text);
-        if (t->hooks)
+        enum outcome_next next = outcome_uniform(t->s->rt, t->gen->cfg, &t->loop, e, c, enh,
+                                                 text);
+        if (runtime_gen_dlv_hooks(t->gen, t->index))
             run_hook(t, q, e, c, enh, text, NULL);
-        settle(t, q, e, next);
+        sched_settle(t, q, e, next);
         if (!all)
             break;
     }
@@ -548,8 +667,10 @@ static void pool_closed(void *owner, void *queue)
 {
     struct dthread *t = owner;
     shape_conn_closed(queue);
-    if (!t->stopping)
+    if (!t->stopping) {
+        sched_gen_refresh(t);
         sched_dispatch(t, queue);
+    }
     queue_maybe_free(t, queue);
 }
 
@@ -562,8 +683,9 @@ void sched_dispatch(struct dthread *t, struct dqueue *q)
 {
     if (q->nready == 0 || !shape_bind(t, q) || !rate_ok(t, q))
         return;                     /* a site lookup, or a throttled queue: the timer */
+    queue_route_refresh(t, q);
     while (!t->stopping && q->pool.idle && q->nready > q->pool.nresolving && rate_ok(t, q) &&
-           pool_reuse(&q->pool))
+           pool_reuse(&t->pool, &q->pool))
         ;
     /* a new connection only for ready entries that no resolving connection will
      * take: don't open 10 connections for 2 messages */
@@ -591,6 +713,11 @@ void sched_dispatch(struct dthread *t, struct dqueue *q)
 
 static void thread_insert(struct dthread *t, struct entry *e, bool run)
 {
+    if (e->flags & ENTRY_F_DEAD) {      /* a dead letter recovered from the spool */
+        atomic_fetch_sub(&t->s->depth, 1);
+        dead_add(t, e);
+        return;
+    }
     struct dqueue *q = sched_queue_of(t, e);
     if (!q) {
         log_error("%s: out of memory queueing the entry; delivery resumes after a restart", e->id);
@@ -625,6 +752,7 @@ static void thread_insert(struct dthread *t, struct entry *e, bool run)
 static void on_timer(uv_timer_t *timer)
 {
     struct dthread *t = timer->data;
+    sched_gen_refresh(t);
     double now = time_mono();
     bool ended = false;
     for (struct suspension **pp = &t->suspended; *pp;) {
@@ -645,7 +773,7 @@ static void on_timer(uv_timer_t *timer)
         struct entry *e = heap_pop(t);
         struct dqueue *q = sched_queue_of(t, e);
         if (!q) {
-            retry_in(e, t->s->rt->cfg->queue.retry_interval);
+            retry_in(e, t->gen->cfg->queue.retry_interval);
             sched_heap_push(t, e);   /* out of memory: later */
             break;
         }
@@ -683,6 +811,8 @@ int sched_post_call(struct sched *s, int i, struct sched_call *call)
 static void on_msg(void *owner, struct mbox_msg *msg)
 {
     struct dthread *t = owner;
+    if (!t->stopping)
+        sched_gen_refresh(t);
     if (msg->kind == TMSG_ENTRY) {
         if (t->stopping) {
             atomic_fetch_sub(&t->s->depth, 1);
@@ -698,6 +828,8 @@ static void on_msg(void *owner, struct mbox_msg *msg)
         t->pool.stopping = true;
         uv_timer_stop(&t->timer);
         uv_close((uv_handle_t *)&t->timer, NULL);
+        uv_timer_stop(&t->purge);
+        uv_close((uv_handle_t *)&t->purge, NULL);
         flush_deletes(t);
         uv_check_stop(&t->flush);
         uv_close((uv_handle_t *)&t->flush, NULL);
@@ -712,12 +844,18 @@ static void on_msg(void *owner, struct mbox_msg *msg)
 static void thread_main(void *arg)
 {
     struct dthread *t = arg;
+    sched_gen_refresh(t);
+    if (t->ndead) {                 /* recovered dead letters: this config's pace */
+        uv_timer_stop(&t->purge);
+        purge_arm(t);
+    }
     /* entries recovered before the start */
     for (int h = 0; h < SCHED_Q_BUCKETS; h++)
         for (struct dqueue *q = t->buckets[h]; q; q = q->hnext)
             sched_dispatch(t, q);
     sched_timer_arm(t);
     uv_run(&t->loop, UV_RUN_DEFAULT);
+    runtime_gen_thread_done();
 }
 
 /* ---- API --------------------------------------------------------------- */
@@ -731,10 +869,7 @@ struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
     pthread_mutex_init(&s->sites_lock, NULL);
     s->n = rt->cfg->delivery.threads > 0 ? rt->cfg->delivery.threads : 1;
     s->t = calloc((size_t)s->n, sizeof *s->t);
-    s->routes = route_table_new(rt->cfg);
-    if (!s->t || !s->routes) {
-        free(s->t);
-        route_table_free(s->routes);
+    if (!s->t) {
         free(s);
         return NULL;
     }
@@ -744,11 +879,12 @@ struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
         t->s = s;
         t->index = i;
         if (uv_loop_init(&t->loop) || mbox_init(&t->mbox, &t->loop, on_msg, t) ||
-            uv_timer_init(&t->loop, &t->timer)) {
+            uv_timer_init(&t->loop, &t->timer) || uv_timer_init(&t->loop, &t->purge)) {
             snprintf(err, errlen, "cannot initialize delivery thread %d", i);
             return NULL;
         }
         t->timer.data = t;
+        t->purge.data = t;
         uv_check_init(&t->loop, &t->flush);
         t->flush.data = t;
         uv_check_start(&t->flush, on_check);
@@ -760,23 +896,17 @@ struct sched *sched_new(struct runtime *rt, char *err, size_t errlen)
         t->pool = (struct pool_thread){
             .loop = &t->loop, .dns = t->dns, .rt = rt, .ops = &pool_ops, .owner = t,
         };
-        t->hooks = hooks_delivery_new(cfg, on_adjust, t, err, errlen);
-        if (!t->hooks && err[0])
-            return NULL;
     }
     suspend_restore(s);
     return s;
 }
 
-struct route_table *sched_routes(struct sched *s)
-{
-    return s->routes;
-}
-
 void sched_enqueue(struct sched *s, struct entry *e)
 {
     if (!e->via) {  /* from the spool: the stored route name back to its route */
-        const struct route *r = route_lookup(s->routes, e->route, e->domain, e->id);
+        struct cfg_gen *g = runtime_gen_acquire(s->rt);
+        const struct route *r = route_lookup(g->routes, e->route, e->domain, e->id);
+        runtime_gen_release(g);
         if (!r) {
             log_error("%s: out of memory routing the entry; delivery resumes after a restart",
                       e->id);
@@ -846,6 +976,11 @@ void sched_free(struct sched *s)
             t->held = e->next;
             entry_free(e);
         }
+        while (t->dead) {
+            struct entry *e = t->dead;
+            t->dead = e->next;
+            entry_free(e);
+        }
         while (t->suspended) {
             struct suspension *su = t->suspended;
             t->suspended = su->next;
@@ -872,13 +1007,13 @@ void sched_free(struct sched *s)
         flush_deletes(t);
         if (t->dns)
             dns_free(t->dns);
-        hooks_delivery_free(t->hooks);
+        runtime_gen_release(t->gen);
+        t->gen = t->pool.gen = NULL;
         uv_walk(&t->loop, close_walk, NULL);
         uv_run(&t->loop, UV_RUN_DEFAULT);
         uv_loop_close(&t->loop);
     }
     free(s->t);
-    route_table_free(s->routes);
     shape_sites_free(s);
     pthread_mutex_destroy(&s->sites_lock);
     free(s);

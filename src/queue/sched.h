@@ -24,10 +24,6 @@ int sched_start(struct sched *s);
 /* Stops dispatching, closes connections, joins the threads, frees entries. */
 void sched_stop(struct sched *s);
 void sched_free(struct sched *s);
-/* The routes (delivery/route.h), for ingest to resolve an entry's route once.
- * Borrowed; lives until sched_free. */
-struct route_table;
-struct route_table *sched_routes(struct sched *s);
 /* Entries in the queue (all threads); cheap, approximate under concurrency. */
 uint64_t sched_depth(const struct sched *s);
 
@@ -40,6 +36,7 @@ struct sched_queue_info {
     char route[300];         /* the route's name (delivery/route.h): "@mx", a
                                 transport key, "@relayhost" or a "[host]:port" */
     uint32_t count;          /* entries (messages) for it, including those in flight */
+    uint32_t dead;           /* dead letters (expired, kept: dead_letter_after), not in count */
     double oldest;           /* earliest received_at of its waiting entries; 0 = none */
     double next_attempt;     /* earliest next attempt of its waiting entries; 0 = none */
     int connections;         /* outbound connections, open or opening */
@@ -69,7 +66,8 @@ enum sched_admin_op {
     SCHED_RESUME,    /* end domain's suspension, deliver what is ready */
     SCHED_FLUSH,     /* retry now what waits for a retry (domain, or NULL = all) */
     SCHED_BOUNCE,    /* message id, or all of domain: Bounce records and a DSN */
-    SCHED_DELETE,    /* the same without telling anyone (diagnostic log only) */
+    SCHED_DELETE,    /* the same without telling anyone (diagnostic log only); also
+                        removes dead letters (expired, kept by dead_letter_after) */
 };
 struct sched_admin_req {
     enum sched_admin_op op;

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "delivery/outcome.h"
 #include "delivery/pool.h"
 #include "delivery/shaping.h"
 #include "queue/shape.h"
@@ -21,7 +22,7 @@
 #define SCHED_PRIOS 3
 
 struct entry;
-struct hooks_delivery;
+struct cfg_gen;
 struct route;
 struct route_table;
 struct runtime;
@@ -34,7 +35,10 @@ struct dqueue {
     char *key;                      /* route_queue_key */
     const char *domain;             /* MX routes: the domain to look up (in key) */
     const struct route *route;      /* every entry of the queue goes by it; for an MX
-                                       route the queue is one domain (key) */
+                                       route the queue is one domain (key). Interned;
+                                       after a reload the new config's definition of
+                                       the same name (route_current) */
+    uint64_t gen_id;                /* the generation route was last checked against */
     struct entry *ready[SCHED_PRIOS], *ready_tail[SCHED_PRIOS];
     uint32_t nready;
     uint32_t nentries;              /* all entries of this queue owned by the thread */
@@ -64,7 +68,12 @@ struct dthread {
     struct dqueue *throttled;       /* queues waiting for a max_message_rate token */
     struct suspension *suspended;   /* admin suspensions (every thread keeps them all) */
     struct entry *held;             /* due, but held by a suspension (linked by next) */
-    struct hooks_delivery *hooks;   /* smtp_delivery_result handlers; NULL = none */
+    struct entry *dead;             /* dead letters (ENTRY_F_DEAD, linked by next): kept
+                                       for inspection, purged dead_letter_after later */
+    uint32_t ndead;
+    uv_timer_t purge;               /* runs while there are dead letters */
+    struct cfg_gen *gen;            /* the config generation of new work (a reference),
+                                       refreshed at each event the loop handles */
     struct dqueue *hook_q;          /* during a hook run: the attempt's queue ... */
     const struct entry *hook_e;     /* ... and entry */
 };
@@ -75,10 +84,14 @@ struct sched {
     struct dthread *t;
     atomic_bool started;           /* written by sched_start/stop, read by the spool thread */
     _Atomic uint64_t depth;
-    struct route_table *routes;
     pthread_mutex_t sites_lock;    /* the site budgets (queue/shape.c) */
     struct shape_budget *sites;
 };
+
+/* Takes the current config generation for new work if a reload made one (a
+ * lock-free check when not). Called where an event enters the thread, never in
+ * the middle of a callback chain, so what a callback borrows from t->gen stays. */
+void sched_gen_refresh(struct dthread *t);
 
 /* A function run on a delivery thread by message (admin.c's calls). The struct is
  * the first member of the caller's own; run owns it from then on. */
@@ -105,6 +118,12 @@ void sched_dispatch(struct dthread *t, struct dqueue *q);
 void sched_timer_arm(struct dthread *t);
 /* Removes e (finished) from q and the spool, and frees it. */
 void sched_entry_remove(struct dthread *t, struct dqueue *q, struct entry *e);
+/* Acts on an outcome verdict for e (outcome.h), taken back from the pool or the
+ * ready list: removed, ready again, waiting for its retry, or kept dead. */
+void sched_settle(struct dthread *t, struct dqueue *q, struct entry *e, enum outcome_next next);
+/* Removes dead letter e (already unlinked from t->dead, ndead counted down) from
+ * the spool and frees it. */
+void sched_dead_remove(struct dthread *t, struct entry *e);
 /* e is due: onto q's ready list (true), or onto the held list while a suspension
  * covers it (false). The caller dispatches q when true. */
 bool sched_make_ready(struct dthread *t, struct dqueue *q, struct entry *e);

@@ -281,7 +281,8 @@ double shape_suspended_until(struct dqueue *q, double now)
  * (an Expiration record and a DSN), on time. */
 void shape_expire(struct dthread *t, struct dqueue *q)
 {
-    double now = time_now(), age = t->s->rt->cfg->queue.max_retry_age;
+    const struct config *cfg = t->gen->cfg;
+    double now = time_now(), age = cfg->queue.max_retry_age;
     for (int p = 0; p < SCHED_PRIOS; p++) {
         struct entry **pp = &q->ready[p], *last = NULL;
         while (*pp) {
@@ -294,10 +295,16 @@ void shape_expire(struct dthread *t, struct dqueue *q)
             *pp = e->next;
             e->next = NULL;
             q->nready--;
-            outcome_fail_pending(t->s->rt, &t->loop, e, LOG_EXPIRATION, -1, "4.4.7",
+            outcome_fail_pending(t->s->rt, cfg, &t->loop, e, LOG_EXPIRATION, -1, "4.4.7",
                                  e->last_response ? e->last_response : "delivery time expired",
                                  NULL);
-            sched_entry_remove(t, q, e);
+            if (cfg->queue.dead_letter_after > 0) {  /* kept for inspection */
+                e->flags |= ENTRY_F_DEAD;
+                e->next_attempt = now;
+                sched_settle(t, q, e, OUTCOME_DEAD);
+            } else {
+                sched_entry_remove(t, q, e);
+            }
         }
         q->ready_tail[p] = last;
     }

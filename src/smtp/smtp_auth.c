@@ -14,6 +14,7 @@
 #include "core/users.h"
 #include "obs/log.h"
 #include "smtp/smtp_auth.h"
+#include "util/base64.h"
 #include "util/result.h"
 
 #define SASL_DECODED_MAX (SASL_LINE_MAX / 4 * 3)
@@ -68,80 +69,6 @@ static int sasl_send(char *out, size_t outlen, const char *text)
         return PT_ERROR;
     memcpy(out, text, n + 1);
     return PT_AGAIN;
-}
-
-/* ---- Strict base64 ------------------------------------------------------------ */
-
-static const char sasl_b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static int sasl_b64_val(char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-int sasl_base64_decode(const char *in, size_t len, unsigned char *out, size_t outcap,
-                       size_t *outlen)
-{
-    *outlen = 0;
-    if (len % 4 != 0)
-        return PT_INVALID;
-    size_t pad = len == 0 ? 0 : in[len - 1] != '=' ? 0 : in[len - 2] != '=' ? 1 : 2;
-    size_t need = len / 4 * 3 - pad;
-    size_t n = 0;
-    for (size_t i = 0; i < len; i += 4) {
-        bool last = i + 4 == len;
-        int v[4];
-        for (int k = 0; k < 4; k++) {
-            bool padded = last && k >= 4 - (int)pad;
-            v[k] = padded ? 0 : sasl_b64_val(in[i + k]);
-            if (v[k] < 0 || (padded && in[i + k] != '='))
-                return PT_INVALID;
-        }
-        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 |
-                     (uint32_t)v[3];
-        if ((pad == 1 && last && (w & 0xff)) || (pad == 2 && last && (w & 0xffff)))
-            return PT_INVALID;                   /* non-zero pad bits: not canonical */
-        unsigned char b[3] = { (unsigned char)(w >> 16), (unsigned char)(w >> 8),
-                               (unsigned char)w };
-        size_t take = last ? 3 - pad : 3;
-        if (n + take > outcap)
-            return PT_TOOLONG;
-        memcpy(out + n, b, take);
-        n += take;
-    }
-    *outlen = n;
-    return n == need ? PT_OK : PT_INVALID;
-}
-
-int sasl_base64_encode(const void *in, size_t len, char *out, size_t outlen)
-{
-    const unsigned char *p = in;
-    if (len > (SIZE_MAX - 1) / 4 * 3 - 3 || outlen < (len + 2) / 3 * 4 + 1)
-        return PT_TOOLONG;
-    size_t n = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t w = (uint32_t)p[i] << 16;
-        if (i + 1 < len)
-            w |= (uint32_t)p[i + 1] << 8;
-        if (i + 2 < len)
-            w |= p[i + 2];
-        out[n++] = sasl_b64[w >> 18 & 63];
-        out[n++] = sasl_b64[w >> 12 & 63];
-        out[n++] = i + 1 < len ? sasl_b64[w >> 6 & 63] : '=';
-        out[n++] = i + 2 < len ? sasl_b64[w & 63] : '=';
-    }
-    out[n] = '\0';
-    return PT_OK;
 }
 
 /* ---- Mechanisms ------------------------------------------------------------------
@@ -252,7 +179,7 @@ static int sasl_cram_start(struct sasl *s, const unsigned char *ir, size_t n, bo
     if (len < 0 || (size_t)len >= sizeof s->challenge)
         return PT_ERROR;
     s->challenge_len = (size_t)len;
-    if (sasl_base64_encode(s->challenge, s->challenge_len, out, outlen) != PT_OK)
+    if (base64_encode(s->challenge, s->challenge_len, out, outlen) != PT_OK)
         return PT_ERROR;
     sasl_enter_state(s, SASL_CRAM_RESPONSE);
     return PT_AGAIN;
@@ -367,7 +294,7 @@ int sasl_start(struct sasl *s, const char *mech, const char *initial, const char
     unsigned char ir[SASL_DECODED_MAX];
     size_t n = 0;
     if (has_ir && strcmp(initial, "=") != 0 &&
-        sasl_base64_decode(initial, irlen, ir, sizeof ir, &n) != PT_OK)
+        base64_decode(initial, irlen, BASE64_CANONICAL, ir, sizeof ir, &n) != PT_OK)
         return sasl_finish(s, PT_INVALID);
     int rc = sasl_finish(s, m->start(s, ir, n, has_ir, out, outlen));
     OPENSSL_cleanse(ir, n);
@@ -390,7 +317,7 @@ int sasl_step(struct sasl *s, const char *line, size_t len, char *out, size_t ou
         return sasl_finish(s, PT_INVALID);
     unsigned char m[SASL_DECODED_MAX];
     size_t n = 0;
-    if (sasl_base64_decode(line, len, m, sizeof m, &n) != PT_OK)
+    if (base64_decode(line, len, BASE64_CANONICAL, m, sizeof m, &n) != PT_OK)
         return sasl_finish(s, PT_INVALID);
     int rc = sasl_finish(s, step(s, m, n, out, outlen));
     OPENSSL_cleanse(m, n);

@@ -75,11 +75,4 @@ const char *sasl_tried_user(const struct sasl *s);
  * users and hostname are kept. */
 void sasl_reset(struct sasl *s);
 
-/* Strict base64 (RFC 4648 §4, no whitespace, padding required, zero pad bits).
- * decode: PT_OK with *outlen set, PT_INVALID, or PT_TOOLONG when out is short.
- * encode: PT_OK or PT_TOOLONG (outlen must hold 4*ceil(len/3) + 1 bytes). */
-int sasl_base64_decode(const char *in, size_t len, unsigned char *out, size_t outcap,
-                       size_t *outlen);
-int sasl_base64_encode(const void *in, size_t len, char *out, size_t outlen);
-
 #endif

@@ -9,6 +9,7 @@
 
 #include "core/users.h"
 #include "smtp/smtp_auth.h"
+#include "util/base64.h"
 #include "util/result.h"
 
 #define FA_CHECK(cond) \
@@ -53,7 +54,7 @@ static void fa_check_result(const struct sasl *s, int rc, const char *out)
         unsigned char dec[SASL_OUT_MAX];
         size_t n;
         FA_CHECK(sasl_in_progress(s));
-        FA_CHECK(sasl_base64_decode(out, strlen(out), dec, sizeof dec, &n) == PT_OK);
+        FA_CHECK(base64_decode(out, strlen(out), BASE64_CANONICAL, dec, sizeof dec, &n) == PT_OK);
         FA_CHECK(sasl_user(s) == NULL);
     } else {
         FA_CHECK(!sasl_in_progress(s));

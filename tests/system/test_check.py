@@ -246,12 +246,11 @@ def test_check_does_not_bind_or_start(tmp_path):
 
 # ---------------------------------------------------------------- honesty: no option ignored
 
-def test_check_refuses_dead_letter_after_not_implemented(tmp_path):
-    """Parsed and never used before: now refused at FILE:LINE, saying so."""
-    path = write_cfg(tmp_path, 'petrel.configure_queue { dead_letter_after = "7d" }')
+def test_check_dead_letter_after_bad_value_is_an_error(tmp_path):
+    """Applied now (tests/system/test_dead_letter.py); a bad duration is refused."""
+    path = write_cfg(tmp_path, 'petrel.configure_queue { dead_letter_after = "7 days" }')
     res = check(path)
     assert_config_error(res, path, BAD_LINE, "dead_letter_after")
-    assert "not implemented yet" in res.stderr.decode()
 
 
 def test_check_auth_mechanisms_without_configure_auth_is_an_error(tmp_path):

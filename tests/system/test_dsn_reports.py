@@ -84,6 +84,30 @@ def test_ret_full_returns_the_whole_message(world):
     assert "original-recipient" not in d["recipients"][0]
 
 
+def test_ret_full_for_a_message_split_over_two_domains(world):
+    """Each domain's entry is removed right after its DSN is queued; the DSN job
+    reads the original later, off the delivery loop: the content is held until the
+    last read, so both reports carry the whole message (issue 9)."""
+    refuse = lambda a: "550 5.1.1 no such user (sink)"
+    world.mx_domain("dest.test", "127.0.0.2", rcpt_reply=refuse)
+    world.mx_domain("other.test", "127.0.0.4", rcpt_reply=refuse)
+    sender = world.mx_domain("sender.test", "127.0.0.3")
+    p = world.petrel()
+    body = "SPLIT-BODY-LINE " + "x" * 200 + "\r\n"
+    data = make_message(to=["bad@dest.test", "bad@other.test"], subject="ret full split",
+                        body=body * 50)
+    raw_send(p, "alice@sender.test", ["bad@dest.test", "bad@other.test"], data, " RET=FULL")
+    got = wait_dsns(sender, 2)
+    assert len(got) == 2, got
+    for t in got:
+        assert t.data.count(b"SPLIT-BODY-LINE") == 50, t.data[:500]
+    # the content went with the last entry: after a restart nothing is queued
+    time.sleep(1.0)
+    p.stop()
+    p.start()
+    assert re.findall(r"recovered (\d+) queued entries", p.stderr_text())[-1] == "0"
+
+
 def test_local_failure_is_not_labelled_smtp(world):
     # a null MX (RFC 7505): our own verdict, not a remote reply
     sender = world.mx_domain("sender.test", "127.0.0.3")

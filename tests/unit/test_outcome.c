@@ -19,6 +19,7 @@
 #include "delivery/outcome.h"
 #include "queue/entry.h"
 #include "smtp/smtp_client.h"
+#include "util/result.h"
 #include "util/timeutil.h"
 
 static struct config *cfg;
@@ -71,7 +72,7 @@ static void test_mixed_results_defer_with_backoff(void **state)
                                  res(550, "5.1.1", "550 no such user") };
     struct outcome_where w = { "mx.d.test:25", "127.0.0.2", NULL };
     double before = time_now();
-    assert_int_equal(outcome_apply(&rt, NULL, e, r, 3, &w), OUTCOME_RETRY);
+    assert_int_equal(outcome_apply(&rt, rt.cfg, NULL, e, r, 3, &w), OUTCOME_RETRY);
     assert_int_equal(e->attempts, 1);
     assert_int_equal(e->rcpts[0].state, RCPT_DELIVERED);
     assert_int_equal(e->rcpts[1].state, RCPT_PENDING);
@@ -81,11 +82,11 @@ static void test_mixed_results_defer_with_backoff(void **state)
     /* second try of the one pending recipient: backoff doubles */
     struct client_result r2[] = { res(421, "4.7.0", "421 slow down") };
     before = time_now();
-    assert_int_equal(outcome_apply(&rt, NULL, e, r2, 1, &w), OUTCOME_RETRY);
+    assert_int_equal(outcome_apply(&rt, rt.cfg, NULL, e, r2, 1, &w), OUTCOME_RETRY);
     assert_int_equal(e->attempts, 2);
     assert_true(e->next_attempt >= before + 20 - 0.01);
     struct client_result r3[] = { res(250, "2.0.0", "250 ok") };
-    assert_int_equal(outcome_apply(&rt, NULL, e, r3, 1, &w), OUTCOME_DONE);
+    assert_int_equal(outcome_apply(&rt, rt.cfg, NULL, e, r3, 1, &w), OUTCOME_DONE);
     assert_int_equal(entry_pending(e), 0);
     entry_free(e);
 }
@@ -96,7 +97,7 @@ static void test_not_attempted_changes_nothing(void **state)
     struct entry *e = three();
     struct client_result r[] = { res(-1, "", "stale"), res(-1, "", "stale"),
                                  res(-1, "", "stale") };
-    assert_int_equal(outcome_apply(&rt, NULL, e, r, 3, NULL), OUTCOME_AGAIN);
+    assert_int_equal(outcome_apply(&rt, rt.cfg, NULL, e, r, 3, NULL), OUTCOME_AGAIN);
     assert_int_equal(e->attempts, 0);
     assert_int_equal(entry_pending(e), 3);
     entry_free(e);
@@ -107,10 +108,36 @@ static void test_expired_after_max_retry_age(void **state)
     (void)state;
     struct entry *e = three();
     e->received_at = time_now() - 2 * 3600;
-    assert_int_equal(outcome_uniform(&rt, NULL, e, 451, "4.4.3", "451 4.4.3 DNS lookup failed"),
+    assert_int_equal(outcome_uniform(&rt, rt.cfg, NULL, e, 451, "4.4.3", "451 4.4.3 DNS lookup failed"),
                      OUTCOME_DONE);
     for (int i = 0; i < 3; i++)
         assert_int_equal(e->rcpts[i].state, RCPT_BOUNCED);
+    entry_free(e);
+}
+
+/* dead_letter_after: the expired entry is flagged dead (kept), expired "now";
+ * the encoding keeps the flag and an entry without it decodes as before. */
+static void test_expired_kept_dead_with_dead_letter_after(void **state)
+{
+    (void)state;
+    struct entry *e = three();
+    e->received_at = time_now() - 2 * 3600;
+    cfg->queue.dead_letter_after = 7 * 86400;
+    double before = time_now();
+    assert_int_equal(outcome_uniform(&rt, rt.cfg, NULL, e, 451, "4.4.3", "451 4.4.3 later"),
+                     OUTCOME_DEAD);
+    cfg->queue.dead_letter_after = 0;
+    assert_true(e->flags & ENTRY_F_DEAD);
+    assert_true(e->next_attempt >= before && e->next_attempt <= time_now());
+    assert_int_equal(entry_pending(e), 0);
+    struct buf b;
+    buf_init(&b, 0);
+    assert_int_equal(entry_encode(e, &b), PT_OK);
+    struct entry *d;
+    assert_int_equal(entry_decode(b.data, b.len, &d), PT_OK);
+    assert_true(d->flags & ENTRY_F_DEAD);
+    entry_free(d);
+    buf_free(&b);
     entry_free(e);
 }
 
@@ -119,7 +146,7 @@ static void test_deadline_caps_the_next_attempt(void **state)
     (void)state;
     struct entry *e = three();
     e->received_at = time_now() - 3600 + 5;        /* 5 s of life left */
-    assert_int_equal(outcome_uniform(&rt, NULL, e, 0, "4.4.1", "451 4.4.1 refused"), OUTCOME_RETRY);
+    assert_int_equal(outcome_uniform(&rt, rt.cfg, NULL, e, 0, "4.4.1", "451 4.4.1 refused"), OUTCOME_RETRY);
     assert_true(e->next_attempt <= e->received_at + 3600 + 1e-6);
     entry_free(e);
 }
@@ -128,6 +155,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mixed_results_defer_with_backoff),
+        cmocka_unit_test(test_expired_kept_dead_with_dead_letter_after),
         cmocka_unit_test(test_not_attempted_changes_nothing),
         cmocka_unit_test(test_expired_after_max_retry_age),
         cmocka_unit_test(test_deadline_caps_the_next_attempt),

@@ -122,9 +122,44 @@ static void test_stored_name_keeps_its_route(void **state)
     config_free(cfg);
 }
 
+/* A reload: the route of a name the new config still has is its new definition;
+ * a name it lost keeps the old one, valid after the old table and config went. */
+static void test_reload_keeps_or_renews_routes(void **state)
+{
+    (void)state;
+    struct config *c1 = load_ok("petrel.configure_transport {\n"
+                                "  ['a.test'] = { relayhost = '[one.test]:2601' },\n"
+                                "  ['b.test'] = { relayhost = '[one.test]:2602' },\n"
+                                "}\n");
+    struct route_table *t1 = route_table_new(c1);
+    const struct route *a = route_resolve(t1, "a.test", NULL);
+    const struct route *b = route_resolve(t1, "b.test", NULL);
+    struct config *c2 = load_ok("petrel.configure_transport {\n"
+                                "  ['b.test'] = { relayhost = '[two.test]:2603' },\n"
+                                "}\n");
+    struct route_table *t2 = route_table_new(c2);
+    route_table_free(t1);
+    config_free(c1);
+    assert_ptr_equal(route_current(t2, a), a);             /* vanished: as it was */
+    assert_string_equal(a->relay_host, "one.test");
+    assert_int_equal(a->port, 2601);
+    const struct route *b2 = route_current(t2, b);
+    assert_ptr_not_equal(b2, b);
+    assert_string_equal(b2->relay_host, "two.test");
+    assert_int_equal(b2->port, 2603);
+    assert_string_equal(b2->qkey, b->qkey);                /* the same queue */
+    /* interned: an equal definition is the same pointer */
+    struct route_table *t3 = route_table_new(c2);
+    assert_ptr_equal(route_resolve(t3, "b.test", NULL), b2);
+    route_table_free(t3);
+    route_table_free(t2);
+    config_free(c2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reload_keeps_or_renews_routes),
         cmocka_unit_test(test_same_relay_different_routes_different_queues),
         cmocka_unit_test(test_resolution_order),
         cmocka_unit_test(test_stored_name_keeps_its_route),

@@ -38,7 +38,7 @@ static struct cfg_gen *build(const char *text, uint64_t id, int n_smtp)
     char err[1024];
     struct config *cfg = load(text);
     char *path = strdup(cfg->path);
-    struct cfg_gen *g = runtime_gen_build(cfg, id, n_smtp, 1, err, sizeof err);
+    struct cfg_gen *g = runtime_gen_build(cfg, id, n_smtp, 1, 0, err, sizeof err);
     unlink(path);
     free(path);
     if (!g)
@@ -86,7 +86,7 @@ static void test_build_error(void **state)
                               "  tls = { cert_file = \"/nonexistent/c.pem\", key_file = \"/nonexistent/k.pem\" } }\n");
     char path[64];
     snprintf(path, sizeof path, "%s", cfg->path);
-    assert_null(runtime_gen_build(cfg, 2, 1, 0, err, sizeof err));
+    assert_null(runtime_gen_build(cfg, 2, 1, 0, 0, err, sizeof err));
     unlink(path);
     char want[128];
     snprintf(want, sizeof want, "%s:1: start_smtp_listener 127.0.0.1:2525: tls: ", path);
