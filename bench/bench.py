@@ -415,6 +415,7 @@ class Petrel:
         self.port = free_port()
         self.sink_port, self.conns, self.retry, self.max_queue = sink_port, conns, retry, max_queue
         self.queue_extra = []   # cluster scenario: backend = "redis", redis_url = ...
+        self.shaping = False    # shaping10k scenario: 10,000 configure_shaping rules
         self.proc = None
         self.stderr_lines = []
 
@@ -445,6 +446,25 @@ petrel.configure_dns {{ resolvers = {{ "127.0.0.1:1" }} }}
 """
         if PETREL_SMTP_THREADS is not None:
             cfg += f"petrel.configure_process {{ smtp_threads = {PETREL_SMTP_THREADS} }}\n"
+        if self.shaping:
+            # 10,000 rules that never limit this load: the cost measured is the
+            # rule lookup per queue and the budget and automation per message
+            cfg += f"""local rules = {{
+  default = {{ connection_limit = {self.conns}, max_message_rate = "100000/s" }},
+  automation = {{
+    {{ match = "421 4\\\\.7\\\\.0 .*rate limit", action = "reduce_rate", factor = 0.5, duration = "1h" }},
+    {{ match = "5\\\\.7\\\\.1 .*blocked", action = "suspend", duration = "4h" }},
+    {{ match = "4\\\\.7\\\\.28", action = "set_connection_limit", value = 1, duration = "30m" }},
+    {{ match = "mailbox full", action = "bounce" }},
+  }},
+}}
+for i = 1, 5000 do
+  rules["d" .. i .. ".example"] = {{ max_message_rate = "50000/s", connection_limit = {self.conns} }}
+  rules["site:*.mx" .. i .. ".example"] = {{ max_message_rate = "50000/s" }}
+end
+rules["example.net"] = {{ max_message_rate = "100000/s", connection_limit = {self.conns} }}
+petrel.configure_shaping(rules)
+"""
         if self.dkim:
             cfg += (f'petrel.configure_dkim_signing {{ domain = "example.com", selector = "bench", '
                     f'key_file = "{self.dkim}" }}\n')
@@ -594,9 +614,14 @@ SCENARIOS = {
     "4xx": dict(title="2 KB, sink 4xx to 10% of RCPTs", pct_4xx=10),
     "starttls": dict(title="2 KB, STARTTLS both legs", gen="blast", tls=True),
     "dkim": dict(title="2 KB, DKIM RSA-2048 (Postfix: OpenDKIM milter)", dkim=True),
+    # the headline load with configure_shaping holding 10,000 rules (5,000 domains,
+    # 5,000 sites) and 4 automation regexes matched against every reply; compare its
+    # petrel CPU per message with the headline row of the same run
+    "shaping10k": dict(title="2 KB, 10,000 shaping rules + automation", shaping=True,
+                       relays=("petrel", "baseline")),
 }
 SCEN_DEFAULTS = dict(gen=None, size=2048, conns=20, rcpts=1, domains=1, pct_4xx=0, tls=False,
-                     dkim=False, relays=None)
+                     dkim=False, shaping=False, relays=None)
 DEFAULT_SCENARIOS = ["headline", "50k", "rcpt100", "4xx", "starttls", "dkim", "latency", "cluster"]
 
 
@@ -632,9 +657,11 @@ def make_relay(name, workdir, sink_port, p, keys):
     if name == "postfix":
         return Postfix(workdir, sink_port, p["conns"], retry=p["pct_4xx"] > 0, tls=tls,
                        dkim=keys.dkim if p["dkim"] else None)
-    return Petrel(workdir, sink_port, p["conns"], retry=("1s", "4s") if p["pct_4xx"] else None,
-                  tls=tls, dkim=keys.dkim if p["dkim"] else None,
-                  binary=BASELINE if name == "baseline" else None)
+    relay = Petrel(workdir, sink_port, p["conns"], retry=("1s", "4s") if p["pct_4xx"] else None,
+                   tls=tls, dkim=keys.dkim if p["dkim"] else None,
+                   binary=BASELINE if name == "baseline" else None)
+    relay.shaping = p["shaping"]
+    return relay
 
 
 def petrel_supports(p, keys, workdir):
