@@ -46,6 +46,28 @@ static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, c
     return stop && atomic_load(stop) ? 1 : 0;
 }
 
+void *sts_https_handle(const char *url, const void *resolve, const char *ca_file,
+                       long timeout_ms, char *ebuf)
+{
+    CURL *c = curl_easy_init();
+    if (!c)
+        return NULL;
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    if (resolve)
+        curl_easy_setopt(c, CURLOPT_RESOLVE, resolve);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    if (ca_file)
+        curl_easy_setopt(c, CURLOPT_CAINFO, ca_file);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
+    return c;
+}
+
 int sts_fetch(const char *domain, const char *ip, const char *ca_file, atomic_bool *stop,
               struct buf *body, char *err, size_t errlen)
 {
@@ -55,32 +77,21 @@ int sts_fetch(const char *domain, const char *ip, const char *ca_file, atomic_bo
     snprintf(url, sizeof url, "https://%s/.well-known/mta-sts.txt", host);
     bool v6 = strchr(ip, ':') != NULL;
     snprintf(resolve, sizeof resolve, v6 ? "%s:443:[%s]" : "%s:443:%s", host, ip);
-    CURL *c = curl_easy_init();
+    struct curl_slist *res = curl_slist_append(NULL, resolve);
+    char ebuf[CURL_ERROR_SIZE] = "";
+    CURL *c = res ? sts_https_handle(url, res, ca_file, STS_FETCH_TIMEOUT_MS, ebuf) : NULL;
     if (!c) {
+        curl_slist_free_all(res);
         snprintf(err, errlen, "out of memory");
         return PT_NOMEM;
     }
-    struct curl_slist *res = curl_slist_append(NULL, resolve);
     struct sink sink = { body, false };
-    char ebuf[CURL_ERROR_SIZE] = "";
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_RESOLVE, res);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
-    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-    curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    if (ca_file)
-        curl_easy_setopt(c, CURLOPT_CAINFO, ca_file);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)STS_FETCH_TIMEOUT_MS);
     curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)MTASTS_POLICY_MAX);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
     curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(c, CURLOPT_XFERINFODATA, stop);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
     curl_easy_setopt(c, CURLOPT_USERAGENT, "petrel-mta-sts");
     CURLcode rc = curl_easy_perform(c);
     int out = PT_OK;

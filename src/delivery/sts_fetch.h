@@ -18,6 +18,14 @@
 /* Once per process, before the first fetch (thread-safe). */
 void sts_fetch_global_init(void);
 
+/* A libcurl handle for one strict HTTPS request (MTA-STS policies, TLS-RPT posts):
+ * url, HTTPS only, no redirects, the peer's certificate and name verified, TLS 1.2
+ * or later, ca_file (NULL = the system store), resolve (NULL = none: a CURLOPT_RESOLVE
+ * list, so that the configured resolvers' answer is used), no signals, timeout_ms,
+ * errors into ebuf (CURL_ERROR_SIZE bytes). NULL when out of memory. */
+void *sts_https_handle(const char *url, const void *resolve, const char *ca_file,
+                       long timeout_ms, char *ebuf);
+
 /* Fetches the policy of domain from ip (a v4 or v6 literal) on port 443 into body
  * (initialized by the caller; the body is appended). ca_file: PEM bundle (NULL = the
  * system store). stop (may be NULL): set to true to abort. PT_OK with HTTP 200 and a

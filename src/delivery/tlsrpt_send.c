@@ -353,32 +353,21 @@ static void post_https(const struct tlsrpt_send *s, const struct report *r, cons
                        const char *resolve)
 {
     sts_fetch_global_init();
-    CURL *c = curl_easy_init();
+    char ebuf[CURL_ERROR_SIZE] = "";
     struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/tlsrpt+gzip");
     struct curl_slist *res = resolve[0] ? curl_slist_append(NULL, resolve) : NULL;
-    if (!c || !hdr || (resolve[0] && !res)) {
+    CURL *c = hdr && (!resolve[0] || res)
+                  ? sts_https_handle(uri, res, s->rt->cfg->delivery.dflt.ca_file,
+                                     POST_TIMEOUT_MS, ebuf)
+                  : NULL;
+    if (!c) {
         log_error("tls-rpt %s: out of memory posting the report to %s", r->domain, uri);
         goto out;
     }
-    char ebuf[CURL_ERROR_SIZE] = "";
-    const char *ca = s->rt->cfg->delivery.dflt.ca_file;
-    curl_easy_setopt(c, CURLOPT_URL, uri);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
-    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-    curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    if (ca)
-        curl_easy_setopt(c, CURLOPT_CAINFO, ca);
-    if (res)
-        curl_easy_setopt(c, CURLOPT_RESOLVE, res);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)POST_TIMEOUT_MS);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, r->gz.data);
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->gz.len);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
     curl_easy_setopt(c, CURLOPT_USERAGENT, "petrel-tls-rpt");
     CURLcode rc = curl_easy_perform(c);
     long status = 0;
