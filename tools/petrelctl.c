@@ -223,8 +223,8 @@ static int ctl_queue(const char *url, const char *key)
     if (!doc)
         return 1;
     json_t *qs = json_object_get(doc, "queues");
-    printf("%-32s %-20s %8s %10s  %-24s %5s\n", "DESTINATION", "SITE", "MESSAGES", "OLDEST",
-           "NEXT ATTEMPT", "CONNS");
+    printf("%-40s %8s %10s  %-24s %5s  %-20s\n", "DESTINATION", "MESSAGES", "OLDEST",
+           "NEXT ATTEMPT", "CONNS", "SITE");
     size_t i;
     json_t *q;
     json_array_foreach(qs, i, q) {
@@ -237,11 +237,12 @@ static int ctl_queue(const char *url, const char *key)
         char dl[48] = "";
         if (dead)
             snprintf(dl, sizeof dl, "  %lld dead", dead);
-        printf("%-32s %-20s %8lld %10s  %-24s %5lld%s%s%s%s\n",
-               str_or(json_object_get(q, "domain"), "?"), str_or(json_object_get(q, "site"), "-"),
+        printf("%-40s %8lld %10s  %-24s %5lld  %-20s%s%s%s%s\n",
+               str_or(json_object_get(q, "domain"), "?"),
                (long long)json_integer_value(json_object_get(q, "count")), age,
                str_or(json_object_get(q, "next_attempt"), "-"),
                (long long)json_integer_value(json_object_get(q, "connections")),
+               str_or(json_object_get(q, "site"), "-"),
                json_is_true(json_object_get(q, "suspended")) ? "  suspended" : "", dl,
                reason ? "  shaping: " : "", reason ? reason : "");
     }
