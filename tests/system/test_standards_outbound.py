@@ -12,6 +12,7 @@ import subprocess
 
 from harness import raw_send, PETREL_BIN, make_message, msgid_of, parse_dsn, split_first_header, wait_for
 from standards_sinks import CapsSink
+from test_dkim import keys  # noqa: F401 (fixture)
 
 
 def caps_hop(world, domain, exts):
@@ -351,3 +352,21 @@ def test_binarymime_to_hop_without_bounces_5_6_3(world):
         # RET=FULL or not, binary content never goes back: the header block does
         assert b"message/rfc822" not in dsn.data and b"\x00\xff bare" not in dsn.data
         assert b"text/rfc822-headers" in dsn.data
+
+
+def test_binarymime_signed_and_relayed_intact(world, keys):  # noqa: F811
+    """petrel's DKIM signature goes on a BINARYMIME message (NUL, bare CR/LF) without
+    changing a content octet."""
+    from harness import Lua
+    world.mx_domain("sender.test", "127.0.0.3")
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "CHUNKING", "BINARYMIME"])
+    p = world.petrel(extra=Lua(f'''
+petrel.configure_dkim_signing {{ domain = "sender.test", selector = "s1",
+  key_file = "{keys["rsa"]}" }}
+'''))
+    data = binary_data("binarymime signed")
+    send_binarymime(p, "alice@sender.test", "bob@dest.test", data)
+    t = hop.wait_message(msgid_of(data), timeout=30)
+    assert t.data.lower().startswith(b"dkim-signature:"), t.data[:200]
+    assert t.data.endswith(data), "content after the added headers is unchanged"
+    p.wait_record("Delivery", recipient="bob@dest.test")
