@@ -70,3 +70,27 @@ def test_idna_failure_bounces_5_1_2(world):
     good = make_message(subject="still alive")
     p.send("alice@sender.test", [f"bob@{ALABEL}"], good)
     p.wait_record("Delivery", recipient=f"bob@{ALABEL}", timeout=30)
+
+
+def test_queue_shows_the_domain_as_received(world):
+    """The queue (domain in /api/queue) keeps the U-label the client gave; only DNS
+    sees the A-label."""
+    import json
+    import urllib.request
+    from harness import free_port
+    ip = world.new_ip()
+    world.dns.add_mx(ALABEL, f"mx.{ALABEL}", 10)
+    world.dns.add_a(f"mx.{ALABEL}", ip)
+    hop = CapsSink(ip, world.mx_port, exts=["PIPELINING", "8BITMIME", "CHUNKING", "SMTPUTF8"],
+                   name=f"mx.{ALABEL}", rcpt_reply=lambda a: "451 4.3.0 later")
+    world.sinks.append(hop)
+    hop.start()
+    port = free_port()
+    p = world.petrel(queue={"retry_interval": "1h"},
+                     extra=f'petrel.start_http_listener {{ listen = "127.0.0.1:{port}" }}')
+    data = make_message(to=["jörg@bücher.test"], subject="deferred idna")
+    raw_send(p, "alice@sender.test", ["jörg@bücher.test"], data, " SMTPUTF8")
+    p.wait_record("TransientFailure", recipient="jörg@bücher.test", timeout=30)
+    doc = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/queue", timeout=10))
+    domains = [q["domain"] for q in doc["queues"]]
+    assert "bücher.test" in domains and ALABEL not in domains, doc
