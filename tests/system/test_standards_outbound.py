@@ -370,3 +370,14 @@ petrel.configure_dkim_signing {{ domain = "sender.test", selector = "s1",
     assert t.data.lower().startswith(b"dkim-signature:"), t.data[:200]
     assert t.data.endswith(data), "content after the added headers is unchanged"
     p.wait_record("Delivery", recipient="bob@dest.test")
+
+
+def test_binarymime_with_chunking_off_bounces_5_6_3(world):
+    """chunking = false: no BDAT, so no way to send BINARYMIME content: 5.6.3."""
+    world.mx_domain("sender.test", "127.0.0.3")
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING", "BINARYMIME"])
+    p = world.petrel(delivery={"chunking": False})
+    send_binarymime(p, "alice@sender.test", "bob@dest.test", binary_data("chunking off"))
+    rec = p.wait_record("Bounce", recipient="bob@dest.test", timeout=30)
+    assert rec["code"] == 554 and "5.6.3" in rec["response"] and "BDAT" in rec["response"], rec
+    assert mail_lines(hop) == [], hop.command_lines()
