@@ -4,7 +4,7 @@
 
 BUILD    ?= build
 CC       ?= cc
-PKGS      = libuv rocksdb lua5.4 libcares openssl jansson libmicrohttpd libsystemd hiredis libcurl zlib
+PKGS      = libuv rocksdb lua5.4 libcares openssl jansson libmicrohttpd libsystemd hiredis libcurl zlib libidn2
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS   ?= -O2 -g

@@ -3,7 +3,7 @@
 # one is missing. Usage: scripts/deps.sh build|run|test|bench
 # (run = build + what README's first try types after `make run`)
 set -eu
-build="gcc make pkg-config libuv1-dev librocksdb-dev liblua5.4-dev libc-ares-dev libssl-dev libjansson-dev libmicrohttpd-dev libsystemd-dev libhiredis-dev libcurl4-openssl-dev zlib1g-dev python3"
+build="gcc make pkg-config libuv1-dev librocksdb-dev liblua5.4-dev libc-ares-dev libssl-dev libjansson-dev libmicrohttpd-dev libsystemd-dev libhiredis-dev libcurl4-openssl-dev zlib1g-dev libidn2-dev python3"
 run="$build swaks"
 test="$build redis-server libcmocka-dev clang libclang-rt-14-dev python3 python3-pytest python3-aiosmtpd python3-dnslib python3-dkim swaks openssl haproxy prometheus fail2ban yamllint systemd logrotate python3-yaml man-db curl postfix libmail-dkim-perl"
 bench="$test opendkim"

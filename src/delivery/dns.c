@@ -20,6 +20,7 @@
 
 #include "delivery/dns.h"
 #include "delivery/dnsrec.h"
+#include "util/idna.h"
 #include "util/result.h"
 
 /* Tunables: every default in one place. */
@@ -217,6 +218,25 @@ static int name_normalize(const char *in, char out[DNS_NAME_MAX + 1])
     }
     out[len] = '\0';
     return label ? PT_OK : PT_INVALID;
+}
+
+/* The name a lookup queries: a UTF-8 (SMTPUTF8) domain converted to A-labels
+ * (util/idna.h), then normalized. PT_OK, or PT_INVALID with the reason in why. */
+static int name_lookup(const char *in, char out[DNS_NAME_MAX + 1], char *why, size_t whylen)
+{
+    char alabel[DNS_NAME_MAX + 3];
+    char err[128];
+    if (idna_to_ascii(in, alabel, sizeof alabel, err, sizeof err) != PT_OK) {
+        snprintf(why, whylen, "bad destination domain: %s", err);
+        return PT_INVALID;
+    }
+    if (name_normalize(alabel, out) != PT_OK) {
+        snprintf(why, whylen, "%s", idna_is_ascii(in) ? "invalid domain name"
+                                                      : "bad destination domain: invalid "
+                                                        "name after IDNA conversion");
+        return PT_INVALID;
+    }
+    return PT_OK;
 }
 
 /* An IPv4 or IPv6 literal, bare or in brackets ("[192.0.2.1]", "[IPv6:2001:db8::1]"):
@@ -1316,9 +1336,9 @@ void dns_resolve_mx(struct dns *d, const char *domain, dns_cb cb, void *arg)
     struct dns_req *r = req_new(d, domain, cb, arg);
     if (!r)
         return;
-    char name[DNS_NAME_MAX + 1];
-    if (!domain || name_normalize(domain, name) != PT_OK) {
-        req_fail(r, DNS_NOTFOUND, r->name, "invalid domain name");
+    char name[DNS_NAME_MAX + 1], why[160];
+    if (!domain || name_lookup(domain, name, why, sizeof why) != PT_OK) {
+        req_fail(r, DNS_NOTFOUND, r->name, domain ? why : "invalid domain name");
         return;
     }
     memcpy(r->name, name, sizeof name);
@@ -1343,9 +1363,9 @@ void dns_resolve_host(struct dns *d, const char *host, dns_cb cb, void *arg)
         req_complete(r);
         return;
     }
-    char name[DNS_NAME_MAX + 1];
-    if (!host || name_normalize(host, name) != PT_OK) {
-        req_fail(r, DNS_NOTFOUND, r->name, "invalid host name");
+    char name[DNS_NAME_MAX + 1], why[160];
+    if (!host || name_lookup(host, name, why, sizeof why) != PT_OK) {
+        req_fail(r, DNS_NOTFOUND, r->name, host ? why : "invalid host name");
         return;
     }
     memcpy(r->name, name, sizeof name);
@@ -1402,10 +1422,10 @@ void dns_query_raw(struct dns *d, const char *name, int type, dns_raw_cb cb, voi
     w->d = d;
     w->cb = cb;
     w->arg = arg;
-    char norm[DNS_NAME_MAX + 1];
+    char norm[DNS_NAME_MAX + 1], why[160];
     unsigned char *q = NULL;
     int qlen = 0;
-    if (d->closing || !name || name_normalize(name, norm) != PT_OK ||
+    if (d->closing || !name || name_lookup(name, norm, why, sizeof why) != PT_OK ||
         ares_create_query(norm, DNS_CLASS_IN, type, 0, 1, &q, &qlen, 1232) != ARES_SUCCESS ||
         qlen < 12) {
         if (q)

@@ -52,6 +52,11 @@ struct dns *dns_new(uv_loop_t *loop, const char *const *resolvers, int n,
 void dns_free(struct dns *d);
 
 typedef void (*dns_cb)(void *arg, const struct dns_result *res); /* res borrowed */
+/* Every name below may be a UTF-8 (SMTPUTF8) domain: it is queried in its A-label
+ * form (util/idna.h, IDNA2008 / UTS #46 nontransitional); one that does not convert
+ * is DNS_NOTFOUND ("bad destination domain: IDNA conversion failed: ...", a 5.1.2
+ * bounce) or, for dns_query_raw, no answer. Host names in results and error text use
+ * the A-label form. */
 /* MX lookup for a mail domain: hosts in delivery order, each with its addresses. */
 void dns_resolve_mx(struct dns *d, const char *domain, dns_cb cb, void *arg);
 /* Address lookup for one host (relayhost): one host entry. An IP literal resolves

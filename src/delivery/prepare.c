@@ -130,8 +130,9 @@ static bool has_dkim_signature(const char *msg, size_t len)
 static void downgrade(const struct cfg_gen *g, const struct entry *e,
                       const struct buf *content, struct buf *alt7)
 {
-    if (!g->cfg->delivery.eight_bit_downgrade || !mime_has_8bit(content->data, content->len))
-        return;
+    if (!g->cfg->delivery.eight_bit_downgrade || (e->flags & ENTRY_F_BINARYMIME) ||
+        !mime_has_8bit(content->data, content->len))
+        return;   /* BINARYMIME content is never converted: a hop without it bounces it */
     if (has_dkim_signature(content->data, content->len)) {
         log_info("%s: 8-bit message already DKIM-signed: not converted to 7 bit (a hop "
                  "without 8BITMIME bounces it with 5.6.3)", e->id);

@@ -10,6 +10,7 @@
 
 #include "delivery/mtasts.h"
 #include "delivery/sts_fetch.h"
+#include "util/idna.h"
 #include "util/result.h"
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -72,8 +73,11 @@ int sts_fetch(const char *domain, const char *ip, const char *ca_file, atomic_bo
               struct buf *body, char *err, size_t errlen)
 {
     sts_fetch_global_init();
-    char url[400], host[300], resolve[400];
-    snprintf(host, sizeof host, "mta-sts.%s", domain);
+    char url[400], host[300], resolve[400], alabel[300];
+    /* the HTTPS host of an internationalized policy domain is its A-label form */
+    if (idna_to_ascii(domain, alabel, sizeof alabel, err, errlen) != PT_OK)
+        return PT_ERROR;
+    snprintf(host, sizeof host, "mta-sts.%s", alabel);
     snprintf(url, sizeof url, "https://%s/.well-known/mta-sts.txt", host);
     bool v6 = strchr(ip, ':') != NULL;
     snprintf(resolve, sizeof resolve, v6 ? "%s:443:[%s]" : "%s:443:%s", host, ip);

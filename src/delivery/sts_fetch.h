@@ -1,5 +1,5 @@
 /* The MTA-STS policy fetch (RFC 8461 §3.3): one HTTPS GET of
- * https://mta-sts.DOMAIN/.well-known/mta-sts.txt with libcurl, to an address the
+ * https://mta-sts.DOMAIN/.well-known/mta-sts.txt (DOMAIN in A-label form) with libcurl, to an address the
  * caller resolved (so the configured resolvers are used), certificate verified for
  * mta-sts.DOMAIN, no redirects, HTTPS only, body capped at MTASTS_POLICY_MAX, a
  * deadline. BLOCKING: call it only from a worker thread (uv_queue_work), never on

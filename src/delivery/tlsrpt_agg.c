@@ -13,6 +13,7 @@
 #include <jansson.h>
 
 #include "delivery/tlsrpt_agg.h"
+#include "util/idna.h"
 #include "util/result.h"
 
 struct tlsrpt_agg {
@@ -51,10 +52,13 @@ static json_t *str_array(const char *const *v, int n)
 }
 
 /* The policy object of (domain, type), created when missing; NULL when full or out
- * of memory. Called locked. */
+ * of memory. An internationalized domain is kept in its A-label form: the report's
+ * policy-domain, its Subject and the _smtp._tls lookup are all ASCII. Called locked. */
 static json_t *policy_get(struct tlsrpt_agg *a, const char *domain, const char *type)
 {
-    char key[320];
+    char key[320], alabel[300];
+    if (!idna_is_ascii(domain) && idna_to_ascii(domain, alabel, sizeof alabel, NULL, 0) == PT_OK)
+        domain = alabel;
     if (snprintf(key, sizeof key, "%s %s", domain, type) >= (int)sizeof key)
         return NULL;
     json_t *p = json_object_get(a->pol, key);

@@ -20,8 +20,9 @@ struct tlsrpt_agg *tlsrpt_agg_new(void);
 /* NULL is a no-op. */
 void tlsrpt_agg_free(struct tlsrpt_agg *a);
 
-/* The policy of domain (lowercased) with type "sts" or "tlsa": its policy-string
- * lines and (sts) mx patterns, kept as first seen in the interval. All borrowed. */
+/* The policy of domain (lowercased; a UTF-8 domain is kept as its A-label) with
+ * type "sts" or "tlsa": its policy-string lines and (sts) mx patterns, kept as
+ * first seen in the interval. All borrowed. */
 void tlsrpt_agg_policy(struct tlsrpt_agg *a, const char *domain, const char *type,
                        const char *const *lines, int nlines, const char *const *mx, int nmx);
 /* One successful TLS session with a host of domain under a policy of type. */

@@ -209,10 +209,12 @@ bool bounce_wanted(const struct entry *e, const struct entry_rcpt *r, enum dsn_a
     }
 }
 
-/* RET=FULL on a failure report: the whole original goes back (dsn.c decides). */
+/* RET=FULL on a failure report: the whole original goes back (dsn.c decides).
+ * BINARYMIME content never does: the report goes out as text (DATA or BDAT without
+ * BINARYMIME), so it returns the header block only (RFC 3461 §4.3 allows that). */
 static bool wants_full(const struct entry *e, const struct dsn_rcpt *rc, size_t n)
 {
-    if (entry_ret(e) != ENTRY_F_RET_FULL)
+    if (entry_ret(e) != ENTRY_F_RET_FULL || (e->flags & ENTRY_F_BINARYMIME))
         return false;
     for (size_t i = 0; i < n; i++)
         if (rc[i].action == DSN_FAILED)

@@ -26,6 +26,9 @@ enum {
     ENTRY_F_TLS_OPTIONAL = 1u << 4, /* "TLS-Required: No" header, no REQUIRETLS (RFC 8689 5) */
     ENTRY_F_DEAD = 1u << 5,       /* expired and kept as a dead letter (dead_letter_after):
                                      never delivered; next_attempt = when it expired */
+    ENTRY_F_BINARYMIME = 1u << 6, /* MAIL BODY=BINARYMIME (RFC 3030): content stored as
+                                     received, sent only with BDAT to a hop offering
+                                     BINARYMIME (older spools never set it) */
 };
 /* NOTIFY of a recipient (RFC 3461 4.1); 0 = not given, which means FAILURE and
  * DELAY (the RFC's default, with the delay warning at our discretion). */

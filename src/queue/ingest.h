@@ -22,7 +22,9 @@ struct ingest_msg {
     size_t nrcpt;
     const char *content;           /* borrowed for the call (copied into the spool batch);
                                       CRLF line ends only, no bare CR or LF: the SMTP
-                                      client sends it without normalizing */
+                                      client sends it without normalizing (except
+                                      with ENTRY_F_BINARYMIME: octets as received,
+                                      sent only with BDAT) */
     size_t content_len;
     uint8_t protocol, priority, flags; /* flags: ENTRY_F_* (RET, REQUIRETLS...) */
     /* DSN parameters (RFC 3461), each optional (NULL); borrowed for the call: */

@@ -90,6 +90,10 @@ int smtp_bdat_feed(struct smtp_bdat *b, const char *in, size_t len, size_t *cons
         b->has_nul = true;
     if (b->discard || take == 0)
         return b->remaining ? PT_AGAIN : PT_OK;
+    if (b->raw) {
+        sb_emit(b, out, in, take);
+        return b->remaining ? PT_AGAIN : PT_OK;
+    }
     end = in + take;
     if (b->cr) {
         /* a CR ended the previous octets: CRLF if a LF follows, else a bare CR */
@@ -139,6 +143,8 @@ int smtp_bdat_feed(struct smtp_bdat *b, const char *in, size_t len, size_t *cons
 
 void smtp_bdat_finish(struct smtp_bdat *b, struct buf *out)
 {
+    if (b->raw)
+        return;
     if (b->cr) {
         b->cr = false;
         sb_eol(b, out, true);

@@ -23,6 +23,8 @@ struct smtp_bdat {
     bool bare_lf;         /* a bare LF or CR was seen and written as CRLF */
     bool has_nul;         /* a NUL octet was seen (kept; informational) */
     bool nomem;           /* an append failed: nothing more is stored -> 451 */
+    bool raw;             /* BODY=BINARYMIME: octets stored exactly as sent (no line-end
+                             normalization, no line length limit); set after init */
 };
 
 /* Parses the argument of BDAT: "chunk-size [LAST]" (RFC 3030 §2: chunk-size is
@@ -49,7 +51,8 @@ int smtp_bdat_feed(struct smtp_bdat *b, const char *in, size_t len, size_t *cons
                    struct buf *out);
 
 /* Ends the message after the LAST chunk: a withheld CR becomes CRLF and an
- * unterminated last line gets its CRLF, so the content ends like a DATA message. */
+ * unterminated last line gets its CRLF, so the content ends like a DATA message
+ * (nothing in raw mode). */
 void smtp_bdat_finish(struct smtp_bdat *b, struct buf *out);
 
 #endif

@@ -317,6 +317,8 @@ static bool envelope_utf8(const struct smtp_client *c)
     return false;
 }
 
+static bool use_bdat(const struct smtp_client *c);
+
 /* Content the next hop cannot take as it is: every recipient fails permanently
  * here, nothing is sent (RFC 6152 §3: never 8-bit to a hop without 8BITMIME; RFC
  * 6531 §3.4: a UTF-8 envelope needs SMTPUTF8). 8-bit content goes in its 7-bit
@@ -326,7 +328,8 @@ static bool txn_refuse_unsendable(struct smtp_client *c)
 {
     const char *why = NULL, *enh = NULL;
     int code = 0;
-    if (c->body_8bit && !(c->caps.flags & SMTP_CAP_8BITMIME) && c->content7.len &&
+    bool binary = (c->e->flags & ENTRY_F_BINARYMIME) != 0;
+    if (!binary && c->body_8bit && !(c->caps.flags & SMTP_CAP_8BITMIME) && c->content7.len &&
         !(envelope_utf8(c) && !(c->caps.flags & SMTP_CAP_SMTPUTF8))) {
         log_info("smtp-out %s: no 8BITMIME: %s sent converted to 7 bit (RFC 6152 §3)",
                  c->site, c->e->id);
@@ -335,11 +338,19 @@ static bool txn_refuse_unsendable(struct smtp_client *c)
         buf_init(&c->content7, 0);
         c->body_8bit = false;
     }
-    if (envelope_utf8(c) && !(c->caps.flags & SMTP_CAP_SMTPUTF8)) {
+    if (binary && !(use_bdat(c) && (c->caps.flags & SMTP_CAP_BINARYMIME))) {
+        /* RFC 3030 §4: petrel does not convert BINARYMIME content */
+        code = 554;
+        enh = "5.6.3";
+        why = use_bdat(c) ? "554 5.6.3 the next hop does not offer BINARYMIME, needed for this "
+                            "BODY=BINARYMIME message (it is not converted)"
+                          : "554 5.6.3 BODY=BINARYMIME needs BDAT: the next hop does not offer "
+                            "CHUNKING (or chunking = false); the message is not converted";
+    } else if (envelope_utf8(c) && !(c->caps.flags & SMTP_CAP_SMTPUTF8)) {
         code = 553;
         enh = "5.6.7";
         why = "553 5.6.7 the next hop does not offer SMTPUTF8, needed for this UTF-8 address";
-    } else if (c->body_8bit && !(c->caps.flags & SMTP_CAP_8BITMIME)) {
+    } else if (!binary && c->body_8bit && !(c->caps.flags & SMTP_CAP_8BITMIME)) {
         code = 554;
         enh = "5.6.3";
         why = "554 5.6.3 the next hop does not offer 8BITMIME, needed for this 8-bit message "
@@ -453,8 +464,11 @@ static void txn_begin(struct smtp_client *c)
             return;
         }
     }
-    /* BODY=8BITMIME only for 8-bit content (RFC 6152): 7-bit mail declares nothing */
-    const char *body = c->body_8bit ? " BODY=8BITMIME" : "";
+    /* BODY=8BITMIME only for 8-bit content (RFC 6152): 7-bit mail declares nothing;
+     * BINARYMIME as received (txn_refuse_unsendable checked the hop takes it) */
+    const char *body = (e->flags & ENTRY_F_BINARYMIME) ? " BODY=BINARYMIME"
+                       : c->body_8bit                 ? " BODY=8BITMIME"
+                                                      : "";
     bool utf8 = envelope_utf8(c);
     conn_sendf(&c->conn, "MAIL FROM:<%s>", e->sender);
     if (c->caps.flags & SMTP_CAP_SIZE)

@@ -515,6 +515,8 @@ static const char *smtp_params_parse(const char *p, const char *end, bool rcpt,
                 return smtp_e_param_dup;
             if (v && smtp_kw_is(v, vn, "8BITMIME"))
                 cmd->body_8bit = true;
+            else if (v && smtp_kw_is(v, vn, "BINARYMIME"))
+                cmd->body_binary = true;
             else if (!v || !smtp_kw_is(v, vn, "7BIT"))
                 return smtp_e_body;
             seen_body = true;
@@ -627,6 +629,7 @@ int smtp_cmd_parse(const char *line, size_t len, struct smtp_cmd *cmd)
     cmd->path[0] = 0;
     cmd->size = 0;
     cmd->body_8bit = false;
+    cmd->body_binary = false;
     cmd->smtputf8 = false;
     cmd->path_utf8 = false;
     cmd->ret = SMTP_RET_NONE;

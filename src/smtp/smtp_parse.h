@@ -61,6 +61,7 @@ struct smtp_cmd {
     char path[SMTP_PATH_MAX + 1]; /* address without <>, "" for the null reverse path */
     uint64_t size;        /* SIZE=n, 0 if absent */
     bool body_8bit;       /* BODY=8BITMIME */
+    bool body_binary;     /* BODY=BINARYMIME (RFC 3030) */
     bool smtputf8;        /* SMTPUTF8 */
     bool path_utf8;       /* path has octets >= 0x80 (well-formed UTF-8): legal only in a
                              SMTPUTF8 transaction. MAIL without SMTPUTF8 is refused here
@@ -77,7 +78,7 @@ struct smtp_cmd {
 
 /* Parses one command line (without CRLF). Verbs are case-insensitive.
  *  MAIL: "FROM:<path> [params]" (a space after the colon is tolerated); params SIZE,
- *        BODY=7BIT|8BITMIME, SMTPUTF8, RET=FULL|HDRS, ENVID=xtext, REQUIRETLS (others
+ *        BODY=7BIT|8BITMIME|BINARYMIME, SMTPUTF8, RET=FULL|HDRS, ENVID=xtext, REQUIRETLS (others
  *        -> 555 5.5.4). Null path "<>" allowed.
  *  RCPT: "TO:<path> [params]" ; "<postmaster>" allowed without domain; null path not.
  *        params NOTIFY=NEVER|SUCCESS,FAILURE,DELAY and ORCPT=addr-type;xtext.

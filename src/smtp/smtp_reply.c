@@ -252,6 +252,8 @@ static void caps_line(struct smtp_caps *caps, const char *s, size_t n)
         caps->size = v;
     } else if (word_is(k, klen, "8BITMIME")) {
         caps->flags |= SMTP_CAP_8BITMIME;
+    } else if (word_is(k, klen, "BINARYMIME")) {
+        caps->flags |= SMTP_CAP_BINARYMIME;
     } else if (word_is(k, klen, "STARTTLS")) {
         caps->flags |= SMTP_CAP_STARTTLS;
     } else if (word_is(k, klen, "AUTH")) {

@@ -47,7 +47,7 @@ enum {
     SMTP_CAP_PIPELINING = 1u << 0, SMTP_CAP_SIZE = 1u << 1, SMTP_CAP_8BITMIME = 1u << 2,
     SMTP_CAP_STARTTLS = 1u << 3, SMTP_CAP_AUTH = 1u << 4, SMTP_CAP_SMTPUTF8 = 1u << 5,
     SMTP_CAP_ENHANCEDSTATUSCODES = 1u << 6, SMTP_CAP_CHUNKING = 1u << 7,
-    SMTP_CAP_DSN = 1u << 8, SMTP_CAP_REQUIRETLS = 1u << 9,
+    SMTP_CAP_DSN = 1u << 8, SMTP_CAP_REQUIRETLS = 1u << 9, SMTP_CAP_BINARYMIME = 1u << 10,
 };
 struct smtp_caps {
     unsigned flags;

@@ -83,7 +83,8 @@ struct smtp_session {
     char id[ENTRY_ID_LEN + 1];
     char sender[SMTP_PATH_MAX + 1];
     bool smtputf8;
-    uint8_t mail_flags;             /* ENTRY_F_RET_*, ENTRY_F_REQUIRETLS of MAIL */
+    uint8_t mail_flags;             /* ENTRY_F_RET_*, ENTRY_F_REQUIRETLS, ENTRY_F_BINARYMIME
+                                       of MAIL */
     char envid[SMTP_ENVID_MAX + 1]; /* MAIL ENVID= (decoded), "" if none */
     char **rcpts;
     uint8_t *rcpt_notify;           /* [rcpt_cap] RCPT NOTIFY= bits (ENTRY_N_*) */
@@ -274,7 +275,8 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *c)
     }
     reply(s, "250-8BITMIME");
     reply(s, "250-ENHANCEDSTATUSCODES");
-    reply(s, "250-CHUNKING");  /* RFC 3030; BINARYMIME is not offered */
+    reply(s, "250-CHUNKING");  /* RFC 3030 */
+    reply(s, "250-BINARYMIME"); /* RFC 3030: content after BODY=BINARYMIME kept as sent */
     reply(s, "250-DSN");       /* RFC 3461 */
     if (s->conn.tls)
         reply(s, "250-REQUIRETLS"); /* RFC 8689: only offered inside TLS */
@@ -316,7 +318,8 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
     s->size_hint = c->size;
     s->mail_flags = (uint8_t)((c->ret == SMTP_RET_FULL ? ENTRY_F_RET_FULL : 0) |
                               (c->ret == SMTP_RET_HDRS ? ENTRY_F_RET_HDRS : 0) |
-                              (c->requiretls ? ENTRY_F_REQUIRETLS : 0));
+                              (c->requiretls ? ENTRY_F_REQUIRETLS : 0) |
+                              (c->body_binary ? ENTRY_F_BINARYMIME : 0));
     snprintf(s->envid, sizeof s->envid, "%s", c->envid);
     enter_state(s, S_MAIL);
     reply(s, "250 2.1.0 Ok");
@@ -442,6 +445,10 @@ static void message_start(struct smtp_session *s)
 
 static void cmd_data(struct smtp_session *s, const struct smtp_cmd *c)
 {
+    if (s->mail_flags & ENTRY_F_BINARYMIME) {  /* RFC 3030 §3: BDAT only */
+        reply(s, "503 5.5.1 Error: BODY=BINARYMIME content must be sent with BDAT");
+        return;
+    }
     if (s->nrcpt == 0) {
         reply(s, "554 5.5.1 No valid recipients");
         return;
@@ -494,6 +501,7 @@ static void cmd_bdat(struct smtp_session *s, const struct smtp_cmd *c)
     if (s->state == S_RCPT) {
         message_start(s);
         smtp_bdat_init(&s->bdat);
+        s->bdat.raw = (s->mail_flags & ENTRY_F_BINARYMIME) != 0;
     }
     uint64_t max = s->l->max_message_size;
     if (size > max || s->bdat.total > max - size) {

@@ -1,5 +1,5 @@
-"""Inbound CHUNKING (RFC 3030) and LIMITS (RFC 9422): EHLO advertises CHUNKING (not
-BINARYMIME) and LIMITS RCPTMAX; `BDAT n [LAST]` with and without PIPELINING, chunk
+"""Inbound CHUNKING (RFC 3030) and LIMITS (RFC 9422): EHLO advertises CHUNKING,
+BINARYMIME (BDAT only after BODY=BINARYMIME, content kept as sent) and LIMITS RCPTMAX; `BDAT n [LAST]` with and without PIPELINING, chunk
 sizes checked against max_message_size before buffering (552 5.3.4, the octets
 discarded, never read as commands), the reply to `BDAT ... LAST` is the durable 250
 of the DATA path (hooks, Received:, spool), and the bad input of issue 11: BDAT mixed
@@ -37,7 +37,7 @@ def test_ehlo_advertises_chunking_and_limits(world):
         exts = ehlo_exts(text)
         assert "CHUNKING" in exts, exts
         assert "PIPELINING" in exts, exts
-        assert not any(e.startswith("BINARYMIME") for e in exts), exts
+        assert "BINARYMIME" in exts, exts
         assert "LIMITS RCPTMAX=7" in exts, exts
         # the advertised limit is the real one: the 8th recipient is refused
         assert c.cmd("MAIL FROM:<alice@sender.test>")[0] == 250
@@ -392,3 +392,45 @@ def test_random_bdat_sequences_one_reply_each(world):
     got = sorted(client_part(t) for t in dest.messages())
     want = sorted(normalized(c) for c in expect_queued)
     assert got == want
+
+
+BINARY_BODY = (b"binary part follows\r\n\x00\x01\x02\xff\xfe bare LF\nbare CR\rend\r\n"
+               + bytes(range(256)) + b"x" * 1500 + b"\r\nno final CRLF \x00")
+
+
+def binary_message(subject):
+    head = make_message(subject=subject, body="").split(b"\r\n\r\n", 1)[0]
+    return head + (b"\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+                   b"Content-Transfer-Encoding: binary\r\n\r\n") + BINARY_BODY
+
+
+def test_binarymime_inbound_bdat_only_stored_as_is(world):
+    """RFC 3030 §3: BODY=BINARYMIME accepted; DATA after it 503 5.5.1 (the
+    transaction survives); the BDAT content (NUL, bare CR/LF, a 1500-octet line, no
+    final CRLF) is stored and relayed byte for byte to a BINARYMIME hop."""
+    from test_standards_outbound import caps_hop
+    world.mx_domain("sender.test", "127.0.0.3")
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING", "BINARYMIME"])
+    p = world.petrel()
+    data = binary_message("binarymime in")
+    with p.raw() as c:
+        assert c.cmd("EHLO client.test")[0] == 250
+        code, text = c.cmd("MAIL FROM:<alice@sender.test> BODY=BINARYMIME")
+        assert code == 250, (code, text)
+        assert c.cmd("RCPT TO:<bob@dest.test>")[0] == 250
+        code, text = c.cmd("DATA")
+        assert code == 503 and text.startswith("5.5.1"), (code, text)
+        half = len(data) // 2
+        assert bdat(c, data[:half], last=False)[0] == 250
+        code, text = bdat(c, data[half:])
+        assert code == 250 and "queued" in text, (code, text)
+        # the next transaction is an ordinary one: DATA works again
+        assert c.cmd("MAIL FROM:<alice@sender.test>")[0] == 250
+        assert c.cmd("RCPT TO:<bob@dest.test>")[0] == 250
+        assert c.cmd("DATA")[0] == 354
+        c.send(make_message(subject="plain after binary") + b".\r\n")
+        assert c.reply()[0] == 250
+    t = hop.wait_message(msgid_of(data), timeout=30)
+    assert t.via == "BDAT"
+    assert b" BODY=BINARYMIME" in t.mail_line.upper(), t.mail_line
+    assert split_first_header(t.data)[1] == data, "BINARYMIME content must be kept as sent"

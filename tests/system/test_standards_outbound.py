@@ -12,6 +12,7 @@ import subprocess
 
 from harness import raw_send, PETREL_BIN, make_message, msgid_of, parse_dsn, split_first_header, wait_for
 from standards_sinks import CapsSink
+from test_dkim import keys  # noqa: F401 (fixture)
 
 
 def caps_hop(world, domain, exts):
@@ -293,3 +294,90 @@ def test_petrel_to_petrel_bdat(world):
     # b received it by BDAT (its session went through the chunk state), with BODY=8BITMIME
     assert "S_RCPT -> S_CHUNK" in b.stderr_text(), b.stderr_tail(40)
     assert t.data.count(b"Received: from ") >= 2
+
+
+def send_binarymime(p, sender, rcpt, data, params=""):
+    """One BODY=BINARYMIME transaction over BDAT (RFC 3030 §3)."""
+    with p.raw() as c:
+        assert c.cmd("EHLO client.test")[0] == 250
+        assert c.cmd(f"MAIL FROM:<{sender}> BODY=BINARYMIME{params}")[0] == 250
+        assert c.cmd(f"RCPT TO:<{rcpt}>")[0] == 250
+        c.send(f"BDAT {len(data)} LAST\r\n".encode() + data)
+        code, text = c.reply()
+        assert code == 250, (code, text)
+
+
+def binary_data(subject):
+    head = make_message(subject=subject, body="").split(b"\r\n\r\n", 1)[0]
+    return head + (b"\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+                   b"Content-Transfer-Encoding: binary\r\n\r\n\x00\xff bare\nLF\rCR\r\n")
+
+
+def test_binarymime_to_capable_hop(world):
+    world.mx_domain("sender.test", "127.0.0.3")
+    hop = caps_hop(world, "dest.test", ["8BITMIME", "CHUNKING", "BINARYMIME"])  # lock-step
+    p = world.petrel()
+    data = binary_data("binarymime out")
+    send_binarymime(p, "alice@sender.test", "bob@dest.test", data)
+    t = hop.wait_message(msgid_of(data), timeout=30)
+    (m,) = mail_lines(hop)
+    assert m.upper().endswith(b" BODY=BINARYMIME"), m
+    assert t.via == "BDAT" and not any(c.upper() == b"DATA" for c in hop.command_lines())
+    assert split_first_header(t.data)[1] == data
+    p.wait_record("Delivery", recipient="bob@dest.test")
+
+
+def test_binarymime_to_hop_without_bounces_5_6_3(world):
+    """A hop offering CHUNKING but not BINARYMIME, and one without CHUNKING: the
+    message is not converted, it bounces with 5.6.3 and nothing is sent."""
+    sender = world.mx_domain("sender.test", "127.0.0.3")
+    chunk = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING"])
+    plain = caps_hop(world, "plain.test", ["PIPELINING", "8BITMIME", "BINARYMIME"])
+    p = world.petrel()
+    d1, d2 = binary_data("no binarymime"), binary_data("no chunking")
+    send_binarymime(p, "alice@sender.test", "bob@dest.test", d1, " RET=FULL")
+    send_binarymime(p, "alice@sender.test", "bob@plain.test", d2)
+    for rcpt in ("bob@dest.test", "bob@plain.test"):
+        rec = p.wait_record("Bounce", recipient=rcpt, timeout=30)
+        assert rec["code"] == 554 and "5.6.3" in (rec["response"] or ""), rec
+        assert "BINARYMIME" in rec["response"], rec
+    assert mail_lines(chunk) == [] and mail_lines(plain) == [], \
+        (chunk.command_lines(), plain.command_lines())
+    dsns = wait_for(lambda: [t for t in sender.messages() if t.mail_from in ("", "<>")]
+                    if len([t for t in sender.messages() if t.mail_from in ("", "<>")]) >= 2
+                    else None, 30, "two DSNs to alice@sender.test")
+    for dsn in dsns:
+        d = parse_dsn(dsn.data)
+        assert d["recipients"][0].get("status") == "5.6.3", d["recipients"]
+        # RET=FULL or not, binary content never goes back: the header block does
+        assert b"message/rfc822" not in dsn.data and b"\x00\xff bare" not in dsn.data
+        assert b"text/rfc822-headers" in dsn.data
+
+
+def test_binarymime_signed_and_relayed_intact(world, keys):  # noqa: F811
+    """petrel's DKIM signature goes on a BINARYMIME message (NUL, bare CR/LF) without
+    changing a content octet."""
+    from harness import Lua
+    world.mx_domain("sender.test", "127.0.0.3")
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "CHUNKING", "BINARYMIME"])
+    p = world.petrel(extra=Lua(f'''
+petrel.configure_dkim_signing {{ domain = "sender.test", selector = "s1",
+  key_file = "{keys["rsa"]}" }}
+'''))
+    data = binary_data("binarymime signed")
+    send_binarymime(p, "alice@sender.test", "bob@dest.test", data)
+    t = hop.wait_message(msgid_of(data), timeout=30)
+    assert t.data.lower().startswith(b"dkim-signature:"), t.data[:200]
+    assert t.data.endswith(data), "content after the added headers is unchanged"
+    p.wait_record("Delivery", recipient="bob@dest.test")
+
+
+def test_binarymime_with_chunking_off_bounces_5_6_3(world):
+    """chunking = false: no BDAT, so no way to send BINARYMIME content: 5.6.3."""
+    world.mx_domain("sender.test", "127.0.0.3")
+    hop = caps_hop(world, "dest.test", ["PIPELINING", "8BITMIME", "CHUNKING", "BINARYMIME"])
+    p = world.petrel(delivery={"chunking": False})
+    send_binarymime(p, "alice@sender.test", "bob@dest.test", binary_data("chunking off"))
+    rec = p.wait_record("Bounce", recipient="bob@dest.test", timeout=30)
+    assert rec["code"] == 554 and "5.6.3" in rec["response"] and "BDAT" in rec["response"], rec
+    assert mail_lines(hop) == [], hop.command_lines()

@@ -406,7 +406,7 @@ static void test_dsn_round_trip(void **state)
     assert_null(entry_rcpt_orcpt(&e->rcpts[1]));
     assert_string_equal(entry_rcpt_orcpt(&e->rcpts[2]), "x-type;weird+ value");
     assert_string_equal(e->rcpts[2].addr, "c@x.test");
-    e->flags = ENTRY_F_REQUIRETLS | ENTRY_F_RET_HDRS;
+    e->flags = ENTRY_F_REQUIRETLS | ENTRY_F_RET_HDRS | ENTRY_F_BINARYMIME;
     assert_int_equal(entry_ret(e), ENTRY_F_RET_HDRS);
     e->rcpts[2].dflags |= ENTRY_R_DELAY_SENT;
 
@@ -418,7 +418,7 @@ static void test_dsn_round_trip(void **state)
     assert_int_equal(decode_exact(b.data, b.len, &d), PT_OK);
     assert_entry_equal(e, d);
     assert_string_equal(d->envid, "env-42 id");
-    assert_int_equal(d->flags, ENTRY_F_REQUIRETLS | ENTRY_F_RET_HDRS);
+    assert_int_equal(d->flags, ENTRY_F_REQUIRETLS | ENTRY_F_RET_HDRS | ENTRY_F_BINARYMIME);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(d->rcpts[i].notify, notify[i]);
         assert_int_equal(d->rcpts[i].dflags, e->rcpts[i].dflags);

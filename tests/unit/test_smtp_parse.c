@@ -340,7 +340,8 @@ static void test_cmd_mail_bad(void **state)
     tsp_expect_error("MAIL FROM:<a@b> SIZE=-1", "501 5.5.4");
     tsp_expect_error("MAIL FROM:<a@b> SIZE=18446744073709551616", "501 5.5.4");
     tsp_expect_error("MAIL FROM:<a@b> SIZE=1 SIZE=2", "501 5.5.4");
-    tsp_expect_error("MAIL FROM:<a@b> BODY=BINARYMIME", "501 5.5.4");
+    tsp_expect_error("MAIL FROM:<a@b> BODY=BINARY", "501 5.5.4");
+    tsp_expect_error("MAIL FROM:<a@b> BODY=BINARYMIME BODY=7BIT", "501 5.5.4");
     tsp_expect_error("MAIL FROM:<a@b> BODY", "501 5.5.4");
     tsp_expect_error("MAIL FROM:<a@b> SMTPUTF8=yes", "501 5.5.4");
     tsp_expect_error("MAIL FROM:<a@b> =x", "501 5.5.4");
@@ -524,7 +525,7 @@ static void test_domain_helpers(void **state)
     assert_string_equal(out, "");
 }
 
-/* BDAT leaves its argument to smtp_bdat_args; BINARYMIME is not offered; the
+/* BDAT leaves its argument to smtp_bdat_args; BODY=BINARYMIME (RFC 3030); the
  * address literals of RFC 5321 4.1.3 (general literals are refused). */
 static void test_cmd_bdat_and_literals(void **state)
 {
@@ -540,7 +541,11 @@ static void test_cmd_bdat_and_literals(void **state)
     assert_int_equal(tsp_parse("BDAT", &cmd), PT_OK);
     assert_int_equal(cmd.arg_len, 0);
 
-    tsp_expect_error("MAIL FROM:<a@b> BODY=BINARYMIME", "501 5.5.4 Invalid BODY parameter");
+    assert_int_equal(tsp_parse("MAIL FROM:<a@b> BODY=binarymime", &cmd), PT_OK);
+    assert_true(cmd.body_binary);
+    assert_false(cmd.body_8bit);
+    assert_int_equal(tsp_parse("MAIL FROM:<a@b> BODY=8BITMIME", &cmd), PT_OK);
+    assert_false(cmd.body_binary);
     tsp_expect_path("RCPT TO:<u@[192.0.2.1]>", SMTP_VERB_RCPT, "u@[192.0.2.1]");
     tsp_expect_path("RCPT TO:<u@[IPv6:2001:db8:0:0:0:0:0:1]>", SMTP_VERB_RCPT,
                     "u@[IPv6:2001:db8:0:0:0:0:0:1]");

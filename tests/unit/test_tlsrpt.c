@@ -164,6 +164,16 @@ static void test_agg(void **state)
     assert_int_equal(tlsrpt_agg_load(b, v2, strlen(v2), &start), PT_INVALID);
     assert_int_equal(tlsrpt_agg_load(b, shape, strlen(shape), &start), PT_INVALID);
     assert_null(tlsrpt_agg_take(b, 0));
+    /* an internationalized policy domain is counted under its A-label */
+    tlsrpt_agg_success(b, "bücher.test", "sts");
+    taken = tlsrpt_agg_take(b, 0);
+    assert_non_null(taken);
+    root = json_loads(taken, 0, &err);
+    p = json_object_get(json_object_get(root, "policies"), "xn--bcher-kva.test sts");
+    assert_non_null(p);
+    assert_string_equal(json_string_value(json_object_get(p, "domain")), "xn--bcher-kva.test");
+    json_decref(root);
+    free(taken);
     tlsrpt_agg_free(a);
     tlsrpt_agg_free(b);
     assert_string_equal(tlsrpt_agg_result_type("STARTTLS not offered", true),
