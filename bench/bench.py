@@ -1293,7 +1293,7 @@ def main():
             results["sink_ceiling"] = sink_ceiling(args)
         counts = {"headline": args.messages, "50k": args.messages_50k,
                   "rcpt100": args.messages_rcpt100, "4xx": args.messages_4xx,
-                  "starttls": args.messages_tls, "dkim": args.messages_dkim}
+                  "starttls": args.messages_tls, "dkim": args.messages_dkim, "shaping10k": args.messages}
         for scen in scen_list:
             if scen == "latency":
                 results["scenarios"]["latency"] = latency_scenario(args, relays, keys)

@@ -620,7 +620,10 @@ static void pool_done(void *owner, void *queue, struct entry *e, const struct cl
 {
     struct dthread *t = owner;
     struct client_result *mine = NULL;
-    if (t->s->rt->cfg->shaping->n_autos && nres > 0 &&
+    bool failed = false;             /* automation looks at failures only */
+    for (uint32_t k = 0; k < nres && !failed; k++)
+        failed = res[k].code / 100 != 2;
+    if (failed && t->s->rt->cfg->shaping->n_autos &&
         (mine = malloc(nres * sizeof *mine)) != NULL) {
         /* automation sees every reply first: a `bounce` rule makes one permanent */
         memcpy(mine, res, nres * sizeof *mine);

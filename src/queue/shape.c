@@ -382,8 +382,8 @@ static bool automate(struct dthread *t, struct dqueue *q, const struct entry *e,
 {
     const struct shaping_rules *sr = rules_of(t);
     struct shape_budget *b = q->shape.b;
-    if (!sr->n_autos || !b || !text)
-        return false;
+    if (!sr->n_autos || !b || !text || code / 100 == 2)
+        return false;                  /* a success never triggers an action */
     char reply[SHAPE_REPLY_MAX];
     shaping_reply_flatten(text, reply, sizeof reply);
     bool bounce = false;
