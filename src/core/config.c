@@ -1559,7 +1559,7 @@ static int config_validate(struct config *cfg, char *err, size_t errlen)
  * file's text (outside -- comments) and refuses them. PT_OK, PT_INVALID (err set). */
 static int refuse_unbuilt_actions(const char *path, char *err, size_t errlen)
 {
-    static const char *const names[] = { "set_egress_pool", "set_tenant", NULL };
+    static const char *const names[] = { "set_egress_pool", NULL };
     FILE *f = fopen(path, "r");
     if (!f)
         return PT_OK;              /* Lua read it a moment ago; nothing to add */

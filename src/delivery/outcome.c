@@ -29,6 +29,7 @@ void outcome_log(const struct entry *e, const char *type, const char *rcpt, int 
         .peer_address = where ? where->peer : NULL, .code = code, .response = response,
         .size = (int64_t)e->size, .delay = now - e->received_at, .attempts = (int)e->attempts,
         .tls = where ? where->tls : NULL, .protocol = e->protocol == PROTO_HTTP ? "http" : "smtp",
+        .tenant = entry_tenant(e), .egress_source = entry_source(e),
     };
     log_event(&r);
 }

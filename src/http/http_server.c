@@ -482,7 +482,11 @@ static int http_policy(void *arg, struct entry *e)
     for (size_t i = 0; i < j->nfx; i++)
         if (j->fx[i].msg == sub->msg && strcmp(j->fx[i].domain, e->domain) == 0)
             return hook_effects_apply(&j->fx[i].fx, e);
-    return PT_OK;
+    /* no hook ran for it: the tenant of DESIGN §4 (X-Tenant) */
+    const struct inject_msg *msg = &j->batch.msgs[sub->msg];
+    char tenant[HOOK_TENANT_MAX];
+    hooks_default_tenant(NULL, msg->content, msg->content_len, NULL, tenant);
+    return entry_set_ident(e, tenant, entry_source(e));
 }
 
 /* limit_sending of every message of the request, before any is queued: PT_OK, or
@@ -641,10 +645,8 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
             .peer_address = req->ip, .log_reception = true,
         };
         memcpy(im.id, j->ids[m], sizeof im.id);
-        if (j->nfx) {
-            im.policy = http_policy;
-            im.policy_arg = sub;
-        }
+        im.policy = http_policy;   /* at least the tenant (DESIGN §4) */
+        im.policy_arg = sub;
         pthread_mutex_lock(&j->lock);
         j->pending++;
         pthread_mutex_unlock(&j->lock);

@@ -474,7 +474,7 @@ static void run_hook(struct dthread *t, struct dqueue *q, const struct entry *e,
 {
     struct hooks_delivery_result r = {
         .code = code, .enhanced = enhanced, .response = text, .domain = e->domain,
-        .id = e->id, .site = site, .attempts = e->attempts,
+        .id = e->id, .site = site, .attempts = e->attempts, .tenant = entry_tenant(e),
     };
     t->hook_q = q;
     t->hook_e = e;
