@@ -184,6 +184,11 @@ static void start_client(struct pool_conn *c, struct entry *e)
                                                 : cfg->delivery.connect_timeout;
     if (auth && auth->password)
         snprintf(c->pass, sizeof c->pass, "%s", auth->password);
+    /* DESIGN §9: the entry's egress source (every entry of the queue has it) */
+    const struct cfg_egress_source *src = config_egress_source(cfg, entry_source(e));
+    if (entry_source(e) && !src)
+        log_warn("%s: egress source '%s' is no longer configured; sending from the "
+                 "default address", e->id, entry_source(e));
     struct smtp_client_params p = {
         .hosts = c->hosts,
         .tls = strcmp(r->tls, "verify") == 0 ? CTLS_VERIFY
@@ -192,7 +197,9 @@ static void start_client(struct pool_conn *c, struct entry *e)
         .auth_user = auth ? auth->username : NULL,
         .auth_pass = auth ? c->pass : NULL,
         .port = r->port,
-        .helo = cfg->delivery.helo_name ? cfg->delivery.helo_name : pt->rt->hostname,
+        .helo = src && src->ehlo_domain ? src->ehlo_domain
+              : cfg->delivery.helo_name ? cfg->delivery.helo_name : pt->rt->hostname,
+        .source = src ? &src->addr : NULL,
         .connect_timeout = ctimeout,
         .command_timeout = ctimeout * 5 > 600 ? 600 : ctimeout * 5,
         .no_chunking = !cfg->delivery.chunking,

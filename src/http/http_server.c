@@ -27,6 +27,7 @@
 #include "obs/metrics.h"
 #include "policy/accept.h"
 #include "policy/header_checks.h"
+#include "delivery/egress.h"
 #include "policy/hooks.h"
 #include "policy/limits.h"
 #include "queue/entry.h"
@@ -216,6 +217,7 @@ struct inject_job {
     size_t nfx;
     size_t nsubs;
     struct inject_sub *subs;
+    const struct config *cfg;   /* of the request's generation (held) */
 };
 
 static void job_free(struct inject_job *j)
@@ -480,13 +482,16 @@ static int http_policy(void *arg, struct entry *e)
     const struct inject_sub *sub = arg;
     const struct inject_job *j = sub->job;
     for (size_t i = 0; i < j->nfx; i++)
-        if (j->fx[i].msg == sub->msg && strcmp(j->fx[i].domain, e->domain) == 0)
-            return hook_effects_apply(&j->fx[i].fx, e);
+        if (j->fx[i].msg == sub->msg && strcmp(j->fx[i].domain, e->domain) == 0) {
+            int rc = hook_effects_apply(&j->fx[i].fx, e);
+            return rc == PT_OK ? egress_assign(j->cfg, e, j->fx[i].fx.egress_pool) : rc;
+        }
     /* no hook ran for it: the tenant of DESIGN §4 (X-Tenant) */
     const struct inject_msg *msg = &j->batch.msgs[sub->msg];
     char tenant[HOOK_TENANT_MAX];
     hooks_default_tenant(NULL, msg->content, msg->content_len, NULL, tenant);
-    return entry_set_ident(e, tenant, entry_source(e));
+    int rc = entry_set_ident(e, tenant, entry_source(e));
+    return rc == PT_OK ? egress_assign(j->cfg, e, NULL) : rc;
 }
 
 /* limit_sending of every message of the request, before any is queued: PT_OK, or
@@ -597,6 +602,7 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
         if (rc == PT_OK)
             j->batch.nmsgs = 1;
     }
+    j->cfg = cfg;
     if (rc == PT_OK)
         rc = apply_routes(j, cfg);
     if (rc == PT_OK)

@@ -186,6 +186,21 @@ static int act_set_tenant(lua_State *L)
     return 0;
 }
 
+/* set_egress_pool(name): the pool the message's egress source is chosen from. */
+static int act_set_egress_pool(lua_State *L)
+{
+    struct hook_effects *fx = current(L, "set_egress_pool");
+    const char *name = luaL_checkstring(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, HOOK_CFG);
+    const struct config *cfg = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (config_egress_pool_index(cfg, name) < 0)
+        return hook_error(L, "set_egress_pool: no egress pool named '%s' (make_egress_pool)",
+                          name);
+    snprintf(fx->egress_pool, sizeof fx->egress_pool, "%s", name);
+    return 0;
+}
+
 /* route_to(target, {priority=}): target is a configure_transport key or a relay
  * host "[host]:port"; the entry is delivered that way instead of by its domain. */
 static int act_route_to(lua_State *L)
@@ -320,6 +335,7 @@ static int install_p(lua_State *L)
         { "sign_dkim", act_sign_dkim },
         { "limit_sending", act_limit_sending },
         { "set_tenant", act_set_tenant },
+        { "set_egress_pool", act_set_egress_pool },
         { NULL, NULL },
     };
     static const char *const unsupported[] = {

@@ -27,7 +27,7 @@ const char *const lua_api_events[] = {
 static const char *const action_names[] = {
     "add_header", "remove_header", "set_queue_priority", "sign_dkim", "route_to",
     "limit_sending", "adjust_domain_rate", "log_info", "log_warn", "log_error", "set_tenant",
-    NULL,
+    "set_egress_pool", NULL,
 };
 
 /* Also plain globals, as the seeds call them. */

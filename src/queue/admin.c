@@ -202,7 +202,7 @@ static void snapshot_run(struct dthread *t, struct sched_call *call)
         /* when it will go, as the wall clock reads now (its timer is monotonic) */
         double next = time_wall_at(time_tick_mono(e->due));
         char kb[ROUTE_QKEY_MAX];
-        const struct dqueue *q = sched_queue_find(t, route_queue_key(e->via, e->domain, kb));
+        const struct dqueue *q = sched_queue_find(t, sched_qkey(e, kb));
         if (q && !q->route->qkey) {      /* counted with its MX queue above */
             struct sched_queue_info *qi = row_of(&rs, t, e->domain, e->via, q);
             if (qi) {
@@ -215,7 +215,7 @@ static void snapshot_run(struct dthread *t, struct sched_call *call)
     }
     for (const struct entry *e = t->held; e && !rs.failed; e = e->next) {
         char kb[ROUTE_QKEY_MAX];
-        const struct dqueue *q = sched_queue_find(t, route_queue_key(e->via, e->domain, kb));
+        const struct dqueue *q = sched_queue_find(t, sched_qkey(e, kb));
         const struct suspension *su = suspend_for(t, e);
         double next = su ? su->until : e->next_attempt;
         if (q && !q->route->qkey) {

@@ -43,6 +43,8 @@ struct smtp_client {
     int host_i, addr_i;
     uint16_t port;
     char helo[256];
+    struct sockaddr_storage source; /* egress source address (port 0), if has_source */
+    bool has_source;
     double connect_timeout, command_timeout;
     struct smtp_reply_parser rp;
     struct smtp_reply reply;
@@ -1035,10 +1037,19 @@ static void try_next_host(struct smtp_client *c)
                 set_port(&race[n++], c->port);
             }
             c->happy_base = c->cur_addr;
-            if ((c->happy = happy_start(c->loop, race, n, HAPPY_DELAY_MS, on_happy, c))) {
+            if ((c->happy = happy_start(c->loop, race, n, HAPPY_DELAY_MS,
+                                        c->has_source ? &c->source : NULL, on_happy, c))) {
                 c->addr_i = h->naddr;      /* all raced; on_happy says which won */
                 return;
             }
+        }
+        if (c->has_source && c->source.ss_family == ss.ss_family &&
+            uv_tcp_bind(&c->conn.tcp, (const struct sockaddr *)&c->source, 0) != 0) {
+            snprintf(c->last_error, sizeof c->last_error,
+                     "connect to %s[%s]: cannot bind the egress source address", c->site,
+                     c->peer);
+            conn_close(&c->conn, false);
+            return;
         }
         if (conn_connect(&c->conn, (struct sockaddr *)&ss) == PT_OK)
             return;
@@ -1103,6 +1114,10 @@ struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_
     c->hosts = *p->hosts;
     c->port = p->port;
     snprintf(c->helo, sizeof c->helo, "%s", p->helo);
+    if (p->source) {
+        c->source = *p->source;
+        c->has_source = true;
+    }
     c->connect_timeout = p->connect_timeout;
     c->command_timeout = p->command_timeout;
     c->route_policy = p->tls;

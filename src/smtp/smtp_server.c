@@ -19,6 +19,7 @@
 #include "obs/metrics.h"
 #include "policy/accept.h"
 #include "policy/header_checks.h"
+#include "delivery/egress.h"
 #include "policy/hooks.h"
 #include "policy/limits.h"
 #include "queue/entry.h"
@@ -896,6 +897,8 @@ static int message_policy(void *arg, struct entry *e)
         rc = PT_TOOLONG;
     if (rc == PT_OK)
         rc = hook_effects_apply(&fx, e);
+    if (rc == PT_OK)
+        rc = egress_assign(s->gen->cfg, e, fx.egress_pool);
     free(addrs);
     hook_effects_free(&fx);
     return rc;

@@ -1,0 +1,123 @@
+"""Egress sources and pools (DESIGN §9): make_egress_source / make_egress_pool, a
+source per message by smooth weighted round robin from the pool that
+set_egress_pool or the tenant's egress_pool names, connections bound to the
+source address and EHLO with its ehlo_domain; the sink records the peer address
+and the EHLO name of each session. --check refuses bad input at FILE:LINE."""
+
+import collections
+from harness import make_message, run_petrel
+
+SOURCES = '''
+petrel.make_egress_source { name = "ip1", source_address = "127.0.0.21", ehlo_domain = "mta1.example.com" }
+petrel.make_egress_source { name = "ip2", source_address = "127.0.0.22", ehlo_domain = "mta2.example.com" }
+petrel.make_egress_pool { name = "pool-a", entries = { { name = "ip1", weight = 3 }, { name = "ip2", weight = 1 } } }
+petrel.make_egress_pool { name = "pool-b", entries = { { name = "ip2", weight = 1 } } }
+petrel.configure_tenant { name = "acme", egress_pool = "pool-a" }
+'''
+
+WANT_EHLO = {"127.0.0.21": "mta1.example.com", "127.0.0.22": "mta2.example.com"}
+
+
+def _send_many(p, n, rcpt, **kw):
+    s = p.smtp()
+    try:
+        for i in range(n):
+            data = make_message(to=[rcpt], subject=f"m{i}", **kw)
+            p.send("alice@sender.test", [rcpt], data, smtp=s)
+    finally:
+        s.quit()
+
+
+def test_pool_weights_bind_and_ehlo(world):
+    dest = world.mx_domain("dest.test")
+    p = world.petrel(extra=SOURCES, listener={"tenant": "acme"})
+    n = 300
+    _send_many(p, n, "bob@dest.test")
+    txns = dest.wait_count(n, timeout=60)
+    peers = collections.Counter(t.peer for t in txns)
+    assert set(peers) == {"127.0.0.21", "127.0.0.22"}, peers
+    assert abs(peers["127.0.0.21"] - n * 3 / 4) <= n * 3 / 4 * 0.10, peers
+    assert abs(peers["127.0.0.22"] - n / 4) <= n / 4 * 0.10, peers
+    for t in txns:
+        assert t.helo == WANT_EHLO[t.peer], (t.peer, t.helo)
+    recs = p.wait_records("Delivery", n, timeout=30)
+    by_src = collections.Counter(r["egress_source"] for r in recs)
+    assert by_src == {"ip1": peers["127.0.0.21"], "ip2": peers["127.0.0.22"]}, by_src
+    assert all(r["tenant"] == "acme" for r in recs)
+    for r in recs:
+        assert r["peer_address"] == "127.0.0.1" or r["peer_address"].startswith("127."), r
+
+
+HOOK = '''
+petrel.on("smtp_message_received", function(domain, meta)
+  if meta.headers["subject"] == "b" then petrel.set_egress_pool("pool-b") end
+  if meta.headers["subject"] == "nope" then petrel.set_egress_pool("no-such-pool") end
+end)
+'''
+
+
+def test_set_egress_pool_from_hook_and_default_source(world):
+    dest = world.mx_domain("dest.test")
+    p = world.petrel(extra=SOURCES + HOOK)
+    for i in range(4):
+        data = make_message(to=["bob@dest.test"], subject="b")
+        p.send("alice@sender.test", ["bob@dest.test"], data)
+    plain = make_message(to=["bob@dest.test"], subject="plain")
+    p.send("alice@sender.test", ["bob@dest.test"], plain)
+    txns = dest.wait_count(5, timeout=30)
+    got = collections.Counter((t.header("Subject"), t.peer) for t in txns)
+    assert got[("b", "127.0.0.22")] == 4, got
+    # no pool: the host's own choice of address, the configured helo_name
+    plain_t = [t for t in txns if t.header("Subject") == "plain"]
+    assert plain_t and plain_t[0].peer not in ("127.0.0.21", "127.0.0.22"), got
+    assert plain_t[0].helo not in WANT_EHLO.values()
+    recs = p.wait_records("Delivery", 5)
+    assert collections.Counter(r["egress_source"] for r in recs) == {"ip2": 4, None: 1}
+    # an unknown pool is the hook's error: 451, nothing queued
+    s = p.smtp()
+    try:
+        assert s.mail("alice@sender.test")[0] == 250
+        assert s.rcpt("bob@dest.test")[0] == 250
+        code, msg = s.data(make_message(to=["bob@dest.test"], subject="nope"))
+        assert code == 451 and b"4.3.0" in msg, (code, msg)
+    finally:
+        s.quit()
+    assert "no egress pool named 'no-such-pool'" in p.stderr_tail()
+
+
+BAD = [
+    ('petrel.make_egress_pool { name = "p", entries = { { name = "ghost", weight = 1 } } }',
+     "no egress source named 'ghost'"),
+    ('petrel.make_egress_source { name = "ip1", source_address = "127.0.0.21" }\n'
+     'petrel.make_egress_pool { name = "p", entries = { { name = "ip1", weight = 0 } } }',
+     "weight"),
+    ('petrel.make_egress_source { name = "ip1", source_address = "127.0.0.21" }\n'
+     'kumo.make_egress_pool { name = "p", entries = { { name = "ip1", weight = -2 } } }',
+     "weight"),
+    ('petrel.make_egress_source { name = "far", source_address = "192.0.2.77" }',
+     "not an address of this host"),
+    ('petrel.make_egress_source { name = "bad", source_address = "not-an-ip" }',
+     "not an IPv4 or IPv6 address"),
+    ('petrel.make_egress_source { name = "ip1", source_address = "127.0.0.21", colour = 1 }',
+     "unknown option 'colour'"),
+    ('kumo.configure_tenant { name = "acme", egress_pool = "nowhere" }',
+     "egress_pool 'nowhere' is not defined"),
+    ('petrel.make_egress_source { name = "ip1", source_address = "127.0.0.21" }\n'
+     'petrel.make_egress_pool { name = "p", entries = {} }',
+     "entries"),
+]
+
+
+def test_check_refuses_bad_egress_config(tmp_path):
+    for i, (body, want) in enumerate(BAD):
+        f = tmp_path / f"bad{i}.lua"
+        f.write_text("-- line 1\n" + body + "\n")
+        r = run_petrel("--check", "-c", str(f))
+        err = r.stderr.decode()
+        line = 1 + body.count("\n") + 1
+        assert r.returncode == 1, (body, r.stdout, err)
+        assert f"{f}:{line}:" in err and want in err, (body, err)
+    good = tmp_path / "good.lua"
+    good.write_text(SOURCES + HOOK)
+    r = run_petrel("--check", "-c", str(good))
+    assert r.returncode == 0 and b"config ok" in r.stdout, r.stderr
