@@ -1568,9 +1568,14 @@ static int api_configure_tenant(lua_State *L)
         lua_api_error(L, "%s: egress_pool '%s' is not defined (make_egress_pool it before "
                       "the tenant)", fn, pool);
     double rate = 0;
-    if (lua_getfield(L, 1, "max_message_rate") != LUA_TNIL)
-        lua_api_error(L, "%s: option 'max_message_rate' is not implemented yet (a tenant's "
-                      "own pace per destination); use configure_shaping rates", fn);
+    int rt = lua_getfield(L, 1, "max_message_rate");
+    if (rt == LUA_TNUMBER && lua_tonumber(L, -1) > 0 && isfinite(lua_tonumber(L, -1)))
+        rate = lua_tonumber(L, -1) / 60.0;              /* a number = per minute */
+    else if (rt != LUA_TNIL && (rt != LUA_TSTRING ||
+                                shaping_rate_parse(lua_tostring(L, -1), &rate) != PT_OK ||
+                                rate <= 0))
+        lua_api_error(L, "%s: max_message_rate must be a rate such as \"100/min\" "
+                      "(N/s, N/min, N/h, N/d) or a number per minute", fn);
     lua_pop(L, 1);
     cfg->tenants = grow(L, cfg->tenants, cfg->n_tenants, sizeof *cfg->tenants);
     struct cfg_tenant *t = &cfg->tenants[cfg->n_tenants++];

@@ -96,10 +96,14 @@ int egress_assign(const struct config *cfg, struct entry *e, const char *pool_na
     if (pool_name && *pool_name) {
         if ((pool = config_egress_pool_index(cfg, pool_name)) < 0)
             return PT_INVALID;
-    } else {
-        const struct cfg_tenant *t = config_tenant(cfg, entry_tenant(e));
-        pool = t ? t->pool : -1;
     }
+    const struct cfg_tenant *t = config_tenant(cfg, entry_tenant(e));
+    if (pool < 0 && t)
+        pool = t->pool;
+    if (t && t->max_message_rate > 0)
+        e->flags |= ENTRY_F_TENANT_Q;
+    else
+        e->flags &= (uint8_t)~ENTRY_F_TENANT_Q;
     const char *src = pool >= 0 ? egress_pick(cfg, pool) : NULL;
     if (!src && !entry_source(e))
         return PT_OK;

@@ -24,6 +24,8 @@ enum {
     ENTRY_F_RET_FULL = 1u << 2,   /* MAIL RET=FULL (RFC 3461 4.3): failure DSNs carry the message */
     ENTRY_F_RET_HDRS = 1u << 3,   /* MAIL RET=HDRS: failure DSNs carry its headers only */
     ENTRY_F_TLS_OPTIONAL = 1u << 4, /* "TLS-Required: No" header, no REQUIRETLS (RFC 8689 5) */
+    ENTRY_F_TENANT_Q = 1u << 5,   /* its tenant has a max_message_rate (DESIGN §9): its
+                                     queue is the tenant's own (queue/sched_int.h) */
 };
 /* NOTIFY of a recipient (RFC 3461 4.1); 0 = not given, which means FAILURE and
  * DELAY (the RFC's default, with the delay warning at our discretion). */

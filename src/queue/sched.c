@@ -240,10 +240,20 @@ static struct dqueue *queue_get(struct dthread *t, const char *key, const struct
     memcpy(q->key, key, klen + 1);
     char *base = q->key + klen + 1;            /* the key without "|SOURCE" */
     memcpy(base, key, klen + 1);
+    /* base: "domain\0source\0tenant" cut at the '|' (source) and '#' (tenant) */
+    char *hash = strchr(base, '#');
+    if (hash) {
+        *hash = 0;
+        q->tenant = hash + 1;
+    }
     char *bar = strchr(base, '|');
     if (bar) {
         *bar = 0;
-        q->source = q->key + (bar - base) + 1;
+        q->source = bar + 1;
+    }
+    if (q->tenant) {   /* DESIGN §9: the tenant's pace per destination */
+        const struct cfg_tenant *ten = config_tenant(t->s->rt->cfg, q->tenant);
+        q->shape.pace_rate = ten ? ten->max_message_rate : 0;
     }
     q->route = r;
     const char *slash = base[0] == '@' ? strrchr(base, '/') : NULL;
@@ -257,10 +267,12 @@ const char *sched_qkey(const struct entry *e, char *kb)
 {
     const char *k = route_queue_key(e->via, e->domain, kb);
     const char *src = entry_source(e);
-    if (!src)
+    const char *ten = e->flags & ENTRY_F_TENANT_Q ? entry_tenant(e) : NULL;
+    if (!src && !ten)
         return k;
     char tmp[ROUTE_QKEY_MAX];
-    snprintf(tmp, sizeof tmp, "%s|%s", k, src);
+    snprintf(tmp, sizeof tmp, "%s%s%s%s%s", k, src ? "|" : "", src ? src : "", ten ? "#" : "",
+             ten ? ten : "");
     memcpy(kb, tmp, sizeof tmp);
     return kb;
 }

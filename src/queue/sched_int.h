@@ -34,6 +34,7 @@ struct dqueue {
     char *key;                      /* sched_qkey; one allocation with domain */
     const char *domain;             /* MX routes: the domain to look up (after key) */
     const char *source;             /* egress source name (in key), NULL = default */
+    const char *tenant;             /* a paced tenant's own queue (in key), else NULL */
     const struct route *route;      /* every entry of the queue goes by it; for an MX
                                        route the queue is one domain (key) */
     struct entry *ready[SCHED_PRIOS], *ready_tail[SCHED_PRIOS];
@@ -92,8 +93,9 @@ int sched_post_call(struct sched *s, int i, struct sched_call *call);
 
 uint64_t sched_hash(const char *key);
 /* The queue key of e: its route's (route_queue_key), then "|SOURCE" when it goes
- * out by an egress source (DESIGN §9: each (source, destination) is its own queue).
- * Returns kb or a string of the route. */
+ * out by an egress source (DESIGN §9: each (source, destination) is its own queue),
+ * then "#TENANT" when its tenant has its own pace (ENTRY_F_TENANT_Q). Returns kb
+ * or a string of the route. */
 const char *sched_qkey(const struct entry *e, char *kb);
 /* The existing queue named key, or NULL. */
 struct dqueue *sched_queue_find(struct dthread *t, const char *key);

@@ -180,6 +180,10 @@ uint32_t shape_available(struct dqueue *q, double now)
     pthread_mutex_lock(&b->lock);
     uint32_t n = b->susp_until > now ? 0 : shaping_available(&b->msgs, rate_now(b, now), now);
     pthread_mutex_unlock(&b->lock);
+    if (n && q->shape.pace_rate > 0) {
+        uint32_t p = shaping_available(&q->shape.pace, q->shape.pace_rate, now);
+        n = p < n ? p : n;
+    }
     return n;
 }
 
@@ -189,6 +193,8 @@ void shape_take(struct dqueue *q, double now)
     pthread_mutex_lock(&b->lock);
     shaping_acquire(&b->msgs, rate_now(b, now), now);
     pthread_mutex_unlock(&b->lock);
+    if (q->shape.pace_rate > 0)
+        shaping_acquire(&q->shape.pace, q->shape.pace_rate, now);
 }
 
 bool shape_conn_open(struct dqueue *q, double now)
@@ -263,6 +269,12 @@ double shape_next_time(struct dqueue *q, double now)
             when = b->rate_until;
     }
     pthread_mutex_unlock(&b->lock);
+    /* the queue's own pace: no sooner than its next token */
+    if (q->shape.pace_rate > 0 && shaping_available(&q->shape.pace, q->shape.pace_rate, now) == 0) {
+        double p = shaping_next_time(&q->shape.pace, q->shape.pace_rate);
+        if (p > when)
+            when = p;
+    }
     return when;
 }
 

@@ -81,3 +81,53 @@ def test_tenant_survives_restart_in_spool(world):
     dest.wait_message(msgid_of(data), timeout=30)
     rec = p.wait_record("Delivery", recipient="d@dest.test", timeout=30)
     assert rec["tenant"] == "gold-dest.test", rec
+
+
+PACED = '''
+petrel.configure_tenant { name = "slow", max_message_rate = "2/s" }
+kumo.configure_tenant { name = "fast" }
+'''
+
+
+def test_tenant_max_message_rate_paces_only_that_tenant(world):
+    dest = world.mx_domain("dest.test", "127.0.0.2")
+    p = world.petrel(extra=PACED)
+    n = 10
+    s = p.smtp()
+    try:
+        for i in range(n):
+            for tenant in ("slow", "fast"):
+                data = make_message(to=["r@dest.test"], subject=f"{tenant} {i}",
+                                    headers={"X-Tenant": tenant})
+                p.send("alice@sender.test", ["r@dest.test"], data, smtp=s)
+    finally:
+        s.quit()
+    txns = dest.wait_count(2 * n, timeout=40)
+    slow = sorted(t.time for t in txns if t.header("Subject").startswith("slow"))
+    fast = sorted(t.time for t in txns if t.header("Subject").startswith("fast"))
+    assert len(slow) == n and len(fast) == n
+    # 2/s with a burst of 2: the 10 slow ones take about 4 s
+    assert slow[-1] - slow[0] >= 3.0, slow
+    rate = (n - 2) / (slow[-1] - slow[1])
+    assert 1.4 <= rate <= 2.6, (rate, slow)
+    # the other tenant is not held behind it
+    assert fast[-1] - fast[0] < 2.0, fast
+    assert fast[-1] < slow[-1] - 1.5, (fast, slow)
+    recs = p.wait_records("Delivery", 2 * n)
+    assert {r["tenant"] for r in recs} == {"slow", "fast"}
+
+
+def test_check_refuses_bad_tenant(tmp_path):
+    from harness import run_petrel
+    for body, want in (
+            ('petrel.configure_tenant { name = "a", egress_pool = "nowhere" }',
+             "egress_pool 'nowhere' is not defined"),
+            ('petrel.configure_tenant { name = "a", max_message_rate = "10/fortnight" }',
+             "max_message_rate"),
+            ('petrel.configure_tenant { name = "a", colour = "red" }', "unknown option 'colour'"),
+            ('petrel.configure_tenant { egress_pool = "x" }', "'name' is required")):
+        f = tmp_path / "t.lua"
+        f.write_text("-- line 1\n" + body + "\n")
+        r = run_petrel("--check", "-c", str(f))
+        err = r.stderr.decode()
+        assert r.returncode == 1 and f"{f}:2:" in err and want in err, (body, err)
