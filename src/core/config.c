@@ -1476,10 +1476,6 @@ static int api_make_egress_source(lua_State *L)
         }
     }
     lua_pop(L, 1);
-    if (nwarm) {   /* WARMUP-UNBUILT */
-        free(warm);
-        lua_api_error(L, "%s: option 'warmup' is not implemented yet in this build", fn);
-    }
     cfg->egress_sources = grow(L, cfg->egress_sources, cfg->n_egress_sources,
                                sizeof *cfg->egress_sources);
     struct cfg_egress_source *src = &cfg->egress_sources[cfg->n_egress_sources++];

@@ -24,6 +24,7 @@
 #include "core/config.h"
 #include "core/fdlimit.h"
 #include "core/runtime.h"
+#include "delivery/warmup.h"
 #include "delivery/tlsrpt_send.h"
 #include "core/worker.h"
 #include "delivery/shaping_rules.h"
@@ -392,6 +393,13 @@ int main(int argc, char **argv)
     spool_stats(rt.spool, &sst);
     if (!spool_shared(rt.spool))
         log_info("spool %s open; CRC32C on %s", cfg->queue.spool_dir, sst.crc32c);
+    bool warm = false;
+    for (int i = 0; i < cfg->n_egress_sources; i++)
+        warm |= cfg->egress_sources[i].n_warmup > 0;
+    if (warmup_open(cfg->queue.spool_dir, warm, err, sizeof err) != PT_OK) {
+        fprintf(stderr, "petrel: %s\n", err);
+        return 1;
+    }
     rt.sched = sched_new(&rt, err, sizeof err);
     if (!rt.sched) {
         fprintf(stderr, "petrel: %s\n", err);
@@ -513,6 +521,7 @@ int main(int argc, char **argv)
     cluster_node_limits_stop(&rt);
     tlsrpt_send_stop(rpt);       /* after delivery (it counts), before the spool */
     sched_free(rt.sched);
+    warmup_close();              /* after delivery: its last counts are written */
     struct spool_stats st;
     spool_stats(rt.spool, &st);
     log_info("spool: %llu durable commits, %llu fsyncs (%.1f commits per fsync)",

@@ -251,6 +251,16 @@ static struct dqueue *queue_get(struct dthread *t, const char *key, const struct
         *bar = 0;
         q->source = bar + 1;
     }
+    const struct cfg_egress_source *src = config_egress_source(t->s->rt->cfg, q->source);
+    if (src && src->n_warmup) {
+        if (!(q->shape.warmup = malloc((size_t)src->n_warmup * sizeof *src->warmup))) {
+            free(q->key);   /* not sent uncapped: out of memory like any queue */
+            free(q);
+            return NULL;
+        }
+        memcpy(q->shape.warmup, src->warmup, (size_t)src->n_warmup * sizeof *src->warmup);
+        q->shape.nwarmup = src->n_warmup;
+    }
     if (q->tenant) {   /* DESIGN §9: the tenant's pace per destination */
         const struct cfg_tenant *ten = config_tenant(t->s->rt->cfg, q->tenant);
         q->shape.pace_rate = ten ? ten->max_message_rate : 0;

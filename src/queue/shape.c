@@ -22,6 +22,7 @@
 #include "queue/entry.h"
 #include "queue/sched.h"
 #include "queue/sched_int.h"
+#include "delivery/warmup.h"
 #include "queue/shape.h"
 #include "smtp/smtp_client.h"
 #include "util/timeutil.h"
@@ -184,6 +185,11 @@ uint32_t shape_available(struct dqueue *q, double now)
         uint32_t p = shaping_available(&q->shape.pace, q->shape.pace_rate, now);
         n = p < n ? p : n;
     }
+    if (n && q->shape.nwarmup) {   /* the source's warm-up cap for this site today */
+        uint32_t w = warmup_remaining(q->source, q->shape.warmup, q->shape.nwarmup, b->name,
+                                      time_now());
+        n = w < n ? w : n;
+    }
     return n;
 }
 
@@ -195,6 +201,8 @@ void shape_take(struct dqueue *q, double now)
     pthread_mutex_unlock(&b->lock);
     if (q->shape.pace_rate > 0)
         shaping_acquire(&q->shape.pace, q->shape.pace_rate, now);
+    if (q->shape.nwarmup)
+        warmup_take(q->source, b->name, time_now());
 }
 
 bool shape_conn_open(struct dqueue *q, double now)
@@ -274,6 +282,12 @@ double shape_next_time(struct dqueue *q, double now)
         double p = shaping_next_time(&q->shape.pace, q->shape.pace_rate);
         if (p > when)
             when = p;
+    }
+    if (q->shape.nwarmup && b) {   /* capped for today: wait for the next UTC day */
+        double wall = time_now();
+        if (warmup_remaining(q->source, q->shape.warmup, q->shape.nwarmup, b->name, wall) == 0 &&
+            now + warmup_until_next_day(wall) > when)
+            when = now + warmup_until_next_day(wall);
     }
     return when;
 }
@@ -481,6 +495,7 @@ void shape_info(const struct dqueue *q, struct sched_queue_info *qi)
 
 void shape_q_free(struct dqueue *q)
 {
+    free(q->shape.warmup);
     if (q->shape.own) {
         pthread_mutex_destroy(&q->shape.own->lock);
         free(q->shape.own);

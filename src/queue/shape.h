@@ -36,6 +36,8 @@ struct shape_q {
     double pace_rate;                /* the queue's own pace on top (messages/s; 0 =
                                         none): a paced tenant's max_message_rate */
     struct shaping_slot pace;
+    int *warmup, nwarmup;            /* its egress source's warm-up schedule (a copy;
+                                        delivery/warmup.h), NULL = none */
 };
 
 /* Whether q knows its rule and budget. When not, starts what is needed (a site

@@ -121,3 +121,64 @@ def test_check_refuses_bad_egress_config(tmp_path):
     good.write_text(SOURCES + HOOK)
     r = run_petrel("--check", "-c", str(good))
     assert r.returncode == 0 and b"config ok" in r.stdout, r.stderr
+
+
+def _warm_cfg(caps):
+    return ('petrel.make_egress_source { name = "warm", source_address = "127.0.0.23", '
+            f'ehlo_domain = "warm.example.com", warmup = {{ {", ".join(map(str, caps))} }} }}\n'
+            'petrel.make_egress_pool { name = "wp", entries = { { name = "warm", weight = 1 } } }\n'
+            'petrel.configure_tenant { name = "acme", egress_pool = "wp" }\n')
+
+
+def _state_path(p):
+    import os
+    return os.path.join(p.workdir, "spool", "egress", "STATE.json")
+
+
+def test_warmup_cap_holds_and_survives_restart(world):
+    import json
+    import time
+    dest = world.mx_domain("dest.test")
+    p = world.petrel(extra=_warm_cfg([5, 100]), listener={"tenant": "acme"})
+    _send_many(p, 12, "bob@dest.test")
+    txns = dest.wait_count(5, timeout=20)
+    time.sleep(3)
+    assert len(dest.messages()) == 5, dest.messages()
+    assert {t.peer for t in dest.messages()} == {"127.0.0.23"}
+    st = json.load(open(_state_path(p)))["sources"]["warm"]
+    assert st["day"] == st["first_day"] == int(time.time() // 86400), st
+    assert sum(st["sent"].values()) == 5, st
+    # the rest waits (not moved elsewhere, not bounced)
+    assert not p.records("Bounce") and not p.records("Expiration")
+    p.stop()
+    p.start()
+    time.sleep(4)
+    assert len(dest.messages()) == 5, "the day's cap held across the restart"
+    assert len(p.records("Delivery")) == 5
+    assert txns[0].helo == "warm.example.com"
+
+
+def test_warmup_day_counts_from_the_first_send_kept_in_the_spool(world):
+    import json
+    import os
+    import time
+    dest = world.mx_domain("dest.test")
+    p = world.petrel(start=False, extra=_warm_cfg([2, 4]), listener={"tenant": "acme"})
+    today = int(time.time() // 86400)
+    os.makedirs(os.path.dirname(_state_path(p)), exist_ok=True)
+    # first send yesterday: today is day 2, cap 4 (yesterday's count does not matter)
+    with open(_state_path(p), "w") as f:
+        json.dump({"sources": {"warm": {"first_day": today - 1, "day": today - 1,
+                                        "sent": {"dest.test": 2}}}}, f)
+    p.start()
+    _send_many(p, 7, "bob@dest.test")
+    dest.wait_count(4, timeout=20)
+    time.sleep(3)
+    assert len(dest.messages()) == 4, dest.messages()
+    p.stop()
+    # first send two days ago: past the schedule, no cap
+    with open(_state_path(p), "w") as f:
+        json.dump({"sources": {"warm": {"first_day": today - 2, "day": today - 2,
+                                        "sent": {}}}}, f)
+    p.start()
+    dest.wait_count(7, timeout=20)
