@@ -131,3 +131,36 @@ def test_check_refuses_bad_tenant(tmp_path):
         r = run_petrel("--check", "-c", str(f))
         err = r.stderr.decode()
         assert r.returncode == 1 and f"{f}:2:" in err and want in err, (body, err)
+
+
+def test_queue_by_tenant_api_and_petrelctl(world):
+    import json
+    import subprocess
+    import urllib.request
+    from harness import PETRELCTL_BIN, free_port
+    world.mx_domain("down.test", sink=False)          # nothing answers: mail waits
+    port = free_port()
+    p = world.petrel(extra=f'petrel.start_http_listener {{ listen = "127.0.0.1:{port}" }}')
+    for tenant, n in (("blue", 2), ("green", 1), (None, 1)):
+        for i in range(n):
+            hdrs = {"X-Tenant": tenant} if tenant else {}
+            data = make_message(to=["x@down.test"], subject=f"{tenant} {i}", headers=hdrs)
+            p.send("alice@sender.test", ["x@down.test"], data)
+    url = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(url + "/api/queue?by=tenant", timeout=10) as r:
+        doc = json.load(r)
+    got = {t["tenant"]: t["count"] for t in doc["tenants"]}
+    assert got == {"blue": 2, "green": 1, None: 1}, doc
+    assert doc["total"] == 4
+    out = subprocess.run([PETRELCTL_BIN, "--url", url, "queue", "--by", "tenant"],
+                         capture_output=True, timeout=30)
+    text = out.stdout.decode()
+    assert out.returncode == 0, out.stderr
+    lines = {l.split()[0]: l.split()[1] for l in text.splitlines()[1:-1]}
+    assert lines == {"blue": "2", "green": "1", "(none)": "1"}, text
+    assert "4 messages of 3 tenants" in text
+    try:
+        urllib.request.urlopen(url + "/api/queue?by=colour", timeout=10)
+        assert False, "by=colour accepted"
+    except urllib.error.HTTPError as e:
+        assert e.code == 400
