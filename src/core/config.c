@@ -1764,41 +1764,6 @@ static int config_validate(struct config *cfg, char *err, size_t errlen)
     return PT_OK;
 }
 
-/* The hook actions of egress pools and tenants (DESIGN §9) are not built: a hook
- * calling one would only fail when mail arrives, so the check finds them in the
- * file's text (outside -- comments) and refuses them. PT_OK, PT_INVALID (err set). */
-static int refuse_unbuilt_actions(const char *path, char *err, size_t errlen)
-{
-    static const char *const names[] = { NULL };
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return PT_OK;              /* Lua read it a moment ago; nothing to add */
-    char line[4096];
-    int lineno = 0, rc = PT_OK;
-    while (rc == PT_OK && fgets(line, sizeof line, f)) {
-        lineno++;
-        char *c = strstr(line, "--");
-        if (c)
-            *c = 0;
-        for (int i = 0; names[i] && rc == PT_OK; i++) {
-            size_t n = strlen(names[i]);
-            for (char *p = strstr(line, names[i]); p; p = strstr(p + 1, names[i])) {
-                bool start = p == line || !(isalnum((unsigned char)p[-1]) || p[-1] == '_');
-                bool end = !(isalnum((unsigned char)p[n]) || p[n] == '_');
-                if (start && end) {
-                    snprintf(err, errlen, "%s:%d: %s: not implemented yet in this build "
-                             "(egress pools and tenants are not built); remove it", path,
-                             lineno, names[i]);
-                    rc = PT_INVALID;
-                    break;
-                }
-            }
-        }
-    }
-    fclose(f);
-    return rc;
-}
-
 struct config *config_load(const char *path, char *err, size_t errlen)
 {
     struct config *cfg = calloc(1, sizeof *cfg);
@@ -1819,10 +1784,6 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->n_hooks = ctx->n_hooks;
     lua_close(L);
     L = NULL;
-    if (refuse_unbuilt_actions(path, err, errlen) != PT_OK) {
-        config_free(cfg);
-        return NULL;
-    }
     if (config_finish(cfg) != PT_OK)
         goto nomem;
     int rc = config_validate(cfg, err, errlen);
