@@ -134,6 +134,35 @@ static bool route_differs(const struct cfg_route *a, const struct cfg_route *b)
            str_differs(a->error_text, b->error_text);
 }
 
+/* Egress sources, pools and tenants (DESIGN §9): ingest and delivery both use the
+ * startup generation's, so that a source chosen at ingest is one delivery knows. */
+static bool egress_differs(const struct config *a, const struct config *b)
+{
+    if (a->n_egress_sources != b->n_egress_sources || a->n_egress_pools != b->n_egress_pools ||
+        a->n_tenants != b->n_tenants)
+        return true;
+    for (int i = 0; i < a->n_egress_sources; i++) {
+        const struct cfg_egress_source *x = &a->egress_sources[i], *y = &b->egress_sources[i];
+        if (strcmp(x->name, y->name) != 0 || strcmp(x->source_address, y->source_address) != 0 ||
+            str_differs(x->ehlo_domain, y->ehlo_domain) || x->n_warmup != y->n_warmup ||
+            (x->n_warmup && memcmp(x->warmup, y->warmup, (size_t)x->n_warmup * sizeof *x->warmup)))
+            return true;
+    }
+    for (int i = 0; i < a->n_egress_pools; i++) {
+        const struct cfg_egress_pool *x = &a->egress_pools[i], *y = &b->egress_pools[i];
+        if (strcmp(x->name, y->name) != 0 || x->n != y->n ||
+            memcmp(x->src, y->src, (size_t)x->n * sizeof *x->src) != 0 ||
+            memcmp(x->weight, y->weight, (size_t)x->n * sizeof *x->weight) != 0)
+            return true;
+    }
+    for (int i = 0; i < a->n_tenants; i++)
+        if (strcmp(a->tenants[i].name, b->tenants[i].name) != 0 ||
+            a->tenants[i].pool != b->tenants[i].pool ||
+            a->tenants[i].max_message_rate != b->tenants[i].max_message_rate)
+            return true;
+    return false;
+}
+
 /* Options a reload cannot apply to the running process: said once per reload. */
 static void warn_restart_only(const struct config *old, const struct config *cfg)
 {
@@ -174,6 +203,7 @@ static void warn_restart_only(const struct config *old, const struct config *cfg
                                    str_differs(a->tls->key_file, b->tls->key_file)));
     }
     NOTE(http, "start_http_listener");
+    NOTE(egress_differs(old, cfg), "make_egress_source/make_egress_pool/configure_tenant");
     /* The delivery threads keep the startup generation in this build. */
     const struct cfg_delivery *od = &old->delivery, *nd = &cfg->delivery;
     bool dl = old->n_routes != cfg->n_routes || route_differs(&od->dflt, &nd->dflt) ||

@@ -217,7 +217,7 @@ struct inject_job {
     size_t nfx;
     size_t nsubs;
     struct inject_sub *subs;
-    const struct config *cfg;   /* of the request's generation (held) */
+    const struct config *cfg;   /* the runtime's (startup) config: egress sources */
 };
 
 static void job_free(struct inject_job *j)
@@ -602,7 +602,7 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
         if (rc == PT_OK)
             j->batch.nmsgs = 1;
     }
-    j->cfg = cfg;
+    j->cfg = s->rt->cfg;   /* egress: the delivery threads' (startup) generation */
     if (rc == PT_OK)
         rc = apply_routes(j, cfg);
     if (rc == PT_OK)

@@ -898,7 +898,7 @@ static int message_policy(void *arg, struct entry *e)
     if (rc == PT_OK)
         rc = hook_effects_apply(&fx, e);
     if (rc == PT_OK)
-        rc = egress_assign(s->gen->cfg, e, fx.egress_pool);
+        rc = egress_assign(s->w->rt->cfg, e, fx.egress_pool);   /* delivery's generation */
     free(addrs);
     hook_effects_free(&fx);
     return rc;
