@@ -100,6 +100,10 @@ int egress_assign(const struct config *cfg, struct entry *e, const char *pool_na
     const struct cfg_tenant *t = config_tenant(cfg, entry_tenant(e));
     if (pool < 0 && t)
         pool = t->pool;
+    if (t)
+        e->flags |= ENTRY_F_TENANT_CFG;
+    else
+        e->flags &= (uint8_t)~ENTRY_F_TENANT_CFG;
     if (t && t->max_message_rate > 0)
         e->flags |= ENTRY_F_TENANT_Q;
     else

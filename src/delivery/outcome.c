@@ -171,6 +171,8 @@ static void one_result(struct entry *e, struct entry_rcpt *r, const struct clien
     if (code / 100 == 2) {
         r->state = RCPT_DELIVERED;
         metrics_inc(M_DELIVERED, e->domain, NULL, 1);
+        if (e->flags & ENTRY_F_TENANT_CFG)
+            metrics_inc(M_TENANT_DELIVERED, entry_tenant(e), NULL, 1);
         metrics_observe(M_LATENCY, time_now() - e->received_at);
         outcome_log(e, LOG_DELIVERY, r->addr, code, text, where);
         /* RFC 3461 5.2: a hop that offers DSN got NOTIFY and reports from here on;

@@ -26,6 +26,8 @@ enum {
     ENTRY_F_TLS_OPTIONAL = 1u << 4, /* "TLS-Required: No" header, no REQUIRETLS (RFC 8689 5) */
     ENTRY_F_TENANT_Q = 1u << 5,   /* its tenant has a max_message_rate (DESIGN §9): its
                                      queue is the tenant's own (queue/sched_int.h) */
+    ENTRY_F_TENANT_CFG = 1u << 6, /* its tenant is a configure_tenant one: counted in the
+                                     per-tenant metric (bounded: configured names only) */
 };
 /* NOTIFY of a recipient (RFC 3461 4.1); 0 = not given, which means FAILURE and
  * DELAY (the RFC's default, with the delay warning at our discretion). */

@@ -90,8 +90,10 @@ kumo.configure_tenant { name = "fast" }
 
 
 def test_tenant_max_message_rate_paces_only_that_tenant(world):
+    from harness import free_port
     dest = world.mx_domain("dest.test", "127.0.0.2")
-    p = world.petrel(extra=PACED)
+    port = free_port()
+    p = world.petrel(extra=PACED + f'petrel.start_http_listener {{ listen = "127.0.0.1:{port}" }}\n')
     n = 10
     s = p.smtp()
     try:
@@ -115,6 +117,12 @@ def test_tenant_max_message_rate_paces_only_that_tenant(world):
     assert fast[-1] < slow[-1] - 1.5, (fast, slow)
     recs = p.wait_records("Delivery", 2 * n)
     assert {r["tenant"] for r in recs} == {"slow", "fast"}
+    # the per-tenant metric: configured tenants only
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert f'petrel_tenant_messages_delivered_total{{tenant="slow"}} {n}' in text, text[-2000:]
+    assert f'petrel_tenant_messages_delivered_total{{tenant="fast"}} {n}' in text
 
 
 def test_check_refuses_bad_tenant(tmp_path):
