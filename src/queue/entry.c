@@ -492,8 +492,9 @@ int entry_decode(const void *data, size_t len, struct entry **out)
     if (version >= 5) {
         tenant = rd_str(&r, true);
         source = rd_str(&r, true);
-        if (tenant.len > ENTRY_IDENT_MAX || source.len > ENTRY_IDENT_MAX)
-            return PT_INVALID;
+        if (tenant.len > ENTRY_IDENT_MAX || source.len > ENTRY_IDENT_MAX ||
+            (tenant.p && !tenant.len) || (source.p && !source.len))
+            return PT_INVALID;   /* "" is written as NULL: one encoding per entry */
     }
     uint8_t protocol = (uint8_t)rd_le(&r, 1), priority = (uint8_t)rd_le(&r, 1);
     uint8_t flags = (uint8_t)rd_le(&r, 1);
