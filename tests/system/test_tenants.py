@@ -172,3 +172,40 @@ def test_queue_by_tenant_api_and_petrelctl(world):
         assert False, "by=colour accepted"
     except urllib.error.HTTPError as e:
         assert e.code == 400
+
+
+HTTP_HOOK = '''
+petrel.on("http_message_received", function(domain, meta)
+  if meta.headers["subject"] == "vip" then petrel.set_tenant("vip") end
+end)
+'''
+
+
+def test_http_tenant_from_header_and_set_tenant(world):
+    from test_http import http_petrel
+    from test_http_inject import post
+    dest = world.mx_domain("dest.test", "127.0.0.2")
+    p, (url,) = http_petrel(world, extra=HTTP_HOOK + SOURCES_FOR_HTTP)
+    r = post(url, "/v1/message", {"from": "alice@sender.test", "to": ["h1@dest.test"],
+                                  "subject": "plain", "text": "hi",
+                                  "headers": {"X-Tenant": "blue"}})
+    assert r.status == 200, r
+    r = post(url, "/v1/message", {"from": "alice@sender.test", "to": ["h2@dest.test"],
+                                  "subject": "vip", "text": "hi",
+                                  "headers": {"X-Tenant": "blue"}})
+    assert r.status == 200, r
+    dest.wait_count(2)
+    a = p.wait_record("Delivery", recipient="h1@dest.test")
+    b = p.wait_record("Delivery", recipient="h2@dest.test")
+    assert a["tenant"] == "blue" and a["protocol"] == "http", a
+    assert b["tenant"] == "vip", b
+    # the vip tenant's pool: its source address at the sink
+    vip = [t for t in dest.messages() if "h2@dest.test" in t.rcpt_tos][0]
+    assert vip.peer == "127.0.0.24" and b["egress_source"] == "v1", (vip.peer, b)
+
+
+SOURCES_FOR_HTTP = '''
+petrel.make_egress_source { name = "v1", source_address = "127.0.0.24" }
+petrel.make_egress_pool { name = "vp", entries = { { name = "v1" } } }
+petrel.configure_tenant { name = "vip", egress_pool = "vp" }
+'''
