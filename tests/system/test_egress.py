@@ -182,3 +182,28 @@ def test_warmup_day_counts_from_the_first_send_kept_in_the_spool(world):
                                         "sent": {}}}}, f)
     p.start()
     dest.wait_count(7, timeout=20)
+
+
+def test_site_budget_is_per_source(world):
+    """A site rule's rate is each source's own: two sources at 2/s each deliver a
+    site's mail at about 4/s together (one shared budget would give 2/s)."""
+    import time
+    dest = world.mx_domain("dest.test", mx_name="mx1.site.test")
+    cfg = ('petrel.configure_shaping { ["site:*.site.test"] = { max_message_rate = "2/s" } }\n'
+           'petrel.make_egress_source { name = "a", source_address = "127.0.0.25" }\n'
+           'petrel.make_egress_source { name = "b", source_address = "127.0.0.26" }\n'
+           'petrel.make_egress_pool { name = "ab", entries = { { name = "a" }, { name = "b" } } }\n'
+           'petrel.configure_tenant { name = "acme", egress_pool = "ab" }\n')
+    p = world.petrel(extra=cfg, listener={"tenant": "acme"})
+    n = 20
+    t0 = time.time()
+    _send_many(p, n, "bob@dest.test")
+    txns = dest.wait_count(n, timeout=30)
+    times = sorted(t.time for t in txns)
+    per = collections.Counter(t.peer for t in txns)
+    assert per == {"127.0.0.25": n // 2, "127.0.0.26": n // 2}, per
+    span = times[-1] - times[0]
+    # 10 each at 2/s with a burst of 2: about 4 s; a shared budget: about 9 s
+    assert 2.5 <= span <= 6.5, (span, time.time() - t0)
+    recs = p.records("Delivery")
+    assert {r["egress_source"] for r in recs} == {"a", "b"}
