@@ -1012,12 +1012,21 @@ static void try_next_host(struct smtp_client *c)
             c->addr_i = 0;
             continue;
         }
+        /* an egress source reaches only the addresses of its own family: mail must
+         * not leave from another address of this host */
+        if (c->has_source && h->addrs[c->addr_i].ss_family != c->source.ss_family) {
+            c->addr_i++;
+            snprintf(c->last_error, sizeof c->last_error, "%s: no address of the egress "
+                     "source's family (%s)", h->name,
+                     c->source.ss_family == AF_INET6 ? "IPv6" : "IPv4");
+            continue;
+        }
         c->cur_host = c->host_i;
         c->cur_addr = c->addr_i;
         c->tls_policy = c->tls_ctx && c->host_tls[c->cur_host] > c->base_tls
                             ? c->host_tls[c->cur_host] : c->base_tls;
         c->txn_started = false;
-        int left = h->naddr - c->addr_i;
+        int left = c->has_source ? 1 : h->naddr - c->addr_i;  /* a source: no race */
         struct sockaddr_storage ss = h->addrs[c->addr_i++];
         set_port(&ss, c->port);
         snprintf(c->site, sizeof c->site, "%s:%u", h->name, c->port);

@@ -207,3 +207,15 @@ def test_site_budget_is_per_source(world):
     assert 2.5 <= span <= 6.5, (span, time.time() - t0)
     recs = p.records("Delivery")
     assert {r["egress_source"] for r in recs} == {"a", "b"}
+
+
+def test_source_never_leaves_from_another_family(world):
+    """An IPv4 source and a next hop with only an IPv6 address: the message is
+    deferred (it would otherwise leave from the host's own IPv6 address)."""
+    world.dns.add_mx("six.test", "mx.six.test", 10)
+    world.dns.add_aaaa("mx.six.test", "::1")
+    p = world.petrel(extra=SOURCES, listener={"tenant": "acme"})
+    p.send_message(to=["x@six.test"])
+    rec = p.wait_record("TransientFailure", recipient="x@six.test")
+    assert "no address of the egress source's family (IPv4)" in rec["response"], rec
+    assert rec["egress_source"] in ("ip1", "ip2"), rec
