@@ -30,7 +30,7 @@ static const char petrelctl_usage[] =
     "usage: petrelctl --version\n"
     "       petrelctl hash-password [--cram-md5]   (reads one password line from stdin)\n"
     "       petrelctl [--url URL] [--key KEY] COMMAND\n"
-    "         COMMAND: queue | show ID | suspend DOMAIN [DURATION] | resume DOMAIN |\n"
+    "         COMMAND: queue [--by domain|tenant] | show ID | suspend DOMAIN [DURATION] | resume DOMAIN |\n"
     "                  flush [DOMAIN] | bounce ID|DOMAIN | delete ID|DOMAIN | reload |\n"
     "                  top [--once] [--interval 2s]\n"
     "       petrelctl report [--since DURATION] [--json] LOGFILE\n"
@@ -253,6 +253,30 @@ static int ctl_queue(const char *url, const char *key)
     return 0;
 }
 
+/* petrelctl queue --by tenant: GET /api/queue?by=tenant */
+static int ctl_queue_tenants(const char *url, const char *key)
+{
+    json_t *doc = ctl_fetch(url, key, "/api/queue?by=tenant", NULL);
+    if (!doc)
+        return 1;
+    json_t *ts = json_object_get(doc, "tenants");
+    printf("%-32s %8s %10s  %-24s\n", "TENANT", "MESSAGES", "OLDEST", "NEXT ATTEMPT");
+    size_t i;
+    json_t *t;
+    json_array_foreach(ts, i, t) {
+        char age[32] = "-";
+        if (json_is_number(json_object_get(t, "oldest_age_s")))
+            snprintf(age, sizeof age, "%.0fs", json_number_value(json_object_get(t, "oldest_age_s")));
+        printf("%-32s %8lld %10s  %-24s\n", str_or(json_object_get(t, "tenant"), "(none)"),
+               (long long)json_integer_value(json_object_get(t, "count")), age,
+               str_or(json_object_get(t, "next_attempt"), "-"));
+    }
+    printf("-- %lld messages of %zu tenants\n",
+           (long long)json_integer_value(json_object_get(doc, "total")), json_array_size(ts));
+    json_decref(doc);
+    return 0;
+}
+
 static int ctl_show(const char *url, const char *key, const char *id)
 {
     if (strspn(id, "0123456789abcdefABCDEF") != strlen(id) || strlen(id) != 16) {
@@ -387,6 +411,15 @@ int main(int argc, char **argv)
         url = "http://127.0.0.1:8080";
     if (a < argc && strcmp(argv[a], "queue") == 0 && a + 1 == argc)
         return ctl_queue(url, key);
+    if (a < argc && strcmp(argv[a], "queue") == 0 && a + 3 == argc &&
+        strcmp(argv[a + 1], "--by") == 0) {
+        if (strcmp(argv[a + 2], "tenant") == 0)
+            return ctl_queue_tenants(url, key);
+        if (strcmp(argv[a + 2], "domain") == 0)
+            return ctl_queue(url, key);
+        fprintf(stderr, "petrelctl: queue --by: '%s' is not domain or tenant\n", argv[a + 2]);
+        return 2;
+    }
     if (a < argc && strcmp(argv[a], "reload") == 0 && a + 1 == argc)
         return ctl_reload(url, key);
     if (a < argc && strcmp(argv[a], "top") == 0)

@@ -4,6 +4,7 @@
  * SPDX-License-Identifier: Apache-2.0 */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -13,6 +14,8 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -1354,27 +1357,234 @@ static int api_configure_shaping(lua_State *L)
     return 0;
 }
 
-/* Egress sources, pools and tenants (DESIGN §9): refused until built, so that a
- * config relying on them does not run as if they applied. */
-static int unimplemented(lua_State *L, const char *fn)
+/* Egress sources, pools and tenants (DESIGN §9). */
+
+const struct cfg_egress_source *config_egress_source(const struct config *cfg, const char *name)
 {
-    return lua_api_error(L, "%s: not implemented yet in this build (egress sources, pools "
-                         "and tenants are not built); remove it", fn);
+    for (int i = 0; name && i < cfg->n_egress_sources; i++)
+        if (strcmp(cfg->egress_sources[i].name, name) == 0)
+            return &cfg->egress_sources[i];
+    return NULL;
+}
+
+int config_egress_pool_index(const struct config *cfg, const char *name)
+{
+    for (int i = 0; name && i < cfg->n_egress_pools; i++)
+        if (strcmp(cfg->egress_pools[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+const struct cfg_tenant *config_tenant(const struct config *cfg, const char *name)
+{
+    for (int i = 0; name && i < cfg->n_tenants; i++)
+        if (strcmp(cfg->tenants[i].name, name) == 0)
+            return &cfg->tenants[i];
+    return NULL;
+}
+
+/* The string option k of the table at 1 (NULL when absent); raises on another type. */
+static const char *str_field(lua_State *L, const char *fn, const char *k, bool required)
+{
+    int t = lua_getfield(L, 1, k);
+    const char *v = t == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    lua_pop(L, 1);   /* the table keeps the string alive */
+    if (t != LUA_TNIL && t != LUA_TSTRING)
+        lua_api_error(L, "%s: option '%s' must be a string", fn, k);
+    if (required && !v)
+        lua_api_error(L, "%s: option '%s' is required", fn, k);
+    return v;
+}
+
+/* Only the keys of known (NULL-terminated) in the table at 1. */
+static void known_keys(lua_State *L, const char *fn, const char *const *known)
+{
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        bool ok = lua_type(L, -2) == LUA_TSTRING;
+        for (int i = 0; ok && known[i]; i++)
+            if (strcmp(lua_tostring(L, -2), known[i]) == 0)
+                goto next;
+        lua_api_error(L, "%s: unknown option '%s'", fn,
+                      ok ? lua_tostring(L, -2) : "(not a string)");
+    next:
+        lua_pop(L, 1);
+    }
+}
+
+/* Source, pool and tenant names: 1..63 of [A-Za-z0-9_.-]. */
+static void egress_name(lua_State *L, const char *fn, const char *what, const char *n)
+{
+    size_t len = strlen(n);
+    bool ok = len >= 1 && len <= CFG_EGRESS_NAME_MAX;
+    for (size_t i = 0; ok && i < len; i++)
+        ok = isalnum((unsigned char)n[i]) || n[i] == '_' || n[i] == '.' || n[i] == '-';
+    if (!ok)
+        lua_api_error(L, "%s: %s '%s' is not a valid name (1 to %d letters, digits, '_', "
+                      "'.', '-')", fn, what, n, CFG_EGRESS_NAME_MAX);
 }
 
 static int api_make_egress_source(lua_State *L)
 {
-    return unimplemented(L, "make_egress_source");
+    const char *fn = "make_egress_source";
+    static const char *const known[] = { "name", "source_address", "ehlo_domain", "warmup",
+                                         NULL };
+    struct config *cfg = cfg_of(L);
+    check_args(L, fn);
+    known_keys(L, fn, known);
+    const char *name = str_field(L, fn, "name", true);
+    const char *addr = str_field(L, fn, "source_address", true);
+    const char *ehlo = str_field(L, fn, "ehlo_domain", false);
+    egress_name(L, fn, "name", name);
+    if (config_egress_source(cfg, name))
+        lua_api_error(L, "%s: source '%s' is defined twice", fn, name);
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, addr, &v4->sin_addr) == 1)
+        v4->sin_family = AF_INET;
+    else if (inet_pton(AF_INET6, addr, &v6->sin6_addr) == 1)
+        v6->sin6_family = AF_INET6;
+    else
+        lua_api_error(L, "%s: source_address '%s' is not an IPv4 or IPv6 address", fn, addr);
+    /* the host must have it: bind a throwaway socket to it */
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    socklen_t sl = ss.ss_family == AF_INET ? sizeof *v4 : sizeof *v6;
+    int berr = fd < 0 ? errno : (bind(fd, (struct sockaddr *)&ss, sl) == 0 ? 0 : errno);
+    if (fd >= 0)
+        close(fd);
+    if (berr)
+        lua_api_error(L, "%s: source_address '%s' is not an address of this host (bind: %s)",
+                      fn, addr, strerror(berr));
+    if (ehlo) {
+        char why[200];
+        if (!site_glob_valid(ehlo, why, sizeof why) || strchr(ehlo, '*') || strchr(ehlo, '?'))
+            lua_api_error(L, "%s: ehlo_domain '%s' is not a host name", fn, ehlo);
+    }
+    int *warm = NULL, nwarm = 0;
+    if (lua_getfield(L, 1, "warmup") != LUA_TNIL) {
+        nwarm = list_len(L, lua_gettop(L), LUA_TNUMBER);
+        if (nwarm <= 0)
+            lua_api_error(L, "%s: option 'warmup' must be a list of daily caps such as "
+                          "{ 50, 100, 500 }", fn);
+        warm = xcalloc(L, (size_t)nwarm, sizeof *warm);
+        for (int i = 0; i < nwarm; i++) {
+            lua_rawgeti(L, -1, i + 1);
+            lua_Integer v = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : -1;
+            lua_pop(L, 1);
+            if (v < 1 || v > 100000000) {
+                free(warm);
+                lua_api_error(L, "%s: warmup day %d: a cap must be a whole number from 1 to "
+                              "100000000", fn, i + 1);
+            }
+            warm[i] = (int)v;
+        }
+    }
+    lua_pop(L, 1);
+    cfg->egress_sources = grow(L, cfg->egress_sources, cfg->n_egress_sources,
+                               sizeof *cfg->egress_sources);
+    struct cfg_egress_source *src = &cfg->egress_sources[cfg->n_egress_sources++];
+    src->warmup = warm;
+    src->n_warmup = nwarm;
+    src->addr = ss;
+    src->name = xstrdup(L, name);
+    src->source_address = xstrdup(L, addr);
+    if (ehlo)
+        src->ehlo_domain = xstrdup(L, ehlo);
+    return 0;
 }
 
 static int api_make_egress_pool(lua_State *L)
 {
-    return unimplemented(L, "make_egress_pool");
+    const char *fn = "make_egress_pool";
+    static const char *const known[] = { "name", "entries", NULL };
+    struct config *cfg = cfg_of(L);
+    check_args(L, fn);
+    known_keys(L, fn, known);
+    const char *name = str_field(L, fn, "name", true);
+    egress_name(L, fn, "name", name);
+    if (config_egress_pool_index(cfg, name) >= 0)
+        lua_api_error(L, "%s: pool '%s' is defined twice", fn, name);
+    lua_getfield(L, 1, "entries");
+    int n = list_len(L, lua_gettop(L), LUA_TTABLE);
+    if (n <= 0)
+        lua_api_error(L, "%s: option 'entries' must be a non-empty list of "
+                      "{ name = SOURCE, weight = N }", fn);
+    cfg->egress_pools = grow(L, cfg->egress_pools, cfg->n_egress_pools,
+                             sizeof *cfg->egress_pools);
+    struct cfg_egress_pool *p = &cfg->egress_pools[cfg->n_egress_pools++];
+    p->name = xstrdup(L, name);
+    p->src = xcalloc(L, (size_t)n, sizeof *p->src);
+    p->weight = xcalloc(L, (size_t)n, sizeof *p->weight);
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (lua_type(L, -2) != LUA_TSTRING || (strcmp(lua_tostring(L, -2), "name") != 0 &&
+                                                   strcmp(lua_tostring(L, -2), "weight") != 0))
+                lua_api_error(L, "%s: entry %d: unknown key (known: name, weight)", fn, i);
+            lua_pop(L, 1);
+        }
+        const char *sn = lua_getfield(L, -1, "name") == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        lua_pop(L, 1);
+        if (!sn)
+            lua_api_error(L, "%s: entry %d: 'name' (an egress source) is required", fn, i);
+        const struct cfg_egress_source *s = config_egress_source(cfg, sn);
+        if (!s)
+            lua_api_error(L, "%s: entry %d: no egress source named '%s' (define it with "
+                          "make_egress_source before the pool)", fn, i, sn);
+        lua_Integer w = 1;
+        int wt = lua_getfield(L, -1, "weight");
+        if (wt != LUA_TNIL)
+            w = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+        lua_pop(L, 1);
+        if (w <= 0 || w > 1000000)
+            lua_api_error(L, "%s: entry %d ('%s'): weight must be a whole number from 1 to "
+                          "1000000", fn, i, sn);
+        for (int k = 0; k < p->n; k++)
+            if (p->src[k] == (int)(s - cfg->egress_sources))
+                lua_api_error(L, "%s: source '%s' is listed twice", fn, sn);
+        p->src[p->n] = (int)(s - cfg->egress_sources);
+        p->weight[p->n++] = (int)w;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return 0;
 }
 
 static int api_configure_tenant(lua_State *L)
 {
-    return unimplemented(L, "configure_tenant");
+    const char *fn = "configure_tenant";
+    static const char *const known[] = { "name", "egress_pool", "max_message_rate", NULL };
+    struct config *cfg = cfg_of(L);
+    check_args(L, fn);
+    known_keys(L, fn, known);
+    const char *name = str_field(L, fn, "name", true);
+    const char *pool = str_field(L, fn, "egress_pool", false);
+    egress_name(L, fn, "name", name);
+    if (config_tenant(cfg, name))
+        lua_api_error(L, "%s: tenant '%s' is configured twice", fn, name);
+    int pi = -1;
+    if (pool && (pi = config_egress_pool_index(cfg, pool)) < 0)
+        lua_api_error(L, "%s: egress_pool '%s' is not defined (make_egress_pool it before "
+                      "the tenant)", fn, pool);
+    double rate = 0;
+    int rt = lua_getfield(L, 1, "max_message_rate");
+    if (rt == LUA_TNUMBER && lua_tonumber(L, -1) > 0 && isfinite(lua_tonumber(L, -1)))
+        rate = lua_tonumber(L, -1) / 60.0;              /* a number = per minute */
+    else if (rt != LUA_TNIL && (rt != LUA_TSTRING ||
+                                shaping_rate_parse(lua_tostring(L, -1), &rate) != PT_OK ||
+                                rate <= 0))
+        lua_api_error(L, "%s: max_message_rate must be a rate such as \"100/min\" "
+                      "(N/s, N/min, N/h, N/d) or a number per minute", fn);
+    lua_pop(L, 1);
+    cfg->tenants = grow(L, cfg->tenants, cfg->n_tenants, sizeof *cfg->tenants);
+    struct cfg_tenant *t = &cfg->tenants[cfg->n_tenants++];
+    t->pool = pi;
+    t->max_message_rate = rate;
+    t->name = xstrdup(L, name);
+    return 0;
 }
 
 static const luaL_Reg config_fns[] = {
@@ -1561,41 +1771,6 @@ static int config_validate(struct config *cfg, char *err, size_t errlen)
     return PT_OK;
 }
 
-/* The hook actions of egress pools and tenants (DESIGN §9) are not built: a hook
- * calling one would only fail when mail arrives, so the check finds them in the
- * file's text (outside -- comments) and refuses them. PT_OK, PT_INVALID (err set). */
-static int refuse_unbuilt_actions(const char *path, char *err, size_t errlen)
-{
-    static const char *const names[] = { "set_egress_pool", "set_tenant", NULL };
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return PT_OK;              /* Lua read it a moment ago; nothing to add */
-    char line[4096];
-    int lineno = 0, rc = PT_OK;
-    while (rc == PT_OK && fgets(line, sizeof line, f)) {
-        lineno++;
-        char *c = strstr(line, "--");
-        if (c)
-            *c = 0;
-        for (int i = 0; names[i] && rc == PT_OK; i++) {
-            size_t n = strlen(names[i]);
-            for (char *p = strstr(line, names[i]); p; p = strstr(p + 1, names[i])) {
-                bool start = p == line || !(isalnum((unsigned char)p[-1]) || p[-1] == '_');
-                bool end = !(isalnum((unsigned char)p[n]) || p[n] == '_');
-                if (start && end) {
-                    snprintf(err, errlen, "%s:%d: %s: not implemented yet in this build "
-                             "(egress pools and tenants are not built); remove it", path,
-                             lineno, names[i]);
-                    rc = PT_INVALID;
-                    break;
-                }
-            }
-        }
-    }
-    fclose(f);
-    return rc;
-}
-
 struct config *config_load(const char *path, char *err, size_t errlen)
 {
     struct config *cfg = calloc(1, sizeof *cfg);
@@ -1616,10 +1791,6 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     cfg->n_hooks = ctx->n_hooks;
     lua_close(L);
     L = NULL;
-    if (refuse_unbuilt_actions(path, err, errlen) != PT_OK) {
-        config_free(cfg);
-        return NULL;
-    }
     if (config_finish(cfg) != PT_OK)
         goto nomem;
     int rc = config_validate(cfg, err, errlen);
@@ -1689,6 +1860,22 @@ void config_free(struct config *cfg)
     free(cfg->dkim);
     free(cfg->auth_users_file);
     free(cfg->process_user);
+    for (int i = 0; i < cfg->n_egress_sources; i++) {
+        free(cfg->egress_sources[i].name);
+        free(cfg->egress_sources[i].source_address);
+        free(cfg->egress_sources[i].ehlo_domain);
+        free(cfg->egress_sources[i].warmup);
+    }
+    free(cfg->egress_sources);
+    for (int i = 0; i < cfg->n_egress_pools; i++) {
+        free(cfg->egress_pools[i].name);
+        free(cfg->egress_pools[i].src);
+        free(cfg->egress_pools[i].weight);
+    }
+    free(cfg->egress_pools);
+    for (int i = 0; i < cfg->n_tenants; i++)
+        free(cfg->tenants[i].name);
+    free(cfg->tenants);
     for (int i = 0; i < cfg->n_header_checks; i++) {
         free(cfg->header_checks[i].pattern);
         free(cfg->header_checks[i].action);

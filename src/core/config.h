@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <sys/socket.h>
+
 #include "util/cidr.h"
 
 struct lua_State;
@@ -119,6 +121,24 @@ struct cfg_dkim_key {
 
 struct cfg_header_check { char *pattern; char *action; };
 
+/* DESIGN §9: make_egress_source, make_egress_pool, configure_tenant. */
+#define CFG_EGRESS_NAME_MAX 63
+struct cfg_egress_source {
+    char *name, *source_address, *ehlo_domain;   /* ehlo_domain NULL = helo_name */
+    struct sockaddr_storage addr;                /* source_address, port 0 */
+    int *warmup; int n_warmup;                   /* daily cap per site, day 1, 2, ...;
+                                                    none = no cap */
+};
+struct cfg_egress_pool {
+    char *name;
+    int *src; int *weight; int n;                /* index in cfg->egress_sources, weight */
+};
+struct cfg_tenant {
+    char *name;
+    int pool;                                    /* index in cfg->egress_pools, -1 = none */
+    double max_message_rate;                     /* per s, per destination queue; 0 = none */
+};
+
 struct config {
     char *path;                      /* config file as given */
     struct cfg_listener listeners[CFG_MAX_LISTENERS]; int n_listeners;
@@ -145,9 +165,17 @@ struct config {
     struct shaping_rules *shaping;   /* configure_shaping (delivery/shaping_rules.h); never
                                         NULL after load: the default rule takes
                                         configure_delivery's values it does not set */
+    struct cfg_egress_source *egress_sources; int n_egress_sources;
+    struct cfg_egress_pool *egress_pools; int n_egress_pools;
+    struct cfg_tenant *tenants; int n_tenants;
     int n_hooks;                     /* petrel.on registrations seen (for information) */
     char *warnings;                  /* "FILE:LINE: warning: ...\n" lines; NULL = none */
 };
+
+/* The egress source / pool / tenant named name; NULL if none. Borrowed from cfg. */
+const struct cfg_egress_source *config_egress_source(const struct config *cfg, const char *name);
+int config_egress_pool_index(const struct config *cfg, const char *name);   /* -1 = none */
+const struct cfg_tenant *config_tenant(const struct config *cfg, const char *name);
 
 /* Loads and validates path. On error returns NULL and writes "FILE:LINE: message"
  * (naming the option) into err. Settings that work but will surprise (e.g. port

@@ -24,6 +24,7 @@
 #include "core/config.h"
 #include "core/fdlimit.h"
 #include "core/runtime.h"
+#include "delivery/warmup.h"
 #include "delivery/tlsrpt_send.h"
 #include "delivery/route.h"
 #include "core/worker.h"
@@ -123,6 +124,35 @@ static bool str_differs(const char *a, const char *b)
     return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
 }
 
+/* Egress sources, pools and tenants (DESIGN §9): ingest and delivery both use the
+ * startup generation's, so that a source chosen at ingest is one delivery knows. */
+static bool egress_differs(const struct config *a, const struct config *b)
+{
+    if (a->n_egress_sources != b->n_egress_sources || a->n_egress_pools != b->n_egress_pools ||
+        a->n_tenants != b->n_tenants)
+        return true;
+    for (int i = 0; i < a->n_egress_sources; i++) {
+        const struct cfg_egress_source *x = &a->egress_sources[i], *y = &b->egress_sources[i];
+        if (strcmp(x->name, y->name) != 0 || strcmp(x->source_address, y->source_address) != 0 ||
+            str_differs(x->ehlo_domain, y->ehlo_domain) || x->n_warmup != y->n_warmup ||
+            (x->n_warmup && memcmp(x->warmup, y->warmup, (size_t)x->n_warmup * sizeof *x->warmup)))
+            return true;
+    }
+    for (int i = 0; i < a->n_egress_pools; i++) {
+        const struct cfg_egress_pool *x = &a->egress_pools[i], *y = &b->egress_pools[i];
+        if (strcmp(x->name, y->name) != 0 || x->n != y->n ||
+            memcmp(x->src, y->src, (size_t)x->n * sizeof *x->src) != 0 ||
+            memcmp(x->weight, y->weight, (size_t)x->n * sizeof *x->weight) != 0)
+            return true;
+    }
+    for (int i = 0; i < a->n_tenants; i++)
+        if (strcmp(a->tenants[i].name, b->tenants[i].name) != 0 ||
+            a->tenants[i].pool != b->tenants[i].pool ||
+            a->tenants[i].max_message_rate != b->tenants[i].max_message_rate)
+            return true;
+    return false;
+}
+
 /* Options a reload cannot apply to the running process: said once per reload. */
 static void warn_restart_only(const struct config *old, const struct config *cfg)
 {
@@ -163,6 +193,7 @@ static void warn_restart_only(const struct config *old, const struct config *cfg
                                    str_differs(a->tls->key_file, b->tls->key_file)));
     }
     NOTE(http, "start_http_listener");
+    NOTE(egress_differs(old, cfg), "make_egress_source/make_egress_pool/configure_tenant");
     /* The delivery threads take each new generation (routes, retries, DKIM keys,
      * timeouts, hooks); the MTA-STS/DANE agent is made once per thread, and the
      * shaping rules (with configure_delivery's rate and connection defaults they
@@ -376,6 +407,13 @@ int main(int argc, char **argv)
     spool_stats(rt.spool, &sst);
     if (!spool_shared(rt.spool))
         log_info("spool %s open; CRC32C on %s", cfg->queue.spool_dir, sst.crc32c);
+    bool warm = false;
+    for (int i = 0; i < cfg->n_egress_sources; i++)
+        warm |= cfg->egress_sources[i].n_warmup > 0;
+    if (warmup_open(cfg->queue.spool_dir, warm, err, sizeof err) != PT_OK) {
+        fprintf(stderr, "petrel: %s\n", err);
+        return 1;
+    }
     rt.sched = sched_new(&rt, err, sizeof err);
     if (!rt.sched) {
         fprintf(stderr, "petrel: %s\n", err);
@@ -497,6 +535,7 @@ int main(int argc, char **argv)
     cluster_node_limits_stop(&rt);
     tlsrpt_send_stop(rpt);       /* after delivery (it counts), before the spool */
     sched_free(rt.sched);
+    warmup_close();              /* after delivery: its last counts are written */
     struct spool_stats st;
     spool_stats(rt.spool, &st);
     log_info("spool: %llu durable commits, %llu fsyncs (%.1f commits per fsync)",

@@ -29,6 +29,7 @@ void outcome_log(const struct entry *e, const char *type, const char *rcpt, int 
         .peer_address = where ? where->peer : NULL, .code = code, .response = response,
         .size = (int64_t)e->size, .delay = now - e->received_at, .attempts = (int)e->attempts,
         .tls = where ? where->tls : NULL, .protocol = e->protocol == PROTO_HTTP ? "http" : "smtp",
+        .tenant = entry_tenant(e), .egress_source = entry_source(e),
     };
     log_event(&r);
 }
@@ -161,7 +162,8 @@ struct dsn_lists {
 };
 
 /* One recipient's result: state, log record, metrics, and its DSN entry if any. */
-static void one_result(struct entry *e, struct entry_rcpt *r, const struct client_result *cr,
+static void one_result(const struct config *cfg, struct entry *e, struct entry_rcpt *r,
+                       const struct client_result *cr,
                        const struct outcome_where *where, const char *remote,
                        struct dsn_lists *d)
 {
@@ -173,6 +175,8 @@ static void one_result(struct entry *e, struct entry_rcpt *r, const struct clien
     if (code / 100 == 2) {
         r->state = RCPT_DELIVERED;
         metrics_inc(M_DELIVERED, e->domain, NULL, 1);
+        if (entry_tenant(e) && config_tenant(cfg, entry_tenant(e)))  /* bounded: configured */
+            metrics_inc(M_TENANT_DELIVERED, entry_tenant(e), NULL, 1);
         metrics_observe(M_LATENCY, time_now() - e->received_at);
         outcome_log(e, LOG_DELIVERY, r->addr, code, text, where);
         /* RFC 3461 5.2: a hop that offers DSN got NOTIFY and reports from here on;
@@ -234,7 +238,7 @@ enum outcome_next outcome_apply(struct runtime *rt, const struct config *cfg, uv
         struct entry_rcpt *r = &e->rcpts[i];
         if (r->state != RCPT_PENDING)
             continue;
-        one_result(e, r, &res[k++], where, remote, &d);
+        one_result(cfg, e, r, &res[k++], where, remote, &d);
     }
     const char *last_defer = d.last_defer;
     bool remote_defer = d.remote_defer;
@@ -258,7 +262,7 @@ enum outcome_next outcome_uniform(struct runtime *rt, const struct config *cfg, 
     snprintf(cr.enhanced, sizeof cr.enhanced, "%s", enhanced ? enhanced : "");
     for (uint32_t i = 0; i < e->nrcpt; i++)
         if (e->rcpts[i].state == RCPT_PENDING)
-            one_result(e, &e->rcpts[i], &cr, NULL, NULL, &d);
+            one_result(cfg, e, &e->rcpts[i], &cr, NULL, NULL, &d);
     const char *last_defer = d.last_defer;
     dsn_lists_send(rt, cfg, loop, e, &d);
     return settle(rt, cfg, loop, e, last_defer, false, NULL);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "core/runtime.h"
 #include "delivery/dns.h"
@@ -190,6 +191,11 @@ static void start_client(struct pool_conn *c, struct entry *e)
                                                 : cfg->delivery.connect_timeout;
     if (auth && auth->password)
         snprintf(c->pass, sizeof c->pass, "%s", auth->password);
+    /* DESIGN §9: the entry's egress source (every entry of the queue has it) */
+    const struct cfg_egress_source *src = config_egress_source(cfg, entry_source(e));
+    if (entry_source(e) && !src)
+        log_warn("%s: egress source '%s' is no longer configured; sending from the "
+                 "default address", e->id, entry_source(e));
     struct smtp_client_params p = {
         .hosts = c->hosts,
         .tls = strcmp(r->tls, "verify") == 0 ? CTLS_VERIFY
@@ -198,7 +204,9 @@ static void start_client(struct pool_conn *c, struct entry *e)
         .auth_user = auth ? auth->username : NULL,
         .auth_pass = auth ? c->pass : NULL,
         .port = r->port,
-        .helo = cfg->delivery.helo_name ? cfg->delivery.helo_name : pt->rt->hostname,
+        .helo = src && src->ehlo_domain ? src->ehlo_domain
+              : cfg->delivery.helo_name ? cfg->delivery.helo_name : pt->rt->hostname,
+        .source = src ? &src->addr : NULL,
         .connect_timeout = ctimeout,
         .command_timeout = ctimeout * 5 > 600 ? 600 : ctimeout * 5,
         .no_chunking = !cfg->delivery.chunking,
@@ -207,7 +215,20 @@ static void start_client(struct pool_conn *c, struct entry *e)
         p.host_tls[i] = c->policy->host_tls[i];
         p.dane[i] = c->policy->dane[i];
     }
-    c->client = smtp_client_start(pt->loop, &p, &client_ops, c, e, &c->content, &c->content7);
+    /* a source reaches only next hops of its own family (smtp_client skips the others):
+     * none at all is a deferral, said here */
+    bool reachable = !src;
+    for (int i = 0; !reachable && i < c->hosts->nhosts; i++)
+        for (int k = 0; !reachable && k < c->hosts->hosts[i].naddr; k++)
+            reachable = c->hosts->hosts[i].addrs[k].ss_family == src->addr.ss_family;
+    char why[400] = "451 4.3.0 out of memory starting a delivery";
+    if (!reachable)
+        snprintf(why, sizeof why, "451 4.4.1 %s: no address of the egress source's family "
+                 "(%s)", c->hosts->nhosts ? c->hosts->hosts[0].name : e->domain,
+                 src->addr.ss_family == AF_INET6 ? "IPv6" : "IPv4");
+    c->client = reachable ? smtp_client_start(pt->loop, &p, &client_ops, c, e, &c->content,
+                                              &c->content7)
+                          : NULL;
     policy_free(c->policy);
     c->policy = NULL;
     explicit_bzero(c->pass, sizeof c->pass);
@@ -217,8 +238,7 @@ static void start_client(struct pool_conn *c, struct entry *e)
         c->sending = NULL;
         buf_free(&c->content);
         buf_free(&c->content7);
-        pt->ops->fail(pt->owner, c->queue, e, 451, "4.3.0",
-                      "451 4.3.0 out of memory starting a delivery");
+        pt->ops->fail(pt->owner, c->queue, e, 451, reachable ? "4.3.0" : "4.4.1", why);
         conn_free(c);
     }
 }

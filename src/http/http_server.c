@@ -27,6 +27,7 @@
 #include "obs/metrics.h"
 #include "policy/accept.h"
 #include "policy/header_checks.h"
+#include "delivery/egress.h"
 #include "policy/hooks.h"
 #include "policy/limits.h"
 #include "queue/entry.h"
@@ -216,6 +217,7 @@ struct inject_job {
     size_t nfx;
     size_t nsubs;
     struct inject_sub *subs;
+    const struct config *cfg;   /* the runtime's (startup) config: egress sources */
 };
 
 static void job_free(struct inject_job *j)
@@ -480,9 +482,16 @@ static int http_policy(void *arg, struct entry *e)
     const struct inject_sub *sub = arg;
     const struct inject_job *j = sub->job;
     for (size_t i = 0; i < j->nfx; i++)
-        if (j->fx[i].msg == sub->msg && strcmp(j->fx[i].domain, e->domain) == 0)
-            return hook_effects_apply(&j->fx[i].fx, e);
-    return PT_OK;
+        if (j->fx[i].msg == sub->msg && strcmp(j->fx[i].domain, e->domain) == 0) {
+            int rc = hook_effects_apply(&j->fx[i].fx, e);
+            return rc == PT_OK ? egress_assign(j->cfg, e, j->fx[i].fx.egress_pool) : rc;
+        }
+    /* no hook ran for it: the tenant of DESIGN §4 (X-Tenant) */
+    const struct inject_msg *msg = &j->batch.msgs[sub->msg];
+    char tenant[HOOK_TENANT_MAX];
+    hooks_default_tenant(NULL, msg->content, msg->content_len, NULL, tenant);
+    int rc = entry_set_ident(e, tenant, entry_source(e));
+    return rc == PT_OK ? egress_assign(j->cfg, e, NULL) : rc;
 }
 
 /* limit_sending of every message of the request, before any is queued: PT_OK, or
@@ -593,6 +602,7 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
         if (rc == PT_OK)
             j->batch.nmsgs = 1;
     }
+    j->cfg = s->rt->cfg;   /* egress: the delivery threads' (startup) generation */
     if (rc == PT_OK)
         rc = apply_routes(j, cfg);
     if (rc == PT_OK)
@@ -641,10 +651,8 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
             .peer_address = req->ip, .log_reception = true,
         };
         memcpy(im.id, j->ids[m], sizeof im.id);
-        if (j->nfx) {
-            im.policy = http_policy;
-            im.policy_arg = sub;
-        }
+        im.policy = http_policy;   /* at least the tenant (DESIGN §4) */
+        im.policy_arg = sub;
         pthread_mutex_lock(&j->lock);
         j->pending++;
         pthread_mutex_unlock(&j->lock);
@@ -681,11 +689,41 @@ static json_t *json_time(double t)
     return json_string(buf);
 }
 
+/* GET /api/queue?by=tenant: entries counted by tenant (DESIGN §9). */
+static enum MHD_Result get_queue_tenants(struct http_server *s, struct MHD_Connection *c)
+{
+    struct sched_queue_info *q;
+    size_t n;
+    if (sched_snapshot_tenants(s->rt->sched, ADMIN_SNAPSHOT_TIMEOUT_S, &q, &n) != PT_OK)
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,
+                             "the delivery threads did not answer (stopping?)");
+    double now = time_now();
+    json_int_t total = 0;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        total += q[i].count;
+        json_array_append_new(arr, json_pack(
+            "{s:o, s:I, s:o, s:o}", "tenant", q[i].key[0] ? json_string(q[i].key) : json_null(),
+            "count", (json_int_t)q[i].count, "oldest_age_s",
+            q[i].oldest > 0 ? json_real(now > q[i].oldest ? now - q[i].oldest : 0) : json_null(),
+            "next_attempt", json_time(q[i].next_attempt)));
+    }
+    free(q);
+    return respond_json(c, MHD_HTTP_OK, json_pack("{s:I, s:o}", "total", total, "tenants", arr),
+                        NULL, NULL);
+}
+
 static enum MHD_Result get_queue(struct http_server *s, struct MHD_Connection *c,
                                  struct http_req *req, int arg)
 {
     struct sched_queue_info *q;
     size_t n;
+    const char *by = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "by");
+    if (by && strcmp(by, "tenant") == 0)
+        return get_queue_tenants(s, c);
+    if (by && strcmp(by, "domain") != 0)
+        return respond_error(c, MHD_HTTP_BAD_REQUEST, NULL, NULL,
+                             "by=%s: known groupings are domain (the default) and tenant", by);
     int rc = sched_snapshot(s->rt->sched, ADMIN_SNAPSHOT_TIMEOUT_S, &q, &n);
     if (rc != PT_OK)
         return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL,

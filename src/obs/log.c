@@ -186,6 +186,10 @@ int log_format(const struct log_record *r, struct buf *out)
     if (!rc) rc = json_str(out, r->tls);
     if (!rc) rc = buf_append(out, ",\"protocol\":", 12);
     if (!rc) rc = json_str(out, r->protocol);
+    if (!rc) rc = buf_append(out, ",\"tenant\":", 10);
+    if (!rc) rc = json_str(out, r->tenant);
+    if (!rc) rc = buf_append(out, ",\"egress_source\":", 17);
+    if (!rc) rc = json_str(out, r->egress_source);
     if (!rc && r->user) {
         rc = buf_append(out, ",\"user\":", 8);
         if (!rc) rc = json_str(out, r->user);

@@ -33,6 +33,9 @@ struct log_record {
     int attempts;              /* <0 = null */
     const char *tls;
     const char *protocol;      /* "smtp" | "http" | NULL */
+    const char *tenant;        /* DESIGN §9: meta.tenant, NULL = none (always written) */
+    const char *egress_source; /* the egress source the message goes out by, NULL = the
+                                  host's default address (always written) */
     const char *user;          /* AuthFailure: the user name tried; the key is written
                                   only when set */
     const char *action;        /* Shaping: the action; "action" and "until" (RFC 3339,

@@ -59,6 +59,9 @@ static const struct metric_def defs[M__COUNT] = {
     [M_SHAPING_ACTIONS] = {"petrel_shaping_actions_total",
         "Shaping automation triggers by action (configure_shaping automation).", MT_COUNTER, 1,
         {"action"}},
+    [M_TENANT_DELIVERED] = {"petrel_tenant_messages_delivered_total",
+        "Recipients delivered per tenant (configure_tenant tenants only).", MT_COUNTER, 1,
+        {"tenant"}},
 };
 
 static const char *const type_names[] = {

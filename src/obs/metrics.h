@@ -20,6 +20,8 @@ enum metric_id {
     M_SPOOL_BYTES,      /* petrel_spool_bytes                               gauge */
     M_CLUSTER_LIMITS_DEGRADED, /* petrel_cluster_limits_degraded            gauge */
     M_SHAPING_ACTIONS,  /* petrel_shaping_actions_total{action}             counter */
+    M_TENANT_DELIVERED, /* petrel_tenant_messages_delivered_total{tenant}   counter
+                           (configure_tenant tenants only) */
     M__COUNT
 };
 

@@ -32,6 +32,8 @@ void hook_effects_init(struct hook_effects *fx)
     fx->priority = -1;
     fx->route[0] = 0;
     fx->tenant[0] = 0;
+    fx->tenant_set = false;
+    fx->egress_pool[0] = 0;
 }
 
 void hook_effects_free(struct hook_effects *fx)
@@ -50,6 +52,8 @@ int hook_effects_copy(struct hook_effects *dst, const struct hook_effects *src)
     dst->priority = src->priority;
     memcpy(dst->route, src->route, sizeof dst->route);
     memcpy(dst->tenant, src->tenant, sizeof dst->tenant);
+    dst->tenant_set = src->tenant_set;
+    memcpy(dst->egress_pool, src->egress_pool, sizeof dst->egress_pool);
     int rc = PT_OK;
     if (src->edits.len)
         rc = buf_append(&dst->edits, src->edits.data, src->edits.len);
@@ -71,6 +75,8 @@ int hook_effects_apply(const struct hook_effects *fx, struct entry *e)
         rc = entry_set_route(e, fx->route);
     if (rc == PT_OK && fx->dkim.len)
         rc = entry_set_dkim_sign(e, fx->dkim.data);
+    if (rc == PT_OK)
+        rc = entry_set_ident(e, fx->tenant, entry_source(e));
     return rc;
 }
 
@@ -152,6 +158,46 @@ static int act_set_queue_priority(lua_State *L)
     const char *p = luaL_checkstring(L, 1);
     if ((fx->priority = prio_of(p)) < 0)
         return hook_error(L, "set_queue_priority: '%s' is not one of high, normal, bulk", p);
+    return 0;
+}
+
+/* A tenant or pool name: 1..127 printable ASCII bytes, no space. */
+static bool name_ok(const char *n, size_t len)
+{
+    if (len == 0 || len >= HOOK_TENANT_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (n[i] <= ' ' || n[i] > '~')
+            return false;
+    return true;
+}
+
+/* set_tenant(name): meta.tenant of the message, whatever a handler left in meta. */
+static int act_set_tenant(lua_State *L)
+{
+    struct hook_effects *fx = current(L, "set_tenant");
+    size_t len;
+    const char *t = luaL_checklstring(L, 1, &len);
+    if (!name_ok(t, len))
+        return hook_error(L, "set_tenant: '%s' is not a tenant name (1 to 127 printable "
+                          "characters, no spaces)", t);
+    memcpy(fx->tenant, t, len + 1);
+    fx->tenant_set = true;
+    return 0;
+}
+
+/* set_egress_pool(name): the pool the message's egress source is chosen from. */
+static int act_set_egress_pool(lua_State *L)
+{
+    struct hook_effects *fx = current(L, "set_egress_pool");
+    const char *name = luaL_checkstring(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, HOOK_CFG);
+    const struct config *cfg = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (config_egress_pool_index(cfg, name) < 0)
+        return hook_error(L, "set_egress_pool: no egress pool named '%s' (make_egress_pool)",
+                          name);
+    snprintf(fx->egress_pool, sizeof fx->egress_pool, "%s", name);
     return 0;
 }
 
@@ -288,6 +334,8 @@ static int install_p(lua_State *L)
         { "route_to", act_route_to },
         { "sign_dkim", act_sign_dkim },
         { "limit_sending", act_limit_sending },
+        { "set_tenant", act_set_tenant },
+        { "set_egress_pool", act_set_egress_pool },
         { NULL, NULL },
     };
     static const char *const unsupported[] = {
@@ -477,6 +525,8 @@ static int run_p(lua_State *L)
             return handler_returned(L, handlers, i, "nothing");
         lua_pop(L, 1);
     }
+    if (a->fx->tenant_set)
+        return 0;
     a->fx->tenant[0] = 0;
     if (lua_getfield(L, meta, "tenant") == LUA_TSTRING)
         snprintf(a->fx->tenant, sizeof a->fx->tenant, "%s", lua_tostring(L, -1));

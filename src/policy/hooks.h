@@ -28,6 +28,8 @@ struct hook_effects {
     int priority;                    /* PRIO_* (queue/entry.h), -1 = not set */
     char route[256];                 /* route_to target ("" = by domain) */
     char tenant[HOOK_TENANT_MAX];    /* meta.tenant after the run ("" = none) */
+    bool tenant_set;                 /* set_tenant was called: tenant wins over meta.tenant */
+    char egress_pool[128];           /* set_egress_pool ("" = the tenant's or none) */
 };
 
 void hook_effects_init(struct hook_effects *fx);
@@ -53,7 +55,7 @@ struct config;
 int hooks_install(lua_State *L, const struct config *cfg);
 
 /* Applies the effects that belong to a queue entry (header edits, priority,
- * route, sign_dkim requests) to e. PT_OK, PT_NOMEM or PT_TOOLONG. */
+ * route, sign_dkim requests, tenant) to e. PT_OK, PT_NOMEM or PT_TOOLONG. */
 struct entry;
 int hook_effects_apply(const struct hook_effects *fx, struct entry *e);
 

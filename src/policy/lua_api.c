@@ -26,7 +26,8 @@ const char *const lua_api_events[] = {
 /* DESIGN §4 actions; they only make sense while a hook handles a message. */
 static const char *const action_names[] = {
     "add_header", "remove_header", "set_queue_priority", "sign_dkim", "route_to",
-    "limit_sending", "adjust_domain_rate", "log_info", "log_warn", "log_error", NULL,
+    "limit_sending", "adjust_domain_rate", "log_info", "log_warn", "log_error", "set_tenant",
+    "set_egress_pool", NULL,
 };
 
 /* Also plain globals, as the seeds call them. */

@@ -202,7 +202,7 @@ static void snapshot_run(struct dthread *t, struct sched_call *call)
         /* when it will go, as the wall clock reads now (its timer is monotonic) */
         double next = time_wall_at(time_tick_mono(e->due));
         char kb[ROUTE_QKEY_MAX];
-        const struct dqueue *q = sched_queue_find(t, route_queue_key(e->via, e->domain, kb));
+        const struct dqueue *q = sched_queue_find(t, sched_qkey(e, kb));
         if (q && !q->route->qkey) {      /* counted with its MX queue above */
             struct sched_queue_info *qi = row_of(&rs, t, e->domain, e->via, q);
             if (qi) {
@@ -215,7 +215,7 @@ static void snapshot_run(struct dthread *t, struct sched_call *call)
     }
     for (const struct entry *e = t->held; e && !rs.failed; e = e->next) {
         char kb[ROUTE_QKEY_MAX];
-        const struct dqueue *q = sched_queue_find(t, route_queue_key(e->via, e->domain, kb));
+        const struct dqueue *q = sched_queue_find(t, sched_qkey(e, kb));
         const struct suspension *su = suspend_for(t, e);
         double next = su ? su->until : e->next_attempt;
         if (q && !q->route->qkey) {
@@ -233,6 +233,65 @@ static void snapshot_run(struct dthread *t, struct sched_call *call)
         if (qi)
             qi->dead++;
     }
+    pthread_mutex_lock(&sn->lock);
+    bool failed = rs.failed;
+    if (!failed && rs.n) {
+        struct sched_queue_info *p = realloc(sn->q, (sn->n + rs.n) * sizeof *p);
+        if (p) {
+            memcpy(p + sn->n, rs.v, rs.n * sizeof *p);
+            sn->q = p;
+            sn->n += rs.n;
+        } else {
+            failed = true;
+        }
+    }
+    sn->failed |= failed;
+    sn->pending--;
+    pthread_cond_signal(&sn->cond);
+    call_release(sn);
+    free(rs.v);
+    free(rs.via);
+    free(rs.slot);
+}
+
+/* ---- by tenant -------------------------------------------------------- */
+
+static void tenant_row(struct rows *rs, struct dthread *t, const struct entry *e, double next)
+{
+    const char *ten = entry_tenant(e);
+    struct sched_queue_info *qi = row_of(rs, t, ten ? ten : "", NULL, NULL);
+    if (!qi)
+        return;
+    qi->count++;
+    min_time(&qi->oldest, e->received_at);
+    if (next > 0)
+        min_time(&qi->next_attempt, next);
+}
+
+static void tenant_in_flight(void *arg, void *queue, const struct entry *e)
+{
+    (void)queue;
+    struct in_flight *f = arg;
+    tenant_row(f->rs, f->t, e, 0);
+}
+
+/* On the delivery thread: every entry it holds, counted by tenant (key "" = none). */
+static void tenants_run(struct dthread *t, struct sched_call *call)
+{
+    struct thread_call *sn = (struct thread_call *)call;
+    struct rows rs = { .failed = t->stopping };
+    double now = time_now();
+    for (int h = 0; h < SCHED_Q_BUCKETS && !rs.failed; h++)
+        for (struct dqueue *q = t->buckets[h]; q && !rs.failed; q = q->hnext)
+            for (int p = 0; p < SCHED_PRIOS; p++)
+                for (struct entry *e = q->ready[p]; e; e = e->next)
+                    tenant_row(&rs, t, e, now);
+    struct in_flight f = { &rs, t };
+    pool_for_each_entry(&t->pool, tenant_in_flight, &f);
+    for (uint32_t i = 0; i < t->nheap && !rs.failed; i++)
+        tenant_row(&rs, t, t->heap[i], time_wall_at(time_tick_mono(t->heap[i]->due)));
+    for (const struct entry *e = t->held; e && !rs.failed; e = e->next)
+        tenant_row(&rs, t, e, e->next_attempt);
     pthread_mutex_lock(&sn->lock);
     bool failed = rs.failed;
     if (!failed && rs.n) {
@@ -319,6 +378,40 @@ static int snapshot_local(struct sched *s, double timeout_s, struct sched_queue_
     if (rc == PT_OK) {
         if (sn->n)
             qsort(sn->q, sn->n, sizeof *sn->q, info_cmp);
+        *out = sn->q;
+        *n = sn->n;
+        sn->q = NULL;
+    }
+    call_release(sn);
+    return rc;
+}
+
+int sched_snapshot_tenants(struct sched *s, double timeout_s, struct sched_queue_info **out,
+                           size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!s->started)
+        return PT_ERROR;
+    struct thread_call *sn = call_new(tenants_run);
+    if (!sn)
+        return PT_NOMEM;
+    int rc = call_threads(s, sn, timeout_s);
+    if (rc == PT_OK && sn->n) {
+        qsort(sn->q, sn->n, sizeof *sn->q, info_cmp);
+        size_t k = 0;            /* one row per tenant: the threads' rows summed */
+        for (size_t i = 0; i < sn->n; i++) {
+            if (k && strcmp(sn->q[k - 1].key, sn->q[i].key) == 0) {
+                sn->q[k - 1].count += sn->q[i].count;
+                min_time(&sn->q[k - 1].oldest, sn->q[i].oldest);
+                min_time(&sn->q[k - 1].next_attempt, sn->q[i].next_attempt);
+            } else {
+                sn->q[k++] = sn->q[i];
+            }
+        }
+        sn->n = k;
+    }
+    if (rc == PT_OK) {
         *out = sn->q;
         *n = sn->n;
         sn->q = NULL;

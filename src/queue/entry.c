@@ -16,17 +16,20 @@
 #include "queue/entry.h"
 #include "util/result.h"
 
-/* Encoding v4, all integers little-endian, strings as u32 length + bytes (no NUL;
+/* Encoding v5, all integers little-endian, strings as u32 length + bytes (no NUL;
  * length 0xffffffff = NULL for the nullable ones):
- *   u8 version=4 | str id | str domain | str sender | nstr route | nstr last_response
- *   | nstr hdr_edits | nstr dkim_sign | nstr envid | u8 protocol | u8 priority | u8 flags
+ *   u8 version=5 | str id | str domain | str sender | nstr route | nstr last_response
+ *   | nstr hdr_edits | nstr dkim_sign | nstr envid | nstr tenant | nstr egress_source
+ *   | u8 protocol | u8 priority | u8 flags
  *   | u16 ndomains | u32 attempts | u64 size | f64 received_at | f64 next_attempt
  *   | u32 nrcpt | nrcpt x (u8 state, str addr, u8 notify, u8 dflags, nstr orcpt)
  * Nothing may follow the last recipient. Still read: v1 (no hdr_edits), v2 (no
- * dkim_sign), v3 (no envid, recipients only state + addr). dflags never carries
+ * dkim_sign), v3 (no envid, recipients only state + addr), v4 (no tenant, no
+ * egress_source). dflags never carries
  * ENTRY_R_ORCPT (orcpt's presence says it); envid and orcpt are at most 500 bytes
  * without control bytes, notify has no bit beyond ENTRY_N_MASK. */
-#define ENTRY_VERSION 4
+#define ENTRY_VERSION 5
+#define ENTRY_IDENT_MAX 255u         /* tenant, egress source: bytes each */
 #define ENTRY_DSN_STR_MAX 500u       /* envid, orcpt */
 #define ENTRY_R_STORED ENTRY_R_DELAY_SENT /* dflags bits that are serialized */
 #define ENTRY_MAX_RCPT 100000u       /* more than any message we accept */
@@ -152,6 +155,7 @@ void entry_free(struct entry *e)
         free(e->route);
     free(e->hdr_edits);
     free(e->dkim_sign);
+    free(e->ident);
     free(e);
 }
 
@@ -211,6 +215,39 @@ int entry_set_dkim_sign(struct entry *e, const char *requests)
         return PT_TOOLONG;
     }
     return set_owned(&e->dkim_sign, requests);
+}
+
+int entry_set_ident(struct entry *e, const char *tenant, const char *source)
+{
+    size_t nt = tenant ? strlen(tenant) : 0, ns = source ? strlen(source) : 0;
+    char *c = NULL;
+    int rc = PT_OK;
+    if (nt > ENTRY_IDENT_MAX || ns > ENTRY_IDENT_MAX)
+        rc = PT_TOOLONG;
+    else if ((nt || ns) && !(c = malloc(nt + ns + 2)))
+        rc = PT_NOMEM;
+    if (c) {   /* built before the old one goes: tenant may point into it */
+        memcpy(c, nt ? tenant : "", nt);
+        c[nt] = 0;
+        memcpy(c + nt + 1, ns ? source : "", ns);
+        c[nt + 1 + ns] = 0;
+    }
+    free(e->ident);
+    e->ident = c;
+    return rc;
+}
+
+const char *entry_tenant(const struct entry *e)
+{
+    return e->ident && e->ident[0] ? e->ident : NULL;
+}
+
+const char *entry_source(const struct entry *e)
+{
+    if (!e->ident)
+        return NULL;
+    const char *s = e->ident + strlen(e->ident) + 1;
+    return *s ? s : NULL;
 }
 
 uint32_t entry_pending(const struct entry *e)
@@ -335,7 +372,8 @@ int entry_encode(const struct entry *e, struct buf *out)
         (rc = enc_str(out, e->domain)) || (rc = enc_str(out, e->sender)) ||
         (rc = enc_str(out, e->route)) || (rc = enc_str(out, e->last_response)) ||
         (rc = enc_str(out, e->hdr_edits)) || (rc = enc_str(out, e->dkim_sign)) ||
-        (rc = enc_str(out, e->envid)) ||
+        (rc = enc_str(out, e->envid)) || (rc = enc_str(out, entry_tenant(e))) ||
+        (rc = enc_str(out, entry_source(e))) ||
         (rc = enc_le(out, e->protocol, 1)) || (rc = enc_le(out, e->priority, 1)) ||
         (rc = enc_le(out, e->flags, 1)) || (rc = enc_le(out, e->ndomains, 2)) ||
         (rc = enc_le(out, e->attempts, 4)) || (rc = enc_le(out, e->size, 8)) ||
@@ -441,7 +479,7 @@ int entry_decode(const void *data, size_t len, struct entry **out)
     struct slice id = rd_str(&r, false), domain = rd_str(&r, false);
     struct slice sender = rd_str(&r, false), route = rd_str(&r, true);
     struct slice resp = rd_str(&r, true), edits = { NULL, 0 }, dkim = { NULL, 0 };
-    struct slice envid = { NULL, 0 };
+    struct slice envid = { NULL, 0 }, tenant = { NULL, 0 }, source = { NULL, 0 };
     if (version >= 2)
         edits = rd_str(&r, true);
     if (version >= 3)
@@ -450,6 +488,13 @@ int entry_decode(const void *data, size_t len, struct entry **out)
         envid = rd_str(&r, true);
         if (envid.p && !dsn_str_ok(envid.p, envid.len))
             return PT_INVALID;
+    }
+    if (version >= 5) {
+        tenant = rd_str(&r, true);
+        source = rd_str(&r, true);
+        if (tenant.len > ENTRY_IDENT_MAX || source.len > ENTRY_IDENT_MAX ||
+            (tenant.p && !tenant.len) || (source.p && !source.len))
+            return PT_INVALID;   /* "" is written as NULL: one encoding per entry */
     }
     uint8_t protocol = (uint8_t)rd_le(&r, 1), priority = (uint8_t)rd_le(&r, 1);
     uint8_t flags = (uint8_t)rd_le(&r, 1);
@@ -523,6 +568,15 @@ int entry_decode(const void *data, size_t len, struct entry **out)
         (resp.p && !(e->last_response = slice_dup(resp))) ||
         (edits.p && !(e->hdr_edits = slice_dup(edits))) ||
         (dkim.p && !(e->dkim_sign = slice_dup(dkim)))) {
+        entry_free(e);
+        return PT_NOMEM;
+    }
+    char tbuf[ENTRY_IDENT_MAX + 1], sbuf[ENTRY_IDENT_MAX + 1];
+    memcpy(tbuf, tenant.p ? tenant.p : "", tenant.len);
+    tbuf[tenant.len] = 0;
+    memcpy(sbuf, source.p ? source.p : "", source.len);
+    sbuf[source.len] = 0;
+    if (entry_set_ident(e, tbuf, sbuf) != PT_OK) {
         entry_free(e);
         return PT_NOMEM;
     }

@@ -29,6 +29,8 @@ enum {
     ENTRY_F_BINARYMIME = 1u << 6, /* MAIL BODY=BINARYMIME (RFC 3030): content stored as
                                      received, sent only with BDAT to a hop offering
                                      BINARYMIME (older spools never set it) */
+    ENTRY_F_TENANT_Q = 1u << 7,   /* its tenant has a max_message_rate (DESIGN §9): its
+                                     queue is the tenant's own (queue/sched_int.h) */
 };
 /* NOTIFY of a recipient (RFC 3461 4.1); 0 = not given, which means FAILURE and
  * DELAY (the RFC's default, with the delay warning at our discretion). */
@@ -52,7 +54,7 @@ struct entry_rcpt {
     uint8_t dflags;            /* ENTRY_R_* bits */
 };
 
-/* Field order keeps the struct at 144 bytes on LP64 (test_entry checks it): the
+/* Field order keeps the struct at 152 bytes on LP64 (test_entry checks it): the
  * small fields share the id's padding, due shares heap_idx's 8 bytes. */
 struct entry {
     char id[ENTRY_ID_LEN + 1];
@@ -72,6 +74,9 @@ struct entry {
                                   set with entry_set_last_response) */
     char *hdr_edits;           /* header edits of hooks (util/headers.h), applied when sent;
                                   NULL if none (malloc'ed separately: entry_set_hdr_edits) */
+    char *ident;               /* tenant and egress source: "tenant\0source\0" (either may
+                                  be empty), NULL = neither; malloc'ed separately
+                                  (entry_set_ident; read with entry_tenant/entry_source) */
     char *dkim_sign;           /* sign_dkim requests of hooks, lines "domain\tselector\tkey_file\n",
                                   signed at delivery in that order; NULL if none
                                   (malloc'ed separately: entry_set_dkim_sign) */
@@ -128,6 +133,12 @@ int entry_set_hdr_edits(struct entry *e, const char *edits);
 /* Sets (copies) or clears (NULL) the sign_dkim requests. PT_OK, PT_TOOLONG (over
  * 64 KiB) or PT_NOMEM (then NULL). */
 int entry_set_dkim_sign(struct entry *e, const char *requests);
+/* Sets (copies) the tenant and the egress source name; NULL or "" = none (both
+ * none clears). Each at most 255 bytes. PT_OK, PT_TOOLONG or PT_NOMEM (then cleared). */
+int entry_set_ident(struct entry *e, const char *tenant, const char *source);
+/* The tenant / egress source of e, NULL when none. */
+const char *entry_tenant(const struct entry *e);
+const char *entry_source(const struct entry *e);
 uint32_t entry_pending(const struct entry *e);    /* recipients still PENDING */
 
 /* Fresh message id: 16 lowercase hex digits, unique per process and over time

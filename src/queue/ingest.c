@@ -38,6 +38,7 @@ static void log_receptions(const struct ingest_job *job)
                 .peer_address = job->peer, .code = 250, .response = resp,
                 .size = (int64_t)e->size, .delay = 0, .attempts = 0, .tls = job->tls,
                 .protocol = e->protocol == PROTO_HTTP ? "http" : "smtp",
+        .tenant = entry_tenant(e), .egress_source = entry_source(e),
             };
             log_event(&r);
         }

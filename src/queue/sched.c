@@ -107,7 +107,7 @@ void sched_heap_push(struct dthread *t, struct entry *e)
         log_error("%s: out of memory in the retry heap; delivery resumes after a restart",
                   e->id);
         char kb[ROUTE_QKEY_MAX];
-        struct dqueue *q = sched_queue_find(t, route_queue_key(e->via, e->domain, kb));
+        struct dqueue *q = sched_queue_find(t, sched_qkey(e, kb));
         if (q) {
             q->nentries--;
             metrics_add(M_QUEUE_DEPTH, e->domain, NULL, -1);
@@ -259,24 +259,67 @@ static struct dqueue *queue_get(struct dthread *t, const char *key, const struct
     if (q)
         return q;
     uint64_t h = sched_hash(key) % SCHED_Q_BUCKETS;
+    size_t klen = strlen(key);
     q = calloc(1, sizeof *q);
-    if (!q || !(q->key = strdup(key))) {
+    if (!q || !(q->key = malloc(2 * klen + 2))) {
         free(q);
         return NULL;
     }
+    memcpy(q->key, key, klen + 1);
+    char *base = q->key + klen + 1;            /* the key without "|SOURCE" */
+    memcpy(base, key, klen + 1);
+    /* base: "domain\0source\0tenant" cut at the '|' (source) and '#' (tenant) */
+    char *hash = strchr(base, '#');
+    if (hash) {
+        *hash = 0;
+        q->tenant = hash + 1;
+    }
+    char *bar = strchr(base, '|');
+    if (bar) {
+        *bar = 0;
+        q->source = bar + 1;
+    }
+    const struct cfg_egress_source *src = config_egress_source(t->s->rt->cfg, q->source);
+    if (src && src->n_warmup) {
+        if (!(q->shape.warmup = malloc((size_t)src->n_warmup * sizeof *src->warmup))) {
+            free(q->key);   /* not sent uncapped: out of memory like any queue */
+            free(q);
+            return NULL;
+        }
+        memcpy(q->shape.warmup, src->warmup, (size_t)src->n_warmup * sizeof *src->warmup);
+        q->shape.nwarmup = src->n_warmup;
+    }
+    if (q->tenant) {   /* DESIGN §9: the tenant's pace per destination */
+        const struct cfg_tenant *ten = config_tenant(t->s->rt->cfg, q->tenant);
+        q->shape.pace_rate = ten ? ten->max_message_rate : 0;
+    }
     q->route = r;
     q->pool.route = r;
-    const char *slash = q->key[0] == '@' ? strrchr(q->key, '/') : NULL;
-    q->domain = slash ? slash + 1 : q->key;   /* "@name/domain": an MX-way route */
+    const char *slash = base[0] == '@' ? strrchr(base, '/') : NULL;
+    q->domain = slash ? slash + 1 : base;      /* "@name/domain": an MX-way route */
     q->hnext = t->buckets[h];
     t->buckets[h] = q;
     return q;
 }
 
+const char *sched_qkey(const struct entry *e, char *kb)
+{
+    const char *k = route_queue_key(e->via, e->domain, kb);
+    const char *src = entry_source(e);
+    const char *ten = e->flags & ENTRY_F_TENANT_Q ? entry_tenant(e) : NULL;
+    if (!src && !ten)
+        return k;
+    char tmp[ROUTE_QKEY_MAX];
+    snprintf(tmp, sizeof tmp, "%s%s%s%s%s", k, src ? "|" : "", src ? src : "", ten ? "#" : "",
+             ten ? ten : "");
+    memcpy(kb, tmp, sizeof tmp);
+    return kb;
+}
+
 struct dqueue *sched_queue_of(struct dthread *t, const struct entry *e)
 {
     char kb[ROUTE_QKEY_MAX];
-    return queue_get(t, route_queue_key(e->via, e->domain, kb), e->via);
+    return queue_get(t, sched_qkey(e, kb), e->via);
 }
 
 static void queue_maybe_free(struct dthread *t, struct dqueue *q)
@@ -592,7 +635,7 @@ static void run_hook(struct dthread *t, struct dqueue *q, const struct entry *e,
 {
     struct hooks_delivery_result r = {
         .code = code, .enhanced = enhanced, .response = text, .domain = e->domain,
-        .id = e->id, .site = site, .attempts = e->attempts,
+        .id = e->id, .site = site, .attempts = e->attempts, .tenant = entry_tenant(e),
     };
     t->hook_q = q;
     t->hook_e = e;
@@ -921,7 +964,7 @@ void sched_enqueue(struct sched *s, struct entry *e)
     }
     sched_due_set(e);          /* new, recovered or claimed: from its stored time */
     char kb[ROUTE_QKEY_MAX];
-    const char *key = route_queue_key(e->via, e->domain, kb);
+    const char *key = sched_qkey(e, kb);
     struct dthread *t = &s->t[sched_hash(key) % (uint64_t)s->n];
     atomic_fetch_add(&s->depth, 1);
     if (!s->started) {

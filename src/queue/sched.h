@@ -54,6 +54,11 @@ struct sched_queue_info {
  * Thread-safe; call from outside the delivery threads. */
 int sched_snapshot(struct sched *s, double timeout_s, struct sched_queue_info **out,
                    size_t *n);
+/* The same grouped by tenant (DESIGN §9): one row per tenant (key = the tenant, ""
+ * = none; count = its entries, oldest, next_attempt; the other fields empty),
+ * sorted. This node's entries only (with a shared spool: what this node holds). */
+int sched_snapshot_tenants(struct sched *s, double timeout_s, struct sched_queue_info **out,
+                           size_t *n);
 
 /* Admin actions on waiting mail (entries in flight finish their attempt first and
  * are not counted). A destination (`domain`) matches mail whose recipient domain

@@ -32,8 +32,10 @@ struct suspension;
 /* One destination queue: ready entries by priority, its connections and budget. */
 struct dqueue {
     struct dqueue *hnext;
-    char *key;                      /* route_queue_key */
-    const char *domain;             /* MX routes: the domain to look up (in key) */
+    char *key;                      /* sched_qkey; one allocation with domain */
+    const char *domain;             /* MX routes: the domain to look up (after key) */
+    const char *source;             /* egress source name (in key), NULL = default */
+    const char *tenant;             /* a paced tenant's own queue (in key), else NULL */
     const struct route *route;      /* every entry of the queue goes by it; for an MX
                                        route the queue is one domain (key). Interned;
                                        after a reload the new config's definition of
@@ -103,6 +105,11 @@ struct sched_call {
 int sched_post_call(struct sched *s, int i, struct sched_call *call);
 
 uint64_t sched_hash(const char *key);
+/* The queue key of e: its route's (route_queue_key), then "|SOURCE" when it goes
+ * out by an egress source (DESIGN §9: each (source, destination) is its own queue),
+ * then "#TENANT" when its tenant has its own pace (ENTRY_F_TENANT_Q). Returns kb
+ * or a string of the route. */
+const char *sched_qkey(const struct entry *e, char *kb);
 /* The existing queue named key, or NULL. */
 struct dqueue *sched_queue_find(struct dthread *t, const char *key);
 /* The queue of e (created if needed; NULL only when out of memory). */

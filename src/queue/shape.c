@@ -22,6 +22,7 @@
 #include "queue/entry.h"
 #include "queue/sched.h"
 #include "queue/sched_int.h"
+#include "delivery/warmup.h"
 #include "queue/shape.h"
 #include "smtp/smtp_client.h"
 #include "util/timeutil.h"
@@ -40,6 +41,9 @@ struct shape_budget {
     struct shape_budget *next;           /* the scheduler's site budgets */
     char name[SITE_NAME_MAX + 8];        /* the site glob or the domain: `queue` in
                                             Shaping records */
+    char source[CFG_EGRESS_NAME_MAX + 1];/* a site's budget is per egress source ("" =
+                                            the default address) */
+    char ckey[SITE_NAME_MAX + CFG_EGRESS_NAME_MAX + 10]; /* cluster key: name|source */
     bool site;
     double rate, conn_rate;              /* configured, per second (0 = unlimited) */
     int conn_limit;
@@ -83,17 +87,24 @@ static int climit_now(const struct shape_budget *b, double now)
     return b->climit_until > now ? b->climit : b->conn_limit;
 }
 
-/* The shared budget of site rule r (made on first use); NULL when out of memory. */
-static struct shape_budget *site_budget(struct dthread *t, const struct shaping_rule *r)
+/* The shared budget of site rule r for egress source src (NULL = none), made on
+ * first use: each (source, site) pair has its own limits (DESIGN §9), as receivers
+ * judge each sending address. NULL when out of memory. */
+static struct shape_budget *site_budget(struct dthread *t, const struct shaping_rule *r,
+                                        const char *src)
 {
     struct sched *s = t->s;
+    if (!src)
+        src = "";
     pthread_mutex_lock(&s->sites_lock);
     struct shape_budget *b = s->sites;
-    while (b && strcmp(b->name, r->glob) != 0)
+    while (b && (strcmp(b->name, r->glob) != 0 || strcmp(b->source, src) != 0))
         b = b->next;
     if (!b && (b = calloc(1, sizeof *b))) {
         budget_init(b, rules_of(t), r, r->glob, true);
-        shaping_bind(&b->msgs, s->rt->climits, b->name);  /* the site, cluster-wide */
+        snprintf(b->source, sizeof b->source, "%s", src);
+        snprintf(b->ckey, sizeof b->ckey, "%s%s%s", b->name, *src ? "|" : "", src);
+        shaping_bind(&b->msgs, s->rt->climits, b->ckey);  /* the site, cluster-wide */
         b->next = s->sites;
         s->sites = b;
     }
@@ -106,7 +117,7 @@ static void bind_rule(struct dthread *t, struct dqueue *q, const struct shaping_
 {
     const struct shaping_rules *sr = rules_of(t);
     q->shape.rule = r;
-    q->shape.b = r && r->glob ? site_budget(t, r) : NULL;
+    q->shape.b = r && r->glob ? site_budget(t, r, q->source) : NULL;
     if (!q->shape.b) {
         if (!q->shape.own && (q->shape.own = calloc(1, sizeof *q->shape.own))) {
             budget_init(q->shape.own, sr, r && !r->glob ? r : NULL, q->domain, false);
@@ -180,6 +191,15 @@ uint32_t shape_available(struct dqueue *q, double now)
     pthread_mutex_lock(&b->lock);
     uint32_t n = b->susp_until > now ? 0 : shaping_available(&b->msgs, rate_now(b, now), now);
     pthread_mutex_unlock(&b->lock);
+    if (n && q->shape.pace_rate > 0) {
+        uint32_t p = shaping_available(&q->shape.pace, q->shape.pace_rate, now);
+        n = p < n ? p : n;
+    }
+    if (n && q->shape.nwarmup) {   /* the source's warm-up cap for this site today */
+        uint32_t w = warmup_remaining(q->source, q->shape.warmup, q->shape.nwarmup, b->name,
+                                      time_now());
+        n = w < n ? w : n;
+    }
     return n;
 }
 
@@ -189,6 +209,10 @@ void shape_take(struct dqueue *q, double now)
     pthread_mutex_lock(&b->lock);
     shaping_acquire(&b->msgs, rate_now(b, now), now);
     pthread_mutex_unlock(&b->lock);
+    if (q->shape.pace_rate > 0)
+        shaping_acquire(&q->shape.pace, q->shape.pace_rate, now);
+    if (q->shape.nwarmup)
+        warmup_take(q->source, b->name, time_now());
 }
 
 bool shape_conn_open(struct dqueue *q, double now)
@@ -263,6 +287,18 @@ double shape_next_time(struct dqueue *q, double now)
             when = b->rate_until;
     }
     pthread_mutex_unlock(&b->lock);
+    /* the queue's own pace: no sooner than its next token */
+    if (q->shape.pace_rate > 0 && shaping_available(&q->shape.pace, q->shape.pace_rate, now) == 0) {
+        double p = shaping_next_time(&q->shape.pace, q->shape.pace_rate);
+        if (p > when)
+            when = p;
+    }
+    if (q->shape.nwarmup && b) {   /* capped for today: wait for the next UTC day */
+        double wall = time_now();
+        if (warmup_remaining(q->source, q->shape.warmup, q->shape.nwarmup, b->name, wall) == 0 &&
+            now + warmup_until_next_day(wall) > when)
+            when = now + warmup_until_next_day(wall);
+    }
     return when;
 }
 
@@ -371,6 +407,7 @@ static void shaping_record(struct shape_budget *b, const struct entry *e, const 
         .code = code > 0 ? code : -1, .response = reply, .size = -1, .delay = -1,
         .attempts = (int)e->attempts, .tls = where ? where->tls : NULL,
         .protocol = e->protocol == PROTO_HTTP ? "http" : "smtp", .action = action, .until = until,
+        .tenant = entry_tenant(e), .egress_source = entry_source(e),
     };
     log_event(&r);
     metrics_inc(M_SHAPING_ACTIONS, action, NULL, 1);
@@ -476,6 +513,7 @@ void shape_info(const struct dqueue *q, struct sched_queue_info *qi)
 
 void shape_q_free(struct dqueue *q)
 {
+    free(q->shape.warmup);
     if (q->shape.own) {
         pthread_mutex_destroy(&q->shape.own->lock);
         free(q->shape.own);

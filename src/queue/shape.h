@@ -13,6 +13,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "delivery/shaping.h"
+
 struct client_result;
 struct dqueue;
 struct dthread;
@@ -31,6 +33,11 @@ struct shape_q {
     struct shape_budget *b;          /* the budget in force once bound (own or a site's) */
     struct shape_budget *own;        /* the queue's own budget (freed with the queue) */
     const struct shaping_rule *rule; /* the rule governing it; NULL = default */
+    double pace_rate;                /* the queue's own pace on top (messages/s; 0 =
+                                        none): a paced tenant's max_message_rate */
+    struct shaping_slot pace;
+    int *warmup, nwarmup;            /* its egress source's warm-up schedule (a copy;
+                                        delivery/warmup.h), NULL = none */
 };
 
 /* Whether q knows its rule and budget. When not, starts what is needed (a site

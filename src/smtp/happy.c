@@ -26,6 +26,8 @@ struct happy {
     int n, next, failed, handles;
     uint64_t delay_ms;
     int last_err;
+    struct sockaddr_storage source; /* bound before each connect, if has_source */
+    bool has_source;
     bool over;                /* the callback ran, or the race was cancelled */
     happy_cb cb;
     void *arg;
@@ -111,7 +113,11 @@ static void start_next(struct happy *h)
         a->tcp.data = h;
         a->open = true;
         h->handles++;
-        int rc = uv_tcp_connect(&a->req, &a->tcp, (struct sockaddr *)&h->addrs[a->index],
+        int rc = 0;
+        if (h->has_source && h->source.ss_family == h->addrs[a->index].ss_family)
+            rc = uv_tcp_bind(&a->tcp, (const struct sockaddr *)&h->source, 0);
+        if (rc == 0)
+            rc = uv_tcp_connect(&a->req, &a->tcp, (struct sockaddr *)&h->addrs[a->index],
                                 on_connect);
         if (rc != 0) {
             h->last_err = rc;
@@ -136,7 +142,8 @@ static void on_first(uv_timer_t *t)
 }
 
 struct happy *happy_start(uv_loop_t *loop, const struct sockaddr_storage *addrs, int n,
-                          uint64_t delay_ms, happy_cb cb, void *arg)
+                          uint64_t delay_ms, const struct sockaddr_storage *source,
+                          happy_cb cb, void *arg)
 {
     if (n < 1)
         return NULL;
@@ -147,6 +154,10 @@ struct happy *happy_start(uv_loop_t *loop, const struct sockaddr_storage *addrs,
     h->n = n < HAPPY_MAX ? n : HAPPY_MAX;
     memcpy(h->addrs, addrs, (size_t)h->n * sizeof *addrs);
     h->delay_ms = delay_ms;
+    if (source) {
+        h->source = *source;
+        h->has_source = true;
+    }
     h->cb = cb;
     h->arg = arg;
     h->last_err = UV_ECONNREFUSED;

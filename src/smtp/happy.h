@@ -24,7 +24,8 @@ typedef void (*happy_cb)(void *arg, int fd, int index, int err);
 /* Races connects to addrs[0..n) (copied; ports set) with delay_ms between starts.
  * NULL when out of memory (nothing started, no callback). */
 struct happy *happy_start(uv_loop_t *loop, const struct sockaddr_storage *addrs, int n,
-                          uint64_t delay_ms, happy_cb cb, void *arg);
+                          uint64_t delay_ms, const struct sockaddr_storage *source,
+                          happy_cb cb, void *arg);
 /* Abandons the race: no callback follows; every socket is closed. The struct frees
  * itself once libuv has closed its handles. NULL is a no-op. */
 void happy_cancel(struct happy *h);

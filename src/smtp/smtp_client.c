@@ -43,6 +43,8 @@ struct smtp_client {
     int host_i, addr_i;
     uint16_t port;
     char helo[256];
+    struct sockaddr_storage source; /* egress source address (port 0), if has_source */
+    bool has_source;
     double connect_timeout, command_timeout;
     struct smtp_reply_parser rp;
     struct smtp_reply reply;
@@ -1024,12 +1026,21 @@ static void try_next_host(struct smtp_client *c)
             c->addr_i = 0;
             continue;
         }
+        /* an egress source reaches only the addresses of its own family: mail must
+         * not leave from another address of this host */
+        if (c->has_source && h->addrs[c->addr_i].ss_family != c->source.ss_family) {
+            c->addr_i++;
+            snprintf(c->last_error, sizeof c->last_error, "%s: no address of the egress "
+                     "source's family (%s)", h->name,
+                     c->source.ss_family == AF_INET6 ? "IPv6" : "IPv4");
+            continue;
+        }
         c->cur_host = c->host_i;
         c->cur_addr = c->addr_i;
         c->tls_policy = c->tls_ctx && c->host_tls[c->cur_host] > c->base_tls
                             ? c->host_tls[c->cur_host] : c->base_tls;
         c->txn_started = false;
-        int left = h->naddr - c->addr_i;
+        int left = c->has_source ? 1 : h->naddr - c->addr_i;  /* a source: no race */
         struct sockaddr_storage ss = h->addrs[c->addr_i++];
         set_port(&ss, c->port);
         snprintf(c->site, sizeof c->site, "%s:%u", h->name, c->port);
@@ -1049,10 +1060,19 @@ static void try_next_host(struct smtp_client *c)
                 set_port(&race[n++], c->port);
             }
             c->happy_base = c->cur_addr;
-            if ((c->happy = happy_start(c->loop, race, n, HAPPY_DELAY_MS, on_happy, c))) {
+            if ((c->happy = happy_start(c->loop, race, n, HAPPY_DELAY_MS,
+                                        c->has_source ? &c->source : NULL, on_happy, c))) {
                 c->addr_i = h->naddr;      /* all raced; on_happy says which won */
                 return;
             }
+        }
+        if (c->has_source && c->source.ss_family == ss.ss_family &&
+            uv_tcp_bind(&c->conn.tcp, (const struct sockaddr *)&c->source, 0) != 0) {
+            snprintf(c->last_error, sizeof c->last_error,
+                     "connect to %s[%s]: cannot bind the egress source address", c->site,
+                     c->peer);
+            conn_close(&c->conn, false);
+            return;
         }
         if (conn_connect(&c->conn, (struct sockaddr *)&ss) == PT_OK)
             return;
@@ -1117,6 +1137,10 @@ struct smtp_client *smtp_client_start(uv_loop_t *loop, const struct smtp_client_
     c->hosts = *p->hosts;
     c->port = p->port;
     snprintf(c->helo, sizeof c->helo, "%s", p->helo);
+    if (p->source) {
+        c->source = *p->source;
+        c->has_source = true;
+    }
     c->connect_timeout = p->connect_timeout;
     c->command_timeout = p->command_timeout;
     c->route_policy = p->tls;

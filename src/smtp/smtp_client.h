@@ -45,6 +45,9 @@ struct smtp_client_params {
     const char *auth_user, *auth_pass; /* copied; NULL = no AUTH. Sent only over TLS. */
     uint16_t port;
     const char *helo;               /* copied */
+    const struct sockaddr_storage *source; /* copied; NULL = the host's choice: bound
+                                       (port 0) before each connect to an address of
+                                       its family (DESIGN §9 egress source) */
     double connect_timeout;         /* connect + greeting */
     double command_timeout;         /* each later reply */
     bool no_chunking;               /* false (the default): BDAT when the hop offers

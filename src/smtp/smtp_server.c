@@ -19,6 +19,7 @@
 #include "obs/metrics.h"
 #include "policy/accept.h"
 #include "policy/header_checks.h"
+#include "delivery/egress.h"
 #include "policy/hooks.h"
 #include "policy/limits.h"
 #include "queue/entry.h"
@@ -147,7 +148,13 @@ static void log_simple(struct smtp_session *s, const char *type, const char *rcp
     const char *d = rcpt ? smtp_addr_domain(rcpt) : NULL;
     if (d)
         smtp_domain_lower(d, q, sizeof q);
+    char tenant[HOOK_TENANT_MAX];
+    if (s->fx.tenant[0])
+        memcpy(tenant, s->fx.tenant, sizeof tenant);
+    else
+        hooks_default_tenant(s->l->tenant, NULL, 0, s->authed ? s->auth_user : NULL, tenant);
     struct log_record r = {
+        .tenant = tenant[0] ? tenant : NULL,
         .type = type, .id = s->id[0] ? s->id : NULL, .sender = s->sender,
         .recipient = rcpt, .queue = d ? q : NULL, .peer_address = s->client_ip,
         .code = code, .response = response, .size = size,
@@ -866,18 +873,20 @@ static int message_policy(void *arg, struct entry *e)
     hook_effects_init(&fx);
     int rc = hook_effects_copy(&fx, &s->fx);
     const char **addrs = NULL;
+    const char *user = s->authed ? s->auth_user : NULL;
+    char tenant[HOOK_TENANT_MAX];
+    if (s->fx.tenant[0])
+        memcpy(tenant, s->fx.tenant, sizeof tenant);
+    else
+        hooks_default_tenant(s->l->tenant, s->content.data, s->content.len, user, tenant);
+    if (!fx.tenant_set)
+        memcpy(fx.tenant, tenant, sizeof fx.tenant);   /* meta.tenant when no hook runs */
     if (rc == PT_OK && hooks_any(s->L, "smtp_message_received") &&
         !(addrs = calloc(e->nrcpt, sizeof *addrs)))
         rc = PT_NOMEM;
     if (rc == PT_OK && addrs) {
         for (uint32_t i = 0; i < e->nrcpt; i++)
             addrs[i] = e->rcpts[i].addr;
-        const char *user = s->authed ? s->auth_user : NULL;
-        char tenant[HOOK_TENANT_MAX];
-        if (s->fx.tenant[0])
-            memcpy(tenant, s->fx.tenant, sizeof tenant);
-        else
-            hooks_default_tenant(s->l->tenant, s->content.data, s->content.len, user, tenant);
         struct hook_meta m = {
             .client_ip = s->client_ip, .listener = s->l->name, .tenant = tenant,
             .auth_user = user, .id = s->id, .sender = s->sender,
@@ -896,6 +905,8 @@ static int message_policy(void *arg, struct entry *e)
         rc = PT_TOOLONG;
     if (rc == PT_OK)
         rc = hook_effects_apply(&fx, e);
+    if (rc == PT_OK)
+        rc = egress_assign(s->w->rt->cfg, e, fx.egress_pool);   /* delivery's generation */
     free(addrs);
     hook_effects_free(&fx);
     return rc;
@@ -1062,11 +1073,8 @@ static void end_of_data(struct smtp_session *s)
         .notify = s->any_dsn ? s->rcpt_notify : NULL,
         .orcpt = s->any_dsn ? (const char *const *)s->rcpt_orcpt : NULL,
     };
-    if (s->fx.edits.len || s->fx.priority >= 0 || s->fx.route[0] || s->fx.dkim.len ||
-        hooks_any(s->L, "smtp_message_received")) {
-        m.policy = message_policy;
-        m.policy_arg = s;
-    }
+    m.policy = message_policy;   /* at least the tenant (DESIGN §4) */
+    m.policy_arg = s;
     memcpy(m.id, s->id, sizeof m.id);
     s->hook_err[0] = 0;
     s->rate_over[0] = 0;

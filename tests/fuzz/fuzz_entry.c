@@ -1,6 +1,6 @@
 /* Fuzz target for the entry encoding: entry_decode on arbitrary bytes must never
- * over-read or crash, and what it accepts must re-encode to the same bytes (a v1-v3
- * record re-encodes as v4, which must decode to the same entry); an entry built
+ * over-read or crash, and what it accepts must re-encode to the same bytes (a v1-v4
+ * record re-encodes as v5, which must decode to the same entry); an entry built
  * from the input, with or without DSN parameters, must survive encode -> decode
  * unchanged.
  * SPDX-License-Identifier: Apache-2.0 */
@@ -33,6 +33,8 @@ static void fz_same(const struct entry *a, const struct entry *b)
     FZ_CHECK(fz_streq(a->hdr_edits, b->hdr_edits));
     FZ_CHECK(fz_streq(a->dkim_sign, b->dkim_sign));
     FZ_CHECK(fz_streq(a->envid, b->envid));
+    FZ_CHECK(fz_streq(entry_tenant(a), entry_tenant(b)));
+    FZ_CHECK(fz_streq(entry_source(a), entry_source(b)));
     FZ_CHECK(a->nrcpt == b->nrcpt);
     for (uint32_t i = 0; i < a->nrcpt; i++) {
         FZ_CHECK(a->rcpts[i].state == b->rcpts[i].state &&
@@ -62,14 +64,16 @@ static void fz_decode_arbitrary(const uint8_t *data, size_t size)
     struct buf b;
     buf_init(&b, 0);
     FZ_CHECK(entry_encode(e, &b) == PT_OK);
-    if (data[0] >= 1 && data[0] <= 3) {
+    if (data[0] >= 1 && data[0] <= 4) {
         /* v1: no hdr_edits, v2: no dkim_sign, v3: no envid (4 bytes each); before v4
-         * recipients had no notify, dflags, orcpt (6 bytes each) */
+         * recipients had no notify, dflags, orcpt (6 bytes each); before v5 no tenant,
+         * no egress source (4 bytes each) */
         struct entry *d = NULL;
-        FZ_CHECK(e->envid == NULL);
-        FZ_CHECK(data[0] == 3 || e->dkim_sign == NULL);
+        FZ_CHECK(data[0] == 4 || e->envid == NULL);
+        FZ_CHECK(data[0] >= 3 || e->dkim_sign == NULL);
         FZ_CHECK(data[0] >= 2 || e->hdr_edits == NULL);
-        FZ_CHECK(b.len == size + 4u * (4u - data[0]) + 6u * e->nrcpt);
+        FZ_CHECK(!entry_tenant(e) && !entry_source(e));
+        FZ_CHECK(b.len == size + 4u * (4u - data[0]) + (data[0] < 4 ? 6u * e->nrcpt : 0) + 8u);
         FZ_CHECK(entry_decode(b.data, b.len, &d) == PT_OK);
         fz_same(e, d);
         entry_free(d);
@@ -164,6 +168,9 @@ static void fz_round_trip(const uint8_t *data, size_t size)
         entry_set_hdr_edits(e, pieces[4]);
     if ((shape & 64) && np > 5)
         entry_set_dkim_sign(e, pieces[5]);
+    /* tenant and egress source: pieces 7 and 8 (over 255 bytes: refused, cleared) */
+    if (np > 7)
+        entry_set_ident(e, pieces[7], np > 8 ? pieces[8] : NULL);
     e->attempts = attempts;
     e->ndomains = ndomains;
     e->flags = flags;

@@ -29,13 +29,14 @@ logging.getLogger("mail.log").setLevel(logging.WARNING)
 class Txn:
     """One transaction the sink accepted (after the final dot)."""
 
-    def __init__(self, mail_from, rcpt_tos, data, peer, conn, mail_options):
+    def __init__(self, mail_from, rcpt_tos, data, peer, conn, mail_options, helo=None):
         self.mail_from = mail_from          # "" for the null sender
         self.rcpt_tos = list(rcpt_tos)
         self.data = bytes(data)             # dot-unstuffed, CRLF line ends as received
         self.peer = peer                    # client IP
         self.conn = conn                    # connection number at this sink
         self.mail_options = list(mail_options)
+        self.helo = helo                    # the client's EHLO/HELO name
         self.time = time.time()
 
     def header(self, name):
@@ -126,7 +127,8 @@ class _Handler:
             await asyncio.sleep(sink.delay)
         mail_from = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from
         txn = Txn(mail_from, envelope.rcpt_tos, envelope.original_content,
-                  session.peer[0], server._conn_no, envelope.mail_options)
+                  session.peer[0], server._conn_no, envelope.mail_options,
+                  helo=session.host_name)
         reply = sink.data_reply(txn) if sink.data_reply else None
         with sink._lock:
             if reply:

@@ -99,7 +99,7 @@ static void test_new_layout(void **state)
     assert_true(e->sender > strs && e->rcpts[2].addr > e->sender);
     assert_true(e->rcpts[2].addr < base + sizeof *e + 3 * sizeof(struct entry_rcpt) + 64);
     assert_true(sizeof(struct entry_rcpt) <= 16);
-    assert_true(sizeof(struct entry) <= 144);
+    assert_true(sizeof(struct entry) <= 152);
 
     e->rcpts[1].state = RCPT_DELIVERED;
     assert_int_equal(entry_pending(e), 2);
@@ -134,7 +134,7 @@ static void test_round_trip(void **state)
     buf_appends(&b, "prefix");
     assert_int_equal(entry_encode(e, &b), PT_OK);
     assert_memory_equal(b.data, "prefix", 6);
-    assert_int_equal((unsigned char)b.data[6], 4);     /* version */
+    assert_int_equal((unsigned char)b.data[6], 5);     /* version */
 
     struct entry *d;
     assert_int_equal(decode_exact(b.data + 6, b.len - 6, &d), PT_OK);
@@ -193,6 +193,33 @@ static void test_round_trip(void **state)
     entry_free(e);
     buf_free(&b);
     buf_free(&b2);
+}
+
+static void test_ident_round_trip(void **state)
+{
+    struct entry *e = entry_new("0123456789abcdef", "d", "s", (const char *const[]){ "r" }, 1);
+    assert_null(entry_tenant(e));
+    assert_int_equal(entry_set_ident(e, "acme", NULL), PT_OK);
+    assert_string_equal(entry_tenant(e), "acme");
+    assert_null(entry_source(e));
+    assert_int_equal(entry_set_ident(e, entry_tenant(e), "ip1"), PT_OK);  /* its own tenant */
+    struct buf b;
+    buf_init(&b, 0);
+    assert_int_equal(entry_encode(e, &b), PT_OK);
+    struct entry *d;
+    assert_int_equal(decode_exact(b.data, b.len, &d), PT_OK);
+    assert_string_equal(entry_tenant(d), "acme");
+    assert_string_equal(entry_source(d), "ip1");
+    assert_int_equal(entry_set_ident(d, NULL, "ip2"), PT_OK);
+    assert_null(entry_tenant(d));
+    assert_string_equal(entry_source(d), "ip2");
+    char long_name[300];
+    memset(long_name, 'a', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = 0;
+    assert_int_equal(entry_set_ident(d, long_name, NULL), PT_TOOLONG);
+    entry_free(d);
+    buf_free(&b);
+    entry_free(e);
 }
 
 static void test_many_rcpts(void **state)
@@ -289,7 +316,14 @@ static void test_specific_rejections(void **state)
      * + 4 (dkim_sign@43) + 4 (envid@47) = 51, then protocol@51 priority@52 flags@53
      * ndomains@54 attempts@56 size@60 received@68 next@76 nrcpt@84 state@88
      * addrlen@89 addr@93 notify@94 dflags@95 orcpt@96 */
-    assert_int_equal(b.len, 100);
+    /* v5 adds tenant@51 and egress_source@55 (NULL here); the mutations below work on
+     * the v4 record of the same entry (what a previous version wrote) */
+    assert_int_equal(b.len, 108);
+    assert_int_equal((unsigned char)b.data[0], 5);
+    for (int i = 51; i < 59; i++)
+        assert_int_equal((unsigned char)b.data[i], 0xff);
+    memmove(b.data + 51, b.data + 59, 108 - 59);
+    b.data[0] = 4;
     unsigned char *p = (unsigned char *)b.data, orig[100];
     memcpy(orig, p, sizeof orig);
     struct entry *d;
@@ -299,7 +333,8 @@ static void test_specific_rejections(void **state)
         mutation;                                                          \
         assert_int_equal(decode_exact(p, sizeof orig, &d), PT_INVALID);    \
     } while (0)
-    REJECT(p[0] = 5);                               /* unknown version */
+    REJECT(p[0] = 6);                               /* unknown version */
+    REJECT(p[0] = 5);                               /* v5 has tenant, source: misaligned */
     REJECT(p[0] = 0);
     REJECT(p[0] = 1);                               /* v1 has no hdr_edits: misaligned */
     REJECT(p[0] = 2);                               /* v2 has no dkim_sign: misaligned */
@@ -358,7 +393,9 @@ static void test_specific_rejections(void **state)
     assert_null(d->dkim_sign);
     entry_free(d);
     memcpy(p, orig, sizeof orig);
-    assert_int_equal(decode_exact(p, sizeof orig, &d), PT_OK);
+    assert_int_equal(decode_exact(p, sizeof orig, &d), PT_OK);   /* v4 still loads */
+    assert_null(entry_tenant(d));
+    assert_null(entry_source(d));
     entry_free(d);
 
     /* a huge recipient count is refused before any allocation */
@@ -519,6 +556,7 @@ int main(void)
         cmocka_unit_test(test_new_layout),
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_many_rcpts),
+        cmocka_unit_test(test_ident_round_trip),
         cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_corrupted),
         cmocka_unit_test(test_specific_rejections),

@@ -24,7 +24,8 @@
 
 static const char *const all_keys[] = {
     "type", "id", "timestamp", "sender", "recipient", "queue", "site", "peer_address",
-    "code", "response", "size", "delay", "attempts", "tls", "protocol",
+    "code", "response", "size", "delay", "attempts", "tls", "protocol", "tenant",
+    "egress_source",
 };
 #define NKEYS (sizeof all_keys / sizeof all_keys[0])
 
@@ -32,7 +33,7 @@ static const struct log_record null_record = {
     .code = -1, .size = -1, .delay = -1, .attempts = -1,
 };
 
-/* Formats r and parses the line; asserts exactly one line and exactly the 15 keys. */
+/* Formats r and parses the line; asserts exactly one line and exactly the 17 keys. */
 static json_t *format_parse(const struct log_record *r, struct buf *line)
 {
     buf_init(line, 0);
