@@ -134,11 +134,11 @@ def test_scripts_flushed_from_redis_are_loaded_again(world, redis):
     nodes = start_nodes(world, redis, delivery={"max_message_rate": 600,
                                                 "max_connections_per_domain": 2})
     sent = inject(nodes[0], "a", 3)
-    wait_for(lambda: all(dest.find(m) for m in sent), 20, "the first messages")
+    wait_for(lambda: all(dest.find(m) for m in sent), 40, "the first messages")
     loads = script_loads(redis)
     assert redis.cmd("SCRIPT", "FLUSH") == "OK"
     sent += inject(nodes[1], "b", 3) + inject(nodes[0], "c", 3)
-    wait_for(lambda: all(dest.find(m) for m in sent), 20, "the messages after SCRIPT FLUSH")
+    wait_for(lambda: all(dest.find(m) for m in sent), 40, "the messages after SCRIPT FLUSH")
     assert script_loads(redis) > loads, "the scripts were not loaded again"
     for p in nodes:
         assert metric(p, "petrel_cluster_limits_degraded") == 0
