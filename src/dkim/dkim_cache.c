@@ -126,6 +126,29 @@ out:
     return ret;
 }
 
+const struct dkim_key *dkim_key_cache_peek(const char *domain, const char *selector,
+                                           const char *key_file, bool *recheck_due)
+{
+    if (recheck_due)
+        *recheck_due = false;
+    if (!domain || !selector || !key_file || !*key_file)
+        return NULL;
+    double now = mono();
+    const struct dkim_key *ret = NULL;
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < ncache && !ret; i++) {
+        struct cached *c = &cache[i];
+        if (c->current && strcmp(c->file, key_file) == 0 &&
+            strcasecmp(c->domain, domain) == 0 && strcmp(c->selector, selector) == 0) {
+            ret = c->key;
+            if (recheck_due)
+                *recheck_due = now - c->checked >= DKIM_CACHE_RECHECK_S;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return ret;
+}
+
 void dkim_key_cache_clear(void)
 {
     pthread_mutex_lock(&lock);

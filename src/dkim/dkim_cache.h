@@ -6,6 +6,7 @@
 #ifndef PETREL_DKIM_DKIM_CACHE_H
 #define PETREL_DKIM_DKIM_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define DKIM_CACHE_MAX 4096        /* distinct keys loaded per process (old versions count) */
@@ -23,6 +24,14 @@ struct dkim_key;
  * thread the first time only (a few KB). */
 const struct dkim_key *dkim_key_cache_get(const char *domain, const char *selector,
                                           const char *key_file, char *err, size_t errlen);
+
+/* The cached key for domain / selector / key_file without touching the file (safe on
+ * an event loop): NULL when it was never loaded (or its last load failed). When a key
+ * is returned, *recheck_due (if not NULL) tells whether its file is due for the mtime
+ * check of DKIM_CACHE_RECHECK_S: the caller then goes through dkim_key_cache_get off
+ * the loop before trusting it. */
+const struct dkim_key *dkim_key_cache_peek(const char *domain, const char *selector,
+                                           const char *key_file, bool *recheck_due);
 
 /* Frees every cached key. Only when no thread can use one any more (exit, tests). */
 void dkim_key_cache_clear(void);

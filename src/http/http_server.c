@@ -453,8 +453,14 @@ static int message_hooks(struct http_server *s, struct inject_job *j, struct htt
                 .content = msg->content, .content_len = msg->content_len,
             };
             char err[512];
+            /* sign_dkim keys not in the cache are read here: this runs on one of
+             * libmicrohttpd's own threads (MHD_USE_INTERNAL_POLLING_THREAD), not on
+             * a libuv event loop, so the load may block it briefly */
             if (hooks_run(L, "http_message_received", dom[i], &meta, &df->fx, err,
-                          sizeof err) == PT_OK) {
+                          sizeof err) == PT_OK &&
+                (!df->fx.dkim_load.len ||
+                 hooks_load_dkim_keys(df->fx.dkim_load.data, err, sizeof err) == PT_OK)) {
+                buf_reset(&df->fx.dkim_load);
                 j->nfx++;
                 continue;
             }

@@ -29,6 +29,7 @@ void hook_effects_init(struct hook_effects *fx)
     buf_init(&fx->edits, 0);
     buf_init(&fx->dkim, 0);
     buf_init(&fx->limits, 0);
+    buf_init(&fx->dkim_load, 0);
     fx->priority = -1;
     fx->route[0] = 0;
     fx->tenant[0] = 0;
@@ -41,6 +42,7 @@ void hook_effects_free(struct hook_effects *fx)
     buf_free(&fx->edits);
     buf_free(&fx->dkim);
     buf_free(&fx->limits);
+    buf_free(&fx->dkim_load);
     hook_effects_init(fx);
 }
 
@@ -49,6 +51,7 @@ int hook_effects_copy(struct hook_effects *dst, const struct hook_effects *src)
     buf_reset(&dst->edits);
     buf_reset(&dst->dkim);
     buf_reset(&dst->limits);
+    buf_reset(&dst->dkim_load);
     dst->priority = src->priority;
     memcpy(dst->route, src->route, sizeof dst->route);
     memcpy(dst->tenant, src->tenant, sizeof dst->tenant);
@@ -61,6 +64,8 @@ int hook_effects_copy(struct hook_effects *dst, const struct hook_effects *src)
         rc = buf_append(&dst->dkim, src->dkim.data, src->dkim.len);
     if (rc == PT_OK && src->limits.len)
         rc = buf_append(&dst->limits, src->limits.data, src->limits.len);
+    if (rc == PT_OK && src->dkim_load.len)
+        rc = buf_append(&dst->dkim_load, src->dkim_load.data, src->dkim_load.len);
     return rc;
 }
 
@@ -237,8 +242,10 @@ static int act_route_to(lua_State *L)
 }
 
 /* sign_dkim(domain, selector, key_file): the message is signed with that key at
- * delivery. The key is loaded (and cached) now, so a missing or bad key refuses
- * the message here (451) instead of sending it unsigned later. */
+ * delivery. A key already in the cache (and not due for its file check) is used as
+ * is; any other is only noted in fx->dkim_load: the caller loads it off the event
+ * loop (hooks_load_dkim_keys) before accepting the message, so a missing or bad key
+ * still refuses the message (451) instead of sending it unsigned later. */
 static int act_sign_dkim(lua_State *L)
 {
     struct hook_effects *fx = current(L, "sign_dkim");
@@ -246,12 +253,54 @@ static int act_sign_dkim(lua_State *L)
     const char *file = luaL_checkstring(L, 3);
     if (strpbrk(d, "\t\n") || strpbrk(sel, "\t\n") || strpbrk(file, "\t\n"))
         return hook_error(L, "sign_dkim: arguments must not hold tabs or line breaks");
-    char why[256];
-    if (!dkim_key_cache_get(d, sel, file, why, sizeof why))
-        return hook_error(L, "sign_dkim(%s, %s): %s", d, sel, why);
+    if (!*file)
+        return hook_error(L, "sign_dkim(%s, %s): key_file: missing", d, sel);
     if (buf_appendf(&fx->dkim, "%s\t%s\t%s\n", d, sel, file) != PT_OK || fx->dkim.len > 65536)
         return hook_error(L, "sign_dkim: too many signing requests for one message");
+    bool due = false;
+    if (!dkim_key_cache_peek(d, sel, file, &due) || due) {
+        char where[LUA_IDSIZE + 32];
+        caller_where(L, where, sizeof where);
+        for (char *p = where; *p; p++)   /* the line format's separators */
+            if (*p == '\t' || *p == '\n')
+                *p = ' ';
+        if (buf_appendf(&fx->dkim_load, "%s\t%s\t%s\t%s\n", where, d, sel, file) != PT_OK ||
+            fx->dkim_load.len > 2 * 65536)
+            return hook_error(L, "sign_dkim: too many signing requests for one message");
+    }
     return 0;
+}
+
+int hooks_load_dkim_keys(const char *lines, char *err, size_t errlen)
+{
+    const char *p = lines ? lines : "";
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        char line[4096];
+        if (len >= sizeof line) {
+            snprintf(err, errlen, "sign_dkim: request too long");
+            return PT_INVALID;
+        }
+        memcpy(line, p, len);
+        line[len] = 0;
+        p += len + (nl ? 1 : 0);
+        char *where = line, *d = strchr(where, '\t');
+        char *sel = d ? strchr(++d, '\t') : NULL;
+        char *file = sel ? strchr(++sel, '\t') : NULL;
+        if (!file) {
+            snprintf(err, errlen, "sign_dkim: malformed load request");
+            return PT_INVALID;
+        }
+        d[-1] = sel[-1] = 0;
+        *file++ = 0;
+        char why[256];
+        if (!dkim_key_cache_get(d, sel, file, why, sizeof why)) {
+            snprintf(err, errlen, "%ssign_dkim(%s, %s): %s", where, d, sel, why);
+            return PT_INVALID;
+        }
+    }
+    return PT_OK;
 }
 
 /* limit_sending(key, n, {per = "second" | "minute" | "hour"}): at most n messages

@@ -25,6 +25,10 @@ struct hook_effects {
     struct buf dkim;                 /* sign_dkim: lines "domain\tselector\tkey_file\n"
                                         (entry.h dkim_sign), keys checked loadable */
     struct buf limits;               /* limit_sending: lines of policy/limits.h */
+    struct buf dkim_load;            /* sign_dkim keys not (or not freshly) in the cache:
+                                        lines "where\tdomain\tselector\tkey_file\n" to
+                                        load (hooks_load_dkim_keys) before the message is
+                                        accepted; empty = nothing to load */
     int priority;                    /* PRIO_* (queue/entry.h), -1 = not set */
     char route[256];                 /* route_to target ("" = by domain) */
     char tenant[HOOK_TENANT_MAX];    /* meta.tenant after the run ("" = none) */
@@ -36,6 +40,13 @@ void hook_effects_init(struct hook_effects *fx);
 void hook_effects_free(struct hook_effects *fx);
 /* dst (initialized) becomes a copy of src. PT_OK or PT_NOMEM. */
 int hook_effects_copy(struct hook_effects *dst, const struct hook_effects *src);
+
+/* Loads the keys of fx->dkim_load text (lines, see struct hook_effects) with
+ * dkim_key_cache_get: reads key files, so never on an event loop (a worker pool
+ * job, or a thread of its own). PT_OK when all loaded; else PT_INVALID with
+ * "WHERE sign_dkim(domain, selector): reason" (the error a hook's sign_dkim gave
+ * before keys were loaded lazily) in err. */
+int hooks_load_dkim_keys(const char *lines, char *err, size_t errlen);
 
 /* What the handlers see in meta (strings borrowed for the call; NULL = nil). */
 struct hook_meta {

@@ -103,6 +103,17 @@ struct smtp_session {
     struct hook_effects fx;
     char hook_err[512];             /* the error of a refusing smtp_message_received */
     char rate_over[LIMITS_KEY_MAX + 1]; /* the limit_sending key a message went over */
+    /* sign_dkim keys a hook asked for that are not in the cache yet: loaded on the
+     * worker pool (dkim_work) while the session is paused, then the EHLO or the
+     * message goes on (dkim_cont) */
+    uv_work_t dkim_work;
+    struct buf dkim_todo;           /* hook_effects.dkim_load lines */
+    char dkim_err[512];
+    int dkim_rc;
+    enum { DKIM_CONT_HELO, DKIM_CONT_DATA } dkim_cont;
+    int dkim_rounds;                /* loads for the current message (bounded) */
+    bool dkim_esmtp;                /* DKIM_CONT_HELO: EHLO (not HELO) */
+    char dkim_helo[SMTP_PATH_MAX + 1];
 };
 
 static void session_unref(struct smtp_session *s);
@@ -237,6 +248,9 @@ static bool in_relay_hosts(const struct smtp_session *s)
            cidr_match_any(s->l->relay_hosts, s->l->n_relay_hosts, (const struct sockaddr *)&s->peer);
 }
 
+static void dkim_load_start(struct smtp_session *s);
+static void submit_message(struct smtp_session *s, bool greeting_limits);
+
 /* Runs the smtp_server_greeting hooks; false (after replying) when one failed. */
 static bool greeting_hooks(struct smtp_session *s, const char *ehlo)
 {
@@ -256,13 +270,10 @@ static bool greeting_hooks(struct smtp_session *s, const char *ehlo)
     return false;
 }
 
-static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *c)
+static void helo_reply(struct smtp_session *s, const char *name, bool esmtp)
 {
-    txn_reset(s);
-    if (!greeting_hooks(s, c->path))
-        return;
-    snprintf(s->helo, sizeof s->helo, "%s", c->path);
-    s->esmtp = c->verb == SMTP_VERB_EHLO;
+    snprintf(s->helo, sizeof s->helo, "%s", name);
+    s->esmtp = esmtp;
     enter_state(s, S_READY);
     if (!s->esmtp) {
         replyf(s, "250 %s", s->l->hostname);
@@ -290,6 +301,28 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *c)
     /* RFC 9422: the real per-transaction limit (no limit on transactions) */
     replyf(s, "250-LIMITS RCPTMAX=%d", s->l->max_recipients);
     reply(s, "250 SMTPUTF8");
+}
+
+static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    txn_reset(s);
+    if (!greeting_hooks(s, c->path))
+        return;
+    if (s->fx.dkim_load.len) {
+        /* sign_dkim keys to read first: off the loop, the reply comes after */
+        snprintf(s->dkim_helo, sizeof s->dkim_helo, "%s", c->path);
+        s->dkim_esmtp = c->verb == SMTP_VERB_EHLO;
+        buf_reset(&s->dkim_todo);
+        if (buf_append(&s->dkim_todo, s->fx.dkim_load.data, s->fx.dkim_load.len) != PT_OK) {
+            hook_effects_free(&s->fx);
+            reply(s, "451 4.3.0 Out of memory, try again later");
+            return;
+        }
+        s->dkim_cont = DKIM_CONT_HELO;
+        dkim_load_start(s);
+        return;
+    }
+    helo_reply(s, c->path, c->verb == SMTP_VERB_EHLO);
 }
 
 static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
@@ -897,6 +930,13 @@ static int message_policy(void *arg, struct entry *e)
                       sizeof s->hook_err) != PT_OK)
             rc = PT_INVALID;
     }
+    /* sign_dkim keys not in the cache: nothing is queued now; end_of_data loads
+     * them off the loop and submits the message again */
+    if (rc == PT_OK && fx.dkim_load.len) {
+        rc = buf_append(&s->dkim_todo, fx.dkim_load.data, fx.dkim_load.len);
+        if (rc == PT_OK)
+            rc = PT_AGAIN;
+    }
     /* limits the message hooks added (the greeting's were counted once already) */
     if (rc == PT_OK && fx.limits.len > s->fx.limits.len &&
         limits_take_all(limits_shared(), fx.limits.data + s->fx.limits.len,
@@ -1064,6 +1104,15 @@ static void end_of_data(struct smtp_session *s)
         enter_state(s, S_READY);
         return;
     }
+    s->dkim_rounds = 0;
+    submit_message(s, true);
+}
+
+/* end_of_data, from the message's ingest on: the first time with the greeting's
+ * limit_sending (greeting_limits), again without after sign_dkim keys were loaded. */
+static void submit_message(struct smtp_session *s, bool greeting_limits)
+{
+    const char *why;
     struct ingest_msg m = {
         .sender = s->sender, .rcpts = (const char *const *)s->rcpts, .nrcpt = s->nrcpt,
         .content = s->content.data, .content_len = s->content.len,
@@ -1078,8 +1127,9 @@ static void end_of_data(struct smtp_session *s)
     memcpy(m.id, s->id, sizeof m.id);
     s->hook_err[0] = 0;
     s->rate_over[0] = 0;
+    buf_reset(&s->dkim_todo);
     /* limit_sending of smtp_server_greeting: once per message of the session */
-    if (s->fx.limits.len &&
+    if (greeting_limits && s->fx.limits.len &&
         limits_take_all(limits_shared(), s->fx.limits.data, s->fx.limits.len,
                         (double)time_mono_ms() / 1000.0, s->rate_over,
                         sizeof s->rate_over) != PT_OK) {
@@ -1093,6 +1143,15 @@ static void end_of_data(struct smtp_session *s)
             rate_limited(s);
             return;
         }
+        if (s->dkim_todo.len && !s->hook_err[0] && ++s->dkim_rounds <= 4) {
+            s->dkim_cont = DKIM_CONT_DATA;
+            enter_state(s, S_QUEUEING);   /* input waits, as for the spool */
+            dkim_load_start(s);
+            return;
+        }
+        if (s->dkim_todo.len && !s->hook_err[0])   /* keys keep changing under us */
+            snprintf(s->hook_err, sizeof s->hook_err, "sign_dkim: keys still not loaded "
+                     "after %d attempts", s->dkim_rounds - 1);
         if (s->hook_err[0]) {
             log_warn("smtp %s: smtp_message_received hook failed: %s", s->client_ip, s->hook_err);
             why = "451 4.3.0 Temporary local policy failure, try again later";
@@ -1107,6 +1166,78 @@ static void end_of_data(struct smtp_session *s)
         return;
     }
     enter_state(s, S_QUEUEING);
+    conn_pause(&s->conn, true);
+    conn_set_timeout(&s->conn, 0);
+}
+
+/* The worker pool side: reads and parses the key files (dkim_key_cache_get). */
+static void dkim_work(uv_work_t *req)
+{
+    struct smtp_session *s = req->data;
+    s->dkim_err[0] = 0;
+    s->dkim_rc = hooks_load_dkim_keys(s->dkim_todo.data, s->dkim_err, sizeof s->dkim_err);
+}
+
+static void dkim_finish(struct smtp_session *s, int rc)
+{
+    conn_set_timeout(&s->conn, s->l->command_timeout);
+    if (s->dkim_cont == DKIM_CONT_HELO) {
+        if (rc == PT_OK) {
+            buf_reset(&s->fx.dkim_load);
+            helo_reply(s, s->dkim_helo, s->dkim_esmtp);
+        } else {
+            hook_effects_free(&s->fx);
+            log_warn("smtp %s: smtp_server_greeting hook failed: %s", s->client_ip,
+                     s->dkim_err[0] ? s->dkim_err : "sign_dkim: out of memory");
+            reply(s, "451 4.3.0 Temporary local policy failure, try again later");
+        }
+    } else if (rc == PT_OK) {
+        enter_state(s, S_DATA);   /* not S_QUEUEING: that is what a new wait sets */
+        submit_message(s, false);
+        if (s->state == S_QUEUEING)
+            return;               /* waiting again (spool or more keys), still paused */
+    } else {
+        const char *why = "451 4.3.0 Temporary local policy failure, try again later";
+        log_warn("smtp %s: smtp_message_received hook failed: %s", s->client_ip,
+                 s->dkim_err[0] ? s->dkim_err : "sign_dkim: out of memory");
+        reply(s, why);
+        for (size_t i = 0; i < s->nrcpt; i++)
+            log_simple(s, LOG_REJECTION, s->rcpts[i], 451, why + 4, (int64_t)s->content.len);
+        txn_reset(s);
+        enter_state(s, S_READY);
+    }
+    if (s->closed)
+        return;
+    if (s->w->stopping) {
+        hangup(s, "421 4.3.2 Service shutting down");
+    } else {
+        session_reply_flush(s);
+        conn_pause(&s->conn, false); /* processes pipelined input, if any */
+    }
+    session_reply_flush(s);
+}
+
+static void dkim_after_work(uv_work_t *req, int status)
+{
+    struct smtp_session *s = req->data;
+    if (!s->closed)   /* a client that left meanwhile: nothing to answer */
+        dkim_finish(s, status == 0 ? s->dkim_rc : PT_NOMEM);
+    session_unref(s);
+}
+
+/* Loads s->dkim_todo off the loop; the session is paused (and kept alive) until
+ * dkim_after_work goes on with s->dkim_cont. */
+static void dkim_load_start(struct smtp_session *s)
+{
+    s->dkim_err[0] = 0;
+    s->dkim_work.data = s;
+    s->refs++;
+    if (uv_queue_work(&s->w->loop, &s->dkim_work, dkim_work, dkim_after_work) != 0) {
+        s->refs--;
+        snprintf(s->dkim_err, sizeof s->dkim_err, "sign_dkim: cannot queue the key load");
+        dkim_finish(s, PT_ERROR);
+        return;
+    }
     conn_pause(&s->conn, true);
     conn_set_timeout(&s->conn, 0);
 }
@@ -1274,6 +1405,7 @@ static void session_unref(struct smtp_session *s)
     txn_reset(s);
     sasl_reset(&s->sasl);
     hook_effects_free(&s->fx);
+    buf_free(&s->dkim_todo);
     free(s->rcpts);
     free(s->rcpt_orcpt);
     free(s->rcpt_notify);
@@ -1333,6 +1465,7 @@ void smtp_server_accept(struct worker *w, struct cfg_gen *gen, int li, int slot,
     s->refs = 1;
     buf_init(&s->content, 0);
     hook_effects_init(&s->fx);
+    buf_init(&s->dkim_todo, 0);
     smtp_lines_init(&s->lines, SMTP_LINE_MAX);
     s->conn.in_max = 256 * 1024;
     s->next = w->sessions;
