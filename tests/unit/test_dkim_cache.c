@@ -90,10 +90,44 @@ static void test_cache(void **state)
     dkim_key_cache_clear();
 }
 
+/* peek: the cached key or NULL, never the file (it may be gone), and whether the
+ * file's recheck is due */
+static void test_peek(void **state)
+{
+    char path[64], err[256] = "";
+    snprintf(path, sizeof path, "/tmp/petrel_test_peek_%d.pem", (int)getpid());
+    write_key(path, true);
+    bool due = true;
+    assert_null(dkim_key_cache_peek("example.com", "p1", path, &due));
+    assert_false(due);
+    const struct dkim_key *k = dkim_key_cache_get("example.com", "p1", path, err, sizeof err);
+    if (!k)
+        fail_msg("%s", err);
+    due = true;
+    assert_ptr_equal(dkim_key_cache_peek("EXAMPLE.com", "p1", path, &due), k);
+    assert_false(due);   /* just loaded: not due for DKIM_CACHE_RECHECK_S */
+    assert_ptr_equal(dkim_key_cache_peek("example.com", "p1", path, NULL), k);
+    /* no file access: the key stays visible after the file is gone */
+    unlink(path);
+    assert_ptr_equal(dkim_key_cache_peek("example.com", "p1", path, &due), k);
+    /* other selector, domain or file: not cached */
+    assert_null(dkim_key_cache_peek("example.com", "p2", path, &due));
+    assert_null(dkim_key_cache_peek("other.test", "p1", path, &due));
+    assert_null(dkim_key_cache_peek("example.com", "p1", "/tmp/other.pem", &due));
+    assert_null(dkim_key_cache_peek(NULL, "p1", path, &due));
+    assert_null(dkim_key_cache_peek("example.com", "p1", "", &due));
+    /* a failed load leaves nothing to peek at */
+    assert_null(dkim_key_cache_get("example.com", "p3", "/nonexistent/k.pem", err, sizeof err));
+    assert_null(dkim_key_cache_peek("example.com", "p3", "/nonexistent/k.pem", &due));
+    dkim_key_cache_clear();
+    assert_null(dkim_key_cache_peek("example.com", "p1", path, &due));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cache),
+        cmocka_unit_test(test_peek),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
