@@ -146,3 +146,27 @@ def test_a_bad_key_loaded_lazily_is_451_never_unsigned(world, tmp_path):
     assert "sign_dkim(sender.test, s1)" in line and str(bad) in line, line
     time.sleep(0.5)
     assert dest.messages() == []
+
+
+def test_bdat_last_waits_for_the_key_and_leaves_signed(world, tmp_path):
+    dest = world.mx_domain("dest.test", "127.0.0.2")
+    keyfile = tmp_path / "s1.pem"
+    txt = genkey(keyfile)
+    p = world.petrel(extra=hook(keyfile))
+    data = make_message(sender="alice@sender.test", to=["bob@dest.test"], subject="bdat")
+    c = p.raw()
+    try:
+        assert c.cmd("EHLO client.test")[0] == 250
+        assert c.cmd("MAIL FROM:<alice@sender.test>")[0] == 250
+        assert c.cmd("RCPT TO:<bob@dest.test>")[0] == 250
+        c.send(b"BDAT %d LAST\r\n" % len(data) + data)
+        code, text = c.reply(timeout=30)
+        assert code == 250, (code, text)
+        assert c.cmd("NOOP")[0] == 250
+    finally:
+        c.close()
+    got = dest.wait_message(msgid_of(data)).data
+
+    def dnsfunc(name, timeout=5):
+        return txt if name.rstrip(b".") == b"s1._domainkey.sender.test" else None
+    assert dkim.DKIM(got).verify(dnsfunc=dnsfunc), got[:800]
