@@ -10,6 +10,7 @@ import pytest
 from certs import PKI
 from harness import run_petrel
 from test_http import http_petrel
+from test_mta_sts import assert_deferred, policy, sts  # noqa: F401 (sts is a fixture)
 from test_outbound_tls import (CERT_WORDS, assert_delivered_over_tls,
                                assert_deferred_not_delivered, send)
 from test_shaping import api_queue, shaping
@@ -54,6 +55,18 @@ def test_domain_rule_may_lowers_route_encrypt(world):
     lowered.wait_message(mid)                        # a sink without STARTTLS: in clear
     assert p.wait_record("Delivery", recipient="a@lowered.test")["tls"] is None
     assert_deferred_not_delivered(p, strict, "b@strict.test", n=1)
+
+
+def test_rule_may_never_weakens_mta_sts_enforce(world, pki, sts):  # noqa: F811
+    """A rule tls = "may" for a domain whose MTA-STS policy is enforce: its hop
+    without STARTTLS is still deferred, never sent in clear."""
+    sts("dest.test").serve(policy("enforce", "mx.dest.test"))
+    dest = world.mx_domain("dest.test", "127.0.0.2")     # plain sink, no STARTTLS
+    world.mx_domain("sender.test", "127.0.0.3")
+    p = world.petrel(delivery={"ca_file": pki.ca_file},
+                     extra=shaping({"dest.test": {"tls": "may"}}))
+    send(p, "plain@dest.test")
+    assert_deferred(p, dest, "plain@dest.test", "STARTTLS")
 
 
 def test_site_rule_verify_trusted_delivers_untrusted_defers(world, pki):
