@@ -1165,6 +1165,20 @@ static double get_rate(lua_State *L, int v, const char *fn, const char *oname)
 }
 
 /* One rule table at v into r (unset fields stay < 0). */
+/* A rule's tls: "may", "encrypt" or "verify" (tls_levels) into 1, 2, 3 (enum
+ * client_tls_policy). */
+static int shaping_tls_parse(lua_State *L, int v, const char *fn, const char *oname)
+{
+    char buf[200];
+    const char *s = lua_type(L, v) == LUA_TSTRING ? lua_tostring(L, v) : NULL;
+    for (int i = 0; s && tls_levels[i]; i++)
+        if (strcmp(tls_levels[i], s) == 0)
+            return i + 1;
+    lua_api_error(L, "%s: option '%s' must be %s", fn, oname,
+                  choice_text(tls_levels, buf, sizeof buf));
+    return -1;
+}
+
 static void shaping_rule_parse(lua_State *L, int v, const char *fn, struct shaping_rule *r)
 {
     char oname[OPT_NAME_MAX];
@@ -1188,10 +1202,12 @@ static void shaping_rule_parse(lua_State *L, int v, const char *fn, struct shapi
             r->max_deliveries_per_connection = (int)get_integer(L, -1, fn, oname, 1, INT_MAX);
         else if (strcmp(k, "connect_timeout") == 0)
             r->connect_timeout = get_duration(L, -1, fn, oname, false);
+        else if (strcmp(k, "tls") == 0)
+            r->tls = shaping_tls_parse(L, -1, fn, oname);
         else
             lua_api_error(L, "%s: unknown option '%s' (known: connection_limit, "
                           "max_message_rate, max_connection_rate, "
-                          "max_deliveries_per_connection, connect_timeout)", fn, oname);
+                          "max_deliveries_per_connection, connect_timeout, tls)", fn, oname);
         lua_pop(L, 1);
     }
 }
@@ -1290,6 +1306,7 @@ static void shaping_rule_init(struct shaping_rule *r)
     r->connection_rate = -1;
     r->max_deliveries_per_connection = -1;
     r->connect_timeout = -1;
+    r->tls = -1;
 }
 
 static int api_configure_shaping(lua_State *L)

@@ -189,6 +189,12 @@ static void start_client(struct pool_conn *c, struct entry *e)
     const struct cfg_auth_client *auth = r->auth;
     double ctimeout = c->p->connect_timeout > 0 ? c->p->connect_timeout
                                                 : cfg->delivery.connect_timeout;
+    /* DESIGN §9: an MX delivery takes its shaping rule's tls in place of the route's;
+     * MTA-STS/DANE (host_tls below) and REQUIRETLS raise it in the client as ever */
+    enum client_tls_policy level = strcmp(r->tls, "verify") == 0 ? CTLS_VERIFY
+                                 : strcmp(r->tls, "encrypt") == 0 ? CTLS_ENCRYPT : CTLS_MAY;
+    if (r->way == ROUTE_WAY_MX && c->p->tls >= CTLS_MAY && c->p->tls <= CTLS_VERIFY)
+        level = (enum client_tls_policy)c->p->tls;
     if (auth && auth->password)
         snprintf(c->pass, sizeof c->pass, "%s", auth->password);
     /* DESIGN §9: the entry's egress source (every entry of the queue has it) */
@@ -198,8 +204,7 @@ static void start_client(struct pool_conn *c, struct entry *e)
                  "default address", e->id, entry_source(e));
     struct smtp_client_params p = {
         .hosts = c->hosts,
-        .tls = strcmp(r->tls, "verify") == 0 ? CTLS_VERIFY
-             : strcmp(r->tls, "encrypt") == 0 ? CTLS_ENCRYPT : CTLS_MAY,
+        .tls = level,
         .tls_ctx = runtime_gen_client_tls(c->gen, r->ca_file),
         .auth_user = auth ? auth->username : NULL,
         .auth_pass = auth ? c->pass : NULL,

@@ -32,6 +32,9 @@ struct pool {
     struct pool_conn *idle;     /* connected, waiting for an entry (LIFO) */
     int max_deliveries;         /* per connection; 0 = configure_delivery's */
     double connect_timeout;     /* 0 = configure_delivery's */
+    int tls;                    /* the shaping rule's TLS level (enum client_tls_policy);
+                                   0 = the route's. MX routes only; TLS policies
+                                   (MTA-STS, DANE) and REQUIRETLS still apply on top */
     bool close_idle;            /* set by the owner: a connection with nothing to send
                                    closes instead of idling (others wait for its slot) */
     const struct route *route;  /* the queue's route now (set by the owner): a

@@ -98,6 +98,12 @@ double shaping_rule_connect_timeout(const struct shaping_rules *rules,
     return r && r->connect_timeout >= 0 ? r->connect_timeout : rules->dflt.connect_timeout;
 }
 
+int shaping_rule_tls(const struct shaping_rules *rules, const struct shaping_rule *r)
+{
+    int t = r && r->tls > 0 ? r->tls : rules->dflt.tls;
+    return t > 0 ? t : 0;
+}
+
 void shaping_reply_flatten(const char *text, char *out, size_t outlen)
 {
     size_t o = 0;
@@ -121,7 +127,7 @@ static bool rule_equal(const struct shaping_rule *a, const struct shaping_rule *
     return strcmp(a->key, b->key) == 0 && a->connection_limit == b->connection_limit &&
            a->message_rate == b->message_rate && a->connection_rate == b->connection_rate &&
            a->max_deliveries_per_connection == b->max_deliveries_per_connection &&
-           a->connect_timeout == b->connect_timeout;
+           a->connect_timeout == b->connect_timeout && a->tls == b->tls;
 }
 
 bool shaping_rules_equal(const struct shaping_rules *a, const struct shaping_rules *b)

@@ -19,6 +19,9 @@ struct shaping_rule {
     double connection_rate;      /* new connections per second; 0 = unlimited */
     int max_deliveries_per_connection;
     double connect_timeout;      /* seconds */
+    int tls;                     /* outbound TLS level of MX deliveries: 1 may, 2 encrypt,
+                                    3 verify (enum client_tls_policy); -1 unset. In the
+                                    default rule unset stays -1: the route's level */
 };
 
 enum shaping_action {
@@ -68,6 +71,9 @@ double shaping_rule_conn_rate(const struct shaping_rules *rules, const struct sh
 int shaping_rule_max_deliveries(const struct shaping_rules *rules, const struct shaping_rule *r);
 double shaping_rule_connect_timeout(const struct shaping_rules *rules,
                                     const struct shaping_rule *r);
+/* The TLS level r sets (enum client_tls_policy: 1 may, 2 encrypt, 3 verify), or the
+ * default rule's; 0 = none set: the route's level applies. */
+int shaping_rule_tls(const struct shaping_rules *rules, const struct shaping_rule *r);
 
 /* The reply as automation sees it: lines joined by one space (CR/LF runs become
  * a space, a trailing one is dropped), into out (always terminated). */

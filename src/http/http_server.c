@@ -743,14 +743,15 @@ static enum MHD_Result get_queue(struct http_server *s, struct MHD_Connection *c
         /* shaping (DESIGN §9): the rule in force; rate in messages/s, null = unlimited
          * or not known yet (the site lookup is pending) */
         json_t *shaping = json_pack(
-            "{s:o, s:o, s:o, s:o}", "rate",
+            "{s:o, s:o, s:o, s:o, s:o}", "rate",
             q[i].shaping_rate > 0 ? json_real(q[i].shaping_rate) : json_null(),
             "connection_limit",
             q[i].shaping_rate >= 0 ? json_integer(q[i].shaping_conn_limit) : json_null(),
             "suspended_until",
             q[i].shaping_suspended_until > 0 ? json_time(q[i].shaping_suspended_until)
                                              : json_null(),
-            "reason", q[i].shaping_reason[0] ? json_string(q[i].shaping_reason) : json_null());
+            "reason", q[i].shaping_reason[0] ? json_string(q[i].shaping_reason) : json_null(),
+            "tls", q[i].shaping_tls ? json_string(q[i].shaping_tls) : json_null());
         double next = q[i].suspended ? q[i].suspended_until : q[i].next_attempt;
         if (q[i].shaping_suspended_until > next)
             next = q[i].shaping_suspended_until;

@@ -47,6 +47,8 @@ struct sched_queue_info {
     int shaping_conn_limit;  /* connection limit in force */
     double shaping_suspended_until; /* wall clock; 0 = not suspended by automation */
     char shaping_reason[300];/* the action and reply in force ("" = none) */
+    const char *shaping_tls; /* the rule's TLS level ("may", "encrypt", "verify"; static),
+                                NULL = the route's */
 };
 /* Asks every delivery thread for its queues (each answers from its own loop) and
  * waits at most timeout_s for all of them. PT_OK with a malloc'd array (caller

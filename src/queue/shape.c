@@ -128,6 +128,7 @@ static void bind_rule(struct dthread *t, struct dqueue *q, const struct shaping_
     }
     q->pool.max_deliveries = shaping_rule_max_deliveries(sr, r);
     q->pool.connect_timeout = shaping_rule_connect_timeout(sr, r);
+    q->pool.tls = shaping_rule_tls(sr, r);  /* pool.c applies it to MX routes only */
     q->shape.state = q->shape.b ? SHAPE_BOUND : SHAPE_UNBOUND;
     if (q->shape.b && r && r->glob)
         log_debug("queue %s: site %s", q->key, r->glob);
@@ -497,6 +498,9 @@ void shape_info(const struct dqueue *q, struct sched_queue_info *qi)
     qi->shaping_conn_limit = 0;
     qi->shaping_suspended_until = 0;
     qi->shaping_reason[0] = 0;
+    static const char *const levels[] = { NULL, "may", "encrypt", "verify" };
+    qi->shaping_tls = b && q->route && q->route->way == ROUTE_WAY_MX && q->pool.tls > 0 &&
+                      q->pool.tls <= 3 ? levels[q->pool.tls] : NULL;
     if (!b)
         return;
     if (b->site)

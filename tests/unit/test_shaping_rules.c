@@ -106,6 +106,16 @@ static void test_most_specific(void **state)
     assert_int_equal(shaping_rule_max_deliveries(&sr, r), 7);
     assert_true(shaping_rule_connect_timeout(&sr, r) == 30);
     assert_int_equal(shaping_rule_conn_limit(&sr, NULL), 10);
+    /* tls: the rule's, else the default rule's; none set = 0 (the route's level) */
+    sr.dflt.tls = -1;
+    rules[1].tls = 3;
+    rules[2].tls = -1;
+    assert_int_equal(shaping_rule_tls(&sr, &rules[1]), 3);
+    assert_int_equal(shaping_rule_tls(&sr, &rules[2]), 0);
+    assert_int_equal(shaping_rule_tls(&sr, NULL), 0);
+    sr.dflt.tls = 2;
+    assert_int_equal(shaping_rule_tls(&sr, &rules[2]), 2);
+    assert_int_equal(shaping_rule_tls(&sr, &rules[1]), 3);
 }
 
 static void test_flatten(void **state)
