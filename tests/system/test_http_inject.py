@@ -273,7 +273,7 @@ def test_queue_and_message_inspection(world):
                          text=True, timeout=15)
     assert out.returncode == 0, out.stderr
     row = [l for l in out.stdout.splitlines() if l.startswith("dest.test ")]
-    assert row and row[0].split()[2] == "3", out.stdout   # DESTINATION SITE MESSAGES ...
+    assert row and row[0].split()[1] == "3", out.stdout   # DESTINATION MESSAGES ... SITE
     assert "-- 3 messages in" in out.stdout, out.stdout
     out = subprocess.run([PETRELCTL_BIN, "show", ids[1]], capture_output=True, text=True,
                          timeout=15, env=dict(os.environ, PETREL_URL=url))
