@@ -24,6 +24,7 @@
 #include "cluster/redis.h"
 #include "core/authban.h"
 #include "core/config.h"
+#include "util/regex.h"
 #include "delivery/shaping_rules.h"
 #include "delivery/site.h"
 #include "policy/header_checks.h"
@@ -1278,12 +1279,9 @@ static void shaping_auto_parse(lua_State *L, int v, const char *fn, int idx,
                       where);
     if (a.action == SHAPING_SET_RATE)
         a.value /= 60.0;          /* a number is per minute, as max_message_rate */
-    int rc = regcomp(&a.re, match, REG_EXTENDED | REG_NOSUB);
-    if (rc != 0) {
-        char why[200];
-        regerror(rc, &a.re, why, sizeof why);
-        lua_api_error(L, "%s: option 'match': invalid regex '%s': %s", where, match, why);
-    }
+    char why[300];
+    if (regex_compile(&a.re, match, REG_EXTENDED | REG_NOSUB, why, sizeof why) != PT_OK)
+        lua_api_error(L, "%s: option 'match': %s", where, why);
     a.match = strdup(match);
     if (!a.match) {
         regfree(&a.re);

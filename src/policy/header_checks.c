@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "policy/header_checks.h"
+#include "util/regex.h"
 #include "util/headers.h"
 #include "util/result.h"
 
@@ -156,15 +157,12 @@ int header_checks_new(const struct header_checks_rule *rules, size_t n, struct h
             header_checks_free(hc);
             return rc;
         }
-        int rrc = regcomp(&r->re, rules[i].pattern ? rules[i].pattern : "",
-                          REG_EXTENDED | REG_ICASE | REG_NOSUB);
-        if (rrc != 0) {
-            char why[128];
-            regerror(rrc, &r->re, why, sizeof why);
-            snprintf(err, errlen, "invalid regex '%s': %s", rules[i].pattern, why);
+        rc = regex_compile(&r->re, rules[i].pattern ? rules[i].pattern : "",
+                           REG_EXTENDED | REG_ICASE | REG_NOSUB, err, errlen);
+        if (rc != PT_OK) {
             free(r->text);
             header_checks_free(hc);
-            return rrc == REG_ESPACE ? PT_NOMEM : PT_INVALID;
+            return rc;
         }
         hc->n = i + 1;
     }
