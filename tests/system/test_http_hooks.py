@@ -41,8 +41,9 @@ def test_v1_message_runs_http_message_received_per_domain(world):
     assert u.header("X-Dest") == "other.test 1 carol@other.test"
     assert t.header("X-Meta") == "alice@sender.test|127.0.0.1|true|blue|nil|hooked|16", t.data[:800]
     assert t.header("X-Secret") is None
+    wait_for(lambda: "http_message_received hook failed for refuse.test" in p.stderr_text(),
+             what="the hook failure in the log")
     err = p.stderr_text()
-    assert "http_message_received hook failed for refuse.test" in err, err[-2000:]
     assert re.search(r"petrel\.lua:\d+: no mail for refuse\.test", err), err[-2000:]
     time.sleep(0.5)
     assert not [x for x in p.records("Reception") if x["recipient"] == "dave@refuse.test"]
@@ -97,7 +98,9 @@ def test_seed_http_request_api_key_check(world):
     r = request(url, "/healthz")
     err = assert_json_error(r, 500)
     assert "http_request hook failed" in err, err
-    assert "http_request hook failed for GET /healthz" in p.stderr_text()
+    # the log line is written by the log thread: wait for it
+    wait_for(lambda: "http_request hook failed for GET /healthz" in p.stderr_text(),
+             what="the hook failure in the log")
     assert re.search(r"petrel\.lua:\d+: attempt to index a nil value", p.stderr_text()), \
         p.stderr_text()[-1500:]
     assert request(url, "/api/queue", key="tenant-key-1").status == 200
@@ -185,5 +188,7 @@ def test_sign_dkim_in_http_message_received(world, tmp_path):
     assert r.status == 200, r
     assert r.json()["accepted"] == 1 and r.json()["rejected"] == ["c@nokey.test"], r.json()
     dest.wait_count(1)
+    wait_for(lambda: "http_message_received hook failed" in p.stderr_text(),
+             what="the hook failure in the log")
     log = [x for x in p.stderr_text().splitlines() if "http_message_received hook failed" in x]
     assert log and "sign_dkim(sender.test, s1)" in log[-1] and "k.pem.missing" in log[-1], log
