@@ -19,6 +19,7 @@
 #include "delivery/sts_fetch.h"
 #include "delivery/tlspol.h"
 #include "obs/log.h"
+#include "util/atomicfile.h"
 #include "util/buf.h"
 #include "util/result.h"
 
@@ -196,22 +197,14 @@ static void job_read_disk(struct sts_job *j)
 
 static void job_write_disk(struct sts_job *j, const char *body, size_t len)
 {
-    char path[1400], tmp[1500], head[128];
+    char path[1400], head[128];
     if (mkdir(j->dir, 0700) != 0 && errno != EEXIST)
         return;
     cache_path(j, path, sizeof path);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
     if (mtasts_cache_header(j->id, j->fetched, head, sizeof head) != PT_OK)
         return;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return;
-    size_t hl = strlen(head);
-    bool ok = write(fd, head, hl) == (ssize_t)hl && write(fd, body, len) == (ssize_t)len &&
-              fsync(fd) == 0;
-    close(fd);
-    if (!ok || rename(tmp, path) != 0)
-        unlink(tmp);
+    struct file_part parts[2] = { { head, strlen(head) }, { body, len } };
+    (void)file_write_atomic(path, parts, 2);
 }
 
 static void job_run(uv_work_t *w)

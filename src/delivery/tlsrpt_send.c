@@ -29,6 +29,7 @@
 #include "obs/log.h"
 #include "queue/entry.h"
 #include "queue/ingest.h"
+#include "util/atomicfile.h"
 #include "util/base64.h"
 #include "util/mime.h"
 #include "util/result.h"
@@ -46,7 +47,7 @@ struct tlsrpt_send {
     uv_async_t stop;
     uv_timer_t tick;
     struct dns *dns;
-    char path[1100], tmp[1110];
+    char path[1100];
     const char *org, *from, *host;
     char org_buf[256], from_buf[300];
     int64_t start;              /* wall-clock start of the interval */
@@ -74,26 +75,11 @@ struct report {
 
 /* ---- the state file ---------------------------------------------------------- */
 
-/* Writes text to s->path atomically (temp file, fsync, rename). Worker pool. */
+/* Writes text to s->path atomically. Worker pool. */
 static int write_state(const struct tlsrpt_send *s, const char *text)
 {
-    int fd = open(s->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return PT_ERROR;
-    size_t len = strlen(text), off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, text + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            close(fd);
-            return PT_ERROR;
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0)
-        return PT_ERROR;
-    return rename(s->tmp, s->path) == 0 ? PT_OK : PT_ERROR;
+    struct file_part part = { text, strlen(text) };
+    return file_write_atomic(s->path, &part, 1);
 }
 
 struct save_job {
@@ -673,7 +659,6 @@ struct tlsrpt_send *tlsrpt_send_start(struct runtime *rt, char *err, size_t errl
     char dir[1040];
     snprintf(dir, sizeof dir, "%s/tls-rpt", cfg->queue.spool_dir);
     snprintf(s->path, sizeof s->path, "%s/state.json", dir);
-    snprintf(s->tmp, sizeof s->tmp, "%s/state.json.tmp", dir);
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         snprintf(err, errlen, "tls-rpt: cannot create %s: %s", dir, strerror(errno));
         goto fail;

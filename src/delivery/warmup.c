@@ -17,6 +17,7 @@
 
 #include "delivery/warmup.h"
 #include "obs/log.h"
+#include "util/atomicfile.h"
 #include "util/result.h"
 
 #define WARMUP_FILE "STATE.json"
@@ -99,33 +100,11 @@ void warmup_take(const char *source, const char *site, double wall)
     pthread_mutex_unlock(&lock);
 }
 
-/* Writes text to the file: temporary file, fsync, rename, fsync of the dir. */
+/* Writes text to the file atomically (util/atomicfile). */
 static int write_file(const char *text)
 {
-    char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return PT_ERROR;
-    size_t len = strlen(text), off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, text + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            close(fd);
-            return PT_ERROR;
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0 || rename(tmp, path) != 0)
-        return PT_ERROR;
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    return PT_OK;
+    struct file_part part = { text, strlen(text) };
+    return file_write_atomic(path, &part, 1);
 }
 
 static void *writer_main(void *arg)
