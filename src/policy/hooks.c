@@ -191,14 +191,21 @@ static int act_set_tenant(lua_State *L)
     return 0;
 }
 
+/* The config generation this Lua state was built from. */
+static const struct config *hook_cfg(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, HOOK_CFG);
+    const struct config *cfg = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return cfg;
+}
+
 /* set_egress_pool(name): the pool the message's egress source is chosen from. */
 static int act_set_egress_pool(lua_State *L)
 {
     struct hook_effects *fx = current(L, "set_egress_pool");
     const char *name = luaL_checkstring(L, 1);
-    lua_getfield(L, LUA_REGISTRYINDEX, HOOK_CFG);
-    const struct config *cfg = lua_touserdata(L, -1);
-    lua_pop(L, 1);
+    const struct config *cfg = hook_cfg(L);
     if (config_egress_pool_index(cfg, name) < 0)
         return hook_error(L, "set_egress_pool: no egress pool named '%s' (make_egress_pool)",
                           name);
@@ -212,9 +219,7 @@ static int act_route_to(lua_State *L)
 {
     struct hook_effects *fx = current(L, "route_to");
     const char *name = luaL_checkstring(L, 1);
-    lua_getfield(L, LUA_REGISTRYINDEX, HOOK_CFG);
-    const struct config *cfg = lua_touserdata(L, -1);
-    lua_pop(L, 1);
+    const struct config *cfg = hook_cfg(L);
     const struct cfg_route *r = config_route_named(cfg, name);
     struct cfg_route lit;
     if (r && r->kind == ROUTE_ERROR)

@@ -175,6 +175,31 @@ static void count_in_flight(void *arg, void *queue, const struct entry *e)
     }
 }
 
+/* Appends this thread's rows to the caller's snapshot, tells it this thread is
+ * done, and frees the rows. */
+static void rows_hand_over(struct thread_call *sn, struct rows *rs)
+{
+    pthread_mutex_lock(&sn->lock);
+    bool failed = rs->failed;
+    if (!failed && rs->n) {
+        struct sched_queue_info *p = realloc(sn->q, (sn->n + rs->n) * sizeof *p);
+        if (p) {
+            memcpy(p + sn->n, rs->v, rs->n * sizeof *p);
+            sn->q = p;
+            sn->n += rs->n;
+        } else {
+            failed = true;
+        }
+    }
+    sn->failed |= failed;
+    sn->pending--;
+    pthread_cond_signal(&sn->cond);
+    call_release(sn);
+    free(rs->v);
+    free(rs->via);
+    free(rs->slot);
+}
+
 /* On the delivery thread: this thread's queues into sn. Entries in flight are
  * counted but have no next attempt. */
 static void snapshot_run(struct dthread *t, struct sched_call *call)
@@ -233,25 +258,7 @@ static void snapshot_run(struct dthread *t, struct sched_call *call)
         if (qi)
             qi->dead++;
     }
-    pthread_mutex_lock(&sn->lock);
-    bool failed = rs.failed;
-    if (!failed && rs.n) {
-        struct sched_queue_info *p = realloc(sn->q, (sn->n + rs.n) * sizeof *p);
-        if (p) {
-            memcpy(p + sn->n, rs.v, rs.n * sizeof *p);
-            sn->q = p;
-            sn->n += rs.n;
-        } else {
-            failed = true;
-        }
-    }
-    sn->failed |= failed;
-    sn->pending--;
-    pthread_cond_signal(&sn->cond);
-    call_release(sn);
-    free(rs.v);
-    free(rs.via);
-    free(rs.slot);
+    rows_hand_over(sn, &rs);
 }
 
 /* ---- by tenant -------------------------------------------------------- */
@@ -292,25 +299,7 @@ static void tenants_run(struct dthread *t, struct sched_call *call)
         tenant_row(&rs, t, t->heap[i], time_wall_at(time_tick_mono(t->heap[i]->due)));
     for (const struct entry *e = t->held; e && !rs.failed; e = e->next)
         tenant_row(&rs, t, e, e->next_attempt);
-    pthread_mutex_lock(&sn->lock);
-    bool failed = rs.failed;
-    if (!failed && rs.n) {
-        struct sched_queue_info *p = realloc(sn->q, (sn->n + rs.n) * sizeof *p);
-        if (p) {
-            memcpy(p + sn->n, rs.v, rs.n * sizeof *p);
-            sn->q = p;
-            sn->n += rs.n;
-        } else {
-            failed = true;
-        }
-    }
-    sn->failed |= failed;
-    sn->pending--;
-    pthread_cond_signal(&sn->cond);
-    call_release(sn);
-    free(rs.v);
-    free(rs.via);
-    free(rs.slot);
+    rows_hand_over(sn, &rs);
 }
 
 static int info_cmp(const void *a, const void *b)
