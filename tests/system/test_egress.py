@@ -31,7 +31,7 @@ def _send_many(p, n, rcpt, **kw):
 def test_pool_weights_bind_and_ehlo(world):
     dest = world.mx_domain("dest.test")
     p = world.petrel(extra=SOURCES, listener={"tenant": "acme"})
-    n = 300
+    n = 1000   # the figure: weights within ±10% over 1,000 messages
     _send_many(p, n, "bob@dest.test")
     txns = dest.wait_count(n, timeout=60)
     peers = collections.Counter(t.peer for t in txns)
