@@ -195,18 +195,11 @@ static void warn_restart_only(const struct config *old, const struct config *cfg
     NOTE(http, "start_http_listener");
     NOTE(egress_differs(old, cfg), "make_egress_source/make_egress_pool/configure_tenant");
     /* The delivery threads take each new generation (routes, retries, DKIM keys,
-     * timeouts, hooks); the MTA-STS/DANE agent is made once per thread, and the
-     * shaping rules (with configure_delivery's rate and connection defaults they
-     * carry) bind each destination queue once. */
+     * timeouts, hooks, shaping rules: each queue is rebound to the new rules once
+     * its connections under the old ones have closed); the MTA-STS/DANE agent is
+     * made once per thread. */
     NOTE(old->delivery.mta_sts != cfg->delivery.mta_sts || old->delivery.dane != cfg->delivery.dane,
          "configure_delivery.mta_sts/dane");
-    const struct cfg_delivery *od = &old->delivery, *nd = &cfg->delivery;
-    NOTE(od->tls_rpt != nd->tls_rpt || od->tls_rpt_interval != nd->tls_rpt_interval ||
-         str_differs(od->tls_rpt_org, nd->tls_rpt_org) ||
-         str_differs(od->tls_rpt_from, nd->tls_rpt_from), "configure_delivery.tls_rpt*");
-    NOTE(!shaping_rules_equal(old->shaping, cfg->shaping),
-         "configure_shaping (and configure_delivery's max_message_rate, "
-         "max_connections_per_domain, max_deliveries_per_connection, connect_timeout)");
     bool dns = old->n_dns_resolvers != cfg->n_dns_resolvers;
     for (int i = 0; !dns && i < cfg->n_dns_resolvers; i++)
         dns = strcmp(old->dns_resolvers[i], cfg->dns_resolvers[i]) != 0;
@@ -245,6 +238,9 @@ static int reload_locked(struct reloader *r, char *err, size_t errlen)
     }
     r->last_id++;
     cfg = gen->cfg;
+    /* the delivery threads rebind their queues to changed shaping rules */
+    cfg->shaping->epoch = old->shaping->epoch +
+                          (shaping_rules_equal(old->shaping, cfg->shaping) ? 0 : 1);
     warn_restart_only(old, cfg);
     for (const char *w = cfg->warnings; w && *w; w += strcspn(w, "\n") + 1)
         log_warn("reload: %.*s", (int)strcspn(w, "\n"), w);

@@ -8,6 +8,7 @@
 
 #include <regex.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 
 /* One rule; a field < 0 is unset (the default rule's value applies). */
@@ -45,6 +46,8 @@ struct shaping_rules {
     struct shaping_auto *autos;
     int n_autos;
     bool has_sites;              /* a site rule exists: MX hosts must be looked up */
+    uint64_t epoch;              /* bumped by a reload that changes the rules (the
+                                    delivery threads rebind their queues then) */
 };
 
 /* Action names as written in the config, the Shaping record and the metric. */

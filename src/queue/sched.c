@@ -666,7 +666,7 @@ static void pool_done(void *owner, void *queue, struct entry *e, const struct cl
     bool failed = false;             /* automation looks at failures only */
     for (uint32_t k = 0; k < nres && !failed; k++)
         failed = res[k].code / 100 != 2;
-    if (failed && t->s->rt->cfg->shaping->n_autos &&
+    if (failed && t->gen->cfg->shaping->n_autos &&
         (mine = malloc(nres * sizeof *mine)) != NULL) {
         /* automation sees every reply first: a `bounce` rule makes one permanent */
         memcpy(mine, res, nres * sizeof *mine);
@@ -727,8 +727,9 @@ static const struct pool_ops pool_ops = {
 
 void sched_dispatch(struct dthread *t, struct dqueue *q)
 {
-    if (q->nready == 0 || !shape_bind(t, q) || !rate_ok(t, q))
-        return;                     /* a site lookup, or a throttled queue: the timer */
+    if (q->nready == 0 || !shape_rebind(t, q) || !shape_bind(t, q) || !rate_ok(t, q))
+        return;                     /* a site lookup, or a throttled queue: the timer;
+                                       or connections under old rules still closing */
     queue_route_refresh(t, q);
     while (!t->stopping && q->pool.idle && q->nready > q->pool.nresolving && rate_ok(t, q) &&
            pool_reuse(&t->pool, &q->pool))

@@ -47,6 +47,7 @@ struct shape_budget {
     bool site;
     double rate, conn_rate;              /* configured, per second (0 = unlimited) */
     int conn_limit;
+    uint64_t epoch;                      /* of the rules those values come from */
     struct shaping_slot msgs, conns;     /* message and connection budgets */
     int nconn;                           /* connections counted against conn_limit */
     double contended_until;              /* a queue was refused a slot: until then,
@@ -60,9 +61,20 @@ struct shape_budget {
     char reason[SHAPE_REPLY_MAX];        /* the reply that triggered the latest action */
 };
 
+/* The rules of the thread's config generation. */
 static const struct shaping_rules *rules_of(const struct dthread *t)
 {
-    return t->s->rt->cfg->shaping;
+    return t->gen->cfg->shaping;
+}
+
+/* The rule's values into b (locked, or not yet shared). */
+static void budget_set(struct shape_budget *b, const struct shaping_rules *sr,
+                       const struct shaping_rule *r)
+{
+    b->rate = shaping_rule_rate(sr, r);
+    b->conn_rate = shaping_rule_conn_rate(sr, r);
+    b->conn_limit = shaping_rule_conn_limit(sr, r);
+    b->epoch = sr->epoch;
 }
 
 static void budget_init(struct shape_budget *b, const struct shaping_rules *sr,
@@ -71,9 +83,19 @@ static void budget_init(struct shape_budget *b, const struct shaping_rules *sr,
     pthread_mutex_init(&b->lock, NULL);
     snprintf(b->name, sizeof b->name, "%s", name);
     b->site = site;
-    b->rate = shaping_rule_rate(sr, r);
-    b->conn_rate = shaping_rule_conn_rate(sr, r);
-    b->conn_limit = shaping_rule_conn_limit(sr, r);
+    budget_set(b, sr, r);
+}
+
+/* A reload changed the rules: b takes the values of r as they now read. Site
+ * budgets are shared by the threads, which take a new generation each in its
+ * own time: only a newer epoch than the budget's writes. */
+static void budget_update(struct shape_budget *b, const struct shaping_rules *sr,
+                          const struct shaping_rule *r)
+{
+    pthread_mutex_lock(&b->lock);
+    if (sr->epoch > b->epoch)
+        budget_set(b, sr, r);
+    pthread_mutex_unlock(&b->lock);
 }
 
 /* The message rate in force (locked). */
@@ -107,6 +129,8 @@ static struct shape_budget *site_budget(struct dthread *t, const struct shaping_
         shaping_bind(&b->msgs, s->rt->climits, b->ckey);  /* the site, cluster-wide */
         b->next = s->sites;
         s->sites = b;
+    } else if (b) {
+        budget_update(b, rules_of(t), r);
     }
     pthread_mutex_unlock(&s->sites_lock);
     return b;
@@ -116,11 +140,14 @@ static struct shape_budget *site_budget(struct dthread *t, const struct shaping_
 static void bind_rule(struct dthread *t, struct dqueue *q, const struct shaping_rule *r)
 {
     const struct shaping_rules *sr = rules_of(t);
-    q->shape.rule = r;
+    q->shape.epoch = sr->epoch;
     q->shape.b = r && r->glob ? site_budget(t, r, q->source) : NULL;
     if (!q->shape.b) {
-        if (!q->shape.own && (q->shape.own = calloc(1, sizeof *q->shape.own))) {
-            budget_init(q->shape.own, sr, r && !r->glob ? r : NULL, q->domain, false);
+        const struct shaping_rule *own = r && !r->glob ? r : NULL;
+        if (q->shape.own) {
+            budget_update(q->shape.own, sr, own);
+        } else if ((q->shape.own = calloc(1, sizeof *q->shape.own))) {
+            budget_init(q->shape.own, sr, own, q->domain, false);
             /* counted cluster-wide under the queue's name (the same on every node) */
             shaping_bind(&q->shape.own->msgs, t->s->rt->climits, q->key);
         }
@@ -182,6 +209,17 @@ bool shape_bind(struct dthread *t, struct dqueue *q)
     q->shape.state = SHAPE_RESOLVING;
     dns_resolve_mx(t->dns, q->domain, on_site_dns, sl);  /* cached for the connection */
     return false;
+}
+
+bool shape_rebind(struct dthread *t, struct dqueue *q)
+{
+    if (q->shape.state != SHAPE_BOUND || q->shape.epoch == rules_of(t)->epoch)
+        return true;
+    if (q->pool.nconn > 0)
+        return false;           /* its connections close after their transaction */
+    log_info("queue %s: shaping rules changed by a reload: rebinding", q->key);
+    q->shape.state = SHAPE_UNBOUND;
+    return shape_bind(t, q);
 }
 
 uint32_t shape_available(struct dqueue *q, double now)

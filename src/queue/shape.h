@@ -32,7 +32,7 @@ struct shape_q {
     enum shape_state state;
     struct shape_budget *b;          /* the budget in force once bound (own or a site's) */
     struct shape_budget *own;        /* the queue's own budget (freed with the queue) */
-    const struct shaping_rule *rule; /* the rule governing it; NULL = default */
+    uint64_t epoch;                  /* the rules' epoch it was bound under */
     double pace_rate;                /* the queue's own pace on top (messages/s; 0 =
                                         none): a paced tenant's max_message_rate */
     struct shaping_slot pace;
@@ -44,6 +44,12 @@ struct shape_q {
  * lookup: the MX hosts of the domain) and returns false; the queue is dispatched
  * again when the answer comes. */
 bool shape_bind(struct dthread *t, struct dqueue *q);
+/* After a reload that changed the shaping rules: whether q may open connections
+ * now. A bound queue is rebound to the new rules (its budget's values change,
+ * its counts and automation state stay) once its connections under the old
+ * binding have closed (they close after their current transaction); meanwhile it
+ * opens none. */
+bool shape_rebind(struct dthread *t, struct dqueue *q);
 /* Messages q may send now (0 while suspended; UINT32_MAX when unlimited). */
 uint32_t shape_available(struct dqueue *q, double now);
 /* Takes one message's token (after shape_available said yes). */

@@ -7,10 +7,11 @@ import subprocess
 import threading
 import time
 
-from harness import (PETRELCTL_BIN, check_record_keys, lua_value, make_message, run_petrel,
-                     wait_for)
+from harness import (PETRELCTL_BIN, check_record_keys, free_port, lua_value, make_message,
+                     run_petrel, wait_for)
 from test_http import http_petrel, request
 from test_http_inject import post
+from test_reload import sighup, write_config
 
 
 def shaping(rules):
@@ -354,3 +355,45 @@ def test_site_dns_failure_holds_nobody_else(world):
     q = api_queue(url, "broken.test")
     assert q is not None and q["site"] is None, q
     assert api_queue(url, "a.test") is None or api_queue(url, "a.test")["site"] == "*.big.example"
+
+
+def test_rules_changed_by_reload_apply_to_queued_mail(world):
+    """A SIGHUP that changes configure_shaping applies to mail already queued: the
+    queue is rebound to the new rule (rate 2/s -> 25/s, connection_limit 1 -> 3),
+    without a restart and without losing or repeating a message."""
+    ip = "127.0.1.70"
+    sink = world.sink(ip)
+    world.dns.add_mx("paced.test", "mx.paced.test")
+    world.dns.add_a("mx.paced.test", ip)
+    world.mx_domain("sender.test", "127.0.0.3")
+    url = f"http://127.0.0.1:{free_port()}"
+    listener = "petrel.start_http_listener " + lua_value({"listen": url[len("http://"):]})
+
+    def extra(rate, conns):
+        return listener + "\n" + shaping({"paced.test": {"max_message_rate": rate,
+                                                          "connection_limit": conns}})
+    p = world.petrel(extra=extra("2/s", 1))
+    n = 60
+    rcpts = [f"u{i}@paced.test" for i in range(n)]
+    held(url, ["paced.test"], lambda: send_many(p, "alice@sender.test", rcpts))
+    wait_for(lambda: len(sink.transactions) >= 4, 10, "the first messages at 2/s")
+    q = api_queue(url, "paced.test")
+    assert q and abs(q["shaping"]["rate"] - 2) < 0.01 and q["shaping"]["connection_limit"] == 1, q
+    before = len(sink.transactions)
+    assert before < 15, f"{before} delivered already: the 2/s rule is not applied"
+    write_config(world, p, extra=extra("25/s", 3))
+    sighup(p)
+    t0 = time.monotonic()
+    txns = sink.wait_count(n, timeout=30)
+    took = time.monotonic() - t0
+    left = n - before
+    print(f"after the reload: {left} messages in {took:.1f} s (2/s would take {left / 2:.0f} s)")
+    assert took < left / 2 / 3, f"{left} messages took {took:.1f} s: still paced at the old rate"
+    assert sorted(r for x in txns for r in x.rcpt_tos) == sorted(rcpts)
+    q = api_queue(url, "paced.test")
+    assert q is None or (q["shaping"]["connection_limit"] == 3 and
+                         abs(q["shaping"]["rate"] - 25) < 0.01), q
+    assert "restart only: configure_shaping" not in p.stderr_text()
+    assert "shaping rules changed by a reload: rebinding" in p.stderr_text()
+    time.sleep(0.5)
+    assert len(sink.transactions) == n, "a message delivered twice"
