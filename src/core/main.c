@@ -124,35 +124,6 @@ static bool str_differs(const char *a, const char *b)
     return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
 }
 
-/* Egress sources, pools and tenants (DESIGN §9): ingest and delivery both use the
- * startup generation's, so that a source chosen at ingest is one delivery knows. */
-static bool egress_differs(const struct config *a, const struct config *b)
-{
-    if (a->n_egress_sources != b->n_egress_sources || a->n_egress_pools != b->n_egress_pools ||
-        a->n_tenants != b->n_tenants)
-        return true;
-    for (int i = 0; i < a->n_egress_sources; i++) {
-        const struct cfg_egress_source *x = &a->egress_sources[i], *y = &b->egress_sources[i];
-        if (strcmp(x->name, y->name) != 0 || strcmp(x->source_address, y->source_address) != 0 ||
-            str_differs(x->ehlo_domain, y->ehlo_domain) || x->n_warmup != y->n_warmup ||
-            (x->n_warmup && memcmp(x->warmup, y->warmup, (size_t)x->n_warmup * sizeof *x->warmup)))
-            return true;
-    }
-    for (int i = 0; i < a->n_egress_pools; i++) {
-        const struct cfg_egress_pool *x = &a->egress_pools[i], *y = &b->egress_pools[i];
-        if (strcmp(x->name, y->name) != 0 || x->n != y->n ||
-            memcmp(x->src, y->src, (size_t)x->n * sizeof *x->src) != 0 ||
-            memcmp(x->weight, y->weight, (size_t)x->n * sizeof *x->weight) != 0)
-            return true;
-    }
-    for (int i = 0; i < a->n_tenants; i++)
-        if (strcmp(a->tenants[i].name, b->tenants[i].name) != 0 ||
-            a->tenants[i].pool != b->tenants[i].pool ||
-            a->tenants[i].max_message_rate != b->tenants[i].max_message_rate)
-            return true;
-    return false;
-}
-
 /* Options a reload cannot apply to the running process: said once per reload. */
 static void warn_restart_only(const struct config *old, const struct config *cfg)
 {
@@ -193,7 +164,6 @@ static void warn_restart_only(const struct config *old, const struct config *cfg
                                    str_differs(a->tls->key_file, b->tls->key_file)));
     }
     NOTE(http, "start_http_listener");
-    NOTE(egress_differs(old, cfg), "make_egress_source/make_egress_pool/configure_tenant");
     /* The delivery threads take each new generation (routes, retries, DKIM keys,
      * timeouts, hooks, shaping rules: each queue is rebound to the new rules once
      * its connections under the old ones have closed); the MTA-STS/DANE agent is
@@ -255,6 +225,7 @@ static int reload_locked(struct reloader *r, char *err, size_t errlen)
     for (int a = 0; a < plan.n_add; a++)
         log_info("reload: listening on %s", r->wg->slot[plan.add_slot[a]].listen);
     runtime_gen_swap(r->rt, gen);   /* new sessions and requests get it from now on */
+    sched_reloaded(r->rt->sched);   /* the delivery threads take it now */
     workers_commit(r->wg, &plan);   /* listeners added and closed */
     return PT_OK;
 }

@@ -608,7 +608,7 @@ static enum MHD_Result post_inject(struct http_server *s, struct MHD_Connection 
         if (rc == PT_OK)
             j->batch.nmsgs = 1;
     }
-    j->cfg = s->rt->cfg;   /* egress: the delivery threads' (startup) generation */
+    j->cfg = cfg;   /* the request's generation: egress pools and tenants */
     if (rc == PT_OK)
         rc = apply_routes(j, cfg);
     if (rc == PT_OK)

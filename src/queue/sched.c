@@ -37,7 +37,7 @@
                              first when they wait: bulk keeps at least 1/8 of the
                              sends of a busy (rate-limited) queue (DESIGN §9) */
 
-enum { TMSG_ENTRY = 1, TMSG_STOP = 2, TMSG_CALL = 3 };
+enum { TMSG_ENTRY = 1, TMSG_STOP = 2, TMSG_CALL = 3, TMSG_RELOADED = 4 };
 
 double sched_backoff(double retry_interval, double max_retry_interval, uint32_t attempts)
 {
@@ -179,13 +179,21 @@ void sched_gen_refresh(struct dthread *t)
     struct cfg_gen *old = t->gen;
     t->gen = runtime_gen_acquire(rt);
     t->pool.gen = t->gen;
-    if (old)
+    if (old) {
         log_info("delivery thread %d: config generation %llu for new deliveries", t->index,
                  (unsigned long long)t->gen->id);
+        /* throttled queues look at the new settings (rates, warm-up caps) now,
+         * not when their old next time comes */
+        if (t->throttled && !t->stopping && t->s->started)
+            uv_timer_start(&t->timer, on_timer, 0, 0);
+    }
     runtime_gen_release(old);   /* connections and attempts hold their own */
 }
 
-/* q's route as the thread's generation defines it (a reload may have changed it). */
+static int queue_egress_set(struct dqueue *q, const struct config *cfg);
+
+/* q's route and egress settings as the thread's generation defines them (a reload
+ * may have changed them). */
 static void queue_route_refresh(struct dthread *t, struct dqueue *q)
 {
     if (q->gen_id == t->gen->id)
@@ -195,6 +203,8 @@ static void queue_route_refresh(struct dthread *t, struct dqueue *q)
         log_info("queue %s: route '%s' as the reloaded config defines it", q->key, r->name);
     q->route = r;
     q->pool.route = r;
+    if (queue_egress_set(q, t->gen->cfg) != PT_OK)   /* else as the last generation had it */
+        log_warn("queue %s: out of memory taking the reloaded egress settings", q->key);
     q->gen_id = t->gen->id;
 }
 
@@ -253,6 +263,25 @@ struct dqueue *sched_queue_find(struct dthread *t, const char *key)
     return NULL;
 }
 
+/* q's egress settings as cfg defines them (DESIGN §9): its source's warm-up
+ * schedule and its tenant's pace. PT_NOMEM leaves q as it was. */
+static int queue_egress_set(struct dqueue *q, const struct config *cfg)
+{
+    const struct cfg_egress_source *src = config_egress_source(cfg, q->source);
+    int *warmup = NULL, n = src ? src->n_warmup : 0;
+    if (n > 0) {
+        if (!(warmup = malloc((size_t)n * sizeof *warmup)))
+            return PT_NOMEM;
+        memcpy(warmup, src->warmup, (size_t)n * sizeof *warmup);
+    }
+    free(q->shape.warmup);
+    q->shape.warmup = warmup;
+    q->shape.nwarmup = n;
+    const struct cfg_tenant *ten = q->tenant ? config_tenant(cfg, q->tenant) : NULL;
+    q->shape.pace_rate = ten ? ten->max_message_rate : 0;
+    return PT_OK;
+}
+
 static struct dqueue *queue_get(struct dthread *t, const char *key, const struct route *r)
 {
     struct dqueue *q = sched_queue_find(t, key);
@@ -279,19 +308,11 @@ static struct dqueue *queue_get(struct dthread *t, const char *key, const struct
         *bar = 0;
         q->source = bar + 1;
     }
-    const struct cfg_egress_source *src = config_egress_source(t->s->rt->cfg, q->source);
-    if (src && src->n_warmup) {
-        if (!(q->shape.warmup = malloc((size_t)src->n_warmup * sizeof *src->warmup))) {
-            free(q->key);   /* not sent uncapped: out of memory like any queue */
-            free(q);
-            return NULL;
-        }
-        memcpy(q->shape.warmup, src->warmup, (size_t)src->n_warmup * sizeof *src->warmup);
-        q->shape.nwarmup = src->n_warmup;
-    }
-    if (q->tenant) {   /* DESIGN §9: the tenant's pace per destination */
-        const struct cfg_tenant *ten = config_tenant(t->s->rt->cfg, q->tenant);
-        q->shape.pace_rate = ten ? ten->max_message_rate : 0;
+    /* recovery queues entries before the thread has a generation: the startup one */
+    if (queue_egress_set(q, t->gen ? t->gen->cfg : t->s->rt->cfg) != PT_OK) {
+        free(q->key);   /* not sent uncapped: out of memory like any queue */
+        free(q);
+        return NULL;
     }
     q->route = r;
     q->pool.route = r;
@@ -727,10 +748,12 @@ static const struct pool_ops pool_ops = {
 
 void sched_dispatch(struct dthread *t, struct dqueue *q)
 {
-    if (q->nready == 0 || !shape_rebind(t, q) || !shape_bind(t, q) || !rate_ok(t, q))
+    if (q->nready == 0)
+        return;
+    queue_route_refresh(t, q);
+    if (!shape_rebind(t, q) || !shape_bind(t, q) || !rate_ok(t, q))
         return;                     /* a site lookup, or a throttled queue: the timer;
                                        or connections under old rules still closing */
-    queue_route_refresh(t, q);
     while (!t->stopping && q->pool.idle && q->nready > q->pool.nresolving && rate_ok(t, q) &&
            pool_reuse(&t->pool, &q->pool))
         ;
@@ -838,7 +861,8 @@ static void on_timer(uv_timer_t *timer)
             shape_expire(t, q);      /* q stays (throttled) while this runs */
         q->throttled = false;
         q->tnext = NULL;
-        if (shape_available(q, now) > 0)
+        queue_route_refresh(t, q);   /* a reload may have changed its pace or cap */
+        if (shape_rebind_due(t, q) || shape_available(q, now) > 0)
             sched_dispatch(t, q);    /* a token (a connection may still be wanting) */
         else
             throttle(t, q);          /* not yet: back on the list */
@@ -849,6 +873,12 @@ static void on_timer(uv_timer_t *timer)
 }
 
 /* ---- the thread -------------------------------------------------------- */
+
+void sched_reloaded(struct sched *s)
+{
+    for (int i = 0; s && i < s->n; i++)
+        mbox_send(&s->t[i].mbox, TMSG_RELOADED, NULL, 0, 0);
+}
 
 int sched_post_call(struct sched *s, int i, struct sched_call *call)
 {
@@ -867,6 +897,8 @@ static void on_msg(void *owner, struct mbox_msg *msg)
         } else {
             thread_insert(t, msg->ptr, true);
         }
+    } else if (msg->kind == TMSG_RELOADED) {
+        /* sched_gen_refresh above took the new generation */
     } else if (msg->kind == TMSG_CALL) {
         struct sched_call *call = msg->ptr;
         call->run(t, call);

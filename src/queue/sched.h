@@ -21,6 +21,10 @@ struct sched *sched_new(struct runtime *rt, char *err, size_t errlen);
  * Thread-safe. */
 void sched_enqueue(struct sched *s, struct entry *e);
 int sched_start(struct sched *s);
+/* A reload swapped the config generation: each delivery thread takes it now (its
+ * throttled queues look at the new rates and caps) rather than at its next event.
+ * Thread-safe. */
+void sched_reloaded(struct sched *s);
 /* Stops dispatching, closes connections, joins the threads, frees entries. */
 void sched_stop(struct sched *s);
 void sched_free(struct sched *s);

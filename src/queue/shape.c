@@ -211,9 +211,14 @@ bool shape_bind(struct dthread *t, struct dqueue *q)
     return false;
 }
 
+bool shape_rebind_due(const struct dthread *t, const struct dqueue *q)
+{
+    return q->shape.state == SHAPE_BOUND && q->shape.epoch != rules_of(t)->epoch;
+}
+
 bool shape_rebind(struct dthread *t, struct dqueue *q)
 {
-    if (q->shape.state != SHAPE_BOUND || q->shape.epoch == rules_of(t)->epoch)
+    if (!shape_rebind_due(t, q))
         return true;
     if (q->pool.nconn > 0)
         return false;           /* its connections close after their transaction */

@@ -50,6 +50,8 @@ bool shape_bind(struct dthread *t, struct dqueue *q);
  * binding have closed (they close after their current transaction); meanwhile it
  * opens none. */
 bool shape_rebind(struct dthread *t, struct dqueue *q);
+/* Whether q is bound under rules a reload has since changed. */
+bool shape_rebind_due(const struct dthread *t, const struct dqueue *q);
 /* Messages q may send now (0 while suspended; UINT32_MAX when unlimited). */
 uint32_t shape_available(struct dqueue *q, double now);
 /* Takes one message's token (after shape_available said yes). */

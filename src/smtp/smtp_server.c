@@ -946,7 +946,7 @@ static int message_policy(void *arg, struct entry *e)
     if (rc == PT_OK)
         rc = hook_effects_apply(&fx, e);
     if (rc == PT_OK)
-        rc = egress_assign(s->w->rt->cfg, e, fx.egress_pool);   /* delivery's generation */
+        rc = egress_assign(s->gen->cfg, e, fx.egress_pool);
     free(addrs);
     hook_effects_free(&fx);
     return rc;

@@ -219,3 +219,41 @@ def test_source_never_leaves_from_another_family(world):
     rec = p.wait_record("TransientFailure", recipient="x@six.test")
     assert "no address of the egress source's family (IPv4)" in rec["response"], rec
     assert rec["egress_source"] in ("ip1", "ip2"), rec
+
+
+def test_egress_changed_by_reload(world):
+    """A SIGHUP that changes sources, pools and warm-up schedules applies without a
+    restart: mail accepted after it leaves from the pool's new source, that source's
+    warm-up cap holds, and raising the cap by another reload releases the mail
+    already queued behind it."""
+    import time
+    from test_reload import sighup, write_config
+    dest = world.mx_domain("dest.test")
+    p = world.petrel(extra=SOURCES, listener={"tenant": "acme"})
+    _send_many(p, 8, "bob@dest.test")
+    before = dest.wait_count(8, timeout=20)
+    assert {t.peer for t in before} == {"127.0.0.21", "127.0.0.22"}
+
+    def cfg(caps):
+        return SOURCES.replace(
+            'petrel.make_egress_pool { name = "pool-a", entries = { { name = "ip1", weight = 3 }, '
+            '{ name = "ip2", weight = 1 } } }',
+            'petrel.make_egress_source { name = "ip3", source_address = "127.0.0.23", '
+            f'ehlo_domain = "mta3.example.com", warmup = {{ {caps} }} }}\n'
+            'petrel.make_egress_pool { name = "pool-a", entries = { { name = "ip3", weight = 1 } } }')
+    new = cfg(3)
+    assert new != SOURCES
+    write_config(world, p, extra=new, listener={"tenant": "acme"})
+    sighup(p)
+    _send_many(p, 8, "bob@dest.test")
+    dest.wait_count(8 + 3, timeout=20)
+    time.sleep(2)
+    after = dest.messages()[8:]
+    assert len(after) == 3, f"{len(after)} sent past the new source's warm-up cap of 3"
+    assert {(t.peer, t.helo) for t in after} == {("127.0.0.23", "mta3.example.com")}, after
+    write_config(world, p, extra=cfg(100), listener={"tenant": "acme"})
+    sighup(p)
+    txns = dest.wait_count(16, timeout=20)
+    assert {t.peer for t in txns[8:]} == {"127.0.0.23"}
+    assert "restart only" not in p.stderr_text()
+    assert len(p.records("Delivery")) == 16

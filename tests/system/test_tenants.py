@@ -209,3 +209,33 @@ petrel.make_egress_source { name = "v1", source_address = "127.0.0.24" }
 petrel.make_egress_pool { name = "vp", entries = { { name = "v1" } } }
 petrel.configure_tenant { name = "vip", egress_pool = "vp" }
 '''
+
+
+def test_tenant_rate_changed_by_reload_applies_to_queued_mail(world):
+    """A SIGHUP that raises a tenant's max_message_rate speeds up its queued mail."""
+    import time
+    from test_reload import sighup, write_config
+    dest = world.mx_domain("dest.test", "127.0.0.2")
+    slow = 'petrel.configure_tenant { name = "slow", max_message_rate = "1/min" }\n'
+    p = world.petrel(extra=slow)
+    n = 12
+    s = p.smtp()
+    try:
+        for i in range(n):
+            data = make_message(to=["r@dest.test"], subject=f"slow {i}",
+                                headers={"X-Tenant": "slow"})
+            p.send("alice@sender.test", ["r@dest.test"], data, smtp=s)
+    finally:
+        s.quit()
+    dest.wait_count(1, timeout=20)
+    time.sleep(1.5)
+    held = len(dest.messages())
+    assert held < n, f"{held} of {n} delivered at 1/min"
+    write_config(world, p, extra=slow.replace("1/min", "50/s"))
+    sighup(p)
+    t0 = time.monotonic()
+    dest.wait_count(n, timeout=20)
+    took = time.monotonic() - t0
+    print(f"{n - held} queued messages in {took:.2f} s after the reload to 50/s")
+    assert took < 5, took
+    assert len(p.wait_records("Delivery", n)) == n
