@@ -200,6 +200,23 @@ static void rows_hand_over(struct thread_call *sn, struct rows *rs)
     free(rs->slot);
 }
 
+/* An entry waiting (in the retry heap or held) to go at next (wall clock): counted
+ * with its MX queue when it has one, else in a row of its own. */
+static void waiting_row(struct rows *rs, struct dthread *t, const struct entry *e, double next)
+{
+    char kb[ROUTE_QKEY_MAX];
+    const struct dqueue *q = sched_queue_find(t, sched_qkey(e, kb));
+    if (q && !q->route->qkey) {
+        struct sched_queue_info *qi = row_of(rs, t, e->domain, e->via, q);
+        if (qi) {
+            min_time(&qi->oldest, e->received_at);
+            min_time(&qi->next_attempt, next);
+        }
+    } else {
+        row_add(rs, t, e, q, next);
+    }
+}
+
 /* On the delivery thread: this thread's queues into sn. Entries in flight are
  * counted but have no next attempt. */
 static void snapshot_run(struct dthread *t, struct sched_call *call)
@@ -225,33 +242,11 @@ static void snapshot_run(struct dthread *t, struct sched_call *call)
     for (uint32_t i = 0; i < t->nheap && !rs.failed; i++) {
         const struct entry *e = t->heap[i];
         /* when it will go, as the wall clock reads now (its timer is monotonic) */
-        double next = time_wall_at(time_tick_mono(e->due));
-        char kb[ROUTE_QKEY_MAX];
-        const struct dqueue *q = sched_queue_find(t, sched_qkey(e, kb));
-        if (q && !q->route->qkey) {      /* counted with its MX queue above */
-            struct sched_queue_info *qi = row_of(&rs, t, e->domain, e->via, q);
-            if (qi) {
-                min_time(&qi->oldest, e->received_at);
-                min_time(&qi->next_attempt, next);
-            }
-        } else {
-            row_add(&rs, t, e, q, next);
-        }
+        waiting_row(&rs, t, e, time_wall_at(time_tick_mono(e->due)));
     }
     for (const struct entry *e = t->held; e && !rs.failed; e = e->next) {
-        char kb[ROUTE_QKEY_MAX];
-        const struct dqueue *q = sched_queue_find(t, sched_qkey(e, kb));
         const struct suspension *su = suspend_for(t, e);
-        double next = su ? su->until : e->next_attempt;
-        if (q && !q->route->qkey) {
-            struct sched_queue_info *qi = row_of(&rs, t, e->domain, e->via, q);
-            if (qi) {
-                min_time(&qi->oldest, e->received_at);
-                min_time(&qi->next_attempt, next);
-            }
-        } else {
-            row_add(&rs, t, e, q, next);
-        }
+        waiting_row(&rs, t, e, su ? su->until : e->next_attempt);
     }
     for (const struct entry *e = t->dead; e && !rs.failed; e = e->next) {
         struct sched_queue_info *qi = row_of(&rs, t, e->domain, e->via, NULL);
