@@ -333,14 +333,14 @@ static void on_policy(void *arg, const struct tlspol_result *res)
         rpt_policy(c, res);
     if (res->rpt_note && pt->rt->tlsrpt && res->code == 0) {
         tlsrpt_agg_failure(pt->rt->tlsrpt, c->domain, res->rpt_type, res->rpt_note, NULL,
-                           NULL);
+                           NULL, NULL, NULL);
         c->rpt_type = NULL;            /* the session itself has no policy to report */
     }
     if (res->code != 0) {
         if (res->rpt_type && pt->rt->tlsrpt)
             tlsrpt_agg_failure(pt->rt->tlsrpt, c->domain, res->rpt_type,
                                res->rpt_failure ? res->rpt_failure : "validation-failure",
-                               NULL, res->text);
+                               NULL, NULL, NULL, res->text);
         log_warn("smtp-out %s: %s", c->domain, res->text);
         pt->ops->fail(pt->owner, c->queue, NULL, res->code, res->enhanced, res->text);
         conn_free(c);
@@ -535,7 +535,8 @@ static void client_on_closed(void *owner, struct smtp_client *client)
         conn_free(c);               /* else prepare_done gives its entry back and frees */
 }
 
-static void client_on_tls_failure(void *owner, const char *site, const char *why)
+static void client_on_tls_failure(void *owner, const char *site, const char *local_ip,
+                                  const char *peer_ip, const char *why)
 {
     struct pool_conn *c = owner;
     struct tlsrpt_agg *agg = c->pt->rt->tlsrpt;
@@ -547,7 +548,7 @@ static void client_on_tls_failure(void *owner, const char *site, const char *why
             *colon = '\0';
         tlsrpt_agg_failure(agg, c->domain, c->rpt_type,
                            tlsrpt_agg_result_type(why, strcmp(c->rpt_type, "tlsa") == 0),
-                           host[0] ? host : NULL, why);
+                           host[0] ? host : NULL, local_ip, peer_ip, why);
     }
     log_warn("smtp-out %s: TLS policy failure: %s", site, why);
     metrics_inc(M_TLS_FAILURES, METRICS_OUTBOUND, NULL, 1);

@@ -1,8 +1,8 @@
 /* TLS-RPT counters; see tlsrpt_agg.h. The state is one jansson object under a
  * mutex, in the very shape it is saved in:
  *   {"version":1,"start":S,"policies":{"DOMAIN TYPE":{"domain","type","strings":[],
- *    "mx":[],"success":N,"failure":N,"details":{"RT MX REASON":{"result-type",
- *    "mx","reason","count"}}}}}
+ *    "mx":[],"success":N,"failure":N,"details":{"RT MX SIP RIP REASON":{"result-type",
+ *    "mx","sip","rip","reason","count"}}}}}
  * SPDX-License-Identifier: Apache-2.0 */
 #include <pthread.h>
 #include <stdio.h>
@@ -106,7 +106,8 @@ void tlsrpt_agg_success(struct tlsrpt_agg *a, const char *domain, const char *ty
 }
 
 void tlsrpt_agg_failure(struct tlsrpt_agg *a, const char *domain, const char *type,
-                        const char *result_type, const char *mx_host, const char *reason)
+                        const char *result_type, const char *mx_host,
+                        const char *sending_ip, const char *receiving_ip, const char *reason)
 {
     if (!a)
         return;
@@ -116,7 +117,8 @@ void tlsrpt_agg_failure(struct tlsrpt_agg *a, const char *domain, const char *ty
         add_int(p, "failure", 1);
         a->gen++;
         char key[900];
-        snprintf(key, sizeof key, "%s %s %s", result_type, mx_host ? mx_host : "",
+        snprintf(key, sizeof key, "%s %s %s %s %s", result_type, mx_host ? mx_host : "",
+                 sending_ip ? sending_ip : "", receiving_ip ? receiving_ip : "",
                  reason ? reason : "");
         json_t *details = json_object_get(p, "details");
         json_t *d = json_object_get(details, key);
@@ -124,6 +126,10 @@ void tlsrpt_agg_failure(struct tlsrpt_agg *a, const char *domain, const char *ty
             d = json_pack("{s:s,s:I}", "result-type", result_type, "count", (json_int_t)0);
             if (d && mx_host)
                 json_object_set_new(d, "mx", json_string(mx_host));
+            if (d && sending_ip)
+                json_object_set_new(d, "sip", json_string(sending_ip));
+            if (d && receiving_ip)
+                json_object_set_new(d, "rip", json_string(receiving_ip));
             if (d && reason)
                 json_object_set_new(d, "reason", json_string(reason));
             if (d && json_object_set_new(details, key, d) != 0)

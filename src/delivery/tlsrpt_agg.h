@@ -28,9 +28,11 @@ void tlsrpt_agg_policy(struct tlsrpt_agg *a, const char *domain, const char *typ
 /* One successful TLS session with a host of domain under a policy of type. */
 void tlsrpt_agg_success(struct tlsrpt_agg *a, const char *domain, const char *type);
 /* One failed session: result_type per RFC 8460 §4.3 ("starttls-not-supported", ...);
- * mx_host and reason may be NULL. */
+ * mx_host, the session's addresses (ours: sending-mta-ip; the MX's: receiving-ip)
+ * and reason may be NULL. */
 void tlsrpt_agg_failure(struct tlsrpt_agg *a, const char *domain, const char *type,
-                        const char *result_type, const char *mx_host, const char *reason);
+                        const char *result_type, const char *mx_host,
+                        const char *sending_ip, const char *receiving_ip, const char *reason);
 
 /* The state as JSON text (malloc'ed; NULL when out of memory) with the interval's
  * start (Unix seconds); *dirty_gen receives a counter that changes with every note. */

@@ -179,6 +179,8 @@ static int build_report(const struct tlsrpt_send *s, json_t *policies, struct re
             fail[n][nf++] = (struct tlsrpt_failure){
                 .result_type = json_string_value(json_object_get(d, "result-type")),
                 .receiving_mx_hostname = json_string_value(json_object_get(d, "mx")),
+                .sending_mta_ip = json_string_value(json_object_get(d, "sip")),
+                .receiving_ip = json_string_value(json_object_get(d, "rip")),
                 .failure_reason_code = json_string_value(json_object_get(d, "reason")),
                 .count = (uint64_t)json_integer_value(json_object_get(d, "count")),
             };

@@ -663,12 +663,33 @@ static void host_fail(struct smtp_client *c, const char *fmt, ...)
     conn_close(&c->conn, true);
 }
 
+/* The address of one end of the connected socket, as text; "" when unknown. */
+static void end_address(const uv_tcp_t *tcp, bool peer, char *out, size_t outlen)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    out[0] = 0;
+    int rc = peer ? uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len)
+                  : uv_tcp_getsockname(tcp, (struct sockaddr *)&ss, &len);
+    if (rc != 0)
+        return;
+    if (ss.ss_family == AF_INET)
+        uv_ip4_name((const struct sockaddr_in *)&ss, out, outlen);
+    else if (ss.ss_family == AF_INET6)
+        uv_ip6_name((const struct sockaddr_in6 *)&ss, out, outlen);
+}
+
 static void tls_failure(struct smtp_client *c, const char *why)
 {
     if (c->requiretls)
         c->rtls_refused = true;
-    if (c->ops->on_tls_failure)
-        c->ops->on_tls_failure(c->owner, c->site, why);
+    if (c->ops->on_tls_failure) {
+        char local[64], peer[64];   /* TLS-RPT's sending-mta-ip and receiving-ip */
+        end_address(&c->conn.tcp, false, local, sizeof local);
+        end_address(&c->conn.tcp, true, peer, sizeof peer);
+        c->ops->on_tls_failure(c->owner, c->site, local[0] ? local : NULL,
+                               peer[0] ? peer : NULL, why);
+    }
 }
 
 static void send_ehlo(struct smtp_client *c)

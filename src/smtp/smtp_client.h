@@ -69,8 +69,10 @@ struct smtp_client_ops {
     void (*on_done)(void *owner, struct smtp_client *c, struct entry *e,
                     const struct client_result *res, uint32_t nres, bool usable,
                     const char *site, const char *peer, const char *tls);
-    /* optional: a TLS policy failure (not offered, handshake, verification) */
-    void (*on_tls_failure)(void *owner, const char *site, const char *why);
+    /* optional: a TLS policy failure (not offered, handshake, verification) on the
+     * session from local_ip to peer_ip (either NULL when unknown) */
+    void (*on_tls_failure)(void *owner, const char *site, const char *local_ip,
+                           const char *peer_ip, const char *why);
     /* The connection is closed; c is freed after this returns. */
     void (*on_closed)(void *owner, struct smtp_client *c);
 };

@@ -48,7 +48,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int64_t start = 0, start2 = 0;
     if (a && b && tlsrpt_agg_load(a, s, n, &start) == PT_OK) {
         tlsrpt_agg_success(a, "fuzz.test", "sts");
-        tlsrpt_agg_failure(a, "fuzz.test", "sts", "validation-failure", "mx.fuzz.test", NULL);
+        tlsrpt_agg_failure(a, "fuzz.test", "sts", "validation-failure", "mx.fuzz.test",
+                           "192.0.2.1", NULL, NULL);
         uint64_t gen;
         char *t1 = tlsrpt_agg_dump(a, start, &gen);
         if (t1) {

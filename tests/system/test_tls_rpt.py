@@ -116,6 +116,9 @@ def test_report_counts_success_and_failure(world, pki):
     assert sum(d["failed-session-count"] for d in bpol["failure-details"]) == \
         bpol["summary"]["total-failure-session-count"]
     assert any(d.get("receiving-mx-hostname") == "mx.bad.test" for d in bpol["failure-details"])
+    # the session's two ends (§4.3: sending-mta-ip, receiving-ip)
+    assert any(d.get("receiving-ip") == bad.ip and d.get("sending-mta-ip", "").startswith("127.")
+               for d in bpol["failure-details"]), bpol["failure-details"]
     assert reports.for_rcpt("tlsrpt@reports.test")
 
 

@@ -132,9 +132,11 @@ static void test_agg(void **state)
     tlsrpt_agg_policy(a, "dest.test", "tlsa", lines, 1, NULL, 0);
     tlsrpt_agg_success(a, "dest.test", "tlsa");
     tlsrpt_agg_success(a, "dest.test", "tlsa");
-    tlsrpt_agg_failure(a, "dest.test", "tlsa", "tlsa-invalid", "mx.dest.test", "no match");
-    tlsrpt_agg_failure(a, "dest.test", "tlsa", "tlsa-invalid", "mx.dest.test", "no match");
-    tlsrpt_agg_failure(a, "other.test", "sts", "starttls-not-supported", NULL, NULL);
+    tlsrpt_agg_failure(a, "dest.test", "tlsa", "tlsa-invalid", "mx.dest.test", "192.0.2.1",
+                       "192.0.2.25", "no match");
+    tlsrpt_agg_failure(a, "dest.test", "tlsa", "tlsa-invalid", "mx.dest.test", "192.0.2.1",
+                       "192.0.2.25", "no match");
+    tlsrpt_agg_failure(a, "other.test", "sts", "starttls-not-supported", NULL, NULL, NULL, NULL);
     uint64_t gen;
     char *t = tlsrpt_agg_dump(a, 1000, &gen);
     assert_non_null(t);
@@ -153,8 +155,11 @@ static void test_agg(void **state)
     assert_int_equal(json_integer_value(json_object_get(p, "failure")), 2);
     assert_string_equal(json_string_value(json_array_get(json_object_get(p, "strings"), 0)),
                         "3 1 1 abcd");
-    json_t *d = json_object_get(json_object_get(p, "details"), "tlsa-invalid mx.dest.test no match");
+    json_t *d = json_object_get(json_object_get(p, "details"),
+                                "tlsa-invalid mx.dest.test 192.0.2.1 192.0.2.25 no match");
     assert_int_equal(json_integer_value(json_object_get(d, "count")), 2);
+    assert_string_equal(json_string_value(json_object_get(d, "sip")), "192.0.2.1");
+    assert_string_equal(json_string_value(json_object_get(d, "rip")), "192.0.2.25");
     json_decref(root);
     free(taken);
     free(t);
