@@ -38,6 +38,9 @@
 #define TICK_MS 1000          /* how often the counters are saved when they changed */
 #define STATE_MAX (8 << 20)   /* a state file larger than this is not loaded */
 #define POST_TIMEOUT_MS 30000 /* an https: rua POST (RFC 8460 §5.4) */
+#define POST_TRIES 3          /* a failed POST is tried again twice, */
+#define POST_RETRY_MAX_S 3600 /* after a tenth of the interval, then two tenths (at
+                                 most an hour each) */
 
 struct tlsrpt_send {
     struct runtime *rt;
@@ -55,6 +58,7 @@ struct tlsrpt_send {
     uint64_t saved_gen;         /* counters' change counter at the last save */
     bool saving, resave;
     int pending;                /* reports between take and queueing */
+    struct report *retrying;    /* reports waiting to POST again */
 };
 
 /* One policy domain's report, from the take to the queueing of its mails. */
@@ -71,6 +75,12 @@ struct report {
     int step;                   /* the rua whose host is being resolved */
     uint16_t step_port;
     struct report *next;
+    /* https POSTs that failed (bit i = rua i); a retry sends only those */
+    uint32_t failed, redo;
+    int tries;
+    uv_timer_t retry;           /* initialized on the first retry */
+    bool timer_init;
+    struct report *rnext;       /* on s->retrying */
 };
 
 /* ---- the state file ---------------------------------------------------------- */
@@ -337,9 +347,10 @@ static size_t discard(char *p, size_t size, size_t n, void *arg)
 
 /* RFC 8460 §5.4: the gzip'ed report POSTed as application/tlsrpt+gzip, the server
  * verified against configure_delivery.ca_file (or the system store). Worker pool. */
-static void post_https(const struct tlsrpt_send *s, const struct report *r, const char *uri,
+static bool post_https(const struct tlsrpt_send *s, const struct report *r, const char *uri,
                        const char *resolve)
 {
+    bool ok = false;
     sts_fetch_global_init();
     char ebuf[CURL_ERROR_SIZE] = "";
     struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/tlsrpt+gzip");
@@ -369,11 +380,13 @@ static void post_https(const struct tlsrpt_send *s, const struct report *r, cons
     else
         log_info("tls-rpt %s: report %s posted to %s (HTTP %ld)", r->domain, r->id, uri,
                  status);
+    ok = rc == CURLE_OK && status / 100 == 2;
 out:
     curl_slist_free_all(hdr);
     curl_slist_free_all(res);
     if (c)
         curl_easy_cleanup(c);
+    return ok;
 }
 
 /* Sends r to each rua: mail for mailto:, a POST for https:. Worker pool. */
@@ -381,8 +394,12 @@ static void send_work(uv_work_t *w)
 {
     struct report *r = w->data;
     const struct tlsrpt_send *s = r->s;
+    uint32_t only = r->redo;         /* a retry: those POSTs only, no mail again */
+    r->failed = 0;
     for (int i = 0; i < r->rua.n; i++) {
         const char *uri = r->rua.uri[i];
+        if (only && !(only & (1u << i)))
+            continue;
         if (strncasecmp(uri, "https://", 8) == 0) {
             char host[256];
             uint16_t port;
@@ -392,8 +409,8 @@ static void send_work(uv_work_t *w)
             else if (!ip_literal(host) && !r->resolve[i][0])
                 log_warn("tls-rpt %s: rua %s: %s has no address; skipped", r->domain, uri,
                          host);
-            else
-                post_https(s, r, uri, r->resolve[i]);
+            else if (!post_https(s, r, uri, r->resolve[i]))
+                r->failed |= 1u << i;
             continue;
         }
         if (strncasecmp(uri, "mailto:", 7) != 0)
@@ -427,16 +444,66 @@ static void send_work(uv_work_t *w)
     }
 }
 
-static void report_free(struct report *r)
+static void report_freed(uv_handle_t *h)
 {
+    struct report *r = h->data;
     buf_free(&r->gz);
     free(r);
+}
+
+static void report_free(struct report *r)
+{
+    if (r->timer_init) {
+        uv_close((uv_handle_t *)&r->retry, report_freed);
+        return;
+    }
+    buf_free(&r->gz);
+    free(r);
+}
+
+static void send_done(uv_work_t *w, int status);
+
+static void on_retry(uv_timer_t *t)
+{
+    struct report *r = t->data;
+    struct tlsrpt_send *s = r->s;
+    struct report **pp = &s->retrying;
+    while (*pp && *pp != r)
+        pp = &(*pp)->rnext;
+    if (*pp)
+        *pp = r->rnext;
+    if (uv_queue_work(&s->loop, &r->work, send_work, send_done) != 0) {
+        log_error("tls-rpt %s: cannot post report %s again; it is lost", r->domain, r->id);
+        s->pending--;
+        report_free(r);
+    }
 }
 
 static void send_done(uv_work_t *w, int status)
 {
     struct report *r = w->data;
-    r->s->pending--;
+    struct tlsrpt_send *s = r->s;
+    if (r->failed && status == 0 && r->tries + 1 < POST_TRIES && s->dns) {
+        double d = s->rt->cfg->delivery.tls_rpt_interval / 10.0 * (r->tries + 1);
+        uint64_t ms = (uint64_t)((d < POST_RETRY_MAX_S ? d : POST_RETRY_MAX_S) * 1000.0);
+        if (!r->timer_init) {
+            uv_timer_init(&s->loop, &r->retry);
+            r->retry.data = r;
+            r->timer_init = true;
+        }
+        r->tries++;
+        r->redo = r->failed;
+        r->rnext = s->retrying;
+        s->retrying = r;
+        log_info("tls-rpt %s: report %s: POST tried again in %.0f s", r->domain, r->id,
+                 (double)ms / 1000.0);
+        uv_timer_start(&r->retry, on_retry, ms, 0);
+        return;                      /* still pending */
+    }
+    if (r->failed)
+        log_warn("tls-rpt %s: report %s: POST failed %d time(s); given up", r->domain, r->id,
+                 r->tries + 1);
+    s->pending--;
     report_free(r);
 }
 
@@ -596,6 +663,14 @@ static void on_stop(uv_async_t *a)
     uv_timer_stop(&s->tick);
     uv_close((uv_handle_t *)&s->tick, NULL);
     uv_close((uv_handle_t *)&s->stop, NULL);
+    while (s->retrying) {           /* waiting to POST again: not sent */
+        struct report *r = s->retrying;
+        s->retrying = r->rnext;
+        uv_timer_stop(&r->retry);
+        log_warn("tls-rpt %s: stopping: report %s is not posted again", r->domain, r->id);
+        s->pending--;
+        report_free(r);
+    }
     if (s->pending)
         log_warn("tls-rpt: stopping with %d report(s) not yet queued; they are lost",
                  s->pending);

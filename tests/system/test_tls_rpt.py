@@ -195,7 +195,7 @@ def test_check_accepts_good_values(tmp_path):
 class PostServer:
     """An HTTPS server recording every POST (path, headers, body)."""
 
-    def __init__(self, ip, ctx):
+    def __init__(self, ip, ctx, fail_first=0):
         import http.server
         import threading
         self.posts = []
@@ -205,7 +205,7 @@ class PostServer:
             def do_POST(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 outer.posts.append((self.path, dict(self.headers), self.rfile.read(n)))
-                self.send_response(201)
+                self.send_response(503 if len(outer.posts) <= fail_first else 201)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -246,6 +246,41 @@ def test_https_rua_gets_the_report_posted(world, pki):
         assert pol["policy"]["policy-type"] == "tlsa"
         assert pol["summary"]["total-successful-session-count"] >= 1
         assert not reports.messages()
+    finally:
+        srv.stop()
+
+
+def test_failed_post_is_tried_again(world, pki):
+    """A POST answered 503 is tried again (after a tenth of the interval); the mailto:
+    rua next to it is not mailed twice."""
+    cert, key = pki.leaf("rpt.reports.test")
+    srv = PostServer("127.0.2.10", pki.server_context(cert, key), fail_first=1)
+    try:
+        world.dns.add_a("rpt.reports.test", "127.0.2.10")
+        p, dest, bad, reports = rpt_world(
+            world, pki, txt=f"v=TLSRPTv1; rua=https://rpt.reports.test:{srv.port}/r,"
+                            "mailto:tlsrpt@reports.test",
+            interval="3s", ca_file=pki.ca_file)
+        dest.wait_message(send(p, "h@dest.test"), timeout=30)
+
+        def report_id(body):
+            return json.loads(gzip.decompress(body))["report-id"]
+
+        def dest_posts():
+            got = [x for x in list(srv.posts) if json.loads(gzip.decompress(x[2]))
+                   ["policies"][0]["policy"]["policy-domain"] == "dest.test"]
+            return got if len(got) >= 2 else None
+        first, second = wait_for(dest_posts, timeout=40, what="a second POST")[:2]
+        assert report_id(first[2]) == report_id(second[2]), "not the same report again"
+        wait_for(lambda: "POST tried again" in p.stderr_text(), what="the retry logged")
+        wait_for(lambda: "posted to" in p.stderr_text(), what="the accepted POST logged")
+        rid = report_id(first[2])
+
+        def mails():
+            return [m for m in reports.messages() if rid in m.data.decode("latin-1")]
+        wait_for(mails, timeout=20, what=f"report {rid} mailed to the mailto: rua")
+        time.sleep(1)
+        assert len(mails()) == 1, f"the mailto: rua got report {rid} {len(mails())} times"
     finally:
         srv.stop()
 
