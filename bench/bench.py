@@ -32,6 +32,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "system"))
+import memcg  # noqa: E402  (--scale-memlimit: the tests' memory cgroup helper)
 TOOLS = os.path.join(ROOT, "build", "bench")
 PETREL = os.path.join(ROOT, "build", "petrel")
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
@@ -416,6 +418,7 @@ class Petrel:
         self.sink_port, self.conns, self.retry, self.max_queue = sink_port, conns, retry, max_queue
         self.queue_extra = []   # cluster scenario: backend = "redis", redis_url = ...
         self.shaping = False    # shaping10k scenario: 10,000 configure_shaping rules
+        self.wrap = None        # --scale-memlimit: argv -> argv run inside a memory cgroup
         self.proc = None
         self.stderr_lines = []
 
@@ -485,7 +488,8 @@ petrel.configure_shaping(rules)
             f.write(self.config())
         self.stderr_lines = []
         t0 = time.monotonic()
-        self.proc = subprocess.Popen([self.bin, "-c", self.cfg], cwd=self.dir,
+        argv = [self.bin, "-c", self.cfg]
+        self.proc = subprocess.Popen(self.wrap(argv) if self.wrap else argv, cwd=self.dir,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, bufsize=1)
         ready = threading.Event()
@@ -807,13 +811,35 @@ def sink_ceiling(args):
     return out
 
 
+def blast_counts(cmd, timeout):
+    """Runs blast where refusals are expected: {'ok', 'fail', ...} from its last line."""
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    m = re.search(r"done (.*)", r.stdout)
+    if not m:
+        raise BenchError(f"blast printed no result ({r.returncode}): {(r.stdout + r.stderr)[-300:]}")
+    return {k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+
+
 def scale_run(args):
-    """petrel only: N messages queued while the sink is down, then a restart."""
+    """petrel only: N messages queued while the sink is down, then a restart.
+    --scale-memlimit: petrel runs in a memory cgroup whose limit is set, once the N are
+    queued, to twice its RSS then; N is max_queue_depth, so --scale-extra more messages
+    must meet back-pressure (452), not the OOM killer; the restart and the delivery of
+    the backlog run under the same limit."""
     n = args.scale_messages
     workdir = tempfile.mkdtemp(prefix="petrel-scale-", dir=args.workdir)
     sink_port = free_port()
-    relay = Petrel(workdir, sink_port, 20, retry=("2s", "10s"), max_queue=max(2 * n, 1000000))
+    cg = None
+    if args.scale_memlimit:
+        cg, why = memcg.make("petrel-scale")
+        if cg is None:
+            raise BenchError(f"--scale-memlimit needs a writable memory cgroup: {why}")
+    relay = Petrel(workdir, sink_port, 20, retry=("2s", "10s"),
+                   max_queue=n if cg else max(2 * n, 1000000))
     res = {"messages": n}
+    if cg:
+        relay.wrap = cg.wrap
+        res["cgroup"] = "v2" if cg.v2 else "v1"
     sink = None
     try:
         relay.start()
@@ -830,27 +856,52 @@ def scale_run(args):
         res["cpu_s_inject"] = relay.usage()[0] - cpu0
         res["spool_bytes"] = relay.spool_bytes()
         res["spool_bytes_per_msg"] = res["spool_bytes"] / n
+        extra_ok = 0
+        if cg:
+            res["memlimit_bytes"] = limit = 2 * res["rss_queued"]
+            res["cgroup_charge_before_limit"] = cg.current()
+            cg.set_limit(limit)
+            oom0 = cg.oom_kills()
+            extra = args.scale_extra
+            log(f"scale: memory limit {limit / 2**20:.0f} MB (2x RSS); {extra} more messages "
+                f"past max_queue_depth {n}")
+            c = blast_counts(load_cmd("blast", relay.port, extra, 20, 2048, reuse=True,
+                                      random_body=True), timeout=max(args.timeout, extra / 100))
+            extra_ok = int(c["ok"])
+            res.update(extra=extra, extra_ok=extra_ok, extra_refused=int(c["fail"]),
+                       oom_kills_backpressure=cg.oom_kills() - oom0,
+                       alive_after_backpressure=relay.alive(),
+                       rss_after_backpressure=vm_field(relay.pid(), "VmRSS"))
+            if not relay.alive():
+                raise BenchError("petrel died under the memory limit" + relay.death_note())
         st = relay.stop()
         res["stop_s"] = st.get("stop_s")
         res["stop_exit"] = st.get("exit")
         res["spool_bytes_after_stop"] = relay.spool_bytes()
         sink = Sink(port=sink_port)
-        log("scale: restarting petrel with the spool full, sink up")
+        log("scale: restarting petrel with the spool full, sink up"
+            + (" (same memory limit)" if cg else ""))
+        want = n + extra_ok
         t1 = now_ns()
         res["restart_ready_s"] = relay.start(timeout=600)
         res["rss_at_ready"] = vm_field(relay.pid(), "VmRSS")
-        st = sink.wait_rcpts(n, max(args.timeout, n / 100), relay.alive)
+        st = sink.wait_rcpts(want, max(args.timeout, want / 100), relay.alive)
         res["first_delivery_s"] = (st["first"] - t1) / 1e9
         res["all_delivered_s"] = (st["last"] - t1) / 1e9
         res["peak_rss_restart"] = vm_field(relay.pid(), "VmHWM")
         time.sleep(0.5)
-        res["duplicates"] = sink.stats()["rcpts"] - n
+        res["duplicates"] = sink.stats()["rcpts"] - want
+        if cg:
+            res["oom_kills_total"] = cg.oom_kills()
+            res["cgroup_peak"] = cg.peak()
     except (BenchError, subprocess.TimeoutExpired) as e:
         raise BenchError(f"{e}{relay.death_note()}") from None
     finally:
         res.update({"final_" + k: v for k, v in relay.stop().items()})
         if sink:
             sink.stop()
+        if cg:
+            cg.remove()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return res
@@ -977,6 +1028,12 @@ def print_table(results):
                        f"first delivery at {sc['first_delivery_s']:.2f} s, all delivered at "
                        f"{sc['all_delivered_s']:.1f} s (peak RSS {sc['peak_rss_restart'] / mb:.0f} MB)"
                        + (f", DUPLICATES {sc['duplicates']}" if sc.get("duplicates") else ""))
+            if "memlimit_bytes" in sc:
+                out.append(f"  memory limit (cgroup {sc['cgroup']}): {sc['memlimit_bytes'] / mb:.0f} MB = 2x the "
+                           f"RSS with the backlog queued; {sc['extra']} more messages: "
+                           f"{sc['extra_refused']} refused (452), {sc['extra_ok']} accepted; "
+                           f"OOM kills {sc['oom_kills_total']}; cgroup peak charge "
+                           f"{(sc['cgroup_peak'] or 0) / mb:.0f} MB (page cache included)")
     print("\n".join(out))
 
 
@@ -1236,6 +1293,11 @@ def main():
     ap.add_argument("--no-ceiling", action="store_true", help="skip the sink ceiling runs")
     ap.add_argument("--scale", action="store_true", help="also run the scale scenario (petrel)")
     ap.add_argument("--scale-messages", type=int, default=1000000)
+    ap.add_argument("--scale-memlimit", action="store_true",
+                    help="scale: run petrel in a memory cgroup limited to 2x its RSS with the "
+                         "backlog queued (max_queue_depth = --scale-messages), then send "
+                         "--scale-extra more (452 expected, no OOM kill)")
+    ap.add_argument("--scale-extra", type=int, default=20000)
     ap.add_argument("--quick", action="store_true", help="1 run, a tenth of the messages (smoke test)")
     ap.add_argument("--timeout", type=float, default=600, help="per step, seconds")
     ap.add_argument("--workdir", default="/var/tmp", help="parent of the temp dirs (disk, not tmpfs)")
