@@ -497,6 +497,8 @@ static bool text_is_7bit(const char *s, size_t n)
         if (line > INJECT_LINE_MAX + 1)     /* + its CR */
             return false;
     }
+    if (line > INJECT_LINE_MAX)             /* the last line has no CR */
+        return false;
     return !memmem(s, n, "--=_", 4);
 }
 

@@ -571,6 +571,27 @@ static void test_v1_refusals(void **state)
     assert_int_equal(strlen(err), 3);
 }
 
+/* A last line of 999 octets with no line end (found by fuzz_inject): not 7bit, so it
+ * is encoded and no line of the output passes 998. 998 stays 7bit. */
+static void test_v1_last_line_999(void **state)
+{
+    (void)state;
+    for (size_t len = 998; len <= 999; len++) {
+        struct inject_msg m;
+        char err[256], *json = malloc(len + 200);
+        int k = sprintf(json, "{\"from\":\"a@b.example\",\"to\":[\"t@x.example\"],"
+                              "\"subject\":\"s\",\"text\":\"");
+        memset(json + k, 'K', len);
+        strcpy(json + k + len, "\"}");
+        assert_int_equal(v1(json, &m, err, sizeof err), PT_OK);
+        assert_content_ok(&m, false);
+        bool qp = strstr(m.content, "quoted-printable") || strstr(m.content, "base64");
+        assert_true(len == 999 ? qp : !qp);
+        inject_msg_free(&m);
+        free(json);
+    }
+}
+
 static void test_v1_headers_encoded(void **state)
 {
     struct inject_msg m;
@@ -963,6 +984,7 @@ int main(void)
         cmocka_unit_test(test_v1_python_parses),
         cmocka_unit_test(test_v1_refusals),
         cmocka_unit_test(test_v1_headers_encoded),
+        cmocka_unit_test(test_v1_last_line_999),
         cmocka_unit_test(test_kumo_substitutions),
         cmocka_unit_test(test_kumo_shared_and_failed),
         cmocka_unit_test(test_kumo_normalization),
