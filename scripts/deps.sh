@@ -5,7 +5,7 @@
 set -eu
 build="gcc make pkg-config libuv1-dev librocksdb-dev liblua5.4-dev libc-ares-dev libssl-dev libjansson-dev libmicrohttpd-dev libsystemd-dev libhiredis-dev libcurl4-openssl-dev zlib1g-dev libidn2-dev python3"
 run="$build swaks"
-test="$build redis-server libcmocka-dev clang libclang-rt-14-dev python3 python3-pytest python3-aiosmtpd python3-dnslib python3-dkim swaks openssl haproxy prometheus fail2ban yamllint systemd logrotate python3-yaml man-db curl postfix libmail-dkim-perl"
+test="$build redis-server libcmocka-dev clang libclang-rt-14-dev python3 python3-pytest python3-aiosmtpd python3-dnslib python3-dkim swaks openssl haproxy prometheus fail2ban yamllint systemd logrotate python3-yaml man-db curl postfix libmail-dkim-perl faketime python3-matplotlib"
 bench="$test opendkim"
 case "${1:-build}" in
   build) want=$build ;;
