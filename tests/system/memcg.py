@@ -9,6 +9,7 @@ imports it too).
 """
 
 import os
+import shlex
 import time
 
 
@@ -35,6 +36,14 @@ class Cgroup:
         the caller sees is argv's own)."""
         return ["/bin/sh", "-c", f'echo $$ > {self._file("cgroup.procs")} || exit 98; exec "$@"',
                 "memcg"] + list(argv)
+
+    def write_wrapper(self, path, binary):
+        """An executable script at path that runs binary inside the cgroup: for
+        harnesses that take a program path rather than an argv prefix."""
+        line = " ".join(shlex.quote(a) for a in self.wrap([binary]))
+        with open(path, "w") as f:
+            f.write(f'#!/bin/sh\nexec {line} "$@"\n')
+        os.chmod(path, 0o755)
 
     def current(self):
         """bytes charged now (process memory and the page cache it caused)"""

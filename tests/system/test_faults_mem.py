@@ -12,7 +12,6 @@ a child of its own cgroup and moves petrel into it; skipped with the reason othe
 
 import os
 import smtplib
-import stat
 import threading
 import time
 
@@ -32,9 +31,7 @@ def memcg(tmp_path, monkeypatch):
     if cg is None:
         pytest.skip(f"needs a writable memory cgroup (v2 delegated, or v1): {why}")
     wrapper = tmp_path / "petrel-memcg"
-    wrapper.write_text(f"#!/bin/sh\necho $$ > {cg.path}/cgroup.procs || exit 98\n"
-                       f"exec {harness.PETREL_BIN} \"$@\"\n")
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    cg.write_wrapper(wrapper, harness.PETREL_BIN)
     monkeypatch.setattr(harness, "PETREL_BIN", str(wrapper))
     # Under ASan (make asan) freed memory waits in a 256 MB quarantine, which alone
     # passes twice a small working set: the limit would measure ASan, not petrel.
