@@ -915,7 +915,10 @@ static bool tls_rpt_from_ok(const char *s)
 static int api_configure_delivery(lua_State *L)
 {
     configure(L, "configure_delivery", delivery_opts);
-    const struct cfg_delivery *d = &cfg_of(L)->delivery;
+    struct cfg_delivery *d = &cfg_of(L)->delivery;
+    if (lua_getfield(L, 1, "ca_file") != LUA_TNIL)
+        d->dflt.line = lua_api_line(L);       /* where a ca_file error will point */
+    lua_pop(L, 1);
     if (d->tls_rpt_interval < 1.0)
         return lua_api_error(L, "configure_delivery: option 'tls_rpt_interval' must be at "
                              "least 1s (e.g. \"24h\")");
@@ -932,12 +935,16 @@ static int api_configure_delivery(lua_State *L)
 
 static int api_configure_tls(lua_State *L)
 {
-    return configure(L, "configure_tls", tls_opts);
+    configure(L, "configure_tls", tls_opts);
+    cfg_of(L)->tls.line = lua_api_line(L);
+    return 0;
 }
 
 static int api_configure_auth(lua_State *L)
 {
-    return configure(L, "configure_auth", auth_opts);
+    configure(L, "configure_auth", auth_opts);
+    cfg_of(L)->auth_line = lua_api_line(L);
+    return 0;
 }
 
 static int api_configure_process(lua_State *L)
@@ -1069,6 +1076,7 @@ static int api_configure_transport(lua_State *L)
         lua_setfield(L, 2, key);
         snprintf(where, sizeof where, "%s: route '%s'", fn, key);
         struct cfg_route *r = route_slot(L, cfg, key);
+        r->line = lua_api_line(L);
         int v = lua_absindex(L, -1);
         if (lua_type(L, v) == LUA_TSTRING) {
             route_string(L, where, r, lua_tostring(L, v));
@@ -1092,6 +1100,7 @@ static int api_configure_dkim_signing(lua_State *L)
     check_args(L, fn);
     cfg->dkim = grow(L, cfg->dkim, cfg->n_dkim, sizeof *cfg->dkim);
     struct cfg_dkim_key *k = &cfg->dkim[cfg->n_dkim++];
+    k->line = lua_api_line(L);
     k->algorithm = xstrdup(L, DEF_DKIM_ALGORITHM);
     int nh = (int)(sizeof headers / sizeof headers[0]);
     k->headers = xcalloc(L, (size_t)nh, sizeof *k->headers);

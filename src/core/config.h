@@ -75,6 +75,7 @@ struct cfg_route {
     struct cfg_auth_client *auth;
     int error_code;                  /* ROUTE_ERROR: e.g. 550 */
     char *error_text;                /* ROUTE_ERROR: the whole reply, e.g. "550 5.1.1 local delivery disabled" */
+    int line;                        /* config line of the call, for messages; 0 = default */
 };
 
 struct cfg_queue {
@@ -117,6 +118,7 @@ struct cfg_delivery {
 struct cfg_dkim_key {
     char *domain, *selector, *key_file, *algorithm;
     char **headers; int n_headers;
+    int line;                        /* config line of the call, for messages */
 };
 
 struct cfg_header_check { char *pattern; char *action; };
@@ -150,9 +152,10 @@ struct config {
     struct { char *url, *key_prefix; } redis;
     struct cfg_route *routes; int n_routes;       /* configure_transport */
     char **dns_resolvers; int n_dns_resolvers;    /* "127.0.0.1:5353"; NULL = resolv.conf */
-    struct { char *min_tls_version, *ciphers; bool prefer_server_ciphers; } tls;
+    struct { char *min_tls_version, *ciphers; bool prefer_server_ciphers; int line; } tls;
     struct cfg_dkim_key *dkim; int n_dkim;
     char *auth_users_file;
+    int auth_line;                   /* config line of configure_auth, for messages */
     int auth_max_failures;           /* 5: AUTH failures from one address ... */
     double auth_failure_window;      /* 10m: ... within this window ... */
     double auth_ban_time;            /* 10m: ... get it refused (421) this long */

@@ -316,8 +316,17 @@ int main(int argc, char **argv)
     if (cfg->warnings)
         fputs(cfg->warnings, stderr);
     if (check) {
+        /* What start and reload build beyond the Lua: TLS contexts, CA files, the
+         * users file, DKIM keys and the hook states; a config that cannot start is
+         * not "ok". One state of each kind is enough to run the config once more. */
+        struct cfg_gen *gen = runtime_gen_build(cfg, 0, 1, cfg->n_http ? 1 : 0, 1, err,
+                                                sizeof err);
+        if (!gen) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        runtime_gen_release(gen);
         printf("config ok\n");
-        config_free(cfg);
         return 0;
     }
     if (cfg->n_listeners == 0) {

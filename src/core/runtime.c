@@ -146,21 +146,22 @@ struct cfg_gen *runtime_gen_build(struct config *cfg, uint64_t id, int n_smtp, i
     g->client_tls = tls_client_ctx_new(cfg->tls.min_tls_version, cfg->tls.ciphers, NULL, e,
                                        sizeof e);
     if (!g->client_tls) {
-        snprintf(err, errlen, "%s:0: configure_tls: %s", cfg->path, e);
+        snprintf(err, errlen, "%s:%d: configure_tls: %s", cfg->path, cfg->tls.line, e);
         goto fail;
     }
     if (add_ca(g, cfg->delivery.dflt.ca_file, e, sizeof e)) {
-        snprintf(err, errlen, "%s:0: configure_delivery: ca_file: %s", cfg->path, e);
+        snprintf(err, errlen, "%s:%d: configure_delivery: ca_file: %s", cfg->path,
+                 cfg->delivery.dflt.line, e);
         goto fail;
     }
     for (int i = 0; i < cfg->n_routes; i++)
         if (add_ca(g, cfg->routes[i].ca_file, e, sizeof e)) {
-            snprintf(err, errlen, "%s:0: configure_transport '%s': ca_file: %s", cfg->path,
-                     cfg->routes[i].key, e);
+            snprintf(err, errlen, "%s:%d: configure_transport '%s': ca_file: %s", cfg->path,
+                     cfg->routes[i].line, cfg->routes[i].key, e);
             goto fail;
         }
     if (cfg->auth_users_file && !(g->users = users_load(cfg->auth_users_file, e, sizeof e))) {
-        snprintf(err, errlen, "%s:0: configure_auth: %s", cfg->path, e);
+        snprintf(err, errlen, "%s:%d: configure_auth: %s", cfg->path, cfg->auth_line, e);
         goto fail;
     }
     for (int i = 0; g->users && i < cfg->n_listeners && !users_has_cram(g->users); i++)
@@ -178,8 +179,8 @@ struct cfg_gen *runtime_gen_build(struct config *cfg, uint64_t id, int n_smtp, i
         g->dkim[i] = dkim_key_load(k->domain, k->selector, k->key_file, k->algorithm,
                                    (const char *const *)k->headers, k->n_headers, e, sizeof e);
         if (!g->dkim[i]) {
-            snprintf(err, errlen, "%s:0: configure_dkim_signing (domain %s, selector %s): %s",
-                     cfg->path, k->domain, k->selector, e);
+            snprintf(err, errlen, "%s:%d: configure_dkim_signing (domain %s, selector %s): %s",
+                     cfg->path, k->line, k->domain, k->selector, e);
             goto fail;
         }
         g->n_dkim++;

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from certs import PKI, petrel_cert
 from harness import PETREL_BIN, free_port, require_binary, run_petrel
 
 # The offending statement is always on this line of the generated file.
@@ -269,9 +270,16 @@ def test_check_auth_mechanisms_without_configure_auth_is_an_error(tmp_path):
     assert "config ok" in res.stdout.decode()
 
 
-def test_check_port_465_without_implicit_tls_warns_with_the_fix(tmp_path):
-    path = write_cfg(tmp_path, 'petrel.start_smtp_listener { listen = "127.0.0.1:465", '
-                               'tls = { cert_file = "c.pem", key_file = "k.pem" } }')
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return PKI(tmp_path_factory.mktemp("pki"))
+
+
+def test_check_port_465_without_implicit_tls_warns_with_the_fix(tmp_path, pki):
+    cert, key = petrel_cert(pki)
+    tls = f'cert_file = "{cert}", key_file = "{key}"'
+    path = write_cfg(tmp_path, f'petrel.start_smtp_listener {{ listen = "127.0.0.1:465", '
+                               f'tls = {{ {tls} }} }}')
     res = check(path)
     err = res.stderr.decode()
     assert res.returncode == 0, err
@@ -279,8 +287,61 @@ def test_check_port_465_without_implicit_tls_warns_with_the_fix(tmp_path):
     assert f"{path}:{BAD_LINE}: warning:" in err and "465" in err, err
     assert "implicit = true" in err, err
     # with implicit = true: no warning
-    path = write_cfg(tmp_path, 'petrel.start_smtp_listener { listen = "127.0.0.1:465", '
-                               'tls = { cert_file = "c.pem", key_file = "k.pem", implicit = true } }',
-                     name="ok.lua")
+    path = write_cfg(tmp_path, f'petrel.start_smtp_listener {{ listen = "127.0.0.1:465", '
+                               f'tls = {{ {tls}, implicit = true }} }}', name="ok.lua")
     res = check(path)
     assert res.returncode == 0 and "warning" not in res.stderr.decode(), res.stderr.decode()
+
+
+# ---------------------------------------------------------------- what start would load
+
+def start_files(tmp_path, pki):
+    """Statements whose files petrel reads at start (and reload), each once with a
+    missing file: (statement, names the error must contain)."""
+    cert, key = petrel_cert(pki)
+    gone = tmp_path / "missing"
+    return [
+        (f'petrel.configure_auth {{ users_file = "{gone}" }}', ["configure_auth", "users_file"]),
+        (f'petrel.configure_dkim_signing {{ domain = "example.com", selector = "s1", '
+         f'key_file = "{gone}" }}', ["configure_dkim_signing", "key_file"]),
+        (f'petrel.start_smtp_listener {{ listen = "127.0.0.1:{free_port()}", '
+         f'tls = {{ cert_file = "{gone}", key_file = "{key}" }} }}', ["tls"]),
+        (f'petrel.start_smtp_listener {{ listen = "127.0.0.1:{free_port()}", '
+         f'tls = {{ cert_file = "{cert}", key_file = "{gone}" }} }}', ["tls"]),
+        (f'petrel.configure_delivery {{ ca_file = "{gone}" }}', ["ca_file"]),
+        (f'petrel.configure_transport {{ ["x.example"] = {{ relayhost = "[127.0.0.1]:2600", '
+         f'ca_file = "{gone}" }} }}', ["x.example", "ca_file"]),
+        ('petrel.configure_tls { ciphers = "NO-SUCH-CIPHER" }', ["configure_tls"]),
+    ]
+
+
+def test_check_loads_what_start_loads(tmp_path, pki):
+    """--check reads every file start reads (users, DKIM keys, certificates, CAs) and
+    builds the TLS contexts, so "config ok" means the config starts; a failure names
+    the line of its call, as start does."""
+    for i, (statement, names) in enumerate(start_files(tmp_path, pki)):
+        d = tmp_path / f"c{i}"
+        d.mkdir()
+        path = write_cfg(d, statement)
+        assert_config_error(check(path), path, BAD_LINE, *names)
+        res = run_petrel("-c", path, cwd=str(d), timeout=30)
+        assert_config_error(res, path, BAD_LINE, *names)
+
+
+def test_check_accepts_the_same_files_present(tmp_path, pki):
+    cert, key = petrel_cert(pki)
+    users = tmp_path / "users"
+    users.write_text("")
+    dkim = tmp_path / "dkim.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(dkim)],
+                   check=True, capture_output=True)
+    path = write_cfg(tmp_path, f'petrel.configure_auth {{ users_file = "{users}" }} '
+                               f'petrel.configure_dkim_signing {{ domain = "example.com", '
+                               f'selector = "s1", key_file = "{dkim}", '
+                               f'algorithm = "ed25519-sha256" }} '
+                               f'petrel.configure_delivery {{ ca_file = "{cert}" }} '
+                               f'petrel.start_smtp_listener {{ listen = "127.0.0.1:{free_port()}", '
+                               f'tls = {{ cert_file = "{cert}", key_file = "{key}" }} }}')
+    res = check(path)
+    assert res.returncode == 0, res.stderr.decode()
+    assert "config ok" in res.stdout.decode()
