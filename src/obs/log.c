@@ -545,24 +545,36 @@ int log_level_parse(const char *s, enum log_level *out)
     return PT_INVALID;
 }
 
+/* A diagnostic is one line whatever its text holds: a line end or another control
+ * octet in the message (a Lua error value, a peer's reply, a decoded URL) is written
+ * as \xHH, so no text can start a forged line of its own. */
 static void diag_write(const char *level, const char *fmt, va_list ap)
 {
-    char line[LOG_DIAG_MAX];
+    char msg[LOG_DIAG_MAX], line[LOG_DIAG_MAX];
     time_rfc3339(time_now(), line, 40);
     size_t n = strlen(line);
     n += (size_t)snprintf(line + n, sizeof line - n, " %s: ", level);
-    int m = vsnprintf(line + n, sizeof line - n, fmt, ap);
-    if (m < 0)
-        m = 0;
-    if ((size_t)m >= sizeof line - n) {   /* truncated: mark it, keep the line whole */
-        n = sizeof line - 5;
+    int m = vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t mlen = m < 0 ? 0 : (size_t)m < sizeof msg ? (size_t)m : sizeof msg - 1;
+    bool cut = m >= 0 && (size_t)m >= sizeof msg;
+    while (mlen && msg[mlen - 1] == '\n')
+        mlen--;
+    for (size_t i = 0; i < mlen; i++) {
+        unsigned char c = (unsigned char)msg[i];
+        bool ctl = (c < 0x20 && c != '\t') || c == 0x7f;
+        if (n + (ctl ? 4 : 1) > sizeof line - 5) {
+            cut = true;
+            break;
+        }
+        if (ctl)
+            n += (size_t)snprintf(line + n, 5, "\\x%02x", c);
+        else
+            line[n++] = (char)c;
+    }
+    if (cut) {                             /* truncated: mark it, keep the line whole */
         memcpy(line + n, "...", 3);
         n += 3;
-    } else {
-        n += (size_t)m;
     }
-    while (n && line[n - 1] == '\n')
-        n--;
     line[n++] = '\n';
     /* One write per line so lines from different threads never interleave. */
     ssize_t w = write(STDERR_FILENO, line, n);

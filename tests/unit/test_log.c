@@ -565,6 +565,7 @@ static void diag_lines(void)
     memset(big, 'z', sizeof big - 1);
     big[sizeof big - 1] = 0;
     log_error("%s", big);
+    log_warn("from %s", "a\r\n2026-01-01T00:00:00.000Z error: forged\x1b[0m");
     log_set_level(LOG_L_INFO);
 }
 
@@ -582,7 +583,10 @@ static void test_diag(void **state)
     assert_non_null(end);
     assert_true(end - l3 < 4096);   /* long messages are cut, still one line */
     assert_memory_equal(end - 3, "...", 3);
-    assert_string_equal(end + 1, "");
+    /* control octets are escaped: the forged "line" stays inside the real one */
+    char *l4 = end + 1;
+    assert_string_equal(l4 + 24, " warn: from a\\x0d\\x0a2026-01-01T00:00:00.000Z error: "
+                        "forged\\x1b[0m\n");
     free(out);
 }
 
