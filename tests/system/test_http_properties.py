@@ -136,12 +136,14 @@ def test_every_post_endpoint_answers_random_json(world):
         assert isinstance(doc, dict), ctx
         if r.status >= 400:
             assert isinstance(doc.get("error"), str) and doc["error"], ctx
+        if body == json.dumps(BASE[path]).encode():
+            assert r.status == 200, ctx
         counts[r.status] = counts.get(r.status, 0) + 1
         if i % 50 == 0:
             p.assert_alive()
     p.assert_alive()
     # Both sides reached, or the generator says little.
-    assert counts.get(400, 0) >= 100 and counts.get(200, 0) >= 60, (SEED, counts)
+    assert counts.get(400, 0) >= 100 and counts.get(200, 0) >= 30, (SEED, counts)
     # Nothing stays suspended by a random request: resume all the domains it named,
     # then a well-formed injection is delivered.
     for dom in ("dest.test", "x", ""):
