@@ -811,6 +811,13 @@ static void test_kumo_normalization(void **state)
                           "[{\"email\":\"c@d.example\"}]}", &b, &ids, err, sizeof err), PT_OK);
     assert_string_equal(b.msgs[0].content, "Date: d\r\nMessage-Id: <x@y>\r\n\r\nb\r\n");
     inject_batch_free(&b);
+    /* obs-syntax white space before the colon (RFC 5322 4.5.8) is still a field: no
+     * second Message-ID, no blank line pushed in front of it (found by fuzz_inject) */
+    assert_int_equal(kumo("{\"envelope_sender\":\"a@b.example\",\"content\":\"Message-ID\\t\\t"
+                          ": <x@y>\\nDate : d\\n\\nb\",\"recipients\":"
+                          "[{\"email\":\"c@d.example\"}]}", &b, &ids, err, sizeof err), PT_OK);
+    assert_string_equal(b.msgs[0].content, "Message-ID\t\t: <x@y>\r\nDate : d\r\n\r\nb\r\n");
+    inject_batch_free(&b);
     assert_int_equal(ids, 3);
 }
 
