@@ -3,7 +3,7 @@
  * With a loop, reading the original from the spool, building the report and
  * queueing it all run on libuv's worker pool, from a copy of the envelope; the
  * message's content is held meanwhile (the scheduler may remove the entry right
- * after the call: its content then goes when the last read is done).
+ * after the call: that removal then happens when the last read is done).
  * SPDX-License-Identifier: Apache-2.0 */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -37,15 +37,17 @@ struct bounce_job {
 
 /* ---- content holds --------------------------------------------------------
  * Process-wide by nature: the entries of one message live on several delivery
- * threads, and any of them may remove the message's last entry while another
- * thread's DSN job still reads the content. A handful of records at a time. */
+ * threads, and any of them may be removed while another thread's DSN job still
+ * reads the content. A removal asked for meanwhile is left to the last reader, entry
+ * and all: an entry stays in the spool until then, so the spool's own rule ("the
+ * content goes with the last entry") can never drop content that a later DSN job,
+ * holding the same id, is still to read. A handful of records at a time. */
 struct hold {
     struct hold *next;
     char id[ENTRY_ID_LEN + 1];
     int refs;                       /* DSN jobs still to read the content */
-    bool drop;                      /* the content is to go after the last read */
-    bool multi;                     /* ... once no entry of the id remains */
-    char *domain;                   /* multi: the removed entry's domain */
+    char **domains;                 /* entries whose removal waits for the last read */
+    size_t ndomains;
 };
 static pthread_mutex_t hold_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct hold *holds;
@@ -76,7 +78,8 @@ static bool hold_take(const char *id)
     return h != NULL;
 }
 
-/* The read of id's content is done: the last one removes it if it was to go. */
+/* The read of id's content is done: the last one removes the entries left to it
+ * (each with the content when it is the message's last, as spool_remove_entry does). */
 static void hold_release(struct runtime *rt, const char *id)
 {
     pthread_mutex_lock(&hold_lock);
@@ -90,35 +93,33 @@ static void hold_release(struct runtime *rt, const char *id)
     pthread_mutex_unlock(&hold_lock);
     if (!h)
         return;
-    if (h->drop && h->multi) {
-        spool_remove_entry(rt->spool, h->id, h->domain);   /* entry gone: content if last */
-    } else if (h->drop) {
-        struct spool_batch *b = spool_batch_new();
-        if (b && spool_batch_del_content(b, h->id) == PT_OK)
-            spool_commit_nosync(rt->spool, b);
-        else
-            spool_batch_free(b);
+    for (size_t i = 0; i < h->ndomains; i++) {
+        spool_remove_entry(rt->spool, h->id, h->domains[i]);
+        free(h->domains[i]);
     }
-    free(h->domain);
+    free(h->domains);
     free(h);
 }
 
-bool bounce_content_defer(const char *id, const char *domain, bool multi)
+bool bounce_entry_defer(const char *id, const char *domain)
 {
     if (atomic_load(&nholds) == 0)
         return false;               /* the common case: no DSN is being built */
     pthread_mutex_lock(&hold_lock);
     struct hold *h = *hold_find(id);
-    bool held = h != NULL;
-    if (held && !h->drop) {
-        h->drop = true;
-        h->multi = multi;
-        h->domain = multi ? strdup(domain) : NULL;
-        if (multi && !h->domain)
-            h->multi = false, h->drop = false, held = false;   /* no memory: remove now */
+    bool held = false;
+    if (h) {
+        char **d = realloc(h->domains, (h->ndomains + 1) * sizeof *d);
+        if (d) {
+            h->domains = d;
+            if ((d[h->ndomains] = strdup(domain)) != NULL) {
+                h->ndomains++;
+                held = true;
+            }
+        }
     }
     pthread_mutex_unlock(&hold_lock);
-    return held;
+    return held;                    /* false without memory: the caller removes it now */
 }
 
 static void bounce_done(void *arg, int status)

@@ -28,17 +28,19 @@ bool bounce_wanted(const struct entry *e, const struct entry_rcpt *r, enum dsn_a
  * for delayed recipients, Will-Retry-Until = arrival + max_retry_age. The original
  * is read from the spool, and the report built and queued, on loop's worker pool
  * (loop NULL: in the call); meanwhile the message's content is held (see
- * bounce_content_defer), so the caller may remove the entry right after. cfg: the
+ * bounce_entry_defer), so the caller may remove the entry right after. cfg: the
  * generation's config (reporting MTA, max_retry_age). Everything is borrowed for
  * the call (copied); failures are logged (the DSN is lost, the entry is not). */
 void bounce_send(struct runtime *rt, const struct config *cfg, uv_loop_t *loop,
                  const struct entry *e, const struct dsn_rcpt *rc, size_t n, bool expired);
 
-/* Whoever removes an entry asks this first: true when a DSN job still reads the
- * content of message id; its removal (content, or for a message split over
- * several domains (multi) the check whether any entry of id remains) is then left
- * to the last reader, and the caller deletes the entry alone. false: remove the
- * content as usual. Thread-safe. */
-bool bounce_content_defer(const char *id, const char *domain, bool multi);
+/* Whoever removes an entry of message id asks this first: true when a DSN job
+ * still reads id's content; the entry's removal (with the content, if it is then
+ * the message's last entry) is left to the last reader, and the caller removes
+ * nothing. false: remove the entry (and the content if last) as usual. Keeping the
+ * entry until then is what keeps the content: a message split over several
+ * domains can have DSN jobs of different entries in flight at different times.
+ * Thread-safe. */
+bool bounce_entry_defer(const char *id, const char *domain);
 
 #endif

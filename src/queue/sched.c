@@ -447,14 +447,8 @@ static void on_check(uv_check_t *h)
 static void spool_forget(struct dthread *t, const struct entry *e)
 {
     struct spool *sp = t->s->rt->spool;
-    if (bounce_content_defer(e->id, e->domain, e->ndomains > 1)) {
-        /* a DSN job still reads the content: it goes after that read */
-        if (!t->deletes)
-            t->deletes = spool_batch_new();
-        if (t->deletes)
-            spool_batch_del_entry(t->deletes, e->id, e->domain);
-        return;
-    }
+    if (bounce_entry_defer(e->id, e->domain))
+        return;     /* a DSN job still reads the content: the entry goes after that read */
     if (e->ndomains <= 1) {
         /* the common case: batched with this loop turn's other deletions */
         if (!t->deletes)

@@ -108,6 +108,35 @@ def test_ret_full_for_a_message_split_over_two_domains(world):
     assert re.findall(r"recovered (\d+) queued entries", p.stderr_text())[-1] == "0"
 
 
+def test_ret_full_for_many_messages_split_over_three_domains(world):
+    """The same under load: the entries of one message fail on different delivery
+    threads at different moments, so one entry's DSN job can finish (and its
+    deferred removal run) before another entry's DSN job starts. Every report still
+    carries the whole message, and nothing is left queued. (A run under ASan once
+    returned an empty message/rfc822 part: the first job's removal took the content
+    with the last entry while the second job was still to read it.)"""
+    refuse = lambda a: "550 5.1.1 no such user (sink)"
+    domains = ["dest.test", "other.test", "third.test"]
+    for i, d in enumerate(domains):
+        world.mx_domain(d, f"127.0.0.{4 + i}", rcpt_reply=refuse)
+    sender = world.mx_domain("sender.test", "127.0.0.3")
+    p = world.petrel(delivery={"threads": 3})
+    body = "SPLIT-BODY-LINE " + "x" * 200 + "\r\n"
+    n = 20
+    for k in range(n):
+        rcpts = [f"bad{k}@{d}" for d in domains]
+        data = make_message(to=rcpts, subject=f"ret full split {k}", body=body * 50)
+        raw_send(p, "alice@sender.test", rcpts, data, " RET=FULL")
+    got = wait_dsns(sender, n * len(domains), timeout=60)
+    assert len(got) == n * len(domains), len(got)
+    short = [t for t in got if t.data.count(b"SPLIT-BODY-LINE") != 50]
+    assert not short, f"{len(short)} report(s) without the whole message: {short[0].data[-400:]!r}"
+    time.sleep(1.0)
+    p.stop()
+    p.start()
+    assert re.findall(r"recovered (\d+) queued entries", p.stderr_text())[-1] == "0"
+
+
 def test_local_failure_is_not_labelled_smtp(world):
     # a null MX (RFC 7505): our own verdict, not a remote reply
     sender = world.mx_domain("sender.test", "127.0.0.3")
