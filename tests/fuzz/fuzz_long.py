@@ -52,12 +52,35 @@ def main():
         with open(a.record, "a") as f:
             f.write(line + "\n")
         print(f"== {name}: {used:.0f} CPU s, {result} (log {logp})", flush=True)
-        if result != "clean":
+        if result not in ("clean", "stopped"):
             failed.append(name)
             with open(logp, errors="replace") as f:
                 print("".join(f.readlines()[-40:]), flush=True)
 
+    # SIGINT or SIGTERM to the runner (the end of a session): every running target is
+    # stopped as at the end of its budget and recorded as "stopped" with the CPU time
+    # it used, which still counts toward its hour; nothing further starts.
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+
     while todo or running:
+        if stop:
+            todo.clear()
+            for name in list(running):
+                p = running[name][0]
+                try:
+                    running[name][4] = cpu_seconds(p.pid)
+                except (OSError, IndexError, ValueError):
+                    pass
+                p.send_signal(signal.SIGINT)
+                try:
+                    rc = p.wait(120)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    rc = p.wait()
+                finish(name, "stopped" if rc in (0, 72, -signal.SIGINT) else f"exit {rc}")
+            break
         while todo and len(running) < a.jobs:
             binary = todo.pop(0)
             name = os.path.basename(binary)
@@ -76,7 +99,9 @@ def main():
             entry = running[name]
             p = entry[0]
             if p.poll() is not None:
-                finish(name, f"exit {p.returncode}" if p.returncode else "clean")
+                # 72: libFuzzer's exit on a SIGINT from outside (a person stopping it)
+                finish(name, "stopped" if p.returncode in (72, -signal.SIGINT)
+                       else f"exit {p.returncode}" if p.returncode else "clean")
                 continue
             try:
                 entry[4] = cpu_seconds(p.pid)
