@@ -28,6 +28,17 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TCK
 
 
+def interrupt(p):
+    """Stops fuzzer p as libFuzzer expects (SIGINT: it prints its final stats and
+    exits 72); killed if it has not gone within 2 minutes. Returns its exit code."""
+    p.send_signal(signal.SIGINT)
+    try:
+        return p.wait(120)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        return p.wait()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("targets", nargs="+", help="fuzz binaries (build/fuzz/fuzz_*)")
@@ -73,12 +84,7 @@ def main():
                     running[name][4] = cpu_seconds(p.pid)
                 except (OSError, IndexError, ValueError):
                     pass
-                p.send_signal(signal.SIGINT)
-                try:
-                    rc = p.wait(120)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    rc = p.wait()
+                rc = interrupt(p)
                 finish(name, "stopped" if rc in (0, 72, -signal.SIGINT) else f"exit {rc}")
             break
         while todo and len(running) < a.jobs:
@@ -108,12 +114,7 @@ def main():
             except (OSError, IndexError, ValueError):
                 continue
             if entry[4] >= a.cpu_seconds:
-                p.send_signal(signal.SIGINT)
-                try:
-                    rc = p.wait(120)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    rc = p.wait()
+                rc = interrupt(p)
                 # libFuzzer exits 72 (or 0) after SIGINT; anything else it reported
                 finish(name, "clean" if rc in (0, 72, -signal.SIGINT) else f"exit {rc}")
         time.sleep(2)
