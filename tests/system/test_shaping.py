@@ -104,11 +104,19 @@ def test_site_shares_one_budget_rate_and_connections(world):
     print(f"site rate: configured 10/s, measured {rate:.2f}/s over {span:.1f} s")
     assert 8.5 <= rate <= 11.5, f"site rate {rate:.2f}/s, configured 10/s"
     assert {r for x in txns for r in x.rcpt_tos} == set(rcpts)
-    # the site's budget is shared fairly enough: both domains progress all along
-    first_half = sorted(txns, key=lambda x: x.time)[: n // 2]
-    n_a = sum(1 for x in first_half if x.rcpt_tos[0].endswith("@a.test"))
-    print(f"first half of the deliveries: {n_a} to a.test, {n // 2 - n_a} to b.test")
-    assert n // 8 <= n_a <= n // 2 - n // 8, f"{n_a} of {n // 2} to a.test: one domain starved"
+    # the site's budget is shared fairly while both domains have mail ready. The
+    # test resumes a.test before b.test, so a.test alone takes the first burst (and
+    # more while the second resume is on its way on a loaded machine): measured from
+    # b.test's first delivery, over the next 40
+    seq = [x.rcpt_tos[0].rsplit("@", 1)[1] for x in sorted(txns, key=lambda x: x.time)]
+    i0 = seq.index("b.test")
+    window = seq[i0:i0 + 40]
+    n_a = window.count("a.test")
+    print(f"a.test alone first: {i0}; then of the next {len(window)}: {n_a} to a.test, "
+          f"{len(window) - n_a} to b.test")
+    assert i0 <= 40, f"b.test's first delivery was the {i0 + 1}th: one domain starved"
+    assert len(window) == 40 and 12 <= n_a <= 28, \
+        f"{n_a} of {len(window)} to a.test once both were ready: one domain starved"
     assert 1 <= sink.max_active <= 2, f"{sink.max_active} concurrent sessions (limit 2)"
 
 
