@@ -236,10 +236,13 @@ void sched_timer_arm(struct dthread *t)
  * (queue/shape.h: a token, the end of a suspension, a free connection). */
 static void throttle(struct dthread *t, struct dqueue *q)
 {
-    if (!q->throttled) {
+    if (!q->throttled) {         /* at the end: the one waiting longest looks first */
         q->throttled = true;
-        q->tnext = t->throttled;
-        t->throttled = q;
+        q->tnext = NULL;
+        if (!t->throttled)
+            t->throttled_tail = &t->throttled;
+        *t->throttled_tail = q;
+        t->throttled_tail = &q->tnext;
         sched_timer_arm(t);
     }
 }

@@ -67,7 +67,8 @@ struct dthread {
     bool stopping;
     struct spool_batch *deletes;    /* nosync deletions, written once per loop turn */
     uv_check_t flush;
-    struct dqueue *throttled;       /* queues waiting for a max_message_rate token */
+    struct dqueue *throttled;       /* queues waiting for a max_message_rate token, */
+    struct dqueue **throttled_tail; /* in the order they were throttled */
     struct suspension *suspended;   /* admin suspensions (every thread keeps them all) */
     struct entry *held;             /* due, but held by a suspension (linked by next) */
     struct entry *dead;             /* dead letters (ENTRY_F_DEAD, linked by next): kept

@@ -34,6 +34,9 @@
 #define SHAPE_CONTENDED_S 0.5  /* a refused slot makes the site's idle connections
                                    close for this long (its domains take turns) */
 #define SHAPE_REPLY_MAX 1024     /* a reply as automation matches it */
+#define SHAPE_TURN_GRACE_S 0.1   /* a site's next token stays reserved for the first
+                                    waiting queue this long after it is due */
+#define SHAPE_TURNS 16           /* queues a site's budget keeps in turn (more race) */
 
 /* One rule's budget: a site's (shared, in the scheduler's list) or a queue's own. */
 struct shape_budget {
@@ -50,8 +53,20 @@ struct shape_budget {
     uint64_t epoch;                      /* of the rules those values come from */
     struct shaping_slot msgs, conns;     /* message and connection budgets */
     int nconn;                           /* connections counted against conn_limit */
-    double contended_until;              /* a queue was refused a slot: until then,
-                                            connections close rather than idle */
+    double contended_until;              /* a queue was refused a slot: until then (or
+                                            until it has one), connections close rather
+                                            than idle: all of them while that queue has
+                                            none, else a queue's second and later ones */
+    const struct dqueue *contender;      /* that queue */
+    bool contender_starved;              /* it had no connection */
+    const struct dqueue *turns[SHAPE_TURNS]; /* a site's queues refused a token, in
+                                            order: the next token is turns[0]'s (the
+                                            domains of a site take turns, whichever
+                                            thread wakes first) */
+    int nturns;
+    double turn_until;                   /* turns[0]'s hold ends (monotonic) */
+    const struct dqueue *last;           /* the queue that took the last token: it
+                                            does not queue for the next one */
     /* automation: each in force while its until (monotonic) is ahead */
     double rate_until, rate_set;
     double climit_until;
@@ -227,6 +242,46 @@ bool shape_rebind(struct dthread *t, struct dqueue *q)
     return shape_bind(t, q);
 }
 
+/* The first queue in line of b (locked) holds the next token from now. */
+static void turn_hold(struct shape_budget *b, double now)
+{
+    double due = shaping_next_time(&b->msgs, rate_now(b, now));
+    b->turn_until = (due > now ? due : now) + SHAPE_TURN_GRACE_S;
+}
+
+/* Removes turns[i] of b (locked). */
+static void turn_drop(struct shape_budget *b, int i, double now)
+{
+    memmove(&b->turns[i], &b->turns[i + 1], (size_t)(b->nturns - i - 1) * sizeof b->turns[0]);
+    b->nturns--;
+    if (i == 0 && b->nturns)
+        turn_hold(b, now);
+}
+
+/* The tokens n of site budget b (locked) that q, with mail ready, may use now.
+ * A queue refused a token queues for one (unless it took the last); the first in
+ * line is given the next token, and the others are refused until it takes it or
+ * SHAPE_TURN_GRACE_S after it was due (then it loses its place). Else the queue
+ * that just sent (its connection idle first, its thread's timer first) would win
+ * the next token too, and a domain of the site could starve. */
+static uint32_t site_turn(struct shape_budget *b, const struct dqueue *q, uint32_t n,
+                          double now)
+{
+    if (b->nturns && b->turn_until <= now)
+        turn_drop(b, 0, now);
+    if (n && b->nturns && b->turns[0] != q)
+        n = 0;
+    if (n || b->last == q || b->susp_until > now || b->nturns == SHAPE_TURNS)
+        return n;
+    for (int i = 0; i < b->nturns; i++)
+        if (b->turns[i] == q)
+            return 0;
+    b->turns[b->nturns++] = q;
+    if (b->nturns == 1)                /* first in line: its hold starts */
+        turn_hold(b, now);
+    return 0;
+}
+
 uint32_t shape_available(struct dqueue *q, double now)
 {
     struct shape_budget *b = q->shape.b;
@@ -234,6 +289,8 @@ uint32_t shape_available(struct dqueue *q, double now)
         return 0;
     pthread_mutex_lock(&b->lock);
     uint32_t n = b->susp_until > now ? 0 : shaping_available(&b->msgs, rate_now(b, now), now);
+    if (b->site && q->nready)
+        n = site_turn(b, q, n, now);
     pthread_mutex_unlock(&b->lock);
     if (n && q->shape.pace_rate > 0) {
         uint32_t p = shaping_available(&q->shape.pace, q->shape.pace_rate, now);
@@ -252,6 +309,9 @@ void shape_take(struct dqueue *q, double now)
     struct shape_budget *b = q->shape.b;
     pthread_mutex_lock(&b->lock);
     shaping_acquire(&b->msgs, rate_now(b, now), now);
+    if (b->site && b->nturns && b->turns[0] == q)
+        turn_drop(b, 0, now);
+    b->last = q;
     pthread_mutex_unlock(&b->lock);
     if (q->shape.pace_rate > 0)
         shaping_acquire(&q->shape.pace, q->shape.pace_rate, now);
@@ -265,16 +325,24 @@ bool shape_conn_open(struct dqueue *q, double now)
     pthread_mutex_lock(&b->lock);
     int limit = climit_now(b, now);
     bool ok = b->nconn < limit;
-    if (!ok && b->site)
-        b->contended_until = now + SHAPE_CONTENDED_S;
+    if (!ok && b->site && (b->contended_until <= now || !b->contender_starved)) {
+        b->contended_until = now + SHAPE_CONTENDED_S;   /* a starved queue's claim stays */
+        b->contender = q;
+        b->contender_starved = q->pool.nconn == 0;
+    }
     /* the cluster's slots (cluster/limits.h; always yes when not bound) */
     ok = ok && shaping_conn_take(&b->msgs, limit, now);
     if (ok && b->conn_rate > 0 && !shaping_acquire(&b->conns, b->conn_rate, now)) {
         shaping_conn_give(&b->msgs);
         ok = false;
     }
-    if (ok)
+    if (ok) {
         b->nconn++;
+        if (b->contender == q) {     /* it has its slot: the others need not give way */
+            b->contender = NULL;
+            b->contended_until = 0;
+        }
+    }
     pthread_mutex_unlock(&b->lock);
     return ok;
 }
@@ -285,7 +353,8 @@ bool shape_contended(struct dqueue *q, double now)
     if (!b || !b->site)
         return false;
     pthread_mutex_lock(&b->lock);
-    bool c = b->contended_until > now;
+    bool c = b->contended_until > now && b->contender != q &&
+             (b->contender_starved || q->pool.nconn > 1);
     pthread_mutex_unlock(&b->lock);
     return c;
 }
@@ -560,6 +629,20 @@ void shape_info(const struct dqueue *q, struct sched_queue_info *qi)
 
 void shape_q_free(struct dqueue *q)
 {
+    struct shape_budget *b = q->shape.b;
+    if (b && b->site) {
+        pthread_mutex_lock(&b->lock);
+        for (int i = b->nturns - 1; i >= 0; i--)
+            if (b->turns[i] == q)
+                turn_drop(b, i, time_mono());
+        if (b->last == q)
+            b->last = NULL;
+        if (b->contender == q) {
+            b->contender = NULL;
+            b->contended_until = 0;
+        }
+        pthread_mutex_unlock(&b->lock);
+    }
     free(q->shape.warmup);
     if (q->shape.own) {
         pthread_mutex_destroy(&q->shape.own->lock);

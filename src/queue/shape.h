@@ -62,7 +62,8 @@ void shape_take(struct dqueue *q, double now);
 bool shape_conn_open(struct dqueue *q, double now);
 void shape_conn_closed(struct dqueue *q);
 /* Whether another queue of q's site waits for a connection slot (was refused one
- * lately): then q's connections should not idle on their slots. */
+ * lately and has not had one since): then q's connections should not idle on their
+ * slots, all of them while that queue has none, else q's beyond its first. */
 bool shape_contended(struct dqueue *q, double now);
 /* When (monotonic) q should be looked at again while throttled: its next token,
  * the end of its suspension (or a check of its mail's age meanwhile), or a short

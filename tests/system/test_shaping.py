@@ -58,6 +58,15 @@ def held(url, domains, send):
         assert post(url, "/api/queue/resume", {"domain": d}).status == 200
 
 
+def longest_absence(seq, d):
+    """The most deliveries in a row in seq that were not to domain d."""
+    run = best = 0
+    for x in seq:
+        run = 0 if x == d else run + 1
+        best = max(best, run)
+    return best
+
+
 def site_world(world, ip="127.0.1.50"):
     """a.test and b.test whose MX hosts (mx1/mx2.big.example) match *.big.example,
     both at one sink (so it sees the site's combined traffic); other.test elsewhere."""
@@ -105,18 +114,51 @@ def test_site_shares_one_budget_rate_and_connections(world):
     assert 8.5 <= rate <= 11.5, f"site rate {rate:.2f}/s, configured 10/s"
     assert {r for x in txns for r in x.rcpt_tos} == set(rcpts)
     # the site's budget is shared fairly while both domains have mail ready. The
-    # test resumes a.test before b.test, so a.test alone takes the first burst (and
-    # more while the second resume is on its way on a loaded machine): measured from
-    # b.test's first delivery, over the next 40
+    # domains are resumed one after the other, so the first takes the first burst
+    # alone (and more while the second resume is on its way on a loaded machine):
+    # measured from the other's first delivery, over the next 40
     seq = [x.rcpt_tos[0].rsplit("@", 1)[1] for x in sorted(txns, key=lambda x: x.time)]
-    i0 = seq.index("b.test")
+    i0 = max(seq.index("a.test"), seq.index("b.test"))
     window = seq[i0:i0 + 40]
     n_a = window.count("a.test")
-    print(f"a.test alone first: {i0}; then of the next {len(window)}: {n_a} to a.test, "
+    print(f"{seq[0]} alone first: {i0}; then of the next {len(window)}: {n_a} to a.test, "
           f"{len(window) - n_a} to b.test")
-    assert i0 <= 40, f"b.test's first delivery was the {i0 + 1}th: one domain starved"
-    assert len(window) == 40 and 12 <= n_a <= 28, \
+    assert i0 <= 40, f"the second domain's first delivery was the {i0 + 1}th: it starved"
+    assert len(window) == 40 and 14 <= n_a <= 26, \
         f"{n_a} of {len(window)} to a.test once both were ready: one domain starved"
+    # they take turns: neither waits while the other sends a run
+    gaps = {d: longest_absence(window, d) for d in ("a.test", "b.test")}
+    assert max(gaps.values()) <= 6, f"longest runs without a domain: {gaps}, {window}"
+    assert 1 <= sink.max_active <= 2, f"{sink.max_active} concurrent sessions (limit 2)"
+
+
+def test_three_domains_take_turns_on_two_connections(world):
+    """Three domains of one site with connection_limit 2: the site's connections
+    rotate, so none waits until the others are done, and the limit holds."""
+    sink, _ = site_world(world)
+    world.dns.add_mx("c.test", "mx3.big.example")
+    world.dns.add_a("mx3.big.example", "127.0.1.50")
+    p, (url,) = http_petrel(world, delivery={"threads": 2}, extra=shaping({
+        "site:*.big.example": {"max_message_rate": "20/s", "connection_limit": 2},
+    }))
+    domains = ["a.test", "b.test", "c.test"]
+    rcpts = [f"u{i}@{domains[i % 3]}" for i in range(150)]
+    held(url, domains, lambda: send_many(p, "alice@sender.test", rcpts))
+    txns = sink.wait_count(len(rcpts), timeout=60)
+    assert {r for x in txns for r in x.rcpt_tos} == set(rcpts)
+    seq = [x.rcpt_tos[0].rsplit("@", 1)[1] for x in sorted(txns, key=lambda x: x.time)]
+    # while all three have mail: from the last one's first delivery (the one resumed
+    # first takes the first burst alone) to the first one's last
+    start = max(seq.index(d) for d in domains)
+    end = min(len(seq) - seq[::-1].index(d) for d in domains)
+    window = seq[start:end]
+    counts = {d: window.count(d) for d in domains}
+    print(f"all three with mail from delivery {start + 1} to {end}: {counts}")
+    assert start <= 45 and len(window) >= 45, f"a domain waited for the others: {seq}"
+    assert min(counts.values()) >= len(window) // 5, f"a domain starved: {counts} {seq}"
+    gaps = {d: longest_absence(window, d) for d in domains}
+    print(f"longest runs without a domain: {gaps}")
+    assert max(gaps.values()) <= 14, f"longest runs without a domain: {gaps}, {seq}"
     assert 1 <= sink.max_active <= 2, f"{sink.max_active} concurrent sessions (limit 2)"
 
 
