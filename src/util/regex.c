@@ -50,14 +50,18 @@ static const char *bracket_end(const char *p)
     return NULL;
 }
 
-/* "{m}", "{m,}" or "{m,n}" at p: the smallest and largest counts (-1: unbounded)
- * and the end. */
+/* "{m}", "{m,}", "{m,n}" or "{,n}" at p: the smallest and largest counts (-1:
+ * unbounded) and the end. */
 static const char *bound(const char *p, long *min, long *max)
 {
-    char *end;
-    long m = strtol(p + 1, &end, 10), n = m;
-    if (end == p + 1)
-        return NULL;
+    char *end = (char *)p + 1;
+    long m = 0;
+    if (p[1] != ',') {                    /* glibc reads "{,n}" as "{0,n}" */
+        m = strtol(p + 1, &end, 10);
+        if (end == p + 1)
+            return NULL;
+    }
+    long n = m;
     if (*end == ',') {
         char *e2;
         n = strtol(end + 1, &e2, 10);

@@ -73,6 +73,9 @@ static void test_slow_patterns_refused(void **state)
         { "(|a){1,40}b?(|a){255}", "what can match nothing" },
         { "((a?){9}){9}", "what can match nothing" },
         { "[a-z]{0,4000}", "optional copies" },
+        /* fuzz_header_checks' out-of-memory (2026-12-07): "{,n}" is "{0,n}" to glibc */
+        { "I{,22222}`", "copies" },
+        { "a{,2000}", "optional copies" },
         { "(a{0,30}){0,40}", "optional copies" },
         { "\\b(a|)\\b(a|)\\b(a|)\\b(a|)\\b(a|)\\b(a|)\\b(a|)\\b(a|)\\b(a|)", "word boundaries" },
     };
