@@ -231,6 +231,13 @@ int regex_check(const char *pattern, char *err, size_t errlen)
             return PT_INVALID;
         }
     }
+    /* a word boundary multiplies the cost of the empty matches around it */
+    if (nzw && (nulls > REGEX_MAX_NULLABLE / 4 || opts > REGEX_MAX_OPTIONAL / 4)) {
+        snprintf(err, errlen, "too complex (with a word boundary or back-reference, at most "
+                 "%d copies of what can match nothing and %d optional copies)",
+                 REGEX_MAX_NULLABLE / 4, REGEX_MAX_OPTIONAL / 4);
+        return PT_INVALID;
+    }
     return PT_OK;
 }
 

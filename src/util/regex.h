@@ -26,7 +26,8 @@
  * - repetitions of what can already match the empty string ("(a?){n}", "(|a)+"):
  *   the square of their copies, and much more near an anchor;
  * - word boundaries, whose cost multiplies with the empty matches around them
- *   ("\b(a|)" 30 times takes 1.5 s);
+ *   ("\b(a|)" 30 times takes 1.5 s): at most REGEX_MAX_BOUNDARIES, and with any,
+ *   a quarter of the two budgets above;
  * - refused outright: a repetition of a repetition ("a++", "a*?": undefined in
  *   POSIX) and a repeated anchor or back-reference ("(\b){40}" takes seconds,
  *   "(\b){60}" minutes). */

@@ -76,6 +76,8 @@ static void test_slow_patterns_refused(void **state)
         /* fuzz_header_checks' out-of-memory (2026-12-07): "{,n}" is "{0,n}" to glibc */
         { "I{,22222}`", "copies" },
         { "a{,2000}", "optional copies" },
+        { "\\b(a|){1,40}[a-z]{0,500}\\<", "with a word boundary" },
+        { "\\b[a-z]{0,300}", "with a word boundary" },
         { "(a{0,30}){0,40}", "optional copies" },
         { "\\b(a|)\\b(a|)\\b(a|)\\b(a|)\\b(a|)\\b(a|)\\b(a|)\\b(a|)\\b(a|)", "word boundaries" },
     };
@@ -89,7 +91,7 @@ static void test_slow_patterns_refused(void **state)
     /* just within each budget */
     static const char *const fine[] = {
         "(|a){63}", "(a?){31}", "(a{1,30}){0,32}", "a{0,1024}",
-        "\\b\\b\\b\\b\\b\\b\\b\\b",
+        "\\b\\b\\b\\b\\b\\b\\b\\b", "\\b(a|){1,15}[a-z]{0,240}\\<",
     };
     for (size_t i = 0; i < sizeof fine / sizeof fine[0]; i++)
         if (regex_check(fine[i], err, sizeof err) != PT_OK)
