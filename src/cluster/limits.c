@@ -459,10 +459,10 @@ static int hold_all(struct cluster_limits *cl, bool fix)
     }
     int rc = PT_OK;
     for (size_t i = 0; i < nh; i++) {
-        redisReply *r = NULL;
-        if (rc == PT_OK && redis_read(cl->rc, &r) != PT_OK)
+        redisReply *r = NULL;       /* every reply is read, past a NOSCRIPT too */
+        if (rc != PT_ERROR && redis_read(cl->rc, &r) != PT_OK)
             rc = PT_ERROR;
-        if (is_noscript(r))
+        if (rc != PT_ERROR && is_noscript(r))
             rc = PT_AGAIN;
         freeReplyObject(r);
         free(hs[i].tok);
@@ -812,12 +812,14 @@ static int do_periodic(struct cluster_limits *cl, double now)
         redis_append(cl->rc, 2, a3, NULL);
     }
     int rc = PT_OK;
+    bool noscript = false;       /* scripts are loaded after the last reply of the
+                                    pipeline is read, never between its replies */
     redisReply *r = NULL;
 #define READ() (rc == PT_OK && redis_read(cl->rc, &r) == PT_OK ? r : (rc = PT_ERROR, r = NULL))
     if (n & 1) {
         READ();
         if (is_noscript(r))
-            rc = load_scripts(cl) == PT_OK ? PT_OK : PT_ERROR;
+            noscript = true;
         else
             poll_sending(cl, r);
         freeReplyObject(r);
@@ -844,10 +846,14 @@ static int do_periodic(struct cluster_limits *cl, double now)
         freeReplyObject(r);
         if (rc == PT_OK)
             rc = hold_all(cl, false);
-        if (rc == PT_AGAIN)
-            rc = load_scripts(cl);
+        if (rc == PT_AGAIN) {
+            noscript = true;
+            rc = PT_OK;
+        }
     }
 #undef READ
+    if (rc == PT_OK && noscript)
+        rc = load_scripts(cl) == PT_OK ? PT_OK : PT_ERROR;
     return rc;
 }
 

@@ -135,6 +135,15 @@ def test_scripts_flushed_from_redis_are_loaded_again(world, redis):
                                                 "max_connections_per_domain": 2})
     sent = inject(nodes[0], "a", 3)
     wait_for(lambda: all(dest.find(m) for m in sent), 40, "the first messages")
+    # flushed while no mail flows: the periodic poll (a pipeline) meets NOSCRIPT
+    # first, and must load the scripts after its last reply, not between them
+    loads = script_loads(redis)
+    assert redis.cmd("SCRIPT", "FLUSH") == "OK"
+    wait_for(lambda: script_loads(redis) >= loads + 5, 10,
+             "the scripts loaded again by the idle nodes' polls")
+    time.sleep(1.5)                       # a heartbeat and a few polls more
+    for p in nodes:
+        assert "redis unreachable" not in p.stderr_text(), p.stderr_text()[-3000:]
     loads = script_loads(redis)
     assert redis.cmd("SCRIPT", "FLUSH") == "OK"
     sent += inject(nodes[1], "b", 3) + inject(nodes[0], "c", 3)
