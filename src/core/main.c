@@ -397,7 +397,15 @@ int main(int argc, char **argv)
     }
     double t0 = time_now();
     struct recover_ctx rc = { .sched = rt.sched };
-    spool_scan_entries(rt.spool, recover_one, &rc);
+    if (spool_scan_entries(rt.spool, recover_one, &rc) != PT_OK) {
+        /* Never start with a queue silently cut at the damage. */
+        fprintf(stderr, "petrel: spool %s: the queue could not be read to the end (after %llu "
+                "entries; the error is logged above); nothing was changed. Back up the spool, "
+                "then start once with PETREL_SPOOL_RECOVERY=repair to keep every readable "
+                "table (damaged ones are moved to lost/ in the spool)\n", cfg->queue.spool_dir,
+                (unsigned long long)rc.n);
+        return 1;
+    }
     if (!spool_shared(rt.spool))
         log_info("recovered %llu queued entries from %s in %.3f s%s",
              (unsigned long long)rc.n, cfg->queue.spool_dir, time_now() - t0,

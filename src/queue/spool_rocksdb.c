@@ -660,6 +660,7 @@ static int scan_range(struct rdb_spool *s, const char *lo, size_t lolen, const c
         char *err = NULL;
         rocksdb_iter_get_error(it, &err);
         if (err) {
+            log_error("spool %s: read error: %s", s->dir, err);
             rocksdb_free(err);
             rc = PT_ERROR;
         }
@@ -754,6 +755,8 @@ static int recovery_mode(const char **name)
         return 2;                               /* kPointInTimeRecovery */
     if (strcmp(v, "skip-corrupted") == 0)
         return 3;                               /* kSkipAnyCorruptedRecords */
+    if (strcmp(v, "repair") == 0)
+        return 0;                               /* RepairDB has read the WAL already */
     return -1;
 }
 
@@ -877,13 +880,14 @@ static struct rdb_spool *rdb_open(const char *dir, char *err, size_t errlen)
     const char *mode_name;
     const char *recovery = getenv(SPOOL_RECOVERY_ENV);
     if (recovery_mode(&mode_name) < 0) {
-        snprintf(err, errlen, "spool: %s=%s: use skip-corrupted or point-in-time",
+        snprintf(err, errlen, "spool: %s=%s: use skip-corrupted, point-in-time or repair",
                  SPOOL_RECOVERY_ENV, mode_name);
         return NULL;
     }
     if (check_format(dir, err, errlen) != PT_OK)
         return NULL;
-    if (recovery && *recovery)
+    bool repair = recovery && strcmp(recovery, "repair") == 0;
+    if (recovery && *recovery && !repair)
         log_warn("spool %s: recovering with %s (%s): damaged WAL records are dropped", dir,
                  mode_name, SPOOL_RECOVERY_ENV);
     struct rdb_spool *s = calloc(1, sizeof(*s));
@@ -910,6 +914,17 @@ static struct rdb_spool *rdb_open(const char *dir, char *err, size_t errlen)
     rocksdb_writeoptions_set_sync(s->wopts, 0);
     s->ropts = rocksdb_readoptions_create();
 
+    if (repair) {
+        log_warn("spool %s: repairing (%s=repair): every readable table and log record is "
+                 "kept, damaged table files are moved to %s/lost", dir, SPOOL_RECOVERY_ENV, dir);
+        rocksdb_repair_db(s->opts, dir, &dberr);
+        if (dberr) {
+            snprintf(err, errlen, "spool: repair %s: %s", dir, dberr);
+            rocksdb_free(dberr);
+            spool_destroy(s);
+            return NULL;
+        }
+    }
     s->db = rocksdb_open(s->opts, dir, &dberr);
     if (dberr && !free_space_ok(dir)) {
         /* A full disk: serve what is queued read-only, take mail when space returns. */
@@ -919,6 +934,16 @@ static struct rdb_spool *rdb_open(const char *dir, char *err, size_t errlen)
         dberr = NULL;
         s->db = rocksdb_open_for_read_only(s->opts, dir, 0, &dberr);
         atomic_store(&s->readonly, 1);
+    }
+    if (dberr && strstr(dberr, "Corruption") && strstr(dberr, ".sst") && !repair) {
+        snprintf(err, errlen, "spool: a table file is damaged; nothing was changed. Back up "
+                 "the spool, then start once with %s=repair to keep every readable table "
+                 "(damaged ones are moved to lost/ in the spool). Opening %s: %s",
+                 SPOOL_RECOVERY_ENV, dir, dberr);
+        rocksdb_free(dberr);
+        s->db = NULL;
+        spool_destroy(s);
+        return NULL;
     }
     if (dberr && strstr(dberr, "Corruption") && !(recovery && *recovery)) {
         snprintf(err, errlen, "spool: open %s: %s. The spool's write-ahead log is damaged "
