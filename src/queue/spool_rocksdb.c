@@ -935,21 +935,13 @@ static struct rdb_spool *rdb_open(const char *dir, char *err, size_t errlen)
         s->db = rocksdb_open_for_read_only(s->opts, dir, 0, &dberr);
         atomic_store(&s->readonly, 1);
     }
-    if (dberr && strstr(dberr, "Corruption") && strstr(dberr, ".sst") && !repair) {
-        snprintf(err, errlen, "spool: a table file is damaged; nothing was changed. Back up "
-                 "the spool, then start once with %s=repair to keep every readable table "
-                 "(damaged ones are moved to lost/ in the spool). Opening %s: %s",
-                 SPOOL_RECOVERY_ENV, dir, dberr);
-        rocksdb_free(dberr);
-        s->db = NULL;
-        spool_destroy(s);
-        return NULL;
-    }
     if (dberr && strstr(dberr, "Corruption") && !(recovery && *recovery)) {
-        snprintf(err, errlen, "spool: open %s: %s. The spool's write-ahead log is damaged "
-                 "(more than a torn tail); nothing was changed. Back up %s, then start with "
-                 "%s=skip-corrupted to recover every readable record (or =point-in-time to "
-                 "stop at the damage)", dir, dberr, dir, SPOOL_RECOVERY_ENV);
+        snprintf(err, errlen, "spool: the spool is damaged; nothing was changed. Back up the "
+                 "spool, then start once with %s=skip-corrupted if the error at the end names the "
+                 "write-ahead log (*.log; =point-in-time stops at the damage), or with %s=repair "
+                 "if it names a table (*.sst) or the MANIFEST (every readable table is kept, "
+                 "damaged ones are moved to lost/ in the spool). Opening %s: %s",
+                 SPOOL_RECOVERY_ENV, SPOOL_RECOVERY_ENV, dir, dberr);
         rocksdb_free(dberr);
         s->db = NULL;
         spool_destroy(s);

@@ -37,6 +37,22 @@ def recovered(p):
     return int(m[-1]) if m else None
 
 
+def start_recovering(p, mode):
+    """Starts petrel (after a refused start) with PETREL_SPOOL_RECOVERY=mode."""
+    p.proc = None
+    os.environ["PETREL_SPOOL_RECOVERY"] = mode
+    try:
+        p.start()
+    finally:
+        del os.environ["PETREL_SPOOL_RECOVERY"]
+
+
+def damage(path, offset, pattern):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(pattern)
+
+
 def test_torn_wal_tail_recovers(world):
     p, mids = queue_some(world)
     wal = newest_wal(p.spool_dir)
@@ -55,9 +71,7 @@ def test_damaged_wal_refuses_to_start_with_the_remedy(world):
     p, mids = queue_some(world)
     wal = newest_wal(p.spool_dir)
     size = os.path.getsize(wal)
-    with open(wal, "r+b") as f:
-        f.seek(size // 3)
-        f.write(b"\xde\xad\xbe\xef" * 64)    # damage in the middle: later records intact
+    damage(wal, size // 3, b"\xde\xad\xbe\xef" * 64)   # in the middle: later records intact
     with pytest.raises(HarnessError):
         p.start()
     p.expected_exit = True                   # refusing to start is the point
@@ -65,12 +79,7 @@ def test_damaged_wal_refuses_to_start_with_the_remedy(world):
     assert "PETREL_SPOOL_RECOVERY" in err, err[-2000:]
     assert "orruption" in err, err[-2000:]
     # The remedy named in the message works: start with what can be read.
-    p.proc = None
-    os.environ["PETREL_SPOOL_RECOVERY"] = "skip-corrupted"
-    try:
-        p.start()
-    finally:
-        del os.environ["PETREL_SPOOL_RECOVERY"]
+    start_recovering(p, "skip-corrupted")
     n = recovered(p)
     assert n is not None and 0 < n < len(mids), n
     assert "recovering with skip-corrupted" in p.stderr_text()
@@ -128,9 +137,7 @@ def test_damaged_table_never_a_silently_cut_queue(world):
     for off in range(0, size - 64, 1024):
         shutil.rmtree(spool)
         shutil.copytree(pristine, spool)
-        with open(os.path.join(spool, newest), "r+b") as f:
-            f.seek(off)
-            f.write(b"\xde\xad\xbe\xef" * 16)
+        damage(os.path.join(spool, newest), off, b"\xde\xad\xbe\xef" * 16)
         p.proc = None
         try:
             p.start()
@@ -138,6 +145,7 @@ def test_damaged_table_never_a_silently_cut_queue(world):
             p.expected_exit = True
             err = this_start(p)
             assert "PETREL_SPOOL_RECOVERY=repair" in err, (off, err[-2000:])
+            assert "orruption" in err, (off, err[-2000:])
             refused += 1
             refused_at = refused_at if refused_at is not None else off
             continue
@@ -150,20 +158,15 @@ def test_damaged_table_never_a_silently_cut_queue(world):
     # The remedy named works: the damaged table goes to lost/, the rest is served.
     shutil.rmtree(spool)
     shutil.copytree(pristine, spool)
-    with open(os.path.join(spool, newest), "r+b") as f:
-        f.seek(refused_at)
-        f.write(b"\xde\xad\xbe\xef" * 16)
-    p.proc = None
-    os.environ["PETREL_SPOOL_RECOVERY"] = "repair"
-    try:
-        p.start()
-    finally:
-        del os.environ["PETREL_SPOOL_RECOVERY"]
+    damage(os.path.join(spool, newest), refused_at, b"\xde\xad\xbe\xef" * 16)
+    start_recovering(p, "repair")
     err = this_start(p)
     assert "repairing" in err, err[-2000:]
     n = recovered(p)
     assert n is not None and len(first) <= n < total, (n, err[-2000:])
     assert os.listdir(os.path.join(spool, "lost")), "the damaged table was not kept aside"
     sink = world.sink("127.0.0.2")
-    sink.wait_count(n, 30)
+    # the first batch's table is intact: all of it goes out (an entry of the second
+    # batch whose content was in the damaged table is logged by id and dropped)
+    sink.wait_count(len(first), 30)
     p.assert_alive()
